@@ -1,0 +1,319 @@
+//! Typed settings, loaded once at start and passed down; nothing reads the
+//! environment after this.
+//!
+//! Sources, later wins: `config/default.toml` (compiled in, so the binary needs no
+//! files), an optional `--config FILE`, `DOCKHAND__SECTION__KEY` variables, and last
+//! the Redis URL from `REDIS_URL` / `--redis-url`. [`Settings::validate`] rejects
+//! values that would only fail later, so a bad config stops the process at start.
+
+use crate::size::ByteSize;
+use serde::Deserialize;
+use std::path::Path;
+
+/// The default configuration, the same text as `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub worker: WorkerSettings,
+    pub jobs: JobSettings,
+    pub policy: PolicySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub command_timeout_ms: u64,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub id: String,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    pub block_ms: u64,
+    pub lease_seconds: u64,
+    pub drain_seconds: u64,
+    pub max_deliveries: u32,
+    pub stop_grace_seconds: u64,
+    pub reconnect_max_ms: u64,
+    pub pull: PullPolicy,
+    pub docker_host: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    Never,
+    Missing,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    pub retention_seconds: u64,
+    pub max_line_bytes: usize,
+    pub dead_max_len: usize,
+    pub limits: LimitSettings,
+}
+
+/// Defaults applied to a job's `limits`, and the most a job may ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub memory: ByteSize,
+    pub max_memory: ByteSize,
+    pub cpus: f64,
+    pub max_cpus: f64,
+    pub pids: i64,
+    pub max_pids: i64,
+    pub timeout_seconds: u64,
+    pub max_timeout_seconds: u64,
+    pub log_bytes: ByteSize,
+    pub max_log_bytes: ByteSize,
+    pub output_bytes: ByteSize,
+    pub max_output_bytes: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    pub networks: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub no_new_privileges: bool,
+    pub images: Vec<String>,
+}
+
+/// Overrides that come from the command line rather than files or variables.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub redis_url: Option<String>,
+    pub queues: Vec<String>,
+    pub concurrency: Option<usize>,
+    pub worker_id: Option<String>,
+}
+
+impl Settings {
+    /// Loads the settings once: defaults, then `file`, then the environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env, overrides)
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (tests use this).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let vars: config::Map<String, String> = env.iter().cloned().collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("DOCKHAND")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("worker.queues")
+                .with_list_parse_key("policy.networks")
+                .with_list_parse_key("policy.cap_add")
+                .with_list_parse_key("policy.images")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let redis_url = overrides.redis_url.clone().or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == "REDIS_URL")
+                .map(|(_, v)| v.clone())
+        });
+        if let Some(url) = redis_url {
+            builder = builder.set_override("redis.url", url)?;
+        }
+        if !overrides.queues.is_empty() {
+            builder = builder.set_override("worker.queues", overrides.queues.clone())?;
+        }
+        if let Some(n) = overrides.concurrency {
+            builder = builder.set_override("worker.concurrency", n as u64)?;
+        }
+        if let Some(id) = &overrides.worker_id {
+            builder = builder.set_override("worker.id", id.clone())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects values that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("`{key}` {why}")));
+        if !crate::job::is_valid_queue_name(&self.redis.prefix) {
+            return bad(
+                "redis.prefix",
+                "must be 1-64 characters of A-Z a-z 0-9 _ . -",
+            );
+        }
+        if self.worker.queues.is_empty() {
+            return bad("worker.queues", "must name at least one queue");
+        }
+        for q in &self.worker.queues {
+            if !crate::job::is_valid_queue_name(q) {
+                return bad("worker.queues", &format!("has an invalid queue name {q:?}"));
+            }
+        }
+        if self.worker.concurrency == 0 {
+            return bad("worker.concurrency", "must be at least 1");
+        }
+        if self.worker.block_ms == 0 || self.worker.block_ms > 60_000 {
+            return bad("worker.block_ms", "must be between 1 and 60000");
+        }
+        if self.redis.pool_size == 0 {
+            return bad("redis.pool_size", "must be at least 1");
+        }
+        if self.jobs.max_line_bytes < 64 {
+            return bad("jobs.max_line_bytes", "must be at least 64");
+        }
+        let l = &self.jobs.limits;
+        if l.memory > l.max_memory
+            || l.pids > l.max_pids
+            || l.timeout_seconds > l.max_timeout_seconds
+        {
+            return bad("jobs.limits", "has a default above its maximum");
+        }
+        if l.log_bytes > l.max_log_bytes
+            || l.output_bytes > l.max_output_bytes
+            || l.cpus > l.max_cpus
+        {
+            return bad("jobs.limits", "has a default above its maximum");
+        }
+        if self.policy.networks.iter().any(|n| n == "host") {
+            return bad("policy.networks", "may not allow the host network");
+        }
+        Ok(())
+    }
+
+    /// The worker's identity: `worker.id`, or the host name when that is empty.
+    pub fn worker_id(&self) -> String {
+        if !self.worker.id.is_empty() {
+            return self.worker.id.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "dockhand-worker".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(s.redis.prefix, "dockhand");
+        assert_eq!(s.worker.queues, vec!["default".to_string()]);
+        assert_eq!(s.jobs.limits.memory, ByteSize(512 << 20));
+        assert_eq!(s.worker.pull, PullPolicy::Never);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_lists() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("DOCKHAND__WORKER__CONCURRENCY", "7"),
+                ("DOCKHAND__WORKER__QUEUES", "a,b"),
+                ("DOCKHAND__JOBS__LIMITS__MEMORY", "1g"),
+                ("DOCKHAND_BIN", "/not/a/setting"),
+                ("REDIS_URL", "redis://127.0.0.1:1/"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 7);
+        assert_eq!(s.worker.queues, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(s.jobs.limits.memory, ByteSize(1 << 30));
+        assert_eq!(s.redis.url, "redis://127.0.0.1:1/");
+    }
+
+    #[test]
+    fn command_line_redis_url_beats_the_environment() {
+        let s = Settings::load_from(
+            None,
+            &env(&[("REDIS_URL", "redis://from-env/")]),
+            &Overrides {
+                redis_url: Some("redis://from-flag/".into()),
+                queues: vec!["q1".into(), "q2".into()],
+                concurrency: Some(3),
+                worker_id: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.redis.url, "redis://from-flag/");
+        assert_eq!(s.worker.queues, vec!["q1".to_string(), "q2".to_string()]);
+        assert_eq!(s.worker.concurrency, 3);
+    }
+
+    #[test]
+    fn a_config_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "[worker]\nconcurrency = 9\nqueues = [\"x\"]\n").unwrap();
+        let s = Settings::load_from(Some(&path), &[], &Overrides::default()).unwrap();
+        assert_eq!(s.worker.concurrency, 9);
+        assert_eq!(s.worker.queues, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let err = Settings::load_from(
+            None,
+            &env(&[("DOCKHAND__WORKER__CONCURRENCY", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("worker.concurrency"), "{err}");
+        let err = Settings::load_from(
+            None,
+            &env(&[("DOCKHAND__POLICY__NETWORKS", "none,host")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("policy.networks"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "[worker]\nconcurency = 9\n").unwrap();
+        assert!(Settings::load_from(Some(&path), &[], &Overrides::default()).is_err());
+    }
+}

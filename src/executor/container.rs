@@ -1,0 +1,121 @@
+//! The container's configuration: what the job asked for, inside what the policy allows.
+
+use crate::config::PolicySettings;
+use crate::job::{Job, INPUT_DIR, OUTPUT_DIR, WORK_DIR};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use std::collections::HashMap;
+
+/// Label naming the job a container runs.
+pub const LABEL_JOB: &str = "dockhand.job";
+/// Label naming the worker that made a container.
+pub const LABEL_WORKER: &str = "dockhand.worker";
+
+/// A Docker-safe, unique container name: `dockhand-<job>-<attempt>-<random>`.
+pub fn name(job_id: &str, attempt: u32) -> String {
+    let safe: String = job_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    let suffix = ulid::Ulid::new().to_string().to_ascii_lowercase();
+    format!("dockhand-{safe}-{attempt}-{}", &suffix[suffix.len() - 6..])
+}
+
+pub fn body(
+    job: &Job,
+    attempt: u32,
+    worker_id: &str,
+    policy: &PolicySettings,
+) -> ContainerCreateBody {
+    let mut env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("DOCKHAND_JOB_ID={}", job.id));
+    env.push(format!("DOCKHAND_ATTEMPT={attempt}"));
+    env.push(format!("DOCKHAND_INPUT={INPUT_DIR}"));
+    env.push(format!("DOCKHAND_WORK={WORK_DIR}"));
+    env.push(format!("DOCKHAND_OUTPUT={OUTPUT_DIR}"));
+
+    let labels = HashMap::from([
+        (LABEL_JOB.to_string(), job.id.clone()),
+        (LABEL_WORKER.to_string(), worker_id.to_string()),
+        ("dockhand.attempt".to_string(), attempt.to_string()),
+        ("dockhand.queue".to_string(), job.queue.clone()),
+    ]);
+
+    let memory = i64::try_from(job.limits.memory).unwrap_or(i64::MAX);
+    let host_config = HostConfig {
+        memory: Some(memory),
+        // Same as memory: no swap on top of the limit, so the limit means what it says.
+        memory_swap: Some(memory),
+        nano_cpus: job.limits.cpus.map(|c| (c * 1e9) as i64),
+        pids_limit: Some(job.limits.pids),
+        network_mode: Some(job.network.clone()),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        cap_add: (!policy.cap_add.is_empty()).then(|| policy.cap_add.clone()),
+        security_opt: policy
+            .no_new_privileges
+            .then(|| vec!["no-new-privileges".to_string()]),
+        privileged: Some(false),
+        ..Default::default()
+    };
+
+    ContainerCreateBody {
+        image: Some(job.image.clone()),
+        cmd: job.command.clone(),
+        entrypoint: job.entrypoint.clone(),
+        working_dir: job.workdir.clone(),
+        user: job.user.clone(),
+        env: Some(env),
+        labels: Some(labels),
+        tty: Some(false),
+        open_stdin: Some(false),
+        attach_stdin: Some(false),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        network_disabled: Some(job.network == "none"),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, Settings};
+
+    #[test]
+    fn containers_are_locked_down_and_labelled() {
+        let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        let spec = crate::job::parse(br#"{"image":"i","command":["true"],"env":{"A":"1"},"limits":{"cpus":0.5,"memory":"64m"}}"#).unwrap();
+        let job = crate::job::validate(spec, "a:b".into(), "q", &s.jobs.limits, &s.policy).unwrap();
+        let b = body(&job, 2, "w1", &s.policy);
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(hc.memory, Some(64 << 20));
+        assert_eq!(hc.nano_cpus, Some(500_000_000));
+        assert_eq!(hc.pids_limit, Some(512));
+        let labels = b.labels.unwrap();
+        assert_eq!(labels[LABEL_JOB], "a:b");
+        assert_eq!(labels[LABEL_WORKER], "w1");
+        let env = b.env.unwrap();
+        assert!(env.contains(&"A=1".to_string()));
+        assert!(env.contains(&"DOCKHAND_JOB_ID=a:b".to_string()));
+        assert!(env.contains(&"DOCKHAND_ATTEMPT=2".to_string()));
+    }
+
+    #[test]
+    fn names_are_docker_safe() {
+        let n = name("tenant:42/x", 1);
+        assert!(n.starts_with("dockhand-tenant-42-x-1-"), "{n}");
+        assert!(n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+    }
+}

@@ -1,0 +1,329 @@
+//! Files into and out of a container: inputs and the script before start, outputs
+//! and `result.json` after exit, both as tar archives through the Docker API (so
+//! they work with `network: none` and need no volume on the host).
+//!
+//! Invariants: outputs are read as a stream, never more than `limits.output_bytes`
+//! of file content is kept, and every file left out is named in `dropped`.
+
+use super::ExecError;
+use crate::job::{Job, StagedFile, OUTPUT_DIR};
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::io::Read;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+/// The file a job writes to hand back its result without network.
+pub const RESULT_FILE: &str = "result.json";
+/// `result.json` is read only up to this size.
+const RESULT_MAX: u64 = 1 << 20;
+
+/// What the job's `result.json` said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultFile {
+    Completed {
+        text: Option<String>,
+        data: Option<serde_json::Value>,
+    },
+    Aborted {
+        text: Option<String>,
+        data: Option<serde_json::Value>,
+    },
+    Invalid(String),
+}
+
+#[derive(Debug, Default)]
+pub struct JobOutput {
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Files not kept, each with why (`big.bin (20971520 bytes, over limits.output_bytes)`).
+    pub dropped: Vec<String>,
+    pub result: Option<ResultFile>,
+}
+
+/// Uploads the `/dockhand` folders, the inputs and the script into a created container.
+pub async fn stage(
+    docker: &Docker,
+    container: &str,
+    files: &[StagedFile],
+) -> Result<(), ExecError> {
+    let archive = staging_tar(files).map_err(|e| ExecError::Docker {
+        action: "build the staging archive",
+        source: bollard::errors::Error::IOError { err: e },
+    })?;
+    let opts = UploadToContainerOptionsBuilder::default().path("/").build();
+    docker
+        .upload_to_container(container, Some(opts), bollard::body_full(archive.into()))
+        .await
+        .map_err(|source| ExecError::Docker {
+            action: "copy the inputs into the container",
+            source,
+        })
+}
+
+fn staging_tar(files: &[StagedFile]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut add_dir =
+        |tar: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32| -> std::io::Result<()> {
+            if dirs.insert(path.to_string()) {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(mode);
+                h.set_size(0);
+                h.set_mtime(mtime);
+                tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+            }
+            Ok(())
+        };
+    // Sticky and world-writable, like /tmp: a job running as any `user` can write
+    // its scratch files and outputs.
+    add_dir(&mut tar, "dockhand", 0o755)?;
+    add_dir(&mut tar, "dockhand/input", 0o755)?;
+    add_dir(&mut tar, "dockhand/work", 0o1777)?;
+    add_dir(&mut tar, "dockhand/output", 0o1777)?;
+    for f in files {
+        let rel = f.path.trim_start_matches('/');
+        let parts: Vec<&str> = rel.split('/').collect();
+        for i in 1..parts.len() {
+            add_dir(&mut tar, &parts[..i].join("/"), 0o755)?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(f.mode);
+        h.set_size(f.content.len() as u64);
+        h.set_mtime(mtime);
+        tar.append_data(&mut h, rel, f.content.as_slice())?;
+    }
+    tar.into_inner()
+}
+
+/// Reads `/dockhand/output` from the stopped container: the files (when the job
+/// collects outputs) within `limits.output_bytes`, and `result.json`.
+pub async fn collect(docker: &Docker, container: &str, job: &Job) -> Result<JobOutput, ExecError> {
+    let opts = DownloadFromContainerOptionsBuilder::default()
+        .path(OUTPUT_DIR)
+        .build();
+    let mut stream = docker
+        .download_from_container(container, Some(opts))
+        .boxed();
+    let first = match stream.next().await {
+        None => return Ok(JobOutput::default()),
+        Some(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => return Ok(JobOutput::default()),
+        Some(Err(source)) => {
+            return Err(ExecError::Docker {
+                action: "read the job's output files",
+                source,
+            })
+        }
+        Some(Ok(bytes)) => bytes,
+    };
+    let rest = futures_util::stream::iter([Ok(first)]).chain(stream);
+    let reader = SyncIoBridge::new(StreamReader::new(
+        rest.map(|r| r.map_err(std::io::Error::other)),
+    ));
+    let budget = job.limits.output_bytes;
+    let keep_files = job.collect_outputs;
+    tokio::task::spawn_blocking(move || read_outputs(reader, budget, keep_files))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|e| ExecError::Docker {
+            action: "read the job's output files",
+            source: bollard::errors::Error::IOError { err: e },
+        })
+}
+
+fn read_outputs(reader: impl Read, budget: u64, keep_files: bool) -> std::io::Result<JobOutput> {
+    let mut out = JobOutput::default();
+    let mut used = 0u64;
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        // Paths in the archive start with the folder's own name, `output/`.
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let Some(name) = path
+            .split_once('/')
+            .map(|(_, n)| n.trim_end_matches('/').to_string())
+        else {
+            continue;
+        };
+        if name.is_empty() || kind.is_dir() {
+            continue;
+        }
+        let size = entry.header().size()?;
+        if name == RESULT_FILE {
+            out.result = Some(if size > RESULT_MAX {
+                ResultFile::Invalid(format!(
+                    "{RESULT_FILE} is {size} bytes, over the 1 MiB limit"
+                ))
+            } else {
+                let mut text = Vec::new();
+                entry.read_to_end(&mut text)?;
+                parse_result(&text)
+            });
+            continue;
+        }
+        if !keep_files {
+            continue;
+        }
+        if !kind.is_file() {
+            out.dropped.push(format!("{name} (not a regular file)"));
+            continue;
+        }
+        if used + size > budget {
+            out.dropped.push(format!(
+                "{name} ({size} bytes, over limits.output_bytes = {budget})"
+            ));
+            continue;
+        }
+        let mut content = Vec::with_capacity(size as usize);
+        entry.read_to_end(&mut content)?;
+        used += size;
+        out.files.push((name, content));
+    }
+    Ok(out)
+}
+
+/// `{"result_text", "result_data"}` completes; `{"error_text", "error_data"}` aborts.
+pub fn parse_result(bytes: &[u8]) -> ResultFile {
+    let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return ResultFile::Invalid(format!("{RESULT_FILE} is not valid JSON: {e}")),
+    };
+    let Some(obj) = value.as_object() else {
+        return ResultFile::Invalid(format!("{RESULT_FILE} must hold a JSON object"));
+    };
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match obj.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{RESULT_FILE}: `{key}` must be a string")),
+        }
+    };
+    if obj.contains_key("error_text") || obj.contains_key("error_data") {
+        return match text("error_text") {
+            Ok(t) => ResultFile::Aborted {
+                text: t,
+                data: obj.get("error_data").cloned(),
+            },
+            Err(e) => ResultFile::Invalid(e),
+        };
+    }
+    match text("result_text") {
+        Ok(t) => ResultFile::Completed {
+            text: t,
+            data: obj.get("result_data").cloned(),
+        },
+        Err(e) => ResultFile::Invalid(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, content) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, name, *content).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn outputs_within_budget_are_kept_and_the_rest_named() {
+        let tar = archive(&[
+            ("output/a.txt", b"hello"),
+            ("output/big.bin", &[0u8; 100]),
+            ("output/sub/b.txt", b"world"),
+            (
+                "output/result.json",
+                br#"{"result_text":"ok","result_data":{"n":1}}"#,
+            ),
+        ]);
+        let out = read_outputs(tar.as_slice(), 50, true).unwrap();
+        let names: Vec<&str> = out.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["a.txt", "sub/b.txt"]);
+        assert_eq!(out.dropped.len(), 1);
+        assert!(
+            out.dropped[0].starts_with("big.bin (100 bytes"),
+            "{:?}",
+            out.dropped
+        );
+        assert_eq!(
+            out.result,
+            Some(ResultFile::Completed {
+                text: Some("ok".into()),
+                data: Some(serde_json::json!({"n": 1}))
+            })
+        );
+    }
+
+    #[test]
+    fn without_outputs_only_the_result_is_read() {
+        let tar = archive(&[
+            ("output/a.txt", b"x"),
+            ("output/result.json", br#"{"error_text":"no"}"#),
+        ]);
+        let out = read_outputs(tar.as_slice(), 50, false).unwrap();
+        assert!(out.files.is_empty() && out.dropped.is_empty());
+        assert_eq!(
+            out.result,
+            Some(ResultFile::Aborted {
+                text: Some("no".into()),
+                data: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_result_file_is_reported_not_fatal() {
+        assert!(
+            matches!(parse_result(b"{nope"), ResultFile::Invalid(m) if m.contains("not valid JSON"))
+        );
+        assert!(matches!(parse_result(b"[1]"), ResultFile::Invalid(m) if m.contains("object")));
+        assert!(
+            matches!(parse_result(br#"{"result_text":5}"#), ResultFile::Invalid(m) if m.contains("result_text"))
+        );
+    }
+
+    #[test]
+    fn staging_creates_the_folders_and_files() {
+        let files = vec![StagedFile {
+            path: "/dockhand/input/a/b.txt".into(),
+            content: b"hi".to_vec(),
+            mode: 0o644,
+        }];
+        let tar = staging_tar(&files).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for expected in [
+            "dockhand/",
+            "dockhand/input/",
+            "dockhand/output/",
+            "dockhand/input/a/",
+            "dockhand/input/a/b.txt",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Runs one job's container with Docker, through bollard.
+//!
+//! Invariants:
+//! - Every container is created with the labels `dockhand.job` and `dockhand.worker`,
+//!   all capabilities dropped (but the policy's), `no-new-privileges`, memory and
+//!   pids limits, and no network unless the job asked and the policy allowed.
+//! - A container this module created is removed before [`Executor::run`] returns,
+//!   whatever happened: exit, timeout, or a Docker error half-way. (Only a killed
+//!   worker process can leave one behind; the orphan sweep is for that.)
+//! - Output is read from Docker's log at our own pace; the container never waits on us.
+//! - A non-zero exit is an outcome, not an error: errors are Docker failing us.
+
+mod container;
+mod files;
+
+pub use files::{JobOutput, ResultFile};
+
+use crate::config::{PullPolicy, Settings};
+use crate::job::Job;
+use crate::logs::{LineSplitter, LogSender, LogStream};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::time::Duration;
+use tokio::time::timeout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot reach the Docker engine at {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("image {0:?} is not on this host (worker.pull = \"never\")")]
+    ImageNotFound(String),
+    #[error("image {image:?} could not be pulled")]
+    Pull {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The container was made but could not start: usually the job's command does not exist.
+    #[error("the container could not start: {message}")]
+    Start { message: String },
+    #[error("Docker failed to {action}")]
+    Docker {
+        action: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// How a container run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub timed_out: bool,
+    pub image_id: Option<String>,
+    pub output: JobOutput,
+}
+
+/// What a run needs besides the job: its attempt number and where its lines go.
+pub struct RunContext<'a> {
+    pub attempt: u32,
+    pub logs: &'a LogSender,
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    docker: Docker,
+    worker_id: String,
+    settings: std::sync::Arc<Settings>,
+}
+
+impl Executor {
+    /// Connects to the Docker engine and agrees on an API version with it.
+    pub async fn connect(settings: std::sync::Arc<Settings>) -> Result<Executor, ExecError> {
+        let host = settings.worker.docker_host.clone();
+        let endpoint = if host.is_empty() {
+            "the local default socket".to_string()
+        } else {
+            host.clone()
+        };
+        let docker = if host.is_empty() {
+            Docker::connect_with_local_defaults()
+        } else if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|source| ExecError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+        // bollard's default API version is newer than many engines speak.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|source| ExecError::Connect { endpoint, source })?;
+        Ok(Executor {
+            docker,
+            worker_id: settings.worker_id(),
+            settings,
+        })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Creates, stages, starts and waits for the job's container, collects its
+    /// output, and removes it.
+    pub async fn run(&self, job: &Job, ctx: RunContext<'_>) -> Result<RunOutcome, ExecError> {
+        self.ensure_image(&job.image).await?;
+        let name = container::name(&job.id, ctx.attempt);
+        let body = container::body(job, ctx.attempt, &self.worker_id, &self.settings.policy);
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                } => ExecError::ImageNotFound(job.image.clone()),
+                source => ExecError::Docker {
+                    action: "create the container",
+                    source,
+                },
+            })?;
+        let result = self.run_created(&created.id, job, &ctx).await;
+        self.remove(&created.id).await;
+        result
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
+        if self.settings.worker.pull == PullPolicy::Never {
+            return Ok(()); // create_container answers 404 for a missing image
+        }
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(source) => {
+                return Err(ExecError::Docker {
+                    action: "inspect the image",
+                    source,
+                })
+            }
+        }
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut pull = self.docker.create_image(Some(opts), None, None);
+        while let Some(progress) = pull.next().await {
+            progress.map_err(|source| ExecError::Pull {
+                image: image.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn run_created(
+        &self,
+        id: &str,
+        job: &Job,
+        ctx: &RunContext<'_>,
+    ) -> Result<RunOutcome, ExecError> {
+        files::stage(&self.docker, id, &job.files).await?;
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                    ExecError::Start { message }
+                }
+                source => ExecError::Docker {
+                    action: "start the container",
+                    source,
+                },
+            })?;
+        let follower = tokio::spawn(follow_logs(
+            self.docker.clone(),
+            id.to_string(),
+            ctx.logs.clone(),
+            self.settings.jobs.max_line_bytes,
+        ));
+
+        let timed_out = timeout(job.limits.timeout, self.wait(id)).await.is_err();
+        if timed_out {
+            ctx.logs
+                .system(format!(
+                    "timed out after {} s (limits.timeout_seconds); stopping the container",
+                    job.limits.timeout.as_secs()
+                ))
+                .await;
+            self.stop(id).await?;
+        }
+        // The log stream ends when the container does; bound the wait anyway.
+        if timeout(Duration::from_secs(30), follower).await.is_err() {
+            ctx.logs
+                .system("the container's log did not close; some output may be missing")
+                .await;
+        }
+
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|source| ExecError::Docker {
+                action: "inspect the container",
+                source,
+            })?;
+        let state = inspect.state.unwrap_or_default();
+        let output = files::collect(&self.docker, id, job).await?;
+        Ok(RunOutcome {
+            exit_code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            timed_out,
+            image_id: inspect.image,
+            output,
+        })
+    }
+
+    /// Waits until the container is not running. A non-zero exit is reported by
+    /// bollard as an error; that is an outcome, read later from `inspect`.
+    async fn wait(&self, id: &str) {
+        let mut wait = self.docker.wait_container(id, None);
+        while let Some(item) = wait.next().await {
+            if let Err(e) = item {
+                if !matches!(e, bollard::errors::Error::DockerContainerWaitError { .. }) {
+                    tracing::warn!(container = %id, error = %e, "waiting for the container failed; checking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    wait = self.docker.wait_container(id, None);
+                    continue;
+                }
+            }
+            return;
+        }
+    }
+
+    /// SIGTERM, `worker.stop_grace_seconds`, then SIGKILL (Docker's stop does all three).
+    async fn stop(&self, id: &str) -> Result<(), ExecError> {
+        let grace = self.settings.worker.stop_grace_seconds;
+        let opts = StopContainerOptionsBuilder::default()
+            .t(grace as i32)
+            .build();
+        match self.docker.stop_container(id, Some(opts)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(source) => {
+                return Err(ExecError::Docker {
+                    action: "stop the container",
+                    source,
+                })
+            }
+        }
+        timeout(Duration::from_secs(grace + 30), self.wait(id))
+            .await
+            .ok();
+        Ok(())
+    }
+
+    /// Removes the container and its anonymous volumes. Failure is logged, not
+    /// returned: the job's outcome is already known, and the sweep retries later.
+    async fn remove(&self, id: &str) {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
+            tracing::warn!(container = %id, error = %e, "could not remove the container");
+        }
+    }
+}
+
+/// Streams the container's output into `logs` while it runs.
+///
+/// Docker can end a follow stream before it has written the container's last
+/// output to its log (seen with a final line that has no newline: it is flushed
+/// when the pipe closes, which can come after the stop that ends the follow). So
+/// once the follow ends, the whole log is read again without following, and
+/// whatever goes past the bytes already seen, per stream, is sent too.
+async fn follow_logs(docker: Docker, id: String, logs: LogSender, max_line: usize) {
+    let mut out = LineSplitter::new(LogStream::Stdout, max_line);
+    let mut err = LineSplitter::new(LogStream::Stderr, max_line);
+    let mut seen = [0usize; 2];
+    let mut lines = Vec::new();
+    let follow = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = docker.logs(&id, Some(follow));
+    while let Some(frame) = stream.next().await {
+        let Some((index, bytes)) = frame_bytes(frame, &mut lines) else {
+            break;
+        };
+        seen[index] += bytes.len();
+        if index == 0 {
+            out.push(&bytes, &mut lines)
+        } else {
+            err.push(&bytes, &mut lines)
+        }
+        for line in lines.drain(..) {
+            logs.send(line).await;
+        }
+    }
+
+    let again = LogsOptionsBuilder::default()
+        .follow(false)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = docker.logs(&id, Some(again));
+    let mut skip = seen;
+    while let Some(frame) = stream.next().await {
+        let Some((index, bytes)) = frame_bytes(frame, &mut lines) else {
+            break;
+        };
+        let already = skip[index].min(bytes.len());
+        skip[index] -= already;
+        let rest = &bytes[already..];
+        if index == 0 {
+            out.push(rest, &mut lines)
+        } else {
+            err.push(rest, &mut lines)
+        }
+        for line in lines.drain(..) {
+            logs.send(line).await;
+        }
+    }
+    out.finish(&mut lines);
+    err.finish(&mut lines);
+    for line in lines.drain(..) {
+        logs.send(line).await;
+    }
+}
+
+/// A frame's stream (0 stdout, 1 stderr) and bytes; `None` at an error, which is
+/// reported as a system line.
+fn frame_bytes(
+    frame: Result<bollard::container::LogOutput, bollard::errors::Error>,
+    lines: &mut Vec<crate::logs::LogLine>,
+) -> Option<(usize, bytes::Bytes)> {
+    use bollard::container::LogOutput;
+    match frame {
+        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+            Some((0, message))
+        }
+        Ok(LogOutput::StdErr { message }) => Some((1, message)),
+        Ok(LogOutput::StdIn { .. }) => Some((0, bytes::Bytes::new())),
+        Err(e) => {
+            lines.push(crate::logs::LogLine {
+                stream: LogStream::System,
+                text: format!("reading the container's log failed: {e}"),
+                partial: false,
+            });
+            None
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The job spec a producer writes, and everything needed to trust it.
+//!
+//! Invariants:
+//! - [`parse`] never panics: malformed JSON, a wrong type or an unknown field comes
+//!   back as a [`Rejection`] whose message names the field (`limits.memory: ...`).
+//! - [`validate`] turns a parsed [`JobSpec`] into a [`Job`] only when every field is
+//!   in range and allowed by the worker's policy; nothing runs before that.
+//! - No I/O here: these are plain types, testable without Redis or Docker.
+
+mod spec;
+mod status;
+mod validate;
+
+pub use spec::{Command, Input, JobSpec, Limits, Retry, Script};
+pub use status::{Reason, Status};
+pub use validate::{validate, Job, ResolvedLimits, StagedFile};
+
+/// Where the container finds its inputs, scratch space and what it returns.
+pub const INPUT_DIR: &str = "/dockhand/input";
+pub const WORK_DIR: &str = "/dockhand/work";
+pub const OUTPUT_DIR: &str = "/dockhand/output";
+
+/// Why a job was refused before it ran.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn invalid(field: &str, why: impl std::fmt::Display) -> Self {
+        Rejection {
+            reason: Reason::InvalidSpec,
+            message: format!("`{field}`: {why}"),
+        }
+    }
+    pub fn denied(field: &str, why: impl std::fmt::Display) -> Self {
+        Rejection {
+            reason: Reason::PolicyDenied,
+            message: format!("`{field}`: {why}"),
+        }
+    }
+}
+
+/// Parses a raw job entry. The message of an error names the offending field path.
+pub fn parse(raw: &[u8]) -> Result<JobSpec, Rejection> {
+    // Syntax first, on its own, so a truncated entry is called what it is rather
+    // than a type error in whatever field came before the cut.
+    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| Rejection {
+        reason: Reason::InvalidSpec,
+        message: format!("the job is not valid JSON: {e}"),
+    })?;
+    if !value.is_object() {
+        return Err(Rejection {
+            reason: Reason::InvalidSpec,
+            message: "the job must be a JSON object".into(),
+        });
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            Rejection {
+                reason: Reason::InvalidSpec,
+                message: format!("job spec: {inner}"),
+            }
+        } else {
+            Rejection::invalid(&path, inner)
+        }
+    })
+}
+
+/// A queue name: `[A-Za-z0-9_.-]{1,64}`.
+pub fn is_valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// A job id: `[A-Za-z0-9_.:-]{1,128}`.
+pub fn is_valid_job_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
+/// The `id` a raw entry asks for, if it is readable and valid, even when the rest of
+/// the spec is not: an invalid job is still recorded under the id its producer chose.
+pub fn requested_id(raw: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let id = v.get("id")?.as_str()?;
+    is_valid_job_id(id).then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_json_is_named_as_such() {
+        let err = parse(br#"{"image": 42"#).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidSpec);
+        assert!(err.message.contains("not valid JSON"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field_path() {
+        let err = parse(br#"{"image":"x","limits":{"pids":"many"}}"#).unwrap_err();
+        assert!(err.message.starts_with("`limits.pids`"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_unknown_field_is_named() {
+        let err = parse(br#"{"image":"x","imgae":"y"}"#).unwrap_err();
+        assert!(err.message.contains("imgae"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_non_object_is_refused() {
+        let err = parse(b"[1,2]").unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidSpec);
+        assert!(err.message.contains("JSON object"), "{}", err.message);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(is_valid_queue_name("default"));
+        assert!(is_valid_queue_name("a.b-c_d"));
+        assert!(!is_valid_queue_name("a:b"));
+        assert!(!is_valid_queue_name(""));
+        assert!(is_valid_job_id("1700000000000-0"));
+        assert!(is_valid_job_id("tenant:42"));
+        assert!(!is_valid_job_id("has space"));
+        assert!(!is_valid_job_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn requested_id_survives_a_bad_spec() {
+        assert_eq!(
+            requested_id(br#"{"id":"abc","image":7}"#),
+            Some("abc".into())
+        );
+        assert_eq!(requested_id(br#"{"id":"a b"}"#), None);
+        assert_eq!(requested_id(b"{"), None);
+    }
+}

@@ -1,0 +1,130 @@
+//! The job spec as producers write it (contract section 2). Unknown fields are
+//! refused, so a typo never silently changes what runs.
+
+use crate::size::ByteSize;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub id: Option<String>,
+    pub profile: Option<String>,
+    pub image: Option<String>,
+    pub git: Option<serde_json::Value>,
+    pub command: Option<Command>,
+    pub entrypoint: Option<Command>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub script: Option<Script>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub inputs: Vec<Input>,
+    pub outputs: Option<bool>,
+    #[serde(default)]
+    pub services: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub ports: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub volumes: Vec<serde_json::Value>,
+    pub network: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    pub retry: Option<Retry>,
+    pub delay_seconds: Option<u64>,
+    pub run_at: Option<String>,
+    #[serde(default)]
+    pub webhooks: Vec<serde_json::Value>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A command: an argument vector, or one string run with `sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Command {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Command;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of strings, or a string run with `sh -c`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Command, E> {
+                Ok(Command::Shell(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Command, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                Ok(Command::Argv(argv))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    pub content: String,
+    pub filename: Option<String>,
+    pub interpreter: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub path: String,
+    pub content: Option<String>,
+    pub content_base64: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+    pub timeout_seconds: Option<u64>,
+    pub log_bytes: Option<ByteSize>,
+    pub output_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    pub max_attempts: Option<u32>,
+    pub backoff_seconds: Option<f64>,
+    pub on: Option<Vec<String>>,
+    pub exit_codes: Option<Vec<i64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_a_list_or_a_string() {
+        let a: Command = serde_json::from_str(r#"["echo","hi"]"#).unwrap();
+        assert_eq!(a, Command::Argv(vec!["echo".into(), "hi".into()]));
+        let s: Command = serde_json::from_str(r#""echo hi""#).unwrap();
+        assert_eq!(s, Command::Shell("echo hi".into()));
+        let err = serde_json::from_str::<Command>("42")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("array of strings"), "{err}");
+        assert!(serde_json::from_str::<Command>("[1]").is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! Job statuses and the reasons an aborted job carries, as stored in the job hash.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Scheduled,
+    Building,
+    Running,
+    Completed,
+    Aborted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Scheduled => "scheduled",
+            Status::Building => "building",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Scheduled,
+            Status::Building,
+            Status::Running,
+            Status::Completed,
+            Status::Aborted,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Aborted)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job ended `aborted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    ExitCode,
+    AbortedByJob,
+    Timeout,
+    Cancelled,
+    BuildError,
+    InvalidSpec,
+    WorkerLost,
+    PolicyDenied,
+    ImageNotFound,
+    /// The Docker daemon refused or failed an operation that was not the job's fault.
+    DockerError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ExitCode => "exit_code",
+            Reason::AbortedByJob => "aborted_by_job",
+            Reason::Timeout => "timeout",
+            Reason::Cancelled => "cancelled",
+            Reason::BuildError => "build_error",
+            Reason::InvalidSpec => "invalid_spec",
+            Reason::WorkerLost => "worker_lost",
+            Reason::PolicyDenied => "policy_denied",
+            Reason::ImageNotFound => "image_not_found",
+            Reason::DockerError => "docker_error",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_know_if_they_are_final() {
+        for s in [
+            "queued",
+            "scheduled",
+            "building",
+            "running",
+            "completed",
+            "aborted",
+        ] {
+            assert_eq!(Status::parse(s).unwrap().as_str(), s);
+        }
+        assert!(Status::parse("done").is_none());
+        assert!(Status::Completed.is_terminal() && Status::Aborted.is_terminal());
+        assert!(!Status::Running.is_terminal());
+    }
+}

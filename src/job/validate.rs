@@ -1,0 +1,544 @@
+//! From a parsed [`JobSpec`] to a [`Job`] the executor can run: defaults applied,
+//! ranges checked, policy enforced, files to stage decoded.
+
+use super::{Command, JobSpec, Rejection, INPUT_DIR, WORK_DIR};
+use crate::config::{LimitSettings, PolicySettings};
+use base64::Engine;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path};
+use std::time::Duration;
+
+/// Docker refuses memory limits below 6 MiB.
+const MIN_MEMORY: u64 = 6 << 20;
+/// Inputs travel inside the job entry; keep one job's staged files reasonable.
+const MAX_STAGED_BYTES: usize = 64 << 20;
+
+/// A validated job, ready to hand to the executor.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub queue: String,
+    pub spec: JobSpec,
+    pub image: String,
+    /// The container's command; `None` keeps the image's default.
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub network: String,
+    pub limits: ResolvedLimits,
+    /// Files written into the container before it starts (inputs and the script).
+    pub files: Vec<StagedFile>,
+    pub collect_outputs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedLimits {
+    pub memory: u64,
+    pub cpus: Option<f64>,
+    pub pids: i64,
+    pub timeout: Duration,
+    pub log_bytes: u64,
+    pub output_bytes: u64,
+}
+
+/// A file to place in the container; `path` is absolute inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// Checks `spec` against the worker's limits and policy.
+pub fn validate(
+    spec: JobSpec,
+    id: String,
+    queue: &str,
+    limits: &LimitSettings,
+    policy: &PolicySettings,
+) -> Result<Job, Rejection> {
+    not_yet_served(&spec)?;
+    if !spec.ports.is_empty() {
+        return Err(Rejection::denied(
+            "ports",
+            "publishing ports is not allowed by this worker's policy",
+        ));
+    }
+    if !spec.volumes.is_empty() {
+        return Err(Rejection::denied(
+            "volumes",
+            "volumes are not allowed by this worker's policy",
+        ));
+    }
+
+    let image = match spec.image.as_deref() {
+        None => {
+            return Err(Rejection::invalid(
+                "image",
+                "is required (the name of a local image)",
+            ))
+        }
+        Some(i) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => {
+            return Err(Rejection::invalid(
+                "image",
+                format!("{i:?} is not an image name"),
+            ))
+        }
+        Some(i) => i.to_string(),
+    };
+    if !image_allowed(&image, &policy.images) {
+        return Err(Rejection::denied(
+            "image",
+            format!("{image:?} is not in this worker's allow-list (policy.images)"),
+        ));
+    }
+
+    let network = spec.network.clone().unwrap_or_else(|| "none".to_string());
+    if network == "host" {
+        return Err(Rejection::denied(
+            "network",
+            "the host network is never allowed",
+        ));
+    }
+    if !policy.networks.contains(&network) {
+        return Err(Rejection::denied(
+            "network",
+            format!(
+                "{network:?} is not allowed (policy.networks: {:?})",
+                policy.networks
+            ),
+        ));
+    }
+
+    let limits = resolve_limits(&spec, limits)?;
+    for (key, value) in &spec.env {
+        check_env(key, value)?;
+    }
+    let mut files = stage_inputs(&spec)?;
+
+    let entrypoint = match &spec.entrypoint {
+        None => None,
+        Some(Command::Shell(s)) if s.is_empty() => {
+            return Err(Rejection::invalid("entrypoint", "must not be empty"))
+        }
+        Some(Command::Shell(s)) => Some(vec![s.clone()]),
+        Some(Command::Argv(v)) => Some(v.clone()),
+    };
+    let mut workdir = spec.workdir.clone();
+    if let Some(w) = &workdir {
+        if !w.starts_with('/') {
+            return Err(Rejection::invalid(
+                "workdir",
+                format!("{w:?} must be an absolute path"),
+            ));
+        }
+    }
+    if let Some(u) = &spec.user {
+        if u.is_empty() || u.contains(char::is_whitespace) {
+            return Err(Rejection::invalid(
+                "user",
+                format!("{u:?} is not a user (name, uid or uid:gid)"),
+            ));
+        }
+    }
+
+    let command = match (&spec.script, &spec.command) {
+        (Some(_), Some(_)) => {
+            return Err(Rejection::invalid(
+                "script",
+                "give either `script` or `command`, not both",
+            ))
+        }
+        (Some(script), None) => {
+            let filename = script.filename.clone().unwrap_or_else(|| "job".to_string());
+            if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".."
+            {
+                return Err(Rejection::invalid(
+                    "script.filename",
+                    format!("{filename:?} must be a plain file name"),
+                ));
+            }
+            let path = format!("{WORK_DIR}/{filename}");
+            files.push(StagedFile {
+                path: path.clone(),
+                content: script.content.clone().into_bytes(),
+                mode: 0o755,
+            });
+            workdir.get_or_insert_with(|| WORK_DIR.to_string());
+            let mut argv: Vec<String> = match &script.interpreter {
+                Some(i) if i.trim().is_empty() => {
+                    return Err(Rejection::invalid(
+                        "script.interpreter",
+                        "must not be empty",
+                    ))
+                }
+                Some(i) => i.split_whitespace().map(str::to_string).collect(),
+                None => Vec::new(),
+            };
+            argv.push(path);
+            Some(argv)
+        }
+        (None, Some(Command::Shell(s))) if s.trim().is_empty() => {
+            return Err(Rejection::invalid("command", "must not be empty"))
+        }
+        (None, Some(Command::Shell(s))) => Some(vec!["sh".into(), "-c".into(), s.clone()]),
+        (None, Some(Command::Argv(v))) if v.is_empty() || v[0].is_empty() => {
+            return Err(Rejection::invalid("command", "must not be empty"))
+        }
+        (None, Some(Command::Argv(v))) => Some(v.clone()),
+        (None, None) => None,
+    };
+
+    Ok(Job {
+        id,
+        queue: queue.to_string(),
+        image,
+        command,
+        entrypoint,
+        workdir,
+        user: spec.user.clone(),
+        env: spec.env.clone(),
+        network,
+        limits,
+        files,
+        collect_outputs: spec.outputs.unwrap_or(true),
+        spec,
+    })
+}
+
+/// Fields of the contract that this version of the worker does not run yet. They are
+/// refused by name rather than ignored, so a producer never gets less than it asked for.
+fn not_yet_served(spec: &JobSpec) -> Result<(), Rejection> {
+    let later = "is not supported by this worker version yet";
+    if spec.git.is_some() {
+        return Err(Rejection::invalid("git", later));
+    }
+    if spec.profile.is_some() {
+        return Err(Rejection::invalid("profile", later));
+    }
+    if !spec.services.is_empty() {
+        return Err(Rejection::invalid("services", later));
+    }
+    if !spec.webhooks.is_empty() {
+        return Err(Rejection::invalid("webhooks", later));
+    }
+    if spec.delay_seconds.is_some() {
+        return Err(Rejection::invalid("delay_seconds", later));
+    }
+    if spec.run_at.is_some() {
+        return Err(Rejection::invalid("run_at", later));
+    }
+    if let Some(retry) = &spec.retry {
+        if retry.max_attempts.unwrap_or(1) > 1 {
+            return Err(Rejection::invalid("retry.max_attempts", later));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, Rejection> {
+    let l = &spec.limits;
+    let memory = l.memory.unwrap_or(d.memory).0;
+    if memory < MIN_MEMORY || memory > d.max_memory.0 {
+        return Err(Rejection::invalid(
+            "limits.memory",
+            format!(
+                "must be between 6 MiB and {} (got {memory} bytes)",
+                d.max_memory
+            ),
+        ));
+    }
+    let cpus = l.cpus.unwrap_or(d.cpus);
+    if !cpus.is_finite() || cpus < 0.0 || cpus > d.max_cpus || (l.cpus.is_some() && cpus < 0.01) {
+        return Err(Rejection::invalid(
+            "limits.cpus",
+            format!("must be between 0.01 and {} (got {cpus})", d.max_cpus),
+        ));
+    }
+    let pids = l.pids.unwrap_or(d.pids);
+    if pids < 1 || pids > d.max_pids {
+        return Err(Rejection::invalid(
+            "limits.pids",
+            format!("must be between 1 and {} (got {pids})", d.max_pids),
+        ));
+    }
+    let timeout = l.timeout_seconds.unwrap_or(d.timeout_seconds);
+    if timeout < 1 || timeout > d.max_timeout_seconds {
+        return Err(Rejection::invalid(
+            "limits.timeout_seconds",
+            format!(
+                "must be between 1 and {} (got {timeout})",
+                d.max_timeout_seconds
+            ),
+        ));
+    }
+    let log_bytes = l.log_bytes.unwrap_or(d.log_bytes).0;
+    if log_bytes > d.max_log_bytes.0 {
+        return Err(Rejection::invalid(
+            "limits.log_bytes",
+            format!("must be at most {} (got {log_bytes})", d.max_log_bytes),
+        ));
+    }
+    let output_bytes = l.output_bytes.unwrap_or(d.output_bytes).0;
+    if output_bytes > d.max_output_bytes.0 {
+        return Err(Rejection::invalid(
+            "limits.output_bytes",
+            format!(
+                "must be at most {} (got {output_bytes})",
+                d.max_output_bytes
+            ),
+        ));
+    }
+    Ok(ResolvedLimits {
+        memory,
+        cpus: (cpus > 0.0).then_some(cpus),
+        pids,
+        timeout: Duration::from_secs(timeout),
+        log_bytes,
+        output_bytes,
+    })
+}
+
+fn check_env(key: &str, value: &str) -> Result<(), Rejection> {
+    let field = format!("env.{key}");
+    let first_ok = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Rejection::invalid(
+            &field,
+            "a variable name is letters, digits and _, not starting with a digit",
+        ));
+    }
+    if key.starts_with("DOCKHAND_") {
+        return Err(Rejection::invalid(
+            &field,
+            "DOCKHAND_* variables are set by the worker",
+        ));
+    }
+    if value.contains('\0') {
+        return Err(Rejection::invalid(&field, "must not contain a NUL byte"));
+    }
+    Ok(())
+}
+
+fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
+    let mut files = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut total = 0usize;
+    for (i, input) in spec.inputs.iter().enumerate() {
+        let field = format!("inputs[{i}]");
+        let rel = safe_relative_path(&input.path).ok_or_else(|| {
+            Rejection::invalid(
+                &format!("{field}.path"),
+                format!(
+                    "{:?} must be a relative path inside {INPUT_DIR}",
+                    input.path
+                ),
+            )
+        })?;
+        if !seen.insert(rel.clone()) {
+            return Err(Rejection::invalid(
+                &format!("{field}.path"),
+                format!("{rel:?} is given twice"),
+            ));
+        }
+        let content = match (&input.content, &input.content_base64, &input.url) {
+            (Some(text), None, None) => text.clone().into_bytes(),
+            (None, Some(b64), None) => base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    Rejection::invalid(
+                        &format!("{field}.content_base64"),
+                        format!("is not base64: {e}"),
+                    )
+                })?,
+            (None, None, Some(_)) => {
+                return Err(Rejection::invalid(
+                    &format!("{field}.url"),
+                    "is not supported by this worker version yet",
+                ))
+            }
+            _ => {
+                return Err(Rejection::invalid(
+                    &field,
+                    "give exactly one of `content`, `content_base64` or `url`",
+                ))
+            }
+        };
+        total += content.len();
+        if total > MAX_STAGED_BYTES {
+            return Err(Rejection::invalid(
+                "inputs",
+                "add up to more than 64 MiB; pass large data by URL",
+            ));
+        }
+        files.push(StagedFile {
+            path: format!("{INPUT_DIR}/{rel}"),
+            content,
+            mode: 0o644,
+        });
+    }
+    Ok(files)
+}
+
+/// `a/b/c.txt` for a path that stays inside its folder; `None` for `..`, `/x` and the like.
+fn safe_relative_path(path: &str) -> Option<String> {
+    if path.is_empty() || path.len() > 1024 || path.contains('\0') || path.contains('\\') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?.to_string()),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+fn image_allowed(image: &str, allow: &[String]) -> bool {
+    allow.is_empty()
+        || allow.iter().any(|rule| match rule.strip_suffix('*') {
+            Some(prefix) => image.starts_with(prefix),
+            None => rule == image,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, Reason};
+    use super::*;
+    use crate::config::{Overrides, Settings};
+
+    fn check(json: &str) -> Result<Job, Rejection> {
+        let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        let spec = parse(json.as_bytes())?;
+        validate(spec, "j1".into(), "default", &s.jobs.limits, &s.policy)
+    }
+
+    fn refused(json: &str) -> Rejection {
+        check(json).expect_err("should be refused")
+    }
+
+    #[test]
+    fn a_minimal_job_gets_defaults() {
+        let job = check(r#"{"image":"busybox","command":"echo hi"}"#).unwrap();
+        assert_eq!(
+            job.command,
+            Some(vec!["sh".into(), "-c".into(), "echo hi".into()])
+        );
+        assert_eq!(job.network, "none");
+        assert_eq!(job.limits.memory, 512 << 20);
+        assert_eq!(job.limits.cpus, None);
+        assert_eq!(job.limits.timeout, Duration::from_secs(3600));
+        assert!(job.collect_outputs);
+    }
+
+    #[test]
+    fn a_script_is_staged_and_run_with_its_interpreter() {
+        let job = check(r#"{"image":"py","script":{"content":"print(1)","filename":"run.py","interpreter":"python3 -u"}}"#).unwrap();
+        assert_eq!(
+            job.command,
+            Some(vec![
+                "python3".into(),
+                "-u".into(),
+                "/dockhand/work/run.py".into()
+            ])
+        );
+        assert_eq!(job.files[0].path, "/dockhand/work/run.py");
+        assert_eq!(job.files[0].mode, 0o755);
+        assert_eq!(job.workdir.as_deref(), Some("/dockhand/work"));
+    }
+
+    #[test]
+    fn inputs_are_decoded_and_kept_inside_the_input_folder() {
+        let job = check(r#"{"image":"x","inputs":[{"path":"a/b.txt","content":"hi"},{"path":"./c.bin","content_base64":"AAE="}]}"#).unwrap();
+        assert_eq!(job.files[0].path, "/dockhand/input/a/b.txt");
+        assert_eq!(job.files[1].content, vec![0, 1]);
+        for bad in ["../x", "/etc/passwd", "a/../../x", ""] {
+            let json = format!(r#"{{"image":"x","inputs":[{{"path":"{bad}","content":"1"}}]}}"#);
+            let err = refused(&json);
+            assert_eq!(err.reason, Reason::InvalidSpec);
+            assert!(
+                err.message.starts_with("`inputs[0].path`"),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"command":"x"}"#, "`image`"),
+            (r#"{"image":"x","command":[]}"#, "`command`"),
+            (r#"{"image":"x","command":"  "}"#, "`command`"),
+            (
+                r#"{"image":"x","limits":{"memory":"1k"}}"#,
+                "`limits.memory`",
+            ),
+            (
+                r#"{"image":"x","limits":{"memory":"1t"}}"#,
+                "`limits.memory`",
+            ),
+            (r#"{"image":"x","limits":{"cpus":0}}"#, "`limits.cpus`"),
+            (r#"{"image":"x","limits":{"pids":0}}"#, "`limits.pids`"),
+            (
+                r#"{"image":"x","limits":{"timeout_seconds":0}}"#,
+                "`limits.timeout_seconds`",
+            ),
+            (
+                r#"{"image":"x","limits":{"output_bytes":"2g"}}"#,
+                "`limits.output_bytes`",
+            ),
+            (r#"{"image":"x","env":{"1X":"y"}}"#, "`env.1X`"),
+            (
+                r#"{"image":"x","env":{"DOCKHAND_JOB_ID":"y"}}"#,
+                "`env.DOCKHAND_JOB_ID`",
+            ),
+            (r#"{"image":"x","workdir":"rel"}"#, "`workdir`"),
+            (
+                r#"{"image":"x","script":{"content":"x"},"command":"y"}"#,
+                "`script`",
+            ),
+            (
+                r#"{"image":"x","script":{"content":"x","filename":"a/b"}}"#,
+                "`script.filename`",
+            ),
+            (r#"{"image":"x","git":{"url":"u"}}"#, "`git`"),
+        ];
+        for (json, field) in cases {
+            let err = refused(json);
+            assert_eq!(err.reason, Reason::InvalidSpec, "{json}");
+            assert!(err.message.starts_with(field), "{json}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn policy_refusals_say_policy_denied() {
+        for (json, field) in [
+            (r#"{"image":"x","network":"host"}"#, "`network`"),
+            (r#"{"image":"x","network":"corp"}"#, "`network`"),
+            (r#"{"image":"x","volumes":["/:/host"]}"#, "`volumes`"),
+            (r#"{"image":"x","ports":[80]}"#, "`ports`"),
+        ] {
+            let err = refused(json);
+            assert_eq!(err.reason, Reason::PolicyDenied, "{json}");
+            assert!(err.message.starts_with(field), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn the_image_allow_list_takes_names_and_prefixes() {
+        let allow = vec!["registry.local/*".to_string(), "busybox".to_string()];
+        assert!(image_allowed("busybox", &allow));
+        assert!(image_allowed("registry.local/tools:1", &allow));
+        assert!(!image_allowed("busybox:evil", &allow));
+        assert!(image_allowed("anything", &[]));
+    }
+}

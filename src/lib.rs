@@ -1,0 +1,30 @@
+//! Dockhand: a Redis-backed task queue whose jobs are containers.
+//!
+//! # Layout
+//!
+//! A job flows through the modules in this order:
+//!
+//! - [`config`]: typed settings, loaded once and passed down.
+//! - [`job`]: the job spec a producer writes, and its validation.
+//! - [`store`]: Redis connection pools (ordinary and blocking commands).
+//! - [`queue`]: key names, the inbox mover, consumer groups, claiming and acking.
+//! - [`worker`]: the loop that holds permits and drives each job's pipeline.
+//! - [`executor`]: Docker via bollard: create, stage files, start, wait, collect, remove.
+//! - [`logs`]: container output split into lines, numbered, published and stored.
+//! - [`state`]: the job hash, its transitions and the events they publish.
+//! - [`backoff`]: retry delays with jitter, shared by every reconnect loop.
+//! - [`cli`]: the `dockhand` commands other than `worker`.
+
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod executor;
+pub mod job;
+pub mod logs;
+pub mod queue;
+pub mod size;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+pub mod worker;

@@ -1,0 +1,372 @@
+//! Container output as numbered lines, published live and kept in a replayable stream.
+//!
+//! Invariants:
+//! - Every line gets the next `seq`, starting after the last one already stored for
+//!   the job, so `seq` has no gaps across the stored stream and the live channel, and
+//!   a reader joins the two on it.
+//! - Each batch is written with `MULTI`: its `XADD`s and `PUBLISH`es land together.
+//! - `limits.log_bytes` caps what is kept; reaching it is said in a `system` line, and
+//!   what was dropped is counted. `system` lines are never dropped.
+//! - The container is never slowed by a reader: Docker keeps the output in its own
+//!   log file, we read it at our pace, and `PUBLISH` does not wait for subscribers.
+
+use crate::queue::Keys;
+use crate::store::Store;
+use deadpool_redis::redis::{self, AsyncCommands};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Lines buffered between the container reader and the Redis writer.
+const CHANNEL_LINES: usize = 8192;
+/// Lines written to Redis in one transaction.
+const BATCH_LINES: usize = 512;
+/// Lines remembered for the job's summary (events, webhooks).
+const TAIL_LINES: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    Build,
+    System,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Build => "build",
+            LogStream::System => "system",
+        }
+    }
+}
+
+/// One line of output. `partial` marks a piece of a line longer than the line cap;
+/// the last piece of such a line has `partial == false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub stream: LogStream,
+    pub text: String,
+    pub partial: bool,
+}
+
+/// Turns a byte stream into lines: buffers a partial line, splits lines longer than
+/// `max` bytes (on a UTF-8 boundary), drops a trailing `\r`, and flushes the rest at
+/// the end. Invalid UTF-8 is replaced, never fatal.
+#[derive(Debug)]
+pub struct LineSplitter {
+    stream: LogStream,
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl LineSplitter {
+    pub fn new(stream: LogStream, max: usize) -> Self {
+        LineSplitter {
+            stream,
+            buf: Vec::new(),
+            max: max.max(4),
+        }
+    }
+
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<LogLine>) {
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            self.buf.extend_from_slice(&bytes[..nl]);
+            bytes = &bytes[nl + 1..];
+            self.emit_long_parts(out);
+            let mut line = std::mem::take(&mut self.buf);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            out.push(self.line(&line, false));
+        }
+        self.buf.extend_from_slice(bytes);
+        self.emit_long_parts(out);
+    }
+
+    /// Emits what is left as a last line (a final line without a newline).
+    pub fn finish(&mut self, out: &mut Vec<LogLine>) {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            out.push(self.line(&line, false));
+        }
+    }
+
+    fn emit_long_parts(&mut self, out: &mut Vec<LogLine>) {
+        while self.buf.len() > self.max {
+            let mut cut = self.max;
+            // Back up to the start of a UTF-8 character (continuation bytes are 10xxxxxx).
+            while cut > 0 && (self.buf[cut] & 0xC0) == 0x80 {
+                cut -= 1;
+            }
+            if cut == 0 {
+                cut = self.max;
+            }
+            let rest = self.buf.split_off(cut);
+            let part = std::mem::replace(&mut self.buf, rest);
+            out.push(self.line(&part, true));
+        }
+    }
+
+    fn line(&self, bytes: &[u8], partial: bool) -> LogLine {
+        LogLine {
+            stream: self.stream,
+            text: String::from_utf8_lossy(bytes).into_owned(),
+            partial,
+        }
+    }
+}
+
+/// What the writer did, for the job's record.
+#[derive(Debug, Clone, Default)]
+pub struct LogSummary {
+    pub last_seq: u64,
+    pub lines_kept: u64,
+    pub bytes_kept: u64,
+    pub lines_dropped: u64,
+    pub bytes_dropped: u64,
+    /// Lines that could not be written because Redis stayed unreachable.
+    pub lines_lost: u64,
+    pub tail: VecDeque<String>,
+}
+
+/// The sending side handed to whatever produces lines.
+#[derive(Clone)]
+pub struct LogSender {
+    tx: mpsc::Sender<LogLine>,
+}
+
+impl LogSender {
+    /// Queues a line; waits when the writer is behind (which slows only our reading).
+    pub async fn send(&self, line: LogLine) {
+        // A closed writer means the job is being torn down; the line has nowhere to go.
+        let _ = self.tx.send(line).await;
+    }
+
+    pub async fn system(&self, text: impl Into<String>) {
+        self.send(LogLine {
+            stream: LogStream::System,
+            text: text.into(),
+            partial: false,
+        })
+        .await;
+    }
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    job: &'a str,
+    seq: u64,
+    stream: &'a str,
+    ts: &'a str,
+    line: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
+}
+
+/// Starts the writer task for one job. Drop every [`LogSender`] clone, then await the
+/// handle to be sure every line is stored and published.
+pub fn spawn_writer(
+    store: Store,
+    keys: Keys,
+    job_id: String,
+    cap_bytes: u64,
+) -> (LogSender, JoinHandle<LogSummary>) {
+    let (tx, rx) = mpsc::channel(CHANNEL_LINES);
+    let handle = tokio::spawn(write_lines(store, keys, job_id, cap_bytes, rx));
+    (LogSender { tx }, handle)
+}
+
+async fn write_lines(
+    store: Store,
+    keys: Keys,
+    job_id: String,
+    cap_bytes: u64,
+    mut rx: mpsc::Receiver<LogLine>,
+) -> LogSummary {
+    let stream_key = keys.log(&job_id);
+    let channel = keys.log_channel(&job_id);
+    let mut summary = LogSummary {
+        last_seq: last_stored_seq(&store, &stream_key).await,
+        ..Default::default()
+    };
+    let mut capped = false;
+    let mut batch: Vec<LogLine> = Vec::with_capacity(BATCH_LINES);
+    while rx.recv_many(&mut batch, BATCH_LINES).await > 0 {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let first_seq = summary.last_seq;
+        let mut to_write = Vec::with_capacity(batch.len());
+        for line in batch.drain(..) {
+            if line.stream != LogStream::System {
+                let len = line.text.len() as u64;
+                if capped || summary.bytes_kept + len > cap_bytes {
+                    if !capped {
+                        capped = true;
+                        to_write.push(LogLine {
+                            stream: LogStream::System,
+                            text: format!(
+                                "log limit reached (limits.log_bytes = {cap_bytes}); further output is not kept"
+                            ),
+                            partial: false,
+                        });
+                    }
+                    summary.lines_dropped += 1;
+                    summary.bytes_dropped += len;
+                    continue;
+                }
+                summary.bytes_kept += len;
+            }
+            to_write.push(line);
+        }
+        let ts = crate::time::now();
+        let mut seq = first_seq;
+        for line in &to_write {
+            seq += 1;
+            let msg = Message {
+                job: &job_id,
+                seq,
+                stream: line.stream.as_str(),
+                ts: &ts,
+                line: &line.text,
+                partial: line.partial,
+            };
+            let json = serde_json::to_string(&msg).expect("a log message always serializes");
+            let mut fields: Vec<(&str, String)> = vec![
+                ("seq", seq.to_string()),
+                ("stream", line.stream.as_str().to_string()),
+                ("ts", ts.clone()),
+                ("line", line.text.clone()),
+            ];
+            if line.partial {
+                fields.push(("partial", "1".to_string()));
+            }
+            pipe.xadd(&stream_key, "*", &fields).ignore();
+            pipe.publish(&channel, json).ignore();
+        }
+        if to_write.is_empty() {
+            continue;
+        }
+        if write_with_retry(&store, &pipe).await {
+            summary.last_seq = seq;
+            summary.lines_kept += to_write.len() as u64;
+            for line in to_write {
+                if summary.tail.len() == TAIL_LINES {
+                    summary.tail.pop_front();
+                }
+                summary.tail.push_back(line.text);
+            }
+        } else {
+            summary.lines_lost += to_write.len() as u64;
+            tracing::error!(job_id = %job_id, lines = to_write.len(), "log lines lost: Redis unreachable");
+        }
+    }
+    summary
+}
+
+/// Writes one batch, retrying through a short Redis outage. Gives up after about a
+/// minute so that a job never hangs on its logs.
+async fn write_with_retry(store: &Store, pipe: &redis::Pipeline) -> bool {
+    let mut delay = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = match store.conn().await {
+            Ok(mut conn) => pipe
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => return true,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "writing log lines failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The `seq` of the last line stored for the job (0 if none), so a re-run continues it.
+async fn last_stored_seq(store: &Store, stream_key: &str) -> u64 {
+    let Ok(mut conn) = store.conn().await else {
+        return 0;
+    };
+    let last: redis::RedisResult<redis::streams::StreamRangeReply> =
+        conn.xrevrange_count(stream_key, "+", "-", 1).await;
+    last.ok()
+        .and_then(|r| r.ids.into_iter().next())
+        .and_then(|id| id.get::<String>("seq"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(chunks: &[&[u8]], max: usize) -> Vec<(String, bool)> {
+        let mut s = LineSplitter::new(LogStream::Stdout, max);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut out);
+        }
+        s.finish(&mut out);
+        out.into_iter().map(|l| (l.text, l.partial)).collect()
+    }
+
+    #[test]
+    fn frames_become_lines_across_chunk_boundaries() {
+        let lines = split(&[b"one\ntw", b"o\nthr", b"ee"], 100);
+        assert_eq!(
+            lines,
+            vec![
+                ("one".into(), false),
+                ("two".into(), false),
+                ("three".into(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_lines_and_crlf_are_kept_as_lines() {
+        let lines = split(&[b"a\r\n\nb\n"], 100);
+        assert_eq!(
+            lines,
+            vec![("a".into(), false), ("".into(), false), ("b".into(), false)]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_split_and_marked() {
+        let lines = split(&[b"abcdefghij\n"], 4);
+        assert_eq!(
+            lines,
+            vec![
+                ("abcd".into(), true),
+                ("efgh".into(), true),
+                ("ij".into(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn splitting_respects_utf8_characters() {
+        // "é" is two bytes; a cut after 3 bytes would land inside the second one.
+        let lines = split(&["aéé\n".as_bytes()], 4);
+        assert_eq!(lines, vec![("aé".into(), true), ("é".into(), false)]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_fatal() {
+        let lines = split(&[b"ok \xff\xfe\n"], 100);
+        assert_eq!(lines[0].0, "ok \u{fffd}\u{fffd}");
+    }
+}

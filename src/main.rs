@@ -1,0 +1,141 @@
+//! The `dockhand` binary: parse arguments, load settings once, set up tracing, run.
+//! Exit codes: 0 ok, 1 the thing asked for failed, 2 bad usage.
+
+use clap::{Parser, Subcommand};
+use dockhand::cli;
+use dockhand::config::{Overrides, Settings};
+use dockhand::telemetry::{self, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "dockhand",
+    version,
+    about = "A Redis-backed task queue whose jobs are containers"
+)]
+struct Cli {
+    /// A TOML file overriding config/default.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where Redis is (overrides REDIS_URL and redis.url).
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+    /// How the process logs to stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Claim and run jobs from one or more queues.
+    Worker {
+        /// A queue to serve (repeat for several); default from worker.queues.
+        #[arg(long = "queue", value_name = "QUEUE")]
+        queues: Vec<String>,
+        /// Jobs run at the same time.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// This worker host's stable id (labels its containers); default the host name.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Submit a job: a JSON spec from a file or `-` (stdin), and/or flags.
+    Submit(cli::submit::Args),
+    /// Show a job's state.
+    Status {
+        id: String,
+        /// Print the whole job hash as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's log lines; with --follow, keep printing until the job ends.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+        /// Print each line as its JSON message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List queues with their waiting, running, inbox and dead counts.
+    Queues,
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    telemetry::init(args.log_format);
+    let mut overrides = Overrides {
+        redis_url: args.redis_url.clone(),
+        ..Default::default()
+    };
+    if let Command::Worker {
+        queues,
+        concurrency,
+        id,
+    } = &args.command
+    {
+        overrides.queues = queues.clone();
+        overrides.concurrency = *concurrency;
+        overrides.worker_id = id.clone();
+    }
+    let settings = match Settings::load(args.config.as_deref(), &overrides) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("dockhand: {}", telemetry::error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dockhand: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Worker { .. } => dockhand::worker::run(settings, shutdown_signal())
+                .await
+                .map_err(|e| cli::Failure::from_error(&e)),
+            Command::Submit(submit) => cli::submit::run(&settings, submit).await,
+            Command::Status { id, json } => cli::status::run(&settings, &id, json).await,
+            Command::Logs { id, follow, json } => {
+                cli::logs::run(&settings, &id, follow, json).await
+            }
+            Command::Queues => cli::queues::run(&settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("dockhand: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,102 @@
+//! Key and channel names (contract sections 1, 3 and 4). Keys that one atomic step
+//! touches together carry the queue as a hash tag `{<q>}`, so they share a Redis
+//! Cluster slot.
+
+/// Builds every key name from the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stream producers `XADD` jobs to.
+    pub fn jobs(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:jobs", self.prefix)
+    }
+
+    /// The list producers `LPUSH` jobs to.
+    pub fn inbox(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:inbox", self.prefix)
+    }
+
+    /// Raw entries that could not be run, with why.
+    pub fn dead(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:dead", self.prefix)
+    }
+
+    /// The job hash.
+    pub fn job(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    /// Files the job returned: name → bytes.
+    pub fn files(&self, id: &str) -> String {
+        format!("{}:job:{id}:files", self.prefix)
+    }
+
+    /// The replayable stream of the job's log lines.
+    pub fn log(&self, id: &str) -> String {
+        format!("{}:job:{id}:log", self.prefix)
+    }
+
+    /// The pub/sub channel of the job's live log lines.
+    pub fn log_channel(&self, id: &str) -> String {
+        format!("{}:logs:{id}", self.prefix)
+    }
+
+    /// The pub/sub channel of every state change.
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// The pattern matching every queue's job stream, for discovery with `SCAN`.
+    pub fn jobs_pattern(&self) -> String {
+        format!("{}:{{*}}:jobs", self.prefix)
+    }
+
+    /// The pattern matching every queue's inbox list.
+    pub fn inbox_pattern(&self) -> String {
+        format!("{}:{{*}}:inbox", self.prefix)
+    }
+
+    /// The queue name inside a key made by [`Keys::jobs`], [`Keys::inbox`] or [`Keys::dead`].
+    pub fn queue_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
+        Some(&rest[..rest.find('}')?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_contract() {
+        let k = Keys::new("dockhand");
+        assert_eq!(k.jobs("default"), "dockhand:{default}:jobs");
+        assert_eq!(k.inbox("default"), "dockhand:{default}:inbox");
+        assert_eq!(k.dead("q1"), "dockhand:{q1}:dead");
+        assert_eq!(k.job("abc"), "dockhand:job:abc");
+        assert_eq!(k.files("abc"), "dockhand:job:abc:files");
+        assert_eq!(k.log("abc"), "dockhand:job:abc:log");
+        assert_eq!(k.log_channel("abc"), "dockhand:logs:abc");
+        assert_eq!(k.events_channel(), "dockhand:events");
+    }
+
+    #[test]
+    fn the_queue_is_read_back_from_a_key() {
+        let k = Keys::new("t1");
+        assert_eq!(k.queue_of(&k.jobs("a.b")), Some("a.b"));
+        assert_eq!(k.queue_of("other:{x}:jobs"), None);
+    }
+}

@@ -1,0 +1,26 @@
+//! Queues in Redis: how jobs arrive and how a worker claims and releases them.
+//!
+//! A queue `<q>` is a Redis stream `dockhand:{<q>}:jobs` read through the consumer
+//! group [`GROUP`]. Redis Streams keep, per group, a pending entries list (PEL): an
+//! entry read with `XREADGROUP ... >` stays pending for the consumer that read it
+//! until that consumer acknowledges it. Dockhand's invariants on top of that:
+//!
+//! - An entry is acknowledged (and deleted) only after its job's terminal state is
+//!   written, so a crash before that leaves it pending, never lost.
+//! - The list `dockhand:{<q>}:inbox` (for `LPUSH` producers) is moved into the stream
+//!   by one Lua script per batch: `RPOP` and `XADD` happen in one atomic step, so an
+//!   entry is never in both places or in neither, whatever dies when.
+//! - The group is created at id `0` (so entries added before any worker existed are
+//!   served) and re-created whenever Redis answers `NOGROUP` (e.g. after a restart
+//!   without persistence).
+//! - Acknowledged entries are deleted from the stream, so the stream holds only work
+//!   not yet finished and a re-created group cannot replay finished jobs.
+
+mod intake;
+mod keys;
+
+pub use intake::{ack, ensure_groups, move_inbox, read, wait_inbox, Entry, ReadError};
+pub use keys::Keys;
+
+/// The consumer group every worker of every queue reads through.
+pub const GROUP: &str = "workers";

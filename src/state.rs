@@ -1,0 +1,339 @@
+//! The job hash `dockhand:job:<id>`, its transitions, and the events they publish.
+//!
+//! Invariants:
+//! - A job hash belongs to the stream entry that created it (field `entry`). Every
+//!   write checks that field in the same Lua step, so a stale run of the job (say,
+//!   a redelivery) can never overwrite the state written for another entry, and a
+//!   second entry with the same `id` is recognised as a duplicate.
+//! - Each state change and its event on `dockhand:events` happen in one script:
+//!   there is no state without its event, and no event for a state not written.
+//! - A terminal write sets the retention expiry on the hash in the same step; the
+//!   job's files and log stream get the same expiry right after.
+
+use crate::job::{Reason, Status};
+use crate::queue::Keys;
+use crate::store::{Conn, StoreError};
+use deadpool_redis::redis::{self, AsyncCommands};
+use serde::Serialize;
+use std::sync::LazyLock;
+
+/// A returned file, as listed in the job state and its events.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The job state as Dockhand knows it: what the hash holds and what events carry.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub queue: String,
+    pub status: &'static str,
+    pub reason: Option<&'static str>,
+    pub attempt: u32,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub worker: Option<String>,
+    pub exit_code: Option<i64>,
+    pub image: Option<String>,
+    pub image_id: Option<String>,
+    pub result_text: Option<String>,
+    pub result_data: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub files: Vec<FileInfo>,
+    pub files_dropped: Vec<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl JobRecord {
+    pub fn new(id: &str, queue: &str, created_at: String) -> Self {
+        JobRecord {
+            id: id.to_string(),
+            queue: queue.to_string(),
+            status: Status::Queued.as_str(),
+            reason: None,
+            attempt: 0,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            exit_code: None,
+            image: None,
+            image_id: None,
+            result_text: None,
+            result_data: None,
+            error: None,
+            files: Vec::new(),
+            files_dropped: Vec::new(),
+            metadata: None,
+        }
+    }
+
+    pub fn set_status(&mut self, status: Status) {
+        self.status = status.as_str();
+    }
+
+    /// Marks the job aborted for `reason`, with a message naming what went wrong.
+    pub fn abort(&mut self, reason: Reason, error: impl Into<String>) {
+        self.status = Status::Aborted.as_str();
+        self.reason = Some(reason.as_str());
+        self.error = Some(error.into());
+        self.finished_at = Some(crate::time::now());
+    }
+
+    pub fn complete(&mut self) {
+        self.status = Status::Completed.as_str();
+        self.reason = None;
+        self.finished_at = Some(crate::time::now());
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        Status::parse(self.status).is_some_and(Status::is_terminal)
+    }
+
+    /// The hash fields, every one of them present (empty when unknown), so that
+    /// `HGETALL` always shows the same shape.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        let json =
+            |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        vec![
+            ("id", self.id.clone()),
+            ("queue", self.queue.clone()),
+            ("status", self.status.to_string()),
+            ("reason", self.reason.unwrap_or_default().to_string()),
+            ("attempt", self.attempt.to_string()),
+            ("created_at", self.created_at.clone()),
+            ("started_at", opt(&self.started_at)),
+            ("finished_at", opt(&self.finished_at)),
+            ("worker", opt(&self.worker)),
+            (
+                "exit_code",
+                self.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            ),
+            ("image", opt(&self.image)),
+            ("image_id", opt(&self.image_id)),
+            ("result_text", opt(&self.result_text)),
+            ("result_data", json(&self.result_data)),
+            ("error", opt(&self.error)),
+            (
+                "files",
+                serde_json::to_string(&self.files).unwrap_or_default(),
+            ),
+            (
+                "files_dropped",
+                serde_json::to_string(&self.files_dropped).unwrap_or_default(),
+            ),
+            ("metadata", json(&self.metadata)),
+        ]
+    }
+
+    /// The event body (contract section 5): `{"type","timestamp","data"}`.
+    pub fn event(&self, kind: &str) -> String {
+        serde_json::json!({ "type": kind, "timestamp": crate::time::now(), "data": self })
+            .to_string()
+    }
+}
+
+/// What [`claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First sight of this job: its hash was created, `job.queued` published.
+    New,
+    /// Another entry already owns this id: this one is a duplicate submission.
+    Duplicate { status: String },
+    /// This entry was delivered before (a worker died or lost it); its status and
+    /// the attempts already made.
+    Redelivered { status: String, attempt: u32 },
+}
+
+/// Creates the job hash for `entry` unless the id is taken; counts deliveries.
+/// KEYS[1] job hash. ARGV: entry, id, queue, created_at, spec, events channel, queued event.
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local owner = redis.call('HGET', KEYS[1], 'entry')
+        if owner and owner ~= ARGV[1] then
+            return {'duplicate', redis.call('HGET', KEYS[1], 'status') or '', '0'}
+        end
+        redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+        if owner then
+            return {'redelivered', redis.call('HGET', KEYS[1], 'status') or '',
+                redis.call('HGET', KEYS[1], 'attempt') or '0'}
+        end
+        redis.call('HSET', KEYS[1], 'entry', ARGV[1], 'id', ARGV[2], 'queue', ARGV[3],
+            'status', 'queued', 'created_at', ARGV[4], 'attempt', '0', 'spec', ARGV[5])
+        redis.call('PUBLISH', ARGV[6], ARGV[7])
+        return {'new', '', '0'}
+        ",
+    )
+});
+
+pub async fn claim(
+    conn: &mut Conn,
+    keys: &Keys,
+    entry: &str,
+    record: &JobRecord,
+    spec: &[u8],
+) -> Result<Claim, StoreError> {
+    let (kind, status, attempt): (String, String, String) = CLAIM
+        .key(keys.job(&record.id))
+        .arg(entry)
+        .arg(&record.id)
+        .arg(&record.queue)
+        .arg(&record.created_at)
+        .arg(spec)
+        .arg(keys.events_channel())
+        .arg(record.event("job.queued"))
+        .invoke_async(conn)
+        .await?;
+    Ok(match kind.as_str() {
+        "new" => Claim::New,
+        "duplicate" => Claim::Duplicate { status },
+        _ => Claim::Redelivered {
+            status,
+            attempt: attempt.parse().unwrap_or(0),
+        },
+    })
+}
+
+/// Writes the record's fields if `entry` still owns the job, publishes the event,
+/// and on a terminal state sets the expiry. Returns false when the job is not ours.
+/// KEYS[1] job hash. ARGV: entry, channel, event, expire seconds (0 = none), then field/value pairs.
+static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
+        redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+        if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+        local ttl = tonumber(ARGV[4])
+        if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+        return 1
+        ",
+    )
+});
+
+/// Writes `record`, publishing `event` (e.g. `job.started`) with it.
+pub async fn write(
+    conn: &mut Conn,
+    keys: &Keys,
+    entry: &str,
+    record: &JobRecord,
+    event: &str,
+    retention_seconds: u64,
+) -> Result<bool, StoreError> {
+    let ttl = if record.is_terminal() {
+        retention_seconds
+    } else {
+        0
+    };
+    let mut inv = WRITE.key(keys.job(&record.id));
+    inv.arg(entry)
+        .arg(keys.events_channel())
+        .arg(record.event(event))
+        .arg(ttl);
+    for (field, value) in record.fields() {
+        inv.arg(field).arg(value);
+    }
+    let written: i64 = inv.invoke_async(conn).await?;
+    if written == 1 && ttl > 0 {
+        redis::pipe()
+            .expire(keys.files(&record.id), ttl as i64)
+            .ignore()
+            .expire(keys.log(&record.id), ttl as i64)
+            .ignore()
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(written == 1)
+}
+
+/// Publishes an event that changes no state (`job.duplicate`).
+pub async fn publish(conn: &mut Conn, keys: &Keys, body: &str) -> Result<(), StoreError> {
+    let _: i64 = conn.publish(keys.events_channel(), body).await?;
+    Ok(())
+}
+
+/// Records a job's returned files (`dockhand:job:<id>:files`, name → bytes).
+pub async fn store_files(
+    conn: &mut Conn,
+    keys: &Keys,
+    id: &str,
+    files: &[(String, Vec<u8>)],
+) -> Result<(), StoreError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let key = keys.files(id);
+    let mut pipe = redis::pipe();
+    pipe.atomic().del(&key).ignore();
+    for (name, content) in files {
+        pipe.hset(&key, name, content.as_slice()).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// Adds the raw entry of a job that could not run to the queue's dead stream.
+pub async fn bury(
+    conn: &mut Conn,
+    keys: &Keys,
+    queue: &str,
+    max_len: usize,
+    fields: &[(&str, &[u8])],
+) -> Result<(), StoreError> {
+    let _: String = conn
+        .xadd_maxlen(
+            keys.dead(queue),
+            redis::streams::StreamMaxlen::Approx(max_len),
+            "*",
+            fields,
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_field_is_written() {
+        let r = JobRecord::new("j", "q", "t".into());
+        let names: Vec<&str> = r.fields().iter().map(|(k, _)| *k).collect();
+        for f in [
+            "id",
+            "queue",
+            "status",
+            "reason",
+            "attempt",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "worker",
+            "exit_code",
+            "image",
+            "result_text",
+            "result_data",
+            "error",
+        ] {
+            assert!(names.contains(&f), "missing {f}");
+        }
+    }
+
+    #[test]
+    fn events_carry_type_timestamp_and_state() {
+        let mut r = JobRecord::new("j", "q", "t".into());
+        r.metadata = Some(serde_json::json!({"k": 1}));
+        r.abort(Reason::Timeout, "too slow");
+        let v: serde_json::Value = serde_json::from_str(&r.event("job.aborted")).unwrap();
+        assert_eq!(v["type"], "job.aborted");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(v["data"]["status"], "aborted");
+        assert_eq!(v["data"]["reason"], "timeout");
+        assert_eq!(v["data"]["metadata"]["k"], 1);
+    }
+}

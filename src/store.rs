@@ -1,0 +1,117 @@
+//! Redis connections: one pool for ordinary commands and one for blocking reads.
+//!
+//! Why two pools: a blocking command (`XREADGROUP BLOCK`, `BLMOVE`) holds its
+//! connection until the server answers, so it must never share a multiplexed
+//! connection with ordinary commands, and its response timeout must outlast the
+//! block. Ordinary commands time out after `redis.command_timeout_ms`, so a silent
+//! network never hangs a worker. Connections are made lazily: a worker starts even
+//! while Redis is down, and says so until it is back.
+
+use crate::config::Settings;
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
+use deadpool_redis::{Manager, Pool, Runtime};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid Redis URL")]
+    Url(#[source] redis::RedisError),
+    #[error("cannot get a Redis connection")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis command failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot build the connection pool: {0}")]
+    Build(String),
+}
+
+impl StoreError {
+    /// True when the error is about reaching Redis rather than about the command.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+            }
+            _ => false,
+        }
+    }
+
+    /// The server's error code (`NOGROUP`, `BUSYGROUP`, ...), if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            StoreError::Redis(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+pub type Conn = deadpool_redis::Connection;
+
+/// Cheap to clone; every clone shares the pools.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    blocking: Pool,
+    client: redis::Client,
+}
+
+impl Store {
+    /// Builds the pools without connecting.
+    pub fn new(settings: &Settings) -> Result<Store, StoreError> {
+        let r = &settings.redis;
+        let command_timeout = Duration::from_millis(r.command_timeout_ms);
+        let block = Duration::from_millis(settings.worker.block_ms);
+        let pool = build_pool(&r.url, r.pool_size, command_timeout, command_timeout)?;
+        let blocking_size = settings.worker.queues.len() + 4;
+        let blocking = build_pool(
+            &r.url,
+            blocking_size,
+            command_timeout + block,
+            command_timeout,
+        )?;
+        let client = redis::Client::open(r.url.as_str()).map_err(StoreError::Url)?;
+        Ok(Store {
+            pool,
+            blocking,
+            client,
+        })
+    }
+
+    /// A connection for ordinary commands.
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// A connection for one blocking command at a time.
+    pub async fn blocking_conn(&self) -> Result<Conn, StoreError> {
+        Ok(self.blocking.get().await?)
+    }
+
+    /// A dedicated pub/sub connection.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        Ok(self.client.get_async_pubsub().await?)
+    }
+}
+
+fn build_pool(
+    url: &str,
+    size: usize,
+    response: Duration,
+    connect: Duration,
+) -> Result<Pool, StoreError> {
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(response))
+        .set_connection_timeout(Some(connect));
+    let manager = Manager::new_with_config(url, config).map_err(StoreError::Url)?;
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(connect))
+        .create_timeout(Some(connect))
+        .recycle_timeout(Some(connect))
+        .build()
+        .map_err(|e| StoreError::Build(e.to_string()))
+}

@@ -1,0 +1,192 @@
+//! The `dockhand` binary: submit, status, logs (replay and follow), queues, exit codes.
+
+use crate::common::{image, Env};
+use std::process::Output;
+use tokio::process::Command;
+
+async fn dockhand(env: &Env, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+    cmd.arg("--redis-url")
+        .arg(&env.url)
+        .args(args)
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .env_remove("REDIS_URL");
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("the dockhand binary runs");
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().await.unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_status_and_logs_from_the_command_line() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-cli", env.prefix);
+    let img = image();
+    let out = dockhand(
+        &env,
+        &[
+            "submit",
+            "--image",
+            &img,
+            "--cmd",
+            "echo $WHO says hi; echo bye",
+            "--env",
+            "WHO=cli",
+            "--id",
+            &id,
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), id);
+    assert_eq!(env.finished(&id).await["status"], "completed");
+
+    let status = dockhand(&env, &["status", &id], None).await;
+    assert!(status.status.success());
+    let shown = text(&status.stdout);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["status", "completed"]),
+        "{shown}"
+    );
+
+    let json = dockhand(&env, &["status", &id, "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["status"], "completed");
+    assert!(v["spec"].as_str().unwrap().contains("WHO"));
+
+    let logs = dockhand(&env, &["logs", &id], None).await;
+    assert!(logs.status.success());
+    assert_eq!(text(&logs.stdout), "cli says hi\nbye\n");
+
+    let queues = dockhand(&env, &["queues"], None).await;
+    assert!(queues.status.success());
+    assert!(
+        text(&queues.stdout)
+            .lines()
+            .any(|l| l.starts_with("default ")),
+        "{}",
+        text(&queues.stdout)
+    );
+    worker.stop().await;
+}
+
+/// `logs --follow` started before the job runs replays nothing, follows the live
+/// lines, and exits when the job ends, with every line exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_prints_each_line_once_and_ends_with_the_job() {
+    let env = Env::new();
+    let id = format!("{}-follow", env.prefix);
+    let follower = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+        cmd.args(["--redis-url", &env.url, "logs", &id, "--follow", "--json"])
+            .env("DOCKHAND__REDIS__PREFIX", &env.prefix);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let worker = env.worker(&["default"], 1);
+    // Lines before and after a pause, so the follower sees both stored and live ones.
+    let command =
+        "for i in 1 2 3; do echo early $i; done; sleep 1; for i in 1 2 3; do echo late $i; done";
+    env.xadd(
+        "default",
+        &serde_json::json!({"id": id, "image": image(), "command": command}).to_string(),
+    )
+    .await;
+    let out = follower.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let seqs: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+
+    // A late reader gets the same lines from the stored stream.
+    let late = dockhand(&env, &["logs", &id, "--follow"], None).await;
+    assert!(late.status.success());
+    assert_eq!(text(&late.stdout).lines().count(), 6);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_from_stdin_with_follow_reports_the_outcome_in_its_exit_code() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-stdin", env.prefix);
+    let spec = serde_json::json!({"id": id, "image": image(), "command": "echo failing; exit 4"})
+        .to_string();
+    let out = dockhand(&env, &["submit", "-", "--follow"], Some(&spec)).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the job failed, so the command did: {}",
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("failing"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["reason", "exit_code"]),
+        "{stdout}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_follow_the_contract() {
+    let env = Env::new();
+    let missing = dockhand(&env, &["status", "no-such-job"], None).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("not found"));
+    let no_image = dockhand(&env, &["submit", "--cmd", "true"], None).await;
+    assert_eq!(no_image.status.code(), Some(2));
+    let bad_json = dockhand(&env, &["submit", "-"], Some("{not json")).await;
+    assert_eq!(bad_json.status.code(), Some(2));
+    let unknown = dockhand(&env, &["frobnicate"], None).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    let bad_config = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+        cmd.args(["status", "x"])
+            .env("DOCKHAND__WORKER__CONCURRENCY", "0");
+        cmd.output().await.unwrap()
+    };
+    assert_eq!(bad_config.status.code(), Some(2));
+    assert!(text(&bad_config.stderr).contains("worker.concurrency"));
+    let unreachable = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+        let port = crate::common::free_port();
+        cmd.args([
+            "--redis-url",
+            &format!("redis://127.0.0.1:{port}/"),
+            "status",
+            "x",
+        ]);
+        cmd.output().await.unwrap()
+    };
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(
+        text(&unreachable.stderr).contains("cannot reach Redis"),
+        "{}",
+        text(&unreachable.stderr)
+    );
+}

@@ -1,0 +1,306 @@
+//! Shared fixtures for the integration tests: a real `redis-server`, the real Docker
+//! engine, and a worker running in-process.
+//!
+//! Each test gets its own key prefix and worker id, so tests run in parallel on one
+//! Redis without seeing each other's keys or containers. `REDIS_URL` (set by
+//! `scripts/test`) names a shared server; without it, each test starts its own.
+
+#![allow(dead_code)]
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use dockhand::config::{Overrides, Settings};
+use dockhand::queue::Keys;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The local image jobs run in (built by scripts/lib.sh: FROM scratch + static busybox).
+pub fn image() -> String {
+    let image =
+        std::env::var("DOCKHAND_TEST_IMAGE").unwrap_or_else(|_| "dockhand-busybox:latest".into());
+    let ok = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "test image {image} is missing: run scripts/test, which builds it"
+    );
+    image
+}
+
+/// A `redis-server` this test owns (killed on drop), on a free loopback port.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// SIGKILLs the server (all data is lost: no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One test's world: Redis, a unique prefix, settings, and helpers.
+pub struct Env {
+    pub url: String,
+    pub prefix: String,
+    pub keys: Keys,
+    pub client: redis::Client,
+    /// Held so that a per-test server lives as long as the test.
+    pub server: Option<RedisServer>,
+}
+
+impl Env {
+    /// Uses `REDIS_URL` when set, else a server of its own.
+    pub fn new() -> Env {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => Env::with_url(url, None),
+            _ => Env::own_server(),
+        }
+    }
+
+    /// Always a server of its own (for tests that kill Redis).
+    pub fn own_server() -> Env {
+        let server = RedisServer::start();
+        Env::with_url(server.url(), Some(server))
+    }
+
+    fn with_url(url: String, server: Option<RedisServer>) -> Env {
+        let prefix = format!("t{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+        let client = redis::Client::open(url.as_str()).unwrap();
+        Env {
+            keys: Keys::new(&prefix),
+            url,
+            prefix,
+            client,
+            server,
+        }
+    }
+
+    /// Settings for a worker in this test: its prefix, its id, short timings.
+    pub fn settings(
+        &self,
+        queues: &[&str],
+        concurrency: usize,
+        extra: &[(&str, &str)],
+    ) -> Arc<Settings> {
+        let mut env: Vec<(String, String)> = vec![
+            ("DOCKHAND__REDIS__PREFIX".into(), self.prefix.clone()),
+            ("DOCKHAND__WORKER__BLOCK_MS".into(), "300".into()),
+            ("DOCKHAND__WORKER__STOP_GRACE_SECONDS".into(), "1".into()),
+            ("DOCKHAND__WORKER__RECONNECT_MAX_MS".into(), "500".into()),
+            ("DOCKHAND__WORKER__DRAIN_SECONDS".into(), "20".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let overrides = Overrides {
+            redis_url: Some(self.url.clone()),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            concurrency: Some(concurrency),
+            worker_id: Some(self.prefix.clone()),
+        };
+        Arc::new(Settings::load_from(None, &env, &overrides).expect("test settings are valid"))
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// `XADD dockhand:{q}:jobs * job <json>`, as any producer would; returns the entry id.
+    pub async fn xadd(&self, queue: &str, job: &str) -> String {
+        let mut c = self.conn().await;
+        c.xadd(self.keys.jobs(queue), "*", &[("job", job)])
+            .await
+            .unwrap()
+    }
+
+    /// `LPUSH dockhand:{q}:inbox <json>`.
+    pub async fn lpush(&self, queue: &str, job: &str) {
+        let mut c = self.conn().await;
+        let _: i64 = c.lpush(self.keys.inbox(queue), job).await.unwrap();
+    }
+
+    pub async fn job(&self, id: &str) -> HashMap<String, String> {
+        let mut c = self.conn().await;
+        c.hgetall(self.keys.job(id)).await.unwrap()
+    }
+
+    /// Waits until the job is completed or aborted and returns its hash. The limit
+    /// only keeps a broken test from hanging; it asserts nothing about speed.
+    pub async fn finished(&self, id: &str) -> HashMap<String, String> {
+        for _ in 0..1200 {
+            let job = self.job(id).await;
+            if matches!(
+                job.get("status").map(String::as_str),
+                Some("completed" | "aborted")
+            ) {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "job {id} did not finish; its hash: {:?}",
+            self.job(id).await
+        );
+    }
+
+    /// The stored log lines: (seq, stream, line).
+    pub async fn log(&self, id: &str) -> Vec<(u64, String, String)> {
+        let mut c = self.conn().await;
+        let reply: redis::streams::StreamRangeReply =
+            c.xrange_all(self.keys.log(id)).await.unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                (
+                    e.get::<String>("seq").unwrap().parse().unwrap(),
+                    e.get::<String>("stream").unwrap(),
+                    e.get::<String>("line").unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Lines of one stream (stdout, stderr, system), in order.
+    pub async fn lines(&self, id: &str, stream: &str) -> Vec<String> {
+        self.log(id)
+            .await
+            .into_iter()
+            .filter(|(_, s, _)| s == stream)
+            .map(|(_, _, l)| l)
+            .collect()
+    }
+
+    /// A worker running in this process.
+    pub fn worker(&self, queues: &[&str], concurrency: usize) -> Worker {
+        Worker::start(self.settings(queues, concurrency, &[]))
+    }
+}
+
+/// A worker task; stopping it sends the shutdown it was started with.
+pub struct Worker {
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn start(settings: Arc<Settings>) -> Worker {
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            dockhand::worker::run(settings, shutdown)
+                .await
+                .expect("the worker runs");
+        });
+        Worker {
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("the worker stops cleanly");
+        }
+    }
+}
+
+/// Containers that carry `label`, running or not.
+pub fn containers_with_label(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", &format!("label={label}")])
+        .output()
+        .expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

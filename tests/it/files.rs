@@ -1,0 +1,180 @@
+//! Files into and out of jobs: inputs, outputs within their limit, result.json.
+
+use crate::common::{image, Env};
+use deadpool_redis::redis::AsyncCommands;
+use std::collections::HashMap;
+
+fn spec(id: &str, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({ "id": id, "image": image() });
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v.to_string()
+}
+
+async fn files(env: &Env, id: &str) -> HashMap<String, Vec<u8>> {
+    let mut c = env.conn().await;
+    c.hgetall(env.keys.files(id)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_files_and_result_json_come_back() {
+    let env = Env::new();
+    let id = format!("{}-out", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    let command = r#"mkdir -p /dockhand/output/sub && printf 'a,b\n1,2\n' > /dockhand/output/table.csv && echo deep > /dockhand/output/sub/x.txt && echo '{"result_text":"2 rows","result_data":{"rows":2,"ok":true}}' > /dockhand/output/result.json"#;
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": command})),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(job["result_text"], "2 rows");
+    let data: serde_json::Value = serde_json::from_str(&job["result_data"]).unwrap();
+    assert_eq!(data, serde_json::json!({"rows": 2, "ok": true}));
+
+    let stored = files(&env, &id).await;
+    assert_eq!(
+        stored.len(),
+        2,
+        "result.json is the result, not a file: {:?}",
+        stored.keys()
+    );
+    assert_eq!(stored["table.csv"], b"a,b\n1,2\n");
+    assert_eq!(stored["sub/x.txt"], b"deep\n");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&job["files"]).unwrap();
+    let csv = listed.iter().find(|f| f["name"] == "table.csv").unwrap();
+    assert_eq!(csv["size"], 8);
+    assert_eq!(
+        csv["sha256"],
+        "492d5ea496056f1a6a6592241032fab764c321596317930b4fa0e1e8bc3b7470"
+    ); // printf 'a,b\n1,2\n' | sha256sum
+    let mut c = env.conn().await;
+    let ttl: i64 = c.ttl(env.keys.files(&id)).await.unwrap();
+    assert!(ttl > 0, "files expire with the job");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_staged_before_start() {
+    let env = Env::new();
+    let id = format!("{}-in", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({
+                "command": "cat /dockhand/input/params/a.txt; cat /dockhand/input/b.bin; echo; ls /dockhand",
+                "inputs": [
+                    {"path": "params/a.txt", "content": "text input\n"},
+                    {"path": "b.bin", "content_base64": "aGVsbG8gYmFzZTY0"},
+                ],
+            }),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(
+        env.lines(&id, "stdout").await,
+        vec!["text input", "hello base64", "input", "output", "work"]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_over_the_limit_are_named_not_silently_dropped() {
+    let env = Env::new();
+    let id = format!("{}-big", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    let command = "head -c 5000 /dev/zero > /dockhand/output/big.bin; echo small > /dockhand/output/small.txt";
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": command, "limits": {"output_bytes": 1000}}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    let stored = files(&env, &id).await;
+    assert_eq!(stored.keys().collect::<Vec<_>>(), vec!["small.txt"]);
+    let dropped: Vec<String> = serde_json::from_str(&job["files_dropped"]).unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert!(dropped[0].starts_with("big.bin (5000 bytes"), "{dropped:?}");
+    assert!(
+        job["error"].contains("1 output file(s) not kept"),
+        "{}",
+        job["error"]
+    );
+    let system = env.lines(&id, "system").await;
+    assert!(system.iter().any(|l| l.contains("big.bin")), "{system:?}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_outputs_only_the_result_is_read() {
+    let env = Env::new();
+    let id = format!("{}-noout", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    let command = r#"echo x > /dockhand/output/x.txt; echo '{"result_text":"r"}' > /dockhand/output/result.json"#;
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": command, "outputs": false}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["result_text"], "r");
+    assert!(files(&env, &id).await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_can_abort_itself_through_result_json() {
+    let env = Env::new();
+    let id = format!("{}-selfabort", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    let command = r#"echo '{"error_text":"input was empty","error_data":{"field":"rows"}}' > /dockhand/output/result.json"#;
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": command})),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "aborted");
+    assert_eq!(job["reason"], "aborted_by_job");
+    assert_eq!(job["error"], "input was empty");
+    assert_eq!(job["result_data"], r#"{"field":"rows"}"#);
+    assert_eq!(job["exit_code"], "0");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_result_json_is_reported_and_the_exit_code_decides() {
+    let env = Env::new();
+    let id = format!("{}-badresult", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "echo '{oops' > /dockhand/output/result.json"}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed");
+    assert!(
+        job["error"].contains("result.json is not valid JSON"),
+        "{}",
+        job["error"]
+    );
+    worker.stop().await;
+}

@@ -1,0 +1,243 @@
+//! Getting jobs in: XADD and LPUSH, bad specs, duplicates, the inbox mover.
+
+use crate::common::{image, Env};
+use deadpool_redis::redis::{self, AsyncCommands};
+use futures_util::StreamExt;
+use std::time::Duration;
+
+fn spec(id: &str, command: &str) -> String {
+    serde_json::json!({ "id": id, "image": image(), "command": command }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_recorded_kept_and_the_next_job_still_runs() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let entry = env.xadd("default", r#"{"image": 42"#).await;
+    let good = format!("{}-good", env.prefix);
+    env.xadd("default", &spec(&good, "echo still serving"))
+        .await;
+
+    let bad = env.finished(&entry).await;
+    assert_eq!(bad["status"], "aborted");
+    assert_eq!(bad["reason"], "invalid_spec");
+    assert!(bad["error"].contains("not valid JSON"), "{}", bad["error"]);
+    let next = env.finished(&good).await;
+    assert_eq!(next["status"], "completed");
+
+    let mut c = env.conn().await;
+    let dead: redis::streams::StreamRangeReply =
+        c.xrange_all(env.keys.dead("default")).await.unwrap();
+    assert_eq!(dead.ids.len(), 1);
+    let kept = &dead.ids[0];
+    assert_eq!(
+        kept.get::<String>("job").unwrap(),
+        r#"{"image": 42"#,
+        "the raw entry is kept as it came"
+    );
+    assert_eq!(kept.get::<String>("reason").unwrap(), "invalid_spec");
+    assert_eq!(kept.get::<String>("id").unwrap(), entry);
+    let left: usize = c.xlen(env.keys.jobs("default")).await.unwrap();
+    assert_eq!(left, 0, "finished entries are acknowledged and deleted");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invalid_spec_names_its_field() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 2);
+    let img = image();
+    let cases = [
+        (
+            "type",
+            serde_json::json!({"image": img, "command": "true", "limits": {"pids": "many"}}),
+            "`limits.pids`",
+        ),
+        (
+            "unknown",
+            serde_json::json!({"image": img, "command": "true", "imagee": "x"}),
+            "imagee",
+        ),
+        (
+            "empty",
+            serde_json::json!({"image": img, "command": []}),
+            "`command`",
+        ),
+        (
+            "range",
+            serde_json::json!({"image": img, "command": "true", "limits": {"timeout_seconds": 0}}),
+            "`limits.timeout_seconds`",
+        ),
+        (
+            "escape",
+            serde_json::json!({"image": img, "inputs": [{"path": "../etc/x", "content": "1"}]}),
+            "`inputs[0].path`",
+        ),
+        ("noimage", serde_json::json!({"command": "true"}), "`image`"),
+    ];
+    for (name, mut body, _) in cases.clone() {
+        body["id"] = format!("{}-{name}", env.prefix).into();
+        env.xadd("default", &body.to_string()).await;
+    }
+    for (name, _, field) in cases {
+        let job = env.finished(&format!("{}-{name}", env.prefix)).await;
+        assert_eq!(job["status"], "aborted", "{name}");
+        assert_eq!(job["reason"], "invalid_spec", "{name}");
+        assert!(job["error"].contains(field), "{name}: {}", job["error"]);
+    }
+    // A bad id is refused too, and recorded under the entry id.
+    let entry = env
+        .xadd(
+            "default",
+            &serde_json::json!({"id": "has space", "image": img}).to_string(),
+        )
+        .await;
+    let job = env.finished(&entry).await;
+    assert!(job["error"].starts_with("`id`"), "{}", job["error"]);
+    // A policy violation has its own reason.
+    let host = format!("{}-host", env.prefix);
+    env.xadd(
+        "default",
+        &serde_json::json!({"id": host, "image": img, "network": "host"}).to_string(),
+    )
+    .await;
+    let job = env.finished(&host).await;
+    assert_eq!(job["reason"], "policy_denied");
+    assert!(job["error"].contains("`network`"), "{}", job["error"]);
+
+    let mut c = env.conn().await;
+    let dead: usize = c.xlen(env.keys.dead("default")).await.unwrap();
+    assert_eq!(dead, 8, "every refused entry is kept in the dead stream");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lpush_jobs_run_oldest_first() {
+    let env = Env::new();
+    let ids: Vec<String> = (0..3).map(|i| format!("{}-l{i}", env.prefix)).collect();
+    for id in &ids {
+        env.lpush("default", &spec(id, "echo from the inbox")).await;
+    }
+    let worker = env.worker(&["default"], 1);
+    let mut started = Vec::new();
+    for id in &ids {
+        let job = env.finished(id).await;
+        assert_eq!(job["status"], "completed");
+        assert_eq!(env.lines(id, "stdout").await, vec!["from the inbox"]);
+        started.push(job["started_at"].clone());
+    }
+    let mut sorted = started.clone();
+    sorted.sort();
+    assert_eq!(started, sorted, "FIFO: LPUSH order is run order");
+    let mut c = env.conn().await;
+    let inbox: usize = c.llen(env.keys.inbox("default")).await.unwrap();
+    assert_eq!(inbox, 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_id_runs_once_and_says_so() {
+    let env = Env::new();
+    let id = format!("{}-once", env.prefix);
+    let mut pubsub = env.client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(env.keys.events_channel()).await.unwrap();
+    let worker = env.worker(&["default"], 1);
+    env.xadd("default", &spec(&id, "echo ran")).await;
+    let second = env.xadd("default", &spec(&id, "echo ran")).await;
+    env.lpush("default", &spec(&id, "echo ran")).await;
+
+    let mut messages = pubsub.on_message();
+    let mut duplicates = Vec::new();
+    while duplicates.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(60), messages.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        if v["type"] == "job.duplicate" && v["data"]["id"] == id.as_str() {
+            duplicates.push(v["data"]["entry"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(duplicates.contains(&second));
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(
+        env.lines(&id, "stdout").await,
+        vec!["ran"],
+        "ran exactly once"
+    );
+    assert_eq!(job["deliveries"], "1");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_added_before_any_worker_existed_are_served() {
+    let env = Env::new();
+    let id = format!("{}-early", env.prefix);
+    env.xadd("default", &spec(&id, "echo early")).await;
+    let worker = env.worker(&["default"], 1);
+    assert_eq!(env.finished(&id).await["status"], "completed");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_several_queues() {
+    let env = Env::new();
+    let (a, b) = (format!("{}-qa", env.prefix), format!("{}-qb", env.prefix));
+    let worker = env.worker(&["alpha", "beta"], 2);
+    env.xadd("alpha", &spec(&a, "echo a")).await;
+    env.lpush("beta", &spec(&b, "echo b")).await;
+    assert_eq!(env.finished(&a).await["queue"], "alpha");
+    assert_eq!(env.finished(&b).await["queue"], "beta");
+    worker.stop().await;
+}
+
+/// The inbox mover's script is its only step, so concurrent movers (several workers)
+/// can neither lose nor double an entry, and the stream keeps the push order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inbox_movers_lose_and_double_nothing() {
+    let env = Env::new();
+    let settings = env.settings(&["mv"], 1, &[]);
+    let store = dockhand::store::Store::new(&settings).unwrap();
+    let mut c = env.conn().await;
+    let n = 2000;
+    for i in 0..n {
+        let _: i64 = c
+            .lpush(env.keys.inbox("mv"), format!("job-{i}"))
+            .await
+            .unwrap();
+    }
+    let movers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, keys) = (store.clone(), env.keys.clone());
+            tokio::spawn(async move {
+                let mut conn = store.conn().await.unwrap();
+                let mut total = 0;
+                loop {
+                    let moved = dockhand::queue::move_inbox(&mut conn, &keys, "mv", 7)
+                        .await
+                        .unwrap();
+                    if moved == 0 {
+                        return total;
+                    }
+                    total += moved;
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for m in movers {
+        total += m.await.unwrap();
+    }
+    assert_eq!(total, n);
+    let entries: redis::streams::StreamRangeReply =
+        c.xrange_all(env.keys.jobs("mv")).await.unwrap();
+    let jobs: Vec<String> = entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("job").unwrap())
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("job-{i}")).collect();
+    assert_eq!(jobs, expected, "every entry once, oldest first");
+}

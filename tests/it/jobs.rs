@@ -1,0 +1,305 @@
+//! Running image jobs: outcomes, limits, the container's environment.
+
+use crate::common::{containers_with_label, image, Env};
+use futures_util::StreamExt;
+use std::time::Duration;
+
+fn spec(id: &str, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({ "id": id, "image": image() });
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_lines_complete_with_gap_free_seq_live_and_stored() {
+    let env = Env::new();
+    let id = format!("{}-three", env.prefix);
+    let mut pubsub = env.client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(env.keys.log_channel(&id)).await.unwrap();
+    pubsub.subscribe(env.keys.events_channel()).await.unwrap();
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "echo one; echo two; echo three"}),
+        ),
+    )
+    .await;
+
+    let mut live = Vec::new();
+    let mut events = Vec::new();
+    let mut messages = pubsub.on_message();
+    while events.last().map(String::as_str) != Some("job.completed") {
+        let msg = tokio::time::timeout(Duration::from_secs(60), messages.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        if msg.get_channel_name().ends_with(":events") {
+            if v["data"]["id"] == id.as_str() {
+                events.push(v["type"].as_str().unwrap().to_string());
+            }
+        } else {
+            assert_eq!(v["job"], id.as_str());
+            assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+            live.push((
+                v["seq"].as_u64().unwrap(),
+                v["stream"].as_str().unwrap().to_string(),
+                v["line"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let expected: Vec<(u64, String, String)> = vec![
+        (1, "stdout".into(), "one".into()),
+        (2, "stdout".into(), "two".into()),
+        (3, "stdout".into(), "three".into()),
+    ];
+    assert_eq!(live, expected, "lines seen by a subscriber");
+    assert_eq!(env.log(&id).await, expected, "lines in the stored stream");
+    assert_eq!(events, vec!["job.queued", "job.started", "job.completed"]);
+
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["exit_code"], "0");
+    assert_eq!(job["reason"], "");
+    assert_eq!(job["attempt"], "1");
+    assert_eq!(job["queue"], "default");
+    assert_eq!(job["worker"], env.prefix);
+    assert!(job["finished_at"] >= job["started_at"] && job["started_at"] >= job["created_at"]);
+    let mut c = env.conn().await;
+    let ttl: i64 = deadpool_redis::redis::cmd("TTL")
+        .arg(env.keys.job(&id))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 604_800,
+        "a finished job expires after the retention (ttl {ttl})"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_zero_exit_is_aborted_with_its_code() {
+    let env = Env::new();
+    let id = format!("{}-exit3", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": ["sh", "-c", "echo failing >&2; exit 3"]}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "aborted");
+    assert_eq!(job["reason"], "exit_code");
+    assert_eq!(job["exit_code"], "3");
+    assert!(
+        job["error"].contains("exited with code 3"),
+        "{}",
+        job["error"]
+    );
+    assert_eq!(env.lines(&id, "stderr").await, vec!["failing"]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_stops_the_container_and_removes_it() {
+    let env = Env::new();
+    let id = format!("{}-slow", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": "echo started; sleep 60", "limits": {"timeout_seconds": 1}})),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "aborted");
+    assert_eq!(job["reason"], "timeout");
+    assert!(
+        job["error"].contains("timed out after 1 s"),
+        "{}",
+        job["error"]
+    );
+    assert_eq!(env.lines(&id, "stdout").await, vec!["started"]);
+    assert!(env.lines(&id, "system").await[0].contains("timed out"));
+    assert!(
+        containers_with_label(&format!("dockhand.job={id}")).is_empty(),
+        "the container is gone"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_named() {
+    let env = Env::new();
+    let id = format!("{}-noimage", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    let missing = "dockhand-test/does-not-exist:1";
+    env.xadd(
+        "default",
+        &serde_json::json!({"id": id, "image": missing, "command": "true"}).to_string(),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "aborted");
+    assert_eq!(job["reason"], "image_not_found");
+    assert!(job["error"].contains(missing), "{}", job["error"]);
+    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_runs_with_its_interpreter_and_sees_its_environment() {
+    let env = Env::new();
+    let id = format!("{}-script", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    let script = "echo \"job $DOCKHAND_JOB_ID attempt $DOCKHAND_ATTEMPT\"\necho \"greeting $GREETING\"\npwd\nls /sys/class/net\nid -u\n";
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({
+                "script": {"content": script, "filename": "run.sh", "interpreter": "sh -e"},
+                "env": {"GREETING": "hello"},
+                "user": "65534",
+            }),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(
+        env.lines(&id, "stdout").await,
+        vec![
+            format!("job {id} attempt 1"),
+            "greeting hello".into(),
+            "/dockhand/work".into(),
+            "lo".into(),
+            "65534".into()
+        ],
+        "env, script location, no network but loopback, user override"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_memory_says_so() {
+    let env = Env::new();
+    let id = format!("{}-oom", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "x=$(head -c 200m /dev/zero | tr '\\0' a); echo ${#x}", "limits": {"memory": "16m"}}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "aborted");
+    assert_eq!(job["reason"], "exit_code");
+    assert_eq!(job["exit_code"], "137");
+    assert!(
+        job["error"].contains("OOMKilled") && job["error"].contains("16 MiB"),
+        "{}",
+        job["error"]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_does_not_exist_exits_127() {
+    let env = Env::new();
+    let id = format!("{}-nocmd", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": ["no-such-program", "x"]}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "aborted");
+    assert_eq!(job["reason"], "exit_code");
+    assert_eq!(job["exit_code"], "127");
+    assert!(job["error"].contains("no-such-program"), "{}", job["error"]);
+    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_refusal_is_reported_with_the_daemons_message() {
+    let env = Env::new();
+    let id = format!("{}-nouser", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "true", "user": "nosuchuser"}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "aborted");
+    assert_eq!(job["reason"], "docker_error");
+    assert!(job["error"].contains("nosuchuser"), "{}", job["error"]);
+    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_run_at_once_with_concurrency_two() {
+    let env = Env::new();
+    let a = format!("{}-a", env.prefix);
+    let b = format!("{}-b", env.prefix);
+    let worker = env.worker(&["default"], 2);
+    for id in [&a, &b] {
+        env.xadd(
+            "default",
+            &spec(id, serde_json::json!({"command": "sleep 2"})),
+        )
+        .await;
+    }
+    let (ja, jb) = (env.finished(&a).await, env.finished(&b).await);
+    assert_eq!(
+        (ja["status"].as_str(), jb["status"].as_str()),
+        ("completed", "completed")
+    );
+    // Overlap: each started before the other finished (RFC 3339 UTC strings sort by time).
+    assert!(
+        ja["started_at"] < jb["finished_at"] && jb["started_at"] < ja["finished_at"],
+        "{ja:?} {jb:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_one_runs_jobs_one_after_another() {
+    let env = Env::new();
+    let a = format!("{}-a", env.prefix);
+    let b = format!("{}-b", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    for id in [&a, &b] {
+        env.xadd(
+            "default",
+            &spec(id, serde_json::json!({"command": "sleep 1"})),
+        )
+        .await;
+    }
+    let (ja, jb) = (env.finished(&a).await, env.finished(&b).await);
+    assert!(
+        jb["started_at"] >= ja["finished_at"],
+        "one permit means no overlap: {ja:?} {jb:?}"
+    );
+    worker.stop().await;
+}
