@@ -100,6 +100,15 @@ dh_install_missing() {
     docker info >/dev/null 2>&1 ||
         dh_die "cannot reach the Docker engine ('docker info' failed): start dockerd or check DOCKER_HOST / permissions on /var/run/docker.sock"
 
+    # The Python producer example (and its test, and the benchmark) use redis-py.
+    # It comes from PyPI for whichever python3 is first on PATH (here a pyenv
+    # build, which Debian's python3-redis would not reach).
+    if ! python3 -c 'import redis' >/dev/null 2>&1; then
+        dh_step "installing redis-py (pip)"
+        python3 -m pip install -q --disable-pip-version-check redis >/dev/null 2>&1 ||
+            dh_die "pip install redis failed"
+    fi
+
     # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
         export PATH="$HOME/.cargo/bin:$PATH"

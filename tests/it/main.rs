@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod examples;
 mod files;
 mod intake;
 mod jobs;

@@ -1,0 +1,44 @@
+//! The producer examples in the README and `examples/` work as written.
+
+use crate::common::{image, Env};
+use tokio::process::Command;
+
+async fn run_example(env: &Env, program: &str, script: &str, id: &str) -> (bool, String) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(program)
+        .arg(format!("{root}/examples/{script}"))
+        .env("REDIS_URL", &env.url)
+        .env("DOCKHAND_PREFIX", &env.prefix)
+        .env("IMAGE", image())
+        .env("JOB_ID", id)
+        .output()
+        .await
+        .expect("the example runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_producer_submits_and_sees_the_result() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-py", env.prefix);
+    let (ok, out) = run_example(&env, "python3", "producer.py", &id).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("status=completed"), "{out}");
+    assert!(out.contains("[stdout] hello, python"), "{out}");
+    assert!(out.contains("file answer.txt: b'42\\n'"), "{out}");
+    assert_eq!(env.job(&id).await["status"], "completed");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_producer_submits_through_the_inbox() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-sh", env.prefix);
+    let (ok, out) = run_example(&env, "sh", "producer.sh", &id).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("status=completed") && out.contains("hello from sh"), "{out}");
+    worker.stop().await;
+}
