@@ -72,6 +72,10 @@ dh_install_missing() {
     command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
     dh_have_static_busybox || pkgs+=(busybox-static)
+    # git2 builds libgit2 itself but links the system OpenSSL (for https remotes).
+    dpkg -s libssl-dev >/dev/null 2>&1 || pkgs+=(libssl-dev)
+    command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+    command -v git >/dev/null 2>&1 || pkgs+=(git)
     # Used by dh_free_port; present on the dev machines, but cheap to make sure of.
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 
