@@ -14,7 +14,11 @@ async fn run_example(env: &Env, program: &str, script: &str, id: &str) -> (bool,
         .output()
         .await
         .expect("the example runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -39,6 +43,9 @@ async fn the_shell_producer_submits_through_the_inbox() {
     let id = format!("{}-sh", env.prefix);
     let (ok, out) = run_example(&env, "sh", "producer.sh", &id).await;
     assert!(ok, "{out}");
-    assert!(out.contains("status=completed") && out.contains("hello from sh"), "{out}");
+    assert!(
+        out.contains("status=completed") && out.contains("hello from sh"),
+        "{out}"
+    );
     worker.stop().await;
 }
