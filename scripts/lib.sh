@@ -113,6 +113,14 @@ dh_install_missing() {
             dh_die "pip install redis failed"
     fi
 
+    # The webhook tests check our signatures with the Standard Webhooks reference
+    # verifier, an implementation independent of ours; it too comes from PyPI.
+    if ! python3 -c 'import standardwebhooks' >/dev/null 2>&1; then
+        dh_step "installing standardwebhooks (pip)"
+        python3 -m pip install -q --disable-pip-version-check standardwebhooks >/dev/null 2>&1 ||
+            dh_die "pip install standardwebhooks failed"
+    fi
+
     # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
         export PATH="$HOME/.cargo/bin:$PATH"

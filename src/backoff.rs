@@ -46,7 +46,7 @@ impl Backoff {
 
 /// A number in [0, 1). Jitter needs no cryptographic quality: the low bits of a
 /// fresh ULID (80 random bits) are plenty.
-fn random_fraction() -> f64 {
+pub fn random_fraction() -> f64 {
     let r = ulid::Ulid::new().random() as u64;
     (r >> 11) as f64 / (1u64 << 53) as f64
 }

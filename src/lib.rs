@@ -9,9 +9,11 @@
 //! - [`store`]: Redis connection pools (ordinary and blocking commands).
 //! - [`queue`]: key names, the inbox mover, consumer groups, claiming and acking.
 //! - [`worker`]: the loop that holds permits and drives each job's pipeline.
+//! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
 //! - [`executor`]: Docker via bollard: create, stage files, start, wait, collect, remove.
 //! - [`logs`]: container output split into lines, numbered, published and stored.
 //! - [`state`]: the job hash, its transitions and the events they publish.
+//! - [`webhook`]: Standard Webhooks signing, the SSRF guard, and one delivery attempt.
 //! - [`backoff`]: retry delays with jitter, shared by every reconnect loop.
 //! - [`cli`]: the `dockhand` commands other than `worker`.
 
@@ -23,8 +25,10 @@ pub mod job;
 pub mod logs;
 pub mod queue;
 pub mod size;
+pub mod source;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod webhook;
 pub mod worker;

@@ -63,6 +63,10 @@ enum Command {
     },
     /// List queues with their waiting, running, inbox and dead counts.
     Queues,
+    /// Cancel a job: a queued or scheduled one never starts, a running one is stopped.
+    Cancel { id: String },
+    /// List worker processes and whether they are alive.
+    Workers,
 }
 
 fn main() -> ExitCode {
@@ -98,15 +102,20 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            Command::Worker { .. } => dockhand::worker::run(settings, shutdown_signal())
-                .await
-                .map_err(|e| cli::Failure::from_error(&e)),
+            Command::Worker { .. } => {
+                let (shutdown, stop_now) = shutdown_signals();
+                dockhand::worker::run_with(settings, shutdown, stop_now)
+                    .await
+                    .map_err(|e| cli::Failure::from_error(&e))
+            }
             Command::Submit(submit) => cli::submit::run(&settings, submit).await,
             Command::Status { id, json } => cli::status::run(&settings, &id, json).await,
             Command::Logs { id, follow, json } => {
                 cli::logs::run(&settings, &id, follow, json).await
             }
             Command::Queues => cli::queues::run(&settings).await,
+            Command::Cancel { id } => cli::cancel::run(&settings, &id).await,
+            Command::Workers => cli::workers::run(&settings).await,
         }
     });
     match result {
@@ -118,24 +127,55 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Two futures: the first completes on the first SIGINT or SIGTERM (drain), the
+/// second on the next one (stop running jobs now).
+fn shutdown_signals() -> (
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+) {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut signals = Signals::new();
+        signals.next().await;
+        eprintln!("dockhand: stopping: running jobs may finish (signal again to stop them now)");
+        let _ = first_tx.send(());
+        signals.next().await;
+        let _ = second_tx.send(());
+    });
+    (
+        async move {
+            let _ = first_rx.await;
+        },
+        async move {
+            let _ = second_rx.await;
+        },
+    )
+}
+
+/// SIGINT or SIGTERM, as a stream.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

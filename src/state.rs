@@ -145,84 +145,137 @@ pub enum Claim {
     New,
     /// Another entry already owns this id: this one is a duplicate submission.
     Duplicate { status: String },
-    /// This entry was delivered before (a worker died or lost it); its status and
-    /// the attempts already made.
-    Redelivered { status: String, attempt: u32 },
+    /// This entry was delivered before (a worker died or lost it).
+    Redelivered { status: String },
+    /// A new entry made by Dockhand itself to run the job again (a retry, a
+    /// delay that came due, a job handed back by a draining worker).
+    Requeued,
 }
 
-/// Creates the job hash for `entry` unless the id is taken; counts deliveries.
-/// KEYS[1] job hash. ARGV: entry, id, queue, created_at, spec, events channel, queued event.
+/// What the job hash said when an entry claimed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub claim: Claim,
+    /// Attempts already started.
+    pub attempt: u32,
+    /// How many times the current entry has been delivered, this one included.
+    pub deliveries: u32,
+    /// `dockhand cancel` asked for this job.
+    pub cancel_requested: bool,
+}
+
+/// Creates or takes over the job hash for `entry`, and makes `consumer` its owner.
+/// KEYS[1] job hash. ARGV: entry, id, queue, created_at, spec, events channel,
+/// queued event, consumer, requeue token ('' when the entry has none).
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        local owner = redis.call('HGET', KEYS[1], 'entry')
-        if owner and owner ~= ARGV[1] then
-            return {'duplicate', redis.call('HGET', KEYS[1], 'status') or '', '0'}
+        local key, entry, consumer, token = KEYS[1], ARGV[1], ARGV[8], ARGV[9]
+        local function reply(kind)
+            return {kind, redis.call('HGET', key, 'status') or '', redis.call('HGET', key, 'attempt') or '0',
+                redis.call('HGET', key, 'deliveries') or '0', redis.call('HGET', key, 'cancel_requested') or ''}
         end
-        redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+        local owner = redis.call('HGET', key, 'entry')
+        if owner and owner ~= entry then
+            if token ~= '' and redis.call('HGET', key, 'requeue_token') == token then
+                redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'deliveries', 1)
+                redis.call('HDEL', key, 'requeue_token')
+                return reply('requeued')
+            end
+            return reply('duplicate')
+        end
         if owner then
-            return {'redelivered', redis.call('HGET', KEYS[1], 'status') or '',
-                redis.call('HGET', KEYS[1], 'attempt') or '0'}
+            redis.call('HINCRBY', key, 'deliveries', 1)
+            local status = redis.call('HGET', key, 'status')
+            if status ~= 'completed' and status ~= 'aborted' then
+                redis.call('HSET', key, 'owner', consumer)
+                redis.call('HDEL', key, 'requeue_token')
+            end
+            return reply('redelivered')
         end
-        redis.call('HSET', KEYS[1], 'entry', ARGV[1], 'id', ARGV[2], 'queue', ARGV[3],
-            'status', 'queued', 'created_at', ARGV[4], 'attempt', '0', 'spec', ARGV[5])
+        redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'id', ARGV[2], 'queue', ARGV[3],
+            'spec', ARGV[5], 'deliveries', 1)
+        if redis.call('HEXISTS', key, 'status') == 0 then
+            redis.call('HSET', key, 'status', 'queued', 'created_at', ARGV[4], 'attempt', '0')
+        end
         redis.call('PUBLISH', ARGV[6], ARGV[7])
-        return {'new', '', '0'}
+        return reply('new')
         ",
     )
 });
 
+#[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,
     keys: &Keys,
     entry: &str,
     record: &JobRecord,
     spec: &[u8],
-) -> Result<Claim, StoreError> {
-    let (kind, status, attempt): (String, String, String) = CLAIM
-        .key(keys.job(&record.id))
-        .arg(entry)
-        .arg(&record.id)
-        .arg(&record.queue)
-        .arg(&record.created_at)
-        .arg(spec)
-        .arg(keys.events_channel())
-        .arg(record.event("job.queued"))
-        .invoke_async(conn)
-        .await?;
-    Ok(match kind.as_str() {
+    consumer: &str,
+    token: &str,
+) -> Result<Claimed, StoreError> {
+    let (kind, status, attempt, deliveries, cancel): (String, String, String, String, String) =
+        CLAIM
+            .key(keys.job(&record.id))
+            .arg(entry)
+            .arg(&record.id)
+            .arg(&record.queue)
+            .arg(&record.created_at)
+            .arg(spec)
+            .arg(keys.events_channel())
+            .arg(record.event("job.queued"))
+            .arg(consumer)
+            .arg(token)
+            .invoke_async(conn)
+            .await?;
+    let claim = match kind.as_str() {
         "new" => Claim::New,
         "duplicate" => Claim::Duplicate { status },
-        _ => Claim::Redelivered {
-            status,
-            attempt: attempt.parse().unwrap_or(0),
-        },
+        "requeued" => Claim::Requeued,
+        _ => Claim::Redelivered { status },
+    };
+    Ok(Claimed {
+        claim,
+        attempt: attempt.parse().unwrap_or(0),
+        deliveries: deliveries.parse().unwrap_or(1),
+        cancel_requested: !cancel.is_empty(),
     })
 }
 
-/// Writes the record's fields if `entry` still owns the job, publishes the event,
-/// and on a terminal state sets the expiry. Returns false when the job is not ours.
-/// KEYS[1] job hash. ARGV: entry, channel, event, expire seconds (0 = none), then field/value pairs.
+/// Writes the record's fields if `entry` still owns the job and `consumer` still
+/// runs it, publishes the event, and on a terminal state sets the expiry. Returns
+/// false when the job is not ours any more (another worker took it over).
+/// KEYS[1] job hash. ARGV: entry, consumer, channel, event, expire seconds (0 = none),
+/// then field/value pairs.
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
-        redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-        if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-        local ttl = tonumber(ARGV[4])
+        if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+        redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+        if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+        local ttl = tonumber(ARGV[5])
         if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
         return 1
         ",
     )
 });
 
-/// Writes `record`, publishing `event` (e.g. `job.started`) with it.
+/// Where a write goes: the job's owning entry and the consumer running it.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub entry: &'a str,
+    pub consumer: &'a str,
+}
+
+/// Writes `record` (plus `extra` fields), publishing `event` (e.g. `job.started`).
 pub async fn write(
     conn: &mut Conn,
     keys: &Keys,
-    entry: &str,
+    owner: Owner<'_>,
     record: &JobRecord,
     event: &str,
+    extra: &[(&str, String)],
     retention_seconds: u64,
 ) -> Result<bool, StoreError> {
     let ttl = if record.is_terminal() {
@@ -231,12 +284,13 @@ pub async fn write(
         0
     };
     let mut inv = WRITE.key(keys.job(&record.id));
-    inv.arg(entry)
+    inv.arg(owner.entry)
+        .arg(owner.consumer)
         .arg(keys.events_channel())
         .arg(record.event(event))
         .arg(ttl);
-    for (field, value) in record.fields() {
-        inv.arg(field).arg(value);
+    for (field, value) in record.fields().iter().chain(extra.iter()) {
+        inv.arg(*field).arg(value);
     }
     let written: i64 = inv.invoke_async(conn).await?;
     if written == 1 && ttl > 0 {
@@ -249,6 +303,52 @@ pub async fn write(
             .await?;
     }
     Ok(written == 1)
+}
+
+/// Records a cancel request for a job that has not finished. Returns the job's
+/// status (`None` when no worker has seen it yet: the request waits in a hash of its
+/// own that expires after `ttl`), or the terminal status it already has.
+static REQUEST_CANCEL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local status = redis.call('HGET', KEYS[1], 'status')
+        if status == 'completed' or status == 'aborted' then return status end
+        redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+        if not status then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
+        return status or ''
+        ",
+    )
+});
+
+pub async fn request_cancel(
+    conn: &mut Conn,
+    keys: &Keys,
+    id: &str,
+    ttl: u64,
+) -> Result<Option<String>, StoreError> {
+    let status: String = REQUEST_CANCEL
+        .key(keys.job(id))
+        .arg(ttl)
+        .invoke_async(conn)
+        .await?;
+    let _: i64 = conn.publish(keys.cancel_channel(), id).await?;
+    Ok((!status.is_empty()).then_some(status))
+}
+
+/// Which of these jobs have a cancel request.
+pub async fn cancel_requested(
+    conn: &mut Conn,
+    keys: &Keys,
+    ids: &[String],
+) -> Result<Vec<bool>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.hexists(keys.job(id), "cancel_requested");
+    }
+    Ok(pipe.query_async(conn).await?)
 }
 
 /// Publishes an event that changes no state (`job.duplicate`).

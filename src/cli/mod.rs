@@ -2,10 +2,12 @@
 //! [`Failure`] carrying the exit code of contract section 9: 1 when the thing asked
 //! for failed, 2 for bad usage.
 
+pub mod cancel;
 pub mod logs;
 pub mod queues;
 pub mod status;
 pub mod submit;
+pub mod workers;
 
 use crate::store::{Conn, Store, StoreError};
 use deadpool_redis::redis::AsyncCommands;

@@ -9,6 +9,17 @@ use std::collections::HashMap;
 pub const LABEL_JOB: &str = "dockhand.job";
 /// Label naming the worker that made a container.
 pub const LABEL_WORKER: &str = "dockhand.worker";
+/// Label naming the worker process (consumer) that made a container.
+pub const LABEL_CONSUMER: &str = "dockhand.consumer";
+/// Label naming the stream entry a container runs.
+pub const LABEL_ENTRY: &str = "dockhand.entry";
+
+/// Who made a container, written on it as labels.
+pub struct Labels<'a> {
+    pub worker: &'a str,
+    pub consumer: &'a str,
+    pub entry: &'a str,
+}
 
 /// A Docker-safe, unique container name: `dockhand-<job>-<attempt>-<random>`.
 pub fn name(job_id: &str, attempt: u32) -> String {
@@ -30,7 +41,7 @@ pub fn name(job_id: &str, attempt: u32) -> String {
 pub fn body(
     job: &Job,
     attempt: u32,
-    worker_id: &str,
+    who: &Labels<'_>,
     policy: &PolicySettings,
 ) -> ContainerCreateBody {
     let mut env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -42,7 +53,9 @@ pub fn body(
 
     let labels = HashMap::from([
         (LABEL_JOB.to_string(), job.id.clone()),
-        (LABEL_WORKER.to_string(), worker_id.to_string()),
+        (LABEL_WORKER.to_string(), who.worker.to_string()),
+        (LABEL_CONSUMER.to_string(), who.consumer.to_string()),
+        (LABEL_ENTRY.to_string(), who.entry.to_string()),
         ("dockhand.attempt".to_string(), attempt.to_string()),
         ("dockhand.queue".to_string(), job.queue.clone()),
     ]);
@@ -93,7 +106,16 @@ mod tests {
         let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         let spec = crate::job::parse(br#"{"image":"i","command":["true"],"env":{"A":"1"},"limits":{"cpus":0.5,"memory":"64m"}}"#).unwrap();
         let job = crate::job::validate(spec, "a:b".into(), "q", &s.jobs.limits, &s.policy).unwrap();
-        let b = body(&job, 2, "w1", &s.policy);
+        let b = body(
+            &job,
+            2,
+            &Labels {
+                worker: "w1",
+                consumer: "w1:1:x",
+                entry: "1-0",
+            },
+            &s.policy,
+        );
         let hc = b.host_config.unwrap();
         assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
         assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
@@ -104,6 +126,8 @@ mod tests {
         let labels = b.labels.unwrap();
         assert_eq!(labels[LABEL_JOB], "a:b");
         assert_eq!(labels[LABEL_WORKER], "w1");
+        assert_eq!(labels[LABEL_CONSUMER], "w1:1:x");
+        assert_eq!(labels[LABEL_ENTRY], "1-0");
         let env = b.env.unwrap();
         assert!(env.contains(&"A=1".to_string()));
         assert!(env.contains(&"DOCKHAND_JOB_ID=a:b".to_string()));

@@ -10,9 +10,12 @@
 //! - Output is read from Docker's log at our own pace; the container never waits on us.
 //! - A non-zero exit is an outcome, not an error: errors are Docker failing us.
 
+pub mod build;
 mod container;
 mod files;
+pub mod sweep;
 
+pub use container::{LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
 pub use files::{JobOutput, ResultFile};
 
 use crate::config::{PullPolicy, Settings};
@@ -26,6 +29,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -60,26 +64,38 @@ pub struct RunOutcome {
     pub exit_code: i64,
     pub oom_killed: bool,
     pub timed_out: bool,
+    /// Stopped because [`RunContext::stop`] fired (cancel, drain, lost lease).
+    pub stopped: bool,
     pub image_id: Option<String>,
     pub output: JobOutput,
 }
 
-/// What a run needs besides the job: its attempt number and where its lines go.
+/// What a run needs besides the job.
 pub struct RunContext<'a> {
     pub attempt: u32,
+    /// Where the container's lines go.
     pub logs: &'a LogSender,
+    /// Fires when the container must be stopped before it ends by itself.
+    pub stop: &'a CancellationToken,
+    /// The stream entry being run (a container label, for the orphan sweep).
+    pub entry: &'a str,
 }
 
 #[derive(Clone)]
 pub struct Executor {
     docker: Docker,
     worker_id: String,
+    /// This worker process's consumer name, a label on its containers.
+    consumer: String,
     settings: std::sync::Arc<Settings>,
 }
 
 impl Executor {
     /// Connects to the Docker engine and agrees on an API version with it.
-    pub async fn connect(settings: std::sync::Arc<Settings>) -> Result<Executor, ExecError> {
+    pub async fn connect(
+        settings: std::sync::Arc<Settings>,
+        consumer: &str,
+    ) -> Result<Executor, ExecError> {
         let host = settings.worker.docker_host.clone();
         let endpoint = if host.is_empty() {
             "the local default socket".to_string()
@@ -105,6 +121,7 @@ impl Executor {
         Ok(Executor {
             docker,
             worker_id: settings.worker_id(),
+            consumer: consumer.to_string(),
             settings,
         })
     }
@@ -118,7 +135,12 @@ impl Executor {
     pub async fn run(&self, job: &Job, ctx: RunContext<'_>) -> Result<RunOutcome, ExecError> {
         self.ensure_image(&job.image).await?;
         let name = container::name(&job.id, ctx.attempt);
-        let body = container::body(job, ctx.attempt, &self.worker_id, &self.settings.policy);
+        let labels = container::Labels {
+            worker: &self.worker_id,
+            consumer: &self.consumer,
+            entry: ctx.entry,
+        };
+        let body = container::body(job, ctx.attempt, &labels, &self.settings.policy);
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
@@ -193,7 +215,10 @@ impl Executor {
             self.settings.jobs.max_line_bytes,
         ));
 
-        let timed_out = timeout(job.limits.timeout, self.wait(id)).await.is_err();
+        let (timed_out, stopped) = tokio::select! {
+            waited = timeout(job.limits.timeout, self.wait(id)) => (waited.is_err(), false),
+            _ = ctx.stop.cancelled() => (false, true),
+        };
         if timed_out {
             ctx.logs
                 .system(format!(
@@ -201,6 +226,8 @@ impl Executor {
                     job.limits.timeout.as_secs()
                 ))
                 .await;
+        }
+        if timed_out || stopped {
             self.stop(id).await?;
         }
         // The log stream ends when the container does; bound the wait anyway.
@@ -224,6 +251,7 @@ impl Executor {
             exit_code: state.exit_code.unwrap_or(-1),
             oom_killed: state.oom_killed.unwrap_or(false),
             timed_out,
+            stopped,
             image_id: inspect.image,
             output,
         })

@@ -7,13 +7,15 @@
 //!   in range and allowed by the worker's policy; nothing runs before that.
 //! - No I/O here: these are plain types, testable without Redis or Docker.
 
+mod retry;
 mod spec;
 mod status;
 mod validate;
 
+pub use retry::{RetryOn, RetryPolicy};
 pub use spec::{Command, Input, JobSpec, Limits, Retry, Script};
 pub use status::{Reason, Status};
-pub use validate::{validate, Job, ResolvedLimits, StagedFile};
+pub use validate::{validate, validate_at, Job, ResolvedLimits, StagedFile};
 
 /// Where the container finds its inputs, scratch space and what it returns.
 pub const INPUT_DIR: &str = "/dockhand/input";

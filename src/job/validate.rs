@@ -31,6 +31,9 @@ pub struct Job {
     /// Files written into the container before it starts (inputs and the script).
     pub files: Vec<StagedFile>,
     pub collect_outputs: bool,
+    pub retry: super::RetryPolicy,
+    /// When the first run may start (`delay_seconds`, `run_at`); `None` is now.
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +62,21 @@ pub fn validate(
     limits: &LimitSettings,
     policy: &PolicySettings,
 ) -> Result<Job, Rejection> {
+    validate_at(spec, id, queue, limits, policy, chrono::Utc::now())
+}
+
+/// [`validate`], with the job's submission time (delays count from it).
+pub fn validate_at(
+    spec: JobSpec,
+    id: String,
+    queue: &str,
+    limits: &LimitSettings,
+    policy: &PolicySettings,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<Job, Rejection> {
     not_yet_served(&spec)?;
+    let retry = super::retry::policy(&spec)?;
+    let not_before = super::retry::first_run(&spec, created)?;
     if !spec.ports.is_empty() {
         return Err(Rejection::denied(
             "ports",
@@ -204,6 +221,8 @@ pub fn validate(
         limits,
         files,
         collect_outputs: spec.outputs.unwrap_or(true),
+        retry,
+        not_before,
         spec,
     })
 }
@@ -223,17 +242,6 @@ fn not_yet_served(spec: &JobSpec) -> Result<(), Rejection> {
     }
     if !spec.webhooks.is_empty() {
         return Err(Rejection::invalid("webhooks", later));
-    }
-    if spec.delay_seconds.is_some() {
-        return Err(Rejection::invalid("delay_seconds", later));
-    }
-    if spec.run_at.is_some() {
-        return Err(Rejection::invalid("run_at", later));
-    }
-    if let Some(retry) = &spec.retry {
-        if retry.max_attempts.unwrap_or(1) > 1 {
-            return Err(Rejection::invalid("retry.max_attempts", later));
-        }
     }
     Ok(())
 }

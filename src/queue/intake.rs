@@ -14,6 +14,26 @@ pub struct Entry {
     pub id: String,
     /// The `job` field, raw; `None` when the producer left it out.
     pub job: Option<Vec<u8>>,
+    /// Set on entries Dockhand itself adds to run a job again (see [`super::requeue`]).
+    pub token: String,
+}
+
+impl Entry {
+    /// Builds an entry from a stream reply's id and fields.
+    pub(crate) fn from_stream(queue: &str, id: redis::streams::StreamId) -> Entry {
+        // A `job` field that is not a string reads as empty, and so as invalid JSON.
+        let job = id
+            .map
+            .get("job")
+            .map(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default());
+        let token = id.get::<String>("token").unwrap_or_default();
+        Entry {
+            queue: queue.to_string(),
+            id: id.id,
+            job,
+            token,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,31 +148,41 @@ pub async fn read(
             continue;
         };
         for id in stream.ids {
-            // A `job` field that is not a string reads as empty, and so as invalid JSON.
-            let job = id
-                .map
-                .get("job")
-                .map(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default());
-            entries.push(Entry {
-                queue: queue.to_string(),
-                id: id.id,
-                job,
-            });
+            entries.push(Entry::from_stream(queue, id));
         }
     }
     Ok(entries)
 }
 
-/// Acknowledges and deletes a finished entry in one transaction.
-pub async fn ack(conn: &mut Conn, keys: &Keys, queue: &str, entry: &str) -> Result<(), StoreError> {
-    let stream = keys.jobs(queue);
-    redis::pipe()
-        .atomic()
-        .xack(&stream, GROUP, &[entry])
-        .ignore()
-        .xdel(&stream, &[entry])
-        .ignore()
-        .query_async::<()>(conn)
+/// Acknowledges and deletes an entry, if `consumer` still holds it: a worker that
+/// lost its lease cannot acknowledge the entry from under its new owner.
+/// KEYS[1] stream. ARGV: group, entry, consumer.
+static ACK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+        if p[1] and p[1][2] ~= ARGV[3] then return 0 end
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('XDEL', KEYS[1], ARGV[2])
+        return 1
+        ",
+    )
+});
+
+/// Returns false when another consumer holds the entry now.
+pub async fn ack(
+    conn: &mut Conn,
+    keys: &Keys,
+    queue: &str,
+    entry: &str,
+    consumer: &str,
+) -> Result<bool, StoreError> {
+    let done: i64 = ACK
+        .key(keys.jobs(queue))
+        .arg(GROUP)
+        .arg(entry)
+        .arg(consumer)
+        .invoke_async(conn)
         .await?;
-    Ok(())
+    Ok(done == 1)
 }

@@ -34,6 +34,26 @@ impl Keys {
         format!("{}:{{{queue}}}:dead", self.prefix)
     }
 
+    /// Jobs waiting for a later time (a delay or a retry): a sorted set by due time.
+    pub fn scheduled(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:scheduled", self.prefix)
+    }
+
+    /// A worker process's liveness key; it expires when the worker stops renewing it.
+    pub fn alive(&self, consumer: &str) -> String {
+        format!("{}:worker:{consumer}", self.prefix)
+    }
+
+    /// Live worker processes: consumer name → JSON description.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// The pub/sub channel that announces cancel requests (the request itself is in the job hash).
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
     /// The job hash.
     pub fn job(&self, id: &str) -> String {
         format!("{}:job:{id}", self.prefix)

@@ -13,14 +13,19 @@
 //! - The group is created at id `0` (so entries added before any worker existed are
 //!   served) and re-created whenever Redis answers `NOGROUP` (e.g. after a restart
 //!   without persistence).
+//! - Acknowledging checks that this consumer still holds the entry ([`lease`] says
+//!   how entries move between workers).
 //! - Acknowledged entries are deleted from the stream, so the stream holds only work
 //!   not yet finished and a re-created group cannot replay finished jobs.
 
 mod intake;
 mod keys;
+pub mod lease;
+pub mod schedule;
 
 pub use intake::{ack, ensure_groups, move_inbox, read, wait_inbox, Entry, ReadError};
 pub use keys::Keys;
+pub use schedule::{move_due, new_token, requeue};
 
 /// The consumer group every worker of every queue reads through.
 pub const GROUP: &str = "workers";

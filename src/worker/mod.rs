@@ -2,18 +2,25 @@
 //!
 //! Invariants:
 //! - A job runs only while it holds a semaphore permit, so at most
-//!   `worker.concurrency` containers run at once; an entry is read only when a
-//!   permit is in hand, so a busy worker leaves work for idle ones.
+//!   `worker.concurrency` containers run at once; an entry is read (or taken over
+//!   from a dead worker) only when a permit is in hand, so a busy worker leaves work
+//!   for idle ones.
 //! - Reads block for at most `worker.block_ms`, so shutdown and reconnects are
 //!   noticed promptly. A read is never abandoned half-way (which could leave an
 //!   entry delivered but unseen); shutdown is checked between reads.
 //! - Losing Redis never stops the worker: every loop retries with backoff, says so
-//!   once in its log, and says so again when Redis is back. A missing consumer group
+//!   in its log, and says so again when Redis is back. A missing consumer group
 //!   (`NOGROUP`, e.g. after a Redis restart without persistence) is re-created.
-//! - Shutdown is passed in. On it the worker stops claiming and waits up to
-//!   `worker.drain_seconds` for running jobs.
+//! - While it runs a job, the worker renews the job's lease (see `queue::lease`); a
+//!   worker that cannot renew for a whole lease stops its containers.
+//! - Shutdown is passed in. On it the worker stops claiming, lets running jobs
+//!   finish for up to `worker.drain_seconds`, then stops their containers and puts
+//!   the jobs back in their queues; `stop_now` skips the wait.
 
+mod lease;
 mod pipeline;
+mod running;
+mod upkeep;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
@@ -21,6 +28,7 @@ use crate::executor::{ExecError, Executor};
 use crate::queue::{self, Keys, ReadError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::error_chain;
+use running::{Running, StopCause};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +44,9 @@ pub enum WorkerError {
     Docker(#[from] ExecError),
 }
 
+/// How often the orphan sweep runs after the first one at start.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// Everything a job's pipeline needs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Ctx {
@@ -44,6 +55,15 @@ pub(crate) struct Ctx {
     pub keys: Keys,
     pub executor: Executor,
     pub worker_id: String,
+    /// This process's consumer name: unique, so two workers never share entries.
+    pub consumer: String,
+    pub running: Running,
+}
+
+impl Ctx {
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.lease_seconds)
+    }
 }
 
 /// Runs a worker until `shutdown` completes, then drains.
@@ -51,34 +71,61 @@ pub async fn run(
     settings: Arc<Settings>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    run_with(settings, shutdown, std::future::pending()).await
+}
+
+/// Like [`run`]; when `stop_now` completes during the drain, running jobs are
+/// stopped and put back at once instead of being waited for.
+pub async fn run_with(
+    settings: Arc<Settings>,
+    shutdown: impl Future<Output = ()>,
+    stop_now: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let store = Store::new(&settings)?;
-    let executor = Executor::connect(settings.clone()).await?;
     let worker_id = settings.worker_id();
-    // Unique per process, so two workers on one host never share pending entries.
     let consumer = format!("{worker_id}:{}:{}", std::process::id(), ulid::Ulid::new());
+    let executor = Executor::connect(settings.clone(), &consumer).await?;
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
         store,
         executor,
         worker_id,
+        consumer,
+        running: Running::default(),
     };
-    tracing::info!(
-        worker = %ctx.worker_id,
-        consumer = %consumer,
-        queues = ?ctx.settings.worker.queues,
-        concurrency = ctx.settings.worker.concurrency,
-        "worker started"
-    );
+    let w = &ctx.settings.worker;
+    tracing::info!(worker = %ctx.worker_id, consumer = %ctx.consumer, queues = ?w.queues, concurrency = w.concurrency, "worker started");
+    upkeep::check_redis_settings(&ctx).await;
+
+    let info = serde_json::json!({
+        "worker": ctx.worker_id, "consumer": ctx.consumer, "pid": std::process::id(),
+        "queues": w.queues, "concurrency": w.concurrency, "started_at": crate::time::now(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string();
+    let beating = CancellationToken::new();
+    let heartbeat = tokio::spawn(lease::heartbeat(ctx.clone(), info, beating.clone()));
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    for queue in ctx.settings.worker.queues.clone() {
-        tracker.spawn(inbox_loop(ctx.clone(), queue, token.clone()));
+    let permits = Arc::new(Semaphore::new(w.concurrency));
+    let chores = TaskTracker::new();
+    for queue in w.queues.clone() {
+        chores.spawn(inbox_loop(ctx.clone(), queue.clone(), token.clone()));
+        chores.spawn(upkeep::scheduler(ctx.clone(), queue, token.clone()));
     }
+    chores.spawn(upkeep::cancel_listener(ctx.clone(), token.clone()));
+    chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
+    chores.spawn(lease::reclaimer(
+        ctx.clone(),
+        permits.clone(),
+        tracker.clone(),
+        token.clone(),
+    ));
     let claiming = tokio::spawn(claim_loop(
         ctx.clone(),
-        consumer,
+        permits,
         tracker.clone(),
         token.clone(),
     ));
@@ -87,20 +134,41 @@ pub async fn run(
     tracing::info!("shutting down: no new jobs are claimed");
     token.cancel();
     let _ = claiming.await;
+    chores.close();
+    chores.wait().await;
     tracker.close();
+
     let drain = Duration::from_secs(ctx.settings.worker.drain_seconds);
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            seconds = drain.as_secs(),
-            "running jobs did not finish within worker.drain_seconds"
-        );
+    tokio::pin!(stop_now);
+    let finished = tokio::select! {
+        r = tokio::time::timeout(drain, tracker.wait()) => r.is_ok(),
+        _ = &mut stop_now => false,
+    };
+    if !finished {
+        tracing::warn!("stopping running jobs and putting them back in their queues");
+        ctx.running.stop_all(StopCause::Drain);
+        let grace = Duration::from_secs(ctx.settings.worker.stop_grace_seconds + 60);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::error!(
+                "some jobs did not stop; their entries stay pending for another worker"
+            );
+        }
+    }
+    beating.cancel();
+    let _ = heartbeat.await;
+    if let Ok(mut conn) = ctx.store.conn().await {
+        let _ = queue::lease::depart(&mut conn, &ctx.keys, &ctx.consumer).await;
     }
     tracing::info!("worker stopped");
     Ok(())
 }
 
-async fn claim_loop(ctx: Ctx, consumer: String, tracker: TaskTracker, token: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(ctx.settings.worker.concurrency));
+async fn claim_loop(
+    ctx: Ctx,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+) {
     let mut backoff = reconnect_backoff(&ctx.settings);
     let mut groups_ready = false;
     let queues = ctx.settings.worker.queues.clone();
@@ -119,7 +187,7 @@ async fn claim_loop(ctx: Ctx, consumer: String, tracker: TaskTracker, token: Can
                 &mut conn,
                 &ctx.keys,
                 &queues,
-                &consumer,
+                &ctx.consumer,
                 ctx.settings.worker.block_ms,
             )
             .await
@@ -133,6 +201,8 @@ async fn claim_loop(ctx: Ctx, consumer: String, tracker: TaskTracker, token: Can
                 }
                 let mut permit = Some(permit);
                 for entry in entries {
+                    // Registered before anything else, so the heartbeat renews it at once.
+                    let registration = ctx.running.register(&entry.queue, &entry.id);
                     // A multi-queue read can return one entry per queue; each waits for its own permit.
                     let permit = match permit.take() {
                         Some(p) => p,
@@ -142,7 +212,7 @@ async fn claim_loop(ctx: Ctx, consumer: String, tracker: TaskTracker, token: Can
                             .await
                             .expect("the semaphore is never closed"),
                     };
-                    tracker.spawn(pipeline::run(ctx.clone(), entry, permit));
+                    tracker.spawn(pipeline::run(ctx.clone(), entry, registration, permit));
                 }
             }
             Err(ReadError::NoGroup) => {

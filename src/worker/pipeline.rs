@@ -8,13 +8,14 @@
 //! - If Redis is unreachable when the outcome must be written, the write is retried;
 //!   if that fails for good the entry stays pending, to be run again, never lost.
 
+use super::running::{Registration, StopCause};
 use super::Ctx;
 use crate::backoff::Backoff;
 use crate::executor::{ExecError, ResultFile, RunContext, RunOutcome};
 use crate::job::{self, Job, Reason, Rejection, Status};
 use crate::logs::{self, LogSender};
 use crate::queue::{self, Entry};
-use crate::state::{self, Claim, FileInfo, JobRecord};
+use crate::state::{self, Claim, FileInfo, JobRecord, Owner};
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
 use sha2::{Digest, Sha256};
@@ -22,10 +23,15 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-/// Handles one entry while holding `permit`.
-pub(crate) async fn run(ctx: Ctx, entry: Entry, permit: OwnedSemaphorePermit) {
+/// Handles one entry while holding `permit`; `registration` keeps its lease renewed.
+pub(crate) async fn run(
+    ctx: Ctx,
+    entry: Entry,
+    registration: Registration,
+    permit: OwnedSemaphorePermit,
+) {
     let span = tracing::info_span!("job", queue = %entry.queue, entry = %entry.id, job_id = tracing::field::Empty);
-    if let Err(e) = handle(&ctx, &entry).instrument(span).await {
+    if let Err(e) = handle(&ctx, &entry, &registration).instrument(span).await {
         tracing::error!(
             queue = %entry.queue,
             entry = %entry.id,
@@ -33,10 +39,11 @@ pub(crate) async fn run(ctx: Ctx, entry: Entry, permit: OwnedSemaphorePermit) {
             "could not record the job's outcome; the entry stays pending"
         );
     }
+    drop(registration);
     drop(permit);
 }
 
-async fn handle(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
+async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result<(), StoreError> {
     let raw: &[u8] = entry.job.as_deref().unwrap_or_default();
     let parsed = match &entry.job {
         None => Err(Rejection::invalid(
@@ -47,21 +54,32 @@ async fn handle(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
     };
     let (id, parsed) = job_id(entry, parsed);
     tracing::Span::current().record("job_id", id.as_str());
+    registration.set_job(&id);
 
-    let created_at = crate::time::from_stream_id(&entry.id).unwrap_or_else(crate::time::now);
-    let mut record = JobRecord::new(&id, &entry.queue, created_at);
+    let created = crate::time::from_stream_id(&entry.id).unwrap_or_else(crate::time::now);
+    let mut record = JobRecord::new(&id, &entry.queue, created);
     if let Ok(spec) = &parsed {
         record.metadata = spec.metadata.clone();
         record.image = spec.image.clone();
     }
 
-    let claim = persist(ctx, |mut conn| {
+    let claimed = persist(ctx, |mut conn| {
         let record = &record;
-        async move { state::claim(&mut conn, &ctx.keys, &entry.id, record, raw).await }
+        async move {
+            state::claim(
+                &mut conn,
+                &ctx.keys,
+                &entry.id,
+                record,
+                raw,
+                &ctx.consumer,
+                &entry.token,
+            )
+            .await
+        }
     })
     .await?;
-    let attempt = match claim {
-        Claim::New => 1,
+    match &claimed.claim {
         Claim::Duplicate { status } => {
             tracing::info!(existing_status = %status, "duplicate job id; not run again");
             let body = serde_json::json!({
@@ -76,36 +94,71 @@ async fn handle(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
             .await?;
             return ack(ctx, entry).await;
         }
-        Claim::Redelivered { status, .. }
-            if Status::parse(&status).is_some_and(Status::is_terminal) =>
-        {
+        Claim::Redelivered { status } if Status::parse(status).is_some_and(Status::is_terminal) => {
             // The job finished but its entry was not acknowledged: finish that step only.
             return ack(ctx, entry).await;
         }
-        Claim::Redelivered { attempt, .. } => attempt + 1,
-    };
-    record.attempt = attempt;
+        _ => {}
+    }
+    // From here this worker owns the job; every write checks that it still does.
+    record.attempt = claimed.attempt;
+    let run = Run { ctx, entry, raw };
 
     let job = parsed.and_then(|spec| {
-        job::validate(
+        let created = chrono::DateTime::parse_from_rfc3339(&record.created_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        job::validate_at(
             spec,
             id.clone(),
             &entry.queue,
             &ctx.settings.jobs.limits,
             &ctx.settings.policy,
+            created,
         )
     });
     let job = match job {
         Ok(job) => job,
-        Err(rejection) => return reject(ctx, entry, record, rejection, raw).await,
+        Err(rejection) => return run.reject(record, rejection).await,
     };
 
+    if claimed.cancel_requested {
+        record.abort(Reason::Cancelled, "cancelled before it started");
+        return run.finish(record, &job).await;
+    }
+    let lost_runs = claimed.deliveries.saturating_sub(1);
+    if matches!(claimed.claim, Claim::Redelivered { .. })
+        && lost_runs >= ctx.settings.worker.max_deliveries
+    {
+        record.abort(
+            Reason::WorkerLost,
+            format!(
+                "its worker was lost {lost_runs} times (worker.max_deliveries = {})",
+                ctx.settings.worker.max_deliveries
+            ),
+        );
+        return run.finish(record, &job).await;
+    }
+    if claimed.claim == Claim::New {
+        if let Some(at) = job
+            .not_before
+            .filter(|at| *at > chrono::Utc::now() + chrono::Duration::milliseconds(50))
+        {
+            tracing::info!(run_at = %at, "job scheduled for later");
+            return run.schedule(record, at, "job.queued").await;
+        }
+    }
+
+    record.attempt += 1;
     record.set_status(Status::Running);
     record.started_at = Some(crate::time::now());
+    record.finished_at = None;
     record.worker = Some(ctx.worker_id.clone());
     record.image = Some(job.image.clone());
-    write(ctx, entry, &record, "job.started").await?;
-    tracing::info!(image = %job.image, attempt, "job started");
+    if !run.write(&record, "job.started", &[]).await? {
+        return Ok(()); // another worker owns the job now
+    }
+    tracing::info!(image = %job.image, attempt = record.attempt, "job started");
 
     let (log, writer) = logs::spawn_writer(
         ctx.store.clone(),
@@ -118,12 +171,31 @@ async fn handle(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
         .run(
             &job,
             RunContext {
-                attempt,
+                attempt: record.attempt,
                 logs: &log,
+                stop: &registration.stop,
+                entry: &entry.id,
             },
         )
         .await;
+    let stopped = outcome.as_ref().is_ok_and(|o| o.stopped);
     let files = conclude(&mut record, &job, outcome, &log).await;
+    let cause = if stopped { registration.cause() } else { None };
+    match cause {
+        Some(StopCause::Cancelled) => {
+            log.system("cancelled by request; the container was stopped")
+                .await
+        }
+        Some(StopCause::Drain) => {
+            log.system("the worker is shutting down; the job goes back to its queue")
+                .await
+        }
+        Some(StopCause::Fenced) => {
+            log.system("this worker lost the job's lease; the container was stopped")
+                .await
+        }
+        None => {}
+    }
     drop(log);
     let summary = writer.await.unwrap_or_default();
     if summary.lines_lost > 0 {
@@ -137,19 +209,179 @@ async fn handle(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
         });
     }
 
+    match cause {
+        Some(StopCause::Fenced) => {
+            tracing::warn!("lease lost while running; leaving the job to its new owner");
+            return Ok(());
+        }
+        Some(StopCause::Drain) => {
+            record.set_status(Status::Queued);
+            record.reason = None;
+            record.error = None;
+            record.finished_at = None;
+            return run.requeue(record).await;
+        }
+        Some(StopCause::Cancelled) => record.abort(Reason::Cancelled, "cancelled by request"),
+        None => {}
+    }
+
     persist(ctx, |mut conn| {
         let (keys, files, id) = (&ctx.keys, &files, &id);
         async move { state::store_files(&mut conn, keys, id, files).await }
     })
     .await?;
-    let event = if record.status == Status::Completed.as_str() {
-        "job.completed"
-    } else {
-        "job.aborted"
-    };
-    write(ctx, entry, &record, event).await?;
-    tracing::info!(status = record.status, reason = record.reason.unwrap_or(""), exit_code = ?record.exit_code, "job finished");
-    ack(ctx, entry).await
+    run.finish(record, &job).await
+}
+
+/// One claimed entry that this worker owns, and the steps that end its turn.
+struct Run<'a> {
+    ctx: &'a Ctx,
+    entry: &'a Entry,
+    raw: &'a [u8],
+}
+
+impl Run<'_> {
+    fn owner(&self) -> Owner<'_> {
+        Owner {
+            entry: &self.entry.id,
+            consumer: &self.ctx.consumer,
+        }
+    }
+
+    async fn write(
+        &self,
+        record: &JobRecord,
+        event: &str,
+        extra: &[(&str, String)],
+    ) -> Result<bool, StoreError> {
+        let (ctx, owner) = (self.ctx, self.owner());
+        let retention = ctx.settings.jobs.retention_seconds;
+        let written = persist(ctx, |mut conn| async move {
+            state::write(&mut conn, &ctx.keys, owner, record, event, extra, retention).await
+        })
+        .await?;
+        if !written {
+            tracing::warn!("another worker owns this job now; this run's state was not written");
+        }
+        Ok(written)
+    }
+
+    /// Ends the job: retried later when its policy says so, else its terminal state.
+    async fn finish(&self, record: JobRecord, job: &Job) -> Result<(), StoreError> {
+        let retry = record.status == Status::Aborted.as_str()
+            && record
+                .reason
+                .and_then(reason_of)
+                .is_some_and(|r| job.retry.retries(record.attempt, r, record.exit_code));
+        if retry {
+            let wait = job
+                .retry
+                .backoff_after(record.attempt.max(1), crate::backoff::random_fraction());
+            let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            tracing::info!(
+                attempt = record.attempt,
+                retry_in_ms = wait.as_millis() as u64,
+                "job will be retried"
+            );
+            return self.schedule(record, at, "job.retrying").await;
+        }
+        let event = if record.status == Status::Completed.as_str() {
+            "job.completed"
+        } else {
+            "job.aborted"
+        };
+        let written = self.write(&record, event, &[]).await?;
+        tracing::info!(status = record.status, reason = record.reason.unwrap_or(""), exit_code = ?record.exit_code, "job finished");
+        if written && record.reason == Some(Reason::WorkerLost.as_str()) {
+            self.bury(&record, record.error.as_deref().unwrap_or_default())
+                .await?;
+        }
+        ack(self.ctx, self.entry).await
+    }
+
+    /// Records a job refused before running, and keeps its raw entry in the dead stream.
+    async fn reject(&self, mut record: JobRecord, rejection: Rejection) -> Result<(), StoreError> {
+        tracing::warn!(reason = %rejection.reason, error = %rejection.message, "job refused");
+        record.abort(rejection.reason, rejection.message.clone());
+        if self.write(&record, "job.aborted", &[]).await? {
+            self.bury(&record, &rejection.message).await?;
+        }
+        ack(self.ctx, self.entry).await
+    }
+
+    async fn bury(&self, record: &JobRecord, error: &str) -> Result<(), StoreError> {
+        let (ctx, entry, raw) = (self.ctx, self.entry, self.raw);
+        persist(ctx, |mut conn| {
+            let max = ctx.settings.jobs.dead_max_len;
+            let fields: Vec<(&str, &[u8])> = vec![
+                ("id", record.id.as_bytes()),
+                ("entry", entry.id.as_bytes()),
+                ("reason", record.reason.unwrap_or_default().as_bytes()),
+                ("error", error.as_bytes()),
+                ("job", raw),
+            ];
+            async move { state::bury(&mut conn, &ctx.keys, &entry.queue, max, &fields).await }
+        })
+        .await
+    }
+
+    /// Puts the job in the scheduled set to run at `at`, then lets go of this entry.
+    async fn schedule(
+        &self,
+        mut record: JobRecord,
+        at: chrono::DateTime<chrono::Utc>,
+        event: &str,
+    ) -> Result<(), StoreError> {
+        record.set_status(Status::Scheduled);
+        record.finished_at = None;
+        let token = queue::new_token();
+        let extra = [
+            ("requeue_token", token.clone()),
+            (
+                "run_at",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ),
+        ];
+        if self.write(&record, event, &extra).await? {
+            let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
+            persist(ctx, |mut conn| async move {
+                queue::schedule::schedule(
+                    &mut conn,
+                    &ctx.keys,
+                    &entry.queue,
+                    raw,
+                    token,
+                    at.timestamp_millis(),
+                )
+                .await
+            })
+            .await?;
+        }
+        ack(self.ctx, self.entry).await
+    }
+
+    /// Puts the job straight back in its queue (a draining worker), then lets go.
+    async fn requeue(&self, record: JobRecord) -> Result<(), StoreError> {
+        let token = queue::new_token();
+        if self
+            .write(&record, "job.queued", &[("requeue_token", token.clone())])
+            .await?
+        {
+            let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
+            persist(ctx, |mut conn| async move {
+                queue::requeue(&mut conn, &ctx.keys, &entry.queue, raw, token).await
+            })
+            .await?;
+            tracing::info!("job put back in its queue");
+        }
+        ack(self.ctx, self.entry).await
+    }
+}
+
+fn reason_of(text: &str) -> Option<Reason> {
+    [Reason::ExitCode, Reason::Timeout, Reason::WorkerLost]
+        .into_iter()
+        .find(|r| r.as_str() == text)
 }
 
 /// The job's id: the spec's `id` if it is valid, else the stream entry id. A spec
@@ -179,33 +411,6 @@ fn job_id(
             (id, Err(rejection))
         }
     }
-}
-
-/// Records a job refused before running, and keeps its raw entry in the dead stream.
-async fn reject(
-    ctx: &Ctx,
-    entry: &Entry,
-    mut record: JobRecord,
-    rejection: Rejection,
-    raw: &[u8],
-) -> Result<(), StoreError> {
-    tracing::warn!(reason = %rejection.reason, error = %rejection.message, "job refused");
-    record.abort(rejection.reason, rejection.message.clone());
-    write(ctx, entry, &record, "job.aborted").await?;
-    persist(ctx, |mut conn| {
-        let (record, keys) = (&record, &ctx.keys);
-        let max = ctx.settings.jobs.dead_max_len;
-        let fields: Vec<(&str, &[u8])> = vec![
-            ("id", record.id.as_bytes()),
-            ("entry", entry.id.as_bytes()),
-            ("reason", record.reason.unwrap_or_default().as_bytes()),
-            ("error", rejection.message.as_bytes()),
-            ("job", raw),
-        ];
-        async move { state::bury(&mut conn, keys, &entry.queue, max, &fields).await }
-    })
-    .await?;
-    ack(ctx, entry).await
 }
 
 /// Fills the record's outcome from the run; returns the files to store.
@@ -321,31 +526,15 @@ fn classify(e: &ExecError) -> (Reason, Option<i64>) {
         ExecError::Connect { .. } | ExecError::Docker { .. } => (Reason::DockerError, None),
     }
 }
-
-async fn write(
-    ctx: &Ctx,
-    entry: &Entry,
-    record: &JobRecord,
-    event: &str,
-) -> Result<(), StoreError> {
-    let retention = ctx.settings.jobs.retention_seconds;
-    let written = persist(ctx, |mut conn| async move {
-        state::write(&mut conn, &ctx.keys, &entry.id, record, event, retention).await
+async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
+    let held = persist(ctx, |mut conn| async move {
+        queue::ack(&mut conn, &ctx.keys, &entry.queue, &entry.id, &ctx.consumer).await
     })
     .await?;
-    if !written {
-        tracing::warn!(
-            "the job hash belongs to another entry now; this run's state was not written"
-        );
+    if !held {
+        tracing::warn!("another worker holds this entry now; not acknowledged");
     }
     Ok(())
-}
-
-async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
-    persist(ctx, |mut conn| async move {
-        queue::ack(&mut conn, &ctx.keys, &entry.queue, &entry.id).await
-    })
-    .await
 }
 
 /// Runs a Redis step with a fresh connection, retrying while Redis is unreachable,

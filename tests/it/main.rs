@@ -1,11 +1,14 @@
 //! Integration tests: real `redis-server`, the real Docker engine, the real binary.
 //! One test binary; fixtures in `common`.
 
+mod build;
 mod cli;
 mod common;
 mod examples;
 mod files;
+mod git_source;
 mod intake;
 mod jobs;
 mod logs;
 mod resilience;
+mod webhook_send;

@@ -1,0 +1,44 @@
+//! `dockhand workers`: the worker processes that announced themselves, and whether
+//! their lease is still alive.
+
+use super::{connect, CliResult};
+use crate::config::Settings;
+use crate::queue::Keys;
+use deadpool_redis::redis::AsyncCommands;
+use std::collections::BTreeMap;
+
+pub async fn run(settings: &Settings) -> CliResult {
+    let keys = Keys::new(&settings.redis.prefix);
+    let (_store, mut conn) = connect(settings).await?;
+    let workers: BTreeMap<String, String> = conn
+        .hgetall(keys.workers())
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    println!(
+        "{:<48} {:<6} {:>5} {:<24} {:<24}",
+        "CONSUMER", "ALIVE", "SLOTS", "QUEUES", "STARTED"
+    );
+    for (consumer, info) in workers {
+        let alive: bool = conn
+            .exists(keys.alive(&consumer))
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        let queues = v["queues"]
+            .as_array()
+            .map(|q| {
+                q.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        println!(
+            "{consumer:<48} {:<6} {:>5} {queues:<24} {:<24}",
+            if alive { "yes" } else { "gone" },
+            v["concurrency"].as_u64().unwrap_or(0),
+            v["started_at"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}

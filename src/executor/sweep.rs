@@ -1,0 +1,56 @@
+//! Finding and removing containers that Dockhand made and nobody runs any more
+//! (their worker was killed). Only containers carrying the `dockhand.job` label are
+//! ever listed, so nothing else on the host is touched; which of them are orphans is
+//! the worker's decision (it knows its running jobs and can ask Redis about others).
+
+use super::{ExecError, Executor, LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use std::collections::HashMap;
+
+/// A Dockhand container and who made it.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub id: String,
+    pub job: String,
+    pub worker: String,
+    pub consumer: String,
+    pub entry: String,
+}
+
+impl Executor {
+    /// Every container on this host with a `dockhand.job` label, running or not.
+    pub async fn labelled_containers(&self) -> Result<Vec<Labelled>, ExecError> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_JOB.to_string()])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|source| ExecError::Docker {
+                action: "list containers",
+                source,
+            })?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                Some(Labelled {
+                    id: c.id?,
+                    job: get(LABEL_JOB),
+                    worker: get(LABEL_WORKER),
+                    consumer: get(LABEL_CONSUMER),
+                    entry: get(LABEL_ENTRY),
+                })
+            })
+            .collect())
+    }
+
+    /// Removes one container (forcibly: it may still run).
+    pub async fn remove_orphan(&self, id: &str) {
+        self.remove(id).await;
+    }
+}

@@ -1,0 +1,186 @@
+//! What can go wrong getting a job's source, each naming the URL or ref at fault,
+//! and which of it is worth a retry.
+
+use super::url::RepoUrl;
+use git2::{ErrorClass, ErrorCode};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("`{url}`: ssh URLs are not available in this build (git2 has no ssh support); use https:// with a token")]
+    SshUnsupported { url: String },
+    #[error("`{url}` is not a repository URL Dockhand can fetch: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("invalid {kind} `{name}`: {reason}")]
+    InvalidRef {
+        kind: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("{kind} `{name}` not found in {url}")]
+    RefNotFound {
+        kind: &'static str,
+        name: String,
+        url: String,
+    },
+    #[error("commit {commit} not found in {url}")]
+    CommitNotFound { commit: String, url: String },
+    #[error("repository {url} not found")]
+    RepositoryNotFound {
+        url: String,
+        #[source]
+        source: Option<git2::Error>,
+    },
+    #[error("authentication to {url} failed")]
+    Auth {
+        url: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot reach {url}")]
+    Network {
+        url: String,
+        #[source]
+        source: git2::Error,
+    },
+    /// The inner error names what failed inside the submodule.
+    #[error("submodule `{path}` ({url}) could not be checked out")]
+    Submodule {
+        path: String,
+        url: String,
+        #[source]
+        source: Box<GitError>,
+    },
+    #[error("submodules nest deeper than {0} levels")]
+    TooDeep(usize),
+    #[error("git failed to {action} ({url})")]
+    Git {
+        action: &'static str,
+        url: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the checkout destination {} is not empty", .0.display())]
+    DestinationNotEmpty(PathBuf),
+    #[error("the git task stopped unexpectedly")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl GitError {
+    /// True when trying again later may succeed: the network or the local disk,
+    /// not a ref that does not exist or a URL this build cannot use.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GitError::Network { .. } | GitError::Io { .. } => true,
+            GitError::Submodule { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// Classifies a libgit2 failure while talking to `url`.
+    pub(crate) fn from_git2(url: &RepoUrl, action: &'static str, e: git2::Error) -> GitError {
+        let url_s = url.public().to_string();
+        let msg = e.message();
+        let http_status = |code: &str| e.class() == ErrorClass::Http && msg.contains(code);
+        if e.code() == ErrorCode::Auth || http_status("401") || http_status("403") {
+            return GitError::Auth {
+                url: url_s,
+                source: e,
+            };
+        }
+        if http_status("404")
+            || (e.code() == ErrorCode::NotFound && e.class() == ErrorClass::Repository)
+        {
+            return GitError::RepositoryNotFound {
+                url: url_s,
+                source: Some(e),
+            };
+        }
+        match e.class() {
+            ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
+                GitError::Network {
+                    url: url_s,
+                    source: e,
+                }
+            }
+            _ => GitError::Git {
+                action,
+                url: url_s,
+                source: e,
+            },
+        }
+    }
+
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> GitError {
+        let path = path.into();
+        move |source| GitError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_only_for_transient_failures() {
+        let url = RepoUrl::parse("https://h.example/x").unwrap();
+        let net = GitError::from_git2(
+            &url,
+            "fetch",
+            git2::Error::new(
+                ErrorCode::GenericError,
+                ErrorClass::Net,
+                "failed to resolve address",
+            ),
+        );
+        assert!(matches!(net, GitError::Network { .. }));
+        assert!(net.is_retryable());
+        let auth = GitError::from_git2(
+            &url,
+            "fetch",
+            git2::Error::new(ErrorCode::Auth, ErrorClass::Callback, "rejected"),
+        );
+        assert!(matches!(auth, GitError::Auth { .. }));
+        assert!(!auth.is_retryable());
+        let missing = GitError::from_git2(
+            &url,
+            "fetch",
+            git2::Error::new(
+                ErrorCode::GenericError,
+                ErrorClass::Http,
+                "unexpected http status code: 404",
+            ),
+        );
+        assert!(matches!(missing, GitError::RepositoryNotFound { .. }));
+        let unknown = GitError::RefNotFound {
+            kind: "branch",
+            name: "nope".into(),
+            url: url.public().into(),
+        };
+        assert!(!unknown.is_retryable());
+        assert_eq!(
+            unknown.to_string(),
+            "branch `nope` not found in https://h.example/x"
+        );
+        let sub = GitError::Submodule {
+            path: "lib".into(),
+            url: "https://h.example/lib".into(),
+            source: Box::new(net),
+        };
+        assert!(sub.is_retryable());
+    }
+}

@@ -1,0 +1,505 @@
+//! Jobs from git: resolve a branch or tag to a commit, and check a commit out,
+//! submodules included, from a cache of bare mirrors.
+//!
+//! The cache keeps one bare mirror per repository URL at
+//! `<root>/repos/<first 16 hex of sha256(url)>`; its `description` file names the
+//! URL (without credentials) for whoever looks at the folder. A checkout is a
+//! fresh repository in the job's folder whose `.git/objects/info/alternates`
+//! points at the mirror's objects, so checking out copies the files and nothing
+//! else.
+//!
+//! Invariants:
+//! - All git2 work runs in `spawn_blocking`; the public API is async.
+//! - One process never writes a mirror from two threads at once: a std Mutex per
+//!   mirror path, taken inside the blocking task (nothing is awaited while it is
+//!   held). Reading objects through alternates needs no lock: a fetch only adds
+//!   objects and moves refs. Two *processes* sharing a cache root are not locked
+//!   against each other (libgit2's own ref locks make the worst case a failed
+//!   fetch, not a corrupt mirror); give each worker process its own root.
+//! - A commit already in the mirror is not fetched again; a missing one is
+//!   fetched by id first, then, when the server refuses that, with all branches and
+//!   tags, so a commit that is no branch tip still works.
+//! - A checkout lives no longer than the cache: its objects stay in the mirror.
+//! - Submodules are resolved against the superproject's URL like git does, fetched
+//!   through the same cache (so they are cached, take the same credentials and may
+//!   be `file://`), and checked out recursively at the commit the superproject
+//!   records. A submodule with `update = none` is skipped.
+
+use super::credentials::Credentials;
+use super::error::GitError;
+use super::url::RepoUrl;
+use git2::build::CheckoutBuilder;
+use git2::{
+    AutotagOption, Direction, FetchOptions, ObjectType, Oid, Remote, Repository, SubmoduleUpdate,
+};
+use sha2::{Digest, Sha256};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// Deeper nesting than this is refused: it is almost surely a loop of repositories.
+const MAX_SUBMODULE_DEPTH: usize = 8;
+
+/// What to check out.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// The remote's `HEAD` (its default branch).
+    Default,
+    Branch(String),
+    Tag(String),
+    /// A full 40-hex commit id.
+    Commit(String),
+}
+
+impl std::fmt::Debug for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Default => f.write_str("HEAD"),
+            Reference::Branch(b) => write!(f, "branch {b}"),
+            Reference::Tag(t) => write!(f, "tag {t}"),
+            Reference::Commit(c) => write!(f, "commit {c}"),
+        }
+    }
+}
+
+/// A repository, the ref a job asked for, and whether to fetch its submodules.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitSource {
+    pub url: String,
+    pub reference: Reference,
+    pub submodules: bool,
+}
+
+impl std::fmt::Debug for GitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSource")
+            .field("url", &super::url::redact(&self.url))
+            .field("reference", &self.reference)
+            .field("submodules", &self.submodules)
+            .finish()
+    }
+}
+
+/// What [`GitCache::checkout`] put in the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    /// The commit checked out (a tag's commit, when asked for a tag object).
+    pub commit: String,
+    /// Paths of the submodules checked out, relative to the destination, nested
+    /// ones as `outer/inner`, in the order they were checked out.
+    pub submodules: Vec<String>,
+}
+
+/// A folder of bare mirrors and the tokens to fetch them with. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GitCache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    repos: PathBuf,
+    credentials: Credentials,
+}
+
+impl GitCache {
+    /// Uses (and creates) `<root>/repos`.
+    pub fn open(root: impl AsRef<Path>, credentials: Credentials) -> Result<GitCache, GitError> {
+        let repos = root.as_ref().join("repos");
+        std::fs::create_dir_all(&repos).map_err(GitError::io("create", &repos))?;
+        // Absolute, because checkouts point at mirrors by path.
+        let repos = repos
+            .canonicalize()
+            .map_err(GitError::io("resolve", &repos))?;
+        Ok(GitCache {
+            inner: Arc::new(Inner { repos, credentials }),
+        })
+    }
+
+    /// Where the mirror of `url` lives (whether or not it exists yet).
+    pub fn mirror_path(&self, url: &str) -> PathBuf {
+        self.inner.mirror_path(url)
+    }
+
+    /// The commit `source.reference` names now, asked of the remote without
+    /// fetching (like `git ls-remote`). A commit id is returned as given, after
+    /// checking its form; [`GitCache::checkout`] finds out whether it exists.
+    pub async fn resolve(&self, source: &GitSource) -> Result<String, GitError> {
+        let inner = self.inner.clone();
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || inner.resolve(&source)).await?
+    }
+
+    /// Checks `commit` of `source.url` out into `dest` (created; must be empty),
+    /// with its submodules when `source.submodules` is set.
+    pub async fn checkout(
+        &self,
+        source: &GitSource,
+        commit: &str,
+        dest: &Path,
+    ) -> Result<Checkout, GitError> {
+        let inner = self.inner.clone();
+        let source = source.clone();
+        let commit = commit.to_string();
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || inner.checkout(&source, &commit, &dest)).await?
+    }
+}
+
+impl Inner {
+    fn mirror_path(&self, url: &str) -> PathBuf {
+        let digest = hex::encode(Sha256::digest(url.as_bytes()));
+        self.repos.join(&digest[..16])
+    }
+
+    fn resolve(&self, source: &GitSource) -> Result<String, GitError> {
+        let url = RepoUrl::parse(&source.url)?;
+        let (kind, name, wanted) = match &source.reference {
+            Reference::Commit(c) => return parse_commit(c).map(|oid| oid.to_string()),
+            Reference::Default => (
+                "default branch",
+                "HEAD".to_string(),
+                vec!["HEAD".to_string()],
+            ),
+            Reference::Branch(b) => {
+                let b = ref_name("branch", b, "refs/heads/")?;
+                let full = format!("refs/heads/{b}");
+                ("branch", b, vec![full])
+            }
+            Reference::Tag(t) => {
+                let t = ref_name("tag", t, "refs/tags/")?;
+                // An annotated tag is listed twice; the `^{}` line is its commit.
+                let peeled = format!("refs/tags/{t}^{{}}");
+                let plain = format!("refs/tags/{t}");
+                ("tag", t, vec![peeled, plain])
+            }
+        };
+        ensure_local_exists(&url)?;
+        let mut remote = Remote::create_detached(url.raw())
+            .map_err(|e| GitError::from_git2(&url, "open the remote", e))?;
+        let attempts = Cell::new(0);
+        let callbacks = self.credentials.callbacks(&url, &attempts);
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(callbacks), None)
+            .map_err(|e| GitError::from_git2(&url, "connect", e))?;
+        let heads = connection
+            .list()
+            .map_err(|e| GitError::from_git2(&url, "list the remote's refs", e))?;
+        let found = wanted
+            .iter()
+            .find_map(|w| heads.iter().find(|h| h.name() == w).map(|h| h.oid()));
+        match found {
+            Some(oid) => Ok(oid.to_string()),
+            None => Err(GitError::RefNotFound {
+                kind,
+                name,
+                url: url.public().to_string(),
+            }),
+        }
+    }
+
+    fn checkout(
+        &self,
+        source: &GitSource,
+        commit: &str,
+        dest: &Path,
+    ) -> Result<Checkout, GitError> {
+        let url = RepoUrl::parse(&source.url)?;
+        let wanted = parse_commit(commit)?;
+        prepare_dest(dest)?;
+        let (mirror, oid) = self.fetch_commit(&url, wanted)?;
+        populate(&mirror, &url, oid, dest)?;
+        let mut submodules = Vec::new();
+        if source.submodules {
+            self.update_submodules(dest, &url, oid, "", 1, &mut submodules)?;
+        }
+        tracing::info!(url = %url, commit = %oid, submodules = submodules.len(), "checked out");
+        Ok(Checkout {
+            commit: oid.to_string(),
+            submodules,
+        })
+    }
+
+    /// Makes sure the mirror of `url` has `wanted`; returns the mirror and the
+    /// commit (`wanted` itself, or the commit a tag object points at).
+    fn fetch_commit(&self, url: &RepoUrl, wanted: Oid) -> Result<(PathBuf, Oid), GitError> {
+        let path = self.mirror_path(url.raw());
+        let lock = mirror_lock(&path);
+        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let repo = open_mirror(&path, url)?;
+        if let Some(commit) = peel_commit(&repo, wanted) {
+            tracing::debug!(url = %url, commit = %commit, "commit already in the cache");
+            return Ok((path, commit));
+        }
+        ensure_local_exists(url)?;
+        match self.fetch(&repo, url, &[wanted.to_string().as_str()]) {
+            Ok(()) => {}
+            // The same would happen again below.
+            Err(e @ (GitError::Auth { .. } | GitError::RepositoryNotFound { .. })) => {
+                return Err(e)
+            }
+            // Servers may refuse to send a commit by id (uploadpack.allowAnySHA1InWant).
+            Err(e) => {
+                tracing::debug!(url = %url, commit = %wanted, error = %e, "fetch by id failed; fetching all branches and tags")
+            }
+        }
+        if let Some(commit) = peel_commit(&repo, wanted) {
+            return Ok((path, commit));
+        }
+        self.fetch(
+            &repo,
+            url,
+            &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+        )?;
+        match peel_commit(&repo, wanted) {
+            Some(commit) => Ok((path, commit)),
+            None => Err(GitError::CommitNotFound {
+                commit: wanted.to_string(),
+                url: url.public().to_string(),
+            }),
+        }
+    }
+
+    fn fetch(&self, repo: &Repository, url: &RepoUrl, refspecs: &[&str]) -> Result<(), GitError> {
+        let mut remote = repo
+            .remote_anonymous(url.raw())
+            .map_err(|e| GitError::from_git2(url, "open the remote", e))?;
+        let attempts = Cell::new(0);
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(self.credentials.callbacks(url, &attempts))
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        remote
+            .fetch(refspecs, Some(&mut opts), None)
+            .map_err(|e| GitError::from_git2(url, "fetch", e))
+    }
+
+    /// Checks out, recursively, the submodules `commit` records in the
+    /// repository at `dir`.
+    fn update_submodules(
+        &self,
+        dir: &Path,
+        parent: &RepoUrl,
+        commit: Oid,
+        prefix: &str,
+        depth: usize,
+        out: &mut Vec<String>,
+    ) -> Result<(), GitError> {
+        let git = |action| move |e| GitError::from_git2(parent, action, e);
+        let repo = Repository::open(dir).map_err(git("open the checkout"))?;
+        let tree = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(git("read the commit's tree"))?;
+        let submodules = repo.submodules().map_err(git("read .gitmodules"))?;
+        for sub in &submodules {
+            if sub.update_strategy() == SubmoduleUpdate::None {
+                continue;
+            }
+            let rel = sub.path().to_path_buf();
+            let shown = format!("{prefix}{}", rel.display());
+            // Listed in .gitmodules but not recorded in the commit: git skips it too.
+            let Some(gitlink) = tree
+                .get_path(&rel)
+                .ok()
+                .filter(|e| e.kind() == Some(ObjectType::Commit))
+            else {
+                continue;
+            };
+            let raw = sub.url().ok().flatten().unwrap_or_default().to_string();
+            let fail = |url: String, e: GitError| GitError::Submodule {
+                path: shown.clone(),
+                url,
+                source: Box::new(e),
+            };
+            if depth > MAX_SUBMODULE_DEPTH {
+                return Err(fail(raw, GitError::TooDeep(MAX_SUBMODULE_DEPTH)));
+            }
+            if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+                let reason = "its path leaves the repository".to_string();
+                return Err(fail(raw.clone(), GitError::InvalidUrl { url: raw, reason }));
+            }
+            let url = parent
+                .join_submodule(&raw)
+                .map_err(|e| fail(raw.clone(), e))?;
+            let (mirror, oid) = self
+                .fetch_commit(&url, gitlink.id())
+                .map_err(|e| fail(url.public().to_string(), e))?;
+            let sub_dir = dir.join(&rel);
+            // The superproject's checkout left an empty folder for the gitlink.
+            populate(&mirror, &url, oid, &sub_dir)
+                .map_err(|e| fail(url.public().to_string(), e))?;
+            out.push(shown.clone());
+            // Errors below already name their own, longer, path.
+            self.update_submodules(&sub_dir, &url, oid, &format!("{shown}/"), depth + 1, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dest` if needed; refuses one with anything in it.
+fn prepare_dest(dest: &Path) -> Result<(), GitError> {
+    std::fs::create_dir_all(dest).map_err(GitError::io("create", dest))?;
+    let mut entries = std::fs::read_dir(dest).map_err(GitError::io("read", dest))?;
+    if entries.next().is_some() {
+        return Err(GitError::DestinationNotEmpty(dest.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// A fresh repository at `dest` borrowing the mirror's objects, with `oid`
+/// checked out on a detached HEAD and `origin` set to the URL (without
+/// credentials), so that tools run in the checkout see where it came from.
+fn populate(mirror: &Path, url: &RepoUrl, oid: Oid, dest: &Path) -> Result<(), GitError> {
+    let git = |action| move |e| GitError::from_git2(url, action, e);
+    prepare_dest(dest)?;
+    let repo = Repository::init(dest).map_err(git("create the checkout"))?;
+    let info = repo.path().join("objects").join("info");
+    std::fs::create_dir_all(&info).map_err(GitError::io("create", &info))?;
+    let mut alternates = mirror.join("objects").into_os_string();
+    alternates.push("\n");
+    let alternates_file = info.join("alternates");
+    std::fs::write(&alternates_file, alternates.as_encoded_bytes())
+        .map_err(GitError::io("write", &alternates_file))?;
+    drop(repo);
+    // Opened again: the object database reads `alternates` when it is opened.
+    let repo = Repository::open(dest).map_err(git("open the checkout"))?;
+    repo.remote("origin", &url.anonymous())
+        .map_err(git("record the origin"))?;
+    let commit = repo.find_commit(oid).map_err(git("read the commit"))?;
+    let mut files = CheckoutBuilder::new();
+    files.force();
+    repo.checkout_tree(commit.as_object(), Some(&mut files))
+        .map_err(git("check the files out"))?;
+    repo.set_head_detached(oid).map_err(git("set HEAD"))?;
+    Ok(())
+}
+
+/// Opens the bare mirror at `path`, creating it if missing; one that cannot be
+/// opened (say, a crash half-way through creating it) is made again.
+fn open_mirror(path: &Path, url: &RepoUrl) -> Result<Repository, GitError> {
+    if path.exists() {
+        match Repository::open_bare(path) {
+            Ok(repo) => return Ok(repo),
+            Err(e) => {
+                tracing::warn!(url = %url, path = %path.display(), error = %e, "cannot open the cached mirror; starting it again");
+                std::fs::remove_dir_all(path).map_err(GitError::io("remove", path))?;
+            }
+        }
+    }
+    let repo = Repository::init_bare(path)
+        .map_err(|e| GitError::from_git2(url, "create the cache mirror", e))?;
+    let description = path.join("description");
+    std::fs::write(&description, format!("{}\n", url.anonymous()))
+        .map_err(GitError::io("write", &description))?;
+    Ok(repo)
+}
+
+/// The commit `oid` is, or that the tag object `oid` points at, if the mirror has it.
+fn peel_commit(repo: &Repository, oid: Oid) -> Option<Oid> {
+    let object = repo.find_object(oid, None).ok()?;
+    object.peel_to_commit().ok().map(|c| c.id())
+}
+
+/// Says "not found" for a local repository before libgit2 says something vaguer.
+fn ensure_local_exists(url: &RepoUrl) -> Result<(), GitError> {
+    match url.local_path() {
+        Some(path) if !path.exists() => Err(GitError::RepositoryNotFound {
+            url: url.public().to_string(),
+            source: None,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn parse_commit(commit: &str) -> Result<Oid, GitError> {
+    let invalid = |reason| GitError::InvalidRef {
+        kind: "commit",
+        name: commit.to_string(),
+        reason,
+    };
+    if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid("a commit must be its full 40-character hex id"));
+    }
+    Oid::from_str(commit).map_err(|_| invalid("not a commit id"))
+}
+
+/// The short name of a branch or tag (a full `refs/...` name is accepted).
+fn ref_name(kind: &'static str, name: &str, prefix: &str) -> Result<String, GitError> {
+    let short = name.strip_prefix(prefix).unwrap_or(name);
+    if short.is_empty() || short.contains(char::is_whitespace) {
+        return Err(GitError::InvalidRef {
+            kind,
+            name: name.to_string(),
+            reason: "a name may not be empty or contain spaces",
+        });
+    }
+    Ok(short.to_string())
+}
+
+/// The process-wide lock of one mirror. Process-wide, not per [`GitCache`],
+/// because what it protects is a folder on disk.
+fn mirror_lock(path: &Path) -> Arc<Mutex<()>> {
+    // One small entry per repository ever fetched; never removed, which keeps
+    // the locking simple.
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_must_be_full_ids() {
+        let full = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(parse_commit(full).unwrap().to_string(), full);
+        assert_eq!(
+            parse_commit(&full.to_uppercase()).unwrap().to_string(),
+            full
+        );
+        for bad in ["0123456", "", "g123456789abcdef0123456789abcdef01234567"] {
+            assert!(matches!(
+                parse_commit(bad),
+                Err(GitError::InvalidRef { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn ref_names() {
+        assert_eq!(
+            ref_name("branch", "refs/heads/main", "refs/heads/").unwrap(),
+            "main"
+        );
+        assert_eq!(ref_name("tag", "v1.0", "refs/tags/").unwrap(), "v1.0");
+        assert!(ref_name("branch", "", "refs/heads/").is_err());
+        assert!(ref_name("branch", "a b", "refs/heads/").is_err());
+    }
+
+    #[test]
+    fn mirror_paths_are_stable_and_distinct() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = GitCache::open(dir.path(), Credentials::new()).unwrap();
+        let a = cache.mirror_path("https://h.example/a.git");
+        assert_eq!(a, cache.mirror_path("https://h.example/a.git"));
+        assert_ne!(a, cache.mirror_path("https://h.example/b.git"));
+        assert_eq!(a.file_name().unwrap().len(), 16);
+        assert!(a.starts_with(dir.path().canonicalize().unwrap().join("repos")));
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let s = GitSource {
+            url: "https://bot:s3cret@h.example/x".into(),
+            reference: Reference::Branch("main".into()),
+            submodules: true,
+        };
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,21 @@
+//! Where a job's image comes from when the spec has `git` instead of `image`:
+//! the repository's commit, checked out with its submodules, ready for
+//! [`crate::executor::build`].
+//!
+//! Invariants:
+//! - Only https://, http://, file:// and absolute paths are fetched; ssh and other
+//!   schemes are refused with a [`GitError`] before any connection is made.
+//! - Tokens come from the worker's side ([`Credentials`]), never from a job, and
+//!   never appear in logs, errors or files.
+//! - Every error names the URL, the ref or the submodule path at fault, and says
+//!   whether a retry may help ([`GitError::is_retryable`]).
+
+mod credentials;
+mod error;
+mod git;
+mod url;
+
+pub use credentials::Credentials;
+pub use error::GitError;
+pub use git::{Checkout, GitCache, GitSource, Reference};
+pub use url::{RepoUrl, Transport};

@@ -1,0 +1,565 @@
+//! One delivery attempt: a signed POST to a subscriber's URL, and what came of it.
+//!
+//! No retries, no storage: the caller decides what an [`AttemptOutcome`] means for
+//! the durable queue. Invariants:
+//!
+//! - The host is resolved once, every resolved address is checked by the SSRF
+//!   [`Guard`] before any connection is made (one refused address refuses them
+//!   all: a name that mixes public and internal addresses is an attack or a
+//!   mistake), and the connection goes to a checked address itself. Nothing
+//!   resolves the name again, so DNS rebinding cannot slip past the guard.
+//! - Each attempt has its own connection, closed afterwards: the next attempt
+//!   resolves and checks again.
+//! - Redirects are never followed (a 3xx is a failure, as the Standard Webhooks
+//!   spec recommends); following one would also bypass the guard.
+//! - The whole attempt, from resolving to the first KiB of the response body, is
+//!   bounded by `timeout`; running out after the status arrived keeps the status.
+//! - `webhook-timestamp` is the time of this attempt (the spec's replay
+//!   protection), while `webhook-id` stays the same across attempts.
+//! - Only `http://` is supported; `https://` is refused with a clear error. The
+//!   request exchange is generic over the stream, so TLS slots in after `connect`.
+
+use super::sign::{sign, Secret};
+use super::ssrf::{Guard, Refused};
+use crate::telemetry::error_chain;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT};
+use hyper::http::response::Parts;
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+pub const USER_AGENT_VALUE: &str = concat!("Dockhand-Webhooks/", env!("CARGO_PKG_VERSION"));
+/// How much of a response body is kept for the attempt record.
+pub const BODY_PREFIX_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid webhook URL {url:?}")]
+    Url {
+        url: String,
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+    #[error("webhook URL {0:?} must be absolute, like http://host:port/path")]
+    NotAbsolute(String),
+    #[error("https delivery is not supported yet")]
+    HttpsUnsupported,
+    #[error("unsupported URL scheme {0:?}: only http:// is supported")]
+    Scheme(String),
+    #[error("credentials in a webhook URL are not supported")]
+    Credentials,
+    #[error(
+        "invalid webhook message id {0:?}: use 1-128 characters of A-Z a-z 0-9 _ : - (no dots)"
+    )]
+    MessageId(String),
+    #[error("cannot resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} resolved to no addresses")]
+    NoAddresses(String),
+    #[error("refused to connect to {host}")]
+    Refused {
+        host: String,
+        #[source]
+        source: Refused,
+    },
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the request")]
+    Request(#[source] hyper::http::Error),
+    #[error("HTTP exchange with {addr} failed")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("timed out after {timeout:?} {phase}")]
+    Timeout {
+        timeout: Duration,
+        phase: &'static str,
+    },
+}
+
+impl SendError {
+    /// How an attempt that failed with this error is classified.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            SendError::Refused { .. } => Verdict::Refused,
+            SendError::Url { .. }
+            | SendError::NotAbsolute(_)
+            | SendError::HttpsUnsupported
+            | SendError::Scheme(_)
+            | SendError::Credentials
+            | SendError::MessageId(_)
+            | SendError::Request(_) => Verdict::Invalid,
+            // A name that does not resolve today may resolve tomorrow.
+            SendError::Resolve { .. }
+            | SendError::NoAddresses(_)
+            | SendError::Connect { .. }
+            | SendError::Http { .. }
+            | SendError::Timeout { .. } => Verdict::Retry,
+        }
+    }
+}
+
+/// What the caller should do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A 2xx: done.
+    Delivered,
+    /// A network error, a timeout, or a non-2xx other than 410 (3xx included):
+    /// try again later, after `retry_after` if the receiver gave one.
+    Retry,
+    /// 410 Gone: the receiver wants no more deliveries; disable the subscriber.
+    Gone,
+    /// The SSRF guard refused every address: permanent, retrying cannot help
+    /// until an operator changes `webhooks.allow_networks`.
+    Refused,
+    /// The URL or message cannot be sent at all (bad URL, https, credentials in
+    /// the URL): permanent until the subscriber is fixed.
+    Invalid,
+}
+
+impl Verdict {
+    /// True when another attempt with the same target could succeed.
+    pub fn is_retryable(self) -> bool {
+        self == Verdict::Retry
+    }
+}
+
+/// Where to deliver: a subscriber's URL and its current secrets (several during
+/// a rotation; each signs the message).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub secrets: Vec<Secret>,
+}
+
+/// What to deliver: an id that stays the same across attempts, and the exact
+/// body bytes that are signed and sent.
+#[derive(Debug, Clone)]
+pub struct Message {
+    id: String,
+    body: Bytes,
+}
+
+impl Message {
+    /// A message with a new id, `msg_<ULID>`.
+    pub fn new(body: impl Into<Bytes>) -> Message {
+        Message {
+            id: format!("msg_{}", ulid::Ulid::new()),
+            body: body.into(),
+        }
+    }
+
+    /// A message with a known id (a retry of a stored delivery). The id is
+    /// signed as `<id>.<timestamp>.<body>`, so a dot in it would make two
+    /// different (id, timestamp) pairs sign the same bytes: refused.
+    pub fn with_id(id: impl Into<String>, body: impl Into<Bytes>) -> Result<Message, SendError> {
+        let id = id.into();
+        let valid = (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'));
+        if !valid {
+            return Err(SendError::MessageId(id));
+        }
+        Ok(Message {
+            id,
+            body: body.into(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+/// The record of one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub verdict: Verdict,
+    /// The response status, when a response arrived.
+    pub status: Option<u16>,
+    /// From the start of the attempt (name resolution included) to its end.
+    pub duration: Duration,
+    /// The `webhook-timestamp` sent (or that would have been sent).
+    pub timestamp: i64,
+    /// The first [`BODY_PREFIX_BYTES`] of the response body, as lossy UTF-8.
+    pub body: String,
+    /// Why the attempt failed before a response, with its causes.
+    pub error: Option<String>,
+    /// `Retry-After` in delta-seconds. The HTTP-date form is not supported and
+    /// reads as absent; the caller should cap the value by its own schedule.
+    pub retry_after: Option<Duration>,
+}
+
+/// Makes one attempt to deliver `msg` to `target`, checking addresses with
+/// `guard`, all within `timeout`. Never fails: every failure is in the outcome.
+pub async fn attempt(
+    target: &Target,
+    msg: &Message,
+    guard: &Guard,
+    timeout: Duration,
+) -> AttemptOutcome {
+    let started = Instant::now();
+    let timestamp = unix_now();
+    let mut outcome = AttemptOutcome {
+        verdict: Verdict::Retry,
+        status: None,
+        duration: Duration::ZERO,
+        timestamp,
+        body: String::new(),
+        error: None,
+        retry_after: None,
+    };
+    let deadline = started + timeout;
+    match deliver(target, msg, guard, timestamp, deadline, timeout).await {
+        Ok((response, body)) => {
+            let status = response.status;
+            outcome.status = Some(status.as_u16());
+            outcome.verdict = if status.is_success() {
+                Verdict::Delivered
+            } else if status == hyper::StatusCode::GONE {
+                Verdict::Gone
+            } else {
+                Verdict::Retry
+            };
+            outcome.retry_after = response.headers.get(RETRY_AFTER).and_then(retry_after);
+            outcome.body = lossy_prefix(&body);
+        }
+        Err(e) => {
+            outcome.verdict = e.verdict();
+            outcome.error = Some(error_chain(&e));
+        }
+    }
+    outcome.duration = started.elapsed();
+    outcome
+}
+
+/// Checks that `url` could be delivered to (scheme, host, no credentials),
+/// without resolving it: for rejecting a subscriber's URL when it is added.
+pub fn check_url(url: &str) -> Result<(), SendError> {
+    Endpoint::parse(url).map(|_| ())
+}
+
+/// The parts of a URL an attempt needs.
+struct Endpoint {
+    /// As written in the URL, brackets kept for IPv6 (valid in `host:port`).
+    host: String,
+    port: u16,
+    /// The `Host` header: the host, and the port when the URL gives one.
+    host_header: String,
+    path_and_query: String,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Endpoint, SendError> {
+        let uri: Uri = url.parse().map_err(|source| SendError::Url {
+            url: url.to_string(),
+            source,
+        })?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(SendError::NotAbsolute(url.to_string()));
+        };
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "http" => 80,
+            "https" => return Err(SendError::HttpsUnsupported),
+            other => return Err(SendError::Scheme(other.to_string())),
+        };
+        if authority.as_str().contains('@') {
+            return Err(SendError::Credentials);
+        }
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(SendError::NotAbsolute(url.to_string()));
+        }
+        let host_header = match authority.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        Ok(Endpoint {
+            host: host.to_string(),
+            port: authority.port_u16().unwrap_or(default_port),
+            host_header,
+            path_and_query: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        })
+    }
+}
+
+async fn deliver(
+    target: &Target,
+    msg: &Message,
+    guard: &Guard,
+    timestamp: i64,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Parts, Vec<u8>), SendError> {
+    let within = |phase| move |_| SendError::Timeout { timeout, phase };
+    let endpoint = Endpoint::parse(&target.url)?;
+    let addrs = timeout_at(deadline, resolve(&endpoint))
+        .await
+        .map_err(within("resolving the host"))??;
+    check_all(guard, &endpoint.host, &addrs)?;
+    let stream = timeout_at(deadline, connect(&addrs))
+        .await
+        .map_err(within("connecting"))??;
+    let request = build_request(&endpoint, target, msg, timestamp)?;
+    exchange(stream, request, deadline, timeout).await
+}
+
+/// Sends `request` over an open stream and reads the response's status, headers
+/// and the first [`BODY_PREFIX_BYTES`] of its body. Generic over the stream so
+/// that a TLS stream can be passed in once https is supported.
+async fn exchange<S>(
+    stream: Connected<S>,
+    request: Request<Full<Bytes>>,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Parts, Vec<u8>), SendError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let within = |phase| move |_| SendError::Timeout { timeout, phase };
+    let addr = stream.peer_addr;
+    let http = |source| SendError::Http { addr, source };
+    let (mut sender, connection) = timeout_at(
+        deadline,
+        hyper::client::conn::http1::handshake(TokioIo::new(stream.io)),
+    )
+    .await
+    .map_err(within("starting HTTP"))?
+    .map_err(http)?;
+    // The connection is driven by its own task, aborted when this attempt ends
+    // (or is dropped), so nothing outlives the attempt.
+    let _driver = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let response = timeout_at(deadline, sender.send_request(request))
+        .await
+        .map_err(within("waiting for the response"))?
+        .map_err(http)?;
+    let (parts, mut body) = response.into_parts();
+    // Past this point the status is known: running out of time or a broken body
+    // only shortens the kept prefix.
+    let mut prefix = Vec::new();
+    while prefix.len() < BODY_PREFIX_BYTES {
+        match timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = BODY_PREFIX_BYTES - prefix.len();
+                    prefix.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            _ => break,
+        }
+    }
+    Ok((parts, prefix))
+}
+
+async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, SendError> {
+    // An IP literal is parsed, not looked up; a name is looked up exactly once.
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host(format!("{}:{}", endpoint.host, endpoint.port))
+            .await
+            .map_err(|source| SendError::Resolve {
+                host: endpoint.host.clone(),
+                source,
+            })?
+            .collect();
+    if addrs.is_empty() {
+        return Err(SendError::NoAddresses(endpoint.host.clone()));
+    }
+    Ok(addrs)
+}
+
+/// Passes only when every address does: one refused address refuses the name.
+fn check_all(guard: &Guard, host: &str, addrs: &[SocketAddr]) -> Result<(), SendError> {
+    for addr in addrs {
+        guard
+            .check(addr.ip())
+            .map_err(|source| SendError::Refused {
+                host: host.to_string(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// A connected stream and the checked address it goes to. An https attempt
+/// would wrap `io` in TLS here; the exchange is generic over the stream.
+struct Connected<S> {
+    io: S,
+    peer_addr: SocketAddr,
+}
+
+/// Connects to the first address that answers, in the resolver's order. Only
+/// addresses that passed the guard are passed in.
+async fn connect(addrs: &[SocketAddr]) -> Result<Connected<TcpStream>, SendError> {
+    let mut last = None;
+    for &addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(io) => {
+                // Small requests: do not wait to fill a segment.
+                let _ = io.set_nodelay(true);
+                return Ok(Connected {
+                    io,
+                    peer_addr: addr,
+                });
+            }
+            Err(source) => last = Some(SendError::Connect { addr, source }),
+        }
+    }
+    Err(last.unwrap_or_else(|| SendError::NoAddresses(String::new())))
+}
+
+fn build_request(
+    endpoint: &Endpoint,
+    target: &Target,
+    msg: &Message,
+    timestamp: i64,
+) -> Result<Request<Full<Bytes>>, SendError> {
+    let signature = sign(&target.secrets, &msg.id, timestamp, &msg.body);
+    Request::builder()
+        .method(Method::POST)
+        // Origin-form: the connection is already to the right host.
+        .uri(endpoint.path_and_query.as_str())
+        .header(HOST, endpoint.host_header.as_str())
+        .header(CONTENT_TYPE, "application/json")
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .header("webhook-id", msg.id.as_str())
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(Full::new(msg.body.clone()))
+        .map_err(SendError::Request)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `Retry-After: <seconds>`; the HTTP-date form reads as absent.
+fn retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().map(Duration::from_secs)
+}
+
+/// Lossy UTF-8, without a replacement character for a multi-byte character
+/// that the byte limit cut in half.
+fn lossy_prefix(bytes: &[u8]) -> String {
+    let end = match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        _ => bytes.len(),
+    };
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_before_anything_is_resolved() {
+        let e = Endpoint::parse("http://Example.com/hook?x=1").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.host_header.as_str()),
+            ("Example.com", 80, "Example.com")
+        );
+        assert_eq!(e.path_and_query, "/hook?x=1");
+        let e = Endpoint::parse("http://[::1]:8080").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("[::1]", 8080));
+        assert_eq!(
+            (e.host_header.as_str(), e.path_and_query.as_str()),
+            ("[::1]:8080", "/")
+        );
+
+        let err = |url: &str| Endpoint::parse(url).err().unwrap();
+        let https = err("https://example.com/");
+        assert_eq!(https.to_string(), "https delivery is not supported yet");
+        assert_eq!(https.verdict(), Verdict::Invalid);
+        assert!(matches!(err("ftp://example.com/"), SendError::Scheme(_)));
+        assert!(matches!(err("/just/a/path"), SendError::NotAbsolute(_)));
+        assert!(matches!(
+            err("http://u:p@example.com/"),
+            SendError::Credentials
+        ));
+        assert!(matches!(err("http://exa mple.com/"), SendError::Url { .. }));
+        assert!(check_url("http://example.com:8080/x").is_ok());
+    }
+
+    #[test]
+    fn one_refused_address_refuses_the_whole_name() {
+        let guard = Guard::new(&["127.0.0.1/32"]).unwrap();
+        let addrs: Vec<SocketAddr> =
+            vec!["127.0.0.1:80".parse().unwrap(), "[::1]:80".parse().unwrap()];
+        let err = check_all(&guard, "both.example", &addrs).unwrap_err();
+        assert_eq!(err.verdict(), Verdict::Refused);
+        assert_eq!(
+            error_chain(&err),
+            "refused to connect to both.example: ::1 is a loopback address; \
+             allow it with webhooks.allow_networks"
+        );
+        assert!(check_all(&guard, "one.example", &addrs[..1]).is_ok());
+    }
+
+    #[test]
+    fn message_ids_may_not_contain_dots() {
+        assert!(Message::with_id("msg_01J:abc-1", "{}").is_ok());
+        for bad in ["", "a.b", "a b", &"x".repeat(129)] {
+            assert!(Message::with_id(bad, "{}").is_err(), "{bad:?}");
+        }
+        let m = Message::new("{}");
+        assert!(m.id().starts_with("msg_"));
+        assert!(Message::with_id(m.id(), "{}").is_ok());
+    }
+
+    #[test]
+    fn retry_after_reads_delta_seconds_only() {
+        let v = |s: &'static str| retry_after(&HeaderValue::from_static(s));
+        assert_eq!(v("7"), Some(Duration::from_secs(7)));
+        assert_eq!(v(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(v("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(v("-1"), None);
+        assert_eq!(v("1.5"), None);
+    }
+
+    #[test]
+    fn a_cut_multibyte_character_is_dropped_not_replaced() {
+        let text = "aé".as_bytes();
+        assert_eq!(lossy_prefix(&text[..2]), "a");
+        assert_eq!(lossy_prefix(text), "aé");
+        assert_eq!(lossy_prefix(b"a\xffb"), "a\u{fffd}b");
+    }
+}

@@ -1,0 +1,172 @@
+//! Background chores of a worker: moving due scheduled jobs, listening for cancel
+//! requests, sweeping orphaned containers, and checking Redis's settings.
+
+use super::running::StopCause;
+use super::Ctx;
+use crate::backoff::Backoff;
+use crate::executor::sweep::Labelled;
+use crate::job::Status;
+use crate::queue;
+use crate::store::StoreError;
+use crate::telemetry::error_chain;
+use deadpool_redis::redis::{self, AsyncCommands};
+use futures_util::StreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Moves scheduled jobs (delays, retries) of `queue` into its stream when due.
+pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken) {
+    let every = Duration::from_millis(ctx.settings.worker.block_ms.min(500));
+    while !token.is_cancelled() {
+        let moved: Result<usize, StoreError> = async {
+            let mut conn = ctx.store.conn().await?;
+            queue::move_due(
+                &mut conn,
+                &ctx.keys,
+                &queue,
+                chrono::Utc::now().timestamp_millis(),
+                100,
+            )
+            .await
+        }
+        .await;
+        match moved {
+            Ok(n) if n > 0 => tracing::debug!(queue = %queue, moved = n, "scheduled jobs are due"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %error_chain(&e), "moving due jobs failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// Stops running jobs named on the cancel channel. Requests missed while this
+/// listener was disconnected are found by the heartbeat in the job hash.
+pub(super) async fn cancel_listener(ctx: Ctx, token: CancellationToken) {
+    let mut backoff = Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_millis(ctx.settings.worker.reconnect_max_ms),
+    );
+    while !token.is_cancelled() {
+        let listened: Result<(), StoreError> = async {
+            let mut pubsub = ctx.store.pubsub().await?;
+            pubsub.subscribe(ctx.keys.cancel_channel()).await?;
+            backoff.reset();
+            let mut messages = pubsub.on_message();
+            loop {
+                tokio::select! {
+                    msg = messages.next() => {
+                        let Some(msg) = msg else { return Ok(()) };
+                        let id: String = msg.get_payload().unwrap_or_default();
+                        if ctx.running.stop_job(&id, StopCause::Cancelled) {
+                            tracing::info!(job_id = %id, "cancel requested; stopping the container");
+                        }
+                    }
+                    _ = token.cancelled() => return Ok(()),
+                }
+            }
+        }
+        .await;
+        if let Err(e) = listened {
+            tracing::debug!(error = %error_chain(&e), "cancel listener disconnected");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// Removes this worker id's Dockhand containers that nobody runs: at start (what an
+/// earlier run of this worker left behind) and then every `every`.
+pub(super) async fn sweeper(ctx: Ctx, every: Duration, token: CancellationToken) {
+    loop {
+        match sweep(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed orphaned containers"),
+            Err(e) => tracing::warn!(error = %e, "container sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// One pass; returns how many containers were removed.
+pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
+    let containers = ctx
+        .executor
+        .labelled_containers()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let mut conn = ctx.store.conn().await.map_err(|e| error_chain(&e))?;
+    let mut removed = 0;
+    for c in containers {
+        if is_live(ctx, &mut conn, &c)
+            .await
+            .map_err(|e| error_chain(&e))?
+        {
+            continue;
+        }
+        tracing::info!(container = %c.id, job_id = %c.job, consumer = %c.consumer, "removing an orphaned container");
+        ctx.executor.remove_orphan(&c.id).await;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// A container is live when this process runs its entry, or when the process that
+/// made it is alive and its job is not finished. Anything else is left over.
+/// Only containers made under this worker's id are judged: another worker id may
+/// belong to another deployment (another Redis, another prefix) whose keys we
+/// cannot see, and its containers are not ours to remove.
+async fn is_live(ctx: &Ctx, conn: &mut crate::store::Conn, c: &Labelled) -> Result<bool, StoreError> {
+    if c.worker != ctx.worker_id {
+        return Ok(true);
+    }
+    if c.consumer == ctx.consumer {
+        return Ok(ctx.running.is_running(&c.entry));
+    }
+    if c.consumer.is_empty() {
+        return Ok(false);
+    }
+    let alive: bool = conn.exists(ctx.keys.alive(&c.consumer)).await?;
+    if !alive {
+        return Ok(false);
+    }
+    let status: Option<String> = conn.hget(ctx.keys.job(&c.job), "status").await?;
+    Ok(status
+        .as_deref()
+        .and_then(Status::parse)
+        .is_some_and(|s| !s.is_terminal()))
+}
+
+/// Warns when Redis is set up to lose jobs: eviction on, or no AOF.
+pub(super) async fn check_redis_settings(ctx: &Ctx) {
+    let Ok(mut conn) = ctx.store.conn().await else {
+        return;
+    };
+    let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await;
+    if let Ok(v) = policy {
+        if let Some(p) = v.get(1).filter(|p| *p != "noeviction") {
+            tracing::warn!(maxmemory_policy = %p, "Redis may evict keys and so lose jobs: set maxmemory-policy noeviction");
+        }
+    }
+    let aof: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .query_async(&mut conn)
+        .await;
+    if let Ok(v) = aof {
+        if v.get(1).is_some_and(|a| a == "no") {
+            tracing::warn!("Redis runs without AOF (appendonly no): a Redis restart loses queued and running jobs");
+        }
+    }
+}
