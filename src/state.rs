@@ -162,6 +162,8 @@ pub struct Claimed {
     pub deliveries: u32,
     /// `dockhand cancel` asked for this job.
     pub cancel_requested: bool,
+    /// When the job was first submitted (a later entry for it keeps this time).
+    pub created_at: String,
 }
 
 /// Creates or takes over the job hash for `entry`, and makes `consumer` its owner.
@@ -173,7 +175,8 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
         local key, entry, consumer, token = KEYS[1], ARGV[1], ARGV[8], ARGV[9]
         local function reply(kind)
             return {kind, redis.call('HGET', key, 'status') or '', redis.call('HGET', key, 'attempt') or '0',
-                redis.call('HGET', key, 'deliveries') or '0', redis.call('HGET', key, 'cancel_requested') or ''}
+                redis.call('HGET', key, 'deliveries') or '0', redis.call('HGET', key, 'cancel_requested') or '',
+                redis.call('HGET', key, 'created_at') or ''}
         end
         local owner = redis.call('HGET', key, 'entry')
         if owner and owner ~= entry then
@@ -214,7 +217,8 @@ pub async fn claim(
     consumer: &str,
     token: &str,
 ) -> Result<Claimed, StoreError> {
-    let (kind, status, attempt, deliveries, cancel): (String, String, String, String, String) =
+    type Reply = (String, String, String, String, String, String);
+    let (kind, status, attempt, deliveries, cancel, created_at): Reply =
         CLAIM
             .key(keys.job(&record.id))
             .arg(entry)
@@ -239,6 +243,7 @@ pub async fn claim(
         attempt: attempt.parse().unwrap_or(0),
         deliveries: deliveries.parse().unwrap_or(1),
         cancel_requested: !cancel.is_empty(),
+        created_at,
     })
 }
 

@@ -262,15 +262,19 @@ pub fn image_tag(
     } else {
         commit
     };
-    format!("dockhand-git/{}:{commit}-{}", repo_slug(repo_url), &digest[..8])
+    format!(
+        "dockhand-git/{}:{commit}-{}",
+        repo_slug(repo_url),
+        &digest[..8]
+    )
 }
 
 /// The last two path segments of a repository URL, in the characters a Docker
 /// repository name allows: `https://h/Org/My_App.git` → `org-my-app`.
 fn repo_slug(url: &str) -> String {
-    let path = url.split_once("://").map_or(url, |(_, rest)| {
-        rest.find('/').map_or("", |i| &rest[i..])
-    });
+    let path = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let path = path.trim_end_matches('/');
     let path = path.strip_suffix(".git").unwrap_or(path);
@@ -326,7 +330,9 @@ mod tests {
         let tag_ok = !tag.is_empty()
             && tag.len() <= 128
             && tag.starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
-            && tag.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+            && tag
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
         name.len() <= 255 && name.split('/').all(component_ok) && tag_ok
     }
 
@@ -334,7 +340,13 @@ mod tests {
     fn tag_format() {
         let args = BTreeMap::new();
         let commit = "0123456789abcdef0123456789abcdef01234567";
-        let tag = image_tag("https://github.com/Org/My_App.git", commit, "Dockerfile", ".", &args);
+        let tag = image_tag(
+            "https://github.com/Org/My_App.git",
+            commit,
+            "Dockerfile",
+            ".",
+            &args,
+        );
         let (name, version) = tag.split_once(':').unwrap();
         assert_eq!(name, "dockhand-git/org-my-app");
         assert!(version.starts_with("0123456789ab-"), "{tag}");
@@ -348,12 +360,21 @@ mod tests {
         args.insert("A".to_string(), "1".to_string());
         let c = "0123456789abcdef0123456789abcdef01234567";
         let base = image_tag("https://h/x/y", c, "Dockerfile", ".", &args);
-        assert_eq!(base, image_tag("https://h/x/y", c, "./Dockerfile", "./", &args));
+        assert_eq!(
+            base,
+            image_tag("https://h/x/y", c, "./Dockerfile", "./", &args)
+        );
         let mut other_args = args.clone();
         other_args.insert("A".to_string(), "2".to_string());
         for other in [
             image_tag("https://h/x/z", c, "Dockerfile", ".", &args),
-            image_tag("https://h/x/y", &c.replace('0', "1"), "Dockerfile", ".", &args),
+            image_tag(
+                "https://h/x/y",
+                &c.replace('0', "1"),
+                "Dockerfile",
+                ".",
+                &args,
+            ),
             image_tag("https://h/x/y", c, "other.Dockerfile", ".", &args),
             image_tag("https://h/x/y", c, "Dockerfile", "app", &args),
             image_tag("https://h/x/y", c, "Dockerfile", ".", &other_args),

@@ -51,6 +51,8 @@ pub enum GitError {
         #[source]
         source: Box<GitError>,
     },
+    #[error("the submodule path `{0}` leads out of its repository")]
+    UnsafePath(String),
     #[error("submodules nest deeper than {0} levels")]
     TooDeep(usize),
     #[error("git failed to {action} ({url})")]
@@ -95,9 +97,11 @@ impl GitError {
                 source: e,
             };
         }
-        if http_status("404")
-            || (e.code() == ErrorCode::NotFound && e.class() == ErrorClass::Repository)
-        {
+        // libgit2 says "could not find repository at '<path>'" (class Repository,
+        // code -1) for a local folder that is not a repository.
+        let no_local_repo = e.class() == ErrorClass::Repository
+            && (e.code() == ErrorCode::NotFound || msg.contains("could not find repository"));
+        if http_status("404") || no_local_repo {
             return GitError::RepositoryNotFound {
                 url: url_s,
                 source: Some(e),

@@ -23,7 +23,9 @@
 //! - Submodules are resolved against the superproject's URL like git does, fetched
 //!   through the same cache (so they are cached, take the same credentials and may
 //!   be `file://`), and checked out recursively at the commit the superproject
-//!   records. A submodule with `update = none` is skipped.
+//!   records. A submodule with `update = none` is skipped. A local submodule
+//!   (a path or `file://`) is only followed from a local superproject: a
+//!   repository from the network may not read this host's repositories.
 
 use super::credentials::Credentials;
 use super::error::GitError;
@@ -239,7 +241,7 @@ impl Inner {
             Err(e @ (GitError::Auth { .. } | GitError::RepositoryNotFound { .. })) => {
                 return Err(e)
             }
-            // Servers may refuse to send a commit by id (uploadpack.allowAnySHA1InWant).
+            // Servers may refuse a commit by id that is no ref tip (git does by default).
             Err(e) => {
                 tracing::debug!(url = %url, commit = %wanted, error = %e, "fetch by id failed; fetching all branches and tags")
             }
@@ -317,12 +319,18 @@ impl Inner {
                 return Err(fail(raw, GitError::TooDeep(MAX_SUBMODULE_DEPTH)));
             }
             if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-                let reason = "its path leaves the repository".to_string();
-                return Err(fail(raw.clone(), GitError::InvalidUrl { url: raw, reason }));
+                return Err(fail(raw, GitError::UnsafePath(shown.clone())));
             }
             let url = parent
                 .join_submodule(&raw)
                 .map_err(|e| fail(raw.clone(), e))?;
+            // Like git's protocol.file.allow=user: a repository from elsewhere may not
+            // pull this host's own repositories into a job.
+            if url.is_local() && !parent.is_local() {
+                let reason =
+                    format!("a submodule of {parent} may not point into this host's files");
+                return Err(fail(raw.clone(), GitError::InvalidUrl { url: raw, reason }));
+            }
             let (mirror, oid) = self
                 .fetch_commit(&url, gitlink.id())
                 .map_err(|e| fail(url.public().to_string(), e))?;

@@ -167,6 +167,11 @@ impl RepoUrl {
         }
     }
 
+    /// True for a repository on this host (a path or `file://`).
+    pub fn is_local(&self) -> bool {
+        matches!(self.transport, Transport::File | Transport::Path)
+    }
+
     /// The folder of a local repository, to say "not found" before libgit2 does.
     pub fn local_path(&self) -> Option<PathBuf> {
         match self.transport {

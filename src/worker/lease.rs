@@ -109,7 +109,9 @@ async fn reclaim_once(
     let mut conn = ctx.store.conn().await?;
     for queue in &ctx.settings.worker.queues {
         for orphan in lease::orphans(&mut conn, &ctx.keys, queue, lease_ms, 16).await? {
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Wait for a permit: an idle worker's claim loop holds one while it blocks
+            // on a read, and hands it over (the semaphore is fair) within worker.block_ms.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
                 return Ok(());
             };
             if let Some(entry) = lease::take_over(

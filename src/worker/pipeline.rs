@@ -102,6 +102,9 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     }
     // From here this worker owns the job; every write checks that it still does.
     record.attempt = claimed.attempt;
+    if !claimed.created_at.is_empty() {
+        record.created_at = claimed.created_at.clone();
+    }
     let run = Run { ctx, entry, raw };
 
     let job = parsed.and_then(|spec| {

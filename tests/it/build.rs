@@ -23,9 +23,7 @@ struct Cleanup(String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.0])
-            .output();
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
     }
 }
 
@@ -35,7 +33,10 @@ fn unique_tag(name: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let url = format!("file:///dockhand-tests/{name}-{}-{nanos}", std::process::id());
+    let url = format!(
+        "file:///dockhand-tests/{name}-{}-{nanos}",
+        std::process::id()
+    );
     image_tag(
         &url,
         "0123456789abcdef0123456789abcdef01234567",
@@ -65,9 +66,7 @@ fn docker_run(tag: &str, command: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-async fn run_build(
-    req: &BuildRequest,
-) -> (Result<String, BuildError>, Vec<LogLine>) {
+async fn run_build(req: &BuildRequest) -> (Result<String, BuildError>, Vec<LogLine>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let result = build(&docker().await, req, &tx, 4096).await;
     drop(tx);
@@ -87,7 +86,11 @@ async fn builds_a_context_honouring_dockerignore_with_args_and_labels() {
         image()
     );
     write(checkout, "app/Dockerfile", &dockerfile);
-    write(checkout, "app/.dockerignore", "# keep secrets out\nsecret.txt\n**/*.log\n.dockerignore\n");
+    write(
+        checkout,
+        "app/.dockerignore",
+        "# keep secrets out\nsecret.txt\n**/*.log\n.dockerignore\n",
+    );
     write(checkout, "app/hello.txt", "hello\n");
     write(checkout, "app/secret.txt", "password\n");
     write(checkout, "app/sub/debug.log", "noise\n");
@@ -100,7 +103,8 @@ async fn builds_a_context_honouring_dockerignore_with_args_and_labels() {
     req.context = "app".into();
     req.build_args.insert("GREETING".into(), "hi there".into());
     req.labels.insert("dockhand.test".into(), "build".into());
-    req.labels.insert("dockhand.commit".into(), "0123456789ab".into());
+    req.labels
+        .insert("dockhand.commit".into(), "0123456789ab".into());
 
     let docker = docker().await;
     assert_eq!(cached_image(&docker, &tag).await.unwrap(), None);
@@ -110,14 +114,22 @@ async fn builds_a_context_honouring_dockerignore_with_args_and_labels() {
 
     assert!(lines.iter().all(|l| l.stream == LogStream::Build));
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
-    assert!(texts.iter().any(|t| t.starts_with("Step 1/") && t.contains(" : FROM ")), "{texts:#?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("Step 1/") && t.contains(" : FROM ")),
+        "{texts:#?}"
+    );
     assert!(texts.contains(&"greeting=hi there"), "{texts:#?}");
     assert!(texts.iter().all(|t| !t.contains('\n')), "{texts:#?}");
 
     assert_eq!(cached_image(&docker, &tag).await.unwrap(), Some(id.clone()));
     let inspect = docker.inspect_image(&tag).await.unwrap();
     let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
-    assert_eq!(labels.get("dockhand.test").map(String::as_str), Some("build"));
+    assert_eq!(
+        labels.get("dockhand.test").map(String::as_str),
+        Some("build")
+    );
     assert_eq!(
         labels.get("dockhand.commit").map(String::as_str),
         Some("0123456789ab")
@@ -134,7 +146,12 @@ async fn builds_a_context_honouring_dockerignore_with_args_and_labels() {
     for present in ["/ctx/hello.txt", "/ctx/Dockerfile", "/ctx/sub/keep.txt"] {
         assert!(copied.contains(&present), "{present} missing: {copied:?}");
     }
-    for absent in ["/ctx/secret.txt", "/ctx/sub/debug.log", "/ctx/.dockerignore", "/ctx/outside.txt"] {
+    for absent in [
+        "/ctx/secret.txt",
+        "/ctx/sub/debug.log",
+        "/ctx/.dockerignore",
+        "/ctx/outside.txt",
+    ] {
         assert!(!copied.contains(&absent), "{absent} present: {copied:?}");
     }
     assert_eq!(docker_run(&tag, &["cat", "/hello.txt"]), "hello\n");
@@ -159,7 +176,10 @@ async fn a_failing_step_gives_the_builders_message() {
         }
         other => panic!("expected a failed build, got {other:?}"),
     }
-    assert!(texts.contains(&"before-failing"), "lines before the failure arrive: {texts:#?}");
+    assert!(
+        texts.contains(&"before-failing"),
+        "lines before the failure arrive: {texts:#?}"
+    );
     assert_eq!(cached_image(&docker().await, &tag).await.unwrap(), None);
 }
 
@@ -177,7 +197,9 @@ async fn an_unknown_instruction_gives_the_builders_message() {
     let err = result.unwrap_err();
     assert!(matches!(err, BuildError::Failed { .. }), "{err:?}");
     assert!(
-        err.to_string().to_lowercase().contains("unknown instruction"),
+        err.to_string()
+            .to_lowercase()
+            .contains("unknown instruction"),
         "{err}"
     );
     assert!(!err.is_retryable());
@@ -186,10 +208,43 @@ async fn an_unknown_instruction_gives_the_builders_message() {
 #[tokio::test]
 async fn a_context_outside_the_checkout_is_refused_before_docker_is_asked() {
     let tmp = tempfile::tempdir().unwrap();
-    write(tmp.path(), "repo/Dockerfile", &format!("FROM {}\n", image()));
+    write(
+        tmp.path(),
+        "repo/Dockerfile",
+        &format!("FROM {}\n", image()),
+    );
     let mut req = BuildRequest::new(tmp.path().join("repo"), unique_tag("escape"));
     req.context = "..".into();
     let (result, lines) = run_build(&req).await;
-    assert!(matches!(result, Err(BuildError::Escapes { what: "context", .. })), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(BuildError::Escapes {
+                what: "context",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
     assert!(lines.is_empty());
+}
+
+#[tokio::test]
+async fn a_dockerfile_outside_the_context_is_used_but_not_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "docker/app.Dockerfile",
+        &format!("FROM {}\nCOPY . /ctx/\n", image()),
+    );
+    write(tmp.path(), "app/main.sh", "echo hi\n");
+    let tag = unique_tag("outside");
+    let _cleanup = Cleanup(tag.clone());
+    let mut req = BuildRequest::new(tmp.path(), &tag);
+    req.context = "app".into();
+    req.dockerfile = "../docker/app.Dockerfile".into();
+    let (result, _) = run_build(&req).await;
+    result.unwrap();
+    let copied = docker_run(&tag, &["ls", "-A", "/ctx"]);
+    assert_eq!(copied.lines().collect::<Vec<_>>(), vec!["main.sh"]);
 }

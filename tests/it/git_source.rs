@@ -1,8 +1,10 @@
 //! Jobs from git: refs resolved and commits checked out, with submodules, from
 //! real repositories the tests make with the git CLI. No Redis, no network.
 
-use dockhand::source::{Credentials, GitCache, GitError, GitSource, Reference};
+mod http;
+
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine};
+use dockhand::source::{Credentials, GitCache, GitError, GitSource, Reference};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -147,7 +149,11 @@ async fn resolves_branches_tags_and_head_without_fetching() {
     assert_eq!(resolve(Reference::Default).await, fx.b);
     assert_eq!(resolve(Reference::Branch("main".into())).await, fx.b);
     assert_eq!(resolve(Reference::Branch("feature".into())).await, fx.f);
-    assert_eq!(resolve(Reference::Tag("v1".into())).await, fx.a, "annotated tag peeled");
+    assert_eq!(
+        resolve(Reference::Tag("v1".into())).await,
+        fx.a,
+        "annotated tag peeled"
+    );
     assert_eq!(resolve(Reference::Tag("light".into())).await, fx.b);
     assert_eq!(resolve(Reference::Commit(fx.a.to_uppercase())).await, fx.a);
     // ls-remote only: nothing was fetched into the cache.
@@ -165,12 +171,19 @@ async fn checks_out_each_commit_with_its_files_and_submodules() {
     assert_eq!(at_b.submodules, vec!["lib", "lib/vendor/deep"]);
     let b = fx.dest("b");
     assert_eq!(read(b.join("app.txt")), "B");
-    assert_eq!(read(b.join("lib/lib.txt")), "lib v1", "the recorded commit, not lib's tip");
+    assert_eq!(
+        read(b.join("lib/lib.txt")),
+        "lib v1",
+        "the recorded commit, not lib's tip"
+    );
     assert_eq!(read(b.join("lib/vendor/deep/deep.txt")), "deep");
     let lib_head = git(&b.join("lib"), &["rev-parse", "HEAD"]);
     assert_eq!(lib_head, fx.l1);
     assert_eq!(git(&b, &["rev-parse", "HEAD"]), fx.b);
-    assert_eq!(git(&b, &["status", "--porcelain", "--ignore-submodules=none"]), "");
+    assert_eq!(
+        git(&b, &["status", "--porcelain", "--ignore-submodules=none"]),
+        ""
+    );
 
     // A is no branch tip any more (B is on top of it), and has no submodule.
     let at_a = cache.checkout(&source, &fx.a, &fx.dest("a")).await.unwrap();
@@ -214,7 +227,11 @@ async fn submodules_can_be_left_out() {
     let fx = fixture();
     let mut source = fx.source(Reference::Default);
     source.submodules = false;
-    let got = fx.cache().checkout(&source, &fx.b, &fx.dest("b")).await.unwrap();
+    let got = fx
+        .cache()
+        .checkout(&source, &fx.b, &fx.dest("b"))
+        .await
+        .unwrap();
     assert!(got.submodules.is_empty());
     assert_eq!(read(fx.dest("b").join("app.txt")), "B");
     assert!(!fx.dest("b").join("lib/lib.txt").exists());
@@ -225,13 +242,22 @@ async fn the_cache_serves_a_commit_it_has_without_the_remote() {
     let fx = fixture();
     let cache = fx.cache();
     let source = fx.source(Reference::Default);
-    cache.checkout(&source, &fx.b, &fx.dest("first")).await.unwrap();
+    cache
+        .checkout(&source, &fx.b, &fx.dest("first"))
+        .await
+        .unwrap();
     for name in ["super", "lib", "deep"] {
         std::fs::rename(fx.root.join(name), fx.root.join(format!("{name}.gone"))).unwrap();
     }
-    let again = cache.checkout(&source, &fx.b, &fx.dest("second")).await.unwrap();
+    let again = cache
+        .checkout(&source, &fx.b, &fx.dest("second"))
+        .await
+        .unwrap();
     assert_eq!(again.submodules, vec!["lib", "lib/vendor/deep"]);
-    assert_eq!(read(fx.dest("second").join("lib/vendor/deep/deep.txt")), "deep");
+    assert_eq!(
+        read(fx.dest("second").join("lib/vendor/deep/deep.txt")),
+        "deep"
+    );
 }
 
 #[tokio::test]
@@ -244,7 +270,10 @@ async fn unknown_refs_are_named_in_the_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, GitError::RefNotFound { .. }), "{err:?}");
-    assert_eq!(err.to_string(), format!("branch `nope` not found in {}", fx.url));
+    assert_eq!(
+        err.to_string(),
+        format!("branch `nope` not found in {}", fx.url)
+    );
     assert!(!err.is_retryable());
 
     let err = cache
@@ -255,11 +284,18 @@ async fn unknown_refs_are_named_in_the_error() {
 
     let missing = "1234567890abcdef1234567890abcdef12345678";
     let err = cache
-        .checkout(&fx.source(Reference::Commit(missing.into())), missing, &fx.dest("x"))
+        .checkout(
+            &fx.source(Reference::Commit(missing.into())),
+            missing,
+            &fx.dest("x"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, GitError::CommitNotFound { .. }), "{err:?}");
-    assert_eq!(err.to_string(), format!("commit {missing} not found in {}", fx.url));
+    assert_eq!(
+        err.to_string(),
+        format!("commit {missing} not found in {}", fx.url)
+    );
     assert!(!err.is_retryable());
 
     let err = cache
@@ -281,10 +317,19 @@ async fn a_missing_repository_or_an_ssh_url_is_a_clear_error() {
         submodules: true,
     };
     let err = cache.resolve(&source).await.unwrap_err();
-    assert!(matches!(err, GitError::RepositoryNotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, GitError::RepositoryNotFound { .. }),
+        "{err:?}"
+    );
     assert_eq!(err.to_string(), format!("repository {missing} not found"));
-    let err = cache.checkout(&source, &fx.a, &fx.dest("m")).await.unwrap_err();
-    assert!(matches!(err, GitError::RepositoryNotFound { .. }), "{err:?}");
+    let err = cache
+        .checkout(&source, &fx.a, &fx.dest("m"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GitError::RepositoryNotFound { .. }),
+        "{err:?}"
+    );
 
     // A folder that is not a repository.
     let plain = fx.root.join("plain");
@@ -294,10 +339,36 @@ async fn a_missing_repository_or_an_ssh_url_is_a_clear_error() {
         ..source
     };
     let err = cache.resolve(&source).await.unwrap_err();
-    assert!(err.to_string().contains(&*plain.to_string_lossy()), "{err}");
+    assert!(
+        matches!(err, GitError::RepositoryNotFound { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("repository {} not found", plain.display())
+    );
     assert!(!err.is_retryable(), "{err:?}");
 
-    for url in ["git@github.com:org/repo.git", "ssh://git@github.com/org/repo.git"] {
+    // Nothing listens there: a network error, worth a retry.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("http://127.0.0.1:{port}/org/repo.git");
+    let source = GitSource {
+        url: unreachable.clone(),
+        ..source
+    };
+    let err = cache.resolve(&source).await.unwrap_err();
+    assert!(matches!(err, GitError::Network { .. }), "{err:?}");
+    assert_eq!(err.to_string(), format!("cannot reach {unreachable}"));
+    assert!(err.is_retryable());
+
+    for url in [
+        "git@github.com:org/repo.git",
+        "ssh://git@github.com/org/repo.git",
+    ] {
         let source = GitSource {
             url: url.into(),
             reference: Reference::Default,
@@ -325,7 +396,10 @@ async fn a_submodule_that_cannot_be_fetched_is_named() {
         GitError::Submodule { path, url, source } => {
             assert_eq!(path, "lib");
             assert_eq!(url, &lib_url);
-            assert!(matches!(**source, GitError::RepositoryNotFound { .. }), "{source:?}");
+            assert!(
+                matches!(**source, GitError::RepositoryNotFound { .. }),
+                "{source:?}"
+            );
         }
         other => panic!("expected a submodule error, got {other:?}"),
     }
@@ -352,7 +426,10 @@ async fn concurrent_checkouts_of_one_repository_both_succeed() {
     assert_eq!(three.unwrap().commit, fx.b);
     assert_eq!(read(fx.dest("one").join("lib/lib.txt")), "lib v1");
     assert_eq!(read(fx.dest("two").join("app.txt")), "A");
-    assert_eq!(read(fx.dest("three").join("lib/vendor/deep/deep.txt")), "deep");
+    assert_eq!(
+        read(fx.dest("three").join("lib/vendor/deep/deep.txt")),
+        "deep"
+    );
     // The shared mirror is still sound.
     let mirror = cache.mirror_path(&fx.url);
     git(&mirror, &["fsck", "--no-progress"]);
@@ -458,4 +535,64 @@ async fn a_host_without_a_token_fails_at_once() {
     let cause = std::error::Error::source(&err).unwrap().to_string();
     assert!(cause.contains("no token is configured"), "{cause}");
     assert!(seen.lock().unwrap().iter().all(Option::is_none));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_with_a_token_and_a_commit_the_server_will_not_send_by_id() {
+    let fx = fixture();
+    let base = http::serve(&fx.root, Some("s3cret"));
+    let credentials = Credentials::new().with("127.0.0.1", "s3cret");
+    let cache = GitCache::open(fx.root.join("cache"), credentials).unwrap();
+    let source = GitSource {
+        url: format!("{base}/super"),
+        reference: Reference::Tag("v1".into()),
+        submodules: false,
+    };
+    assert_eq!(cache.resolve(&source).await.unwrap(), fx.a);
+
+    // git's upload-pack refuses a want that is no ref tip by default, so A comes
+    // with the fetch of all branches and tags.
+    let got = cache.checkout(&source, &fx.a, &fx.dest("a")).await.unwrap();
+    assert_eq!(got.commit, fx.a);
+    assert_eq!(read(fx.dest("a").join("app.txt")), "A");
+    let mirror = cache.mirror_path(&source.url);
+    assert_eq!(git(&mirror, &["rev-parse", "refs/heads/main"]), fx.b);
+    assert_eq!(git(&mirror, &["rev-parse", "refs/tags/v1^{commit}"]), fx.a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_repository_may_not_pull_in_a_local_submodule() {
+    let fx = fixture();
+    let base = http::serve(&fx.root, None);
+    let cache = fx.cache();
+    let source = GitSource {
+        url: format!("{base}/super"),
+        reference: Reference::Default,
+        submodules: true,
+    };
+    // `lib` comes over http (its URL is relative), but lib's own submodule is a
+    // file:// URL, which a repository from the network may not use.
+    let err = cache
+        .checkout(&source, &fx.b, &fx.dest("b"))
+        .await
+        .unwrap_err();
+    let deep_url = format!("file://{}", fx.root.join("deep").display());
+    match &err {
+        GitError::Submodule { path, url, source } => {
+            assert_eq!(path, "lib/vendor/deep");
+            assert_eq!(url, &deep_url);
+            assert!(
+                source
+                    .to_string()
+                    .contains("may not point into this host's files"),
+                "{source}"
+            );
+        }
+        other => panic!("expected a submodule error, got {other:?}"),
+    }
+    assert_eq!(
+        read(fx.dest("b").join("lib/lib.txt")),
+        "lib v1",
+        "lib itself came over http"
+    );
 }

@@ -10,5 +10,6 @@ mod git_source;
 mod intake;
 mod jobs;
 mod logs;
+mod recovery;
 mod resilience;
 mod webhook_send;

@@ -34,11 +34,13 @@ pub struct Located {
 
 /// Finds `context` (relative to `checkout`) and `dockerfile` (relative to the context).
 pub fn locate(checkout: &Path, context: &Path, dockerfile: &Path) -> Result<Located, BuildError> {
-    let root = checkout.canonicalize().map_err(|source| BuildError::Context {
-        action: "open the checkout",
-        path: checkout.to_path_buf(),
-        source,
-    })?;
+    let root = checkout
+        .canonicalize()
+        .map_err(|source| BuildError::Context {
+            action: "open the checkout",
+            path: checkout.to_path_buf(),
+            source,
+        })?;
     let dir = inside(&root, &root, context, "context")?;
     if !dir.is_dir() {
         return Err(BuildError::NotFound {
@@ -255,7 +257,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         write(root, "Dockerfile", "FROM x\n");
-        write(root, ".dockerignore", "secret.txt\nDockerfile\nlogs\n*.md\n!KEEP.md\n");
+        write(
+            root,
+            ".dockerignore",
+            "secret.txt\nDockerfile\nlogs\n*.md\n!KEEP.md\n",
+        );
         write(root, "hello.txt", "hi");
         write(root, "secret.txt", "no");
         write(root, "logs/a.log", "no");
@@ -265,10 +271,17 @@ mod tests {
         let loc = locate(root, Path::new("."), Path::new("Dockerfile")).unwrap();
         assert_eq!(loc.dockerfile, "Dockerfile");
         let got = names(&archive(&loc).unwrap());
-        let want: BTreeSet<String> = [".dockerignore", "Dockerfile", "hello.txt", "KEEP.md", "src", "src/main.rs"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let want: BTreeSet<String> = [
+            ".dockerignore",
+            "Dockerfile",
+            "hello.txt",
+            "KEEP.md",
+            "src",
+            "src/main.rs",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(got, want);
     }
 
@@ -309,14 +322,23 @@ mod tests {
         assert!(escapes("/", "Dockerfile"));
         assert!(escapes("app", "../../outside/Dockerfile"));
         assert!(escapes("app", "/etc/passwd"));
-        assert!(escapes("out", "Dockerfile"), "a symlinked context leading out");
+        assert!(
+            escapes("out", "Dockerfile"),
+            "a symlinked context leading out"
+        );
         assert!(matches!(
             locate(&root, Path::new("app"), Path::new("nope")),
-            Err(BuildError::NotFound { what: "dockerfile", .. })
+            Err(BuildError::NotFound {
+                what: "dockerfile",
+                ..
+            })
         ));
         assert!(matches!(
             locate(&root, Path::new("nope"), Path::new("Dockerfile")),
-            Err(BuildError::NotFound { what: "context", .. })
+            Err(BuildError::NotFound {
+                what: "context",
+                ..
+            })
         ));
     }
 
@@ -326,7 +348,12 @@ mod tests {
         let root = dir.path();
         write(root, "docker/app.Dockerfile", "FROM x\n");
         write(root, "app/main.sh", "echo\n");
-        let loc = locate(root, Path::new("app"), Path::new("../docker/app.Dockerfile")).unwrap();
+        let loc = locate(
+            root,
+            Path::new("app"),
+            Path::new("../docker/app.Dockerfile"),
+        )
+        .unwrap();
         assert!(loc.dockerfile.starts_with(".dockhand-dockerfile-"));
         let got = names(&archive(&loc).unwrap());
         assert!(got.contains(&loc.dockerfile));

@@ -121,7 +121,9 @@ fn glob(pat: &[u8], name: &[u8]) -> bool {
                 _ => false,
             }
         }
-        Some(b'\\') if pat.len() > 1 => name.first() == Some(&pat[1]) && glob(&pat[2..], &name[1..]),
+        Some(b'\\') if pat.len() > 1 => {
+            name.first() == Some(&pat[1]) && glob(&pat[2..], &name[1..])
+        }
         Some(&c) => name.first() == Some(&c) && glob(&pat[1..], &name[1..]),
     }
 }
@@ -193,7 +195,10 @@ mod tests {
         assert!(!excluded("[a-c].txt", "d.txt"));
         assert!(excluded("[^a-c].txt", "d.txt"));
         assert!(!excluded("[^a-c].txt", "a.txt"));
-        assert!(!excluded("[a-c.txt", "a.txt"), "an unclosed class matches nothing");
+        assert!(
+            !excluded("[a-c.txt", "a.txt"),
+            "an unclosed class matches nothing"
+        );
         assert!(excluded("\\*.txt", "*.txt"));
         assert!(!excluded("\\*.txt", "a.txt"));
     }

@@ -170,6 +170,7 @@ impl Env {
             ("DOCKHAND__WORKER__STOP_GRACE_SECONDS".into(), "1".into()),
             ("DOCKHAND__WORKER__RECONNECT_MAX_MS".into(), "500".into()),
             ("DOCKHAND__WORKER__DRAIN_SECONDS".into(), "20".into()),
+            ("DOCKHAND__WORKER__LEASE_SECONDS".into(), "2".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let overrides = Overrides {
@@ -258,6 +259,56 @@ impl Env {
     pub fn worker(&self, queues: &[&str], concurrency: usize) -> Worker {
         Worker::start(self.settings(queues, concurrency, &[]))
     }
+}
+
+impl Env {
+    /// A worker as a separate process of the real binary (for SIGKILL and SIGTERM),
+    /// with this test's prefix and the given worker id; its log goes to stderr.
+    pub fn spawn_worker(&self, worker_id: &str, extra: &[(&str, &str)]) -> std::process::Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+        cmd.args(["--redis-url", &self.url, "worker", "--queue", "default", "--concurrency", "2", "--id", worker_id])
+            .env_remove("REDIS_URL")
+            .env("DOCKHAND__REDIS__PREFIX", &self.prefix)
+            .env("DOCKHAND__WORKER__BLOCK_MS", "300")
+            .env("DOCKHAND__WORKER__LEASE_SECONDS", "2")
+            .env("DOCKHAND__WORKER__STOP_GRACE_SECONDS", "1")
+            .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("the dockhand binary starts")
+    }
+
+    /// Waits until the job's status is `status` (bounded; asserts nothing about speed).
+    pub async fn status_becomes(&self, id: &str, status: &str) -> HashMap<String, String> {
+        for _ in 0..1200 {
+            let job = self.job(id).await;
+            if job.get("status").map(String::as_str) == Some(status) {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("job {id} never became {status}; its hash: {:?}", self.job(id).await);
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let ok = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -{signal} failed");
+}
+
+/// Waits (bounded) until `check` holds, polling.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
 }
 
 /// A worker task; stopping it sends the shutdown it was started with.
