@@ -28,6 +28,21 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub jobs: JobSettings,
     pub policy: PolicySettings,
+    pub webhooks: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub timeout_seconds: u64,
+    #[serde(deserialize_with = "one_or_many")]
+    pub retry_schedule_seconds: Vec<u64>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub allow_networks: Vec<String>,
+    pub rotation_overlap_seconds: u64,
+    pub log_tail_lines: usize,
+    pub concurrency: usize,
+    pub lease_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +58,7 @@ pub struct RedisSettings {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub id: String,
+    #[serde(deserialize_with = "one_or_many")]
     pub queues: Vec<String>,
     pub concurrency: usize,
     pub block_ms: u64,
@@ -53,6 +69,24 @@ pub struct WorkerSettings {
     pub reconnect_max_ms: u64,
     pub pull: PullPolicy,
     pub docker_host: String,
+    pub cache_dir: std::path::PathBuf,
+    pub profiles_dir: std::path::PathBuf,
+    #[serde(default)]
+    pub git_tokens: GitTokens,
+}
+
+/// Host (or `host:port`) → token for fetching private repositories. `Debug`
+/// shows the hosts only, so printing the settings never shows a token.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct GitTokens(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for GitTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitTokens")
+            .field("hosts", &self.0.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -92,10 +126,54 @@ pub struct LimitSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySettings {
+    #[serde(deserialize_with = "one_or_many")]
     pub networks: Vec<String>,
+    #[serde(deserialize_with = "one_or_many")]
     pub cap_add: Vec<String>,
     pub no_new_privileges: bool,
+    #[serde(deserialize_with = "one_or_many")]
     pub images: Vec<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub git_hosts: Vec<String>,
+}
+
+/// A list, or a single value standing for a list of one. An environment variable
+/// like `DOCKHAND__WORKER__QUEUES=default` (no comma) reaches us as one value.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::{value, IntoDeserializer};
+    struct Visitor<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::de::DeserializeOwned> serde::de::Visitor<'de> for Visitor<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list, or a single value")
+        }
+        // Each element goes through the source's own deserializer, which keeps the
+        // config crate's string-to-number coercion for environment values.
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(x) = seq.next_element()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+            let one: value::StrDeserializer<E> = v.into_deserializer();
+            Ok(vec![T::deserialize(one)?])
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Vec<T>, E> {
+            let one: value::U64Deserializer<E> = v.into_deserializer();
+            Ok(vec![T::deserialize(one)?])
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Vec<T>, E> {
+            let one: value::I64Deserializer<E> = v.into_deserializer();
+            Ok(vec![T::deserialize(one)?])
+        }
+    }
+    d.deserialize_any(Visitor(std::marker::PhantomData))
 }
 
 /// Overrides that come from the command line rather than files or variables.
@@ -137,6 +215,9 @@ impl Settings {
                 .with_list_parse_key("policy.networks")
                 .with_list_parse_key("policy.cap_add")
                 .with_list_parse_key("policy.images")
+                .with_list_parse_key("policy.git_hosts")
+                .with_list_parse_key("webhooks.retry_schedule_seconds")
+                .with_list_parse_key("webhooks.allow_networks")
                 .try_parsing(true)
                 .source(Some(vars)),
         );
@@ -204,6 +285,15 @@ impl Settings {
         {
             return bad("jobs.limits", "has a default above its maximum");
         }
+        if let Err(e) = crate::webhook::Guard::new(&self.webhooks.allow_networks) {
+            return bad("webhooks.allow_networks", &e.to_string());
+        }
+        if self.webhooks.log_tail_lines > crate::logs::TAIL_LINES {
+            return bad("webhooks.log_tail_lines", "must be at most 200");
+        }
+        if self.webhooks.concurrency == 0 || self.webhooks.timeout_seconds == 0 {
+            return bad("webhooks", "concurrency and timeout_seconds must be at least 1");
+        }
         if self.policy.networks.iter().any(|n| n == "host") {
             return bad("policy.networks", "may not allow the host network");
         }
@@ -264,6 +354,18 @@ mod tests {
     }
 
     #[test]
+    fn a_single_value_is_a_list_of_one() {
+        let s = Settings::load_from(
+            None,
+            &env(&[("DOCKHAND__WORKER__QUEUES", "solo"), ("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "2")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.worker.queues, vec!["solo".to_string()]);
+        assert_eq!(s.webhooks.retry_schedule_seconds, vec![2]);
+    }
+
+    #[test]
     fn command_line_redis_url_beats_the_environment() {
         let s = Settings::load_from(
             None,
@@ -307,6 +409,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("policy.networks"), "{err}");
+    }
+
+    #[test]
+    fn git_tokens_keep_dotted_hosts_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(
+            &path,
+            "[worker.git_tokens]\n\"github.com\" = \"ghp_secret\"\n\"git.local:3000\" = \"t2\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&path), &[], &Overrides::default()).unwrap();
+        let tokens = &s.worker.git_tokens.0;
+        assert_eq!(tokens.get("github.com").map(String::as_str), Some("ghp_secret"));
+        assert_eq!(tokens.get("git.local:3000").map(String::as_str), Some("t2"));
+        let shown = format!("{s:?}");
+        assert!(shown.contains("github.com") && !shown.contains("ghp_secret"), "{shown}");
+        assert_eq!(s.worker.cache_dir, std::path::PathBuf::from("/var/tmp/dockhand"));
+        assert!(s.policy.git_hosts.is_empty());
     }
 
     #[test]

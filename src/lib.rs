@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: typed settings, loaded once and passed down.
 //! - [`job`]: the job spec a producer writes, and its validation.
+//! - [`profile`]: named job templates a job's fields override.
 //! - [`store`]: Redis connection pools (ordinary and blocking commands).
 //! - [`queue`]: key names, the inbox mover, consumer groups, claiming and acking.
 //! - [`worker`]: the loop that holds permits and drives each job's pipeline.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod executor;
 pub mod job;
 pub mod logs;
+pub mod profile;
 pub mod queue;
 pub mod size;
 pub mod source;

@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 const CHANNEL_LINES: usize = 8192;
 /// Lines written to Redis in one transaction.
 const BATCH_LINES: usize = 512;
-/// Lines remembered for the job's summary (events, webhooks).
-const TAIL_LINES: usize = 20;
+/// Lines remembered for the job's summary (events, webhooks); `webhooks.log_tail_lines`
+/// picks how many of them are sent.
+pub const TAIL_LINES: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

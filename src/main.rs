@@ -67,6 +67,21 @@ enum Command {
     Cancel { id: String },
     /// List worker processes and whether they are alive.
     Workers,
+    /// Manage profiles (job templates), and build a profile's image on every worker.
+    Profile {
+        #[command(subcommand)]
+        action: cli::profile::Action,
+    },
+    /// Manage webhook subscribers.
+    Subscriber {
+        #[command(subcommand)]
+        action: cli::subscriber::Action,
+    },
+    /// Webhook deliveries: replay, list attempts, or run only the delivery loop.
+    Webhooks {
+        #[command(subcommand)]
+        action: cli::webhooks::Action,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,6 +131,12 @@ fn main() -> ExitCode {
             Command::Queues => cli::queues::run(&settings).await,
             Command::Cancel { id } => cli::cancel::run(&settings, &id).await,
             Command::Workers => cli::workers::run(&settings).await,
+            Command::Profile { action } => cli::profile::run(&settings, action).await,
+            Command::Subscriber { action } => cli::subscriber::run(&settings, action).await,
+            Command::Webhooks { action } => {
+                let (shutdown, _) = shutdown_signals();
+                cli::webhooks::run(settings, action, shutdown).await
+            }
         }
     });
     match result {

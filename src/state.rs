@@ -40,12 +40,18 @@ pub struct JobRecord {
     pub exit_code: Option<i64>,
     pub image: Option<String>,
     pub image_id: Option<String>,
+    /// The commit a job from `git` was built from.
+    pub commit: Option<String>,
     pub result_text: Option<String>,
     pub result_data: Option<serde_json::Value>,
     pub error: Option<String>,
     pub files: Vec<FileInfo>,
     pub files_dropped: Vec<String>,
     pub metadata: Option<serde_json::Value>,
+    /// The job's last log lines, for its webhook body (not stored in the hash:
+    /// the log stream has them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
 }
 
 impl JobRecord {
@@ -63,12 +69,14 @@ impl JobRecord {
             exit_code: None,
             image: None,
             image_id: None,
+            commit: None,
             result_text: None,
             result_data: None,
             error: None,
             files: Vec::new(),
             files_dropped: Vec::new(),
             metadata: None,
+            log_tail: Vec::new(),
         }
     }
 
@@ -116,6 +124,7 @@ impl JobRecord {
             ),
             ("image", opt(&self.image)),
             ("image_id", opt(&self.image_id)),
+            ("commit", opt(&self.commit)),
             ("result_text", opt(&self.result_text)),
             ("result_data", json(&self.result_data)),
             ("error", opt(&self.error)),
@@ -260,7 +269,11 @@ static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
         redis.call('HSET', KEYS[1], unpack(ARGV, 6))
         if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
         local ttl = tonumber(ARGV[5])
-        if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+        if ttl > 0 then
+            -- The terminal event's body, kept for its webhook deliveries (see webhook::outbox).
+            redis.call('HSET', KEYS[1], 'event', ARGV[4])
+            redis.call('EXPIRE', KEYS[1], ttl)
+        end
         return 1
         ",
     )
@@ -292,7 +305,7 @@ pub async fn write(
     inv.arg(owner.entry)
         .arg(owner.consumer)
         .arg(keys.events_channel())
-        .arg(record.event(event))
+        .arg(if event.is_empty() { String::new() } else { record.event(event) })
         .arg(ttl);
     for (field, value) in record.fields().iter().chain(extra.iter()) {
         inv.arg(*field).arg(value);

@@ -4,9 +4,12 @@
 
 pub mod cancel;
 pub mod logs;
+pub mod profile;
 pub mod queues;
 pub mod status;
 pub mod submit;
+pub mod subscriber;
+pub mod webhooks;
 pub mod workers;
 
 use crate::store::{Conn, Store, StoreError};

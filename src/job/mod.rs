@@ -13,9 +13,9 @@ mod status;
 mod validate;
 
 pub use retry::{RetryOn, RetryPolicy};
-pub use spec::{Command, Input, JobSpec, Limits, Retry, Script};
+pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Retry, Script};
 pub use status::{Reason, Status};
-pub use validate::{validate, validate_at, Job, ResolvedLimits, StagedFile};
+pub use validate::{validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile};
 
 /// Where the container finds its inputs, scratch space and what it returns.
 pub const INPUT_DIR: &str = "/dockhand/input";

@@ -12,7 +12,7 @@ pub struct JobSpec {
     pub id: Option<String>,
     pub profile: Option<String>,
     pub image: Option<String>,
-    pub git: Option<serde_json::Value>,
+    pub git: Option<GitSpec>,
     pub command: Option<Command>,
     pub entrypoint: Option<Command>,
     pub workdir: Option<String>,
@@ -38,6 +38,24 @@ pub struct JobSpec {
     #[serde(default)]
     pub webhooks: Vec<serde_json::Value>,
     pub metadata: Option<serde_json::Value>,
+}
+
+/// Where to build the job's image from: a repository, one ref, and the build's inputs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSpec {
+    pub url: String,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub commit: Option<String>,
+    /// Check submodules out, recursively (default true).
+    pub submodules: Option<bool>,
+    /// Relative to `context` (default `Dockerfile`).
+    pub dockerfile: Option<String>,
+    /// Relative to the repository's root (default `.`).
+    pub context: Option<String>,
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
 }
 
 /// A command: an argument vector, or one string run with `sh -c`.

@@ -1,8 +1,9 @@
 //! From a parsed [`JobSpec`] to a [`Job`] the executor can run: defaults applied,
 //! ranges checked, policy enforced, files to stage decoded.
 
-use super::{Command, JobSpec, Rejection, INPUT_DIR, WORK_DIR};
+use super::{Command, GitSpec, JobSpec, Rejection, INPUT_DIR, WORK_DIR};
 use crate::config::{LimitSettings, PolicySettings};
+use crate::source::{GitSource, Reference, RepoUrl};
 use base64::Engine;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path};
@@ -19,7 +20,11 @@ pub struct Job {
     pub id: String,
     pub queue: String,
     pub spec: JobSpec,
+    /// The image to run. For a job from `git`, empty until the worker has built
+    /// (or found) the image and put its tag here.
     pub image: String,
+    /// Where to build the image from, for a job from `git`.
+    pub git: Option<GitBuild>,
     /// The container's command; `None` keeps the image's default.
     pub command: Option<Vec<String>>,
     pub entrypoint: Option<Vec<String>>,
@@ -44,6 +49,19 @@ pub struct ResolvedLimits {
     pub timeout: Duration,
     pub log_bytes: u64,
     pub output_bytes: u64,
+}
+
+/// A job's `git` field, checked: what to fetch and how to build it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitBuild {
+    pub source: GitSource,
+    /// The URL without a password, for image tags, labels and messages.
+    pub public_url: String,
+    /// Relative to `context`.
+    pub dockerfile: String,
+    /// Relative to the repository's root.
+    pub context: String,
+    pub build_args: BTreeMap<String, String>,
 }
 
 /// A file to place in the container; `path` is absolute inside it.
@@ -90,27 +108,36 @@ pub fn validate_at(
         ));
     }
 
-    let image = match spec.image.as_deref() {
-        None => {
+    let (image, git) = match (spec.image.as_deref(), &spec.git) {
+        (Some(_), Some(_)) => {
             return Err(Rejection::invalid(
-                "image",
-                "is required (the name of a local image)",
+                "git",
+                "give either `image` or `git`, not both",
             ))
         }
-        Some(i) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => {
+        (None, None) => {
+            return Err(Rejection::invalid(
+                "image",
+                "is required (the name of a local image), unless `git` says where to build one",
+            ))
+        }
+        (None, Some(g)) => (String::new(), Some(git_build(g, policy)?)),
+        (Some(i), None) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => {
             return Err(Rejection::invalid(
                 "image",
                 format!("{i:?} is not an image name"),
             ))
         }
-        Some(i) => i.to_string(),
+        (Some(i), None) => {
+            if !image_allowed(i, &policy.images) {
+                return Err(Rejection::denied(
+                    "image",
+                    format!("{i:?} is not in this worker's allow-list (policy.images)"),
+                ));
+            }
+            (i.to_string(), None)
+        }
     };
-    if !image_allowed(&image, &policy.images) {
-        return Err(Rejection::denied(
-            "image",
-            format!("{image:?} is not in this worker's allow-list (policy.images)"),
-        ));
-    }
 
     let network = spec.network.clone().unwrap_or_else(|| "none".to_string());
     if network == "host" {
@@ -212,6 +239,7 @@ pub fn validate_at(
         id,
         queue: queue.to_string(),
         image,
+        git,
         command,
         entrypoint,
         workdir,
@@ -231,19 +259,116 @@ pub fn validate_at(
 /// refused by name rather than ignored, so a producer never gets less than it asked for.
 fn not_yet_served(spec: &JobSpec) -> Result<(), Rejection> {
     let later = "is not supported by this worker version yet";
-    if spec.git.is_some() {
-        return Err(Rejection::invalid("git", later));
-    }
-    if spec.profile.is_some() {
-        return Err(Rejection::invalid("profile", later));
-    }
     if !spec.services.is_empty() {
         return Err(Rejection::invalid("services", later));
     }
-    if !spec.webhooks.is_empty() {
-        return Err(Rejection::invalid("webhooks", later));
+    for (i, hook) in spec.webhooks.iter().enumerate() {
+        crate::webhook::subscribers::check_job_webhook(hook)
+            .map_err(|why| Rejection::invalid(&format!("webhooks[{i}]"), why))?;
     }
     Ok(())
+}
+
+/// Checks the `git` field: one ref at most, a URL this build can fetch from a host
+/// the policy allows, and build paths that stay inside the checkout.
+fn git_build(g: &GitSpec, policy: &PolicySettings) -> Result<GitBuild, Rejection> {
+    let url = RepoUrl::parse(&g.url).map_err(|e| Rejection::invalid("git.url", e))?;
+    if !git_host_allowed(&url, &policy.git_hosts) {
+        let what = match url.authority() {
+            Some(host) => format!("the host {host:?} is"),
+            None => "a repository on the worker's own host (`local`) is".to_string(),
+        };
+        return Err(Rejection::denied(
+            "git.url",
+            format!("{what} not in this worker's allow-list (policy.git_hosts)"),
+        ));
+    }
+    let named = [&g.branch, &g.tag, &g.commit];
+    if named.iter().filter(|r| r.is_some()).count() > 1 {
+        return Err(Rejection::invalid(
+            "git",
+            "give at most one of `branch`, `tag` or `commit`",
+        ));
+    }
+    let not_a_name = |n: &str| n.trim().is_empty() || n.chars().any(char::is_whitespace);
+    let reference = match (&g.branch, &g.tag, &g.commit) {
+        (Some(b), _, _) if not_a_name(b) => {
+            return Err(Rejection::invalid("git.branch", format!("{b:?} is not a branch name")))
+        }
+        (Some(b), _, _) => Reference::Branch(b.clone()),
+        (_, Some(t), _) if not_a_name(t) => {
+            return Err(Rejection::invalid("git.tag", format!("{t:?} is not a tag name")))
+        }
+        (_, Some(t), _) => Reference::Tag(t.clone()),
+        (_, _, Some(c)) if c.len() != 40 || !c.chars().all(|ch| ch.is_ascii_hexdigit()) => {
+            return Err(Rejection::invalid(
+                "git.commit",
+                format!("{c:?} is not a full commit id (40 hex digits)"),
+            ))
+        }
+        (_, _, Some(c)) => Reference::Commit(c.to_ascii_lowercase()),
+        (None, None, None) => Reference::Default,
+    };
+    let context = g.context.clone().unwrap_or_else(|| ".".to_string());
+    let inside = |p: &str| {
+        !p.is_empty()
+            && !p.contains('\0')
+            && Path::new(p)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    };
+    if !inside(&context) {
+        return Err(Rejection::invalid(
+            "git.context",
+            format!("{context:?} must be a relative path inside the repository"),
+        ));
+    }
+    // The Dockerfile may sit beside the context (`../docker/app.Dockerfile`); the
+    // builder checks that it stays inside the checkout.
+    let dockerfile = g.dockerfile.clone().unwrap_or_else(|| "Dockerfile".to_string());
+    if dockerfile.trim().is_empty() || dockerfile.starts_with('/') || dockerfile.contains('\0') {
+        return Err(Rejection::invalid(
+            "git.dockerfile",
+            format!("{dockerfile:?} must be a path relative to the context"),
+        ));
+    }
+    for (key, value) in &g.build_args {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return Err(Rejection::invalid(
+                &format!("git.build_args.{key}"),
+                "a build arg is a name without `=` and a value without NUL bytes",
+            ));
+        }
+    }
+    Ok(GitBuild {
+        public_url: url.public().to_string(),
+        source: GitSource {
+            url: g.url.clone(),
+            reference,
+            submodules: g.submodules.unwrap_or(true),
+        },
+        dockerfile,
+        context,
+        build_args: g.build_args.clone(),
+    })
+}
+
+/// `policy.git_hosts`: empty allows every host; else a host, `host:port`,
+/// `*.domain` (its subdomains), or `local` (file:// URLs and paths).
+fn git_host_allowed(url: &RepoUrl, allow: &[String]) -> bool {
+    if allow.is_empty() {
+        return true;
+    }
+    let (Some(authority), Some(host)) = (url.authority(), url.host()) else {
+        return allow.iter().any(|rule| rule == "local");
+    };
+    allow.iter().any(|rule| {
+        let rule = rule.to_ascii_lowercase();
+        match rule.strip_prefix("*.") {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => rule == authority || rule == host,
+        }
+    })
 }
 
 fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, Rejection> {
@@ -539,6 +664,75 @@ mod tests {
             assert_eq!(err.reason, Reason::PolicyDenied, "{json}");
             assert!(err.message.starts_with(field), "{}", err.message);
         }
+    }
+
+    fn check_with(json: &str, git_hosts: &[&str]) -> Result<Job, Rejection> {
+        let mut s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        s.policy.git_hosts = git_hosts.iter().map(|h| h.to_string()).collect();
+        let spec = parse(json.as_bytes())?;
+        validate(spec, "j1".into(), "default", &s.jobs.limits, &s.policy)
+    }
+
+    #[test]
+    fn a_git_job_gets_its_defaults() {
+        let job = check(r#"{"git":{"url":"https://h.example/org/app.git","branch":"main"}}"#).unwrap();
+        let git = job.git.unwrap();
+        assert_eq!(job.image, "");
+        assert_eq!(git.source.reference, Reference::Branch("main".into()));
+        assert!(git.source.submodules);
+        assert_eq!(git.dockerfile, "Dockerfile");
+        assert_eq!(git.context, ".");
+        let job = check(&format!(
+            r#"{{"git":{{"url":"/srv/repo","commit":"{}","submodules":false,"context":"app","dockerfile":"../docker/Dockerfile","build_args":{{"V":"1"}}}}}}"#,
+            "AB".repeat(20)
+        ))
+        .unwrap();
+        let git = job.git.unwrap();
+        assert_eq!(git.source.reference, Reference::Commit("ab".repeat(20)));
+        assert!(!git.source.submodules);
+        assert_eq!(git.build_args["V"], "1");
+    }
+
+    #[test]
+    fn each_bad_git_field_is_named() {
+        let cases = [
+            (r#"{"image":"x","git":{"url":"/r"}}"#, "`git`"),
+            (r#"{"git":{"url":"/r","branch":"a","tag":"b"}}"#, "`git`"),
+            (r#"{"git":{"url":"/r","commit":"abc123"}}"#, "`git.commit`"),
+            (r#"{"git":{"url":"/r","branch":" "}}"#, "`git.branch`"),
+            (r#"{"git":{"url":"/r","tag":""}}"#, "`git.tag`"),
+            (r#"{"git":{"url":"relative/repo"}}"#, "`git.url`"),
+            (r#"{"git":{"url":"git@github.com:org/repo.git"}}"#, "`git.url`"),
+            (r#"{"git":{"url":"/r","context":"../up"}}"#, "`git.context`"),
+            (r#"{"git":{"url":"/r","context":"/abs"}}"#, "`git.context`"),
+            (r#"{"git":{"url":"/r","dockerfile":"/etc/Dockerfile"}}"#, "`git.dockerfile`"),
+            (r#"{"git":{"url":"/r","build_args":{"A=B":"1"}}}"#, "`git.build_args.A=B`"),
+            (r#"{"git":{"url":"/r","brnach":"x"}}"#, "`git.brnach`"),
+        ];
+        for (json, field) in cases {
+            let err = refused(json);
+            assert_eq!(err.reason, Reason::InvalidSpec, "{json}");
+            assert!(err.message.starts_with(field), "{json}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn the_git_host_allow_list_is_policy() {
+        let https = r#"{"git":{"url":"https://github.com/org/app.git"}}"#;
+        let local = r#"{"git":{"url":"/srv/repo"}}"#;
+        assert!(check_with(https, &[]).is_ok());
+        assert!(check_with(local, &[]).is_ok());
+        assert!(check_with(https, &["github.com"]).is_ok());
+        assert!(check_with(https, &["*.github.com", "github.com:443"]).is_err());
+        assert!(check_with(r#"{"git":{"url":"https://api.github.com/x"}}"#, &["*.github.com"]).is_ok());
+        assert!(check_with(local, &["local"]).is_ok());
+        let err = check_with(https, &["gitlab.com"]).unwrap_err();
+        assert_eq!(err.reason, Reason::PolicyDenied);
+        assert!(err.message.starts_with("`git.url`"), "{}", err.message);
+        assert!(err.message.contains("github.com") && err.message.contains("policy.git_hosts"), "{}", err.message);
+        let err = check_with(local, &["github.com"]).unwrap_err();
+        assert_eq!(err.reason, Reason::PolicyDenied);
+        assert!(err.message.contains("local"), "{}", err.message);
     }
 
     #[test]

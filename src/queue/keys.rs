@@ -49,9 +49,55 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
+    /// Registered profiles (job templates): name → JSON spec.
+    pub fn profiles(&self) -> String {
+        format!("{}:profiles", self.prefix)
+    }
+
+    /// The stream every worker process reads through a consumer group of its own,
+    /// so each sees every entry (`profile build`).
+    pub fn broadcast(&self) -> String {
+        format!("{}:broadcast", self.prefix)
+    }
+
+    /// The stream the workers' answers to one broadcast go to.
+    pub fn broadcast_reply(&self, id: &str) -> String {
+        format!("{}:broadcast:{id}:replies", self.prefix)
+    }
+
     /// The pub/sub channel that announces cancel requests (the request itself is in the job hash).
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)
+    }
+
+    /// Registered webhook subscribers: name → JSON.
+    pub fn subscribers(&self) -> String {
+        format!("{}:subscribers", self.prefix)
+    }
+
+    /// One webhook delivery: its target, body and state.
+    pub fn delivery(&self, id: &str) -> String {
+        format!("{}:webhook:{id}", self.prefix)
+    }
+
+    /// Every attempt of one delivery, oldest first (JSON per attempt).
+    pub fn delivery_attempts(&self, id: &str) -> String {
+        format!("{}:webhook:{id}:attempts", self.prefix)
+    }
+
+    /// The deliveries made for one job.
+    pub fn job_deliveries(&self, job: &str) -> String {
+        format!("{}:job:{job}:webhooks", self.prefix)
+    }
+
+    /// Deliveries waiting for their next attempt: a sorted set by due time (ms).
+    pub fn deliveries_due(&self) -> String {
+        format!("{}:webhooks:due", self.prefix)
+    }
+
+    /// Deliveries that failed their last attempt.
+    pub fn deliveries_dead(&self) -> String {
+        format!("{}:webhooks:dead", self.prefix)
     }
 
     /// The job hash.

@@ -3,17 +3,24 @@
 //! - [`sign`](mod@sign): `whsec_` secrets, `v1` HMAC-SHA256 signatures and their check (pure).
 //! - [`ssrf`]: which addresses a delivery may reach (pure).
 //! - [`send`]: one signed POST attempt and its classified outcome.
+//! - [`subscribers`]: the registry `dockhand:subscribers`.
+//! - [`outbox`]: durable deliveries in Redis (made with the job's terminal state).
+//! - [`deliver`]: the loop that sends due deliveries and schedules retries.
 //!
 //! Invariants the pieces keep together: the bytes signed are the bytes sent; a
 //! subscriber's URL is untrusted, so no connection is made to an address the
 //! guard has not passed; one attempt never retries or follows a redirect, and
 //! never panics or returns an error: every failure is recorded in its outcome
-//! for the durable queue (not here) to act on.
+//! for the durable queue ([`outbox`]) to act on.
 
+pub mod deliver;
+pub mod outbox;
 pub mod send;
 pub mod sign;
 pub mod ssrf;
+pub mod subscribers;
 
 pub use send::{attempt, check_url, AttemptOutcome, Message, SendError, Target, Verdict};
 pub use sign::{sign, verify, Secret, SecretError, VerifyError};
 pub use ssrf::{Guard, GuardError, Refused, Rule};
+pub use subscribers::Subscriber;

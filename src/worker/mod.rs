@@ -17,8 +17,10 @@
 //!   finish for up to `worker.drain_seconds`, then stops their containers and puts
 //!   the jobs back in their queues; `stop_now` skips the wait.
 
+mod broadcast;
 mod lease;
 mod pipeline;
+mod prepare;
 mod running;
 mod upkeep;
 
@@ -42,6 +44,10 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("cannot set up Docker")]
     Docker(#[from] ExecError),
+    #[error("cannot set up the git cache (worker.cache_dir)")]
+    GitCache(#[from] crate::source::GitError),
+    #[error(transparent)]
+    Profiles(#[from] crate::profile::ProfileFileError),
 }
 
 /// How often the orphan sweep runs after the first one at start.
@@ -58,6 +64,8 @@ pub(crate) struct Ctx {
     /// This process's consumer name: unique, so two workers never share entries.
     pub consumer: String,
     pub running: Running,
+    /// Images of jobs from git: the mirror cache and the builds under way.
+    pub images: prepare::Images,
 }
 
 impl Ctx {
@@ -85,6 +93,8 @@ pub async fn run_with(
     let worker_id = settings.worker_id();
     let consumer = format!("{worker_id}:{}:{}", std::process::id(), ulid::Ulid::new());
     let executor = Executor::connect(settings.clone(), &consumer).await?;
+    let images = prepare::Images::open(&settings, &worker_id, executor.docker().clone())?;
+    let profiles = crate::profile::load_dir(&settings.worker.profiles_dir)?;
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
@@ -93,6 +103,7 @@ pub async fn run_with(
         worker_id,
         consumer,
         running: Running::default(),
+        images,
     };
     let w = &ctx.settings.worker;
     tracing::info!(worker = %ctx.worker_id, consumer = %ctx.consumer, queues = ?w.queues, concurrency = w.concurrency, "worker started");
@@ -104,6 +115,8 @@ pub async fn run_with(
         "version": env!("CARGO_PKG_VERSION"),
     })
     .to_string();
+    // Before the first heartbeat: a worker seen alive already reads the broadcasts.
+    let broadcast_ready = broadcast::setup(&ctx, &profiles).await;
     let beating = CancellationToken::new();
     let heartbeat = tokio::spawn(lease::heartbeat(ctx.clone(), info, beating.clone()));
 
@@ -116,6 +129,13 @@ pub async fn run_with(
         chores.spawn(upkeep::scheduler(ctx.clone(), queue, token.clone()));
     }
     chores.spawn(upkeep::cancel_listener(ctx.clone(), token.clone()));
+    chores.spawn(broadcast::listen(
+        ctx.clone(),
+        profiles,
+        broadcast_ready,
+        token.clone(),
+    ));
+    chores.spawn(crate::webhook::deliver::run(ctx.settings.clone(), ctx.store.clone(), token.clone()));
     chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
     chores.spawn(lease::reclaimer(
         ctx.clone(),
@@ -158,6 +178,7 @@ pub async fn run_with(
     let _ = heartbeat.await;
     if let Ok(mut conn) = ctx.store.conn().await {
         let _ = queue::lease::depart(&mut conn, &ctx.keys, &ctx.consumer).await;
+        broadcast::leave(&ctx, &mut conn).await;
     }
     tracing::info!("worker stopped");
     Ok(())

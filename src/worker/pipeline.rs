@@ -9,7 +9,7 @@
 //!   if that fails for good the entry stays pending, to be run again, never lost.
 
 use super::running::{Registration, StopCause};
-use super::Ctx;
+use super::{prepare, Ctx};
 use crate::backoff::Backoff;
 use crate::executor::{ExecError, ResultFile, RunContext, RunOutcome};
 use crate::job::{self, Job, Reason, Rejection, Status};
@@ -95,7 +95,8 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
             return ack(ctx, entry).await;
         }
         Claim::Redelivered { status } if Status::parse(status).is_some_and(Status::is_terminal) => {
-            // The job finished but its entry was not acknowledged: finish that step only.
+            // The job finished but its entry was not acknowledged: finish those steps only.
+            make_deliveries(ctx, &id).await?;
             return ack(ctx, entry).await;
         }
         _ => {}
@@ -107,6 +108,13 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     }
     let run = Run { ctx, entry, raw };
 
+    let parsed = match parsed {
+        Ok(spec) => prepare::with_profile(ctx, raw, spec).await?,
+        Err(rejection) => Err(rejection),
+    };
+    if let (Ok(spec), None) = (&parsed, &record.metadata) {
+        record.metadata = spec.metadata.clone(); // from the profile
+    }
     let job = parsed.and_then(|spec| {
         let created = chrono::DateTime::parse_from_rfc3339(&record.created_at)
             .map(|t| t.with_timezone(&chrono::Utc))
@@ -153,22 +161,55 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     }
 
     record.attempt += 1;
-    record.set_status(Status::Running);
     record.started_at = Some(crate::time::now());
     record.finished_at = None;
     record.worker = Some(ctx.worker_id.clone());
-    record.image = Some(job.image.clone());
-    if !run.write(&record, "job.started", &[]).await? {
-        return Ok(()); // another worker owns the job now
-    }
-    tracing::info!(image = %job.image, attempt = record.attempt, "job started");
-
+    // Started before any build, so the build's lines and the run's share one seq.
     let (log, writer) = logs::spawn_writer(
         ctx.store.clone(),
         ctx.keys.clone(),
         id.clone(),
         job.limits.log_bytes,
     );
+    let mut job = job;
+    if job.git.is_some() {
+        record.set_status(Status::Building);
+        if !run.write(&record, "", &[]).await? {
+            return Ok(()); // another worker owns the job now
+        }
+        let prepared = tokio::select! {
+            prepared = prepare::git_image(ctx, &mut job, &mut record, &log) => Some(prepared),
+            _ = registration.stop.cancelled() => None,
+        };
+        let failure = match prepared {
+            Some(Ok(())) => None,
+            Some(Err(failure)) => Some(failure),
+            None if registration.cause() == Some(StopCause::Fenced) => return Ok(()),
+            None if registration.cause() == Some(StopCause::Drain) => {
+                drop(log);
+                let _ = writer.await;
+                record.set_status(Status::Queued);
+                return run.requeue(record).await;
+            }
+            None => Some(prepare::Failure {
+                reason: Reason::Cancelled,
+                message: "cancelled by request while the image was being prepared".into(),
+            }),
+        };
+        if let Some(failure) = failure {
+            log.system(failure.message.clone()).await;
+            drop(log);
+            let _ = writer.await;
+            record.abort(failure.reason, failure.message);
+            return run.finish(record, &job).await;
+        }
+    }
+    record.set_status(Status::Running);
+    record.image = Some(job.image.clone());
+    if !run.write(&record, "job.started", &[]).await? {
+        return Ok(()); // another worker owns the job now
+    }
+    tracing::info!(image = %job.image, attempt = record.attempt, "job started");
     let outcome = ctx
         .executor
         .run(
@@ -201,6 +242,8 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     }
     drop(log);
     let summary = writer.await.unwrap_or_default();
+    let keep = ctx.settings.webhooks.log_tail_lines;
+    record.log_tail = summary.tail.iter().skip(summary.tail.len().saturating_sub(keep)).cloned().collect();
     if summary.lines_lost > 0 {
         let note = format!(
             "{} log lines could not be stored (Redis unreachable)",
@@ -299,6 +342,9 @@ impl Run<'_> {
             self.bury(&record, record.error.as_deref().unwrap_or_default())
                 .await?;
         }
+        if written {
+            make_deliveries(self.ctx, &record.id).await?;
+        }
         ack(self.ctx, self.entry).await
     }
 
@@ -308,6 +354,7 @@ impl Run<'_> {
         record.abort(rejection.reason, rejection.message.clone());
         if self.write(&record, "job.aborted", &[]).await? {
             self.bury(&record, &rejection.message).await?;
+            make_deliveries(self.ctx, &record.id).await?;
         }
         ack(self.ctx, self.entry).await
     }
@@ -529,6 +576,20 @@ fn classify(e: &ExecError) -> (Reason, Option<i64>) {
         ExecError::Connect { .. } | ExecError::Docker { .. } => (Reason::DockerError, None),
     }
 }
+/// Makes the webhook deliveries of a finished job (idempotent), before its entry is
+/// acknowledged: see `webhook::outbox` for why that order loses nothing.
+async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreError> {
+    let retention = ctx.settings.jobs.retention_seconds;
+    let made = persist(ctx, |mut conn| async move {
+        crate::webhook::outbox::enqueue_for_job(&mut conn, &ctx.keys, job, retention).await
+    })
+    .await?;
+    if made > 0 {
+        tracing::debug!(deliveries = made, "webhook deliveries made");
+    }
+    Ok(())
+}
+
 async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
     let held = persist(ctx, |mut conn| async move {
         queue::ack(&mut conn, &ctx.keys, &entry.queue, &entry.id, &ctx.consumer).await
@@ -542,7 +603,7 @@ async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
 
 /// Runs a Redis step with a fresh connection, retrying while Redis is unreachable,
 /// for up to `worker.lease_seconds`: after that another worker may own the job.
-async fn persist<T, F, Fut>(ctx: &Ctx, step: F) -> Result<T, StoreError>
+pub(super) async fn persist<T, F, Fut>(ctx: &Ctx, step: F) -> Result<T, StoreError>
 where
     F: Fn(crate::store::Conn) -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,

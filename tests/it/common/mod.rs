@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use deadpool_redis::redis::{self, AsyncCommands};
 use dockhand::config::{Overrides, Settings};
 use dockhand::queue::Keys;
@@ -171,6 +173,9 @@ impl Env {
             ("DOCKHAND__WORKER__RECONNECT_MAX_MS".into(), "500".into()),
             ("DOCKHAND__WORKER__DRAIN_SECONDS".into(), "20".into()),
             ("DOCKHAND__WORKER__LEASE_SECONDS".into(), "2".into()),
+            // Webhook receivers in tests listen on 127.0.0.1; retries come at once.
+            ("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS".into(), "127.0.0.1/32".into()),
+            ("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS".into(), "0,0".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let overrides = Overrides {
@@ -273,6 +278,8 @@ impl Env {
             .env("DOCKHAND__WORKER__LEASE_SECONDS", "2")
             .env("DOCKHAND__WORKER__STOP_GRACE_SECONDS", "1")
             .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
+            .env("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS", "127.0.0.1/32")
+            .env("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "0,0")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in extra {

@@ -1,0 +1,68 @@
+//! `dockhand webhooks replay|attempts|deliver`.
+
+use super::{connect, CliResult, Failure};
+use crate::config::Settings;
+use crate::queue::Keys;
+use crate::webhook::outbox;
+use std::sync::Arc;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Send a delivery again (by its id, the webhook-id), or every dead-lettered one with --dead.
+    Replay {
+        id: Option<String>,
+        #[arg(long)]
+        dead: bool,
+    },
+    /// List a job's deliveries and every attempt of each.
+    Attempts { job: String },
+    /// Only deliver webhooks (no jobs), until SIGINT/SIGTERM.
+    Deliver,
+}
+
+pub async fn run(settings: Arc<Settings>, action: Action, shutdown: impl std::future::Future<Output = ()>) -> CliResult {
+    let keys = Keys::new(&settings.redis.prefix);
+    let (store, mut conn) = connect(&settings).await?;
+    match action {
+        Action::Replay { id: Some(id), dead: false } => {
+            if !outbox::replay(&mut conn, &keys, &id).await? {
+                return Err(Failure::failed(format!("no delivery {id}")));
+            }
+            println!("delivery {id} will be sent again");
+            Ok(())
+        }
+        Action::Replay { id: None, dead: true } => {
+            let mut n = 0;
+            for (entry, id) in outbox::dead_letters(&mut conn, &keys).await? {
+                if outbox::replay(&mut conn, &keys, &id).await? {
+                    n += 1;
+                }
+                outbox::forget_dead_letter(&mut conn, &keys, &entry).await?;
+            }
+            println!("{n} dead-lettered deliveries will be sent again");
+            Ok(())
+        }
+        Action::Replay { .. } => Err(Failure::usage("give a delivery id or --dead (not both)")),
+        Action::Attempts { job } => {
+            let deliveries = outbox::for_job(&mut conn, &keys, &job).await?;
+            if deliveries.is_empty() {
+                return Err(Failure::failed(format!("no webhook deliveries for job {job}")));
+            }
+            for (d, attempts) in deliveries {
+                println!("{} {} -> {} [{}] {} attempt(s)", d.id, d.event, d.subscriber, d.status, d.attempts);
+                for a in attempts {
+                    println!("  {a}");
+                }
+            }
+            Ok(())
+        }
+        Action::Deliver => {
+            let token = tokio_util::sync::CancellationToken::new();
+            let loop_ = tokio::spawn(crate::webhook::deliver::run(settings.clone(), store, token.clone()));
+            shutdown.await;
+            token.cancel();
+            let _ = loop_.await;
+            Ok(())
+        }
+    }
+}

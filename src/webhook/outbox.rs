@@ -1,0 +1,324 @@
+//! Durable deliveries in Redis: made when a job finishes, sent by any worker,
+//! retried on a schedule, dead-lettered at the end, replayable.
+//!
+//! Invariants:
+//! - A finished job's event body is stored in its hash (field `event`) in the same
+//!   Lua step as its terminal state, and its stream entry is acknowledged only
+//!   after its deliveries exist. A worker killed between the two leaves the entry
+//!   pending; whoever takes it over sees the job finished and makes the deliveries
+//!   then. So no finished job is without its deliveries.
+//! - A delivery's id is derived from (job, entry, event, subscriber), so making it
+//!   twice makes it once; the id is also the `webhook-id`, the same on every attempt.
+//! - `dockhand:webhooks:due` holds each pending delivery with its next attempt time.
+//!   A worker takes due ones by pushing their time a lease ahead (one script), so a
+//!   worker that dies mid-attempt only delays the delivery by the lease.
+//! - Every attempt is appended to `dockhand:webhook:<id>:attempts`; finished
+//!   deliveries and their attempts expire with `jobs.retention_seconds`.
+
+use crate::queue::Keys;
+use crate::store::{Conn, StoreError};
+use deadpool_redis::redis::{self, AsyncCommands};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+/// What one delivery holds (the `dockhand:webhook:<id>` hash).
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    pub id: String,
+    pub job: String,
+    pub event: String,
+    /// A registered subscriber's name, or `job:<n>` for the job's own `webhooks`.
+    pub subscriber: String,
+    /// Only for the job's own targets: registered ones are looked up at each attempt.
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub body: String,
+    pub status: String,
+    /// Attempts in the current round (a replay starts a new round).
+    pub round: u32,
+    pub attempts: u32,
+}
+
+impl Delivery {
+    fn from_hash(id: &str, h: HashMap<String, String>) -> Option<Delivery> {
+        if h.is_empty() {
+            return None;
+        }
+        let get = |k: &str| h.get(k).cloned().unwrap_or_default();
+        let opt = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
+        Some(Delivery {
+            id: id.to_string(),
+            job: get("job"),
+            event: get("event"),
+            subscriber: get("subscriber"),
+            url: opt("url"),
+            secret: opt("secret"),
+            body: get("body"),
+            status: get("status"),
+            round: get("round").parse().unwrap_or(0),
+            attempts: get("attempts").parse().unwrap_or(0),
+        })
+    }
+}
+
+/// The delivery id for one (job run, event, subscriber): `msg_` and 26 hex digits.
+pub fn delivery_id(job: &str, entry: &str, event: &str, subscriber: &str) -> String {
+    let digest = Sha256::digest(format!("{job}\n{entry}\n{event}\n{subscriber}").as_bytes());
+    format!("msg_{}", &hex::encode(digest)[..26])
+}
+
+/// A target to make a delivery for.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub subscriber: String,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+}
+
+/// KEYS: delivery hash, due set, job's delivery set. ARGV: id, job, event, subscriber,
+/// url, secret, body, now (ms), created_at, retention.
+static CREATE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        redis.call('HSET', KEYS[1], 'id', ARGV[1], 'job', ARGV[2], 'event', ARGV[3], 'subscriber', ARGV[4],
+            'url', ARGV[5], 'secret', ARGV[6], 'body', ARGV[7], 'status', 'pending', 'round', 0, 'attempts', 0,
+            'created_at', ARGV[9])
+        redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+        redis.call('SADD', KEYS[3], ARGV[1])
+        redis.call('EXPIRE', KEYS[3], tonumber(ARGV[10]))
+        return 1
+        ",
+    )
+});
+
+/// Makes the deliveries of a finished job's terminal event (idempotent). Returns how
+/// many were new.
+pub async fn enqueue_for_job(conn: &mut Conn, keys: &Keys, job: &str, retention: u64) -> Result<usize, StoreError> {
+    let (body, queue, entry, spec): (Option<String>, Option<String>, Option<String>, Option<String>) =
+        redis::cmd("HMGET").arg(keys.job(job)).arg("event").arg("queue").arg("entry").arg("spec").query_async(conn).await?;
+    let Some(body) = body.filter(|b| !b.is_empty()) else { return Ok(0) };
+    let event = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let (queue, entry) = (queue.unwrap_or_default(), entry.unwrap_or_default());
+
+    let mut targets = Vec::new();
+    let subscribers: HashMap<String, String> = conn.hgetall(keys.subscribers()).await?;
+    let mut names: Vec<&String> = subscribers.keys().collect();
+    names.sort();
+    for name in names {
+        match serde_json::from_str::<super::Subscriber>(&subscribers[name]) {
+            Ok(sub) if sub.wants(&event, &queue) => {
+                targets.push(NewDelivery { subscriber: name.clone(), url: None, secret: None })
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(subscriber = %name, error = %e, "a subscriber's JSON is unreadable; skipped"),
+        }
+    }
+    targets.extend(job_targets(spec.as_deref().unwrap_or("{}"), &event));
+
+    let now = chrono::Utc::now();
+    let mut made = 0;
+    for t in targets {
+        let id = delivery_id(job, &entry, &event, &t.subscriber);
+        let created: i64 = CREATE
+            .key(keys.delivery(&id))
+            .key(keys.deliveries_due())
+            .key(keys.job_deliveries(job))
+            .arg(&id)
+            .arg(job)
+            .arg(&event)
+            .arg(&t.subscriber)
+            .arg(t.url.unwrap_or_default())
+            .arg(t.secret.unwrap_or_default())
+            .arg(&body)
+            .arg(now.timestamp_millis())
+            .arg(crate::time::now())
+            .arg(retention)
+            .invoke_async(conn)
+            .await?;
+        made += created as usize;
+    }
+    Ok(made)
+}
+
+/// The job's own `webhooks: [{url, secret, events}]` that want `event`.
+fn job_targets(spec: &str, event: &str) -> Vec<NewDelivery> {
+    let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+    let Some(hooks) = spec["webhooks"].as_array() else { return Vec::new() };
+    hooks
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| match h["events"].as_array() {
+            Some(events) => events.iter().any(|e| e.as_str() == Some(event) || e.as_str() == Some("*")),
+            None => super::subscribers::default_events().iter().any(|e| e == event),
+        })
+        .map(|(i, h)| NewDelivery {
+            subscriber: format!("job:{i}"),
+            url: h["url"].as_str().map(str::to_string),
+            secret: h["secret"].as_str().map(str::to_string),
+        })
+        .collect()
+}
+
+/// KEYS[1] due set. ARGV: now, lease (ms), max. Takes due deliveries by pushing them
+/// a lease into the future; returns their ids.
+static TAKE_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+        for _, id in ipairs(due) do
+            redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+        end
+        return due
+        ",
+    )
+});
+
+pub async fn take_due(conn: &mut Conn, keys: &Keys, now_ms: i64, lease_ms: u64, max: usize) -> Result<Vec<String>, StoreError> {
+    Ok(TAKE_DUE.key(keys.deliveries_due()).arg(now_ms).arg(lease_ms).arg(max).invoke_async(conn).await?)
+}
+
+pub async fn load(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Option<Delivery>, StoreError> {
+    let h: HashMap<String, String> = conn.hgetall(keys.delivery(id)).await?;
+    Ok(Delivery::from_hash(id, h))
+}
+
+/// Appends one attempt's record and counts it.
+pub async fn record_attempt(conn: &mut Conn, keys: &Keys, id: &str, attempt: &serde_json::Value) -> Result<(), StoreError> {
+    redis::pipe()
+        .rpush(keys.delivery_attempts(id), attempt.to_string())
+        .ignore()
+        .hincr(keys.delivery(id), "attempts", 1)
+        .ignore()
+        .hincr(keys.delivery(id), "round", 1)
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delivered(conn: &mut Conn, keys: &Keys, id: &str, retention: u64) -> Result<(), StoreError> {
+    redis::pipe()
+        .hset_multiple(keys.delivery(id), &[("status", "delivered".to_string()), ("delivered_at", crate::time::now())])
+        .ignore()
+        .zrem(keys.deliveries_due(), id)
+        .ignore()
+        .expire(keys.delivery(id), retention as i64)
+        .ignore()
+        .expire(keys.delivery_attempts(id), retention as i64)
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn retry_at(conn: &mut Conn, keys: &Keys, id: &str, at_ms: i64) -> Result<(), StoreError> {
+    redis::pipe()
+        .hset(keys.delivery(id), "next_at", at_ms)
+        .ignore()
+        .zadd(keys.deliveries_due(), id, at_ms)
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Gives up on a delivery: `dockhand:webhooks:dead` gets a line naming it and why.
+pub async fn dead(conn: &mut Conn, keys: &Keys, d: &Delivery, error: &str, retention: u64) -> Result<(), StoreError> {
+    let fields = [
+        ("id", d.id.as_str()),
+        ("job", d.job.as_str()),
+        ("event", d.event.as_str()),
+        ("subscriber", d.subscriber.as_str()),
+        ("error", error),
+    ];
+    redis::pipe()
+        .hset_multiple(keys.delivery(&d.id), &[("status", "dead"), ("error", error)])
+        .ignore()
+        .zrem(keys.deliveries_due(), &d.id)
+        .ignore()
+        .xadd_maxlen(keys.deliveries_dead(), redis::streams::StreamMaxlen::Approx(10_000), "*", &fields)
+        .ignore()
+        .expire(keys.delivery(&d.id), retention as i64)
+        .ignore()
+        .expire(keys.delivery_attempts(&d.id), retention as i64)
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Sends a delivery again from the start of the schedule. False when unknown.
+pub async fn replay(conn: &mut Conn, keys: &Keys, id: &str) -> Result<bool, StoreError> {
+    let exists: bool = conn.exists(keys.delivery(id)).await?;
+    if !exists {
+        return Ok(false);
+    }
+    redis::pipe()
+        .hset_multiple(keys.delivery(id), &[("status", "pending"), ("round", "0")])
+        .ignore()
+        .persist(keys.delivery(id))
+        .ignore()
+        .persist(keys.delivery_attempts(id))
+        .ignore()
+        .zadd(keys.deliveries_due(), id, chrono::Utc::now().timestamp_millis())
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(true)
+}
+
+/// The ids named in the dead-letter stream, with their stream entry ids.
+pub async fn dead_letters(conn: &mut Conn, keys: &Keys) -> Result<Vec<(String, String)>, StoreError> {
+    let reply: redis::streams::StreamRangeReply = conn.xrange_all(keys.deliveries_dead()).await?;
+    Ok(reply.ids.into_iter().map(|e| (e.id.clone(), e.get::<String>("id").unwrap_or_default())).collect())
+}
+
+pub async fn forget_dead_letter(conn: &mut Conn, keys: &Keys, entry: &str) -> Result<(), StoreError> {
+    let _: i64 = conn.xdel(keys.deliveries_dead(), &[entry]).await?;
+    Ok(())
+}
+
+/// A job's deliveries with their attempts, for `dockhand webhooks attempts`.
+pub async fn for_job(conn: &mut Conn, keys: &Keys, job: &str) -> Result<Vec<(Delivery, Vec<String>)>, StoreError> {
+    let mut ids: Vec<String> = conn.smembers(keys.job_deliveries(job)).await?;
+    ids.sort();
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(d) = load(conn, keys, &id).await? {
+            let attempts: Vec<String> = conn.lrange(keys.delivery_attempts(&id), 0, -1).await?;
+            out.push((d, attempts));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_ids_are_stable_and_distinct() {
+        let a = delivery_id("j", "1-0", "job.completed", "s1");
+        assert_eq!(a, delivery_id("j", "1-0", "job.completed", "s1"));
+        assert_ne!(a, delivery_id("j", "1-0", "job.completed", "s2"));
+        assert_ne!(a, delivery_id("j", "2-0", "job.completed", "s1"));
+        assert!(a.starts_with("msg_") && a.len() == 30);
+        assert!(crate::webhook::Message::with_id(a, "{}").is_ok(), "usable as a webhook-id");
+    }
+
+    #[test]
+    fn a_jobs_own_targets_follow_their_events() {
+        let spec = r#"{"webhooks":[{"url":"http://a/","secret":"s"},{"url":"http://b/","secret":"t","events":["job.started"]}]}"#;
+        let done = job_targets(spec, "job.completed");
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].subscriber, "job:0");
+        assert_eq!(done[0].url.as_deref(), Some("http://a/"));
+        assert_eq!(job_targets(spec, "job.started")[0].subscriber, "job:1");
+        assert!(job_targets("{}", "job.completed").is_empty());
+    }
+}

@@ -1,0 +1,315 @@
+//! Jobs from git through a running worker: a repository the test makes with the git
+//! CLI (two commits, a branch, tags, a submodule, a broken Dockerfile), built with
+//! the real Docker engine `FROM` the local test image, and run.
+
+use crate::common::{image, Env, Worker};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs git in `dir` with a fixed identity; returns its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Dockhand Test",
+            "-c",
+            "user.email=test@dockhand.invalid",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "tag.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git must be installed");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+        git(dir, &["add", "--", name]);
+    }
+    git(dir, &["commit", "-q", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// Repositories made for one test, in a folder that goes away with it, and the
+/// images built from them removed at the end.
+///
+/// - `lib`: `lib.txt` = "lib file".
+/// - `app`: A (`app.txt` = "A", a Dockerfile copying the checkout to /app; tag
+///   `v1`), then B on `main` (`app.txt` = "B", submodule `lib` by `../lib`);
+///   branch `broken` from A whose Dockerfile fails at `RUN`.
+pub struct Repo {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub url: String,
+    pub a: String,
+    pub b: String,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let lib = root.join("lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        git(&lib, &["init", "-q"]);
+        commit_files(&lib, &[("lib.txt", "lib file\n")], "lib");
+
+        let app = root.join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        git(&app, &["init", "-q"]);
+        let dockerfile = format!("FROM {}\nCOPY . /app/\n", image());
+        let a = commit_files(
+            &app,
+            &[("Dockerfile", &dockerfile), ("app.txt", "A\n")],
+            "A",
+        );
+        git(&app, &["tag", "-a", "v1", "-m", "version 1"]);
+        git(&app, &["submodule", "add", "-q", "../lib", "lib"]);
+        let b = commit_files(&app, &[("app.txt", "B\n")], "B");
+        git(&app, &["checkout", "-q", "-b", "broken", &a]);
+        let broken = format!("FROM {}\nRUN echo before-failing && exit 7\n", image());
+        commit_files(&app, &[("Dockerfile", &broken)], "broken");
+        git(&app, &["checkout", "-q", "main"]);
+        Repo {
+            url: app.display().to_string(),
+            _tmp: tmp,
+            root,
+            a,
+            b,
+        }
+    }
+
+    /// A worker cache folder of this test's own.
+    pub fn cache_dir(&self) -> String {
+        self.root.join("cache").display().to_string()
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args(["images", "-q", "--filter"])
+            .arg(format!("label=dockhand.repo={}", self.url))
+            .output();
+        if let Ok(out) = out {
+            let ids = String::from_utf8_lossy(&out.stdout).to_string();
+            let ids: Vec<&str> = ids.lines().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rmi", "-f"]).args(ids).output();
+            }
+        }
+    }
+}
+
+fn worker(env: &Env, repo: &Repo, concurrency: usize, extra: &[(&str, &str)]) -> Worker {
+    let cache = repo.cache_dir();
+    let mut all = vec![("DOCKHAND__WORKER__CACHE_DIR", cache.as_str())];
+    all.extend_from_slice(extra);
+    Worker::start(env.settings(&["default"], concurrency, &all))
+}
+
+fn job(id: &str, git: serde_json::Value, command: &str) -> String {
+    serde_json::json!({"id": id, "git": git, "command": command}).to_string()
+}
+
+async fn stdout(env: &Env, id: &str) -> Vec<String> {
+    env.lines(id, "stdout").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_commit_is_built_once_and_runs_its_own_files() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 2, &[]);
+
+    // At commit A (no branch tip): A's file, built from scratch.
+    let at_a = format!("{}-a", env.prefix);
+    env.xadd(
+        "default",
+        &job(&at_a, serde_json::json!({"url": repo.url, "commit": repo.a}), "cat /app/app.txt"),
+    )
+    .await;
+    let a = env.finished(&at_a).await;
+    assert_eq!(a["status"], "completed", "{a:?}");
+    assert_eq!(a["commit"], repo.a);
+    assert!(a["image"].starts_with("dockhand-git/"), "{a:?}");
+    assert!(a["image_id"].starts_with("sha256:"), "{a:?}");
+    assert_eq!(stdout(&env, &at_a).await, vec!["A"]);
+    let log = env.log(&at_a).await;
+    let seqs: Vec<u64> = log.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>(), "one seq, no gaps");
+    let first_stdout = log.iter().position(|(_, s, _)| s == "stdout").unwrap();
+    assert!(
+        log[..first_stdout].iter().any(|(_, s, l)| s == "build" && l.contains("FROM")),
+        "the build's lines come first: {log:?}"
+    );
+    assert!(log[first_stdout..].iter().all(|(_, s, _)| s != "build"), "{log:?}");
+
+    // Two jobs on branch `main` (B, with the submodule) at once: one build between them.
+    let on_main: Vec<String> = (1..=2).map(|n| format!("{}-main{n}", env.prefix)).collect();
+    for id in &on_main {
+        env.xadd(
+            "default",
+            &job(
+                id,
+                serde_json::json!({"url": repo.url, "branch": "main"}),
+                "cat /app/app.txt /app/lib/lib.txt",
+            ),
+        )
+        .await;
+    }
+    let mut builds = 0;
+    let mut image_ids = Vec::new();
+    for id in &on_main {
+        let done = env.finished(id).await;
+        assert_eq!(done["status"], "completed", "{done:?}");
+        assert_eq!(done["commit"], repo.b);
+        assert_eq!(stdout(&env, id).await, vec!["B", "lib file"], "the submodule's file is in the image");
+        if !env.lines(id, "build").await.is_empty() {
+            builds += 1;
+        }
+        image_ids.push(done["image_id"].clone());
+    }
+    assert_eq!(builds, 1, "two jobs for one commit build it once");
+    assert_eq!(image_ids[0], image_ids[1]);
+    assert_ne!(image_ids[0], a["image_id"]);
+
+    // Tag v1 is commit A: its image is cached, so no clone and no build.
+    let at_v1 = format!("{}-v1", env.prefix);
+    env.xadd(
+        "default",
+        &job(&at_v1, serde_json::json!({"url": repo.url, "tag": "v1"}), "cat /app/app.txt"),
+    )
+    .await;
+    let v1 = env.finished(&at_v1).await;
+    assert_eq!(v1["status"], "completed", "{v1:?}");
+    assert_eq!(v1["commit"], repo.a);
+    assert_eq!(v1["image_id"], a["image_id"]);
+    assert_eq!(v1["image"], a["image"]);
+    assert!(env.lines(&at_v1, "build").await.is_empty());
+    assert!(
+        env.lines(&at_v1, "system").await.iter().any(|l| l.contains("is cached")),
+        "{:?}",
+        env.log(&at_v1).await
+    );
+    assert_eq!(stdout(&env, &at_v1).await, vec!["A"]);
+
+    // The checkouts are gone; the mirrors stay.
+    let work = Path::new(&repo.cache_dir()).join(&env.prefix).join("work");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_repositories_and_submodules_that_cannot_be_had_are_build_errors() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 2, &[]);
+    let missing = "1234567890abcdef1234567890abcdef12345678";
+    let cases: Vec<(String, serde_json::Value, String)> = vec![
+        (
+            "branch".into(),
+            serde_json::json!({"url": repo.url, "branch": "nope"}),
+            format!("branch `nope` not found in {}", repo.url),
+        ),
+        (
+            "commit".into(),
+            serde_json::json!({"url": repo.url, "commit": missing}),
+            format!("commit {missing} not found in {}", repo.url),
+        ),
+        (
+            "repo".into(),
+            serde_json::json!({"url": format!("{}/nothing-here", repo.root.display())}),
+            format!("repository {}/nothing-here not found", repo.root.display()),
+        ),
+    ];
+    for (name, git, _) in &cases {
+        let id = format!("{}-{name}", env.prefix);
+        env.xadd("default", &job(&id, git.clone(), "true")).await;
+    }
+    for (name, _, expected) in &cases {
+        let id = format!("{}-{name}", env.prefix);
+        let done = env.finished(&id).await;
+        assert_eq!(done["status"], "aborted", "{done:?}");
+        assert_eq!(done["reason"], "build_error", "{done:?}");
+        assert!(done["error"].contains(expected.as_str()), "{name}: {}", done["error"]);
+        assert!(
+            env.lines(&id, "system").await.iter().any(|l| l.contains(expected.as_str())),
+            "the log says why too"
+        );
+    }
+
+    // lib's mirror is not in this worker's cache, and lib is gone: B cannot be had.
+    std::fs::rename(repo.root.join("lib"), repo.root.join("lib.gone")).unwrap();
+    let id = format!("{}-submodule", env.prefix);
+    env.xadd(
+        "default",
+        &job(&id, serde_json::json!({"url": repo.url, "commit": repo.b}), "true"),
+    )
+    .await;
+    let done = env.finished(&id).await;
+    assert_eq!(done["reason"], "build_error", "{done:?}");
+    assert!(done["error"].contains("submodule `lib`"), "{}", done["error"]);
+    assert!(done["error"].contains(&repo.root.join("lib").display().to_string()), "{}", done["error"]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_dockerfile_is_a_build_error_with_the_builders_message() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 1, &[]);
+    let id = format!("{}-broken", env.prefix);
+    env.xadd(
+        "default",
+        &job(&id, serde_json::json!({"url": repo.url, "branch": "broken"}), "true"),
+    )
+    .await;
+    let done = env.finished(&id).await;
+    assert_eq!(done["status"], "aborted", "{done:?}");
+    assert_eq!(done["reason"], "build_error");
+    assert!(done["error"].contains("non-zero code: 7"), "{}", done["error"]);
+    assert!(!done["commit"].is_empty());
+    let build = env.lines(&id, "build").await;
+    assert!(build.iter().any(|l| l == "before-failing"), "{build:?}");
+    assert!(env.lines(&id, "stdout").await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_host_outside_the_allow_list_is_policy_denied() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 1, &[("DOCKHAND__POLICY__GIT_HOSTS", "github.com")]);
+    let cases: HashMap<&str, serde_json::Value> = HashMap::from([
+        ("local", serde_json::json!({"url": repo.url})),
+        ("remote", serde_json::json!({"url": "https://git.example.com/org/app.git"})),
+    ]);
+    for (name, git) in &cases {
+        env.xadd("default", &job(&format!("{}-{name}", env.prefix), git.clone(), "true"))
+            .await;
+    }
+    for name in cases.keys() {
+        let done = env.finished(&format!("{}-{name}", env.prefix)).await;
+        assert_eq!(done["status"], "aborted", "{done:?}");
+        assert_eq!(done["reason"], "policy_denied", "{done:?}");
+        assert!(done["error"].starts_with("`git.url`"), "{}", done["error"]);
+        assert!(done["error"].contains("policy.git_hosts"), "{}", done["error"]);
+    }
+    worker.stop().await;
+}

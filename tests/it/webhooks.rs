@@ -1,0 +1,248 @@
+//! Durable, signed webhook delivery end to end: a real worker, real jobs, a real
+//! HTTP receiver on loopback, the `dockhand` CLI.
+
+use crate::common::receiver::{Receiver, Seen};
+use crate::common::{image, Env};
+use dockhand::webhook::{verify, Secret};
+use std::time::Duration;
+use tokio::process::Command;
+
+async fn dockhand(env: &Env, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .arg("--redis-url")
+        .arg(&env.url)
+        .args(args)
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .env_remove("REDIS_URL")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Adds a subscriber with the CLI and returns the secret it printed.
+async fn subscribe(env: &Env, name: &str, url: &str, extra: &[&str]) -> Secret {
+    let mut args = vec!["subscriber", "add", name, url];
+    args.extend_from_slice(extra);
+    let out = dockhand(env, &args).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let secret = text.lines().find_map(|l| l.strip_prefix("secret: ")).expect("a generated secret is printed");
+    secret.parse().unwrap()
+}
+
+fn check_signature(seen: &Seen, secret: &Secret) {
+    let now = chrono::Utc::now().timestamp();
+    verify(
+        secret,
+        &seen.headers["webhook-id"],
+        &seen.headers["webhook-timestamp"],
+        &seen.headers["webhook-signature"],
+        seen.body.as_bytes(),
+        now,
+        Duration::from_secs(300),
+    )
+    .expect("the signature verifies");
+}
+
+async fn run_job(env: &Env, id: &str, command: &str) {
+    let spec = serde_json::json!({"id": id, "image": image(), "command": command, "metadata": {"order": 42}});
+    env.xadd("default", &spec.to_string()).await;
+    env.finished(id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_is_delivered_signed_with_its_result_and_files() {
+    let env = Env::new();
+    let receiver = Receiver::start(&[]).await;
+    let secret = subscribe(&env, "billing", &receiver.url(), &[]).await;
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-hooked", env.prefix);
+    run_job(&env, &id, r#"echo working; echo 7 > /dockhand/output/n.txt; echo '{"result_text":"done","result_data":{"n":7}}' > /dockhand/output/result.json"#).await;
+    let seen = receiver.wait_for(1).await;
+    assert_eq!(seen.len(), 1);
+    check_signature(&seen[0], &secret);
+    assert!(seen[0].headers["webhook-id"].starts_with("msg_"));
+    let body = seen[0].json();
+    assert_eq!(body["type"], "job.completed");
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+    let data = &body["data"];
+    assert_eq!(data["id"], id.as_str());
+    assert_eq!(data["status"], "completed");
+    assert_eq!(data["result_text"], "done");
+    assert_eq!(data["result_data"]["n"], 7);
+    assert_eq!(data["metadata"]["order"], 42);
+    assert_eq!(data["files"][0]["name"], "n.txt");
+    assert_eq!(data["files"][0]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(data["log_tail"], serde_json::json!(["working"]));
+
+    let attempts = dockhand(&env, &["webhooks", "attempts", &id]).await;
+    let text = String::from_utf8_lossy(&attempts.stdout);
+    assert!(text.contains("[delivered] 1 attempt(s)") && text.contains("\"status\":200"), "{text}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_with_the_same_webhook_id_and_every_attempt_recorded() {
+    let env = Env::new();
+    let receiver = Receiver::start(&[500, 500, 200]).await;
+    let secret = subscribe(&env, "flaky", &receiver.url(), &[]).await;
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-flaky", env.prefix);
+    run_job(&env, &id, "exit 2").await;
+    let seen = receiver.wait_for(3).await;
+    let ids: Vec<&str> = seen.iter().map(|s| s.headers["webhook-id"].as_str()).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "one delivery, one id: {ids:?}");
+    for s in &seen {
+        check_signature(s, &secret);
+        assert_eq!(s.json()["type"], "job.aborted");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.seen().len(), 3, "no attempt after the success");
+    let attempts = dockhand(&env, &["webhooks", "attempts", &id]).await;
+    let text = String::from_utf8_lossy(&attempts.stdout);
+    assert!(text.contains("[delivered] 3 attempt(s)"), "{text}");
+    assert_eq!(text.matches("\"status\":500").count(), 2, "{text}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_every_attempt_is_dead_lettered_then_replayed() {
+    let env = Env::new();
+    let port = crate::common::free_port();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    subscribe(&env, "down", &url, &[]).await;
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-down", env.prefix);
+    run_job(&env, &id, "true").await;
+    // Three attempts (the first and two retries), all refused, then the dead letter.
+    let mut c = env.conn().await;
+    let mut dead = 0usize;
+    for _ in 0..600 {
+        dead = deadpool_redis::redis::AsyncCommands::xlen(&mut c, env.keys.deliveries_dead()).await.unwrap();
+        if dead > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead, 1);
+    let text = String::from_utf8_lossy(&dockhand(&env, &["webhooks", "attempts", &id]).await.stdout).into_owned();
+    assert!(text.contains("[dead] 3 attempt(s)"), "{text}");
+
+    let receiver = Receiver::on(&format!("127.0.0.1:{port}"), &[]).await;
+    let replay = dockhand(&env, &["webhooks", "replay", "--dead"]).await;
+    assert!(replay.status.success());
+    let seen = receiver.wait_for(1).await;
+    assert_eq!(seen[0].json()["data"]["id"], id.as_str());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_subscriber_and_says_so() {
+    let env = Env::new();
+    let receiver = Receiver::start(&[410]).await;
+    subscribe(&env, "leaving", &receiver.url(), &[]).await;
+    let worker = env.worker(&["default"], 1);
+    run_job(&env, &format!("{}-first", env.prefix), "true").await;
+    receiver.wait_for(1).await;
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = String::from_utf8_lossy(&dockhand(&env, &["subscriber", "list"]).await.stdout).into_owned();
+        if listed.contains("DISABLED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed.contains("DISABLED") && listed.contains("410"), "{listed}");
+    run_job(&env, &format!("{}-second", env.prefix), "true").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.seen().len(), 1, "a disabled subscriber gets nothing more");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_address_is_never_connected_to() {
+    let env = Env::new();
+    // Allowed: 127.0.0.1 only (the test settings). The receiver listens on 127.0.0.2.
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    subscribe(&env, "internal", &url, &[]).await;
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-ssrf", env.prefix);
+    run_job(&env, &id, "true").await;
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = String::from_utf8_lossy(&dockhand(&env, &["webhooks", "attempts", &id]).await.stdout).into_owned();
+        if text.contains("[dead]") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("[dead] 1 attempt(s)") && text.contains("127.0.0.2"), "{text}");
+    let connected = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await.is_ok();
+    assert!(!connected, "the guard refused before any connection");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rotation_both_secrets_sign() {
+    let env = Env::new();
+    let receiver = Receiver::start(&[]).await;
+    let old = subscribe(&env, "rotating", &receiver.url(), &[]).await;
+    let out = dockhand(&env, &["subscriber", "rotate", "rotating"]).await;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let new: Secret = text.lines().find_map(|l| l.strip_prefix("subscriber rotating: new secret ")).unwrap().parse().unwrap();
+    let worker = env.worker(&["default"], 1);
+    run_job(&env, &format!("{}-rot", env.prefix), "true").await;
+    let seen = receiver.wait_for(1).await;
+    assert_eq!(seen[0].headers["webhook-signature"].split(' ').count(), 2);
+    check_signature(&seen[0], &old);
+    check_signature(&seen[0], &new);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_own_webhook_gets_its_events() {
+    let env = Env::new();
+    let receiver = Receiver::start(&[]).await;
+    let secret = Secret::generate().unwrap();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-own", env.prefix);
+    let spec = serde_json::json!({"id": id, "image": image(), "command": "exit 5",
+        "webhooks": [{"url": receiver.url(), "secret": secret.to_whsec()}]});
+    env.xadd("default", &spec.to_string()).await;
+    let seen = receiver.wait_for(1).await;
+    check_signature(&seen[0], &secret);
+    assert_eq!(seen[0].json()["data"]["exit_code"], 5);
+    // A bad target is refused up front, naming it.
+    let bad = format!("{}-badhook", env.prefix);
+    env.xadd("default", &serde_json::json!({"id": bad, "image": image(), "webhooks": [{"url": "ftp://x"}]}).to_string()).await;
+    let job = env.finished(&bad).await;
+    assert_eq!(job["reason"], "invalid_spec");
+    assert!(job["error"].starts_with("`webhooks[0]`"), "{}", job["error"]);
+    worker.stop().await;
+}
+
+/// Every worker is killed after the job ended and before its webhook got through:
+/// the delivery waits in Redis and a new worker sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_survives_every_worker_being_killed() {
+    let env = Env::new();
+    let receiver = Receiver::start(&[503]).await;
+    let secret = subscribe(&env, "patient", &receiver.url(), &[]).await;
+    // The first attempt fails; the retry is due in 2 s, after this worker is dead.
+    let mut first = env.spawn_worker(&format!("{}-a", env.prefix), &[("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "2")]);
+    let id = format!("{}-durable", env.prefix);
+    run_job(&env, &id, "echo bye").await;
+    receiver.wait_for(1).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(receiver.seen().len(), 1);
+
+    let second = env.worker(&["default"], 1);
+    let seen = receiver.wait_for(2).await;
+    assert_eq!(seen[0].headers["webhook-id"], seen[1].headers["webhook-id"]);
+    check_signature(&seen[1], &secret);
+    assert_eq!(seen[1].json()["data"]["id"], id.as_str());
+    second.stop().await;
+}
