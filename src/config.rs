@@ -29,6 +29,7 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub policy: PolicySettings,
     pub webhooks: WebhookSettings,
+    pub results: ResultSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +136,18 @@ pub struct PolicySettings {
     pub images: Vec<String>,
     #[serde(deserialize_with = "one_or_many")]
     pub git_hosts: Vec<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub bind_allow: Vec<String>,
+    pub allow_ports: bool,
+}
+
+/// Where the server of the jobs' result URLs (`RESPONSE_URL`, `ABORT_URL`) listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultSettings {
+    pub bind: std::net::IpAddr,
+    /// 0: a free port chosen at start.
+    pub port: u16,
 }
 
 /// A list, or a single value standing for a list of one. An environment variable
@@ -216,6 +229,7 @@ impl Settings {
                 .with_list_parse_key("policy.cap_add")
                 .with_list_parse_key("policy.images")
                 .with_list_parse_key("policy.git_hosts")
+                .with_list_parse_key("policy.bind_allow")
                 .with_list_parse_key("webhooks.retry_schedule_seconds")
                 .with_list_parse_key("webhooks.allow_networks")
                 .try_parsing(true)
@@ -428,6 +442,19 @@ mod tests {
         assert!(shown.contains("github.com") && !shown.contains("ghp_secret"), "{shown}");
         assert_eq!(s.worker.cache_dir, std::path::PathBuf::from("/var/tmp/dockhand"));
         assert!(s.policy.git_hosts.is_empty());
+    }
+
+    #[test]
+    fn result_server_address() {
+        let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!((s.results.bind.to_string(), s.results.port), ("0.0.0.0".into(), 0));
+        let s = Settings::load_from(
+            None,
+            &env(&[("DOCKHAND__RESULTS__BIND", "172.17.0.1"), ("DOCKHAND__RESULTS__PORT", "8731")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!((s.results.bind.to_string(), s.results.port), ("172.17.0.1".into(), 8731));
     }
 
     #[test]

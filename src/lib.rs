@@ -12,6 +12,7 @@
 //! - [`worker`]: the loop that holds permits and drives each job's pipeline.
 //! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
 //! - [`executor`]: Docker via bollard: create, stage files, start, wait, collect, remove.
+//! - [`results`]: the per-job `RESPONSE_URL` / `ABORT_URL` server a container posts its result to.
 //! - [`logs`]: container output split into lines, numbered, published and stored.
 //! - [`state`]: the job hash, its transitions and the events they publish.
 //! - [`webhook`]: Standard Webhooks signing, the SSRF guard, and one delivery attempt.
@@ -26,6 +27,7 @@ pub mod job;
 pub mod logs;
 pub mod profile;
 pub mod queue;
+pub mod results;
 pub mod size;
 pub mod source;
 pub mod state;

@@ -7,6 +7,7 @@
 //! - Each batch is written with `MULTI`: its `XADD`s and `PUBLISH`es land together.
 //! - `limits.log_bytes` caps what is kept; reaching it is said in a `system` line, and
 //!   what was dropped is counted. `system` lines are never dropped.
+//! - Secret values (`secret_env`) are masked before a line is stored or published.
 //! - The container is never slowed by a reader: Docker keeps the output in its own
 //!   log file, we read it at our pace, and `PUBLISH` does not wait for subscribers.
 
@@ -123,6 +124,37 @@ impl LineSplitter {
     }
 }
 
+/// Secret values to hide in text: each occurrence becomes `***`. Values shorter
+/// than [`Mask::MIN_LEN`] are not masked (they would hide ordinary text); a secret
+/// split by the line-length cap is not recognised across the two parts.
+#[derive(Debug, Clone, Default)]
+pub struct Mask(Vec<String>);
+
+impl Mask {
+    pub const MIN_LEN: usize = 4;
+
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a String>) -> Mask {
+        let mut values: Vec<String> = secrets.into_iter().filter(|s| s.len() >= Self::MIN_LEN).cloned().collect();
+        // Longest first, so a secret containing another is masked whole.
+        values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Mask(values)
+    }
+
+    pub fn apply(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.0 {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What the writer did, for the job's record.
 #[derive(Debug, Clone, Default)]
 pub struct LogSummary {
@@ -177,9 +209,10 @@ pub fn spawn_writer(
     keys: Keys,
     job_id: String,
     cap_bytes: u64,
+    mask: Mask,
 ) -> (LogSender, JoinHandle<LogSummary>) {
     let (tx, rx) = mpsc::channel(CHANNEL_LINES);
-    let handle = tokio::spawn(write_lines(store, keys, job_id, cap_bytes, rx));
+    let handle = tokio::spawn(write_lines(store, keys, job_id, cap_bytes, mask, rx));
     (LogSender { tx }, handle)
 }
 
@@ -188,6 +221,7 @@ async fn write_lines(
     keys: Keys,
     job_id: String,
     cap_bytes: u64,
+    mask: Mask,
     mut rx: mpsc::Receiver<LogLine>,
 ) -> LogSummary {
     let stream_key = keys.log(&job_id);
@@ -203,7 +237,10 @@ async fn write_lines(
         pipe.atomic();
         let first_seq = summary.last_seq;
         let mut to_write = Vec::with_capacity(batch.len());
-        for line in batch.drain(..) {
+        for mut line in batch.drain(..) {
+            if !mask.is_empty() {
+                line.text = mask.apply(&line.text);
+            }
             if line.stream != LogStream::System {
                 let len = line.text.len() as u64;
                 if capped || summary.bytes_kept + len > cap_bytes {
@@ -270,11 +307,11 @@ async fn write_lines(
     summary
 }
 
-/// Writes one batch, retrying through a short Redis outage. Gives up after about a
-/// minute so that a job never hangs on its logs.
+/// Writes one batch, retrying through a Redis outage (the container is not held up
+/// meanwhile: Docker keeps its output). Gives up after ten minutes.
 async fn write_with_retry(store: &Store, pipe: &redis::Pipeline) -> bool {
     let mut delay = Duration::from_millis(50);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     loop {
         let result = match store.conn().await {
             Ok(mut conn) => pipe
@@ -363,6 +400,14 @@ mod tests {
         // "é" is two bytes; a cut after 3 bytes would land inside the second one.
         let lines = split(&["aéé\n".as_bytes()], 4);
         assert_eq!(lines, vec![("aé".into(), true), ("é".into(), false)]);
+    }
+
+    #[test]
+    fn secrets_are_masked_longest_first() {
+        let secrets = ["hunter22".to_string(), "hunter22-extra".to_string(), "ab".to_string()];
+        let mask = Mask::new(&secrets);
+        assert_eq!(mask.apply("pw=hunter22-extra and hunter22, ab"), "pw=*** and ***, ab");
+        assert!(Mask::new(&[]).is_empty());
     }
 
     #[test]

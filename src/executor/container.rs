@@ -1,8 +1,11 @@
 //! The container's configuration: what the job asked for, inside what the policy allows.
 
 use crate::config::PolicySettings;
-use crate::job::{Job, INPUT_DIR, OUTPUT_DIR, WORK_DIR};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use crate::job::{Job, ServiceRun, INPUT_DIR, OUTPUT_DIR, WORK_DIR};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkingConfig,
+    PortBinding, PortMap,
+};
 use std::collections::HashMap;
 
 /// Label naming the job a container runs.
@@ -13,6 +16,8 @@ pub const LABEL_WORKER: &str = "dockhand.worker";
 pub const LABEL_CONSUMER: &str = "dockhand.consumer";
 /// Label naming the stream entry a container runs.
 pub const LABEL_ENTRY: &str = "dockhand.entry";
+/// Label naming the service (its alias) a sidecar container runs.
+pub const LABEL_SERVICE: &str = "dockhand.service";
 
 /// Who made a container, written on it as labels.
 pub struct Labels<'a> {
@@ -38,36 +43,28 @@ pub fn name(job_id: &str, attempt: u32) -> String {
     format!("dockhand-{safe}-{attempt}-{}", &suffix[suffix.len() - 6..])
 }
 
-pub fn body(
-    job: &Job,
-    attempt: u32,
-    who: &Labels<'_>,
-    policy: &PolicySettings,
-) -> ContainerCreateBody {
-    let mut env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    env.push(format!("DOCKHAND_JOB_ID={}", job.id));
-    env.push(format!("DOCKHAND_ATTEMPT={attempt}"));
-    env.push(format!("DOCKHAND_INPUT={INPUT_DIR}"));
-    env.push(format!("DOCKHAND_WORK={WORK_DIR}"));
-    env.push(format!("DOCKHAND_OUTPUT={OUTPUT_DIR}"));
-
-    let labels = HashMap::from([
+/// The labels every container and network made for one attempt of a job carries.
+pub fn labels(job: &Job, attempt: u32, who: &Labels<'_>) -> HashMap<String, String> {
+    HashMap::from([
         (LABEL_JOB.to_string(), job.id.clone()),
         (LABEL_WORKER.to_string(), who.worker.to_string()),
         (LABEL_CONSUMER.to_string(), who.consumer.to_string()),
         (LABEL_ENTRY.to_string(), who.entry.to_string()),
         ("dockhand.attempt".to_string(), attempt.to_string()),
         ("dockhand.queue".to_string(), job.queue.clone()),
-    ]);
+    ])
+}
 
+/// The locked-down host config shared by the job's container and its services.
+fn hardened(job: &Job, policy: &PolicySettings, network: &str) -> HostConfig {
     let memory = i64::try_from(job.limits.memory).unwrap_or(i64::MAX);
-    let host_config = HostConfig {
+    HostConfig {
         memory: Some(memory),
         // Same as memory: no swap on top of the limit, so the limit means what it says.
         memory_swap: Some(memory),
         nano_cpus: job.limits.cpus.map(|c| (c * 1e9) as i64),
         pids_limit: Some(job.limits.pids),
-        network_mode: Some(job.network.clone()),
+        network_mode: Some(network.to_string()),
         cap_drop: Some(vec!["ALL".to_string()]),
         cap_add: (!policy.cap_add.is_empty()).then(|| policy.cap_add.clone()),
         security_opt: policy
@@ -75,7 +72,89 @@ pub fn body(
             .then(|| vec!["no-new-privileges".to_string()]),
         privileged: Some(false),
         ..Default::default()
+    }
+}
+
+/// A sidecar's container: on `network` under its alias, locked down like the job.
+pub fn service_body(
+    service: &ServiceRun,
+    job: &Job,
+    attempt: u32,
+    who: &Labels<'_>,
+    policy: &PolicySettings,
+    network: &str,
+) -> ContainerCreateBody {
+    let mut labels = labels(job, attempt, who);
+    labels.insert(LABEL_SERVICE.to_string(), service.alias.clone());
+    let endpoint = EndpointSettings {
+        aliases: Some(vec![service.alias.clone()]),
+        ..Default::default()
     };
+    ContainerCreateBody {
+        image: Some(service.image.clone()),
+        cmd: service.command.clone(),
+        env: Some(service.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(labels),
+        tty: Some(false),
+        host_config: Some(hardened(job, policy, network)),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(network.to_string(), endpoint)])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The job's container; `network` is the job's own network when it has services.
+pub fn body(
+    job: &Job,
+    attempt: u32,
+    who: &Labels<'_>,
+    policy: &PolicySettings,
+    network: &str,
+) -> ContainerCreateBody {
+    let mut env: Vec<String> = job.env.iter().chain(&job.secret_env).map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("DOCKHAND_JOB_ID={}", job.id));
+    env.push(format!("DOCKHAND_ATTEMPT={attempt}"));
+    env.push(format!("DOCKHAND_INPUT={INPUT_DIR}"));
+    env.push(format!("DOCKHAND_WORK={WORK_DIR}"));
+    env.push(format!("DOCKHAND_OUTPUT={OUTPUT_DIR}"));
+
+    let labels = labels(job, attempt, who);
+
+    let mounts: Vec<Mount> = job
+        .mounts
+        .iter()
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: Some(m.source.clone()),
+            typ: Some(if m.bind {
+                MountType::BIND
+            } else {
+                MountType::VOLUME
+            }),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect();
+    let mut exposed = Vec::new();
+    let mut bindings = PortMap::new();
+    for p in &job.ports {
+        let key = format!("{}/{}", p.container, p.protocol);
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: p.host_port.map(|h| h.to_string()),
+            });
+    }
+    let mut host_config = hardened(job, policy, network);
+    host_config.mounts = (!mounts.is_empty()).then_some(mounts);
+    host_config.port_bindings = (!bindings.is_empty()).then_some(bindings);
 
     ContainerCreateBody {
         image: Some(job.image.clone()),
@@ -90,7 +169,8 @@ pub fn body(
         attach_stdin: Some(false),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        network_disabled: Some(job.network == "none"),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        network_disabled: Some(network == "none"),
         host_config: Some(host_config),
         ..Default::default()
     }
@@ -115,6 +195,7 @@ mod tests {
                 entry: "1-0",
             },
             &s.policy,
+            &job.network,
         );
         let hc = b.host_config.unwrap();
         assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));

@@ -13,6 +13,7 @@
 pub mod build;
 mod container;
 mod files;
+mod services;
 pub mod sweep;
 
 pub use container::{LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
@@ -50,6 +51,9 @@ pub enum ExecError {
     /// The container was made but could not start: usually the job's command does not exist.
     #[error("the container could not start: {message}")]
     Start { message: String },
+    /// A sidecar did not start or stopped before the job began.
+    #[error("service `{alias}` {message}")]
+    Service { alias: String, message: String },
     #[error("Docker failed to {action}")]
     Docker {
         action: &'static str,
@@ -134,13 +138,33 @@ impl Executor {
     /// output, and removes it.
     pub async fn run(&self, job: &Job, ctx: RunContext<'_>) -> Result<RunOutcome, ExecError> {
         self.ensure_image(&job.image).await?;
+        // Removed below whatever happens, also after a failure half-way through.
+        let mut sidecars = services::Sidecars::default();
+        let result = async {
+            if !job.services.is_empty() {
+                self.start_services(job, &ctx, &mut sidecars).await?;
+            }
+            let network = sidecars.network.as_deref().unwrap_or(&job.network);
+            self.run_container(job, &ctx, network).await
+        }
+        .await;
+        self.remove_sidecars(sidecars).await;
+        result
+    }
+
+    async fn run_container(
+        &self,
+        job: &Job,
+        ctx: &RunContext<'_>,
+        network: &str,
+    ) -> Result<RunOutcome, ExecError> {
         let name = container::name(&job.id, ctx.attempt);
         let labels = container::Labels {
             worker: &self.worker_id,
             consumer: &self.consumer,
             entry: ctx.entry,
         };
-        let body = container::body(job, ctx.attempt, &labels, &self.settings.policy);
+        let body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
@@ -155,7 +179,7 @@ impl Executor {
                     source,
                 },
             })?;
-        let result = self.run_created(&created.id, job, &ctx).await;
+        let result = self.run_created(&created.id, job, ctx).await;
         self.remove(&created.id).await;
         result
     }

@@ -4,7 +4,7 @@
 //! the worker's decision (it knows its running jobs and can ask Redis about others).
 
 use super::{ExecError, Executor, LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
-use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use std::collections::HashMap;
 
 /// A Dockhand container and who made it.
@@ -52,5 +52,40 @@ impl Executor {
     /// Removes one container (forcibly: it may still run).
     pub async fn remove_orphan(&self, id: &str) {
         self.remove(id).await;
+    }
+
+    /// Every network on this host with a `dockhand.job` label (a job's services).
+    pub async fn labelled_networks(&self) -> Result<Vec<Labelled>, ExecError> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_JOB.to_string()])]);
+        let opts = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(|source| ExecError::Docker {
+                action: "list networks",
+                source,
+            })?;
+        Ok(list
+            .into_iter()
+            .filter_map(|n| {
+                let labels = n.labels.unwrap_or_default();
+                let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                Some(Labelled {
+                    id: n.id?,
+                    job: get(LABEL_JOB),
+                    worker: get(LABEL_WORKER),
+                    consumer: get(LABEL_CONSUMER),
+                    entry: get(LABEL_ENTRY),
+                })
+            })
+            .collect())
+    }
+
+    /// Removes one network (its containers must be gone first).
+    pub async fn remove_orphan_network(&self, id: &str) {
+        self.remove_network(id).await;
     }
 }

@@ -7,13 +7,15 @@
 //!   in range and allowed by the worker's policy; nothing runs before that.
 //! - No I/O here: these are plain types, testable without Redis or Docker.
 
+mod attach;
 mod retry;
 mod spec;
 mod status;
 mod validate;
 
 pub use retry::{RetryOn, RetryPolicy};
-pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Retry, Script};
+pub use attach::{Mount, Publish, ServiceRun};
+pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Service};
 pub use status::{Reason, Status};
 pub use validate::{validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile};
 
@@ -45,6 +47,20 @@ impl Rejection {
     }
 }
 
+/// Container settings a job can never ask for, refused as `policy_denied` (rather
+/// than as unknown fields) so that the producer learns it is a rule, not a typo.
+const NEVER_ALLOWED: &[(&str, &str)] = &[
+    ("privileged", "privileged containers are never allowed"),
+    ("pid", "sharing the host's process namespace is never allowed"),
+    ("pid_mode", "sharing the host's process namespace is never allowed"),
+    ("ipc", "sharing the host's IPC namespace is never allowed"),
+    ("ipc_mode", "sharing the host's IPC namespace is never allowed"),
+    ("devices", "access to host devices is never allowed"),
+    ("cap_add", "capabilities are set by the worker's policy (policy.cap_add), not by jobs"),
+    ("security_opt", "security options are set by the worker, not by jobs"),
+    ("network_mode", "use `network`; the host network is never allowed"),
+];
+
 /// Parses a raw job entry. The message of an error names the offending field path.
 pub fn parse(raw: &[u8]) -> Result<JobSpec, Rejection> {
     // Syntax first, on its own, so a truncated entry is called what it is rather
@@ -59,6 +75,11 @@ pub fn parse(raw: &[u8]) -> Result<JobSpec, Rejection> {
             message: "the job must be a JSON object".into(),
         });
     }
+    for (field, rule) in NEVER_ALLOWED {
+        if value.get(field).is_some() {
+            return Err(Rejection::denied(field, rule));
+        }
+    }
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
@@ -71,6 +92,18 @@ pub fn parse(raw: &[u8]) -> Result<JobSpec, Rejection> {
             Rejection::invalid(&path, inner)
         }
     })
+}
+
+/// The raw entry with every `secret_env` value replaced by `***`: what is stored in
+/// the job hash and the dead stream. An entry that is not a JSON object is returned
+/// as it is (it has no secrets Dockhand could know of).
+pub fn redact(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(raw) else { return raw.into() };
+    let Some(secrets) = v.get_mut("secret_env").and_then(|s| s.as_object_mut()) else { return raw.into() };
+    for value in secrets.values_mut() {
+        *value = "***".into();
+    }
+    v.to_string().into_bytes().into()
 }
 
 /// A queue name: `[A-Za-z0-9_.-]{1,64}`.
@@ -118,6 +151,24 @@ mod tests {
     fn an_unknown_field_is_named() {
         let err = parse(br#"{"image":"x","imgae":"y"}"#).unwrap_err();
         assert!(err.message.contains("imgae"), "{}", err.message);
+    }
+
+    #[test]
+    fn dangerous_container_settings_are_policy_denied() {
+        for field in ["privileged", "pid", "ipc", "devices", "cap_add", "network_mode"] {
+            let err = parse(format!(r#"{{"image":"x","{field}":true}}"#).as_bytes()).unwrap_err();
+            assert_eq!(err.reason, Reason::PolicyDenied, "{field}");
+            assert!(err.message.starts_with(&format!("`{field}`")), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_the_rest_kept() {
+        let r = redact(br#"{"image":"x","env":{"A":"1"},"secret_env":{"TOKEN":"hunter22"}}"#);
+        let v: serde_json::Value = serde_json::from_slice(&r).unwrap();
+        assert_eq!(v["secret_env"]["TOKEN"], "***");
+        assert_eq!(v["env"]["A"], "1");
+        assert_eq!(&*redact(b"{nope"), b"{nope");
     }
 
     #[test]

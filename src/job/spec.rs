@@ -20,15 +20,19 @@ pub struct JobSpec {
     pub script: Option<Script>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secret: given to the container, never
+    /// stored in the job state, events or webhooks, and masked in its log lines.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
     #[serde(default)]
     pub inputs: Vec<Input>,
     pub outputs: Option<bool>,
     #[serde(default)]
-    pub services: Vec<serde_json::Value>,
+    pub services: Vec<Service>,
     #[serde(default)]
-    pub ports: Vec<serde_json::Value>,
+    pub ports: Vec<Port>,
     #[serde(default)]
-    pub volumes: Vec<serde_json::Value>,
+    pub volumes: Vec<String>,
     pub network: Option<String>,
     #[serde(default)]
     pub limits: Limits,
@@ -56,6 +60,25 @@ pub struct GitSpec {
     pub context: Option<String>,
     #[serde(default)]
     pub build_args: BTreeMap<String, String>,
+}
+
+/// A sidecar container on the job's private network, reachable by `alias`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub image: String,
+    pub alias: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub command: Option<Command>,
+}
+
+/// A port to publish: `8080`, `"8080"`, `"9000:8080"`, `"127.0.0.1:9000:8080/udp"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Port {
+    Number(u16),
+    Text(String),
 }
 
 /// A command: an argument vector, or one string run with `sh -c`.

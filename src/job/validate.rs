@@ -31,7 +31,13 @@ pub struct Job {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// Secret variables (see [`JobSpec::secret_env`]); their values are masked.
+    pub secret_env: BTreeMap<String, String>,
     pub network: String,
+    /// Sidecars started first on a private network of the job's own.
+    pub services: Vec<super::ServiceRun>,
+    pub mounts: Vec<super::Mount>,
+    pub ports: Vec<super::Publish>,
     pub limits: ResolvedLimits,
     /// Files written into the container before it starts (inputs and the script).
     pub files: Vec<StagedFile>,
@@ -95,18 +101,6 @@ pub fn validate_at(
     not_yet_served(&spec)?;
     let retry = super::retry::policy(&spec)?;
     let not_before = super::retry::first_run(&spec, created)?;
-    if !spec.ports.is_empty() {
-        return Err(Rejection::denied(
-            "ports",
-            "publishing ports is not allowed by this worker's policy",
-        ));
-    }
-    if !spec.volumes.is_empty() {
-        return Err(Rejection::denied(
-            "volumes",
-            "volumes are not allowed by this worker's policy",
-        ));
-    }
 
     let (image, git) = match (spec.image.as_deref(), &spec.git) {
         (Some(_), Some(_)) => {
@@ -156,9 +150,19 @@ pub fn validate_at(
         ));
     }
 
+    let services = super::attach::services(&spec, policy)?;
+    let mounts = super::attach::volumes(&spec, policy)?;
+    let ports = super::attach::ports(&spec, &network, policy)?;
+
     let limits = resolve_limits(&spec, limits)?;
     for (key, value) in &spec.env {
         check_env(key, value)?;
+    }
+    for (key, value) in &spec.secret_env {
+        check_env_named(&format!("secret_env.{key}"), key, value)?;
+        if spec.env.contains_key(key) {
+            return Err(Rejection::invalid(&format!("secret_env.{key}"), "is also in `env`; give it once"));
+        }
     }
     let mut files = stage_inputs(&spec)?;
 
@@ -245,7 +249,11 @@ pub fn validate_at(
         workdir,
         user: spec.user.clone(),
         env: spec.env.clone(),
+        secret_env: spec.secret_env.clone(),
         network,
+        services,
+        mounts,
+        ports,
         limits,
         files,
         collect_outputs: spec.outputs.unwrap_or(true),
@@ -258,10 +266,6 @@ pub fn validate_at(
 /// Fields of the contract that this version of the worker does not run yet. They are
 /// refused by name rather than ignored, so a producer never gets less than it asked for.
 fn not_yet_served(spec: &JobSpec) -> Result<(), Rejection> {
-    let later = "is not supported by this worker version yet";
-    if !spec.services.is_empty() {
-        return Err(Rejection::invalid("services", later));
-    }
     for (i, hook) in spec.webhooks.iter().enumerate() {
         crate::webhook::subscribers::check_job_webhook(hook)
             .map_err(|why| Rejection::invalid(&format!("webhooks[{i}]"), why))?;
@@ -273,7 +277,7 @@ fn not_yet_served(spec: &JobSpec) -> Result<(), Rejection> {
 /// the policy allows, and build paths that stay inside the checkout.
 fn git_build(g: &GitSpec, policy: &PolicySettings) -> Result<GitBuild, Rejection> {
     let url = RepoUrl::parse(&g.url).map_err(|e| Rejection::invalid("git.url", e))?;
-    if !git_host_allowed(&url, &policy.git_hosts) {
+    if !url.allowed_by(&policy.git_hosts) {
         let what = match url.authority() {
             Some(host) => format!("the host {host:?} is"),
             None => "a repository on the worker's own host (`local`) is".to_string(),
@@ -353,24 +357,6 @@ fn git_build(g: &GitSpec, policy: &PolicySettings) -> Result<GitBuild, Rejection
     })
 }
 
-/// `policy.git_hosts`: empty allows every host; else a host, `host:port`,
-/// `*.domain` (its subdomains), or `local` (file:// URLs and paths).
-fn git_host_allowed(url: &RepoUrl, allow: &[String]) -> bool {
-    if allow.is_empty() {
-        return true;
-    }
-    let (Some(authority), Some(host)) = (url.authority(), url.host()) else {
-        return allow.iter().any(|rule| rule == "local");
-    };
-    allow.iter().any(|rule| {
-        let rule = rule.to_ascii_lowercase();
-        match rule.strip_prefix("*.") {
-            Some(domain) => host.ends_with(&format!(".{domain}")),
-            None => rule == authority || rule == host,
-        }
-    })
-}
-
 fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, Rejection> {
     let l = &spec.limits;
     let memory = l.memory.unwrap_or(d.memory).0;
@@ -435,25 +421,29 @@ fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, R
 }
 
 fn check_env(key: &str, value: &str) -> Result<(), Rejection> {
-    let field = format!("env.{key}");
+    check_env_named(&format!("env.{key}"), key, value)
+}
+
+/// Checks one variable; `field` names it in the message.
+pub(super) fn check_env_named(field: &str, key: &str, value: &str) -> Result<(), Rejection> {
     let first_ok = key
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(Rejection::invalid(
-            &field,
+            field,
             "a variable name is letters, digits and _, not starting with a digit",
         ));
     }
     if key.starts_with("DOCKHAND_") {
         return Err(Rejection::invalid(
-            &field,
+            field,
             "DOCKHAND_* variables are set by the worker",
         ));
     }
     if value.contains('\0') {
-        return Err(Rejection::invalid(&field, "must not contain a NUL byte"));
+        return Err(Rejection::invalid(field, "must not contain a NUL byte"));
     }
     Ok(())
 }
@@ -534,7 +524,7 @@ fn safe_relative_path(path: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
-fn image_allowed(image: &str, allow: &[String]) -> bool {
+pub(super) fn image_allowed(image: &str, allow: &[String]) -> bool {
     allow.is_empty()
         || allow.iter().any(|rule| match rule.strip_suffix('*') {
             Some(prefix) => image.starts_with(prefix),
@@ -657,7 +647,7 @@ mod tests {
         for (json, field) in [
             (r#"{"image":"x","network":"host"}"#, "`network`"),
             (r#"{"image":"x","network":"corp"}"#, "`network`"),
-            (r#"{"image":"x","volumes":["/:/host"]}"#, "`volumes`"),
+            (r#"{"image":"x","volumes":["/:/host"]}"#, "`volumes[0]`"),
             (r#"{"image":"x","ports":[80]}"#, "`ports`"),
         ] {
             let err = refused(json);

@@ -23,6 +23,8 @@ pub enum GitError {
         name: String,
         url: String,
     },
+    #[error("the host of {url} is not in this worker's allow-list (policy.git_hosts)")]
+    HostNotAllowed { url: String },
     #[error("commit {commit} not found in {url}")]
     CommitNotFound { commit: String, url: String },
     #[error("repository {url} not found")]
@@ -82,6 +84,15 @@ impl GitError {
         match self {
             GitError::Network { .. } | GitError::Io { .. } => true,
             GitError::Submodule { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// True when the policy refused a URL (here or inside a submodule).
+    pub fn is_policy(&self) -> bool {
+        match self {
+            GitError::HostNotAllowed { .. } => true,
+            GitError::Submodule { source, .. } => source.is_policy(),
             _ => false,
         }
     }

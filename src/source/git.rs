@@ -103,11 +103,23 @@ pub struct GitCache {
 struct Inner {
     repos: PathBuf,
     credentials: Credentials,
+    /// `policy.git_hosts`, applied to submodule URLs (empty: any).
+    allowed_hosts: Vec<String>,
 }
 
 impl GitCache {
     /// Uses (and creates) `<root>/repos`.
     pub fn open(root: impl AsRef<Path>, credentials: Credentials) -> Result<GitCache, GitError> {
+        Self::open_with_hosts(root, credentials, Vec::new())
+    }
+
+    /// Like [`GitCache::open`]; submodules are fetched only from `allowed_hosts`
+    /// (`policy.git_hosts`, see [`super::RepoUrl::allowed_by`]; empty allows any).
+    pub fn open_with_hosts(
+        root: impl AsRef<Path>,
+        credentials: Credentials,
+        allowed_hosts: Vec<String>,
+    ) -> Result<GitCache, GitError> {
         let repos = root.as_ref().join("repos");
         std::fs::create_dir_all(&repos).map_err(GitError::io("create", &repos))?;
         // Absolute, because checkouts point at mirrors by path.
@@ -115,7 +127,11 @@ impl GitCache {
             .canonicalize()
             .map_err(GitError::io("resolve", &repos))?;
         Ok(GitCache {
-            inner: Arc::new(Inner { repos, credentials }),
+            inner: Arc::new(Inner {
+                repos,
+                credentials,
+                allowed_hosts,
+            }),
         })
     }
 
@@ -330,6 +346,10 @@ impl Inner {
                 let reason =
                     format!("a submodule of {parent} may not point into this host's files");
                 return Err(fail(raw.clone(), GitError::InvalidUrl { url: raw, reason }));
+            }
+            if !url.allowed_by(&self.allowed_hosts) {
+                let public = url.public().to_string();
+                return Err(fail(public.clone(), GitError::HostNotAllowed { url: public }));
             }
             let (mirror, oid) = self
                 .fetch_commit(&url, gitlink.id())

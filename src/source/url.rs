@@ -167,6 +167,25 @@ impl RepoUrl {
         }
     }
 
+    /// Whether a host allow-list (`policy.git_hosts`) lets this URL through: empty
+    /// allows all; else a host, `host:port`, `*.domain` (its subdomains), or
+    /// `local` (file:// URLs and paths).
+    pub fn allowed_by(&self, hosts: &[String]) -> bool {
+        if hosts.is_empty() {
+            return true;
+        }
+        let (Some(authority), Some(host)) = (self.authority(), self.host()) else {
+            return hosts.iter().any(|rule| rule == "local");
+        };
+        hosts.iter().any(|rule| {
+            let rule = rule.to_ascii_lowercase();
+            match rule.strip_prefix("*.") {
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => rule == authority || rule == host,
+            }
+        })
+    }
+
     /// True for a repository on this host (a path or `file://`).
     pub fn is_local(&self) -> bool {
         matches!(self.transport, Transport::File | Transport::Path)

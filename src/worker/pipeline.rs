@@ -45,6 +45,9 @@ pub(crate) async fn run(
 
 async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result<(), StoreError> {
     let raw: &[u8] = entry.job.as_deref().unwrap_or_default();
+    // What is stored (job hash, dead stream): the entry without its secret values.
+    let stored = job::redact(raw);
+    let stored: &[u8] = &stored;
     let parsed = match &entry.job {
         None => Err(Rejection::invalid(
             "job",
@@ -71,7 +74,7 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
                 &ctx.keys,
                 &entry.id,
                 record,
-                raw,
+                stored,
                 &ctx.consumer,
                 &entry.token,
             )
@@ -106,7 +109,7 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     if !claimed.created_at.is_empty() {
         record.created_at = claimed.created_at.clone();
     }
-    let run = Run { ctx, entry, raw };
+    let run = Run { ctx, entry, raw, stored };
 
     let parsed = match parsed {
         Ok(spec) => prepare::with_profile(ctx, raw, spec).await?,
@@ -165,11 +168,13 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     record.finished_at = None;
     record.worker = Some(ctx.worker_id.clone());
     // Started before any build, so the build's lines and the run's share one seq.
+    let mask = logs::Mask::new(job.secret_env.values());
     let (log, writer) = logs::spawn_writer(
         ctx.store.clone(),
         ctx.keys.clone(),
         id.clone(),
         job.limits.log_bytes,
+        mask.clone(),
     );
     let mut job = job;
     if job.git.is_some() {
@@ -244,6 +249,15 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     let summary = writer.await.unwrap_or_default();
     let keep = ctx.settings.webhooks.log_tail_lines;
     record.log_tail = summary.tail.iter().skip(summary.tail.len().saturating_sub(keep)).cloned().collect();
+    // A job may print or return a secret: its result and error are masked too.
+    if !mask.is_empty() {
+        record.result_text = record.result_text.as_deref().map(|t| mask.apply(t));
+        record.error = record.error.as_deref().map(|t| mask.apply(t));
+        record.result_data = record
+            .result_data
+            .take()
+            .map(|d| serde_json::from_str(&mask.apply(&d.to_string())).unwrap_or(serde_json::Value::Null));
+    }
     if summary.lines_lost > 0 {
         let note = format!(
             "{} log lines could not be stored (Redis unreachable)",
@@ -256,11 +270,10 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     }
 
     match cause {
-        Some(StopCause::Fenced) => {
-            tracing::warn!("lease lost while running; leaving the job to its new owner");
-            return Ok(());
-        }
-        Some(StopCause::Drain) => {
+        // Fenced: if another worker has taken the job over, every write and the ack
+        // below are refused by the ownership checks, and the job is left to it. If
+        // nobody took it (Redis was just away), the job goes back to its queue.
+        Some(StopCause::Drain | StopCause::Fenced) => {
             record.set_status(Status::Queued);
             record.reason = None;
             record.error = None;
@@ -283,7 +296,10 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
 struct Run<'a> {
     ctx: &'a Ctx,
     entry: &'a Entry,
+    /// The entry as submitted: what a re-run is made from.
     raw: &'a [u8],
+    /// The entry with secrets redacted: what is kept for people to read.
+    stored: &'a [u8],
 }
 
 impl Run<'_> {
@@ -360,7 +376,7 @@ impl Run<'_> {
     }
 
     async fn bury(&self, record: &JobRecord, error: &str) -> Result<(), StoreError> {
-        let (ctx, entry, raw) = (self.ctx, self.entry, self.raw);
+        let (ctx, entry, raw) = (self.ctx, self.entry, self.stored);
         persist(ctx, |mut conn| {
             let max = ctx.settings.jobs.dead_max_len;
             let fields: Vec<(&str, &[u8])> = vec![
@@ -573,7 +589,9 @@ fn classify(e: &ExecError) -> (Reason, Option<i64>) {
             }
         }
         ExecError::Pull { .. } => (Reason::ImageNotFound, None),
-        ExecError::Connect { .. } | ExecError::Docker { .. } => (Reason::DockerError, None),
+        ExecError::Connect { .. } | ExecError::Docker { .. } | ExecError::Service { .. } => {
+            (Reason::DockerError, None)
+        }
     }
 }
 /// Makes the webhook deliveries of a finished job (idempotent), before its entry is
@@ -601,15 +619,19 @@ async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Runs a Redis step with a fresh connection, retrying while Redis is unreachable,
-/// for up to `worker.lease_seconds`: after that another worker may own the job.
+/// How long a job's Redis step keeps retrying while Redis is unreachable. The
+/// ownership checks make a late write safe (a job another worker took over is not
+/// overwritten), so this is long: giving up would leave the entry pending under
+/// this live worker, where nobody would take it over.
+const PERSIST_FOR: Duration = Duration::from_secs(600);
+
+/// Runs a Redis step with a fresh connection, retrying while Redis is unreachable.
 pub(super) async fn persist<T, F, Fut>(ctx: &Ctx, step: F) -> Result<T, StoreError>
 where
     F: Fn(crate::store::Conn) -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(ctx.settings.worker.lease_seconds);
+    let deadline = tokio::time::Instant::now() + PERSIST_FOR;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let result = match ctx.store.conn().await {
@@ -618,7 +640,9 @@ where
         };
         match result {
             Err(e) if e.is_connection() && tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %error_chain(&e), "Redis unreachable while recording a job; retrying");
+                if backoff.failures() == 0 {
+                    tracing::warn!(error = %error_chain(&e), "Redis unreachable while recording a job; retrying");
+                }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             other => return other,

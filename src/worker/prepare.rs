@@ -38,10 +38,12 @@ pub(crate) enum PrepareError {
 }
 
 impl PrepareError {
-    /// `build_error`, unless the Docker engine itself failed us.
+    /// `build_error`, unless the Docker engine itself failed us or the policy
+    /// refused a submodule's host.
     pub fn reason(&self) -> Reason {
         match self {
             PrepareError::Build(BuildError::Docker { .. }) => Reason::DockerError,
+            PrepareError::Git(e) if e.is_policy() => Reason::PolicyDenied,
             _ => Reason::BuildError,
         }
     }
@@ -76,7 +78,7 @@ impl Images {
         for (host, token) in &settings.worker.git_tokens.0 {
             credentials = credentials.with(host.clone(), token.clone());
         }
-        let git = GitCache::open(&root, credentials)?;
+        let git = GitCache::open_with_hosts(&root, credentials, settings.policy.git_hosts.clone())?;
         let work = root.join("work");
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(GitError::io("remove", &work))?;

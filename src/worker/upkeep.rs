@@ -115,6 +115,22 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
         ctx.executor.remove_orphan(&c.id).await;
         removed += 1;
     }
+    // Networks of jobs' services, after their containers (a network in use stays).
+    let networks = ctx
+        .executor
+        .labelled_networks()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    for n in networks {
+        if is_live(ctx, &mut conn, &n)
+            .await
+            .map_err(|e| error_chain(&e))?
+        {
+            continue;
+        }
+        tracing::info!(network = %n.id, job_id = %n.job, consumer = %n.consumer, "removing an orphaned network");
+        ctx.executor.remove_orphan_network(&n.id).await;
+    }
     Ok(removed)
 }
 

@@ -3,6 +3,7 @@
 //! the real Docker engine `FROM` the local test image, and run.
 
 use crate::common::{image, Env, Worker};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -275,12 +276,31 @@ async fn a_broken_dockerfile_is_a_build_error_with_the_builders_message() {
     let repo = Repo::new();
     let worker = worker(&env, &repo, 1, &[]);
     let id = format!("{}-broken", env.prefix);
+    let mut pubsub = env.client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(env.keys.events_channel()).await.unwrap();
     env.xadd(
         "default",
         &job(&id, serde_json::json!({"url": repo.url, "branch": "broken"}), "true"),
     )
     .await;
     let done = env.finished(&id).await;
+    // `building` is a state without an event of its own; the outcome carries the commit.
+    let mut events = Vec::new();
+    let mut messages = pubsub.on_message();
+    while events.last().map(|(t, _): &(String, serde_json::Value)| t.as_str()) != Some("job.aborted") {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
+            .await
+            .expect("the job's events arrive")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        if v["data"]["id"] == id.as_str() {
+            events.push((v["type"].as_str().unwrap().to_string(), v["data"].clone()));
+        }
+    }
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, vec!["job.queued", "job.aborted"]);
+    assert_eq!(events[1].1["commit"], done["commit"].as_str());
+    assert_eq!(events[1].1["reason"], "build_error");
     assert_eq!(done["status"], "aborted", "{done:?}");
     assert_eq!(done["reason"], "build_error");
     assert!(done["error"].contains("non-zero code: 7"), "{}", done["error"]);

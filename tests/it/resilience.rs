@@ -48,3 +48,43 @@ async fn a_worker_started_before_redis_waits_for_it() {
     assert_eq!(env.finished(&id).await["status"], "completed");
     worker.stop().await;
 }
+
+/// Redis is SIGKILLed mid-run (AOF on) and restarted: every job still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_with_aof_loses_no_job() {
+    let mut env = Env::own_server_with_aof();
+    let worker = env.worker(&["default"], 2);
+    let ids: Vec<String> = (0..6).map(|i| format!("{}-j{i}", env.prefix)).collect();
+    for id in &ids {
+        env.xadd("default", &spec(id, "echo start; sleep 1; echo end")).await;
+    }
+    env.status_becomes(&ids[0], "running").await;
+    env.server.as_mut().unwrap().kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.server.as_mut().unwrap().restart();
+    for id in &ids {
+        let job = env.finished(id).await;
+        assert_eq!(job["status"], "completed", "{id}: {job:?}");
+        assert!(env.lines(id, "stdout").await.ends_with(&["end".to_string()]), "{id}");
+    }
+    worker.stop().await;
+}
+
+/// Redis is away for longer than the lease: the worker stops its containers
+/// (fencing) and, finding nobody took the jobs over, puts them back; they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_fences_then_requeues() {
+    let mut env = Env::own_server_with_aof();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-fenced", env.prefix);
+    env.xadd("default", &spec(&id, "echo attempt $DOCKHAND_ATTEMPT; [ $DOCKHAND_ATTEMPT -ge 2 ] || sleep 60")).await;
+    env.status_becomes(&id, "running").await;
+    env.server.as_mut().unwrap().kill();
+    tokio::time::sleep(Duration::from_millis(3500)).await; // the test lease is 2 s
+    env.server.as_mut().unwrap().restart();
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(job["attempt"], "2");
+    assert!(crate::common::containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    worker.stop().await;
+}

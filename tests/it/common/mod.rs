@@ -43,17 +43,20 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&["--appendonly", "no"])
+    }
+
+    /// With extra `redis-server` arguments (e.g. AOF on), kept across restarts.
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let mut server = RedisServer {
-            port,
-            child: None,
-            dir,
-        };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut server = RedisServer { port, child: None, dir, args };
         server.spawn();
         server
     }
@@ -71,9 +74,8 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(&self.args)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -144,6 +146,12 @@ impl Env {
     /// Always a server of its own (for tests that kill Redis).
     pub fn own_server() -> Env {
         let server = RedisServer::start();
+        Env::with_url(server.url(), Some(server))
+    }
+
+    /// A server of its own with AOF on, fsynced on every write.
+    pub fn own_server_with_aof() -> Env {
+        let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
         Env::with_url(server.url(), Some(server))
     }
 

@@ -1,0 +1,108 @@
+//! The result URLs of contract §7: per job, an unguessable `RESPONSE_URL` and
+//! `ABORT_URL` on the worker, where the job's container POSTs its result.
+//!
+//! [`ResultServer::start`] listens (HTTP/1); [`ResultServer::register`] opens the two
+//! URLs of one job and returns a [`Registration`]; the worker reads what was posted
+//! with [`Registration::take`] once the container exited. This module only serves
+//! and keeps posts; deciding what a post means for the job is the worker's part.
+//!
+//! Invariants:
+//!
+//! - A URL is `http://<host>:<port>/results/<token>/response` (or `/abort`), the
+//!   token 128 bits from the OS's random source, in hex. Knowing one job's URLs
+//!   tells nothing about another's, and the token is never logged.
+//! - The URLs live exactly as long as their [`Registration`]: dropping it answers
+//!   404 from then on (the job is over).
+//! - One post per registration: the first valid POST to either URL is kept, and
+//!   any POST after it is 409 Conflict. A refused POST (400, 413) keeps nothing, so
+//!   the job may fix its request and try again.
+//! - Result files (multipart parts with a file name) total at most the registered
+//!   `limit_bytes` (the job's `limits.output_bytes`), and the whole body at most
+//!   that plus [`FIELDS_BYTES`]; both are enforced while the body is read, so
+//!   memory stays bounded, and going over is a 413 naming the limit: never a
+//!   silent drop.
+//! - Answers: 200 `{"ok":true}` (plus `"ignored":[…]` naming unknown fields),
+//!   400 / 404 / 405 / 409 / 413 with a one-line reason in plain text.
+//!
+//! Reaching the server from a container is the caller's concern: it listens on
+//! `bind` (`results.bind`), and URLs carry the `base_url_host` given to
+//! [`ResultServer::start`], e.g. the gateway address of the job's network.
+
+mod handler;
+mod parse;
+mod registry;
+mod server;
+
+pub use server::{Registration, ResultServer};
+
+/// Room in one POST for the fields and the encoding, on top of the job's
+/// output limit: a body larger than `limit_bytes + FIELDS_BYTES` is refused.
+pub const FIELDS_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("cannot listen for result URLs on {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the address the result server listens on")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("cannot draw a random token for a result URL")]
+    Random(#[source] std::io::Error),
+}
+
+/// Which URL a post came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostKind {
+    /// `RESPONSE_URL`: the job is `completed` with this result.
+    Response,
+    /// `ABORT_URL`: the job is `aborted`, reason `aborted_by_job`.
+    Abort,
+}
+
+impl PostKind {
+    /// The environment variable that carries this URL into the container.
+    pub fn url_name(self) -> &'static str {
+        match self {
+            PostKind::Response => "RESPONSE_URL",
+            PostKind::Abort => "ABORT_URL",
+        }
+    }
+
+    fn text_field(self) -> &'static str {
+        match self {
+            PostKind::Response => "result_text",
+            PostKind::Abort => "error_text",
+        }
+    }
+
+    fn data_field(self) -> &'static str {
+        match self {
+            PostKind::Response => "result_data",
+            PostKind::Abort => "error_data",
+        }
+    }
+
+    fn other(self) -> PostKind {
+        match self {
+            PostKind::Response => PostKind::Abort,
+            PostKind::Abort => PostKind::Response,
+        }
+    }
+}
+
+/// What a job posted to one of its URLs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Posted {
+    pub kind: PostKind,
+    /// `result_text` or `error_text`.
+    pub text: Option<String>,
+    /// `result_data` or `error_data`; JSON `null` reads as absent.
+    pub data: Option<serde_json::Value>,
+    /// Result files from multipart parts with a file name, in the order sent.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// What was ignored, each with why (`field "x" (unknown, ignored)`).
+    pub dropped: Vec<String>,
+}

@@ -1,0 +1,147 @@
+//! The open result URLs: token → the job they belong to and what it posted.
+//!
+//! A std `Mutex`, because nothing is awaited while it is held: every operation
+//! is one map lookup. A slot goes `Waiting` → `Answered` exactly once, under
+//! the lock, so of two POSTs racing to one registration only one wins.
+
+use super::{Posted, ResultsError};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+struct Slot {
+    job_id: String,
+    limit_bytes: u64,
+    /// `None` while waiting; `Some(None)` once the post was taken.
+    answer: Option<Option<Posted>>,
+}
+
+/// What a token leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    Open {
+        job_id: String,
+        limit_bytes: u64,
+    },
+    /// A POST was already accepted.
+    Answered,
+    /// Never registered, or unregistered.
+    Missing,
+}
+
+impl Registry {
+    /// Registers a job and returns its new token: 128 random bits, in hex.
+    pub(crate) fn insert(&self, job_id: &str, limit_bytes: u64) -> Result<String, ResultsError> {
+        let mut bits = [0u8; 16];
+        getrandom::fill(&mut bits)
+            .map_err(|e| ResultsError::Random(std::io::Error::other(e.to_string())))?;
+        let token = hex::encode(bits);
+        let slot = Slot {
+            job_id: job_id.to_string(),
+            limit_bytes,
+            answer: None,
+        };
+        self.lock().insert(token.clone(), slot);
+        Ok(token)
+    }
+
+    pub(crate) fn lookup(&self, token: &str) -> Lookup {
+        match self.lock().get(token) {
+            None => Lookup::Missing,
+            Some(Slot {
+                answer: Some(_), ..
+            }) => Lookup::Answered,
+            Some(slot) => Lookup::Open {
+                job_id: slot.job_id.clone(),
+                limit_bytes: slot.limit_bytes,
+            },
+        }
+    }
+
+    /// Keeps `posted` if the slot is still waiting; otherwise says why not
+    /// (`Answered` or `Missing`) and drops it.
+    pub(crate) fn commit(&self, token: &str, posted: Posted) -> Result<(), Lookup> {
+        match self.lock().get_mut(token) {
+            None => Err(Lookup::Missing),
+            Some(Slot {
+                answer: Some(_), ..
+            }) => Err(Lookup::Answered),
+            Some(slot) => {
+                slot.answer = Some(Some(posted));
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn take(&self, token: &str) -> Option<Posted> {
+        self.lock()
+            .get_mut(token)
+            .and_then(|slot| slot.answer.as_mut())
+            .and_then(Option::take)
+    }
+
+    pub(crate) fn remove(&self, token: &str) {
+        self.lock().remove(token);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // A panic while the lock was held left the map itself consistent (every
+        // operation is a single map call), so a poisoned lock is still usable.
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::PostKind;
+
+    fn posted(text: &str) -> Posted {
+        Posted {
+            kind: PostKind::Response,
+            text: Some(text.into()),
+            data: None,
+            files: Vec::new(),
+            dropped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_post_wins_and_is_taken_once() {
+        let r = Registry::default();
+        let t = r.insert("j1", 10).unwrap();
+        assert_eq!(t.len(), 32);
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            r.lookup(&t),
+            Lookup::Open {
+                job_id: "j1".into(),
+                limit_bytes: 10
+            }
+        );
+        assert_eq!(r.take(&t), None);
+        r.commit(&t, posted("first")).unwrap();
+        assert_eq!(r.commit(&t, posted("second")), Err(Lookup::Answered));
+        assert_eq!(r.take(&t).unwrap().text.as_deref(), Some("first"));
+        assert_eq!(r.take(&t), None);
+        // Taken is still answered: a late POST is a conflict, not a new result.
+        assert_eq!(r.lookup(&t), Lookup::Answered);
+        r.remove(&t);
+        assert_eq!(r.lookup(&t), Lookup::Missing);
+        assert_eq!(r.commit(&t, posted("late")), Err(Lookup::Missing));
+    }
+
+    #[test]
+    fn tokens_differ() {
+        let r = Registry::default();
+        let a = r.insert("j", 1).unwrap();
+        let b = r.insert("j", 1).unwrap();
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,210 @@
+//! The listener and its connections, and the handle of one job's URLs.
+//!
+//! The server runs until [`ResultServer::shutdown`] or until it is dropped: one
+//! accept task and one task per connection, all stopped by one cancellation
+//! token. Registrations keep the registry alive on their own, so dropping the
+//! server before them is harmless (their URLs just stop answering).
+
+use super::handler::handle;
+use super::registry::Registry;
+use super::{Posted, ResultsError};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+/// A client that has not sent its request headers by then is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long requests in flight may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The HTTP server behind every job's result URLs.
+pub struct ResultServer {
+    registry: Arc<Registry>,
+    local_addr: SocketAddr,
+    /// `http://<host>:<port>`, the start of every URL handed out.
+    base_url: String,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for ResultServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultServer")
+            .field("local_addr", &self.local_addr)
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+impl ResultServer {
+    /// Listens on `bind:port` (port 0: any free port) and serves until
+    /// [`shutdown`](Self::shutdown) or drop. URLs name `base_url_host` (a name or
+    /// an IP address) and the port actually bound. Must run inside a Tokio runtime.
+    pub async fn start(
+        bind: IpAddr,
+        port: u16,
+        base_url_host: String,
+    ) -> Result<ResultServer, ResultsError> {
+        let addr = SocketAddr::new(bind, port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ResultsError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(ResultsError::LocalAddr)?;
+        let host = match base_url_host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => base_url_host,
+        };
+        let server = ResultServer {
+            registry: Arc::new(Registry::default()),
+            local_addr,
+            base_url: format!("http://{host}:{}", local_addr.port()),
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        server.tracker.spawn(accept(
+            listener,
+            server.registry.clone(),
+            server.stop.clone(),
+            server.tracker.clone(),
+        ));
+        Ok(server)
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Opens the two URLs of one job, whose result files may total `limit_bytes`.
+    pub fn register(&self, job_id: &str, limit_bytes: u64) -> Result<Registration, ResultsError> {
+        let token = self.registry.insert(job_id, limit_bytes)?;
+        Ok(Registration {
+            response_url: format!("{}/results/{token}/response", self.base_url),
+            abort_url: format!("{}/results/{token}/abort", self.base_url),
+            job_id: job_id.to_string(),
+            registry: self.registry.clone(),
+            token,
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish (for a few seconds at
+    /// most), and returns when every connection is closed.
+    pub async fn shutdown(self) {
+        let tracker = self.tracker.clone();
+        drop(self);
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+impl Drop for ResultServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                tracker.spawn(serve(stream, registry.clone(), stop.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors, mostly: pause rather than spin.
+                warn!(error = %e, "result server cannot accept a connection");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, registry: Arc<Registry>, stop: CancellationToken) {
+    let service = service_fn(move |request| {
+        let registry = registry.clone();
+        async move { Ok::<_, Infallible>(handle(&registry, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "result connection ended with an error");
+    }
+}
+
+/// One job's `RESPONSE_URL` and `ABORT_URL`; dropping it closes both (404).
+pub struct Registration {
+    registry: Arc<Registry>,
+    token: String,
+    job_id: String,
+    response_url: String,
+    abort_url: String,
+}
+
+impl std::fmt::Debug for Registration {
+    // The URLs are the job's secret: not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("job_id", &self.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// The value of `RESPONSE_URL` in the job's container.
+    pub fn response_url(&self) -> &str {
+        &self.response_url
+    }
+
+    /// The value of `ABORT_URL` in the job's container.
+    pub fn abort_url(&self) -> &str {
+        &self.abort_url
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// What the job posted, once: later calls return `None`, and the URLs keep
+    /// answering 409 to further POSTs until the registration is dropped.
+    pub fn take(&self) -> Option<Posted> {
+        self.registry.take(&self.token)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.remove(&self.token);
+    }
+}
