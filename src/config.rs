@@ -145,7 +145,8 @@ pub struct PolicySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultSettings {
-    pub bind: std::net::IpAddr,
+    /// Empty: the gateway of the `dockhand-results` Docker network.
+    pub bind: String,
     /// 0: a free port chosen at start.
     pub port: u16,
 }
@@ -302,11 +303,17 @@ impl Settings {
         if let Err(e) = crate::webhook::Guard::new(&self.webhooks.allow_networks) {
             return bad("webhooks.allow_networks", &e.to_string());
         }
+        if !self.results.bind.is_empty() && self.results.bind.parse::<std::net::IpAddr>().is_err() {
+            return bad("results.bind", "must be empty or an IP address");
+        }
         if self.webhooks.log_tail_lines > crate::logs::TAIL_LINES {
             return bad("webhooks.log_tail_lines", "must be at most 200");
         }
         if self.webhooks.concurrency == 0 || self.webhooks.timeout_seconds == 0 {
             return bad("webhooks", "concurrency and timeout_seconds must be at least 1");
+        }
+        if !self.worker.cache_dir.is_absolute() {
+            return bad("worker.cache_dir", "must be an absolute path");
         }
         if self.policy.networks.iter().any(|n| n == "host") {
             return bad("policy.networks", "may not allow the host network");
@@ -436,25 +443,50 @@ mod tests {
         .unwrap();
         let s = Settings::load_from(Some(&path), &[], &Overrides::default()).unwrap();
         let tokens = &s.worker.git_tokens.0;
-        assert_eq!(tokens.get("github.com").map(String::as_str), Some("ghp_secret"));
+        assert_eq!(
+            tokens.get("github.com").map(String::as_str),
+            Some("ghp_secret")
+        );
         assert_eq!(tokens.get("git.local:3000").map(String::as_str), Some("t2"));
         let shown = format!("{s:?}");
-        assert!(shown.contains("github.com") && !shown.contains("ghp_secret"), "{shown}");
-        assert_eq!(s.worker.cache_dir, std::path::PathBuf::from("/var/tmp/dockhand"));
+        assert!(
+            shown.contains("github.com") && !shown.contains("ghp_secret"),
+            "{shown}"
+        );
+        assert_eq!(
+            s.worker.cache_dir,
+            std::path::PathBuf::from("/var/tmp/dockhand")
+        );
         assert!(s.policy.git_hosts.is_empty());
+        let err = Settings::load_from(
+            None,
+            &env(&[("DOCKHAND__WORKER__CACHE_DIR", "relative/cache")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("worker.cache_dir"), "{err}");
     }
 
     #[test]
     fn result_server_address() {
         let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
-        assert_eq!((s.results.bind.to_string(), s.results.port), ("0.0.0.0".into(), 0));
+        assert_eq!(
+            (s.results.bind.to_string(), s.results.port),
+            ("".into(), 0)
+        );
         let s = Settings::load_from(
             None,
-            &env(&[("DOCKHAND__RESULTS__BIND", "172.17.0.1"), ("DOCKHAND__RESULTS__PORT", "8731")]),
+            &env(&[
+                ("DOCKHAND__RESULTS__BIND", "172.17.0.1"),
+                ("DOCKHAND__RESULTS__PORT", "8731"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!((s.results.bind.to_string(), s.results.port), ("172.17.0.1".into(), 8731));
+        assert_eq!(
+            (s.results.bind.to_string(), s.results.port),
+            ("172.17.0.1".into(), 8731)
+        );
     }
 
     #[test]

@@ -219,9 +219,14 @@ mod tests {
     #[test]
     fn profiles_are_checked_by_field() {
         assert!(check(&json!({"image": "i", "env": {"A": "1"}})).is_ok());
-        assert!(check(&json!({"env": {"A": "1"}})).is_ok(), "a partial template is fine");
+        assert!(
+            check(&json!({"env": {"A": "1"}})).is_ok(),
+            "a partial template is fine"
+        );
         assert!(check(&json!({"id": "x"})).unwrap_err().contains("`id`"));
-        assert!(check(&json!({"profile": "x"})).unwrap_err().contains("`profile`"));
+        assert!(check(&json!({"profile": "x"}))
+            .unwrap_err()
+            .contains("`profile`"));
         assert!(check(&json!({"limits": {"pids": "many"}}))
             .unwrap_err()
             .contains("`limits.pids`"));
@@ -247,10 +252,17 @@ mod tests {
         std::fs::write(dir.path().join("b.toml"), "image = \"i\"\n").unwrap();
         std::fs::write(dir.path().join("a.toml"), "command = \"x\"\n").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
-        let names: Vec<String> = load_dir(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = load_dir(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names, vec!["a", "b"]);
         std::fs::write(dir.path().join("c.toml"), "imgae = \"i\"\n").unwrap();
         let err = load_dir(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("c.toml") && err.to_string().contains("imgae"), "{err}");
+        assert!(
+            err.to_string().contains("c.toml") && err.to_string().contains("imgae"),
+            "{err}"
+        );
     }
 }

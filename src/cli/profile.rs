@@ -199,7 +199,12 @@ async fn build(settings: &Settings, keys: &Keys, name: &str, timeout: u64) -> Cl
             .xread_options(&[&reply], &[&last], &opts)
             .await
             .map_err(StoreError::from)?;
-        for entry in read.map(|r| r.keys).unwrap_or_default().into_iter().flat_map(|k| k.ids) {
+        for entry in read
+            .map(|r| r.keys)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|k| k.ids)
+        {
             last = entry.id.clone();
             let field = |k: &str| entry.get::<String>(k).unwrap_or_default();
             let (consumer, worker, status) = (field("consumer"), field("worker"), field("status"));

@@ -71,6 +71,7 @@ fn hardened(job: &Job, policy: &PolicySettings, network: &str) -> HostConfig {
             .no_new_privileges
             .then(|| vec!["no-new-privileges".to_string()]),
         privileged: Some(false),
+        log_config: Some(log_config(job.limits.log_bytes)),
         ..Default::default()
     }
 }
@@ -93,7 +94,13 @@ pub fn service_body(
     ContainerCreateBody {
         image: Some(service.image.clone()),
         cmd: service.command.clone(),
-        env: Some(service.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(
+            service
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
         labels: Some(labels),
         tty: Some(false),
         host_config: Some(hardened(job, policy, network)),
@@ -173,6 +180,24 @@ pub fn body(
         network_disabled: Some(network == "none"),
         host_config: Some(host_config),
         ..Default::default()
+    }
+}
+
+/// Docker's own log for the container, which the worker reads at its pace. It
+/// must not rotate before the worker has read it: a daemon default like
+/// `max-size=10m, max-file=3` drops the start of a fast, chatty job's output while
+/// the worker is still behind (seen: 1,000,000 short lines written in a second).
+/// One file, sized from what the job may keep (`limits.log_bytes`) times the
+/// json-file overhead per line, and never under 64 MiB; it is deleted with the
+/// container after the job.
+fn log_config(log_bytes: u64) -> bollard::models::HostConfigLogConfig {
+    let size = log_bytes.saturating_mul(16).max(64 << 20);
+    bollard::models::HostConfigLogConfig {
+        typ: Some("json-file".to_string()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), size.to_string()),
+            ("max-file".to_string(), "1".to_string()),
+        ])),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod build;
 mod container;
 mod files;
 mod services;
+pub mod network;
 pub mod sweep;
 
 pub use container::{LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
@@ -254,8 +255,14 @@ impl Executor {
         if timed_out || stopped {
             self.stop(id).await?;
         }
-        // The log stream ends when the container does; bound the wait anyway.
-        if timeout(Duration::from_secs(30), follower).await.is_err() {
+        // The log stream ends when the container does, but a chatty job can leave
+        // much of its output still to read: Docker keeps it until the container is
+        // removed, so wait for all of it (bounded by the job's own time limit, in
+        // case Docker never closes the stream).
+        let reading = job.limits.timeout.max(Duration::from_secs(60));
+        let mut follower = follower;
+        if timeout(reading, &mut follower).await.is_err() {
+            follower.abort();
             ctx.logs
                 .system("the container's log did not close; some output may be missing")
                 .await;

@@ -75,8 +75,7 @@ impl Executor {
                 .await
                 .map_err(|e| match e {
                     bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404,
-                        ..
+                        status_code: 404, ..
                     } => ExecError::ImageNotFound(service.image.clone()),
                     source => ExecError::Docker {
                         action: "create a service container",

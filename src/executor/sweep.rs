@@ -55,7 +55,7 @@ impl Executor {
     }
 
     /// Every network on this host with a `dockhand.job` label (a job's services).
-    pub async fn labelled_networks(&self) -> Result<Vec<Labelled>, ExecError> {
+    pub async fn job_networks(&self) -> Result<Vec<Labelled>, ExecError> {
         let filters = HashMap::from([("label".to_string(), vec![LABEL_JOB.to_string()])]);
         let opts = ListNetworksOptionsBuilder::default()
             .filters(&filters)

@@ -46,7 +46,10 @@ pub struct Publish {
     pub host_port: Option<u16>,
 }
 
-pub(super) fn services(spec: &JobSpec, policy: &PolicySettings) -> Result<Vec<ServiceRun>, Rejection> {
+pub(super) fn services(
+    spec: &JobSpec,
+    policy: &PolicySettings,
+) -> Result<Vec<ServiceRun>, Rejection> {
     if spec.services.len() > MAX_SERVICES {
         return Err(Rejection::invalid(
             "services",
@@ -84,7 +87,10 @@ pub(super) fn services(spec: &JobSpec, policy: &PolicySettings) -> Result<Vec<Se
         if !image_allowed(&s.image, &policy.images) {
             return Err(Rejection::denied(
                 &field("image"),
-                format!("{:?} is not in this worker's allow-list (policy.images)", s.image),
+                format!(
+                    "{:?} is not in this worker's allow-list (policy.images)",
+                    s.image
+                ),
             ));
         }
         for (key, value) in &s.env {
@@ -151,7 +157,10 @@ pub(super) fn volumes(spec: &JobSpec, policy: &PolicySettings) -> Result<Vec<Mou
             ));
         }
         if !targets.insert(target.to_string()) {
-            return Err(Rejection::invalid(&field, format!("{target:?} is mounted twice")));
+            return Err(Rejection::invalid(
+                &field,
+                format!("{target:?} is mounted twice"),
+            ));
         }
         let bind = source.starts_with('/');
         if bind {
@@ -284,7 +293,9 @@ mod tests {
     use crate::config::{Overrides, Settings};
 
     fn policy(bind_allow: &[&str], allow_ports: bool) -> PolicySettings {
-        let mut s = Settings::load_from(None, &[], &Overrides::default()).unwrap().policy;
+        let mut s = Settings::load_from(None, &[], &Overrides::default())
+            .unwrap()
+            .policy;
         s.bind_allow = bind_allow.iter().map(|p| p.to_string()).collect();
         s.allow_ports = allow_ports;
         s
@@ -292,23 +303,45 @@ mod tests {
 
     #[test]
     fn named_volumes_pass_and_binds_need_an_allowed_prefix() {
-        let spec = parse(br#"{"image":"x","volumes":["cache:/cache","/srv/data/in:/in:ro"]}"#).unwrap();
+        let spec =
+            parse(br#"{"image":"x","volumes":["cache:/cache","/srv/data/in:/in:ro"]}"#).unwrap();
         let mounts = volumes(&spec, &policy(&["/srv/data"], false)).unwrap();
         assert_eq!(
             mounts,
             vec![
-                Mount { source: "cache".into(), target: "/cache".into(), read_only: false, bind: false },
-                Mount { source: "/srv/data/in".into(), target: "/in".into(), read_only: true, bind: true },
+                Mount {
+                    source: "cache".into(),
+                    target: "/cache".into(),
+                    read_only: false,
+                    bind: false
+                },
+                Mount {
+                    source: "/srv/data/in".into(),
+                    target: "/in".into(),
+                    read_only: true,
+                    bind: true
+                },
             ]
         );
         let err = volumes(&spec, &policy(&["/srv/dat"], false)).unwrap_err();
         assert_eq!(err.reason, Reason::PolicyDenied);
         assert!(err.message.starts_with("`volumes[1]`"), "{}", err.message);
         assert!(err.message.contains("policy.bind_allow"), "{}", err.message);
-        for bad in ["/srv/data/../etc:/x", "x:rel", "a:/dockhand/output", "a:/b:rx", "a b:/x", "a:/"] {
+        for bad in [
+            "/srv/data/../etc:/x",
+            "x:rel",
+            "a:/dockhand/output",
+            "a:/b:rx",
+            "a b:/x",
+            "a:/",
+        ] {
             let spec = parse(format!(r#"{{"image":"x","volumes":["{bad}"]}}"#).as_bytes()).unwrap();
             let err = volumes(&spec, &policy(&["/srv/data"], false)).unwrap_err();
-            assert!(err.message.starts_with("`volumes[0]`"), "{bad}: {}", err.message);
+            assert!(
+                err.message.starts_with("`volumes[0]`"),
+                "{bad}: {}",
+                err.message
+            );
         }
     }
 
@@ -317,7 +350,11 @@ mod tests {
         let spec = parse(br#"{"image":"x","ports":[80,"9000:8080","127.0.0.1::53/udp"]}"#).unwrap();
         let err = ports(&spec, "bridge", &policy(&[], false)).unwrap_err();
         assert_eq!(err.reason, Reason::PolicyDenied);
-        assert!(err.message.contains("policy.allow_ports"), "{}", err.message);
+        assert!(
+            err.message.contains("policy.allow_ports"),
+            "{}",
+            err.message
+        );
         assert!(ports(&spec, "none", &policy(&[], true)).is_err());
         let published = ports(&spec, "bridge", &policy(&[], true)).unwrap();
         assert_eq!(published[0].container, 80);
@@ -325,10 +362,20 @@ mod tests {
         assert_eq!(published[2].protocol, "udp");
         assert_eq!(published[2].host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(published[2].host_port, None);
-        for bad in [r#""x""#, r#""1:2:3:4""#, r#""80/sctp""#, "0", r#""nothost:1:2""#] {
+        for bad in [
+            r#""x""#,
+            r#""1:2:3:4""#,
+            r#""80/sctp""#,
+            "0",
+            r#""nothost:1:2""#,
+        ] {
             let spec = parse(format!(r#"{{"image":"x","ports":[{bad}]}}"#).as_bytes()).unwrap();
             let err = ports(&spec, "bridge", &policy(&[], true)).unwrap_err();
-            assert!(err.message.starts_with("`ports[0]`"), "{bad}: {}", err.message);
+            assert!(
+                err.message.starts_with("`ports[0]`"),
+                "{bad}: {}",
+                err.message
+            );
         }
     }
 
@@ -337,13 +384,28 @@ mod tests {
         let spec = parse(br#"{"image":"x","services":[{"image":"redis","alias":"db","env":{"A":"1"},"command":"redis-server"}]}"#).unwrap();
         let s = services(&spec, &policy(&[], false)).unwrap();
         assert_eq!(s[0].alias, "db");
-        assert_eq!(s[0].command, Some(vec!["sh".into(), "-c".into(), "redis-server".into()]));
+        assert_eq!(
+            s[0].command,
+            Some(vec!["sh".into(), "-c".into(), "redis-server".into()])
+        );
         for (json, field) in [
-            (r#"[{"image":"r","alias":"Bad_Name"}]"#, "`services[0].alias`"),
-            (r#"[{"image":"r","alias":"a"},{"image":"r","alias":"a"}]"#, "`services[1].alias`"),
+            (
+                r#"[{"image":"r","alias":"Bad_Name"}]"#,
+                "`services[0].alias`",
+            ),
+            (
+                r#"[{"image":"r","alias":"a"},{"image":"r","alias":"a"}]"#,
+                "`services[1].alias`",
+            ),
             (r#"[{"image":"","alias":"a"}]"#, "`services[0].image`"),
-            (r#"[{"image":"r","alias":"a","env":{"1X":"y"}}]"#, "`services[0].env.1X`"),
-            (r#"[{"image":"r","alias":"a","command":[]}]"#, "`services[0].command`"),
+            (
+                r#"[{"image":"r","alias":"a","env":{"1X":"y"}}]"#,
+                "`services[0].env.1X`",
+            ),
+            (
+                r#"[{"image":"r","alias":"a","command":[]}]"#,
+                "`services[0].command`",
+            ),
         ] {
             let spec = parse(format!(r#"{{"image":"x","services":{json}}}"#).as_bytes()).unwrap();
             let err = services(&spec, &policy(&[], false)).unwrap_err();

@@ -297,11 +297,17 @@ fn git_build(g: &GitSpec, policy: &PolicySettings) -> Result<GitBuild, Rejection
     let not_a_name = |n: &str| n.trim().is_empty() || n.chars().any(char::is_whitespace);
     let reference = match (&g.branch, &g.tag, &g.commit) {
         (Some(b), _, _) if not_a_name(b) => {
-            return Err(Rejection::invalid("git.branch", format!("{b:?} is not a branch name")))
+            return Err(Rejection::invalid(
+                "git.branch",
+                format!("{b:?} is not a branch name"),
+            ))
         }
         (Some(b), _, _) => Reference::Branch(b.clone()),
         (_, Some(t), _) if not_a_name(t) => {
-            return Err(Rejection::invalid("git.tag", format!("{t:?} is not a tag name")))
+            return Err(Rejection::invalid(
+                "git.tag",
+                format!("{t:?} is not a tag name"),
+            ))
         }
         (_, Some(t), _) => Reference::Tag(t.clone()),
         (_, _, Some(c)) if c.len() != 40 || !c.chars().all(|ch| ch.is_ascii_hexdigit()) => {
@@ -329,7 +335,10 @@ fn git_build(g: &GitSpec, policy: &PolicySettings) -> Result<GitBuild, Rejection
     }
     // The Dockerfile may sit beside the context (`../docker/app.Dockerfile`); the
     // builder checks that it stays inside the checkout.
-    let dockerfile = g.dockerfile.clone().unwrap_or_else(|| "Dockerfile".to_string());
+    let dockerfile = g
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| "Dockerfile".to_string());
     if dockerfile.trim().is_empty() || dockerfile.starts_with('/') || dockerfile.contains('\0') {
         return Err(Rejection::invalid(
             "git.dockerfile",
@@ -665,7 +674,8 @@ mod tests {
 
     #[test]
     fn a_git_job_gets_its_defaults() {
-        let job = check(r#"{"git":{"url":"https://h.example/org/app.git","branch":"main"}}"#).unwrap();
+        let job =
+            check(r#"{"git":{"url":"https://h.example/org/app.git","branch":"main"}}"#).unwrap();
         let git = job.git.unwrap();
         assert_eq!(job.image, "");
         assert_eq!(git.source.reference, Reference::Branch("main".into()));
@@ -692,11 +702,20 @@ mod tests {
             (r#"{"git":{"url":"/r","branch":" "}}"#, "`git.branch`"),
             (r#"{"git":{"url":"/r","tag":""}}"#, "`git.tag`"),
             (r#"{"git":{"url":"relative/repo"}}"#, "`git.url`"),
-            (r#"{"git":{"url":"git@github.com:org/repo.git"}}"#, "`git.url`"),
+            (
+                r#"{"git":{"url":"git@github.com:org/repo.git"}}"#,
+                "`git.url`",
+            ),
             (r#"{"git":{"url":"/r","context":"../up"}}"#, "`git.context`"),
             (r#"{"git":{"url":"/r","context":"/abs"}}"#, "`git.context`"),
-            (r#"{"git":{"url":"/r","dockerfile":"/etc/Dockerfile"}}"#, "`git.dockerfile`"),
-            (r#"{"git":{"url":"/r","build_args":{"A=B":"1"}}}"#, "`git.build_args.A=B`"),
+            (
+                r#"{"git":{"url":"/r","dockerfile":"/etc/Dockerfile"}}"#,
+                "`git.dockerfile`",
+            ),
+            (
+                r#"{"git":{"url":"/r","build_args":{"A=B":"1"}}}"#,
+                "`git.build_args.A=B`",
+            ),
             (r#"{"git":{"url":"/r","brnach":"x"}}"#, "`git.brnach`"),
         ];
         for (json, field) in cases {
@@ -714,12 +733,20 @@ mod tests {
         assert!(check_with(local, &[]).is_ok());
         assert!(check_with(https, &["github.com"]).is_ok());
         assert!(check_with(https, &["*.github.com", "github.com:443"]).is_err());
-        assert!(check_with(r#"{"git":{"url":"https://api.github.com/x"}}"#, &["*.github.com"]).is_ok());
+        assert!(check_with(
+            r#"{"git":{"url":"https://api.github.com/x"}}"#,
+            &["*.github.com"]
+        )
+        .is_ok());
         assert!(check_with(local, &["local"]).is_ok());
         let err = check_with(https, &["gitlab.com"]).unwrap_err();
         assert_eq!(err.reason, Reason::PolicyDenied);
         assert!(err.message.starts_with("`git.url`"), "{}", err.message);
-        assert!(err.message.contains("github.com") && err.message.contains("policy.git_hosts"), "{}", err.message);
+        assert!(
+            err.message.contains("github.com") && err.message.contains("policy.git_hosts"),
+            "{}",
+            err.message
+        );
         let err = check_with(local, &["github.com"]).unwrap_err();
         assert_eq!(err.reason, Reason::PolicyDenied);
         assert!(err.message.contains("local"), "{}", err.message);

@@ -7,7 +7,7 @@
 //! the reason. The exception is a client waiting for `100 Continue` whose body was
 //! never asked for: reading it would invite the upload just refused.
 
-use super::parse::{read_post, BoxError, Refusal};
+use super::parse::{body_too_large, read_post, BoxError, Refusal};
 use super::registry::{Lookup, Registry};
 use super::{PostKind, FIELDS_BYTES};
 use bytes::Bytes;
@@ -73,14 +73,7 @@ async fn answer(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
-        return refused(
-            &job_id,
-            kind,
-            Refusal::TooLarge(format!(
-                "the body is over {max_body} bytes (the job's output limit of {limit_bytes} bytes \
-             plus {FIELDS_BYTES} bytes for the fields)"
-            )),
-        );
+        return refused(&job_id, kind, body_too_large(max_body, limit_bytes));
     }
     let content_type = match parts.headers.get(CONTENT_TYPE).map(HeaderValue::to_str) {
         None => None,

@@ -90,11 +90,7 @@ where
 {
     let format = format(content_type)?;
     let too_large = |e: BodyError| match e {
-        BodyError::TooLarge { max } => Refusal::TooLarge(format!(
-            "the body is over {max} bytes (the job's output limit of {limit_bytes} bytes \
-             plus {} bytes for the fields)",
-            max.saturating_sub(limit_bytes)
-        )),
+        BodyError::TooLarge { max } => body_too_large(max, limit_bytes),
         BodyError::Read(e) => bad(format!("cannot read the body: {e}")),
     };
     let body = capped(body, max_body);
@@ -121,6 +117,15 @@ where
         }
     }
     Ok(fields.posted)
+}
+
+/// The refusal of a body over `max_body` bytes, naming both limits.
+pub(crate) fn body_too_large(max_body: u64, limit_bytes: u64) -> Refusal {
+    Refusal::TooLarge(format!(
+        "the body is over {max_body} bytes (the job's output limit of {limit_bytes} bytes \
+         plus {} bytes for the fields)",
+        max_body.saturating_sub(limit_bytes)
+    ))
 }
 
 /// `body`, failing once more than `max` bytes went through.

@@ -349,7 +349,10 @@ impl Inner {
             }
             if !url.allowed_by(&self.allowed_hosts) {
                 let public = url.public().to_string();
-                return Err(fail(public.clone(), GitError::HostNotAllowed { url: public }));
+                return Err(fail(
+                    public.clone(),
+                    GitError::HostNotAllowed { url: public },
+                ));
             }
             let (mirror, oid) = self
                 .fetch_commit(&url, gitlink.id())

@@ -263,7 +263,13 @@ async fn build_profile(ctx: &Ctx, name: &str) -> Answer {
         Err(e) => return Answer::failed(error_chain(&e)),
     };
     let job = profile::apply(b"{}", name, registered.as_deref()).and_then(|spec| {
-        let queue = ctx.settings.worker.queues.first().cloned().unwrap_or_default();
+        let queue = ctx
+            .settings
+            .worker
+            .queues
+            .first()
+            .cloned()
+            .unwrap_or_default();
         job::validate(
             spec,
             format!("profile-build:{name}"),

@@ -20,6 +20,7 @@
 mod broadcast;
 mod lease;
 mod pipeline;
+mod results;
 mod prepare;
 mod running;
 mod upkeep;
@@ -66,6 +67,8 @@ pub(crate) struct Ctx {
     pub running: Running,
     /// Images of jobs from git: the mirror cache and the builds under way.
     pub images: prepare::Images,
+    /// Serves running jobs' RESPONSE_URL and ABORT_URL (none if it could not start).
+    pub results: Option<Arc<results::ResultsHost>>,
 }
 
 impl Ctx {
@@ -95,6 +98,7 @@ pub async fn run_with(
     let executor = Executor::connect(settings.clone(), &consumer).await?;
     let images = prepare::Images::open(&settings, &worker_id, executor.docker().clone())?;
     let profiles = crate::profile::load_dir(&settings.worker.profiles_dir)?;
+    let results = results::start(&settings, &executor).await.map(Arc::new);
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
@@ -103,6 +107,7 @@ pub async fn run_with(
         worker_id,
         consumer,
         running: Running::default(),
+        results,
         images,
     };
     let w = &ctx.settings.worker;

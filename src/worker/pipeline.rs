@@ -189,8 +189,13 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
         let failure = match prepared {
             Some(Ok(())) => None,
             Some(Err(failure)) => Some(failure),
-            None if registration.cause() == Some(StopCause::Fenced) => return Ok(()),
-            None if registration.cause() == Some(StopCause::Drain) => {
+            // As after a run: back to the queue, unless another worker has the job
+            // now (then the ownership checks refuse the writes and the ack).
+            None if matches!(
+                registration.cause(),
+                Some(StopCause::Drain | StopCause::Fenced)
+            ) =>
+            {
                 drop(log);
                 let _ = writer.await;
                 record.set_status(Status::Queued);
@@ -215,6 +220,8 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
         return Ok(()); // another worker owns the job now
     }
     tracing::info!(image = %job.image, attempt = record.attempt, "job started");
+    // Result URLs, for a job that has a network to reach them on.
+    let urls = super::results::open(ctx, &mut job);
     let outcome = ctx
         .executor
         .run(
@@ -228,7 +235,10 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
         )
         .await;
     let stopped = outcome.as_ref().is_ok_and(|o| o.stopped);
-    let files = conclude(&mut record, &job, outcome, &log).await;
+    let mut files = conclude(&mut record, &job, outcome, &log).await;
+    if let Some(posted) = urls.and_then(|u| u.take()) {
+        super::results::apply(&mut record, &mut files, posted, &log).await;
+    }
     let cause = if stopped { registration.cause() } else { None };
     match cause {
         Some(StopCause::Cancelled) => {

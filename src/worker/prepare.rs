@@ -26,7 +26,7 @@ use crate::telemetry::error_chain;
 use bollard::Docker;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Why a job's image could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,12 @@ pub(crate) struct Ready {
 /// This worker's git mirrors, its checkouts, and the builds under way. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Images {
-    git: GitCache,
+    /// Opened at the first job from git, so a worker that never runs one never
+    /// writes to `worker.cache_dir`.
+    git: Arc<OnceLock<GitCache>>,
+    root: PathBuf,
+    credentials: Credentials,
+    allowed_hosts: Vec<String>,
     work: PathBuf,
     docker: Docker,
     max_line: usize,
@@ -70,22 +75,23 @@ pub(crate) struct Images {
 }
 
 impl Images {
-    /// Opens `<worker.cache_dir>/<worker id>` and removes checkouts an earlier run
-    /// of this worker left behind.
+    /// Uses `<worker.cache_dir>/<worker id>`, and removes the checkouts an earlier
+    /// run of this worker left there.
     pub fn open(settings: &Settings, worker_id: &str, docker: Docker) -> Result<Images, GitError> {
         let root = cache_root(&settings.worker.cache_dir, worker_id);
         let mut credentials = Credentials::new();
         for (host, token) in &settings.worker.git_tokens.0 {
             credentials = credentials.with(host.clone(), token.clone());
         }
-        let git = GitCache::open_with_hosts(&root, credentials, settings.policy.git_hosts.clone())?;
         let work = root.join("work");
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(GitError::io("remove", &work))?;
         }
-        std::fs::create_dir_all(&work).map_err(GitError::io("create", &work))?;
         Ok(Images {
-            git,
+            git: Arc::default(),
+            root,
+            credentials,
+            allowed_hosts: settings.policy.git_hosts.clone(),
             work,
             docker,
             max_line: settings.jobs.max_line_bytes,
@@ -93,9 +99,24 @@ impl Images {
         })
     }
 
+    /// The mirror cache, opened (and its folders made) on first use.
+    fn cache(&self) -> Result<&GitCache, GitError> {
+        if let Some(cache) = self.git.get() {
+            return Ok(cache);
+        }
+        let cache = GitCache::open_with_hosts(
+            &self.root,
+            self.credentials.clone(),
+            self.allowed_hosts.clone(),
+        )?;
+        std::fs::create_dir_all(&self.work).map_err(GitError::io("create", &self.work))?;
+        // Two jobs may open it at once; both caches are the same folders.
+        Ok(self.git.get_or_init(|| cache))
+    }
+
     /// The commit the job's ref names now.
     pub async fn resolve(&self, git: &GitBuild) -> Result<String, GitError> {
-        self.git.resolve(&git.source).await
+        self.cache()?.resolve(&git.source).await
     }
 
     /// The tag of the image built from `commit` with the job's build inputs.
@@ -162,17 +183,23 @@ impl Images {
         tag: &str,
         log: &impl BuildLog,
     ) -> Result<String, PrepareError> {
-        let scratch = Scratch(self.work.join(ulid::Ulid::new().to_string().to_ascii_lowercase()));
-        self.git.checkout(&git.source, commit, &scratch.0).await?;
+        let scratch = Scratch(
+            self.work
+                .join(ulid::Ulid::new().to_string().to_ascii_lowercase()),
+        );
+        self.cache()?
+            .checkout(&git.source, commit, &scratch.0)
+            .await?;
         let mut req = BuildRequest::new(&scratch.0, tag);
         req.context = PathBuf::from(&git.context);
         req.dockerfile = PathBuf::from(&git.dockerfile);
         req.build_args = git.build_args.clone();
+        // Two labels only: the classic builder adds each as a step of its own (a
+        // container each, about a second on a small host). The Dockerfile, the
+        // context and the build args are in the tag's hash.
         req.labels = BTreeMap::from([
             ("dockhand.repo".to_string(), git.public_url.clone()),
             ("dockhand.commit".to_string(), commit.to_string()),
-            ("dockhand.dockerfile".to_string(), git.dockerfile.clone()),
-            ("dockhand.context".to_string(), git.context.clone()),
         ]);
         let id = build::build(&self.docker, &req, log, self.max_line).await?;
         tracing::info!(tag = %tag, image_id = %id, "image built");
@@ -184,7 +211,13 @@ impl Images {
 fn cache_root(dir: &Path, worker_id: &str) -> PathBuf {
     let safe: String = worker_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let safe = if safe.is_empty() || safe.starts_with('.') {
         format!("w{safe}")
@@ -240,7 +273,8 @@ pub(super) struct Failure {
 }
 
 /// Makes the image of a job from `git` ready and points `job.image` at it; the
-/// commit and image id go into `record`.
+/// commit and image id go into `record`. Resolving, checking out and building
+/// together get `limits.timeout_seconds`.
 pub(super) async fn git_image(
     ctx: &Ctx,
     job: &mut Job,
@@ -254,13 +288,23 @@ pub(super) async fn git_image(
         reason: e.reason(),
         message: error_chain(&e),
     };
-    let commit = ctx
-        .images
-        .resolve(&git)
-        .await
-        .map_err(|e| fail(e.into()))?;
+    let commit = ctx.images.resolve(&git).await.map_err(|e| fail(e.into()))?;
     record.commit = Some(commit.clone());
-    let ready = ctx.images.ensure(&git, &commit, log).await.map_err(fail)?;
+    // A build that never ends must not hold the job (and its permit) for ever: it
+    // gets the same time limit as the run that follows.
+    let limit = job.limits.timeout;
+    let ready = match tokio::time::timeout(limit, ctx.images.ensure(&git, &commit, log)).await {
+        Ok(ready) => ready.map_err(fail)?,
+        Err(_) => {
+            return Err(Failure {
+                reason: Reason::Timeout,
+                message: format!(
+                    "the image was not ready after {} s (limits.timeout_seconds)",
+                    limit.as_secs()
+                ),
+            })
+        }
+    };
     if ready.built {
         tracing::info!(commit = %commit, image = %ready.tag, "image built for the job");
     } else {

@@ -118,7 +118,7 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
     // Networks of jobs' services, after their containers (a network in use stays).
     let networks = ctx
         .executor
-        .labelled_networks()
+        .job_networks()
         .await
         .map_err(|e| error_chain(&e))?;
     for n in networks {

@@ -52,7 +52,9 @@ fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
 /// - `lib`: `lib.txt` = "lib file".
 /// - `app`: A (`app.txt` = "A", a Dockerfile copying the checkout to /app; tag
 ///   `v1`), then B on `main` (`app.txt` = "B", submodule `lib` by `../lib`);
-///   branch `broken` from A whose Dockerfile fails at `RUN`.
+///   branch `broken` from A whose Dockerfile fails at `RUN`; branch `elsewhere`
+///   from B whose `.gitmodules` points `lib` at https://git.example.com; branch
+///   `slow` from A whose build takes two minutes.
 pub struct Repo {
     _tmp: tempfile::TempDir,
     pub root: PathBuf,
@@ -82,9 +84,29 @@ impl Repo {
         git(&app, &["tag", "-a", "v1", "-m", "version 1"]);
         git(&app, &["submodule", "add", "-q", "../lib", "lib"]);
         let b = commit_files(&app, &[("app.txt", "B\n")], "B");
+        // Branch `elsewhere`: B with its submodule moved to a host of its own.
+        git(&app, &["checkout", "-q", "-b", "elsewhere"]);
+        git(
+            &app,
+            &[
+                "config",
+                "-f",
+                ".gitmodules",
+                "submodule.lib.url",
+                "https://git.example.com/org/lib.git",
+            ],
+        );
+        git(&app, &["commit", "-q", "-am", "lib moved"]);
+        git(&app, &["checkout", "-q", "main"]);
         git(&app, &["checkout", "-q", "-b", "broken", &a]);
         let broken = format!("FROM {}\nRUN echo before-failing && exit 7\n", image());
         commit_files(&app, &[("Dockerfile", &broken)], "broken");
+        git(&app, &["checkout", "-q", "-b", "slow", &a]);
+        let slow = format!(
+            "FROM {}\nRUN echo slow-build-started && sleep 120\n",
+            image()
+        );
+        commit_files(&app, &[("Dockerfile", &slow)], "slow");
         git(&app, &["checkout", "-q", "main"]);
         Repo {
             url: app.display().to_string(),
@@ -111,7 +133,10 @@ impl Drop for Repo {
             let ids = String::from_utf8_lossy(&out.stdout).to_string();
             let ids: Vec<&str> = ids.lines().collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rmi", "-f"]).args(ids).output();
+                let _ = Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(ids)
+                    .output();
             }
         }
     }
@@ -142,7 +167,11 @@ async fn each_commit_is_built_once_and_runs_its_own_files() {
     let at_a = format!("{}-a", env.prefix);
     env.xadd(
         "default",
-        &job(&at_a, serde_json::json!({"url": repo.url, "commit": repo.a}), "cat /app/app.txt"),
+        &job(
+            &at_a,
+            serde_json::json!({"url": repo.url, "commit": repo.a}),
+            "cat /app/app.txt",
+        ),
     )
     .await;
     let a = env.finished(&at_a).await;
@@ -153,13 +182,22 @@ async fn each_commit_is_built_once_and_runs_its_own_files() {
     assert_eq!(stdout(&env, &at_a).await, vec!["A"]);
     let log = env.log(&at_a).await;
     let seqs: Vec<u64> = log.iter().map(|(seq, _, _)| *seq).collect();
-    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>(), "one seq, no gaps");
+    assert_eq!(
+        seqs,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "one seq, no gaps"
+    );
     let first_stdout = log.iter().position(|(_, s, _)| s == "stdout").unwrap();
     assert!(
-        log[..first_stdout].iter().any(|(_, s, l)| s == "build" && l.contains("FROM")),
+        log[..first_stdout]
+            .iter()
+            .any(|(_, s, l)| s == "build" && l.contains("FROM")),
         "the build's lines come first: {log:?}"
     );
-    assert!(log[first_stdout..].iter().all(|(_, s, _)| s != "build"), "{log:?}");
+    assert!(
+        log[first_stdout..].iter().all(|(_, s, _)| s != "build"),
+        "{log:?}"
+    );
 
     // Two jobs on branch `main` (B, with the submodule) at once: one build between them.
     let on_main: Vec<String> = (1..=2).map(|n| format!("{}-main{n}", env.prefix)).collect();
@@ -180,7 +218,11 @@ async fn each_commit_is_built_once_and_runs_its_own_files() {
         let done = env.finished(id).await;
         assert_eq!(done["status"], "completed", "{done:?}");
         assert_eq!(done["commit"], repo.b);
-        assert_eq!(stdout(&env, id).await, vec!["B", "lib file"], "the submodule's file is in the image");
+        assert_eq!(
+            stdout(&env, id).await,
+            vec!["B", "lib file"],
+            "the submodule's file is in the image"
+        );
         if !env.lines(id, "build").await.is_empty() {
             builds += 1;
         }
@@ -194,7 +236,11 @@ async fn each_commit_is_built_once_and_runs_its_own_files() {
     let at_v1 = format!("{}-v1", env.prefix);
     env.xadd(
         "default",
-        &job(&at_v1, serde_json::json!({"url": repo.url, "tag": "v1"}), "cat /app/app.txt"),
+        &job(
+            &at_v1,
+            serde_json::json!({"url": repo.url, "tag": "v1"}),
+            "cat /app/app.txt",
+        ),
     )
     .await;
     let v1 = env.finished(&at_v1).await;
@@ -204,7 +250,10 @@ async fn each_commit_is_built_once_and_runs_its_own_files() {
     assert_eq!(v1["image"], a["image"]);
     assert!(env.lines(&at_v1, "build").await.is_empty());
     assert!(
-        env.lines(&at_v1, "system").await.iter().any(|l| l.contains("is cached")),
+        env.lines(&at_v1, "system")
+            .await
+            .iter()
+            .any(|l| l.contains("is cached")),
         "{:?}",
         env.log(&at_v1).await
     );
@@ -248,9 +297,16 @@ async fn refs_repositories_and_submodules_that_cannot_be_had_are_build_errors() 
         let done = env.finished(&id).await;
         assert_eq!(done["status"], "aborted", "{done:?}");
         assert_eq!(done["reason"], "build_error", "{done:?}");
-        assert!(done["error"].contains(expected.as_str()), "{name}: {}", done["error"]);
         assert!(
-            env.lines(&id, "system").await.iter().any(|l| l.contains(expected.as_str())),
+            done["error"].contains(expected.as_str()),
+            "{name}: {}",
+            done["error"]
+        );
+        assert!(
+            env.lines(&id, "system")
+                .await
+                .iter()
+                .any(|l| l.contains(expected.as_str())),
             "the log says why too"
         );
     }
@@ -260,13 +316,25 @@ async fn refs_repositories_and_submodules_that_cannot_be_had_are_build_errors() 
     let id = format!("{}-submodule", env.prefix);
     env.xadd(
         "default",
-        &job(&id, serde_json::json!({"url": repo.url, "commit": repo.b}), "true"),
+        &job(
+            &id,
+            serde_json::json!({"url": repo.url, "commit": repo.b}),
+            "true",
+        ),
     )
     .await;
     let done = env.finished(&id).await;
     assert_eq!(done["reason"], "build_error", "{done:?}");
-    assert!(done["error"].contains("submodule `lib`"), "{}", done["error"]);
-    assert!(done["error"].contains(&repo.root.join("lib").display().to_string()), "{}", done["error"]);
+    assert!(
+        done["error"].contains("submodule `lib`"),
+        "{}",
+        done["error"]
+    );
+    assert!(
+        done["error"].contains(&repo.root.join("lib").display().to_string()),
+        "{}",
+        done["error"]
+    );
     worker.stop().await;
 }
 
@@ -280,19 +348,28 @@ async fn a_broken_dockerfile_is_a_build_error_with_the_builders_message() {
     pubsub.subscribe(env.keys.events_channel()).await.unwrap();
     env.xadd(
         "default",
-        &job(&id, serde_json::json!({"url": repo.url, "branch": "broken"}), "true"),
+        &job(
+            &id,
+            serde_json::json!({"url": repo.url, "branch": "broken"}),
+            "true",
+        ),
     )
     .await;
     let done = env.finished(&id).await;
     // `building` is a state without an event of its own; the outcome carries the commit.
     let mut events = Vec::new();
     let mut messages = pubsub.on_message();
-    while events.last().map(|(t, _): &(String, serde_json::Value)| t.as_str()) != Some("job.aborted") {
+    while events
+        .last()
+        .map(|(t, _): &(String, serde_json::Value)| t.as_str())
+        != Some("job.aborted")
+    {
         let msg = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
             .await
             .expect("the job's events arrive")
             .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
         if v["data"]["id"] == id.as_str() {
             events.push((v["type"].as_str().unwrap().to_string(), v["data"].clone()));
         }
@@ -303,7 +380,11 @@ async fn a_broken_dockerfile_is_a_build_error_with_the_builders_message() {
     assert_eq!(events[1].1["reason"], "build_error");
     assert_eq!(done["status"], "aborted", "{done:?}");
     assert_eq!(done["reason"], "build_error");
-    assert!(done["error"].contains("non-zero code: 7"), "{}", done["error"]);
+    assert!(
+        done["error"].contains("non-zero code: 7"),
+        "{}",
+        done["error"]
+    );
     assert!(!done["commit"].is_empty());
     let build = env.lines(&id, "build").await;
     assert!(build.iter().any(|l| l == "before-failing"), "{build:?}");
@@ -315,21 +396,163 @@ async fn a_broken_dockerfile_is_a_build_error_with_the_builders_message() {
 async fn a_git_host_outside_the_allow_list_is_policy_denied() {
     let env = Env::new();
     let repo = Repo::new();
-    let worker = worker(&env, &repo, 1, &[("DOCKHAND__POLICY__GIT_HOSTS", "github.com")]);
+    let worker = worker(
+        &env,
+        &repo,
+        1,
+        &[("DOCKHAND__POLICY__GIT_HOSTS", "github.com")],
+    );
     let cases: HashMap<&str, serde_json::Value> = HashMap::from([
         ("local", serde_json::json!({"url": repo.url})),
-        ("remote", serde_json::json!({"url": "https://git.example.com/org/app.git"})),
+        (
+            "remote",
+            serde_json::json!({"url": "https://git.example.com/org/app.git"}),
+        ),
     ]);
     for (name, git) in &cases {
-        env.xadd("default", &job(&format!("{}-{name}", env.prefix), git.clone(), "true"))
-            .await;
+        env.xadd(
+            "default",
+            &job(&format!("{}-{name}", env.prefix), git.clone(), "true"),
+        )
+        .await;
     }
     for name in cases.keys() {
         let done = env.finished(&format!("{}-{name}", env.prefix)).await;
         assert_eq!(done["status"], "aborted", "{done:?}");
         assert_eq!(done["reason"], "policy_denied", "{done:?}");
         assert!(done["error"].starts_with("`git.url`"), "{}", done["error"]);
-        assert!(done["error"].contains("policy.git_hosts"), "{}", done["error"]);
+        assert!(
+            done["error"].contains("policy.git_hosts"),
+            "{}",
+            done["error"]
+        );
     }
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submodule_on_a_host_outside_the_allow_list_is_policy_denied() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 1, &[("DOCKHAND__POLICY__GIT_HOSTS", "local")]);
+    let ok = format!("{}-local", env.prefix);
+    let moved = format!("{}-moved", env.prefix);
+    env.xadd(
+        "default",
+        &job(
+            &ok,
+            serde_json::json!({"url": repo.url, "commit": repo.a}),
+            "true",
+        ),
+    )
+    .await;
+    env.xadd(
+        "default",
+        &job(
+            &moved,
+            serde_json::json!({"url": repo.url, "branch": "elsewhere"}),
+            "true",
+        ),
+    )
+    .await;
+    assert_eq!(
+        env.finished(&ok).await["status"],
+        "completed",
+        "`local` allows local repositories"
+    );
+    let done = env.finished(&moved).await;
+    assert_eq!(done["reason"], "policy_denied", "{done:?}");
+    assert!(
+        done["error"].contains("submodule `lib` (https://git.example.com/org/lib.git)"),
+        "{}",
+        done["error"]
+    );
+    assert!(
+        done["error"].contains("policy.git_hosts"),
+        "{}",
+        done["error"]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_ends_with_a_cancel_or_the_jobs_time_limit() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 2, &[]);
+    let id = format!("{}-slow", env.prefix);
+    env.xadd(
+        "default",
+        &job(
+            &id,
+            serde_json::json!({"url": repo.url, "branch": "slow"}),
+            "true",
+        ),
+    )
+    .await;
+    env.status_becomes(&id, "building").await;
+    for _ in 0..1200 {
+        if env
+            .lines(&id, "build")
+            .await
+            .iter()
+            .any(|l| l == "slow-build-started")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Meanwhile a job whose build outlasts its time limit ends `timeout`.
+    let slow = format!("{}-too-slow", env.prefix);
+    env.xadd(
+        "default",
+        &serde_json::json!({
+            "id": slow, "git": {"url": repo.url, "branch": "slow"}, "command": "true",
+            "limits": {"timeout_seconds": 2},
+        })
+        .to_string(),
+    )
+    .await;
+    let mut c = env.conn().await;
+    let _: i64 = deadpool_redis::redis::cmd("HSET")
+        .arg(env.keys.job(&id))
+        .arg("cancel_requested")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: i64 = deadpool_redis::redis::cmd("PUBLISH")
+        .arg(env.keys.cancel_channel())
+        .arg(&id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let done = env.finished(&id).await;
+    assert_eq!(done["status"], "aborted", "{done:?}");
+    assert_eq!(done["reason"], "cancelled", "{done:?}");
+    assert!(
+        done["error"].contains("while the image was being prepared"),
+        "{}",
+        done["error"]
+    );
+    let timed_out = env.finished(&slow).await;
+    assert_eq!(timed_out["reason"], "timeout", "{timed_out:?}");
+    assert!(
+        timed_out["error"].contains("limits.timeout_seconds"),
+        "{}",
+        timed_out["error"]
+    );
+    worker.stop().await;
+    let work = Path::new(&repo.cache_dir()).join(&env.prefix).join("work");
+    for _ in 0..100 {
+        if std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0) == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "the checkout is removed"
+    );
 }

@@ -107,3 +107,26 @@ async fn stdout_and_stderr_are_kept_apart_and_a_last_line_without_newline_is_kep
     assert_eq!(env.lines(&id, "stderr").await, vec!["err"]);
     worker.stop().await;
 }
+
+/// A job that writes faster than the worker reads: Docker must keep all of it
+/// until the worker has read it (a daemon's default log rotation would drop the
+/// start), and every line arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_job_loses_no_line() {
+    let env = Env::new();
+    let id = format!("{}-chatty", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    let n = 600_000u64; // about 40 MB of Docker's json-file log: past a 3 x 10 MB rotation
+    env.xadd("default", &spec(&id, serde_json::json!({"command": format!("seq 1 {n}"), "limits": {"log_bytes": "64m"}}))).await;
+    assert_eq!(env.finished(&id).await["status"], "completed");
+    let mut c = env.conn().await;
+    let len: u64 = c.xlen(env.keys.log(&id)).await.unwrap();
+    assert_eq!(len, n, "one stored line per printed line");
+    // Spot-check the order and the ends without reading 600,000 entries.
+    let first: redis::streams::StreamRangeReply = c.xrange_count(env.keys.log(&id), "-", "+", 1).await.unwrap();
+    let last: redis::streams::StreamRangeReply = c.xrevrange_count(env.keys.log(&id), "+", "-", 1).await.unwrap();
+    assert_eq!(first.ids[0].get::<String>("line").unwrap(), "1");
+    assert_eq!(last.ids[0].get::<String>("line").unwrap(), n.to_string());
+    assert_eq!(last.ids[0].get::<String>("seq").unwrap(), n.to_string());
+    worker.stop().await;
+}

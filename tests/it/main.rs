@@ -15,6 +15,7 @@ mod policy;
 mod profiles;
 mod recovery;
 mod resilience;
+mod result_urls;
 mod results;
 mod services;
 mod webhooks;

@@ -32,7 +32,10 @@ async fn a_job_overrides_its_profile_field_by_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("from-file.toml"),
-        format!("image = \"{}\"\ncommand = \"echo file $WHO\"\n[env]\nWHO = \"toml\"\n", image()),
+        format!(
+            "image = \"{}\"\ncommand = \"echo file $WHO\"\n[env]\nWHO = \"toml\"\n",
+            image()
+        ),
     )
     .unwrap();
     let profiles_dir = dir.path().display().to_string();
@@ -77,7 +80,11 @@ async fn a_job_overrides_its_profile_field_by_field() {
         match want {
             Some(line) => {
                 assert_eq!(done["status"], "completed", "{id}: {done:?}");
-                assert_eq!(env.lines(id, "stdout").await, vec![line.to_string()], "{id}");
+                assert_eq!(
+                    env.lines(id, "stdout").await,
+                    vec![line.to_string()],
+                    "{id}"
+                );
             }
             None => {
                 assert_eq!(done["reason"], "invalid_spec", "{done:?}");
@@ -86,9 +93,15 @@ async fn a_job_overrides_its_profile_field_by_field() {
             }
         }
     }
-    assert_eq!(env.finished(&ids[0]).await["metadata"], r#"{"from":"profile"}"#);
+    assert_eq!(
+        env.finished(&ids[0]).await["metadata"],
+        r#"{"from":"profile"}"#
+    );
     let shipped: Option<String> = c.hget(env.keys.profiles(), "from-file").await.unwrap();
-    assert!(shipped.unwrap().contains("echo file"), "files are registered at start");
+    assert!(
+        shipped.unwrap().contains("echo file"),
+        "files are registered at start"
+    );
     worker.stop().await;
 }
 
@@ -99,33 +112,66 @@ async fn profile_commands_add_list_show_and_remove() {
     let json = dir.path().join("p.json");
     std::fs::write(&json, r#"{"image":"busybox","env":{"A":"1"}}"#).unwrap();
     let toml = dir.path().join("q.toml");
-    std::fs::write(&toml, "[git]\nurl = \"https://h.example/x.git\"\ntag = \"v1\"\n").unwrap();
+    std::fs::write(
+        &toml,
+        "[git]\nurl = \"https://h.example/x.git\"\ntag = \"v1\"\n",
+    )
+    .unwrap();
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"imgae":"x"}"#).unwrap();
 
     let json = json.display().to_string();
     let toml = toml.display().to_string();
     let bad = bad.display().to_string();
-    assert!(dockhand(&env, &["profile", "add", "p", &json]).await.status.success());
-    assert!(dockhand(&env, &["profile", "add", "q", &toml]).await.status.success());
+    assert!(dockhand(&env, &["profile", "add", "p", &json])
+        .await
+        .status
+        .success());
+    assert!(dockhand(&env, &["profile", "add", "q", &toml])
+        .await
+        .status
+        .success());
     let refused = dockhand(&env, &["profile", "add", "b", &bad]).await;
     assert_eq!(refused.status.code(), Some(2));
-    assert!(text(&refused.stderr).contains("imgae"), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("imgae"),
+        "{}",
+        text(&refused.stderr)
+    );
 
     let list = text(&dockhand(&env, &["profile", "list"]).await.stdout);
     assert!(list.contains("image busybox"), "{list}");
-    assert!(list.contains("git https://h.example/x.git (tag v1)"), "{list}");
+    assert!(
+        list.contains("git https://h.example/x.git (tag v1)"),
+        "{list}"
+    );
     assert!(!list.contains("\nb "), "{list}");
     let show = dockhand(&env, &["profile", "show", "p"]).await;
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(shown["env"]["A"], "1");
-    assert!(dockhand(&env, &["profile", "rm", "p"]).await.status.success());
-    assert_eq!(dockhand(&env, &["profile", "rm", "p"]).await.status.code(), Some(1));
-    assert_eq!(dockhand(&env, &["profile", "show", "p"]).await.status.code(), Some(1));
+    assert!(dockhand(&env, &["profile", "rm", "p"])
+        .await
+        .status
+        .success());
+    assert_eq!(
+        dockhand(&env, &["profile", "rm", "p"]).await.status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        dockhand(&env, &["profile", "show", "p"])
+            .await
+            .status
+            .code(),
+        Some(1)
+    );
     // Without live workers, a build has nobody to ask.
     let nobody = dockhand(&env, &["profile", "build", "q", "--timeout", "1"]).await;
     assert_eq!(nobody.status.code(), Some(1));
-    assert!(text(&nobody.stderr).contains("no live worker"), "{}", text(&nobody.stderr));
+    assert!(
+        text(&nobody.stderr).contains("no live worker"),
+        "{}",
+        text(&nobody.stderr)
+    );
 }
 
 /// The live worker processes of this test (alive keys present).
@@ -166,8 +212,14 @@ async fn a_broadcast_build_is_answered_by_every_worker_process() {
     let mut c = env.conn().await;
     let good = serde_json::json!({"git": {"url": repo.url, "branch": "main"}, "command": "cat /app/app.txt"});
     let broken = serde_json::json!({"git": {"url": repo.url, "branch": "broken"}});
-    let _: i64 = c.hset(env.keys.profiles(), "good", good.to_string()).await.unwrap();
-    let _: i64 = c.hset(env.keys.profiles(), "broken", broken.to_string()).await.unwrap();
+    let _: i64 = c
+        .hset(env.keys.profiles(), "good", good.to_string())
+        .await
+        .unwrap();
+    let _: i64 = c
+        .hset(env.keys.profiles(), "broken", broken.to_string())
+        .await
+        .unwrap();
 
     let out = dockhand(&env, &["profile", "build", "good", "--timeout", "240"]).await;
     let shown = text(&out.stdout);
@@ -194,7 +246,11 @@ async fn a_broadcast_build_is_answered_by_every_worker_process() {
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert_eq!(shown.matches(" failed ").count(), 2, "{shown}");
     assert!(shown.contains("non-zero code: 7"), "{shown}");
-    assert!(text(&out.stderr).contains("2 worker(s) failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("2 worker(s) failed"),
+        "{}",
+        text(&out.stderr)
+    );
 
     for w in &workers {
         signal(w, "TERM");

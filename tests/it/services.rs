@@ -19,8 +19,10 @@ async fn a_service_is_reachable_by_alias_and_removed_afterwards() {
     let env = Env::new();
     let worker = env.worker(&["default"], 2);
     let ok = format!("{}-svc", env.prefix);
-    let web = "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www";
-    let fetch = "for i in $(seq 1 100); do wget -qO- http://web:8080/ && exit 0; sleep 0.1; done; exit 1";
+    let web =
+        "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let fetch =
+        "for i in $(seq 1 100); do wget -qO- http://web:8080/ && exit 0; sleep 0.1; done; exit 1";
     env.xadd(
         "default",
         &serde_json::json!({
@@ -43,22 +45,40 @@ async fn a_service_is_reachable_by_alias_and_removed_afterwards() {
     .await;
 
     let done = env.finished(&ok).await;
-    assert_eq!(done["status"], "completed", "{done:?} {:?}", env.log(&ok).await);
+    assert_eq!(
+        done["status"],
+        "completed",
+        "{done:?} {:?}",
+        env.log(&ok).await
+    );
     assert_eq!(env.lines(&ok, "stdout").await, vec!["hello-from-web"]);
     assert!(
-        env.lines(&ok, "system").await.iter().any(|l| l.contains("service web")),
+        env.lines(&ok, "system")
+            .await
+            .iter()
+            .any(|l| l.contains("service web")),
         "{:?}",
         env.log(&ok).await
     );
     let failed = env.finished(&missing).await;
     assert_eq!(failed["status"], "aborted", "{failed:?}");
     assert_eq!(failed["reason"], "image_not_found", "{failed:?}");
-    assert!(failed["error"].contains("dockhand-no-such-image"), "{}", failed["error"]);
+    assert!(
+        failed["error"].contains("dockhand-no-such-image"),
+        "{}",
+        failed["error"]
+    );
 
     for id in [&ok, &missing] {
         let label = format!("dockhand.job={id}");
-        assert!(containers_with_label(&label).is_empty(), "containers of {id} left");
-        assert!(networks_with_label(&label).is_empty(), "network of {id} left");
+        assert!(
+            containers_with_label(&label).is_empty(),
+            "containers of {id} left"
+        );
+        assert!(
+            networks_with_label(&label).is_empty(),
+            "network of {id} left"
+        );
     }
     worker.stop().await;
 }
@@ -104,8 +124,16 @@ async fn volumes_bind_only_allowed_host_folders_and_named_volumes_persist() {
     );
     let done = env.finished(&denied).await;
     assert_eq!(done["reason"], "policy_denied", "{done:?}");
-    assert!(done["error"].starts_with("`volumes[0]`"), "{}", done["error"]);
-    assert!(done["error"].contains("policy.bind_allow"), "{}", done["error"]);
+    assert!(
+        done["error"].starts_with("`volumes[0]`"),
+        "{}",
+        done["error"]
+    );
+    assert!(
+        done["error"].contains("policy.bind_allow"),
+        "{}",
+        done["error"]
+    );
 
     let write = format!("{}-write", env.prefix);
     env.xadd(
@@ -131,5 +159,7 @@ async fn volumes_bind_only_allowed_host_folders_and_named_volumes_persist() {
     assert_eq!(env.finished(&read).await["status"], "completed");
     assert_eq!(env.lines(&read, "stdout").await, vec!["kept"]);
     worker.stop().await;
-    let _ = Command::new("docker").args(["volume", "rm", "-f", &volume]).output();
+    let _ = Command::new("docker")
+        .args(["volume", "rm", "-f", &volume])
+        .output();
 }

@@ -1,0 +1,97 @@
+//! The Docker network that `network: bridge` jobs run on: one per host, made by
+//! Dockhand (`dockhand-results`, label `dockhand.network=results`) and shared by
+//! every worker there, never removed (jobs come and go on it). Its gateway address
+//! is where a worker serves the jobs' result URLs, so a container reaches them
+//! without the worker listening on any other interface.
+//!
+//! Docker (before API 1.44) lets two networks share a name, and workers starting
+//! together could both create it. So finding-or-making holds a lock file shared
+//! by the workers of the host, the network is found by its label, and if copies
+//! exist anyway (made by hand, or by a worker with another temp dir) the one with
+//! the smallest id is used: every worker picks the same one. None is ever removed,
+//! since another worker may have jobs on it.
+
+use super::{ExecError, Executor};
+use bollard::models::NetworkCreateRequest;
+use bollard::query_parameters::ListNetworksOptionsBuilder;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// The name of the shared network.
+pub const RESULTS_NETWORK: &str = "dockhand-results";
+const LABEL: &str = "dockhand.network=results";
+
+impl Executor {
+    /// Finds or makes the shared network; returns its id and gateway address.
+    pub async fn results_network(&self) -> Result<(String, IpAddr), ExecError> {
+        let path = std::env::temp_dir().join("dockhand-results-network.lock");
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|err| ExecError::Docker {
+            action: "lock the results network",
+            source: bollard::errors::Error::IOError { err },
+        })?;
+        let found = self.find_or_make().await;
+        drop(lock); // unlocks
+        found
+    }
+
+    async fn find_or_make(&self) -> Result<(String, IpAddr), ExecError> {
+        let mut ids = self.results_networks().await?;
+        if ids.is_empty() {
+            let request = NetworkCreateRequest {
+                name: RESULTS_NETWORK.to_string(),
+                driver: Some("bridge".to_string()),
+                labels: Some(HashMap::from([("dockhand.network".to_string(), "results".to_string())])),
+                ..Default::default()
+            };
+            self.docker
+                .create_network(request)
+                .await
+                .map_err(|source| ExecError::Docker { action: "create the results network", source })?;
+            ids = self.results_networks().await?;
+        }
+        ids.sort();
+        let Some(chosen) = ids.first().cloned() else {
+            return Err(no_gateway("the results network vanished as it was made"));
+        };
+        let net = self
+            .docker
+            .inspect_network(&chosen, None)
+            .await
+            .map_err(|source| ExecError::Docker { action: "inspect the results network", source })?;
+        let gateway = net
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.gateway?.parse::<IpAddr>().ok())
+            .find(IpAddr::is_ipv4)
+            .ok_or_else(|| no_gateway("the results network has no IPv4 gateway"))?;
+        Ok((chosen, gateway))
+    }
+
+    async fn results_networks(&self) -> Result<Vec<String>, ExecError> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL.to_string()])]);
+        let opts = ListNetworksOptionsBuilder::default().filters(&filters).build();
+        let list = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(|source| ExecError::Docker { action: "list networks", source })?;
+        Ok(list.into_iter().filter_map(|n| n.id).collect())
+    }
+}
+
+fn no_gateway(why: &str) -> ExecError {
+    ExecError::Docker {
+        action: "find the results network's gateway",
+        source: bollard::errors::Error::IOError { err: std::io::Error::other(why.to_string()) },
+    }
+}

@@ -1,0 +1,112 @@
+//! A job's result URLs (contract section 7): opened before its container starts,
+//! read after it exits. A POST to `RESPONSE_URL` completes the job with the posted
+//! result whatever its exit code (which is still recorded); a POST to `ABORT_URL`
+//! aborts it with reason `aborted_by_job`. A timeout or a cancel still wins.
+
+use super::Ctx;
+use crate::config::Settings;
+use crate::executor::Executor;
+use crate::job::{Job, Reason, Status};
+use crate::logs::LogSender;
+use crate::results::{PostKind, Posted, Registration, ResultServer};
+use crate::state::{FileInfo, JobRecord};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The result server, and the network (`dockhand-results`, by id) that `bridge`
+/// jobs are put on so that they reach it.
+pub(crate) struct ResultsHost {
+    pub server: Arc<ResultServer>,
+    pub network: Option<String>,
+}
+
+/// Starts the result server where containers can reach it: the gateway of the
+/// `dockhand-results` network (or `results.bind`). `None`, with a warning, when it
+/// cannot: jobs then run without result URLs.
+pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<ResultsHost> {
+    if settings.policy.networks.iter().all(|n| n == "none") {
+        return None; // no job may have a network, so none could reach the URLs
+    }
+    let mut network = None;
+    let ip: IpAddr = if settings.results.bind.is_empty() {
+        match executor.results_network().await {
+            Ok((id, ip)) => {
+                network = Some(id);
+                ip
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs: cannot make the results network");
+                return None;
+            }
+        }
+    } else {
+        settings.results.bind.parse().ok()?
+    };
+    match ResultServer::start(ip, settings.results.port, ip.to_string()).await {
+        Ok(server) => {
+            tracing::info!(address = %server.local_addr(), "serving result URLs");
+            Some(ResultsHost { server: Arc::new(server), network })
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs: cannot listen");
+            None
+        }
+    }
+}
+
+/// For a job with a network: moves it onto the results network (for `bridge`),
+/// opens its two URLs and puts them in its environment.
+pub(super) fn open(ctx: &Ctx, job: &mut Job) -> Option<Registration> {
+    let host = ctx.results.as_ref()?;
+    if job.network == "none" {
+        return None;
+    }
+    if let (true, Some(id)) = (job.network == "bridge", &host.network) {
+        job.network = id.clone();
+    }
+    let urls = match host.server.register(&job.id, job.limits.output_bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs for this job");
+            return None;
+        }
+    };
+    job.env.insert("RESPONSE_URL".into(), urls.response_url().to_string());
+    job.env.insert("ABORT_URL".into(), urls.abort_url().to_string());
+    Some(urls)
+}
+
+/// Applies what the job posted to its record and files.
+pub(super) async fn apply(record: &mut JobRecord, files: &mut Vec<(String, Vec<u8>)>, posted: Posted, log: &LogSender) {
+    let overruled = matches!(record.reason, Some(r) if r == Reason::Timeout.as_str() || r == Reason::Cancelled.as_str());
+    if overruled {
+        log.system("a result was posted, but the job timed out or was cancelled: the post is ignored").await;
+        return;
+    }
+    for (name, content) in posted.files {
+        files.retain(|(n, _)| *n != name);
+        record.files.retain(|f| f.name != name);
+        record.files.push(FileInfo {
+            name: name.clone(),
+            size: content.len() as u64,
+            sha256: hex::encode(Sha256::digest(&content)),
+        });
+        files.push((name, content));
+    }
+    match posted.kind {
+        PostKind::Response => {
+            record.result_text = posted.text;
+            record.result_data = posted.data;
+            let exit = record.exit_code;
+            record.complete();
+            record.error = exit.filter(|c| *c != 0).map(|c| format!("completed by its posted result; the container exited with code {c}"));
+        }
+        PostKind::Abort => {
+            record.result_data = posted.data;
+            let why = posted.text.unwrap_or_else(|| "the job aborted itself (ABORT_URL)".into());
+            record.abort(Reason::AbortedByJob, why);
+        }
+    }
+    debug_assert!(record.status == Status::Completed.as_str() || record.status == Status::Aborted.as_str());
+}
