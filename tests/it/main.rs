@@ -18,5 +18,6 @@ mod resilience;
 mod result_urls;
 mod results;
 mod services;
+mod soak;
 mod webhooks;
 mod webhook_send;

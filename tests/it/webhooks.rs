@@ -230,8 +230,9 @@ async fn a_delivery_survives_every_worker_being_killed() {
     let env = Env::new();
     let receiver = Receiver::start(&[503]).await;
     let secret = subscribe(&env, "patient", &receiver.url(), &[]).await;
-    // The first attempt fails; the retry is due in 2 s, after this worker is dead.
-    let mut first = env.spawn_worker(&format!("{}-a", env.prefix), &[("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "2")]);
+    // The first attempt fails; the retry is due in 4 s, after this worker is dead
+    // (if it took it again first, the second worker gets it after the 3 s lease).
+    let mut first = env.spawn_worker(&format!("{}-a", env.prefix), &[("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "4")]);
     let id = format!("{}-durable", env.prefix);
     run_job(&env, &id, "echo bye").await;
     receiver.wait_for(1).await;

@@ -184,6 +184,7 @@ impl Env {
             // Webhook receivers in tests listen on 127.0.0.1; retries come at once.
             ("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS".into(), "127.0.0.1/32".into()),
             ("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS".into(), "0,0".into()),
+            ("DOCKHAND__WEBHOOKS__LEASE_SECONDS".into(), "3".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let overrides = Overrides {
@@ -224,7 +225,12 @@ impl Env {
     /// Waits until the job is completed or aborted and returns its hash. The limit
     /// only keeps a broken test from hanging; it asserts nothing about speed.
     pub async fn finished(&self, id: &str) -> HashMap<String, String> {
-        for _ in 0..1200 {
+        self.finished_within(id, Duration::from_secs(120)).await
+    }
+
+    /// [`Env::finished`] with a longer guard, for jobs that are long by design.
+    pub async fn finished_within(&self, id: &str, guard: Duration) -> HashMap<String, String> {
+        for _ in 0..(guard.as_millis() / 50) {
             let job = self.job(id).await;
             if matches!(
                 job.get("status").map(String::as_str),
@@ -288,6 +294,7 @@ impl Env {
             .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
             .env("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS", "127.0.0.1/32")
             .env("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "0,0")
+            .env("DOCKHAND__WEBHOOKS__LEASE_SECONDS", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in extra {
