@@ -310,7 +310,10 @@ impl Settings {
             return bad("webhooks.log_tail_lines", "must be at most 200");
         }
         if self.webhooks.concurrency == 0 || self.webhooks.timeout_seconds == 0 {
-            return bad("webhooks", "concurrency and timeout_seconds must be at least 1");
+            return bad(
+                "webhooks",
+                "concurrency and timeout_seconds must be at least 1",
+            );
         }
         if !self.worker.cache_dir.is_absolute() {
             return bad("worker.cache_dir", "must be an absolute path");
@@ -378,7 +381,10 @@ mod tests {
     fn a_single_value_is_a_list_of_one() {
         let s = Settings::load_from(
             None,
-            &env(&[("DOCKHAND__WORKER__QUEUES", "solo"), ("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "2")]),
+            &env(&[
+                ("DOCKHAND__WORKER__QUEUES", "solo"),
+                ("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "2"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
@@ -470,10 +476,7 @@ mod tests {
     #[test]
     fn result_server_address() {
         let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
-        assert_eq!(
-            (s.results.bind.to_string(), s.results.port),
-            ("".into(), 0)
-        );
+        assert_eq!((s.results.bind.to_string(), s.results.port), ("".into(), 0));
         let s = Settings::load_from(
             None,
             &env(&[

@@ -15,7 +15,7 @@
 //! - [`results`]: the per-job `RESPONSE_URL` / `ABORT_URL` server a container posts its result to.
 //! - [`logs`]: container output split into lines, numbered, published and stored.
 //! - [`state`]: the job hash, its transitions and the events they publish.
-//! - [`webhook`]: Standard Webhooks signing, the SSRF guard, and one delivery attempt.
+//! - [`webhook`]: subscribers, signing, the SSRF guard, and durable delivery with retries.
 //! - [`backoff`]: retry delays with jitter, shared by every reconnect loop.
 //! - [`cli`]: the `dockhand` commands other than `worker`.
 

@@ -134,7 +134,11 @@ impl Mask {
     pub const MIN_LEN: usize = 4;
 
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a String>) -> Mask {
-        let mut values: Vec<String> = secrets.into_iter().filter(|s| s.len() >= Self::MIN_LEN).cloned().collect();
+        let mut values: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| s.len() >= Self::MIN_LEN)
+            .cloned()
+            .collect();
         // Longest first, so a secret containing another is masked whole.
         values.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Mask(values)
@@ -404,9 +408,16 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_longest_first() {
-        let secrets = ["hunter22".to_string(), "hunter22-extra".to_string(), "ab".to_string()];
+        let secrets = [
+            "hunter22".to_string(),
+            "hunter22-extra".to_string(),
+            "ab".to_string(),
+        ];
         let mask = Mask::new(&secrets);
-        assert_eq!(mask.apply("pw=hunter22-extra and hunter22, ab"), "pw=*** and ***, ab");
+        assert_eq!(
+            mask.apply("pw=hunter22-extra and hunter22, ab"),
+            "pw=*** and ***, ab"
+        );
         assert!(Mask::new(&[]).is_empty());
     }
 

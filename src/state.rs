@@ -227,20 +227,19 @@ pub async fn claim(
     token: &str,
 ) -> Result<Claimed, StoreError> {
     type Reply = (String, String, String, String, String, String);
-    let (kind, status, attempt, deliveries, cancel, created_at): Reply =
-        CLAIM
-            .key(keys.job(&record.id))
-            .arg(entry)
-            .arg(&record.id)
-            .arg(&record.queue)
-            .arg(&record.created_at)
-            .arg(spec)
-            .arg(keys.events_channel())
-            .arg(record.event("job.queued"))
-            .arg(consumer)
-            .arg(token)
-            .invoke_async(conn)
-            .await?;
+    let (kind, status, attempt, deliveries, cancel, created_at): Reply = CLAIM
+        .key(keys.job(&record.id))
+        .arg(entry)
+        .arg(&record.id)
+        .arg(&record.queue)
+        .arg(&record.created_at)
+        .arg(spec)
+        .arg(keys.events_channel())
+        .arg(record.event("job.queued"))
+        .arg(consumer)
+        .arg(token)
+        .invoke_async(conn)
+        .await?;
     let claim = match kind.as_str() {
         "new" => Claim::New,
         "duplicate" => Claim::Duplicate { status },
@@ -305,7 +304,11 @@ pub async fn write(
     inv.arg(owner.entry)
         .arg(owner.consumer)
         .arg(keys.events_channel())
-        .arg(if event.is_empty() { String::new() } else { record.event(event) })
+        .arg(if event.is_empty() {
+            String::new()
+        } else {
+            record.event(event)
+        })
         .arg(ttl);
     for (field, value) in record.fields().iter().chain(extra.iter()) {
         inv.arg(*field).arg(value);

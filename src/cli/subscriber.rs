@@ -40,31 +40,54 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
     match action {
-        Action::Add { name, url, events, queues, secret } => {
+        Action::Add {
+            name,
+            url,
+            events,
+            queues,
+            secret,
+        } => {
             let generated = secret.is_none();
             let secret = match secret {
                 Some(s) => s,
-                None => Secret::generate().map_err(|e| Failure::failed(e.to_string()))?.to_whsec(),
+                None => Secret::generate()
+                    .map_err(|e| Failure::failed(e.to_string()))?
+                    .to_whsec(),
             };
             let sub = Subscriber {
                 url,
                 secret: secret.clone(),
-                events: if events.is_empty() { subscribers::default_events() } else { events },
-                queues: if queues.is_empty() { vec!["*".into()] } else { queues },
+                events: if events.is_empty() {
+                    subscribers::default_events()
+                } else {
+                    events
+                },
+                queues: if queues.is_empty() {
+                    vec!["*".into()]
+                } else {
+                    queues
+                },
                 disabled: None,
                 previous_secret: None,
                 previous_until: None,
             };
             subscribers::check(&sub).map_err(Failure::usage)?;
             save(&mut conn, &keys, &name, &sub).await?;
-            println!("subscriber {name} -> {} ({})", sub.url, sub.events.join(","));
+            println!(
+                "subscriber {name} -> {} ({})",
+                sub.url,
+                sub.events.join(",")
+            );
             if generated {
                 println!("secret: {secret}");
             }
             Ok(())
         }
         Action::List => {
-            let all: BTreeMap<String, String> = conn.hgetall(keys.subscribers()).await.map_err(StoreError::from)?;
+            let all: BTreeMap<String, String> = conn
+                .hgetall(keys.subscribers())
+                .await
+                .map_err(StoreError::from)?;
             for (name, raw) in all {
                 match serde_json::from_str::<Subscriber>(&raw) {
                     Ok(s) => println!(
@@ -73,7 +96,10 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                         s.events.join(","),
                         s.queues.join(","),
                         s.masked_secret(),
-                        s.disabled.as_ref().map(|d| format!(" DISABLED: {d}")).unwrap_or_default()
+                        s.disabled
+                            .as_ref()
+                            .map(|d| format!(" DISABLED: {d}"))
+                            .unwrap_or_default()
                     ),
                     Err(e) => println!("{name:<20} unreadable: {e}"),
                 }
@@ -81,7 +107,10 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             Ok(())
         }
         Action::Rm { name } => {
-            let removed: i64 = conn.hdel(keys.subscribers(), &name).await.map_err(StoreError::from)?;
+            let removed: i64 = conn
+                .hdel(keys.subscribers(), &name)
+                .await
+                .map_err(StoreError::from)?;
             if removed == 0 {
                 return Err(Failure::failed(format!("no subscriber named {name}")));
             }
@@ -89,13 +118,18 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             Ok(())
         }
         Action::Rotate { name, secret } => {
-            let raw: Option<String> = conn.hget(keys.subscribers(), &name).await.map_err(StoreError::from)?;
+            let raw: Option<String> = conn
+                .hget(keys.subscribers(), &name)
+                .await
+                .map_err(StoreError::from)?;
             let mut sub: Subscriber = raw
                 .and_then(|r| serde_json::from_str(&r).ok())
                 .ok_or_else(|| Failure::failed(format!("no subscriber named {name}")))?;
             let new = match secret {
                 Some(s) => s,
-                None => Secret::generate().map_err(|e| Failure::failed(e.to_string()))?.to_whsec(),
+                None => Secret::generate()
+                    .map_err(|e| Failure::failed(e.to_string()))?
+                    .to_whsec(),
             };
             let overlap = settings.webhooks.rotation_overlap_seconds as i64 * 1000;
             sub.previous_secret = Some(std::mem::replace(&mut sub.secret, new.clone()));
@@ -103,17 +137,28 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             subscribers::check(&sub).map_err(Failure::usage)?;
             save(&mut conn, &keys, &name, &sub).await?;
             println!("subscriber {name}: new secret {new}");
-            println!("the old secret also signs for {} s", settings.webhooks.rotation_overlap_seconds);
+            println!(
+                "the old secret also signs for {} s",
+                settings.webhooks.rotation_overlap_seconds
+            );
             Ok(())
         }
     }
 }
 
-async fn save(conn: &mut crate::store::Conn, keys: &Keys, name: &str, sub: &Subscriber) -> Result<(), Failure> {
+async fn save(
+    conn: &mut crate::store::Conn,
+    keys: &Keys,
+    name: &str,
+    sub: &Subscriber,
+) -> Result<(), Failure> {
     if name.is_empty() || name.contains(char::is_whitespace) || name.starts_with("job:") {
         return Err(Failure::usage(format!("{name:?} is not a subscriber name")));
     }
     let json = serde_json::to_string(sub).map_err(|e| Failure::failed(e.to_string()))?;
-    let _: i64 = conn.hset(keys.subscribers(), name, json).await.map_err(StoreError::from)?;
+    let _: i64 = conn
+        .hset(keys.subscribers(), name, json)
+        .await
+        .map_err(StoreError::from)?;
     Ok(())
 }

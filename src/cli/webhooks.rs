@@ -20,18 +20,28 @@ pub enum Action {
     Deliver,
 }
 
-pub async fn run(settings: Arc<Settings>, action: Action, shutdown: impl std::future::Future<Output = ()>) -> CliResult {
+pub async fn run(
+    settings: Arc<Settings>,
+    action: Action,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (store, mut conn) = connect(&settings).await?;
     match action {
-        Action::Replay { id: Some(id), dead: false } => {
+        Action::Replay {
+            id: Some(id),
+            dead: false,
+        } => {
             if !outbox::replay(&mut conn, &keys, &id).await? {
                 return Err(Failure::failed(format!("no delivery {id}")));
             }
             println!("delivery {id} will be sent again");
             Ok(())
         }
-        Action::Replay { id: None, dead: true } => {
+        Action::Replay {
+            id: None,
+            dead: true,
+        } => {
             let mut n = 0;
             for (entry, id) in outbox::dead_letters(&mut conn, &keys).await? {
                 if outbox::replay(&mut conn, &keys, &id).await? {
@@ -46,10 +56,15 @@ pub async fn run(settings: Arc<Settings>, action: Action, shutdown: impl std::fu
         Action::Attempts { job } => {
             let deliveries = outbox::for_job(&mut conn, &keys, &job).await?;
             if deliveries.is_empty() {
-                return Err(Failure::failed(format!("no webhook deliveries for job {job}")));
+                return Err(Failure::failed(format!(
+                    "no webhook deliveries for job {job}"
+                )));
             }
             for (d, attempts) in deliveries {
-                println!("{} {} -> {} [{}] {} attempt(s)", d.id, d.event, d.subscriber, d.status, d.attempts);
+                println!(
+                    "{} {} -> {} [{}] {} attempt(s)",
+                    d.id, d.event, d.subscriber, d.status, d.attempts
+                );
                 for a in attempts {
                     println!("  {a}");
                 }
@@ -58,7 +73,11 @@ pub async fn run(settings: Arc<Settings>, action: Action, shutdown: impl std::fu
         }
         Action::Deliver => {
             let token = tokio_util::sync::CancellationToken::new();
-            let loop_ = tokio::spawn(crate::webhook::deliver::run(settings.clone(), store, token.clone()));
+            let loop_ = tokio::spawn(crate::webhook::deliver::run(
+                settings.clone(),
+                store,
+                token.clone(),
+            ));
             shutdown.await;
             token.cancel();
             let _ = loop_.await;

@@ -119,7 +119,12 @@ pub fn body(
     policy: &PolicySettings,
     network: &str,
 ) -> ContainerCreateBody {
-    let mut env: Vec<String> = job.env.iter().chain(&job.secret_env).map(|(k, v)| format!("{k}={v}")).collect();
+    let mut env: Vec<String> = job
+        .env
+        .iter()
+        .chain(&job.secret_env)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     env.push(format!("DOCKHAND_JOB_ID={}", job.id));
     env.push(format!("DOCKHAND_ATTEMPT={attempt}"));
     env.push(format!("DOCKHAND_INPUT={INPUT_DIR}"));

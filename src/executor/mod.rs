@@ -13,8 +13,8 @@
 pub mod build;
 mod container;
 mod files;
-mod services;
 pub mod network;
+mod services;
 pub mod sweep;
 
 pub use container::{LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};

@@ -26,7 +26,11 @@ impl Executor {
     pub async fn results_network(&self) -> Result<(String, IpAddr), ExecError> {
         let path = std::env::temp_dir().join("dockhand-results-network.lock");
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
             file.lock()?;
             Ok(file)
         })
@@ -48,13 +52,19 @@ impl Executor {
             let request = NetworkCreateRequest {
                 name: RESULTS_NETWORK.to_string(),
                 driver: Some("bridge".to_string()),
-                labels: Some(HashMap::from([("dockhand.network".to_string(), "results".to_string())])),
+                labels: Some(HashMap::from([(
+                    "dockhand.network".to_string(),
+                    "results".to_string(),
+                )])),
                 ..Default::default()
             };
             self.docker
                 .create_network(request)
                 .await
-                .map_err(|source| ExecError::Docker { action: "create the results network", source })?;
+                .map_err(|source| ExecError::Docker {
+                    action: "create the results network",
+                    source,
+                })?;
             ids = self.results_networks().await?;
         }
         ids.sort();
@@ -65,7 +75,10 @@ impl Executor {
             .docker
             .inspect_network(&chosen, None)
             .await
-            .map_err(|source| ExecError::Docker { action: "inspect the results network", source })?;
+            .map_err(|source| ExecError::Docker {
+                action: "inspect the results network",
+                source,
+            })?;
         let gateway = net
             .ipam
             .and_then(|ipam| ipam.config)
@@ -79,12 +92,17 @@ impl Executor {
 
     async fn results_networks(&self) -> Result<Vec<String>, ExecError> {
         let filters = HashMap::from([("label".to_string(), vec![LABEL.to_string()])]);
-        let opts = ListNetworksOptionsBuilder::default().filters(&filters).build();
+        let opts = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
         let list = self
             .docker
             .list_networks(Some(opts))
             .await
-            .map_err(|source| ExecError::Docker { action: "list networks", source })?;
+            .map_err(|source| ExecError::Docker {
+                action: "list networks",
+                source,
+            })?;
         Ok(list.into_iter().filter_map(|n| n.id).collect())
     }
 }
@@ -92,6 +110,8 @@ impl Executor {
 fn no_gateway(why: &str) -> ExecError {
     ExecError::Docker {
         action: "find the results network's gateway",
-        source: bollard::errors::Error::IOError { err: std::io::Error::other(why.to_string()) },
+        source: bollard::errors::Error::IOError {
+            err: std::io::Error::other(why.to_string()),
+        },
     }
 }

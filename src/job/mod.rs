@@ -13,8 +13,8 @@ mod spec;
 mod status;
 mod validate;
 
-pub use retry::{RetryOn, RetryPolicy};
 pub use attach::{Mount, Publish, ServiceRun};
+pub use retry::{RetryOn, RetryPolicy};
 pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Service};
 pub use status::{Reason, Status};
 pub use validate::{validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile};
@@ -51,14 +51,32 @@ impl Rejection {
 /// than as unknown fields) so that the producer learns it is a rule, not a typo.
 const NEVER_ALLOWED: &[(&str, &str)] = &[
     ("privileged", "privileged containers are never allowed"),
-    ("pid", "sharing the host's process namespace is never allowed"),
-    ("pid_mode", "sharing the host's process namespace is never allowed"),
+    (
+        "pid",
+        "sharing the host's process namespace is never allowed",
+    ),
+    (
+        "pid_mode",
+        "sharing the host's process namespace is never allowed",
+    ),
     ("ipc", "sharing the host's IPC namespace is never allowed"),
-    ("ipc_mode", "sharing the host's IPC namespace is never allowed"),
+    (
+        "ipc_mode",
+        "sharing the host's IPC namespace is never allowed",
+    ),
     ("devices", "access to host devices is never allowed"),
-    ("cap_add", "capabilities are set by the worker's policy (policy.cap_add), not by jobs"),
-    ("security_opt", "security options are set by the worker, not by jobs"),
-    ("network_mode", "use `network`; the host network is never allowed"),
+    (
+        "cap_add",
+        "capabilities are set by the worker's policy (policy.cap_add), not by jobs",
+    ),
+    (
+        "security_opt",
+        "security options are set by the worker, not by jobs",
+    ),
+    (
+        "network_mode",
+        "use `network`; the host network is never allowed",
+    ),
 ];
 
 /// Parses a raw job entry. The message of an error names the offending field path.
@@ -98,8 +116,12 @@ pub fn parse(raw: &[u8]) -> Result<JobSpec, Rejection> {
 /// the job hash and the dead stream. An entry that is not a JSON object is returned
 /// as it is (it has no secrets Dockhand could know of).
 pub fn redact(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(raw) else { return raw.into() };
-    let Some(secrets) = v.get_mut("secret_env").and_then(|s| s.as_object_mut()) else { return raw.into() };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(raw) else {
+        return raw.into();
+    };
+    let Some(secrets) = v.get_mut("secret_env").and_then(|s| s.as_object_mut()) else {
+        return raw.into();
+    };
     for value in secrets.values_mut() {
         *value = "***".into();
     }
@@ -155,10 +177,21 @@ mod tests {
 
     #[test]
     fn dangerous_container_settings_are_policy_denied() {
-        for field in ["privileged", "pid", "ipc", "devices", "cap_add", "network_mode"] {
+        for field in [
+            "privileged",
+            "pid",
+            "ipc",
+            "devices",
+            "cap_add",
+            "network_mode",
+        ] {
             let err = parse(format!(r#"{{"image":"x","{field}":true}}"#).as_bytes()).unwrap_err();
             assert_eq!(err.reason, Reason::PolicyDenied, "{field}");
-            assert!(err.message.starts_with(&format!("`{field}`")), "{}", err.message);
+            assert!(
+                err.message.starts_with(&format!("`{field}`")),
+                "{}",
+                err.message
+            );
         }
     }
 

@@ -161,7 +161,10 @@ pub fn validate_at(
     for (key, value) in &spec.secret_env {
         check_env_named(&format!("secret_env.{key}"), key, value)?;
         if spec.env.contains_key(key) {
-            return Err(Rejection::invalid(&format!("secret_env.{key}"), "is also in `env`; give it once"));
+            return Err(Rejection::invalid(
+                &format!("secret_env.{key}"),
+                "is also in `env`; give it once",
+            ));
         }
     }
     let mut files = stage_inputs(&spec)?;

@@ -37,7 +37,12 @@ pub async fn run(settings: Arc<Settings>, store: Store, token: CancellationToken
             return;
         }
     };
-    let ctx = Ctx { keys: Keys::new(&settings.redis.prefix), settings, store, guard };
+    let ctx = Ctx {
+        keys: Keys::new(&settings.redis.prefix),
+        settings,
+        store,
+        guard,
+    };
     let w = &ctx.settings.webhooks;
     let permits = Arc::new(Semaphore::new(w.concurrency));
     let tracker = TaskTracker::new();
@@ -49,7 +54,14 @@ pub async fn run(settings: Arc<Settings>, store: Store, token: CancellationToken
         } else {
             async {
                 let mut conn = ctx.store.conn().await?;
-                outbox::take_due(&mut conn, &ctx.keys, chrono::Utc::now().timestamp_millis(), lease_ms, free).await
+                outbox::take_due(
+                    &mut conn,
+                    &ctx.keys,
+                    chrono::Utc::now().timestamp_millis(),
+                    lease_ms,
+                    free,
+                )
+                .await
             }
             .await
         };
@@ -62,7 +74,9 @@ pub async fn run(settings: Arc<Settings>, store: Store, token: CancellationToken
         };
         let idle = ids.is_empty();
         for id in ids {
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             let ctx = ctx.clone();
             tracker.spawn(async move {
                 if let Err(e) = send(&ctx, &id).await {
@@ -80,7 +94,11 @@ pub async fn run(settings: Arc<Settings>, store: Store, token: CancellationToken
         }
     }
     tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(ctx.settings.webhooks.timeout_seconds + 5), tracker.wait()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(ctx.settings.webhooks.timeout_seconds + 5),
+        tracker.wait(),
+    )
+    .await;
 }
 
 async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
@@ -121,17 +139,22 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
         "verdict": format!("{:?}", outcome.verdict).to_lowercase(),
     });
     outbox::record_attempt(&mut conn, &ctx.keys, id, &record).await?;
-    let what = outcome
-        .error
-        .clone()
-        .unwrap_or_else(|| format!("HTTP {}", outcome.status.map(|s| s.to_string()).unwrap_or_default()));
+    let what = outcome.error.clone().unwrap_or_else(|| {
+        format!(
+            "HTTP {}",
+            outcome.status.map(|s| s.to_string()).unwrap_or_default()
+        )
+    });
     match outcome.verdict {
         Verdict::Delivered => {
             tracing::info!(delivery = %id, job_id = %d.job, subscriber = %d.subscriber, status = ?outcome.status, "webhook delivered");
             outbox::delivered(&mut conn, &ctx.keys, id, retention).await
         }
         Verdict::Gone => {
-            let why = format!("{what}: the receiver asked for no more deliveries; subscriber {} disabled", d.subscriber);
+            let why = format!(
+                "{what}: the receiver asked for no more deliveries; subscriber {} disabled",
+                d.subscriber
+            );
             tracing::warn!(delivery = %id, subscriber = %d.subscriber, "webhook receiver answered 410 Gone; subscriber disabled");
             disable(&mut conn, &ctx.keys, &d.subscriber, &why).await?;
             outbox::dead(&mut conn, &ctx.keys, &d, &why, retention).await
@@ -162,11 +185,18 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
 
 /// Where to send `d` now: the job's own target, or the subscriber as registered
 /// at this moment (so a rotation or a new URL applies to pending deliveries).
-async fn target(conn: &mut crate::store::Conn, keys: &Keys, d: &Delivery) -> Result<Result<Target, String>, StoreError> {
+async fn target(
+    conn: &mut crate::store::Conn,
+    keys: &Keys,
+    d: &Delivery,
+) -> Result<Result<Target, String>, StoreError> {
     if let (Some(url), Some(secret)) = (&d.url, &d.secret) {
         return Ok(secret
             .parse()
-            .map(|s| Target { url: url.clone(), secrets: vec![s] })
+            .map(|s| Target {
+                url: url.clone(),
+                secrets: vec![s],
+            })
             .map_err(|e| format!("the job's webhook secret is unusable: {e}")));
     }
     let raw: Option<String> = conn.hget(keys.subscribers(), &d.subscriber).await?;
@@ -175,19 +205,38 @@ async fn target(conn: &mut crate::store::Conn, keys: &Keys, d: &Delivery) -> Res
     };
     let sub: Subscriber = match serde_json::from_str(&raw) {
         Ok(s) => s,
-        Err(e) => return Ok(Err(format!("subscriber {} is unreadable: {e}", d.subscriber))),
+        Err(e) => {
+            return Ok(Err(format!(
+                "subscriber {} is unreadable: {e}",
+                d.subscriber
+            )))
+        }
     };
     if let Some(why) = &sub.disabled {
-        return Ok(Err(format!("subscriber {} is disabled: {why}", d.subscriber)));
+        return Ok(Err(format!(
+            "subscriber {} is disabled: {why}",
+            d.subscriber
+        )));
     }
     Ok(sub.target(chrono::Utc::now().timestamp_millis()))
 }
 
-async fn disable(conn: &mut crate::store::Conn, keys: &Keys, name: &str, why: &str) -> Result<(), StoreError> {
+async fn disable(
+    conn: &mut crate::store::Conn,
+    keys: &Keys,
+    name: &str,
+    why: &str,
+) -> Result<(), StoreError> {
     let raw: Option<String> = conn.hget(keys.subscribers(), name).await?;
     if let Some(mut sub) = raw.and_then(|r| serde_json::from_str::<Subscriber>(&r).ok()) {
         sub.disabled = Some(why.to_string());
-        let _: i64 = conn.hset(keys.subscribers(), name, serde_json::to_string(&sub).unwrap_or_default()).await?;
+        let _: i64 = conn
+            .hset(
+                keys.subscribers(),
+                name,
+                serde_json::to_string(&sub).unwrap_or_default(),
+            )
+            .await?;
     }
     Ok(())
 }

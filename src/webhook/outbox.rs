@@ -95,10 +95,28 @@ static CREATE: LazyLock<redis::Script> = LazyLock::new(|| {
 
 /// Makes the deliveries of a finished job's terminal event (idempotent). Returns how
 /// many were new.
-pub async fn enqueue_for_job(conn: &mut Conn, keys: &Keys, job: &str, retention: u64) -> Result<usize, StoreError> {
-    let (body, queue, entry, spec): (Option<String>, Option<String>, Option<String>, Option<String>) =
-        redis::cmd("HMGET").arg(keys.job(job)).arg("event").arg("queue").arg("entry").arg("spec").query_async(conn).await?;
-    let Some(body) = body.filter(|b| !b.is_empty()) else { return Ok(0) };
+pub async fn enqueue_for_job(
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+    retention: u64,
+) -> Result<usize, StoreError> {
+    let (body, queue, entry, spec): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = redis::cmd("HMGET")
+        .arg(keys.job(job))
+        .arg("event")
+        .arg("queue")
+        .arg("entry")
+        .arg("spec")
+        .query_async(conn)
+        .await?;
+    let Some(body) = body.filter(|b| !b.is_empty()) else {
+        return Ok(0);
+    };
     let event = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["type"].as_str().map(str::to_string))
@@ -111,11 +129,15 @@ pub async fn enqueue_for_job(conn: &mut Conn, keys: &Keys, job: &str, retention:
     names.sort();
     for name in names {
         match serde_json::from_str::<super::Subscriber>(&subscribers[name]) {
-            Ok(sub) if sub.wants(&event, &queue) => {
-                targets.push(NewDelivery { subscriber: name.clone(), url: None, secret: None })
-            }
+            Ok(sub) if sub.wants(&event, &queue) => targets.push(NewDelivery {
+                subscriber: name.clone(),
+                url: None,
+                secret: None,
+            }),
             Ok(_) => {}
-            Err(e) => tracing::warn!(subscriber = %name, error = %e, "a subscriber's JSON is unreadable; skipped"),
+            Err(e) => {
+                tracing::warn!(subscriber = %name, error = %e, "a subscriber's JSON is unreadable; skipped")
+            }
         }
     }
     targets.extend(job_targets(spec.as_deref().unwrap_or("{}"), &event));
@@ -148,13 +170,19 @@ pub async fn enqueue_for_job(conn: &mut Conn, keys: &Keys, job: &str, retention:
 /// The job's own `webhooks: [{url, secret, events}]` that want `event`.
 fn job_targets(spec: &str, event: &str) -> Vec<NewDelivery> {
     let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
-    let Some(hooks) = spec["webhooks"].as_array() else { return Vec::new() };
+    let Some(hooks) = spec["webhooks"].as_array() else {
+        return Vec::new();
+    };
     hooks
         .iter()
         .enumerate()
         .filter(|(_, h)| match h["events"].as_array() {
-            Some(events) => events.iter().any(|e| e.as_str() == Some(event) || e.as_str() == Some("*")),
-            None => super::subscribers::default_events().iter().any(|e| e == event),
+            Some(events) => events
+                .iter()
+                .any(|e| e.as_str() == Some(event) || e.as_str() == Some("*")),
+            None => super::subscribers::default_events()
+                .iter()
+                .any(|e| e == event),
         })
         .map(|(i, h)| NewDelivery {
             subscriber: format!("job:{i}"),
@@ -178,8 +206,20 @@ static TAKE_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-pub async fn take_due(conn: &mut Conn, keys: &Keys, now_ms: i64, lease_ms: u64, max: usize) -> Result<Vec<String>, StoreError> {
-    Ok(TAKE_DUE.key(keys.deliveries_due()).arg(now_ms).arg(lease_ms).arg(max).invoke_async(conn).await?)
+pub async fn take_due(
+    conn: &mut Conn,
+    keys: &Keys,
+    now_ms: i64,
+    lease_ms: u64,
+    max: usize,
+) -> Result<Vec<String>, StoreError> {
+    Ok(TAKE_DUE
+        .key(keys.deliveries_due())
+        .arg(now_ms)
+        .arg(lease_ms)
+        .arg(max)
+        .invoke_async(conn)
+        .await?)
 }
 
 pub async fn load(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -188,7 +228,12 @@ pub async fn load(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Option<Deliv
 }
 
 /// Appends one attempt's record and counts it.
-pub async fn record_attempt(conn: &mut Conn, keys: &Keys, id: &str, attempt: &serde_json::Value) -> Result<(), StoreError> {
+pub async fn record_attempt(
+    conn: &mut Conn,
+    keys: &Keys,
+    id: &str,
+    attempt: &serde_json::Value,
+) -> Result<(), StoreError> {
     redis::pipe()
         .rpush(keys.delivery_attempts(id), attempt.to_string())
         .ignore()
@@ -201,9 +246,20 @@ pub async fn record_attempt(conn: &mut Conn, keys: &Keys, id: &str, attempt: &se
     Ok(())
 }
 
-pub async fn delivered(conn: &mut Conn, keys: &Keys, id: &str, retention: u64) -> Result<(), StoreError> {
+pub async fn delivered(
+    conn: &mut Conn,
+    keys: &Keys,
+    id: &str,
+    retention: u64,
+) -> Result<(), StoreError> {
     redis::pipe()
-        .hset_multiple(keys.delivery(id), &[("status", "delivered".to_string()), ("delivered_at", crate::time::now())])
+        .hset_multiple(
+            keys.delivery(id),
+            &[
+                ("status", "delivered".to_string()),
+                ("delivered_at", crate::time::now()),
+            ],
+        )
         .ignore()
         .zrem(keys.deliveries_due(), id)
         .ignore()
@@ -216,7 +272,12 @@ pub async fn delivered(conn: &mut Conn, keys: &Keys, id: &str, retention: u64) -
     Ok(())
 }
 
-pub async fn retry_at(conn: &mut Conn, keys: &Keys, id: &str, at_ms: i64) -> Result<(), StoreError> {
+pub async fn retry_at(
+    conn: &mut Conn,
+    keys: &Keys,
+    id: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
     redis::pipe()
         .hset(keys.delivery(id), "next_at", at_ms)
         .ignore()
@@ -228,7 +289,13 @@ pub async fn retry_at(conn: &mut Conn, keys: &Keys, id: &str, at_ms: i64) -> Res
 }
 
 /// Gives up on a delivery: `dockhand:webhooks:dead` gets a line naming it and why.
-pub async fn dead(conn: &mut Conn, keys: &Keys, d: &Delivery, error: &str, retention: u64) -> Result<(), StoreError> {
+pub async fn dead(
+    conn: &mut Conn,
+    keys: &Keys,
+    d: &Delivery,
+    error: &str,
+    retention: u64,
+) -> Result<(), StoreError> {
     let fields = [
         ("id", d.id.as_str()),
         ("job", d.job.as_str()),
@@ -237,11 +304,19 @@ pub async fn dead(conn: &mut Conn, keys: &Keys, d: &Delivery, error: &str, reten
         ("error", error),
     ];
     redis::pipe()
-        .hset_multiple(keys.delivery(&d.id), &[("status", "dead"), ("error", error)])
+        .hset_multiple(
+            keys.delivery(&d.id),
+            &[("status", "dead"), ("error", error)],
+        )
         .ignore()
         .zrem(keys.deliveries_due(), &d.id)
         .ignore()
-        .xadd_maxlen(keys.deliveries_dead(), redis::streams::StreamMaxlen::Approx(10_000), "*", &fields)
+        .xadd_maxlen(
+            keys.deliveries_dead(),
+            redis::streams::StreamMaxlen::Approx(10_000),
+            "*",
+            &fields,
+        )
         .ignore()
         .expire(keys.delivery(&d.id), retention as i64)
         .ignore()
@@ -265,7 +340,11 @@ pub async fn replay(conn: &mut Conn, keys: &Keys, id: &str) -> Result<bool, Stor
         .ignore()
         .persist(keys.delivery_attempts(id))
         .ignore()
-        .zadd(keys.deliveries_due(), id, chrono::Utc::now().timestamp_millis())
+        .zadd(
+            keys.deliveries_due(),
+            id,
+            chrono::Utc::now().timestamp_millis(),
+        )
         .ignore()
         .query_async::<()>(conn)
         .await?;
@@ -273,18 +352,33 @@ pub async fn replay(conn: &mut Conn, keys: &Keys, id: &str) -> Result<bool, Stor
 }
 
 /// The ids named in the dead-letter stream, with their stream entry ids.
-pub async fn dead_letters(conn: &mut Conn, keys: &Keys) -> Result<Vec<(String, String)>, StoreError> {
+pub async fn dead_letters(
+    conn: &mut Conn,
+    keys: &Keys,
+) -> Result<Vec<(String, String)>, StoreError> {
     let reply: redis::streams::StreamRangeReply = conn.xrange_all(keys.deliveries_dead()).await?;
-    Ok(reply.ids.into_iter().map(|e| (e.id.clone(), e.get::<String>("id").unwrap_or_default())).collect())
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|e| (e.id.clone(), e.get::<String>("id").unwrap_or_default()))
+        .collect())
 }
 
-pub async fn forget_dead_letter(conn: &mut Conn, keys: &Keys, entry: &str) -> Result<(), StoreError> {
+pub async fn forget_dead_letter(
+    conn: &mut Conn,
+    keys: &Keys,
+    entry: &str,
+) -> Result<(), StoreError> {
     let _: i64 = conn.xdel(keys.deliveries_dead(), &[entry]).await?;
     Ok(())
 }
 
 /// A job's deliveries with their attempts, for `dockhand webhooks attempts`.
-pub async fn for_job(conn: &mut Conn, keys: &Keys, job: &str) -> Result<Vec<(Delivery, Vec<String>)>, StoreError> {
+pub async fn for_job(
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+) -> Result<Vec<(Delivery, Vec<String>)>, StoreError> {
     let mut ids: Vec<String> = conn.smembers(keys.job_deliveries(job)).await?;
     ids.sort();
     let mut out = Vec::new();
@@ -308,7 +402,10 @@ mod tests {
         assert_ne!(a, delivery_id("j", "1-0", "job.completed", "s2"));
         assert_ne!(a, delivery_id("j", "2-0", "job.completed", "s1"));
         assert!(a.starts_with("msg_") && a.len() == 30);
-        assert!(crate::webhook::Message::with_id(a, "{}").is_ok(), "usable as a webhook-id");
+        assert!(
+            crate::webhook::Message::with_id(a, "{}").is_ok(),
+            "usable as a webhook-id"
+        );
     }
 
     #[test]

@@ -11,8 +11,14 @@ use super::{Secret, Target};
 use serde::{Deserialize, Serialize};
 
 /// The event types a job produces.
-pub const EVENT_TYPES: &[&str] =
-    &["job.queued", "job.started", "job.retrying", "job.completed", "job.aborted", "job.duplicate"];
+pub const EVENT_TYPES: &[&str] = &[
+    "job.queued",
+    "job.started",
+    "job.retrying",
+    "job.completed",
+    "job.aborted",
+    "job.duplicate",
+];
 
 /// Which events a subscriber gets when it names none.
 pub fn default_events() -> Vec<String> {
@@ -57,7 +63,10 @@ impl Subscriber {
                 secrets.push(parse_secret(old)?);
             }
         }
-        Ok(Target { url: self.url.clone(), secrets })
+        Ok(Target {
+            url: self.url.clone(),
+            secrets,
+        })
     }
 
     /// The secret shown to a person: its first characters only.
@@ -68,7 +77,8 @@ impl Subscriber {
 }
 
 fn parse_secret(text: &str) -> Result<Secret, String> {
-    text.parse::<Secret>().map_err(|e| format!("the subscriber's secret is unusable: {e}"))
+    text.parse::<Secret>()
+        .map_err(|e| format!("the subscriber's secret is unusable: {e}"))
 }
 
 /// Checks what `dockhand subscriber add` is given.
@@ -77,7 +87,10 @@ pub fn check(sub: &Subscriber) -> Result<(), String> {
     parse_secret(&sub.secret)?;
     for e in &sub.events {
         if e != "*" && !EVENT_TYPES.contains(&e.as_str()) {
-            return Err(format!("unknown event type {e:?} (one of {})", EVENT_TYPES.join(", ")));
+            return Err(format!(
+                "unknown event type {e:?} (one of {})",
+                EVENT_TYPES.join(", ")
+            ));
         }
     }
     for q in &sub.queues {
@@ -90,15 +103,27 @@ pub fn check(sub: &Subscriber) -> Result<(), String> {
 
 /// Checks one of a job's own `webhooks: [{url, secret, events}]`.
 pub fn check_job_webhook(hook: &serde_json::Value) -> Result<(), String> {
-    let Some(obj) = hook.as_object() else { return Err("must be an object {url, secret, events}".into()) };
-    if let Some(k) = obj.keys().find(|k| !["url", "secret", "events"].contains(&k.as_str())) {
+    let Some(obj) = hook.as_object() else {
+        return Err("must be an object {url, secret, events}".into());
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["url", "secret", "events"].contains(&k.as_str()))
+    {
         return Err(format!("unknown field `{k}`"));
     }
-    let url = obj.get("url").and_then(|v| v.as_str()).ok_or("`url` (a string) is required")?;
-    let secret = obj.get("secret").and_then(|v| v.as_str()).ok_or("`secret` (whsec_...) is required")?;
+    let url = obj
+        .get("url")
+        .and_then(|v| v.as_str())
+        .ok_or("`url` (a string) is required")?;
+    let secret = obj
+        .get("secret")
+        .and_then(|v| v.as_str())
+        .ok_or("`secret` (whsec_...) is required")?;
     let events: Vec<String> = match obj.get("events") {
         None => default_events(),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|_| "`events` must be a list of event types")?,
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|_| "`events` must be a list of event types")?,
     };
     check(&Subscriber {
         url: url.into(),
@@ -116,7 +141,10 @@ mod tests {
     use super::*;
 
     fn sub() -> Subscriber {
-        serde_json::from_str(r#"{"url":"http://127.0.0.1:9/x","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#).unwrap()
+        serde_json::from_str(
+            r#"{"url":"http://127.0.0.1:9/x","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -19,9 +19,10 @@
 
 mod broadcast;
 mod lease;
+mod outcome;
 mod pipeline;
-mod results;
 mod prepare;
+mod results;
 mod running;
 mod upkeep;
 
@@ -140,7 +141,11 @@ pub async fn run_with(
         broadcast_ready,
         token.clone(),
     ));
-    chores.spawn(crate::webhook::deliver::run(ctx.settings.clone(), ctx.store.clone(), token.clone()));
+    chores.spawn(crate::webhook::deliver::run(
+        ctx.settings.clone(),
+        ctx.store.clone(),
+        token.clone(),
+    ));
     chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
     chores.spawn(lease::reclaimer(
         ctx.clone(),
@@ -295,7 +300,7 @@ fn reconnect_backoff(settings: &Settings) -> Backoff {
 
 fn report_unreachable(e: &StoreError, failures: u32, delay: Duration) {
     // Say it on the first failure and then every tenth, not on every retry.
-    if failures == 1 || failures % 10 == 0 {
+    if failures == 1 || failures.is_multiple_of(10) {
         tracing::warn!(
             error = %error_chain(e),
             failures,

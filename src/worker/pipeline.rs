@@ -8,17 +8,17 @@
 //! - If Redis is unreachable when the outcome must be written, the write is retried;
 //!   if that fails for good the entry stays pending, to be run again, never lost.
 
+use super::outcome::conclude;
 use super::running::{Registration, StopCause};
 use super::{prepare, Ctx};
 use crate::backoff::Backoff;
-use crate::executor::{ExecError, ResultFile, RunContext, RunOutcome};
+use crate::executor::RunContext;
 use crate::job::{self, Job, Reason, Rejection, Status};
-use crate::logs::{self, LogSender};
+use crate::logs;
 use crate::queue::{self, Entry};
-use crate::state::{self, Claim, FileInfo, JobRecord, Owner};
+use crate::state::{self, Claim, JobRecord, Owner};
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
@@ -109,7 +109,12 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     if !claimed.created_at.is_empty() {
         record.created_at = claimed.created_at.clone();
     }
-    let run = Run { ctx, entry, raw, stored };
+    let run = Run {
+        ctx,
+        entry,
+        raw,
+        stored,
+    };
 
     let parsed = match parsed {
         Ok(spec) => prepare::with_profile(ctx, raw, spec).await?,
@@ -258,15 +263,19 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     drop(log);
     let summary = writer.await.unwrap_or_default();
     let keep = ctx.settings.webhooks.log_tail_lines;
-    record.log_tail = summary.tail.iter().skip(summary.tail.len().saturating_sub(keep)).cloned().collect();
+    record.log_tail = summary
+        .tail
+        .iter()
+        .skip(summary.tail.len().saturating_sub(keep))
+        .cloned()
+        .collect();
     // A job may print or return a secret: its result and error are masked too.
     if !mask.is_empty() {
         record.result_text = record.result_text.as_deref().map(|t| mask.apply(t));
         record.error = record.error.as_deref().map(|t| mask.apply(t));
-        record.result_data = record
-            .result_data
-            .take()
-            .map(|d| serde_json::from_str(&mask.apply(&d.to_string())).unwrap_or(serde_json::Value::Null));
+        record.result_data = record.result_data.take().map(|d| {
+            serde_json::from_str(&mask.apply(&d.to_string())).unwrap_or(serde_json::Value::Null)
+        });
     }
     if summary.lines_lost > 0 {
         let note = format!(
@@ -489,121 +498,6 @@ fn job_id(
     }
 }
 
-/// Fills the record's outcome from the run; returns the files to store.
-async fn conclude(
-    record: &mut JobRecord,
-    job: &Job,
-    outcome: Result<RunOutcome, ExecError>,
-    log: &LogSender,
-) -> Vec<(String, Vec<u8>)> {
-    let run = match outcome {
-        Ok(run) => run,
-        Err(e) => {
-            let (reason, exit_code) = classify(&e);
-            let message = error_chain(&e);
-            log.system(message.clone()).await;
-            record.exit_code = exit_code;
-            record.abort(reason, message);
-            return Vec::new();
-        }
-    };
-    record.exit_code = Some(run.exit_code);
-    record.image_id = run.image_id.clone();
-    record.files = run
-        .output
-        .files
-        .iter()
-        .map(|(name, content)| FileInfo {
-            name: name.clone(),
-            size: content.len() as u64,
-            sha256: hex::encode(Sha256::digest(content)),
-        })
-        .collect();
-    record.files_dropped = run.output.dropped.clone();
-    if !run.output.dropped.is_empty() {
-        log.system(format!(
-            "output files not kept: {}",
-            run.output.dropped.join(", ")
-        ))
-        .await;
-    }
-
-    let mut notes = Vec::new();
-    if !run.output.dropped.is_empty() {
-        notes.push(format!(
-            "{} output file(s) not kept (see files_dropped)",
-            run.output.dropped.len()
-        ));
-    }
-    let mut by_job_abort = None;
-    match run.output.result.clone() {
-        Some(ResultFile::Completed { text, data }) => {
-            record.result_text = text;
-            record.result_data = data;
-        }
-        Some(ResultFile::Aborted { text, data }) => by_job_abort = Some((text, data)),
-        Some(ResultFile::Invalid(why)) => {
-            log.system(format!("result ignored: {why}")).await;
-            notes.push(format!("result ignored: {why}"));
-        }
-        None => {}
-    }
-
-    if run.timed_out {
-        notes.insert(
-            0,
-            format!(
-                "timed out after {} s (limits.timeout_seconds)",
-                job.limits.timeout.as_secs()
-            ),
-        );
-        record.abort(Reason::Timeout, notes.join("; "));
-    } else if let Some((text, data)) = by_job_abort {
-        record.result_data = data;
-        notes.insert(
-            0,
-            text.unwrap_or_else(|| "the job aborted itself (result.json)".to_string()),
-        );
-        record.abort(Reason::AbortedByJob, notes.join("; "));
-    } else if run.exit_code == 0 {
-        record.complete();
-        record.error = (!notes.is_empty()).then(|| notes.join("; "));
-    } else {
-        let mut why = format!("the container exited with code {}", run.exit_code);
-        if run.oom_killed {
-            why = format!(
-                "the container was killed for running out of memory (OOMKilled, limits.memory = {}), exit code {}",
-                crate::size::ByteSize(job.limits.memory),
-                run.exit_code
-            );
-        }
-        notes.insert(0, why);
-        record.abort(Reason::ExitCode, notes.join("; "));
-    }
-    run.output.files
-}
-
-/// The reason for an executor error, and an exit code where Docker implies one
-/// (127: command not found, 126: not executable, as `docker run` reports them).
-fn classify(e: &ExecError) -> (Reason, Option<i64>) {
-    match e {
-        ExecError::ImageNotFound(_) => (Reason::ImageNotFound, None),
-        ExecError::Start { message } => {
-            let m = message.to_ascii_lowercase();
-            if m.contains("executable file not found") || m.contains("no such file or directory") {
-                (Reason::ExitCode, Some(127))
-            } else if m.contains("permission denied") {
-                (Reason::ExitCode, Some(126))
-            } else {
-                (Reason::DockerError, None)
-            }
-        }
-        ExecError::Pull { .. } => (Reason::ImageNotFound, None),
-        ExecError::Connect { .. } | ExecError::Docker { .. } | ExecError::Service { .. } => {
-            (Reason::DockerError, None)
-        }
-    }
-}
 /// Makes the webhook deliveries of a finished job (idempotent), before its entry is
 /// acknowledged: see `webhook::outbox` for why that order loses nothing.
 async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreError> {

@@ -46,7 +46,10 @@ pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<Re
     match ResultServer::start(ip, settings.results.port, ip.to_string()).await {
         Ok(server) => {
             tracing::info!(address = %server.local_addr(), "serving result URLs");
-            Some(ResultsHost { server: Arc::new(server), network })
+            Some(ResultsHost {
+                server: Arc::new(server),
+                network,
+            })
         }
         Err(e) => {
             tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs: cannot listen");
@@ -72,16 +75,26 @@ pub(super) fn open(ctx: &Ctx, job: &mut Job) -> Option<Registration> {
             return None;
         }
     };
-    job.env.insert("RESPONSE_URL".into(), urls.response_url().to_string());
-    job.env.insert("ABORT_URL".into(), urls.abort_url().to_string());
+    job.env
+        .insert("RESPONSE_URL".into(), urls.response_url().to_string());
+    job.env
+        .insert("ABORT_URL".into(), urls.abort_url().to_string());
     Some(urls)
 }
 
 /// Applies what the job posted to its record and files.
-pub(super) async fn apply(record: &mut JobRecord, files: &mut Vec<(String, Vec<u8>)>, posted: Posted, log: &LogSender) {
+pub(super) async fn apply(
+    record: &mut JobRecord,
+    files: &mut Vec<(String, Vec<u8>)>,
+    posted: Posted,
+    log: &LogSender,
+) {
     let overruled = matches!(record.reason, Some(r) if r == Reason::Timeout.as_str() || r == Reason::Cancelled.as_str());
     if overruled {
-        log.system("a result was posted, but the job timed out or was cancelled: the post is ignored").await;
+        log.system(
+            "a result was posted, but the job timed out or was cancelled: the post is ignored",
+        )
+        .await;
         return;
     }
     for (name, content) in posted.files {
@@ -100,13 +113,19 @@ pub(super) async fn apply(record: &mut JobRecord, files: &mut Vec<(String, Vec<u
             record.result_data = posted.data;
             let exit = record.exit_code;
             record.complete();
-            record.error = exit.filter(|c| *c != 0).map(|c| format!("completed by its posted result; the container exited with code {c}"));
+            record.error = exit.filter(|c| *c != 0).map(|c| {
+                format!("completed by its posted result; the container exited with code {c}")
+            });
         }
         PostKind::Abort => {
             record.result_data = posted.data;
-            let why = posted.text.unwrap_or_else(|| "the job aborted itself (ABORT_URL)".into());
+            let why = posted
+                .text
+                .unwrap_or_else(|| "the job aborted itself (ABORT_URL)".into());
             record.abort(Reason::AbortedByJob, why);
         }
     }
-    debug_assert!(record.status == Status::Completed.as_str() || record.status == Status::Aborted.as_str());
+    debug_assert!(
+        record.status == Status::Completed.as_str() || record.status == Status::Aborted.as_str()
+    );
 }

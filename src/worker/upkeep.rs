@@ -139,7 +139,11 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
 /// Only containers made under this worker's id are judged: another worker id may
 /// belong to another deployment (another Redis, another prefix) whose keys we
 /// cannot see, and its containers are not ours to remove.
-async fn is_live(ctx: &Ctx, conn: &mut crate::store::Conn, c: &Labelled) -> Result<bool, StoreError> {
+async fn is_live(
+    ctx: &Ctx,
+    conn: &mut crate::store::Conn,
+    c: &Labelled,
+) -> Result<bool, StoreError> {
     if c.worker != ctx.worker_id {
         return Ok(true);
     }

@@ -118,7 +118,14 @@ async fn a_chatty_job_loses_no_line() {
     let id = format!("{}-chatty", env.prefix);
     let worker = env.worker(&["default"], 1);
     let n = 450_000u64; // about 34 MB of Docker's json-file log: past a 3 x 10 MB rotation
-    env.xadd("default", &spec(&id, serde_json::json!({"command": format!("seq 1 {n}"), "limits": {"log_bytes": "64m"}}))).await;
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": format!("seq 1 {n}"), "limits": {"log_bytes": "64m"}}),
+        ),
+    )
+    .await;
     // A long job by design: a generous guard against a hang, not a speed limit.
     let job = env.finished_within(&id, Duration::from_secs(600)).await;
     assert_eq!(job["status"], "completed");
@@ -126,8 +133,14 @@ async fn a_chatty_job_loses_no_line() {
     let len: u64 = c.xlen(env.keys.log(&id)).await.unwrap();
     assert_eq!(len, n, "one stored line per printed line");
     // Spot-check the order and the ends without reading 600,000 entries.
-    let first: redis::streams::StreamRangeReply = c.xrange_count(env.keys.log(&id), "-", "+", 1).await.unwrap();
-    let last: redis::streams::StreamRangeReply = c.xrevrange_count(env.keys.log(&id), "+", "-", 1).await.unwrap();
+    let first: redis::streams::StreamRangeReply = c
+        .xrange_count(env.keys.log(&id), "-", "+", 1)
+        .await
+        .unwrap();
+    let last: redis::streams::StreamRangeReply = c
+        .xrevrange_count(env.keys.log(&id), "+", "-", 1)
+        .await
+        .unwrap();
     assert_eq!(first.ids[0].get::<String>("line").unwrap(), "1");
     assert_eq!(last.ids[0].get::<String>("line").unwrap(), n.to_string());
     assert_eq!(last.ids[0].get::<String>("seq").unwrap(), n.to_string());

@@ -19,5 +19,5 @@ mod result_urls;
 mod results;
 mod services;
 mod soak;
-mod webhooks;
 mod webhook_send;
+mod webhooks;

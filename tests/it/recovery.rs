@@ -5,12 +5,15 @@ use std::time::Duration;
 
 fn spec(id: &str, extra: serde_json::Value) -> String {
     let mut v = serde_json::json!({ "id": id, "image": image() });
-    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     v.to_string()
 }
 
 /// A job that only finishes on its second attempt (the first one hangs).
-const SECOND_TIME_LUCKY: &str = "echo attempt $DOCKHAND_ATTEMPT; [ $DOCKHAND_ATTEMPT -ge 2 ] || sleep 120";
+const SECOND_TIME_LUCKY: &str =
+    "echo attempt $DOCKHAND_ATTEMPT; [ $DOCKHAND_ATTEMPT -ge 2 ] || sleep 120";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_job_runs_to_completion_elsewhere_and_its_container_is_removed() {
@@ -18,7 +21,11 @@ async fn a_killed_workers_job_runs_to_completion_elsewhere_and_its_container_is_
     let id = format!("{}-lost", env.prefix);
     let first_id = format!("{}-a", env.prefix);
     let mut first = env.spawn_worker(&first_id, &[]);
-    env.xadd("default", &spec(&id, serde_json::json!({"command": SECOND_TIME_LUCKY}))).await;
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": SECOND_TIME_LUCKY})),
+    )
+    .await;
     env.status_becomes(&id, "running").await;
     for _ in 0..600 {
         if env.lines(&id, "stdout").await == vec!["attempt 1"] {
@@ -35,10 +42,17 @@ async fn a_killed_workers_job_runs_to_completion_elsewhere_and_its_container_is_
     assert_eq!(job["attempt"], "2");
     assert_eq!(job["deliveries"], "2");
     assert_ne!(job["worker"], first_id);
-    assert_eq!(env.lines(&id, "stdout").await, vec!["attempt 1", "attempt 2"], "one log, seq continued");
+    assert_eq!(
+        env.lines(&id, "stdout").await,
+        vec!["attempt 1", "attempt 2"],
+        "one log, seq continued"
+    );
 
     // The first worker's container still runs `sleep`; its restart removes it.
-    assert_eq!(containers_with_label(&format!("dockhand.worker={first_id}")).len(), 1);
+    assert_eq!(
+        containers_with_label(&format!("dockhand.worker={first_id}")).len(),
+        1
+    );
     let mut restarted = env.spawn_worker(&first_id, &[]);
     eventually("the restarted worker removes what it left behind", || {
         containers_with_label(&format!("dockhand.worker={first_id}")).is_empty()
@@ -53,24 +67,39 @@ async fn a_killed_workers_job_runs_to_completion_elsewhere_and_its_container_is_
 async fn past_max_deliveries_a_job_is_worker_lost_and_dead_lettered() {
     let env = Env::new();
     let id = format!("{}-twice", env.prefix);
-    let mut first = env.spawn_worker(&format!("{}-a", env.prefix), &[("DOCKHAND__WORKER__MAX_DELIVERIES", "1")]);
-    env.xadd("default", &spec(&id, serde_json::json!({"command": "sleep 120"}))).await;
+    let mut first = env.spawn_worker(
+        &format!("{}-a", env.prefix),
+        &[("DOCKHAND__WORKER__MAX_DELIVERIES", "1")],
+    );
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": "sleep 120"})),
+    )
+    .await;
     env.status_becomes(&id, "running").await;
     first.kill().unwrap();
     first.wait().unwrap();
-    let settings = env.settings(&["default"], 1, &[("DOCKHAND__WORKER__MAX_DELIVERIES", "1")]);
+    let settings = env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WORKER__MAX_DELIVERIES", "1")],
+    );
     let second = crate::common::Worker::start(settings);
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "aborted");
     assert_eq!(job["reason"], "worker_lost");
     assert!(job["error"].contains("lost 1 times"), "{}", job["error"]);
     let mut c = env.conn().await;
-    let dead: usize = deadpool_redis::redis::AsyncCommands::xlen(&mut c, env.keys.dead("default")).await.unwrap();
+    let dead: usize = deadpool_redis::redis::AsyncCommands::xlen(&mut c, env.keys.dead("default"))
+        .await
+        .unwrap();
     assert_eq!(dead, 1);
     second.stop().await;
     // Clean up the container the killed worker left running.
     for c in containers_with_label(&format!("dockhand.job={id}")) {
-        let _ = std::process::Command::new("docker").args(["rm", "-f", &c]).output();
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &c])
+            .output();
     }
 }
 
@@ -90,34 +119,78 @@ async fn a_failed_attempt_is_retried_and_then_succeeds() {
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "completed", "{job:?}");
     assert_eq!(job["attempt"], "2");
-    assert_eq!(env.lines(&id, "stdout").await, vec!["attempt 1", "attempt 2"]);
+    assert_eq!(
+        env.lines(&id, "stdout").await,
+        vec!["attempt 1", "attempt 2"]
+    );
 
     use futures_util::StreamExt;
     let mut messages = pubsub.on_message();
     let mut kinds = Vec::new();
     while kinds.last().map(String::as_str) != Some("job.completed") {
-        let msg = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
         if v["data"]["id"] == id.as_str() {
             kinds.push(v["type"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(kinds, vec!["job.queued", "job.started", "job.retrying", "job.started", "job.completed"]);
+    assert_eq!(
+        kinds,
+        vec![
+            "job.queued",
+            "job.started",
+            "job.retrying",
+            "job.started",
+            "job.completed"
+        ]
+    );
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stop_at_max_attempts_and_skip_unlisted_exit_codes() {
     let env = Env::new();
-    let (always, other) = (format!("{}-always", env.prefix), format!("{}-other", env.prefix));
+    let (always, other) = (
+        format!("{}-always", env.prefix),
+        format!("{}-other", env.prefix),
+    );
     let worker = env.worker(&["default"], 2);
     let retry = serde_json::json!({"max_attempts": 2, "backoff_seconds": 0.1, "on": ["failed"], "exit_codes": [3]});
-    env.xadd("default", &spec(&always, serde_json::json!({"command": "exit 3", "retry": retry}))).await;
-    env.xadd("default", &spec(&other, serde_json::json!({"command": "exit 4", "retry": retry}))).await;
+    env.xadd(
+        "default",
+        &spec(
+            &always,
+            serde_json::json!({"command": "exit 3", "retry": retry}),
+        ),
+    )
+    .await;
+    env.xadd(
+        "default",
+        &spec(
+            &other,
+            serde_json::json!({"command": "exit 4", "retry": retry}),
+        ),
+    )
+    .await;
     let a = env.finished(&always).await;
-    assert_eq!((a["status"].as_str(), a["reason"].as_str(), a["attempt"].as_str()), ("aborted", "exit_code", "2"));
+    assert_eq!(
+        (
+            a["status"].as_str(),
+            a["reason"].as_str(),
+            a["attempt"].as_str()
+        ),
+        ("aborted", "exit_code", "2")
+    );
     let o = env.finished(&other).await;
-    assert_eq!((o["status"].as_str(), o["attempt"].as_str()), ("aborted", "1"), "exit code 4 is not retried");
+    assert_eq!(
+        (o["status"].as_str(), o["attempt"].as_str()),
+        ("aborted", "1"),
+        "exit code 4 is not retried"
+    );
     worker.stop().await;
 }
 
@@ -126,14 +199,24 @@ async fn a_delayed_job_waits_scheduled_then_runs() {
     let env = Env::new();
     let id = format!("{}-later", env.prefix);
     let worker = env.worker(&["default"], 1);
-    env.xadd("default", &spec(&id, serde_json::json!({"command": "echo later", "delay_seconds": 2}))).await;
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "echo later", "delay_seconds": 2}),
+        ),
+    )
+    .await;
     let scheduled = env.status_becomes(&id, "scheduled").await;
     assert!(!scheduled["run_at"].is_empty());
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "completed");
     let created = chrono::DateTime::parse_from_rfc3339(&job["created_at"]).unwrap();
     let started = chrono::DateTime::parse_from_rfc3339(&job["started_at"]).unwrap();
-    assert!(started - created >= chrono::Duration::seconds(2), "not before its delay: {job:?}");
+    assert!(
+        started - created >= chrono::Duration::seconds(2),
+        "not before its delay: {job:?}"
+    );
     worker.stop().await;
 }
 
@@ -154,15 +237,32 @@ async fn cancel_stops_queued_scheduled_and_running_jobs() {
     let running = format!("{}-running", env.prefix);
 
     // Queued: no worker has seen it yet.
-    env.xadd("default", &spec(&queued, serde_json::json!({"command": "echo should not run"}))).await;
+    env.xadd(
+        "default",
+        &spec(
+            &queued,
+            serde_json::json!({"command": "echo should not run"}),
+        ),
+    )
+    .await;
     assert!(cancel(&env, &queued).await.status.success());
     let worker = env.worker(&["default"], 2);
     let job = env.finished(&queued).await;
-    assert_eq!((job["status"].as_str(), job["reason"].as_str()), ("aborted", "cancelled"));
+    assert_eq!(
+        (job["status"].as_str(), job["reason"].as_str()),
+        ("aborted", "cancelled")
+    );
     assert!(env.log(&queued).await.is_empty(), "it never started");
 
     // Scheduled: waiting for its delay.
-    env.xadd("default", &spec(&scheduled, serde_json::json!({"command": "echo no", "delay_seconds": 1}))).await;
+    env.xadd(
+        "default",
+        &spec(
+            &scheduled,
+            serde_json::json!({"command": "echo no", "delay_seconds": 1}),
+        ),
+    )
+    .await;
     env.status_becomes(&scheduled, "scheduled").await;
     assert!(cancel(&env, &scheduled).await.status.success());
     let job = env.finished(&scheduled).await;
@@ -170,15 +270,36 @@ async fn cancel_stops_queued_scheduled_and_running_jobs() {
     assert!(job["started_at"].is_empty(), "it never started");
 
     // Running: stopped, container removed.
-    env.xadd("default", &spec(&running, serde_json::json!({"command": "echo started; sleep 120"}))).await;
+    env.xadd(
+        "default",
+        &spec(
+            &running,
+            serde_json::json!({"command": "echo started; sleep 120"}),
+        ),
+    )
+    .await;
     env.status_becomes(&running, "running").await;
-    eventually("the container runs", || !containers_with_label(&format!("dockhand.job={running}")).is_empty()).await;
+    eventually("the container runs", || {
+        !containers_with_label(&format!("dockhand.job={running}")).is_empty()
+    })
+    .await;
     let out = cancel(&env, &running).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job = env.finished(&running).await;
-    assert_eq!((job["status"].as_str(), job["reason"].as_str()), ("aborted", "cancelled"));
+    assert_eq!(
+        (job["status"].as_str(), job["reason"].as_str()),
+        ("aborted", "cancelled")
+    );
     assert!(containers_with_label(&format!("dockhand.job={running}")).is_empty());
-    assert!(env.lines(&running, "system").await.iter().any(|l| l.contains("cancelled")));
+    assert!(env
+        .lines(&running, "system")
+        .await
+        .iter()
+        .any(|l| l.contains("cancelled")));
 
     // A finished job cannot be cancelled: exit code 1.
     assert_eq!(cancel(&env, &running).await.status.code(), Some(1));
@@ -189,18 +310,31 @@ async fn cancel_stops_queued_scheduled_and_running_jobs() {
 async fn sigterm_drains_then_puts_the_running_job_back_for_another_worker() {
     let env = Env::new();
     let id = format!("{}-drain", env.prefix);
-    let mut first = env.spawn_worker(&format!("{}-a", env.prefix), &[("DOCKHAND__WORKER__DRAIN_SECONDS", "1")]);
-    env.xadd("default", &spec(&id, serde_json::json!({"command": SECOND_TIME_LUCKY}))).await;
+    let mut first = env.spawn_worker(
+        &format!("{}-a", env.prefix),
+        &[("DOCKHAND__WORKER__DRAIN_SECONDS", "1")],
+    );
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": SECOND_TIME_LUCKY})),
+    )
+    .await;
     env.status_becomes(&id, "running").await;
     signal(&first, "TERM");
     assert!(first.wait().unwrap().success(), "a drained worker exits 0");
     let job = env.status_becomes(&id, "queued").await;
     assert_eq!(job["attempt"], "1");
-    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty(), "its container was stopped and removed");
+    assert!(
+        containers_with_label(&format!("dockhand.job={id}")).is_empty(),
+        "its container was stopped and removed"
+    );
 
     let second = env.worker(&["default"], 1);
     let job = env.finished(&id).await;
-    assert_eq!((job["status"].as_str(), job["attempt"].as_str()), ("completed", "2"));
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_str()),
+        ("completed", "2")
+    );
     second.stop().await;
 }
 
@@ -211,7 +345,11 @@ async fn a_long_job_is_not_taken_over_while_its_worker_lives() {
     let a = env.worker(&["default"], 1);
     let b = env.worker(&["default"], 1);
     // Runs for three leases (2 s each): renewals keep it with its worker.
-    env.xadd("default", &spec(&id, serde_json::json!({"command": "sleep 6; echo done"}))).await;
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": "sleep 6; echo done"})),
+    )
+    .await;
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "completed");
     assert_eq!(job["deliveries"], "1", "delivered once: never reclaimed");

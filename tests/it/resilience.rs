@@ -56,7 +56,8 @@ async fn redis_killed_mid_run_with_aof_loses_no_job() {
     let worker = env.worker(&["default"], 2);
     let ids: Vec<String> = (0..6).map(|i| format!("{}-j{i}", env.prefix)).collect();
     for id in &ids {
-        env.xadd("default", &spec(id, "echo start; sleep 1; echo end")).await;
+        env.xadd("default", &spec(id, "echo start; sleep 1; echo end"))
+            .await;
     }
     env.status_becomes(&ids[0], "running").await;
     env.server.as_mut().unwrap().kill();
@@ -65,7 +66,12 @@ async fn redis_killed_mid_run_with_aof_loses_no_job() {
     for id in &ids {
         let job = env.finished(id).await;
         assert_eq!(job["status"], "completed", "{id}: {job:?}");
-        assert!(env.lines(id, "stdout").await.ends_with(&["end".to_string()]), "{id}");
+        assert!(
+            env.lines(id, "stdout")
+                .await
+                .ends_with(&["end".to_string()]),
+            "{id}"
+        );
     }
     worker.stop().await;
 }
@@ -77,7 +83,14 @@ async fn an_outage_longer_than_the_lease_fences_then_requeues() {
     let mut env = Env::own_server_with_aof();
     let worker = env.worker(&["default"], 1);
     let id = format!("{}-fenced", env.prefix);
-    env.xadd("default", &spec(&id, "echo attempt $DOCKHAND_ATTEMPT; [ $DOCKHAND_ATTEMPT -ge 2 ] || sleep 60")).await;
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            "echo attempt $DOCKHAND_ATTEMPT; [ $DOCKHAND_ATTEMPT -ge 2 ] || sleep 60",
+        ),
+    )
+    .await;
     env.status_becomes(&id, "running").await;
     env.server.as_mut().unwrap().kill();
     tokio::time::sleep(Duration::from_millis(3500)).await; // the test lease is 2 s

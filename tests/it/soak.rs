@@ -11,10 +11,14 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_survive_killed_workers_and_a_redis_restart() {
-    let n: usize = std::env::var("DOCKHAND_SOAK_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
+    let n: usize = std::env::var("DOCKHAND_SOAK_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
     let mut env = Env::own_server_with_aof();
     let ids: Vec<String> = (0..3).map(|i| format!("{}-w{i}", env.prefix)).collect();
-    let mut workers: Vec<std::process::Child> = ids.iter().map(|id| env.spawn_worker(id, &[])).collect();
+    let mut workers: Vec<std::process::Child> =
+        ids.iter().map(|id| env.spawn_worker(id, &[])).collect();
 
     let jobs: Vec<String> = (0..n).map(|i| format!("{}-j{i}", env.prefix)).collect();
     {
@@ -23,7 +27,8 @@ async fn jobs_survive_killed_workers_and_a_redis_restart() {
             let mut pipe = redis::pipe();
             for id in chunk {
                 let spec = serde_json::json!({"id": id, "image": image(), "command": "sleep 0.3; echo ok"});
-                pipe.xadd(env.keys.jobs("default"), "*", &[("job", spec.to_string())]).ignore();
+                pipe.xadd(env.keys.jobs("default"), "*", &[("job", spec.to_string())])
+                    .ignore();
             }
             let _: () = pipe.query_async(&mut c).await.unwrap();
         }
@@ -62,16 +67,27 @@ async fn jobs_survive_killed_workers_and_a_redis_restart() {
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
     for id in &jobs {
-        let (status, attempt): (Option<String>, Option<String>) =
-            redis::cmd("HMGET").arg(env.keys.job(id)).arg("status").arg("attempt").query_async(&mut c).await.unwrap();
-        *statuses.entry(status.unwrap_or_else(|| "missing".into())).or_default() += 1;
+        let (status, attempt): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(env.keys.job(id))
+            .arg("status")
+            .arg("attempt")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        *statuses
+            .entry(status.unwrap_or_else(|| "missing".into()))
+            .or_default() += 1;
         *runs.entry(attempt.unwrap_or_default()).or_default() += 1;
     }
     eprintln!("soak: {n} jobs, {kills} worker SIGKILLs, redis restarted: {redis_restarted}; statuses {statuses:?}; runs per job {runs:?}");
     assert!(redis_restarted, "the soak must include a Redis restart");
     assert!(kills >= 1, "the soak must include killed workers");
     assert_eq!(finished, n, "every job ended: {statuses:?}");
-    assert_eq!(statuses.get("completed").copied().unwrap_or(0), n, "{statuses:?}");
+    assert_eq!(
+        statuses.get("completed").copied().unwrap_or(0),
+        n,
+        "{statuses:?}"
+    );
     let left: usize = c.xlen(env.keys.jobs("default")).await.unwrap();
     assert_eq!(left, 0, "no entry stuck in the stream");
 
@@ -82,9 +98,11 @@ async fn jobs_survive_killed_workers_and_a_redis_restart() {
         assert!(w.wait().unwrap().success());
     }
     // A restarted worker removes what its killed predecessor left running.
-    let mut restarted: Vec<std::process::Child> = ids.iter().map(|id| env.spawn_worker(id, &[])).collect();
+    let mut restarted: Vec<std::process::Child> =
+        ids.iter().map(|id| env.spawn_worker(id, &[])).collect();
     crate::common::eventually("no container of these workers is left", || {
-        ids.iter().all(|id| containers_with_label(&format!("dockhand.worker={id}")).is_empty())
+        ids.iter()
+            .all(|id| containers_with_label(&format!("dockhand.worker={id}")).is_empty())
     })
     .await;
     for w in &restarted {
@@ -96,11 +114,16 @@ async fn jobs_survive_killed_workers_and_a_redis_restart() {
 }
 
 async fn count_finished(env: &Env, jobs: &[String]) -> usize {
-    let Ok(mut c) = env.client.get_multiplexed_async_connection().await else { return 0 };
+    let Ok(mut c) = env.client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
     let mut pipe = redis::pipe();
     for id in jobs {
         pipe.hget(env.keys.job(id), "status");
     }
     let statuses: Vec<Option<String>> = pipe.query_async(&mut c).await.unwrap_or_default();
-    statuses.iter().filter(|s| matches!(s.as_deref(), Some("completed" | "aborted"))).count()
+    statuses
+        .iter()
+        .filter(|s| matches!(s.as_deref(), Some("completed" | "aborted")))
+        .count()
 }

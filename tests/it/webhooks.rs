@@ -24,9 +24,16 @@ async fn subscribe(env: &Env, name: &str, url: &str, extra: &[&str]) -> Secret {
     let mut args = vec!["subscriber", "add", name, url];
     args.extend_from_slice(extra);
     let out = dockhand(env, &args).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let secret = text.lines().find_map(|l| l.strip_prefix("secret: ")).expect("a generated secret is printed");
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("a generated secret is printed");
     secret.parse().unwrap()
 }
 
@@ -77,7 +84,10 @@ async fn a_finished_job_is_delivered_signed_with_its_result_and_files() {
 
     let attempts = dockhand(&env, &["webhooks", "attempts", &id]).await;
     let text = String::from_utf8_lossy(&attempts.stdout);
-    assert!(text.contains("[delivered] 1 attempt(s)") && text.contains("\"status\":200"), "{text}");
+    assert!(
+        text.contains("[delivered] 1 attempt(s)") && text.contains("\"status\":200"),
+        "{text}"
+    );
     worker.stop().await;
 }
 
@@ -90,8 +100,14 @@ async fn failures_are_retried_with_the_same_webhook_id_and_every_attempt_recorde
     let id = format!("{}-flaky", env.prefix);
     run_job(&env, &id, "exit 2").await;
     let seen = receiver.wait_for(3).await;
-    let ids: Vec<&str> = seen.iter().map(|s| s.headers["webhook-id"].as_str()).collect();
-    assert!(ids.iter().all(|i| *i == ids[0]), "one delivery, one id: {ids:?}");
+    let ids: Vec<&str> = seen
+        .iter()
+        .map(|s| s.headers["webhook-id"].as_str())
+        .collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one delivery, one id: {ids:?}"
+    );
     for s in &seen {
         check_signature(s, &secret);
         assert_eq!(s.json()["type"], "job.aborted");
@@ -118,14 +134,18 @@ async fn a_receiver_down_for_every_attempt_is_dead_lettered_then_replayed() {
     let mut c = env.conn().await;
     let mut dead = 0usize;
     for _ in 0..600 {
-        dead = deadpool_redis::redis::AsyncCommands::xlen(&mut c, env.keys.deliveries_dead()).await.unwrap();
+        dead = deadpool_redis::redis::AsyncCommands::xlen(&mut c, env.keys.deliveries_dead())
+            .await
+            .unwrap();
         if dead > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(dead, 1);
-    let text = String::from_utf8_lossy(&dockhand(&env, &["webhooks", "attempts", &id]).await.stdout).into_owned();
+    let text =
+        String::from_utf8_lossy(&dockhand(&env, &["webhooks", "attempts", &id]).await.stdout)
+            .into_owned();
     assert!(text.contains("[dead] 3 attempt(s)"), "{text}");
 
     let receiver = Receiver::on(&format!("127.0.0.1:{port}"), &[]).await;
@@ -146,16 +166,24 @@ async fn a_410_disables_the_subscriber_and_says_so() {
     receiver.wait_for(1).await;
     let mut listed = String::new();
     for _ in 0..100 {
-        listed = String::from_utf8_lossy(&dockhand(&env, &["subscriber", "list"]).await.stdout).into_owned();
+        listed = String::from_utf8_lossy(&dockhand(&env, &["subscriber", "list"]).await.stdout)
+            .into_owned();
         if listed.contains("DISABLED") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(listed.contains("DISABLED") && listed.contains("410"), "{listed}");
+    assert!(
+        listed.contains("DISABLED") && listed.contains("410"),
+        "{listed}"
+    );
     run_job(&env, &format!("{}-second", env.prefix), "true").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.seen().len(), 1, "a disabled subscriber gets nothing more");
+    assert_eq!(
+        receiver.seen().len(),
+        1,
+        "a disabled subscriber gets nothing more"
+    );
     worker.stop().await;
 }
 
@@ -171,14 +199,21 @@ async fn a_refused_address_is_never_connected_to() {
     run_job(&env, &id, "true").await;
     let mut text = String::new();
     for _ in 0..200 {
-        text = String::from_utf8_lossy(&dockhand(&env, &["webhooks", "attempts", &id]).await.stdout).into_owned();
+        text =
+            String::from_utf8_lossy(&dockhand(&env, &["webhooks", "attempts", &id]).await.stdout)
+                .into_owned();
         if text.contains("[dead]") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(text.contains("[dead] 1 attempt(s)") && text.contains("127.0.0.2"), "{text}");
-    let connected = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await.is_ok();
+    assert!(
+        text.contains("[dead] 1 attempt(s)") && text.contains("127.0.0.2"),
+        "{text}"
+    );
+    let connected = tokio::time::timeout(Duration::from_millis(300), listener.accept())
+        .await
+        .is_ok();
     assert!(!connected, "the guard refused before any connection");
     worker.stop().await;
 }
@@ -191,7 +226,12 @@ async fn after_a_rotation_both_secrets_sign() {
     let out = dockhand(&env, &["subscriber", "rotate", "rotating"]).await;
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let new: Secret = text.lines().find_map(|l| l.strip_prefix("subscriber rotating: new secret ")).unwrap().parse().unwrap();
+    let new: Secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("subscriber rotating: new secret "))
+        .unwrap()
+        .parse()
+        .unwrap();
     let worker = env.worker(&["default"], 1);
     run_job(&env, &format!("{}-rot", env.prefix), "true").await;
     let seen = receiver.wait_for(1).await;
@@ -216,10 +256,19 @@ async fn a_jobs_own_webhook_gets_its_events() {
     assert_eq!(seen[0].json()["data"]["exit_code"], 5);
     // A bad target is refused up front, naming it.
     let bad = format!("{}-badhook", env.prefix);
-    env.xadd("default", &serde_json::json!({"id": bad, "image": image(), "webhooks": [{"url": "ftp://x"}]}).to_string()).await;
+    env.xadd(
+        "default",
+        &serde_json::json!({"id": bad, "image": image(), "webhooks": [{"url": "ftp://x"}]})
+            .to_string(),
+    )
+    .await;
     let job = env.finished(&bad).await;
     assert_eq!(job["reason"], "invalid_spec");
-    assert!(job["error"].starts_with("`webhooks[0]`"), "{}", job["error"]);
+    assert!(
+        job["error"].starts_with("`webhooks[0]`"),
+        "{}",
+        job["error"]
+    );
     worker.stop().await;
 }
 
@@ -232,7 +281,10 @@ async fn a_delivery_survives_every_worker_being_killed() {
     let secret = subscribe(&env, "patient", &receiver.url(), &[]).await;
     // The first attempt fails; the retry is due in 4 s, after this worker is dead
     // (if it took it again first, the second worker gets it after the 3 s lease).
-    let mut first = env.spawn_worker(&format!("{}-a", env.prefix), &[("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "4")]);
+    let mut first = env.spawn_worker(
+        &format!("{}-a", env.prefix),
+        &[("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "4")],
+    );
     let id = format!("{}-durable", env.prefix);
     run_job(&env, &id, "echo bye").await;
     receiver.wait_for(1).await;

@@ -56,7 +56,12 @@ impl RedisServer {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let args = args.iter().map(|a| a.to_string()).collect();
-        let mut server = RedisServer { port, child: None, dir, args };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            args,
+        };
         server.spawn();
         server
     }
@@ -182,8 +187,14 @@ impl Env {
             ("DOCKHAND__WORKER__DRAIN_SECONDS".into(), "20".into()),
             ("DOCKHAND__WORKER__LEASE_SECONDS".into(), "2".into()),
             // Webhook receivers in tests listen on 127.0.0.1; retries come at once.
-            ("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS".into(), "127.0.0.1/32".into()),
-            ("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS".into(), "0,0".into()),
+            (
+                "DOCKHAND__WEBHOOKS__ALLOW_NETWORKS".into(),
+                "127.0.0.1/32".into(),
+            ),
+            (
+                "DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS".into(),
+                "0,0".into(),
+            ),
             ("DOCKHAND__WEBHOOKS__LEASE_SECONDS".into(), "3".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -285,18 +296,28 @@ impl Env {
     /// with this test's prefix and the given worker id; its log goes to stderr.
     pub fn spawn_worker(&self, worker_id: &str, extra: &[(&str, &str)]) -> std::process::Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
-        cmd.args(["--redis-url", &self.url, "worker", "--queue", "default", "--concurrency", "2", "--id", worker_id])
-            .env_remove("REDIS_URL")
-            .env("DOCKHAND__REDIS__PREFIX", &self.prefix)
-            .env("DOCKHAND__WORKER__BLOCK_MS", "300")
-            .env("DOCKHAND__WORKER__LEASE_SECONDS", "2")
-            .env("DOCKHAND__WORKER__STOP_GRACE_SECONDS", "1")
-            .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
-            .env("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS", "127.0.0.1/32")
-            .env("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "0,0")
-            .env("DOCKHAND__WEBHOOKS__LEASE_SECONDS", "3")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "--redis-url",
+            &self.url,
+            "worker",
+            "--queue",
+            "default",
+            "--concurrency",
+            "2",
+            "--id",
+            worker_id,
+        ])
+        .env_remove("REDIS_URL")
+        .env("DOCKHAND__REDIS__PREFIX", &self.prefix)
+        .env("DOCKHAND__WORKER__BLOCK_MS", "300")
+        .env("DOCKHAND__WORKER__LEASE_SECONDS", "2")
+        .env("DOCKHAND__WORKER__STOP_GRACE_SECONDS", "1")
+        .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
+        .env("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS", "127.0.0.1/32")
+        .env("DOCKHAND__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "0,0")
+        .env("DOCKHAND__WEBHOOKS__LEASE_SECONDS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -312,13 +333,20 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("job {id} never became {status}; its hash: {:?}", self.job(id).await);
+        panic!(
+            "job {id} never became {status}; its hash: {:?}",
+            self.job(id).await
+        );
     }
 }
 
 /// Sends a signal to a child process.
 pub fn signal(child: &std::process::Child, signal: &str) {
-    let ok = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill -{signal} failed");
 }
 

@@ -44,7 +44,9 @@ impl Receiver {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<u16>>()));
+        let script = Arc::new(Mutex::new(
+            script.iter().copied().collect::<VecDeque<u16>>(),
+        ));
         let log = seen.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -54,20 +56,31 @@ impl Receiver {
                         let (log, script) = (log.clone(), script.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let headers = parts
                                 .headers
                                 .iter()
-                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                                .map(|(k, v)| {
+                                    (k.to_string(), v.to_str().unwrap_or_default().to_string())
+                                })
                                 .collect();
-                            log.lock().unwrap().push(Seen { headers, body: String::from_utf8_lossy(&body).into_owned() });
+                            log.lock().unwrap().push(Seen {
+                                headers,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            });
                             let status = script.lock().unwrap().pop_front().unwrap_or(200);
                             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
                             *response.status_mut() = StatusCode::from_u16(status).unwrap();
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
