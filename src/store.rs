@@ -34,6 +34,8 @@ impl StoreError {
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || e.is_timeout()
+                    // Answers of a Redis that is starting up or failing over: wait and retry.
+                    || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"))
             }
             _ => false,
         }

@@ -96,12 +96,17 @@ pub struct Orphan {
 }
 
 /// Finds up to `count` entries of `queue` that a dead worker left pending.
+/// An entry of this worker's own (`me`) is an orphan too when it is idle past the
+/// lease and `running` says no pipeline has it: its pipeline gave up (say, Redis
+/// answered with an error it could not retry), and nobody else would ever take it.
 pub async fn orphans(
     conn: &mut Conn,
     keys: &Keys,
     queue: &str,
     lease_ms: u64,
     count: usize,
+    me: &str,
+    running: impl Fn(&str) -> bool,
 ) -> Result<Vec<Orphan>, StoreError> {
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(keys.jobs(queue))
@@ -115,8 +120,13 @@ pub async fn orphans(
         .await?;
     let mut found = Vec::new();
     for (id, owner, _idle, _deliveries) in pending {
-        let alive: bool = conn.exists(keys.alive(&owner)).await?;
-        if !alive {
+        let abandoned = if owner == me {
+            !running(&id)
+        } else {
+            let alive: bool = conn.exists(keys.alive(&owner)).await?;
+            !alive
+        };
+        if abandoned {
             found.push(Orphan { id, owner });
         }
     }

@@ -108,7 +108,18 @@ async fn reclaim_once(
 ) -> Result<(), StoreError> {
     let mut conn = ctx.store.conn().await?;
     for queue in &ctx.settings.worker.queues {
-        for orphan in lease::orphans(&mut conn, &ctx.keys, queue, lease_ms, 16).await? {
+        let running = |id: &str| ctx.running.is_running(id);
+        for orphan in lease::orphans(
+            &mut conn,
+            &ctx.keys,
+            queue,
+            lease_ms,
+            16,
+            &ctx.consumer,
+            running,
+        )
+        .await?
+        {
             // Wait for a permit: an idle worker's claim loop holds one while it blocks
             // on a read, and hands it over (the semaphore is fair) within worker.block_ms.
             let Ok(permit) = permits.clone().acquire_owned().await else {
