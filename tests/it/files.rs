@@ -1,16 +1,8 @@
 //! Files into and out of jobs: inputs, outputs within their limit, result.json.
 
-use crate::common::{image, Env};
+use crate::common::{spec, Env};
 use deadpool_redis::redis::AsyncCommands;
 use std::collections::HashMap;
-
-fn spec(id: &str, extra: serde_json::Value) -> String {
-    let mut v = serde_json::json!({ "id": id, "image": image() });
-    v.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    v.to_string()
-}
 
 async fn files(env: &Env, id: &str) -> HashMap<String, Vec<u8>> {
     let mut c = env.conn().await;

@@ -1,16 +1,8 @@
 //! Running image jobs: outcomes, limits, the container's environment.
 
-use crate::common::{containers_with_label, image, Env};
+use crate::common::{containers_with_label, spec, Env};
 use futures_util::StreamExt;
 use std::time::Duration;
-
-fn spec(id: &str, extra: serde_json::Value) -> String {
-    let mut v = serde_json::json!({ "id": id, "image": image() });
-    v.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    v.to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_lines_complete_with_gap_free_seq_live_and_stored() {

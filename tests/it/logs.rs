@@ -1,16 +1,8 @@
 //! Log lines: caps, long lines, both streams.
 
-use crate::common::{image, Env};
+use crate::common::{spec, Env};
 use deadpool_redis::redis::{self, AsyncCommands};
 use std::time::Duration;
-
-fn spec(id: &str, extra: serde_json::Value) -> String {
-    let mut v = serde_json::json!({ "id": id, "image": image() });
-    v.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    v.to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_cap_keeps_a_prefix_and_says_so() {

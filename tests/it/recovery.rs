@@ -1,15 +1,7 @@
 //! Never losing a job: dead workers, retries, delays, cancellation, drain.
 
-use crate::common::{containers_with_label, eventually, image, signal, Env};
+use crate::common::{containers_with_label, eventually, signal, spec, Env};
 use std::time::Duration;
-
-fn spec(id: &str, extra: serde_json::Value) -> String {
-    let mut v = serde_json::json!({ "id": id, "image": image() });
-    v.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    v.to_string()
-}
 
 /// A job that only finishes on its second attempt (the first one hangs).
 const SECOND_TIME_LUCKY: &str =

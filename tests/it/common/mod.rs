@@ -394,6 +394,15 @@ impl Worker {
     }
 }
 
+/// A job spec for the test image with this `id`, plus the fields of `extra`.
+pub fn spec(id: &str, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({ "id": id, "image": image() });
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v.to_string()
+}
+
 /// Containers that carry `label`, running or not.
 pub fn containers_with_label(label: &str) -> Vec<String> {
     let out = Command::new("docker")
