@@ -44,6 +44,8 @@ pub struct WebhookSettings {
     pub log_tail_lines: usize,
     pub concurrency: usize,
     pub lease_seconds: u64,
+    /// PEM certificates trusted for https deliveries besides the public roots.
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -37,6 +37,9 @@ pub async fn run(settings: Arc<Settings>, store: Store, token: CancellationToken
             return;
         }
     };
+    if let Err(e) = super::tls::init(&settings.webhooks.ca_file) {
+        tracing::error!(error = %error_chain(&e), "webhooks.ca_file is unusable; https deliveries trust the public roots only");
+    }
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,

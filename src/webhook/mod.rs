@@ -19,6 +19,7 @@ pub mod send;
 pub mod sign;
 pub mod ssrf;
 pub mod subscribers;
+pub mod tls;
 
 pub use send::{attempt, check_url, AttemptOutcome, Message, SendError, Target, Verdict};
 pub use sign::{sign, verify, Secret, SecretError, VerifyError};

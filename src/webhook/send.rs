@@ -48,9 +48,15 @@ pub enum SendError {
     },
     #[error("webhook URL {0:?} must be absolute, like http://host:port/path")]
     NotAbsolute(String),
-    #[error("https delivery is not supported yet")]
-    HttpsUnsupported,
-    #[error("unsupported URL scheme {0:?}: only http:// is supported")]
+    #[error("{0:?} is not a name a TLS certificate can be checked for")]
+    TlsName(String),
+    #[error("TLS handshake with {addr} failed")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unsupported URL scheme {0:?}: only http:// and https:// are supported")]
     Scheme(String),
     #[error("credentials in a webhook URL are not supported")]
     Credentials,
@@ -100,7 +106,7 @@ impl SendError {
             SendError::Refused { .. } => Verdict::Refused,
             SendError::Url { .. }
             | SendError::NotAbsolute(_)
-            | SendError::HttpsUnsupported
+            | SendError::TlsName(_)
             | SendError::Scheme(_)
             | SendError::Credentials
             | SendError::MessageId(_)
@@ -110,6 +116,8 @@ impl SendError {
             | SendError::NoAddresses(_)
             | SendError::Connect { .. }
             | SendError::Http { .. }
+            // A certificate that does not verify today may be renewed tomorrow.
+            | SendError::Tls { .. }
             | SendError::Timeout { .. } => Verdict::Retry,
         }
     }
@@ -267,6 +275,8 @@ struct Endpoint {
     port: u16,
     /// The `Host` header: the host, and the port when the URL gives one.
     host_header: String,
+    /// https: the connection is wrapped in TLS, verified for `host`.
+    tls: bool,
     path_and_query: String,
 }
 
@@ -279,9 +289,9 @@ impl Endpoint {
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
             return Err(SendError::NotAbsolute(url.to_string()));
         };
-        let default_port = match scheme.to_ascii_lowercase().as_str() {
-            "http" => 80,
-            "https" => return Err(SendError::HttpsUnsupported),
+        let (default_port, tls) = match scheme.to_ascii_lowercase().as_str() {
+            "http" => (80, false),
+            "https" => (443, true),
             other => return Err(SendError::Scheme(other.to_string())),
         };
         if authority.as_str().contains('@') {
@@ -299,6 +309,7 @@ impl Endpoint {
             host: host.to_string(),
             port: authority.port_u16().unwrap_or(default_port),
             host_header,
+            tls,
             path_and_query: uri
                 .path_and_query()
                 .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
@@ -324,7 +335,38 @@ async fn deliver(
         .await
         .map_err(within("connecting"))??;
     let request = build_request(&endpoint, target, msg, timestamp)?;
-    exchange(stream, request, deadline, timeout).await
+    if !endpoint.tls {
+        return exchange(stream, request, deadline, timeout).await;
+    }
+    // The name is checked against the certificate; the connection already goes
+    // to the address the guard passed, so TLS never resolves anything itself.
+    let bare = endpoint
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(bare)
+        .map_err(|_| SendError::TlsName(endpoint.host.clone()))?;
+    let addr = stream.peer_addr;
+    let config = super::tls::client_config().map_err(|e| SendError::Tls {
+        addr,
+        source: std::io::Error::other(error_chain(&e)),
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls = timeout_at(deadline, connector.connect(name, stream.io))
+        .await
+        .map_err(within("in the TLS handshake"))?
+        .map_err(|source| SendError::Tls { addr, source })?;
+    exchange(
+        Connected {
+            io: tls,
+            peer_addr: addr,
+        },
+        request,
+        deadline,
+        timeout,
+    )
+    .await
 }
 
 /// Sends `request` over an open stream and reads the response's status, headers
@@ -506,9 +548,8 @@ mod tests {
         );
 
         let err = |url: &str| Endpoint::parse(url).err().unwrap();
-        let https = err("https://example.com/");
-        assert_eq!(https.to_string(), "https delivery is not supported yet");
-        assert_eq!(https.verdict(), Verdict::Invalid);
+        let e = Endpoint::parse("https://example.com/x").unwrap();
+        assert_eq!((e.port, e.tls), (443, true));
         assert!(matches!(err("ftp://example.com/"), SendError::Scheme(_)));
         assert!(matches!(err("/just/a/path"), SendError::NotAbsolute(_)));
         assert!(matches!(

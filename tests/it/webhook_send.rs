@@ -319,20 +319,96 @@ async fn a_closed_port_is_a_connect_error_to_retry() {
     );
 }
 
+/// A one-shot https receiver on 127.0.0.1 with a certificate made for the test;
+/// returns its port, the CA file to trust, and what it read.
+async fn tls_receiver(
+    dir: &std::path::Path,
+) -> (u16, std::path::PathBuf, tokio::task::JoinHandle<String>) {
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the request head and body (it is small), then answer 204.
+        while !String::from_utf8_lossy(&seen).contains(BODY) {
+            let n = tls.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        tls.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tls.shutdown().await.ok();
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    (port, ca, task)
+}
+
 #[tokio::test]
-async fn https_urls_are_refused_until_supported() {
-    let outcome = attempt(
-        &target("https://127.0.0.1:1/".into(), &[]),
+async fn https_is_delivered_over_verified_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca, seen) = tls_receiver(dir.path()).await;
+    // Without the test CA the certificate does not verify: a failure to retry.
+    let untrusted = attempt(
+        &target(
+            format!("https://127.0.0.1:{port}/hook"),
+            &[Secret::generate().unwrap()],
+        ),
         &Message::new(BODY),
         &loopback_guard(),
         TIMEOUT,
     )
     .await;
-    assert_eq!(outcome.verdict, Verdict::Invalid, "{outcome:?}");
-    assert_eq!(
-        outcome.error.as_deref(),
-        Some("https delivery is not supported yet")
+    assert_eq!(untrusted.verdict, Verdict::Retry, "{untrusted:?}");
+    assert!(
+        untrusted
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("TLS"),
+        "{untrusted:?}"
     );
+    seen.abort();
+
+    let (port, ca2, seen) = tls_receiver(dir.path()).await;
+    let _ = ca;
+    dockhand::webhook::tls::init(ca2.to_str().unwrap()).unwrap();
+    let outcome = attempt(
+        &target(
+            format!("https://127.0.0.1:{port}/hook"),
+            &[Secret::generate().unwrap()],
+        ),
+        &Message::new(BODY),
+        &loopback_guard(),
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(outcome.verdict, Verdict::Delivered, "{outcome:?}");
+    assert_eq!(outcome.status, Some(204));
+    let request = seen.await.unwrap();
+    assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
+    assert!(request.contains("webhook-signature: v1,"), "{request}");
 }
 
 /// True when something connected to `listener` within a short wait.
