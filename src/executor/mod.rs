@@ -166,23 +166,31 @@ impl Executor {
             entry: ctx.entry,
         };
         let body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
-        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
-            .docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| match e {
-                bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                } => ExecError::ImageNotFound(job.image.clone()),
-                source => ExecError::Docker {
-                    action: "create the container",
-                    source,
-                },
-            })?;
-        let result = self.run_created(&created.id, job, ctx).await;
-        self.remove(&created.id).await;
+        let id = self
+            .create(&name, body, &job.image, "create the container")
+            .await?;
+        let result = self.run_created(&id, job, ctx).await;
+        self.remove(&id).await;
         result
+    }
+
+    /// Creates a container; Docker's 404 (the image is not on this host) becomes
+    /// [`ExecError::ImageNotFound`] naming `image`.
+    pub(super) async fn create(
+        &self,
+        name: &str,
+        body: bollard::models::ContainerCreateBody,
+        image: &str,
+        action: &'static str,
+    ) -> Result<String, ExecError> {
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(created) => Ok(created.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(ExecError::ImageNotFound(image.to_string())),
+            Err(source) => Err(ExecError::Docker { action, source }),
+        }
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {

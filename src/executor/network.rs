@@ -13,7 +13,6 @@
 
 use super::{ExecError, Executor};
 use bollard::models::NetworkCreateRequest;
-use bollard::query_parameters::ListNetworksOptionsBuilder;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -91,18 +90,7 @@ impl Executor {
     }
 
     async fn results_networks(&self) -> Result<Vec<String>, ExecError> {
-        let filters = HashMap::from([("label".to_string(), vec![LABEL.to_string()])]);
-        let opts = ListNetworksOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_networks(Some(opts))
-            .await
-            .map_err(|source| ExecError::Docker {
-                action: "list networks",
-                source,
-            })?;
+        let list = self.networks_labelled(LABEL).await?;
         Ok(list.into_iter().filter_map(|n| n.id).collect())
     }
 }

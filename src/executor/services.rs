@@ -14,7 +14,6 @@ use super::container::{self, Labels};
 use super::{ExecError, Executor, RunContext};
 use crate::job::Job;
 use bollard::models::NetworkCreateRequest;
-use bollard::query_parameters::CreateContainerOptionsBuilder;
 
 /// What was made for a job's services, to remove afterwards.
 #[derive(Debug, Default)]
@@ -66,25 +65,13 @@ impl Executor {
                 &self.settings.policy,
                 &network,
             );
-            let opts = CreateContainerOptionsBuilder::default()
-                .name(&format!("{base}-{}", service.alias))
-                .build();
-            let created = self
-                .docker
-                .create_container(Some(opts), body)
-                .await
-                .map_err(|e| match e {
-                    bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404, ..
-                    } => ExecError::ImageNotFound(service.image.clone()),
-                    source => ExecError::Docker {
-                        action: "create a service container",
-                        source,
-                    },
-                })?;
-            sidecars.containers.push(created.id.clone());
+            let name = format!("{base}-{}", service.alias);
+            let id = self
+                .create(&name, body, &service.image, "create a service container")
+                .await?;
+            sidecars.containers.push(id.clone());
             self.docker
-                .start_container(&created.id, None)
+                .start_container(&id, None)
                 .await
                 .map_err(|e| ExecError::Service {
                     alias: service.alias.clone(),

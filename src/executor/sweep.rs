@@ -54,20 +54,27 @@ impl Executor {
         self.remove(id).await;
     }
 
-    /// Every network on this host with a `dockhand.job` label (a job's services).
-    pub async fn job_networks(&self) -> Result<Vec<Labelled>, ExecError> {
-        let filters = HashMap::from([("label".to_string(), vec![LABEL_JOB.to_string()])]);
+    /// Networks on this host carrying `label` (`key` or `key=value`).
+    pub(super) async fn networks_labelled(
+        &self,
+        label: &str,
+    ) -> Result<Vec<bollard::models::Network>, ExecError> {
+        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
         let opts = ListNetworksOptionsBuilder::default()
             .filters(&filters)
             .build();
-        let list = self
-            .docker
+        self.docker
             .list_networks(Some(opts))
             .await
             .map_err(|source| ExecError::Docker {
                 action: "list networks",
                 source,
-            })?;
+            })
+    }
+
+    /// Every network on this host with a `dockhand.job` label (a job's services).
+    pub async fn job_networks(&self) -> Result<Vec<Labelled>, ExecError> {
+        let list = self.networks_labelled(LABEL_JOB).await?;
         Ok(list
             .into_iter()
             .filter_map(|n| {
