@@ -2,40 +2,11 @@
 //! CLI (two commits, a branch, tags, a submodule, a broken Dockerfile), built with
 //! the real Docker engine `FROM` the local test image, and run.
 
-use crate::common::{image, Env, Worker};
+use crate::common::{git, image, Env, Worker};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Runs git in `dir` with a fixed identity; returns its trimmed stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Dockhand Test",
-            "-c",
-            "user.email=test@dockhand.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "protocol.file.allow=always",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "tag.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git must be installed");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
     for (name, content) in files {

@@ -3,45 +3,15 @@
 
 mod http;
 
+use crate::common::git;
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine};
 use dockhand::source::{Credentials, GitCache, GitError, GitSource, Reference};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::timeout;
-
-/// Runs git in `dir` with a fixed identity; returns its trimmed stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Dockhand Test",
-            "-c",
-            "user.email=test@dockhand.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            // git refuses file-transport submodules by default (CVE-2022-39253).
-            "-c",
-            "protocol.file.allow=always",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "tag.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git must be installed");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn commit_file(dir: &Path, file: &str, content: &str, message: &str) -> String {
     std::fs::write(dir.join(file), content).unwrap();

@@ -1,18 +1,7 @@
 //! Sidecar services on a per-job network, and volumes within the worker's policy.
 
-use crate::common::{containers_with_label, image, Env, Worker};
+use crate::common::{containers_with_label, image, networks_with_label, Env, Worker};
 use std::process::Command;
-
-fn networks_with_label(label: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["network", "ls", "-q", "--filter", &format!("label={label}")])
-        .output()
-        .expect("docker CLI");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_is_reachable_by_alias_and_removed_afterwards() {

@@ -14,6 +14,7 @@ use dockhand::config::{Overrides, Settings};
 use dockhand::queue::Keys;
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -405,12 +406,52 @@ pub fn spec(id: &str, extra: serde_json::Value) -> String {
 
 /// Containers that carry `label`, running or not.
 pub fn containers_with_label(label: &str) -> Vec<String> {
+    docker_ids(&["ps", "-a", "-q"], label)
+}
+
+/// Networks that carry `label`.
+pub fn networks_with_label(label: &str) -> Vec<String> {
+    docker_ids(&["network", "ls", "-q"], label)
+}
+
+fn docker_ids(list: &[&str], label: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-a", "-q", "--filter", &format!("label={label}")])
+        .args(list)
+        .args(["--filter", &format!("label={label}")])
         .output()
         .expect("docker CLI");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Runs git in `dir` with a fixed identity; returns its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Dockhand Test",
+            "-c",
+            "user.email=test@dockhand.invalid",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            // git refuses file-transport submodules by default (CVE-2022-39253).
+            "protocol.file.allow=always",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "tag.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git must be installed");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
