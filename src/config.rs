@@ -74,6 +74,7 @@ pub struct WorkerSettings {
     pub docker_host: String,
     pub cache_dir: std::path::PathBuf,
     pub profiles_dir: std::path::PathBuf,
+    pub git_timeout_seconds: u64,
     #[serde(default)]
     pub git_tokens: GitTokens,
 }

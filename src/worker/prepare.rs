@@ -83,6 +83,9 @@ impl Images {
         for (host, token) in &settings.worker.git_tokens.0 {
             credentials = credentials.with(host.clone(), token.clone());
         }
+        crate::source::set_network_timeout(std::time::Duration::from_secs(
+            settings.worker.git_timeout_seconds,
+        ));
         let work = root.join("work");
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(GitError::io("remove", &work))?;

@@ -527,3 +527,55 @@ async fn a_build_ends_with_a_cancel_or_the_jobs_time_limit() {
         "the checkout is removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_server_that_stalls_fails_the_job_after_the_git_timeout() {
+    // Accepts connections and never answers: a hung server, not a refused one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(
+        &env,
+        &repo,
+        1,
+        &[("DOCKHAND__WORKER__GIT_TIMEOUT_SECONDS", "2")],
+    );
+    let url = format!("http://127.0.0.1:{port}/org/app.git");
+    let id = format!("{}-stalled", env.prefix);
+    env.xadd(
+        "default",
+        &job(
+            &id,
+            serde_json::json!({"url": url, "branch": "main"}),
+            "true",
+        ),
+    )
+    .await;
+    let done = env.finished(&id).await;
+    assert_eq!(done["status"], "aborted", "{done:?}");
+    assert_eq!(done["reason"], "build_error", "{done:?}");
+    assert!(done["error"].contains(&url), "{}", done["error"]);
+    assert!(done["error"].contains("timed out"), "{}", done["error"]);
+
+    // The mirror is not left locked: the next job of the same repository fails the
+    // same way instead of waiting behind the first.
+    let again = format!("{}-stalled-again", env.prefix);
+    env.xadd(
+        "default",
+        &job(
+            &again,
+            serde_json::json!({"url": url, "branch": "main"}),
+            "true",
+        ),
+    )
+    .await;
+    assert_eq!(env.finished(&again).await["reason"], "build_error");
+    worker.stop().await;
+}
