@@ -142,6 +142,9 @@ pub struct PolicySettings {
     #[serde(deserialize_with = "one_or_many")]
     pub bind_allow: Vec<String>,
     pub allow_ports: bool,
+    /// Job and service containers get a read-only root filesystem; `/dockhand`
+    /// (one volume per container) and `/tmp` (tmpfs) stay writable.
+    pub read_only_rootfs: bool,
 }
 
 /// Where the server of the jobs' result URLs (`RESPONSE_URL`, `ABORT_URL`) listens.

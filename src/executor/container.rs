@@ -1,10 +1,10 @@
 //! The container's configuration: what the job asked for, inside what the policy allows.
 
 use crate::config::PolicySettings;
-use crate::job::{Job, ServiceRun, INPUT_DIR, OUTPUT_DIR, WORK_DIR};
+use crate::job::{Job, ServiceRun, DOCKHAND_DIR, INPUT_DIR, OUTPUT_DIR, WORK_DIR};
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkingConfig,
-    PortBinding, PortMap,
+    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, MountVolumeOptions,
+    NetworkingConfig, PortBinding, PortMap,
 };
 use std::collections::HashMap;
 
@@ -16,6 +16,8 @@ pub const LABEL_WORKER: &str = "dockhand.worker";
 pub const LABEL_CONSUMER: &str = "dockhand.consumer";
 /// Label naming the stream entry a container runs.
 pub const LABEL_ENTRY: &str = "dockhand.entry";
+/// Label naming the deployment (one Redis and prefix) a container belongs to.
+pub const LABEL_DEPLOYMENT: &str = "dockhand.deployment";
 /// Label naming the service (its alias) a sidecar container runs.
 pub const LABEL_SERVICE: &str = "dockhand.service";
 
@@ -24,6 +26,7 @@ pub struct Labels<'a> {
     pub worker: &'a str,
     pub consumer: &'a str,
     pub entry: &'a str,
+    pub deployment: &'a str,
 }
 
 /// A Docker-safe, unique container name: `dockhand-<job>-<attempt>-<random>`.
@@ -50,13 +53,15 @@ pub fn labels(job: &Job, attempt: u32, who: &Labels<'_>) -> HashMap<String, Stri
         (LABEL_WORKER.to_string(), who.worker.to_string()),
         (LABEL_CONSUMER.to_string(), who.consumer.to_string()),
         (LABEL_ENTRY.to_string(), who.entry.to_string()),
+        (LABEL_DEPLOYMENT.to_string(), who.deployment.to_string()),
         ("dockhand.attempt".to_string(), attempt.to_string()),
         ("dockhand.queue".to_string(), job.queue.clone()),
     ])
 }
 
 /// The locked-down host config shared by the job's container and its services.
-fn hardened(job: &Job, policy: &PolicySettings, network: &str) -> HostConfig {
+/// `own_tmp`: the container mounts a volume at /tmp, which then replaces the tmpfs.
+fn hardened(job: &Job, policy: &PolicySettings, network: &str, own_tmp: bool) -> HostConfig {
     let memory = i64::try_from(job.limits.memory).unwrap_or(i64::MAX);
     HostConfig {
         memory: Some(memory),
@@ -72,6 +77,30 @@ fn hardened(job: &Job, policy: &PolicySettings, network: &str) -> HostConfig {
             .then(|| vec!["no-new-privileges".to_string()]),
         privileged: Some(false),
         log_config: Some(log_config(job.limits.log_bytes)),
+        readonly_rootfs: policy.read_only_rootfs.then_some(true),
+        // A read-only root still gets a writable /tmp, since so many programs need
+        // one; tmpfs pages count against the memory limit, so its size is that.
+        tmpfs: (policy.read_only_rootfs && !own_tmp).then(|| {
+            HashMap::from([(
+                "/tmp".to_string(),
+                format!("rw,nosuid,nodev,mode=1777,size={memory}"),
+            )])
+        }),
+        ..Default::default()
+    }
+}
+
+/// With a read-only root, `/dockhand` is a volume of the container's own (removed
+/// with it), so the worker can stage into it before start and read outputs after
+/// exit; it carries the job's labels so that a leftover one can be traced.
+fn dockhand_volume(labels: &HashMap<String, String>) -> Mount {
+    Mount {
+        target: Some(DOCKHAND_DIR.to_string()),
+        typ: Some(MountType::VOLUME),
+        volume_options: Some(MountVolumeOptions {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -103,7 +132,8 @@ pub fn service_body(
         ),
         labels: Some(labels),
         tty: Some(false),
-        host_config: Some(hardened(job, policy, network)),
+        // A service gets none of the job's volumes.
+        host_config: Some(hardened(job, policy, network, false)),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(network.to_string(), endpoint)])),
         }),
@@ -133,7 +163,7 @@ pub fn body(
 
     let labels = labels(job, attempt, who);
 
-    let mounts: Vec<Mount> = job
+    let mut mounts: Vec<Mount> = job
         .mounts
         .iter()
         .map(|m| Mount {
@@ -148,6 +178,9 @@ pub fn body(
             ..Default::default()
         })
         .collect();
+    if policy.read_only_rootfs {
+        mounts.push(dockhand_volume(&labels));
+    }
     let mut exposed = Vec::new();
     let mut bindings = PortMap::new();
     for p in &job.ports {
@@ -164,7 +197,8 @@ pub fn body(
                 host_port: p.host_port.map(|h| h.to_string()),
             });
     }
-    let mut host_config = hardened(job, policy, network);
+    let own_tmp = job.mounts.iter().any(|m| m.target == "/tmp");
+    let mut host_config = hardened(job, policy, network, own_tmp);
     host_config.mounts = (!mounts.is_empty()).then_some(mounts);
     host_config.port_bindings = (!bindings.is_empty()).then_some(bindings);
 
@@ -223,6 +257,7 @@ mod tests {
                 worker: "w1",
                 consumer: "w1:1:x",
                 entry: "1-0",
+                deployment: "d1",
             },
             &s.policy,
             &job.network,
@@ -239,10 +274,60 @@ mod tests {
         assert_eq!(labels[LABEL_WORKER], "w1");
         assert_eq!(labels[LABEL_CONSUMER], "w1:1:x");
         assert_eq!(labels[LABEL_ENTRY], "1-0");
+        assert_eq!(labels[LABEL_DEPLOYMENT], "d1");
         let env = b.env.unwrap();
         assert!(env.contains(&"A=1".to_string()));
         assert!(env.contains(&"DOCKHAND_JOB_ID=a:b".to_string()));
         assert!(env.contains(&"DOCKHAND_ATTEMPT=2".to_string()));
+        assert_eq!(
+            hc.readonly_rootfs, None,
+            "writable root unless the policy says"
+        );
+        assert_eq!(hc.tmpfs, None);
+        assert_eq!(hc.mounts, None);
+    }
+
+    #[test]
+    fn a_read_only_root_keeps_dockhand_and_tmp_writable() {
+        let mut s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        s.policy.read_only_rootfs = true;
+        let who = Labels {
+            worker: "w1",
+            consumer: "w1:1:x",
+            entry: "1-0",
+            deployment: "d1",
+        };
+        let job = |json: &str| {
+            let spec = crate::job::parse(json.as_bytes()).unwrap();
+            crate::job::validate(spec, "a:b".into(), "q", &s.jobs.limits, &s.policy).unwrap()
+        };
+        let plain = job(r#"{"image":"i","command":["true"],"limits":{"memory":"64m"}}"#);
+        let hc = body(&plain, 1, &who, &s.policy, "none")
+            .host_config
+            .unwrap();
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(
+            hc.tmpfs.unwrap()["/tmp"],
+            format!("rw,nosuid,nodev,mode=1777,size={}", 64 << 20)
+        );
+        let mounts = hc.mounts.unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].target.as_deref(), Some("/dockhand"));
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        assert_eq!(
+            mounts[0].source, None,
+            "anonymous: removed with the container"
+        );
+        let vlabels = mounts[0].volume_options.clone().unwrap().labels.unwrap();
+        assert_eq!(vlabels[LABEL_JOB], "a:b");
+
+        // A volume the job mounts at /tmp replaces the tmpfs (Docker refuses both).
+        let own_tmp = job(r#"{"image":"i","command":["true"],"volumes":["scratch:/tmp"]}"#);
+        let hc = body(&own_tmp, 1, &who, &s.policy, "none")
+            .host_config
+            .unwrap();
+        assert_eq!(hc.tmpfs, None);
+        assert_eq!(hc.mounts.unwrap().len(), 2);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! of file content is kept, and every file left out is named in `dropped`.
 
 use super::ExecError;
-use crate::job::{Job, StagedFile, OUTPUT_DIR};
+use crate::job::{Job, StagedFile, DOCKHAND_DIR, OUTPUT_DIR};
 use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
@@ -42,17 +42,38 @@ pub struct JobOutput {
     pub result: Option<ResultFile>,
 }
 
+/// Where the staging archive is unpacked: the container's root, or, when the root
+/// filesystem is read-only, the `/dockhand` volume itself (Docker refuses a copy
+/// into a read-only root unless its destination is a volume).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StageInto {
+    Root,
+    DockhandVolume,
+}
+
+impl StageInto {
+    fn path(self) -> &'static str {
+        match self {
+            StageInto::Root => "/",
+            StageInto::DockhandVolume => DOCKHAND_DIR,
+        }
+    }
+}
+
 /// Uploads the `/dockhand` folders, the inputs and the script into a created container.
 pub async fn stage(
     docker: &Docker,
     container: &str,
     files: &[StagedFile],
+    into: StageInto,
 ) -> Result<(), ExecError> {
-    let archive = staging_tar(files).map_err(|e| ExecError::Docker {
+    let archive = staging_tar(files, into).map_err(|e| ExecError::Docker {
         action: "build the staging archive",
         source: bollard::errors::Error::IOError { err: e },
     })?;
-    let opts = UploadToContainerOptionsBuilder::default().path("/").build();
+    let opts = UploadToContainerOptionsBuilder::default()
+        .path(into.path())
+        .build();
     docker
         .upload_to_container(container, Some(opts), bollard::body_full(archive.into()))
         .await
@@ -62,7 +83,10 @@ pub async fn stage(
         })
 }
 
-fn staging_tar(files: &[StagedFile]) -> std::io::Result<Vec<u8>> {
+/// The archive's entries are named relative to `into`'s folder, so the same folders
+/// and modes come out whichever way it is unpacked.
+fn staging_tar(files: &[StagedFile], into: StageInto) -> std::io::Result<Vec<u8>> {
+    let root = into.path().trim_start_matches('/');
     let mut tar = tar::Builder::new(Vec::new());
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,18 +95,22 @@ fn staging_tar(files: &[StagedFile]) -> std::io::Result<Vec<u8>> {
     let mut dirs = std::collections::BTreeSet::new();
     let mut add_dir =
         |tar: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32| -> std::io::Result<()> {
+            let Some(name) = relative(path, root) else {
+                return Ok(()); // the upload's own folder: it exists already
+            };
             if dirs.insert(path.to_string()) {
                 let mut h = tar::Header::new_gnu();
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(mode);
                 h.set_size(0);
                 h.set_mtime(mtime);
-                tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+                tar.append_data(&mut h, format!("{name}/"), std::io::empty())?;
             }
             Ok(())
         };
     // Sticky and world-writable, like /tmp: a job running as any `user` can write
-    // its scratch files and outputs.
+    // its scratch files and outputs. (Unpacked into a fresh volume, these entries
+    // are what make its subfolders writable: the volume's own root is root's 0755.)
     add_dir(&mut tar, "dockhand", 0o755)?;
     add_dir(&mut tar, "dockhand/input", 0o755)?;
     add_dir(&mut tar, "dockhand/work", 0o1777)?;
@@ -98,9 +126,23 @@ fn staging_tar(files: &[StagedFile]) -> std::io::Result<Vec<u8>> {
         h.set_mode(f.mode);
         h.set_size(f.content.len() as u64);
         h.set_mtime(mtime);
-        tar.append_data(&mut h, rel, f.content.as_slice())?;
+        let name = relative(rel, root).ok_or_else(|| {
+            std::io::Error::other(format!("{} is outside {}", f.path, into.path()))
+        })?;
+        tar.append_data(&mut h, name, f.content.as_slice())?;
     }
     tar.into_inner()
+}
+
+/// `path` (relative to `/`) as seen from `root` (also relative to `/`, "" for `/`);
+/// `None` for `root` itself or a path outside it.
+fn relative<'a>(path: &'a str, root: &str) -> Option<&'a str> {
+    if root.is_empty() {
+        return Some(path);
+    }
+    path.strip_prefix(root)?
+        .strip_prefix('/')
+        .filter(|r| !r.is_empty())
 }
 
 /// Reads `/dockhand/output` from the stopped container: the files (when the job
@@ -306,13 +348,21 @@ mod tests {
             content: b"hi".to_vec(),
             mode: 0o644,
         }];
-        let tar = staging_tar(&files).unwrap();
-        let mut archive = tar::Archive::new(tar.as_slice());
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let entries = |into| -> Vec<(String, u32)> {
+            let tar = staging_tar(&files, into).unwrap();
+            let mut archive = tar::Archive::new(tar.as_slice());
+            archive
+                .entries()
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let mode = e.header().mode().unwrap();
+                    (e.path().unwrap().to_string_lossy().into_owned(), mode)
+                })
+                .collect()
+        };
+        let root = entries(StageInto::Root);
+        let names: Vec<String> = root.iter().map(|(n, _)| n.clone()).collect();
         for expected in [
             "dockhand/",
             "dockhand/input/",
@@ -325,5 +375,22 @@ mod tests {
                 "{expected} missing from {names:?}"
             );
         }
+        // Into the volume at /dockhand: the same tree without its top folder, and
+        // the writable folders keep their modes.
+        let volume = entries(StageInto::DockhandVolume);
+        let want = [
+            ("input/", 0o755),
+            ("work/", 0o1777),
+            ("output/", 0o1777),
+            ("input/a/", 0o755),
+            ("input/a/b.txt", 0o644),
+        ];
+        for (name, mode) in want {
+            assert!(
+                volume.contains(&(name.to_string(), mode)),
+                "{name} {mode:o} missing from {volume:?}"
+            );
+        }
+        assert_eq!(volume.len(), want.len(), "{volume:?}");
     }
 }

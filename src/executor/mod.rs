@@ -17,7 +17,7 @@ pub mod network;
 mod services;
 pub mod sweep;
 
-pub use container::{LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
+pub use container::{LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
 pub use files::{JobOutput, ResultFile};
 
 use crate::config::{PullPolicy, Settings};
@@ -84,6 +84,8 @@ pub struct RunContext<'a> {
     pub stop: &'a CancellationToken,
     /// The stream entry being run (a container label, for the orphan sweep).
     pub entry: &'a str,
+    /// The deployment's id (a container label, for the orphan sweep).
+    pub deployment: &'a str,
 }
 
 #[derive(Clone)]
@@ -164,6 +166,7 @@ impl Executor {
             worker: &self.worker_id,
             consumer: &self.consumer,
             entry: ctx.entry,
+            deployment: ctx.deployment,
         };
         let body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
         let id = self
@@ -228,7 +231,12 @@ impl Executor {
         job: &Job,
         ctx: &RunContext<'_>,
     ) -> Result<RunOutcome, ExecError> {
-        files::stage(&self.docker, id, &job.files).await?;
+        let into = if self.settings.policy.read_only_rootfs {
+            files::StageInto::DockhandVolume
+        } else {
+            files::StageInto::Root
+        };
+        files::stage(&self.docker, id, &job.files, into).await?;
         self.docker
             .start_container(id, None)
             .await

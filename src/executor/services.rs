@@ -36,6 +36,7 @@ impl Executor {
             worker: &self.worker_id,
             consumer: &self.consumer,
             entry: ctx.entry,
+            deployment: ctx.deployment,
         };
         let base = container::name(&job.id, ctx.attempt);
         let network = format!("{base}-net");

@@ -3,7 +3,9 @@
 //! ever listed, so nothing else on the host is touched; which of them are orphans is
 //! the worker's decision (it knows its running jobs and can ask Redis about others).
 
-use super::{ExecError, Executor, LABEL_CONSUMER, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
+use super::{
+    ExecError, Executor, LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER,
+};
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use std::collections::HashMap;
 
@@ -15,6 +17,8 @@ pub struct Labelled {
     pub worker: String,
     pub consumer: String,
     pub entry: String,
+    /// Empty for containers made before the label existed.
+    pub deployment: String,
 }
 
 impl Executor {
@@ -44,6 +48,7 @@ impl Executor {
                     worker: get(LABEL_WORKER),
                     consumer: get(LABEL_CONSUMER),
                     entry: get(LABEL_ENTRY),
+                    deployment: get(LABEL_DEPLOYMENT),
                 })
             })
             .collect())
@@ -86,6 +91,7 @@ impl Executor {
                     worker: get(LABEL_WORKER),
                     consumer: get(LABEL_CONSUMER),
                     entry: get(LABEL_ENTRY),
+                    deployment: get(LABEL_DEPLOYMENT),
                 })
             })
             .collect())

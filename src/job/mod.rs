@@ -19,6 +19,8 @@ pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Se
 pub use status::{Reason, Status};
 pub use validate::{validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile};
 
+/// The folder the worker manages in every job container.
+pub const DOCKHAND_DIR: &str = "/dockhand";
 /// Where the container finds its inputs, scratch space and what it returns.
 pub const INPUT_DIR: &str = "/dockhand/input";
 pub const WORK_DIR: &str = "/dockhand/work";

@@ -65,6 +65,14 @@ impl Keys {
         format!("{}:broadcast:{id}:replies", self.prefix)
     }
 
+    /// This deployment's identity, made once by the first worker and never expiring.
+    /// Every container carries it as a label, so a worker's sweep may judge the
+    /// containers of other worker ids that share this Redis, and never those of
+    /// another deployment that shares the Docker host.
+    pub fn deployment(&self) -> String {
+        format!("{}:deployment", self.prefix)
+    }
+
     /// The pub/sub channel that announces cancel requests (the request itself is in the job hash).
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)

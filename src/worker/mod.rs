@@ -70,9 +70,33 @@ pub(crate) struct Ctx {
     pub images: prepare::Images,
     /// Serves running jobs' RESPONSE_URL and ABORT_URL (none if it could not start).
     pub results: Option<Arc<results::ResultsHost>>,
+    /// This deployment's id (`Keys::deployment`), read from Redis when first needed:
+    /// the worker may start before Redis does.
+    deployment: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Ctx {
+    /// This deployment's id, made by whichever worker asks first (`SET NX`).
+    async fn deployment(&self) -> Result<&str, StoreError> {
+        let id = self
+            .deployment
+            .get_or_try_init(|| async {
+                let mut conn = self.store.conn().await?;
+                let key = self.keys.deployment();
+                let fresh = ulid::Ulid::new().to_string().to_ascii_lowercase();
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .query_async(&mut conn)
+                    .await?;
+                let id: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                Ok::<_, StoreError>(id)
+            })
+            .await?;
+        Ok(id)
+    }
+
     fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_seconds)
     }
@@ -110,6 +134,7 @@ pub async fn run_with(
         running: Running::default(),
         results,
         images,
+        deployment: Arc::default(),
     };
     let w = &ctx.settings.worker;
     tracing::info!(worker = %ctx.worker_id, consumer = %ctx.consumer, queues = ?w.queues, concurrency = w.concurrency, "worker started");

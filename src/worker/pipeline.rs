@@ -227,6 +227,7 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     tracing::info!(image = %job.image, attempt = record.attempt, "job started");
     // Result URLs, for a job that has a network to reach them on.
     let urls = super::results::open(ctx, &mut job);
+    let deployment = ctx.deployment().await?;
     let outcome = ctx
         .executor
         .run(
@@ -236,6 +237,7 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
                 logs: &log,
                 stop: &registration.stop,
                 entry: &entry.id,
+                deployment,
             },
         )
         .await;

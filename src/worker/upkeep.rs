@@ -79,8 +79,8 @@ pub(super) async fn cancel_listener(ctx: Ctx, token: CancellationToken) {
     }
 }
 
-/// Removes this worker id's Dockhand containers that nobody runs: at start (what an
-/// earlier run of this worker left behind) and then every `every`.
+/// Removes the Dockhand containers of this deployment that nobody runs: at start
+/// (what an earlier run of this worker left behind) and then every `every`.
 pub(super) async fn sweeper(ctx: Ctx, every: Duration, token: CancellationToken) {
     loop {
         match sweep(&ctx).await {
@@ -102,10 +102,11 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
         .labelled_containers()
         .await
         .map_err(|e| error_chain(&e))?;
+    let deployment = ctx.deployment().await.map_err(|e| error_chain(&e))?;
     let mut conn = ctx.store.conn().await.map_err(|e| error_chain(&e))?;
     let mut removed = 0;
     for c in containers {
-        if is_live(ctx, &mut conn, &c)
+        if is_live(ctx, deployment, &mut conn, &c)
             .await
             .map_err(|e| error_chain(&e))?
         {
@@ -122,7 +123,7 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
         .await
         .map_err(|e| error_chain(&e))?;
     for n in networks {
-        if is_live(ctx, &mut conn, &n)
+        if is_live(ctx, deployment, &mut conn, &n)
             .await
             .map_err(|e| error_chain(&e))?
         {
@@ -135,16 +136,21 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
 }
 
 /// A container is live when this process runs its entry, or when the process that
-/// made it is alive and its job is not finished. Anything else is left over.
-/// Only containers made under this worker's id are judged: another worker id may
-/// belong to another deployment (another Redis, another prefix) whose keys we
-/// cannot see, and its containers are not ours to remove.
+/// made it is alive and its job is not finished (an unknown job is finished: its
+/// hash expired, or Redis lost it). Anything else is left over.
+///
+/// Only containers of this deployment are judged, or, for those made before the
+/// deployment label, of this worker id: another deployment (another Redis or
+/// prefix) may share the Docker host, its keys are out of sight here, and its
+/// containers are not ours to remove.
 async fn is_live(
     ctx: &Ctx,
+    deployment: &str,
     conn: &mut crate::store::Conn,
     c: &Labelled,
 ) -> Result<bool, StoreError> {
-    if c.worker != ctx.worker_id {
+    let ours = c.deployment == deployment || (c.deployment.is_empty() && c.worker == ctx.worker_id);
+    if !ours {
         return Ok(true);
     }
     if c.consumer == ctx.consumer {

@@ -349,3 +349,97 @@ async fn a_long_job_is_not_taken_over_while_its_worker_lives() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Makes a stopped container carrying `labels`, as a crashed worker would leave.
+fn leftover(labels: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new("docker");
+    cmd.arg("create");
+    for (k, v) in labels {
+        cmd.args(["--label", &format!("{k}={v}")]);
+    }
+    let out = cmd
+        .args([&crate::common::image(), "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn exists(container: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", "--type", "container", container])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_this_deployments_leftovers_and_nothing_else() {
+    use deadpool_redis::redis::AsyncCommands;
+    let env = Env::new();
+    let mut c = env.conn().await;
+    let deployment = format!("{}-dep", env.prefix);
+    let _: () = c.set(env.keys.deployment(), &deployment).await.unwrap();
+    let p = &env.prefix;
+    // A worker host that is gone (another worker id), same deployment: its job is unknown.
+    let gone = leftover(&[
+        ("dockhand.job", &format!("{p}-unknown")),
+        ("dockhand.worker", &format!("{p}-gone-host")),
+        ("dockhand.consumer", &format!("{p}-gone-host:1:x")),
+        ("dockhand.deployment", &deployment),
+    ]);
+    // This worker id, made before containers carried the deployment label.
+    let legacy = leftover(&[
+        ("dockhand.job", &format!("{p}-legacy")),
+        ("dockhand.worker", p),
+        ("dockhand.consumer", &format!("{p}:1:old")),
+    ]);
+    // Another deployment sharing this Docker host, even under the same worker id
+    // (both default to the hostname): not ours to judge.
+    let foreign = leftover(&[
+        ("dockhand.job", &format!("{p}-foreign")),
+        ("dockhand.worker", p),
+        ("dockhand.consumer", &format!("{p}:1:foreign")),
+        ("dockhand.deployment", "another-deployment"),
+    ]);
+    // A live worker of this deployment running its job.
+    let busy_consumer = format!("{p}-busy-host:1:x");
+    let busy_job = format!("{p}-busy");
+    let _: () = c
+        .set_ex(env.keys.alive(&busy_consumer), "1", 120)
+        .await
+        .unwrap();
+    let _: () = c
+        .hset(env.keys.job(&busy_job), "status", "running")
+        .await
+        .unwrap();
+    let busy = leftover(&[
+        ("dockhand.job", &busy_job),
+        ("dockhand.worker", &format!("{p}-busy-host")),
+        ("dockhand.consumer", &busy_consumer),
+        ("dockhand.deployment", &deployment),
+    ]);
+
+    let worker = env.worker(&["default"], 1); // sweeps at start
+    eventually(
+        "the sweep removes the gone host's and the legacy container",
+        || !exists(&gone) && !exists(&legacy),
+    )
+    .await;
+    assert!(
+        exists(&foreign),
+        "another deployment's container was removed"
+    );
+    assert!(
+        exists(&busy),
+        "a live worker's running container was removed"
+    );
+    worker.stop().await;
+    for id in [foreign, busy] {
+        std::process::Command::new("docker")
+            .args(["rm", "-f", &id])
+            .output()
+            .unwrap();
+    }
+}

@@ -414,6 +414,11 @@ pub fn networks_with_label(label: &str) -> Vec<String> {
     docker_ids(&["network", "ls", "-q"], label)
 }
 
+/// Volumes that carry `label`.
+pub fn volumes_with_label(label: &str) -> Vec<String> {
+    docker_ids(&["volume", "ls", "-q"], label)
+}
+
 fn docker_ids(list: &[&str], label: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args(list)
