@@ -67,6 +67,8 @@ enum Command {
     Cancel { id: String },
     /// List worker processes and whether they are alive.
     Workers,
+    /// Entries a queue could not run: list them, run one again, or delete one.
+    Dead(cli::dead::Args),
     /// Manage profiles (job templates), and build a profile's image on every worker.
     Profile {
         #[command(subcommand)]
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
             Command::Queues => cli::queues::run(&settings).await,
             Command::Cancel { id } => cli::cancel::run(&settings, &id).await,
             Command::Workers => cli::workers::run(&settings).await,
+            Command::Dead(args) => cli::dead::run(&settings, args).await,
             Command::Profile { action } => cli::profile::run(&settings, action).await,
             Command::Subscriber { action } => cli::subscriber::run(&settings, action).await,
             Command::Webhooks { action } => {

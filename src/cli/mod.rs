@@ -3,6 +3,7 @@
 //! for failed, 2 for bad usage.
 
 pub mod cancel;
+pub mod dead;
 pub mod logs;
 pub mod profile;
 pub mod queues;

@@ -190,3 +190,103 @@ async fn exit_codes_follow_the_contract() {
         text(&unreachable.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lists_retries_and_deletes_what_a_queue_could_not_run() {
+    let env = Env::new();
+    // A worker whose policy refuses the test image: the jobs go to the dead stream.
+    let strict = crate::common::Worker::start(env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__POLICY__IMAGES", "only-this-image")],
+    ));
+    let p = &env.prefix;
+    let (again, gone, secret) = (
+        format!("{p}-again"),
+        format!("{p}-gone"),
+        format!("{p}-secret"),
+    );
+    for (id, extra) in [
+        (&again, serde_json::json!({"command": "echo ran again"})),
+        (&gone, serde_json::json!({"command": "true"})),
+        (
+            &secret,
+            serde_json::json!({"command": "true", "secret_env": {"K": "v"}}),
+        ),
+    ] {
+        env.xadd("default", &crate::common::spec(id, extra)).await;
+        assert_eq!(env.finished(id).await["reason"], "policy_denied");
+    }
+    strict.stop().await;
+
+    let listed = dockhand(&env, &["dead"], None).await;
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed = text(&listed.stdout);
+    for id in [&again, &gone, &secret] {
+        let line = listed
+            .lines()
+            .find(|l| l.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("{id} not listed: {listed}"));
+        assert!(
+            line.contains("policy_denied") && line.contains("policy.images"),
+            "{line}"
+        );
+    }
+    let json = dockhand(
+        &env,
+        &["dead", "--queue", "default", "--json", "--count", "1"],
+        None,
+    )
+    .await;
+    let rows: Vec<serde_json::Value> = text(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "--count 1");
+    assert_eq!(rows[0]["id"], secret.as_str(), "newest first");
+    assert_eq!(rows[0]["queue"], "default");
+
+    // Secrets were masked when the entry was stored: it cannot run as it was.
+    let refused = dockhand(&env, &["dead", "retry", &secret], None).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("secret_env"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // With the policy fixed, a retry runs the same job id to completion.
+    let worker = env.worker(&["default"], 1);
+    let retried = dockhand(&env, &["dead", "retry", &again], None).await;
+    assert!(retried.status.success(), "{}", text(&retried.stderr));
+    // The retry set the hash back to `queued` in the same step, so no old state shows.
+    let done = env.finished(&again).await;
+    assert_eq!(done["status"], "completed", "{done:?}");
+    assert_eq!(
+        done["attempt"], "1",
+        "refused entries never started an attempt"
+    );
+    assert_eq!(env.lines(&again, "stdout").await, vec!["ran again"]);
+    let mut c = env.conn().await;
+    let ttl: i64 = deadpool_redis::redis::AsyncCommands::ttl(&mut c, env.keys.job(&again))
+        .await
+        .unwrap();
+    assert!(ttl > 0, "finished again, it expires again");
+    let twice = dockhand(&env, &["dead", "retry", &again], None).await;
+    assert_eq!(twice.status.code(), Some(1), "it left the dead stream");
+
+    let rm = dockhand(&env, &["dead", "rm", &gone], None).await;
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    let left = text(&dockhand(&env, &["dead", "--json"], None).await.stdout);
+    let ids: Vec<String> = left
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, vec![secret.clone()]);
+    worker.stop().await;
+}
