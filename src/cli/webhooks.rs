@@ -76,6 +76,7 @@ pub async fn run(
             let loop_ = tokio::spawn(crate::webhook::deliver::run(
                 settings.clone(),
                 store,
+                Default::default(), // nothing here makes deliveries: it polls
                 token.clone(),
             ));
             shutdown.await;

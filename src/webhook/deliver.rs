@@ -15,7 +15,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How often the due set is looked at when nothing was due.
+/// How often the due set is looked at when nothing was due. Deliveries this
+/// process makes do not wait for it: their maker wakes the loop (`made`).
 const POLL: Duration = Duration::from_millis(200);
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -29,7 +30,14 @@ struct Ctx {
 }
 
 /// Sends deliveries until `token` is cancelled, then lets attempts in flight end.
-pub async fn run(settings: Arc<Settings>, store: Store, token: CancellationToken) {
+/// `made` is notified when this process has just made deliveries, so they go out
+/// at once; those of other processes (and retries) are found by polling.
+pub async fn run(
+    settings: Arc<Settings>,
+    store: Store,
+    made: Arc<tokio::sync::Notify>,
+    token: CancellationToken,
+) {
     let guard = match Guard::new(&settings.webhooks.allow_networks) {
         Ok(g) => Arc::new(g),
         Err(e) => {
@@ -92,6 +100,7 @@ pub async fn run(settings: Arc<Settings>, store: Store, token: CancellationToken
         if idle {
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
+                _ = made.notified() => {}
                 _ = token.cancelled() => {}
             }
         }

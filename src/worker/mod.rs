@@ -73,6 +73,8 @@ pub(crate) struct Ctx {
     /// This deployment's id (`Keys::deployment`), read from Redis when first needed:
     /// the worker may start before Redis does.
     deployment: Arc<tokio::sync::OnceCell<String>>,
+    /// Wakes this process's webhook delivery loop when a finished job made deliveries.
+    pub deliveries_made: Arc<tokio::sync::Notify>,
 }
 
 impl Ctx {
@@ -135,6 +137,7 @@ pub async fn run_with(
         results,
         images,
         deployment: Arc::default(),
+        deliveries_made: Arc::default(),
     };
     let w = &ctx.settings.worker;
     tracing::info!(worker = %ctx.worker_id, consumer = %ctx.consumer, queues = ?w.queues, concurrency = w.concurrency, "worker started");
@@ -169,6 +172,7 @@ pub async fn run_with(
     chores.spawn(crate::webhook::deliver::run(
         ctx.settings.clone(),
         ctx.store.clone(),
+        ctx.deliveries_made.clone(),
         token.clone(),
     ));
     chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));

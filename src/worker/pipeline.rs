@@ -510,6 +510,7 @@ async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreError> {
     .await?;
     if made > 0 {
         tracing::debug!(deliveries = made, "webhook deliveries made");
+        ctx.deliveries_made.notify_one();
     }
     Ok(())
 }
