@@ -50,8 +50,12 @@ memory peak of c is not inflated by what the log phase leaves in the allocator):
      --retention-seconds and dead_max_len 1000; --retention-jobs entries refused
      at validation (invalid_spec), used_memory before, at the peak, when all are
      terminal, and after retention (+ a SCAN through the keyspace).
+  h. Read-only root: two workers of our own, one with policy.read_only_rootfs
+     (a /dockhand volume and a /tmp tmpfs per container), each on a queue of its
+     own; --ro-jobs jobs `true` on each, interleaved, submit -> terminal event.
+     Medians and their ratio.
 
-Phases d (subscriber add/rm, cancel), f and g need --bin, the dockhand binary.
+Phases d (subscriber add/rm, cancel), f, g and h need --bin, the dockhand binary.
 
 Exit code: 0 when every check passed, 1 when one failed (the figures are still
 printed and written), 2 for bad usage or when the set-up is not usable.
@@ -1389,6 +1393,57 @@ class Bench:
         res["takeover"] = dist(secs)
         return res
 
+    # -- phase h: read-only root filesystem ------------------------------------
+
+    def phase_h(self):
+        """Two workers of our own, one with policy.read_only_rootfs, each on its own
+        queue; --ro-jobs jobs `true` on each, interleaved, submit -> terminal event."""
+        a = self.args
+        res = {"jobs": a.ro_jobs, "default_s": [], "read_only_s": [], "failures": []}
+        queues = {}
+        procs = []
+        for kind, extra in (("default", {}), ("read_only", {"DOCKHAND__POLICY__READ_ONLY_ROOTFS": "true"})):
+            queue = f"bench-h-{kind}-{self.run_tag}"
+            p, log = self.spawn_worker(queue, f"bench-h-{kind}-{self.run_tag}", 1, env_extra=extra)
+            queues[kind] = (queue, f"{self.prefix}:{{{queue}}}:jobs")
+            procs.append(p)
+        for _, stream in queues.values():
+            if not self.wait_consumers(stream, 0, procs):
+                raise Fatal("h: the workers made no consumer group within 30 s")
+        ps = self.events_pubsub()
+        try:
+            for i in range(a.warmup + a.ro_jobs):
+                order = ("default", "read_only") if i % 2 == 0 else ("read_only", "default")
+                for kind in order:
+                    jid = f"bench-{self.run_tag}-h-{kind}-{i}"
+                    while ps.get_message(timeout=0):
+                        pass
+                    t0 = time.perf_counter()
+                    self.r.xadd(queues[kind][1], {"job": json.dumps({"id": jid, "image": a.image, "command": ["true"]})})
+                    t, ev = self.wait_events(ps, jid, ("job.completed", "job.aborted"), a.job_timeout)
+                    if i < a.warmup:
+                        continue
+                    if t is None or ev != "job.completed":
+                        h = self.r.hgetall(self.job_key(jid))
+                        res["failures"].append({"id": jid, "event": ev, "error": hget_str(h, "error")})
+                        continue
+                    res[f"{kind}_s"].append(t - t0)
+                if a.progress and i >= a.warmup:
+                    print(f"    h: {i - a.warmup + 1}/{a.ro_jobs}", file=sys.stderr, end="\r", flush=True)
+        finally:
+            ps.close()
+            for p in procs:
+                self.stop_worker(p)
+        if a.progress:
+            print(file=sys.stderr)
+        res["default"] = dist(res["default_s"])
+        res["read_only"] = dist(res["read_only_s"])
+        dm, rm = median(res["default_s"]), median(res["read_only_s"])
+        res["ratio_median"] = (rm / dm) if dm and rm else None
+        if res["failures"]:
+            self.failures.append(f"h: {len(res['failures'])} job(s) did not complete")
+        return res
+
     # -- phase g: Redis memory per finished job -------------------------------
 
     def used_memory(self):
@@ -1579,6 +1634,7 @@ class Bench:
                 ("e", f"e. jobs from git: {a.git_jobs} cached vs {a.git_jobs} image jobs; {a.git_builds} builds vs docker build", self.phase_e),
                 ("f", f"f. lease takeover after SIGKILL (default lease), {a.lease_trials} trial(s)", self.phase_f),
                 ("g", f"g. Redis memory per finished job: {a.retention_jobs:,} invalid_spec entries, retention {a.retention_seconds} s", self.phase_g),
+                ("h", f"h. read-only root: {a.ro_jobs} x `true` on a read_only_rootfs worker vs a default one, interleaved", self.phase_h),
             ):
                 if ph in phases:
                     step(title)
@@ -1819,6 +1875,16 @@ def summary(out):
                  f"  (dead stream {g.get('dead_xlen_after')} entries, {g.get('memory_usage_dead')} B; jobs stream {g.get('memory_usage_stream')} B)")
         L.append(f"  entries finished/s                   {g.get('jobs_per_s', 0):,.0f}  ({g.get('submit_to_all_terminal_s', 0):.1f} s for all; XADD took {g.get('xadd_s', 0):.1f} s)")
 
+    h = out.get("h")
+    if h:
+        L.append("")
+        L.append(f"h. Read-only root filesystem: `true`, submit -> terminal event, two workers of our own (concurrency 1)")
+        d_, r_ = h.get("default") or {}, h.get("read_only") or {}
+        L.append(f"  default worker                       median {ms(d_.get('median'))}  (p10 {ms(d_.get('p10'))}, p90 {ms(d_.get('p90'))}, n={d_.get('n', 0)})")
+        L.append(f"  policy.read_only_rootfs = true       median {ms(r_.get('median'))}  (p10 {ms(r_.get('p10'))}, p90 {ms(r_.get('p90'))}, n={r_.get('n', 0)})")
+        rr = h.get("ratio_median")
+        L.append(f"  ratio read-only / default (medians)  {'n/a' if rr is None else f'{rr:.2f}x'}")
+
     L.append("")
     if out["failures"]:
         L.append("CHECKS FAILED:")
@@ -1862,7 +1928,8 @@ def main():
     p.add_argument("--retention-timeout", type=float, default=900, help="g: longest wait for every entry to finish")
     p.add_argument("--bin", default=os.environ.get("DOCKHAND_BIN"),
                    help="the dockhand binary (d: subscriber add; f, g: workers of their own)")
-    p.add_argument("--phases", default="a,b,c,d,e,f,g", help="which phases to run, comma-separated")
+    p.add_argument("--ro-jobs", type=int, default=30, help="h: jobs on each of the two workers")
+    p.add_argument("--phases", default="a,b,c,d,e,f,g,h", help="which phases to run, comma-separated")
     p.add_argument("--keep-log", action="store_true", help="b: keep the stored log stream (default: deleted after the check)")
     p.add_argument("--json", metavar="PATH", help="also write every raw figure to PATH as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress counter on stderr")
@@ -1871,9 +1938,9 @@ def main():
         p.error("--redis-url (or REDIS_URL) is required")
     if args.jobs < 1 or args.lines < 1 or args.sleep_jobs < 1:
         p.error("--jobs, --lines and --sleep-jobs must be at least 1")
-    bad = set(args.phases.split(",")) - set("abcdefg")
+    bad = set(args.phases.split(",")) - set("abcdefgh")
     if bad:
-        p.error(f"unknown phase(s) {sorted(bad)}; use a, b, c, d, e, f, g")
+        p.error(f"unknown phase(s) {sorted(bad)}; use a, b, c, d, e, f, g, h")
 
     try:
         import redis
