@@ -120,13 +120,25 @@ pub async fn build(
         req.context.clone(),
         req.dockerfile.clone(),
     );
+    // Labels ride in the Dockerfile as one step when they can (see `context`);
+    // otherwise the engine adds them, a step each.
+    let label_line = context::label_line(&req.labels);
     // Walking and reading the context is blocking file work.
-    let (dockerfile, archive) = tokio::task::spawn_blocking(move || {
-        let located = context::locate(&checkout, &ctx, &file)?;
+    let (dockerfile, archive, labelled) = tokio::task::spawn_blocking(move || {
+        let mut located = context::locate(&checkout, &ctx, &file)?;
+        let mut labelled = false;
+        if let Some(line) = &label_line {
+            (located, labelled) = located.with_line(line)?;
+        }
         let archive = context::archive(&located)?;
-        Ok::<_, BuildError>((located.dockerfile, archive))
+        Ok::<_, BuildError>((located.dockerfile, archive, labelled))
     })
     .await??;
+    let engine_labels = if labelled {
+        BTreeMap::new()
+    } else {
+        req.labels.clone()
+    };
     tracing::debug!(tag = %req.tag, bytes = archive.len(), "build context archived");
 
     let build_args: HashMap<&str, &str> = req
@@ -134,8 +146,7 @@ pub async fn build(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let labels: HashMap<&str, &str> = req
-        .labels
+    let labels: HashMap<&str, &str> = engine_labels
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();

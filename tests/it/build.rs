@@ -121,6 +121,11 @@ async fn builds_a_context_honouring_dockerignore_with_args_and_labels() {
         "{texts:#?}"
     );
     assert!(texts.contains(&"greeting=hi there"), "{texts:#?}");
+    let label_steps = texts
+        .iter()
+        .filter(|t| t.starts_with("Step ") && t.contains(" : LABEL "))
+        .count();
+    assert_eq!(label_steps, 1, "both labels in one step: {texts:#?}");
     assert!(texts.iter().all(|t| !t.contains('\n')), "{texts:#?}");
 
     assert_eq!(cached_image(&docker, &tag).await.unwrap(), Some(id.clone()));
@@ -152,6 +157,10 @@ async fn builds_a_context_honouring_dockerignore_with_args_and_labels() {
         "/ctx/.dockerignore",
         "/ctx/outside.txt",
     ] {
+        assert!(
+            !copied.iter().any(|f| f.contains(".dockhand-dockerfile")),
+            "the generated Dockerfile stays out of COPY: {copied:?}"
+        );
         assert!(!copied.contains(&absent), "{absent} present: {copied:?}");
     }
     assert_eq!(docker_run(&tag, &["cat", "/hello.txt"]), "hello\n");

@@ -10,6 +10,10 @@
 //!   Dockerfile and `.dockerignore` are sent even when listed there (the engine
 //!   needs them and leaves them out of `COPY` itself).
 //! - Owners and times are normalised, so the same files make the same archive.
+//! - Image labels go in as one `LABEL` line appended to a generated copy of the
+//!   Dockerfile (kept out of `COPY` like the CLI's own generated file), not as the
+//!   engine's `labels` option: the classic builder makes each of those a step of
+//!   its own with an intermediate container, about a second each.
 
 use super::dockerignore::DockerIgnore;
 use super::BuildError;
@@ -75,6 +79,69 @@ pub fn locate(checkout: &Path, context: &Path, dockerfile: &Path) -> Result<Loca
             })
         }
     }
+}
+
+impl Located {
+    /// The Dockerfile with `line` appended, sent under a generated name; unchanged
+    /// (and `false`) when its last line continues (ends in `\\` or `` ` ``), since
+    /// `line` would then become part of that instruction.
+    pub fn with_line(self, line: &str) -> Result<(Located, bool), BuildError> {
+        let generated = self.extra_dockerfile.is_some();
+        let mut content = match self.extra_dockerfile {
+            Some(content) => content,
+            None => {
+                let path = self.dir.join(&self.dockerfile);
+                fs::read(&path).map_err(|source| BuildError::Context {
+                    action: "read",
+                    path,
+                    source,
+                })?
+            }
+        };
+        let last = content.iter().rev().find(|b| !b.is_ascii_whitespace());
+        if matches!(last, Some(b'\\' | b'`')) {
+            let unchanged = Located {
+                extra_dockerfile: generated.then_some(content),
+                dir: self.dir,
+                dockerfile: self.dockerfile,
+            };
+            return Ok((unchanged, false));
+        }
+        if !content.ends_with(b"\n") {
+            content.push(b'\n');
+        }
+        content.extend_from_slice(line.as_bytes());
+        content.push(b'\n');
+        let digest = hex::encode(Sha256::digest(&content));
+        let located = Located {
+            dockerfile: format!(".dockhand-dockerfile-{}", &digest[..12]),
+            dir: self.dir,
+            extra_dockerfile: Some(content),
+        };
+        Ok((located, true))
+    }
+}
+
+/// `labels` as one Dockerfile `LABEL` instruction, or `None` when there are none or
+/// one holds a character that quoting could not carry the same way under every
+/// escape directive and variable expansion (`"`, `\`, `` ` ``, `$`, a control
+/// character); the caller then passes them to the engine instead.
+pub fn label_line(labels: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    if labels.is_empty() {
+        return None;
+    }
+    let safe = |s: &str| {
+        !s.chars()
+            .any(|c| matches!(c, '"' | '\\' | '`' | '$') || c.is_control())
+    };
+    let mut line = String::from("LABEL");
+    for (k, v) in labels {
+        if k.is_empty() || !safe(k) || !safe(v) {
+            return None;
+        }
+        line.push_str(&format!(" \"{k}\"=\"{v}\""));
+    }
+    Some(line)
 }
 
 /// `base.join(rel)`, canonical, refusing anything that leaves `root` (both canonical).
@@ -283,6 +350,76 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn labels_become_one_line_of_a_generated_dockerfile() {
+        let labels = std::collections::BTreeMap::from([
+            (
+                "dockhand.repo".to_string(),
+                "https://git.example/o/r.git".to_string(),
+            ),
+            ("dockhand.commit".to_string(), "0123abcd".to_string()),
+        ]);
+        let line = label_line(&labels).unwrap();
+        assert_eq!(
+            line,
+            r#"LABEL "dockhand.commit"="0123abcd" "dockhand.repo"="https://git.example/o/r.git""#
+        );
+        for bad in ["a\"b", "a\\b", "a$HOME", "a`b", "a\nb"] {
+            let one = std::collections::BTreeMap::from([("k".to_string(), bad.to_string())]);
+            assert_eq!(label_line(&one), None, "{bad:?}");
+        }
+        assert_eq!(label_line(&Default::default()), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "Dockerfile", "FROM x\nCMD [\"true\"]"); // no final newline
+        write(root, ".dockerignore", "secret.txt\n");
+        write(root, "secret.txt", "no");
+        let (loc, appended) = locate(root, Path::new("."), Path::new("Dockerfile"))
+            .unwrap()
+            .with_line(&line)
+            .unwrap();
+        assert!(appended);
+        assert!(
+            loc.dockerfile.starts_with(".dockhand-dockerfile-"),
+            "{}",
+            loc.dockerfile
+        );
+        let archive = archive(&loc).unwrap();
+        let mut files = std::collections::BTreeMap::new();
+        for e in tar::Archive::new(archive.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut text = String::new();
+            io::Read::read_to_string(&mut e, &mut text).unwrap();
+            files.insert(name, text);
+        }
+        assert_eq!(
+            files[&loc.dockerfile],
+            format!("FROM x\nCMD [\"true\"]\n{line}\n")
+        );
+        assert_eq!(
+            files["Dockerfile"], "FROM x\nCMD [\"true\"]",
+            "the original is untouched"
+        );
+        assert!(!files.contains_key("secret.txt"));
+        let ignore = &files[".dockerignore"];
+        assert!(ignore.starts_with("secret.txt\n"), "{ignore}");
+        assert!(
+            ignore.contains(&loc.dockerfile),
+            "kept out of COPY: {ignore}"
+        );
+
+        // A last line that continues would swallow the label line: left alone.
+        write(root, "Dockerfile", "FROM x\nRUN echo hi \\\n");
+        let (loc, appended) = locate(root, Path::new("."), Path::new("Dockerfile"))
+            .unwrap()
+            .with_line(&line)
+            .unwrap();
+        assert!(!appended);
+        assert_eq!(loc.dockerfile, "Dockerfile");
     }
 
     #[test]
