@@ -75,6 +75,7 @@ pub struct WorkerSettings {
     pub cache_dir: std::path::PathBuf,
     pub profiles_dir: std::path::PathBuf,
     pub git_timeout_seconds: u64,
+    pub docker_retries: u32,
     #[serde(default)]
     pub git_tokens: GitTokens,
 }

@@ -13,6 +13,7 @@
 pub mod build;
 mod container;
 mod files;
+mod health;
 pub mod network;
 mod services;
 pub mod sweep;
@@ -61,6 +62,58 @@ pub enum ExecError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// Docker failed after the container had started: the job may have done part
+    /// of its work.
+    #[error(transparent)]
+    AfterStart(Box<ExecError>),
+}
+
+impl ExecError {
+    /// The engine could not be reached (not: it refused), so the same request may
+    /// well succeed later: it is restarting, or its socket is briefly gone.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ExecError::Connect { .. } => true,
+            ExecError::Docker { source, .. } | ExecError::Pull { source, .. } => {
+                unreachable(source)
+            }
+            ExecError::AfterStart(inner) => inner.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether the job's container had started before this failure.
+    pub fn after_start(&self) -> bool {
+        matches!(self, ExecError::AfterStart(_))
+    }
+}
+
+/// A bollard error that means no answer came from the engine.
+pub fn unreachable(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    use std::io::ErrorKind as K;
+    match e {
+        E::HyperResponseError { .. }
+        | E::HyperLegacyError { .. }
+        | E::RequestTimeoutError
+        | E::SocketNotFoundError(_) => true,
+        E::IOError { err } => matches!(
+            err.kind(),
+            K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::UnexpectedEof
+                | K::TimedOut
+                | K::NotFound
+        ),
+        // A proxy in front of the engine saying it is not there.
+        E::DockerResponseServerError { status_code, .. } => {
+            matches!(status_code, 502..=504)
+        }
+        _ => false,
+    }
 }
 
 /// How a container run ended.
@@ -91,6 +144,7 @@ pub struct RunContext<'a> {
 #[derive(Clone)]
 pub struct Executor {
     docker: Docker,
+    health: std::sync::Arc<health::Health>,
     worker_id: String,
     /// This worker process's consumer name, a label on its containers.
     consumer: String,
@@ -127,6 +181,7 @@ impl Executor {
             .map_err(|source| ExecError::Connect { endpoint, source })?;
         Ok(Executor {
             docker,
+            health: Default::default(),
             worker_id: settings.worker_id(),
             consumer: consumer.to_string(),
             settings,
@@ -138,12 +193,13 @@ impl Executor {
     }
 
     /// Creates, stages, starts and waits for the job's container, collects its
-    /// output, and removes it.
+    /// output, and removes it. A failure to reach the engine marks it unreachable
+    /// (see [`Executor::until_reachable`]).
     pub async fn run(&self, job: &Job, ctx: RunContext<'_>) -> Result<RunOutcome, ExecError> {
-        self.ensure_image(&job.image).await?;
         // Removed below whatever happens, also after a failure half-way through.
         let mut sidecars = services::Sidecars::default();
         let result = async {
+            self.ensure_image(&job.image).await?;
             if !job.services.is_empty() {
                 self.start_services(job, &ctx, &mut sidecars).await?;
             }
@@ -152,7 +208,23 @@ impl Executor {
         }
         .await;
         self.remove_sidecars(sidecars).await;
+        if let Err(e) = &result {
+            if e.is_transient() {
+                let why = crate::telemetry::error_chain(e);
+                self.health.mark_unreachable(&self.docker, &why);
+            }
+        }
         result
+    }
+
+    /// Returns once the engine answers; at once unless a run found it unreachable.
+    pub async fn until_reachable(&self) {
+        self.health.until_reachable().await
+    }
+
+    /// Records that the engine did not answer another caller (an image build).
+    pub fn mark_unreachable(&self, why: &str) {
+        self.health.mark_unreachable(&self.docker, why);
     }
 
     async fn run_container(
@@ -249,6 +321,18 @@ impl Executor {
                     source,
                 },
             })?;
+        self.after_start(id, job, ctx)
+            .await
+            .map_err(|e| ExecError::AfterStart(Box::new(e)))
+    }
+
+    /// Follows the started container to its end, and reads what it left.
+    async fn after_start(
+        &self,
+        id: &str,
+        job: &Job,
+        ctx: &RunContext<'_>,
+    ) -> Result<RunOutcome, ExecError> {
         let follower = tokio::spawn(follow_logs(
             self.docker.clone(),
             id.to_string(),
@@ -442,5 +526,42 @@ fn frame_bytes(
             });
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::errors::Error as E;
+
+    fn docker(source: E) -> ExecError {
+        ExecError::Docker {
+            action: "create the container",
+            source,
+        }
+    }
+
+    #[test]
+    fn only_an_engine_that_does_not_answer_is_transient() {
+        let io = |kind| E::IOError {
+            err: std::io::Error::from(kind),
+        };
+        let said = |status_code| E::DockerResponseServerError {
+            status_code,
+            message: "x".into(),
+        };
+        assert!(docker(io(std::io::ErrorKind::ConnectionRefused)).is_transient());
+        assert!(docker(E::RequestTimeoutError).is_transient());
+        assert!(
+            docker(said(503)).is_transient(),
+            "a proxy without its engine"
+        );
+        assert!(!docker(said(500)).is_transient(), "the engine refused");
+        assert!(!docker(said(409)).is_transient());
+        assert!(!docker(io(std::io::ErrorKind::InvalidData)).is_transient());
+        assert!(!ExecError::ImageNotFound("i".into()).is_transient());
+        let late = ExecError::AfterStart(Box::new(docker(E::RequestTimeoutError)));
+        assert!(late.is_transient() && late.after_start());
+        assert!(!docker(E::RequestTimeoutError).after_start());
     }
 }

@@ -90,6 +90,11 @@ pub(super) async fn reclaimer(
     let lease_ms = ctx.lease().as_millis() as u64;
     let every = (ctx.lease() / 2).max(Duration::from_millis(200));
     while !token.is_cancelled() {
+        // Taking a dead worker's job while Docker does not answer could only fail it.
+        tokio::select! {
+            _ = ctx.executor.until_reachable() => {}
+            _ = token.cancelled() => return,
+        }
         if let Err(e) = reclaim_once(&ctx, &permits, &tracker, lease_ms).await {
             tracing::debug!(error = %error_chain(&e), "reclaim pass failed");
         }

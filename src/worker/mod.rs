@@ -11,6 +11,8 @@
 //! - Losing Redis never stops the worker: every loop retries with backoff, says so
 //!   in its log, and says so again when Redis is back. A missing consumer group
 //!   (`NOGROUP`, e.g. after a Redis restart without persistence) is re-created.
+//! - While the Docker engine does not answer (a run found it unreachable), the
+//!   worker claims and takes over nothing; it resumes when the engine answers.
 //! - While it runs a job, the worker renews the job's lease (see `queue::lease`); a
 //!   worker that cannot renew for a whole lease stops its containers.
 //! - Shutdown is passed in. On it the worker stops claiming, lets running jobs
@@ -237,6 +239,11 @@ async fn claim_loop(
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = token.cancelled() => return,
         };
+        // A job claimed while Docker does not answer could only fail.
+        tokio::select! {
+            _ = ctx.executor.until_reachable() => {}
+            _ = token.cancelled() => return,
+        }
         let result: Result<Vec<queue::Entry>, ReadError> = async {
             let mut conn = ctx.store.blocking_conn().await?;
             if !groups_ready {

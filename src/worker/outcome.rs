@@ -123,5 +123,6 @@ pub(super) fn classify(e: &ExecError) -> (Reason, Option<i64>) {
         ExecError::Connect { .. } | ExecError::Docker { .. } | ExecError::Service { .. } => {
             (Reason::DockerError, None)
         }
+        ExecError::AfterStart(inner) => classify(inner),
     }
 }

@@ -209,8 +209,19 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
             None => Some(prepare::Failure {
                 reason: Reason::Cancelled,
                 message: "cancelled by request while the image was being prepared".into(),
+                docker_unreachable: false,
             }),
         };
+        if let Some(failure) = failure.as_ref().filter(|f| f.docker_unreachable) {
+            ctx.executor.mark_unreachable(&failure.message);
+            log.system(format!("{}; nothing of the job ran", failure.message))
+                .await;
+            drop(log);
+            let _ = writer.await;
+            return run
+                .docker_retry(record, &job, failure.message.clone())
+                .await;
+        }
         if let Some(failure) = failure {
             log.system(failure.message.clone()).await;
             drop(log);
@@ -241,6 +252,15 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
             },
         )
         .await;
+    if let Err(e) = &outcome {
+        if e.is_transient() && !e.after_start() && !registration.stop.is_cancelled() {
+            let error = error_chain(e);
+            log.system(format!("{error}; nothing of the job ran")).await;
+            drop(log);
+            let _ = writer.await;
+            return run.docker_retry(record, &job, error).await;
+        }
+    }
     let stopped = outcome.as_ref().is_ok_and(|o| o.stopped);
     let mut files = conclude(&mut record, &job, outcome, &log).await;
     if let Some(posted) = urls.and_then(|u| u.take()) {
@@ -412,23 +432,76 @@ impl Run<'_> {
         .await
     }
 
+    /// Docker could not be reached before the container started, so nothing of the
+    /// job ran: it runs again later (here once the engine answers, or on another
+    /// worker) without using up an attempt, at most `worker.docker_retries` times;
+    /// after that it ends `docker_error`.
+    async fn docker_retry(
+        &self,
+        mut record: JobRecord,
+        job: &Job,
+        error: String,
+    ) -> Result<(), StoreError> {
+        let ctx = self.ctx;
+        let key = ctx.keys.job(&record.id);
+        let before: Option<u32> = persist(ctx, |mut conn| {
+            let key = &key;
+            async move {
+                use deadpool_redis::redis::AsyncCommands;
+                Ok(conn.hget(key, "docker_retries").await?)
+            }
+        })
+        .await?;
+        let tries = before.unwrap_or(0) + 1;
+        let max = ctx.settings.worker.docker_retries;
+        if tries > max {
+            record.abort(
+                Reason::DockerError,
+                format!("{error} (worker.docker_retries = {max} used up)"),
+            );
+            return self.finish(record, job).await;
+        }
+        record.attempt = record.attempt.saturating_sub(1);
+        record.started_at = None;
+        let full = DOCKER_RETRY_FIRST
+            .saturating_mul(1 << (tries - 1).min(10))
+            .min(DOCKER_RETRY_MAX);
+        let wait = full / 2 + (full / 2).mul_f64(crate::backoff::random_fraction());
+        let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        tracing::warn!(tries, retry_in_ms = wait.as_millis() as u64, error = %error, "Docker unreachable before the job started; it will run again");
+        let extra = [("docker_retries", tries.to_string())];
+        self.schedule_with(record, at, "job.retrying", &extra).await
+    }
+
     /// Puts the job in the scheduled set to run at `at`, then lets go of this entry.
     async fn schedule(
+        &self,
+        record: JobRecord,
+        at: chrono::DateTime<chrono::Utc>,
+        event: &str,
+    ) -> Result<(), StoreError> {
+        self.schedule_with(record, at, event, &[]).await
+    }
+
+    /// [`Run::schedule`], writing `more` fields into the job hash too.
+    async fn schedule_with(
         &self,
         mut record: JobRecord,
         at: chrono::DateTime<chrono::Utc>,
         event: &str,
+        more: &[(&str, String)],
     ) -> Result<(), StoreError> {
         record.set_status(Status::Scheduled);
         record.finished_at = None;
         let token = queue::new_token();
-        let extra = [
+        let mut extra = vec![
             ("requeue_token", token.clone()),
             (
                 "run_at",
                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             ),
         ];
+        extra.extend(more.iter().cloned());
         if self.write(&record, event, &extra).await? {
             let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
             persist(ctx, |mut conn| async move {
@@ -525,6 +598,10 @@ async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// The wait before a job Docker could not start runs again: doubled per try, capped.
+const DOCKER_RETRY_FIRST: Duration = Duration::from_secs(1);
+const DOCKER_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// How long a job's Redis step keeps retrying while Redis is unreachable. The
 /// ownership checks make a late write safe (a job another worker took over is not

@@ -47,6 +47,11 @@ impl PrepareError {
             _ => Reason::BuildError,
         }
     }
+
+    /// The Docker engine did not answer (see `ExecError::is_transient`).
+    pub fn docker_unreachable(&self) -> bool {
+        matches!(self, PrepareError::Build(BuildError::Docker { source, .. }) if crate::executor::unreachable(source))
+    }
 }
 
 /// An image ready to run.
@@ -273,6 +278,8 @@ pub(super) async fn with_profile(
 pub(super) struct Failure {
     pub reason: Reason,
     pub message: String,
+    /// The Docker engine did not answer: nothing of the job ran, it may run again.
+    pub docker_unreachable: bool,
 }
 
 /// Makes the image of a job from `git` ready and points `job.image` at it; the
@@ -290,6 +297,7 @@ pub(super) async fn git_image(
     let fail = |e: PrepareError| Failure {
         reason: e.reason(),
         message: error_chain(&e),
+        docker_unreachable: e.docker_unreachable(),
     };
     let commit = ctx.images.resolve(&git).await.map_err(|e| fail(e.into()))?;
     record.commit = Some(commit.clone());
@@ -305,6 +313,7 @@ pub(super) async fn git_image(
                     "the image was not ready after {} s (limits.timeout_seconds)",
                     limit.as_secs()
                 ),
+                docker_unreachable: false,
             })
         }
     };

@@ -1,4 +1,4 @@
-//! Faults: Redis going away and coming back.
+//! Faults: Redis or the Docker engine going away and coming back.
 
 use crate::common::{image, Env};
 use std::time::Duration;
@@ -100,4 +100,165 @@ async fn an_outage_longer_than_the_lease_fences_then_requeues() {
     assert_eq!(job["attempt"], "2");
     assert!(crate::common::containers_with_label(&format!("dockhand.job={id}")).is_empty());
     worker.stop().await;
+}
+
+/// A unix-socket relay to the real Docker engine that the test can cut: while it is
+/// down it drops every connection, old and new, as a restarting daemon would.
+struct DockerRelay {
+    path: std::path::PathBuf,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerRelay {
+    fn start() -> DockerRelay {
+        use std::sync::atomic::Ordering;
+        let upstream = match std::env::var("DOCKER_HOST") {
+            Ok(h) if h.starts_with("unix://") => h.trim_start_matches("unix://").to_string(),
+            Ok(h) if !h.is_empty() => panic!("this test relays a unix socket, not {h}"),
+            _ => "/var/run/docker.sock".to_string(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let (upstream, cut) = (upstream.clone(), cut2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        DockerRelay {
+            path,
+            up,
+            cut,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The Docker engine stops answering: a job that could not start (its container,
+/// or the image of a job from git) is scheduled to run again without using up an
+/// attempt, the worker claims nothing more meanwhile,
+/// and once the engine answers both jobs run. With `docker_retries` used up the job
+/// ends `docker_error` naming the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_docker_engine_defers_jobs_until_it_answers() {
+    let env = Env::new();
+    let relay = DockerRelay::start();
+    let url = relay.url();
+    let repo = crate::git_jobs::Repo::new();
+    let cache = repo.cache_dir();
+    let worker = crate::common::Worker::start(env.settings(
+        &["default"],
+        1,
+        &[
+            ("DOCKHAND__WORKER__DOCKER_HOST", &url),
+            ("DOCKHAND__WORKER__CACHE_DIR", &cache),
+        ],
+    ));
+    let warm = format!("{}-warm", env.prefix);
+    env.xadd("default", &spec(&warm, "echo warm")).await;
+    assert_eq!(env.finished(&warm).await["status"], "completed");
+
+    // A job from git: its checkout needs no Docker, its image does.
+    relay.down();
+    let built = format!("{}-built", env.prefix);
+    let git = serde_json::json!({"url": repo.url, "commit": repo.a});
+    env.xadd(
+        "default",
+        &serde_json::json!({"id": built, "git": git, "command": "cat /app/app.txt"}).to_string(),
+    )
+    .await;
+    let scheduled = env.status_becomes(&built, "scheduled").await;
+    assert_eq!(scheduled["docker_retries"], "1", "{scheduled:?}");
+    relay.up();
+    let done = env.finished(&built).await;
+    assert_eq!(done["status"], "completed", "{done:?}");
+    assert_eq!(env.lines(&built, "stdout").await, vec!["A"]);
+
+    relay.down();
+    let first = format!("{}-first", env.prefix);
+    env.xadd("default", &spec(&first, "echo attempt $DOCKHAND_ATTEMPT"))
+        .await;
+    let scheduled = env.status_becomes(&first, "scheduled").await;
+    assert_eq!(scheduled["docker_retries"], "1", "{scheduled:?}");
+    assert_eq!(scheduled["attempt"], "0", "no attempt used: {scheduled:?}");
+    let said = env.lines(&first, "system").await;
+    assert!(
+        said.iter().any(|l| l.contains("nothing of the job ran")),
+        "{said:?}"
+    );
+    // Not claimed while the engine is away.
+    let second = format!("{}-second", env.prefix);
+    env.xadd("default", &spec(&second, "echo second")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.job(&second).await.get("status"),
+        None,
+        "claimed while Docker was away"
+    );
+
+    relay.up();
+    let done = env.finished(&first).await;
+    assert_eq!(done["status"], "completed", "{done:?}");
+    assert_eq!(done["attempt"], "1");
+    assert_eq!(env.lines(&first, "stdout").await, vec!["attempt 1"]);
+    assert_eq!(env.finished(&second).await["status"], "completed");
+    worker.stop().await;
+
+    // No retries left: the job ends docker_error with what failed.
+    let strict = crate::common::Worker::start(env.settings(
+        &["default"],
+        1,
+        &[
+            ("DOCKHAND__WORKER__DOCKER_HOST", &url),
+            ("DOCKHAND__WORKER__DOCKER_RETRIES", "0"),
+        ],
+    ));
+    let warm = format!("{}-warm2", env.prefix);
+    env.xadd("default", &spec(&warm, "true")).await;
+    assert_eq!(env.finished(&warm).await["status"], "completed");
+    relay.down();
+    let gone = format!("{}-gone", env.prefix);
+    env.xadd("default", &spec(&gone, "true")).await;
+    let done = env.finished(&gone).await;
+    assert_eq!(done["reason"], "docker_error", "{done:?}");
+    assert!(
+        done["error"].contains("worker.docker_retries = 0"),
+        "{}",
+        done["error"]
+    );
+    relay.up();
+    strict.stop().await;
 }
