@@ -15,8 +15,8 @@ pub async fn run(settings: &Settings) -> CliResult {
         .await
         .map_err(crate::store::StoreError::from)?;
     println!(
-        "{:<48} {:<6} {:>5} {:<24} {:<24}",
-        "CONSUMER", "ALIVE", "SLOTS", "QUEUES", "STARTED"
+        "{:<48} {:<6} {:<11} {:>7} {:<24} {:<24}",
+        "CONSUMER", "ALIVE", "DOCKER", "RUNNING", "QUEUES", "STARTED"
     );
     for (consumer, info) in workers {
         let alive: bool = conn
@@ -33,10 +33,12 @@ pub async fn run(settings: &Settings) -> CliResult {
                     .join(",")
             })
             .unwrap_or_default();
+        let running = v["running"].as_array().map(Vec::len).unwrap_or(0);
         println!(
-            "{consumer:<48} {:<6} {:>5} {queues:<24} {:<24}",
+            "{consumer:<48} {:<6} {:<11} {:>7} {queues:<24} {:<24}",
             if alive { "yes" } else { "gone" },
-            v["concurrency"].as_u64().unwrap_or(0),
+            v["docker"].as_str().unwrap_or("?"),
+            format!("{running}/{}", v["concurrency"].as_u64().unwrap_or(0)),
             v["started_at"].as_str().unwrap_or(""),
         );
     }

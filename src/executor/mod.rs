@@ -222,6 +222,11 @@ impl Executor {
         self.health.until_reachable().await
     }
 
+    /// False from a failure to reach the engine until it answers again.
+    pub fn is_reachable(&self) -> bool {
+        self.health.is_reachable()
+    }
+
     /// Records that the engine did not answer another caller (an image build).
     pub fn mark_unreachable(&self, why: &str) {
         self.health.mark_unreachable(&self.docker, why);

@@ -16,13 +16,25 @@ use tokio_util::task::TaskTracker;
 
 /// Renews the lease every third of it until `done`. If renewing fails for longer
 /// than the lease, every running job is stopped: another worker may own it by now.
-pub(super) async fn heartbeat(ctx: Ctx, info: String, done: CancellationToken) {
+/// `info` describes the process; each beat adds how it is now (`docker`: `ok` or
+/// `unreachable`, `running`: its jobs, `beat_at`), so `dockhand workers` tells a
+/// worker that is alive but cannot run anything.
+pub(super) async fn heartbeat(ctx: Ctx, info: serde_json::Value, done: CancellationToken) {
     let lease = ctx.lease();
     let every = (lease / 3).max(Duration::from_millis(100));
     let mut last_ok = Instant::now();
     let mut failing = false;
     loop {
-        match beat(&ctx, &info).await {
+        let mut now = info.clone();
+        now["docker"] = if ctx.executor.is_reachable() {
+            "ok"
+        } else {
+            "unreachable"
+        }
+        .into();
+        now["running"] = ctx.running.job_ids().into();
+        now["beat_at"] = crate::time::now().into();
+        match beat(&ctx, &now.to_string()).await {
             Ok(()) => {
                 if failing {
                     tracing::info!("lease renewed again");

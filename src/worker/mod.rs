@@ -149,8 +149,7 @@ pub async fn run_with(
         "worker": ctx.worker_id, "consumer": ctx.consumer, "pid": std::process::id(),
         "queues": w.queues, "concurrency": w.concurrency, "started_at": crate::time::now(),
         "version": env!("CARGO_PKG_VERSION"),
-    })
-    .to_string();
+    });
     // Before the first heartbeat: a worker seen alive already reads the broadcasts.
     let broadcast_ready = broadcast::setup(&ctx, &profiles).await;
     let beating = CancellationToken::new();

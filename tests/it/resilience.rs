@@ -167,6 +167,29 @@ impl DockerRelay {
     }
 }
 
+/// Waits (10 s at most) until the worker's heartbeat says `want` of Docker
+/// (`dockhand:workers`); returns what it said last.
+async fn docker_health(env: &Env, want: &str) -> String {
+    let mut said = String::new();
+    for _ in 0..100 {
+        let mut c = env.conn().await;
+        let workers: std::collections::HashMap<String, String> =
+            deadpool_redis::redis::AsyncCommands::hgetall(&mut c, env.keys.workers())
+                .await
+                .unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(workers.values().next().map(String::as_str).unwrap_or("{}"))
+                .unwrap();
+        said = info["docker"].as_str().unwrap_or("").to_string();
+        // A beat comes every third of the lease (2 s here).
+        if said == want {
+            return said;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    said
+}
+
 /// The Docker engine stops answering: a job that could not start (its container,
 /// or the image of a job from git) is scheduled to run again without using up an
 /// attempt, the worker claims nothing more meanwhile,
@@ -219,6 +242,20 @@ async fn an_unreachable_docker_engine_defers_jobs_until_it_answers() {
         said.iter().any(|l| l.contains("nothing of the job ran")),
         "{said:?}"
     );
+    // The worker says so where operators look.
+    assert_eq!(docker_health(&env, "unreachable").await, "unreachable");
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["--redis-url", &env.url, "workers"])
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(" yes ") && l.contains("unreachable")),
+        "{listed}"
+    );
     // Not claimed while the engine is away.
     let second = format!("{}-second", env.prefix);
     env.xadd("default", &spec(&second, "echo second")).await;
@@ -235,6 +272,7 @@ async fn an_unreachable_docker_engine_defers_jobs_until_it_answers() {
     assert_eq!(done["attempt"], "1");
     assert_eq!(env.lines(&first, "stdout").await, vec!["attempt 1"]);
     assert_eq!(env.finished(&second).await["status"], "completed");
+    assert_eq!(docker_health(&env, "ok").await, "ok");
     worker.stop().await;
 
     // No retries left: the job ends docker_error with what failed.
