@@ -443,3 +443,82 @@ async fn the_sweep_removes_this_deployments_leftovers_and_nothing_else() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_missed_on_pub_sub_is_found_in_the_job_hash() {
+    use deadpool_redis::redis::AsyncCommands;
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-missed", env.prefix);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "echo started; sleep 120"}),
+        ),
+    )
+    .await;
+    env.status_becomes(&id, "running").await;
+    // What `dockhand cancel` writes first; its announcement on pub/sub is "lost"
+    // (never sent), as when the worker's subscription was down at that moment.
+    let mut c = env.conn().await;
+    let _: () = c
+        .hset(env.keys.job(&id), "cancel_requested", "1")
+        .await
+        .unwrap();
+    let job = env.finished(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["reason"].as_str()),
+        ("aborted", "cancelled")
+    );
+    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_the_drain_at_once_and_still_cleans_up() {
+    let env = Env::new();
+    let id = format!("{}-second-signal", env.prefix);
+    // A drain that would wait ten minutes for the job.
+    let mut worker = env.spawn_worker(
+        &format!("{}-a", env.prefix),
+        &[("DOCKHAND__WORKER__DRAIN_SECONDS", "600")],
+    );
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "echo started; sleep 300"}),
+        ),
+    )
+    .await;
+    env.status_becomes(&id, "running").await;
+    eventually("the container runs", || {
+        !containers_with_label(&format!("dockhand.job={id}")).is_empty()
+    })
+    .await;
+    signal(&worker, "TERM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the first signal drains: the worker waits for its job"
+    );
+    signal(&worker, "TERM");
+    // Well before the 600 s drain would end; this only keeps a broken test from hanging.
+    let mut status = None;
+    for _ in 0..1200 {
+        status = worker.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("the second signal did not stop the worker");
+    assert!(status.success(), "{status:?}");
+    let job = env.status_becomes(&id, "queued").await;
+    assert_eq!(job["attempt"], "1", "{job:?}");
+    assert!(
+        containers_with_label(&format!("dockhand.job={id}")).is_empty(),
+        "its container was stopped and removed"
+    );
+}
