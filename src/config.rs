@@ -107,6 +107,7 @@ pub struct JobSettings {
     pub retention_seconds: u64,
     pub max_line_bytes: usize,
     pub dead_max_len: usize,
+    pub events_max_len: usize,
     pub limits: LimitSettings,
 }
 

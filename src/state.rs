@@ -176,8 +176,9 @@ pub struct Claimed {
 }
 
 /// Creates or takes over the job hash for `entry`, and makes `consumer` its owner.
-/// KEYS[1] job hash. ARGV: entry, id, queue, created_at, spec, events channel,
-/// queued event, consumer, requeue token ('' when the entry has none).
+/// KEYS[1] job hash, KEYS[2] events stream. ARGV: entry, id, queue, created_at,
+/// spec, events channel, queued event, consumer, requeue token ('' when the entry
+/// has none), events stream cap.
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -211,6 +212,7 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
             redis.call('HSET', key, 'status', 'queued', 'created_at', ARGV[4], 'attempt', '0')
         end
         redis.call('PUBLISH', ARGV[6], ARGV[7])
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'job.queued', 'job', ARGV[2], 'event', ARGV[7])
         return reply('new')
         ",
     )
@@ -225,10 +227,12 @@ pub async fn claim(
     spec: &[u8],
     consumer: &str,
     token: &str,
+    events_max_len: usize,
 ) -> Result<Claimed, StoreError> {
     type Reply = (String, String, String, String, String, String);
     let (kind, status, attempt, deliveries, cancel, created_at): Reply = CLAIM
         .key(keys.job(&record.id))
+        .key(keys.events())
         .arg(entry)
         .arg(&record.id)
         .arg(&record.queue)
@@ -238,6 +242,7 @@ pub async fn claim(
         .arg(record.event("job.queued"))
         .arg(consumer)
         .arg(token)
+        .arg(events_max_len)
         .invoke_async(conn)
         .await?;
     let claim = match kind.as_str() {
@@ -258,15 +263,19 @@ pub async fn claim(
 /// Writes the record's fields if `entry` still owns the job and `consumer` still
 /// runs it, publishes the event, and on a terminal state sets the expiry. Returns
 /// false when the job is not ours any more (another worker took it over).
-/// KEYS[1] job hash. ARGV: entry, consumer, channel, event, expire seconds (0 = none),
-/// then field/value pairs.
+/// KEYS[1] job hash, KEYS[2] events stream. ARGV: entry, consumer, channel, event,
+/// expire seconds (0 = none), event type, job id, events stream cap, then
+/// field/value pairs.
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
         if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
-        redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-        if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+        redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+        if ARGV[4] ~= '' then
+            redis.call('PUBLISH', ARGV[3], ARGV[4])
+            redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', ARGV[6], 'job', ARGV[7], 'event', ARGV[4])
+        end
         local ttl = tonumber(ARGV[5])
         if ttl > 0 then
             -- The terminal event's body, kept for its webhook deliveries (see webhook::outbox).
@@ -286,6 +295,7 @@ pub struct Owner<'a> {
 }
 
 /// Writes `record` (plus `extra` fields), publishing `event` (e.g. `job.started`).
+#[allow(clippy::too_many_arguments)]
 pub async fn write(
     conn: &mut Conn,
     keys: &Keys,
@@ -294,6 +304,7 @@ pub async fn write(
     event: &str,
     extra: &[(&str, String)],
     retention_seconds: u64,
+    events_max_len: usize,
 ) -> Result<bool, StoreError> {
     let ttl = if record.is_terminal() {
         retention_seconds
@@ -301,7 +312,8 @@ pub async fn write(
         0
     };
     let mut inv = WRITE.key(keys.job(&record.id));
-    inv.arg(owner.entry)
+    inv.key(keys.events())
+        .arg(owner.entry)
         .arg(owner.consumer)
         .arg(keys.events_channel())
         .arg(if event.is_empty() {
@@ -309,7 +321,10 @@ pub async fn write(
         } else {
             record.event(event)
         })
-        .arg(ttl);
+        .arg(ttl)
+        .arg(event)
+        .arg(&record.id)
+        .arg(events_max_len);
     for (field, value) in record.fields().iter().chain(extra.iter()) {
         inv.arg(*field).arg(value);
     }
@@ -372,9 +387,29 @@ pub async fn cancel_requested(
     Ok(pipe.query_async(conn).await?)
 }
 
-/// Publishes an event that changes no state (`job.duplicate`).
-pub async fn publish(conn: &mut Conn, keys: &Keys, body: &str) -> Result<(), StoreError> {
-    let _: i64 = conn.publish(keys.events_channel(), body).await?;
+/// Publishes an event that changes no state (`job.duplicate`), and keeps it in the
+/// events stream.
+pub async fn publish(
+    conn: &mut Conn,
+    keys: &Keys,
+    kind: &str,
+    job: &str,
+    body: &str,
+    events_max_len: usize,
+) -> Result<(), StoreError> {
+    redis::pipe()
+        .atomic()
+        .publish(keys.events_channel(), body)
+        .ignore()
+        .xadd_maxlen(
+            keys.events(),
+            redis::streams::StreamMaxlen::Approx(events_max_len),
+            "*",
+            &[("type", kind), ("job", job), ("event", body)],
+        )
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
     Ok(())
 }
 

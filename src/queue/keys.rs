@@ -73,6 +73,13 @@ impl Keys {
         format!("{}:deployment", self.prefix)
     }
 
+    /// Every job event, as published on [`Keys::events_channel`], kept in a capped
+    /// stream (`jobs.events_max_len`) for whoever was not subscribed. A stream key
+    /// and a channel of the same name do not clash: Redis keeps them apart.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
     /// The pub/sub channel that announces cancel requests (the request itself is in the job hash).
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)

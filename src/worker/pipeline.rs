@@ -77,6 +77,7 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
                 stored,
                 &ctx.consumer,
                 &entry.token,
+                ctx.settings.jobs.events_max_len,
             )
             .await
         }
@@ -92,7 +93,10 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
             });
             persist(ctx, |mut conn| {
                 let body = body.to_string();
-                async move { state::publish(&mut conn, &ctx.keys, &body).await }
+                let (id, max) = (&id, ctx.settings.jobs.events_max_len);
+                async move {
+                    state::publish(&mut conn, &ctx.keys, "job.duplicate", id, &body, max).await
+                }
             })
             .await?;
             return ack(ctx, entry).await;
@@ -360,7 +364,11 @@ impl Run<'_> {
         let (ctx, owner) = (self.ctx, self.owner());
         let retention = ctx.settings.jobs.retention_seconds;
         let written = persist(ctx, |mut conn| async move {
-            state::write(&mut conn, &ctx.keys, owner, record, event, extra, retention).await
+            let max = ctx.settings.jobs.events_max_len;
+            state::write(
+                &mut conn, &ctx.keys, owner, record, event, extra, retention, max,
+            )
+            .await
         })
         .await?;
         if !written {

@@ -23,6 +23,7 @@ async fn three_lines_complete_with_gap_free_seq_live_and_stored() {
 
     let mut live = Vec::new();
     let mut events = Vec::new();
+    let mut bodies = Vec::new();
     let mut messages = pubsub.on_message();
     while events.last().map(String::as_str) != Some("job.completed") {
         let msg = tokio::time::timeout(Duration::from_secs(60), messages.next())
@@ -34,6 +35,7 @@ async fn three_lines_complete_with_gap_free_seq_live_and_stored() {
         if msg.get_channel_name().ends_with(":events") {
             if v["data"]["id"] == id.as_str() {
                 events.push(v["type"].as_str().unwrap().to_string());
+                bodies.push(msg.get_payload::<String>().unwrap());
             }
         } else {
             assert_eq!(v["job"], id.as_str());
@@ -53,6 +55,15 @@ async fn three_lines_complete_with_gap_free_seq_live_and_stored() {
     assert_eq!(live, expected, "lines seen by a subscriber");
     assert_eq!(env.log(&id).await, expected, "lines in the stored stream");
     assert_eq!(events, vec!["job.queued", "job.started", "job.completed"]);
+    // The same events, in the same order, kept in the events stream for late readers.
+    let kept: Vec<(String, String)> = events_kept(&env)
+        .await
+        .into_iter()
+        .filter(|(_, job, _)| job == &id)
+        .map(|(kind, _, body)| (kind, body))
+        .collect();
+    let published: Vec<(String, String)> = events.iter().cloned().zip(bodies).collect();
+    assert_eq!(kept, published);
 
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "completed");
@@ -292,6 +303,64 @@ async fn concurrency_one_runs_jobs_one_after_another() {
     assert!(
         jb["started_at"] >= ja["finished_at"],
         "one permit means no overlap: {ja:?} {jb:?}"
+    );
+    worker.stop().await;
+}
+
+/// The events stream, oldest first: (type, job, event JSON).
+async fn events_kept(env: &Env) -> Vec<(String, String, String)> {
+    let mut c = env.conn().await;
+    let reply: deadpool_redis::redis::streams::StreamRangeReply =
+        deadpool_redis::redis::AsyncCommands::xrange_all(&mut c, env.keys.events())
+            .await
+            .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            (
+                e.get::<String>("type").unwrap(),
+                e.get::<String>("job").unwrap(),
+                e.get::<String>("event").unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_is_capped() {
+    let env = Env::new();
+    let worker = crate::common::Worker::start(env.settings(
+        &["default"],
+        2,
+        &[("DOCKHAND__JOBS__EVENTS_MAX_LEN", "50")],
+    ));
+    // Refused at validation: two events each (queued, aborted), no container.
+    let mut c = env.conn().await;
+    let mut pipe = deadpool_redis::redis::pipe();
+    for i in 0..300 {
+        let job =
+            serde_json::json!({"id": format!("{}-{i}", env.prefix), "image": "x", "command": []});
+        pipe.xadd(env.keys.jobs("default"), "*", &[("job", job.to_string())])
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    env.finished(&format!("{}-299", env.prefix)).await;
+    for i in 0..300 {
+        env.finished(&format!("{}-{i}", env.prefix)).await;
+    }
+    let kept = events_kept(&env).await;
+    // 600 events were published; `MAXLEN ~` trims whole stream nodes (100 entries
+    // each by default), so somewhat more than the cap may stay, never all.
+    assert!(
+        (50..=200).contains(&kept.len()),
+        "{} events kept",
+        kept.len()
+    );
+    assert_eq!(
+        kept.last().map(|(kind, _, _)| kind.as_str()),
+        Some("job.aborted"),
+        "the newest are kept"
     );
     worker.stop().await;
 }
