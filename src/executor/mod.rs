@@ -382,15 +382,36 @@ impl Executor {
                 source,
             })?;
         let state = inspect.state.unwrap_or_default();
+        let exit_code = state.exit_code.unwrap_or(-1);
+        let mut oom_killed = state.oom_killed.unwrap_or(false);
+        if exit_code == 137 && !oom_killed {
+            oom_killed = self.oom_noticed_late(id).await;
+        }
         let output = files::collect(&self.docker, id, job).await?;
         Ok(RunOutcome {
-            exit_code: state.exit_code.unwrap_or(-1),
-            oom_killed: state.oom_killed.unwrap_or(false),
+            exit_code,
+            oom_killed,
             timed_out,
             stopped,
             image_id: inspect.image,
             output,
         })
+    }
+
+    /// Docker handles a container's exit and its OOM kill as two events, and may
+    /// record the exit first (seen under load: exit 137, `OOMKilled` false, then
+    /// true a moment later). So a SIGKILLed container is looked at again, briefly.
+    async fn oom_noticed_late(&self, id: &str) -> bool {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Ok(inspect) = self.docker.inspect_container(id, None).await else {
+                return false;
+            };
+            if inspect.state.and_then(|s| s.oom_killed).unwrap_or(false) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Waits until the container is not running. A non-zero exit is reported by

@@ -90,15 +90,7 @@ pub(super) async fn conclude(
         record.complete();
         record.error = (!notes.is_empty()).then(|| notes.join("; "));
     } else {
-        let mut why = format!("the container exited with code {}", run.exit_code);
-        if run.oom_killed {
-            why = format!(
-                "the container was killed for running out of memory (OOMKilled, limits.memory = {}), exit code {}",
-                crate::size::ByteSize(job.limits.memory),
-                run.exit_code
-            );
-        }
-        notes.insert(0, why);
+        notes.insert(0, exit_message(&run, job.limits.memory));
         record.abort(Reason::ExitCode, notes.join("; "));
     }
     run.output.files
@@ -124,5 +116,61 @@ pub(super) fn classify(e: &ExecError) -> (Reason, Option<i64>) {
             (Reason::DockerError, None)
         }
         ExecError::AfterStart(inner) => classify(inner),
+    }
+}
+
+/// Why a non-zero exit ended the job, in words.
+fn exit_message(run: &RunOutcome, memory: u64) -> String {
+    let limit = crate::size::ByteSize(memory);
+    if run.oom_killed {
+        return format!(
+            "the container was killed for running out of memory (OOMKilled, limits.memory = {limit}), exit code {}",
+            run.exit_code
+        );
+    }
+    if run.exit_code == 137 && !run.timed_out && !run.stopped {
+        // The kernel may kill a process inside the container for memory without
+        // Docker flagging the container: say what is likely, not what is known.
+        return format!(
+            "the container exited with code 137 (SIGKILL; often the memory limit, limits.memory = {limit}, though Docker did not report an OOM kill)"
+        );
+    }
+    format!("the container exited with code {}", run.exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(exit_code: i64, oom_killed: bool) -> RunOutcome {
+        RunOutcome {
+            exit_code,
+            oom_killed,
+            timed_out: false,
+            stopped: false,
+            image_id: None,
+            output: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_exit_says_what_is_known_and_what_is_likely() {
+        let oom = exit_message(&run(137, true), 16 << 20);
+        assert!(oom.contains("OOMKilled") && oom.contains("16 MiB"), "{oom}");
+        let killed = exit_message(&run(137, false), 16 << 20);
+        assert!(
+            killed.contains("SIGKILL") && killed.contains("did not report an OOM kill"),
+            "{killed}"
+        );
+        let mut timed_out = run(137, false);
+        timed_out.timed_out = true;
+        assert_eq!(
+            exit_message(&timed_out, 16 << 20),
+            "the container exited with code 137"
+        );
+        assert_eq!(
+            exit_message(&run(3, false), 16 << 20),
+            "the container exited with code 3"
+        );
     }
 }
