@@ -110,7 +110,11 @@ async fn profile_commands_add_list_show_and_remove() {
     let env = Env::new();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
-    std::fs::write(&json, r#"{"image":"busybox","env":{"A":"1"}}"#).unwrap();
+    std::fs::write(
+        &json,
+        r#"{"image":"busybox","env":{"A":"1"},"secret_env":{"TOKEN":"t0p-s3cret"}}"#,
+    )
+    .unwrap();
     let toml = dir.path().join("q.toml");
     std::fs::write(
         &toml,
@@ -149,6 +153,10 @@ async fn profile_commands_add_list_show_and_remove() {
     let show = dockhand(&env, &["profile", "show", "p"]).await;
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(shown["env"]["A"], "1");
+    assert_eq!(
+        shown["secret_env"]["TOKEN"], "***",
+        "secrets are not printed"
+    );
     assert!(dockhand(&env, &["profile", "rm", "p"])
         .await
         .status
