@@ -12,109 +12,30 @@
 
 pub mod build;
 mod container;
+mod error;
 mod files;
+mod follow;
 mod health;
 pub mod network;
 mod services;
 pub mod sweep;
 
 pub use container::{LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
+pub use error::{unreachable, ExecError};
 pub use files::{JobOutput, ResultFile};
 
 use crate::config::{PullPolicy, Settings};
 use crate::job::Job;
-use crate::logs::{LineSplitter, LogSender, LogStream};
+use crate::logs::LogSender;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error("cannot reach the Docker engine at {endpoint}")]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
-    #[error("image {0:?} is not on this host (worker.pull = \"never\")")]
-    ImageNotFound(String),
-    #[error("image {image:?} could not be pulled")]
-    Pull {
-        image: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
-    /// The container was made but could not start: usually the job's command does not exist.
-    #[error("the container could not start: {message}")]
-    Start { message: String },
-    /// A sidecar did not start or stopped before the job began.
-    #[error("service `{alias}` {message}")]
-    Service { alias: String, message: String },
-    #[error("Docker failed to {action}")]
-    Docker {
-        action: &'static str,
-        #[source]
-        source: bollard::errors::Error,
-    },
-    /// Docker failed after the container had started: the job may have done part
-    /// of its work.
-    #[error(transparent)]
-    AfterStart(Box<ExecError>),
-}
-
-impl ExecError {
-    /// The engine could not be reached (not: it refused), so the same request may
-    /// well succeed later: it is restarting, or its socket is briefly gone.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ExecError::Connect { .. } => true,
-            ExecError::Docker { source, .. } | ExecError::Pull { source, .. } => {
-                unreachable(source)
-            }
-            ExecError::AfterStart(inner) => inner.is_transient(),
-            _ => false,
-        }
-    }
-
-    /// Whether the job's container had started before this failure.
-    pub fn after_start(&self) -> bool {
-        matches!(self, ExecError::AfterStart(_))
-    }
-}
-
-/// A bollard error that means no answer came from the engine.
-pub fn unreachable(e: &bollard::errors::Error) -> bool {
-    use bollard::errors::Error as E;
-    use std::io::ErrorKind as K;
-    match e {
-        E::HyperResponseError { .. }
-        | E::HyperLegacyError { .. }
-        | E::RequestTimeoutError
-        | E::SocketNotFoundError(_) => true,
-        E::IOError { err } => matches!(
-            err.kind(),
-            K::ConnectionRefused
-                | K::ConnectionReset
-                | K::ConnectionAborted
-                | K::NotConnected
-                | K::BrokenPipe
-                | K::UnexpectedEof
-                | K::TimedOut
-                | K::NotFound
-        ),
-        // A proxy in front of the engine saying it is not there.
-        E::DockerResponseServerError { status_code, .. } => {
-            matches!(status_code, 502..=504)
-        }
-        _ => false,
-    }
-}
 
 /// How a container run ended.
 #[derive(Debug)]
@@ -338,7 +259,7 @@ impl Executor {
         job: &Job,
         ctx: &RunContext<'_>,
     ) -> Result<RunOutcome, ExecError> {
-        let follower = tokio::spawn(follow_logs(
+        let follower = tokio::spawn(follow::follow_logs(
             self.docker.clone(),
             id.to_string(),
             ctx.logs.clone(),
@@ -465,129 +386,5 @@ impl Executor {
         if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
             tracing::warn!(container = %id, error = %e, "could not remove the container");
         }
-    }
-}
-
-/// Streams the container's output into `logs` while it runs.
-///
-/// Docker can end a follow stream before it has written the container's last
-/// output to its log (seen with a final line that has no newline: it is flushed
-/// when the pipe closes, which can come after the stop that ends the follow). So
-/// once the follow ends, the whole log is read again without following, and
-/// whatever goes past the bytes already seen, per stream, is sent too.
-async fn follow_logs(docker: Docker, id: String, logs: LogSender, max_line: usize) {
-    let mut out = LineSplitter::new(LogStream::Stdout, max_line);
-    let mut err = LineSplitter::new(LogStream::Stderr, max_line);
-    let mut seen = [0usize; 2];
-    let mut lines = Vec::new();
-    let follow = LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut stream = docker.logs(&id, Some(follow));
-    while let Some(frame) = stream.next().await {
-        let Some((index, bytes)) = frame_bytes(frame, &mut lines) else {
-            break;
-        };
-        seen[index] += bytes.len();
-        if index == 0 {
-            out.push(&bytes, &mut lines)
-        } else {
-            err.push(&bytes, &mut lines)
-        }
-        for line in lines.drain(..) {
-            logs.send(line).await;
-        }
-    }
-
-    let again = LogsOptionsBuilder::default()
-        .follow(false)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut stream = docker.logs(&id, Some(again));
-    let mut skip = seen;
-    while let Some(frame) = stream.next().await {
-        let Some((index, bytes)) = frame_bytes(frame, &mut lines) else {
-            break;
-        };
-        let already = skip[index].min(bytes.len());
-        skip[index] -= already;
-        let rest = &bytes[already..];
-        if index == 0 {
-            out.push(rest, &mut lines)
-        } else {
-            err.push(rest, &mut lines)
-        }
-        for line in lines.drain(..) {
-            logs.send(line).await;
-        }
-    }
-    out.finish(&mut lines);
-    err.finish(&mut lines);
-    for line in lines.drain(..) {
-        logs.send(line).await;
-    }
-}
-
-/// A frame's stream (0 stdout, 1 stderr) and bytes; `None` at an error, which is
-/// reported as a system line.
-fn frame_bytes(
-    frame: Result<bollard::container::LogOutput, bollard::errors::Error>,
-    lines: &mut Vec<crate::logs::LogLine>,
-) -> Option<(usize, bytes::Bytes)> {
-    use bollard::container::LogOutput;
-    match frame {
-        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-            Some((0, message))
-        }
-        Ok(LogOutput::StdErr { message }) => Some((1, message)),
-        Ok(LogOutput::StdIn { .. }) => Some((0, bytes::Bytes::new())),
-        Err(e) => {
-            lines.push(crate::logs::LogLine {
-                stream: LogStream::System,
-                text: format!("reading the container's log failed: {e}"),
-                partial: false,
-            });
-            None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bollard::errors::Error as E;
-
-    fn docker(source: E) -> ExecError {
-        ExecError::Docker {
-            action: "create the container",
-            source,
-        }
-    }
-
-    #[test]
-    fn only_an_engine_that_does_not_answer_is_transient() {
-        let io = |kind| E::IOError {
-            err: std::io::Error::from(kind),
-        };
-        let said = |status_code| E::DockerResponseServerError {
-            status_code,
-            message: "x".into(),
-        };
-        assert!(docker(io(std::io::ErrorKind::ConnectionRefused)).is_transient());
-        assert!(docker(E::RequestTimeoutError).is_transient());
-        assert!(
-            docker(said(503)).is_transient(),
-            "a proxy without its engine"
-        );
-        assert!(!docker(said(500)).is_transient(), "the engine refused");
-        assert!(!docker(said(409)).is_transient());
-        assert!(!docker(io(std::io::ErrorKind::InvalidData)).is_transient());
-        assert!(!ExecError::ImageNotFound("i".into()).is_transient());
-        let late = ExecError::AfterStart(Box::new(docker(E::RequestTimeoutError)));
-        assert!(late.is_transient() && late.after_start());
-        assert!(!docker(E::RequestTimeoutError).after_start());
     }
 }

@@ -1,0 +1,121 @@
+//! What can go wrong when Docker runs a job, and which failures are the engine not
+//! answering (worth trying again) rather than refusing.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot reach the Docker engine at {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("image {0:?} is not on this host (worker.pull = \"never\")")]
+    ImageNotFound(String),
+    #[error("image {image:?} could not be pulled")]
+    Pull {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The container was made but could not start: usually the job's command does not exist.
+    #[error("the container could not start: {message}")]
+    Start { message: String },
+    /// A sidecar did not start or stopped before the job began.
+    #[error("service `{alias}` {message}")]
+    Service { alias: String, message: String },
+    #[error("Docker failed to {action}")]
+    Docker {
+        action: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// Docker failed after the container had started: the job may have done part
+    /// of its work.
+    #[error(transparent)]
+    AfterStart(Box<ExecError>),
+}
+
+impl ExecError {
+    /// The engine could not be reached (not: it refused), so the same request may
+    /// well succeed later: it is restarting, or its socket is briefly gone.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ExecError::Connect { .. } => true,
+            ExecError::Docker { source, .. } | ExecError::Pull { source, .. } => {
+                unreachable(source)
+            }
+            ExecError::AfterStart(inner) => inner.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether the job's container had started before this failure.
+    pub fn after_start(&self) -> bool {
+        matches!(self, ExecError::AfterStart(_))
+    }
+}
+
+/// A bollard error that means no answer came from the engine.
+pub fn unreachable(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    use std::io::ErrorKind as K;
+    match e {
+        E::HyperResponseError { .. }
+        | E::HyperLegacyError { .. }
+        | E::RequestTimeoutError
+        | E::SocketNotFoundError(_) => true,
+        E::IOError { err } => matches!(
+            err.kind(),
+            K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::UnexpectedEof
+                | K::TimedOut
+                | K::NotFound
+        ),
+        // A proxy in front of the engine saying it is not there.
+        E::DockerResponseServerError { status_code, .. } => {
+            matches!(status_code, 502..=504)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::errors::Error as E;
+
+    fn docker(source: E) -> ExecError {
+        ExecError::Docker {
+            action: "create the container",
+            source,
+        }
+    }
+
+    #[test]
+    fn only_an_engine_that_does_not_answer_is_transient() {
+        let io = |kind| E::IOError {
+            err: std::io::Error::from(kind),
+        };
+        let said = |status_code| E::DockerResponseServerError {
+            status_code,
+            message: "x".into(),
+        };
+        assert!(docker(io(std::io::ErrorKind::ConnectionRefused)).is_transient());
+        assert!(docker(E::RequestTimeoutError).is_transient());
+        assert!(
+            docker(said(503)).is_transient(),
+            "a proxy without its engine"
+        );
+        assert!(!docker(said(500)).is_transient(), "the engine refused");
+        assert!(!docker(said(409)).is_transient());
+        assert!(!docker(io(std::io::ErrorKind::InvalidData)).is_transient());
+        assert!(!ExecError::ImageNotFound("i".into()).is_transient());
+        let late = ExecError::AfterStart(Box::new(docker(E::RequestTimeoutError)));
+        assert!(late.is_transient() && late.after_start());
+        assert!(!docker(E::RequestTimeoutError).after_start());
+    }
+}
