@@ -20,6 +20,7 @@
 //!   the jobs back in their queues; `stop_now` skips the wait.
 
 mod broadcast;
+mod ending;
 mod lease;
 mod outcome;
 mod pipeline;

@@ -8,15 +8,16 @@
 //! - If Redis is unreachable when the outcome must be written, the write is retried;
 //!   if that fails for good the entry stays pending, to be run again, never lost.
 
+use super::ending::{ack, make_deliveries, Run};
 use super::outcome::conclude;
 use super::running::{Registration, StopCause};
 use super::{prepare, Ctx};
 use crate::backoff::Backoff;
 use crate::executor::RunContext;
-use crate::job::{self, Job, Reason, Rejection, Status};
+use crate::job::{self, Reason, Rejection, Status};
 use crate::logs;
-use crate::queue::{self, Entry};
-use crate::state::{self, Claim, JobRecord, Owner};
+use crate::queue::Entry;
+use crate::state::{self, Claim, JobRecord};
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
 use std::time::Duration;
@@ -337,221 +338,6 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
     run.finish(record, &job).await
 }
 
-/// One claimed entry that this worker owns, and the steps that end its turn.
-struct Run<'a> {
-    ctx: &'a Ctx,
-    entry: &'a Entry,
-    /// The entry as submitted: what a re-run is made from.
-    raw: &'a [u8],
-    /// The entry with secrets redacted: what is kept for people to read.
-    stored: &'a [u8],
-}
-
-impl Run<'_> {
-    fn owner(&self) -> Owner<'_> {
-        Owner {
-            entry: &self.entry.id,
-            consumer: &self.ctx.consumer,
-        }
-    }
-
-    async fn write(
-        &self,
-        record: &JobRecord,
-        event: &str,
-        extra: &[(&str, String)],
-    ) -> Result<bool, StoreError> {
-        let (ctx, owner) = (self.ctx, self.owner());
-        let retention = ctx.settings.jobs.retention_seconds;
-        let written = persist(ctx, |mut conn| async move {
-            let max = ctx.settings.jobs.events_max_len;
-            state::write(
-                &mut conn, &ctx.keys, owner, record, event, extra, retention, max,
-            )
-            .await
-        })
-        .await?;
-        if !written {
-            tracing::warn!("another worker owns this job now; this run's state was not written");
-        }
-        Ok(written)
-    }
-
-    /// Ends the job: retried later when its policy says so, else its terminal state.
-    async fn finish(&self, record: JobRecord, job: &Job) -> Result<(), StoreError> {
-        let retry = record.status == Status::Aborted.as_str()
-            && record
-                .reason
-                .and_then(reason_of)
-                .is_some_and(|r| job.retry.retries(record.attempt, r, record.exit_code));
-        if retry {
-            let wait = job
-                .retry
-                .backoff_after(record.attempt.max(1), crate::backoff::random_fraction());
-            let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            tracing::info!(
-                attempt = record.attempt,
-                retry_in_ms = wait.as_millis() as u64,
-                "job will be retried"
-            );
-            return self.schedule(record, at, "job.retrying").await;
-        }
-        let event = if record.status == Status::Completed.as_str() {
-            "job.completed"
-        } else {
-            "job.aborted"
-        };
-        let written = self.write(&record, event, &[]).await?;
-        tracing::info!(status = record.status, reason = record.reason.unwrap_or(""), exit_code = ?record.exit_code, "job finished");
-        if written && record.reason == Some(Reason::WorkerLost.as_str()) {
-            self.bury(&record, record.error.as_deref().unwrap_or_default())
-                .await?;
-        }
-        if written {
-            make_deliveries(self.ctx, &record.id).await?;
-        }
-        ack(self.ctx, self.entry).await
-    }
-
-    /// Records a job refused before running, and keeps its raw entry in the dead stream.
-    async fn reject(&self, mut record: JobRecord, rejection: Rejection) -> Result<(), StoreError> {
-        tracing::warn!(reason = %rejection.reason, error = %rejection.message, "job refused");
-        record.abort(rejection.reason, rejection.message.clone());
-        if self.write(&record, "job.aborted", &[]).await? {
-            self.bury(&record, &rejection.message).await?;
-            make_deliveries(self.ctx, &record.id).await?;
-        }
-        ack(self.ctx, self.entry).await
-    }
-
-    async fn bury(&self, record: &JobRecord, error: &str) -> Result<(), StoreError> {
-        let (ctx, entry, raw) = (self.ctx, self.entry, self.stored);
-        persist(ctx, |mut conn| {
-            let max = ctx.settings.jobs.dead_max_len;
-            let fields: Vec<(&str, &[u8])> = vec![
-                ("id", record.id.as_bytes()),
-                ("entry", entry.id.as_bytes()),
-                ("reason", record.reason.unwrap_or_default().as_bytes()),
-                ("error", error.as_bytes()),
-                ("job", raw),
-            ];
-            async move { state::bury(&mut conn, &ctx.keys, &entry.queue, max, &fields).await }
-        })
-        .await
-    }
-
-    /// Docker could not be reached before the container started, so nothing of the
-    /// job ran: it runs again later (here once the engine answers, or on another
-    /// worker) without using up an attempt, at most `worker.docker_retries` times;
-    /// after that it ends `docker_error`.
-    async fn docker_retry(
-        &self,
-        mut record: JobRecord,
-        job: &Job,
-        error: String,
-    ) -> Result<(), StoreError> {
-        let ctx = self.ctx;
-        let key = ctx.keys.job(&record.id);
-        let before: Option<u32> = persist(ctx, |mut conn| {
-            let key = &key;
-            async move {
-                use deadpool_redis::redis::AsyncCommands;
-                Ok(conn.hget(key, "docker_retries").await?)
-            }
-        })
-        .await?;
-        let tries = before.unwrap_or(0) + 1;
-        let max = ctx.settings.worker.docker_retries;
-        if tries > max {
-            record.abort(
-                Reason::DockerError,
-                format!("{error} (worker.docker_retries = {max} used up)"),
-            );
-            return self.finish(record, job).await;
-        }
-        record.attempt = record.attempt.saturating_sub(1);
-        record.started_at = None;
-        let full = DOCKER_RETRY_FIRST
-            .saturating_mul(1 << (tries - 1).min(10))
-            .min(DOCKER_RETRY_MAX);
-        let wait = full / 2 + (full / 2).mul_f64(crate::backoff::random_fraction());
-        let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-        tracing::warn!(tries, retry_in_ms = wait.as_millis() as u64, error = %error, "Docker unreachable before the job started; it will run again");
-        let extra = [("docker_retries", tries.to_string())];
-        self.schedule_with(record, at, "job.retrying", &extra).await
-    }
-
-    /// Puts the job in the scheduled set to run at `at`, then lets go of this entry.
-    async fn schedule(
-        &self,
-        record: JobRecord,
-        at: chrono::DateTime<chrono::Utc>,
-        event: &str,
-    ) -> Result<(), StoreError> {
-        self.schedule_with(record, at, event, &[]).await
-    }
-
-    /// [`Run::schedule`], writing `more` fields into the job hash too.
-    async fn schedule_with(
-        &self,
-        mut record: JobRecord,
-        at: chrono::DateTime<chrono::Utc>,
-        event: &str,
-        more: &[(&str, String)],
-    ) -> Result<(), StoreError> {
-        record.set_status(Status::Scheduled);
-        record.finished_at = None;
-        let token = queue::new_token();
-        let mut extra = vec![
-            ("requeue_token", token.clone()),
-            (
-                "run_at",
-                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            ),
-        ];
-        extra.extend(more.iter().cloned());
-        if self.write(&record, event, &extra).await? {
-            let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
-            persist(ctx, |mut conn| async move {
-                queue::schedule::schedule(
-                    &mut conn,
-                    &ctx.keys,
-                    &entry.queue,
-                    raw,
-                    token,
-                    at.timestamp_millis(),
-                )
-                .await
-            })
-            .await?;
-        }
-        ack(self.ctx, self.entry).await
-    }
-
-    /// Puts the job straight back in its queue (a draining worker), then lets go.
-    async fn requeue(&self, record: JobRecord) -> Result<(), StoreError> {
-        let token = queue::new_token();
-        if self
-            .write(&record, "job.queued", &[("requeue_token", token.clone())])
-            .await?
-        {
-            let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
-            persist(ctx, |mut conn| async move {
-                queue::requeue(&mut conn, &ctx.keys, &entry.queue, raw, token).await
-            })
-            .await?;
-            tracing::info!("job put back in its queue");
-        }
-        ack(self.ctx, self.entry).await
-    }
-}
-
-fn reason_of(text: &str) -> Option<Reason> {
-    [Reason::ExitCode, Reason::Timeout, Reason::WorkerLost]
-        .into_iter()
-        .find(|r| r.as_str() == text)
-}
-
 /// The job's id: the spec's `id` if it is valid, else the stream entry id. A spec
 /// whose `id` is invalid is itself rejected, naming the field.
 fn job_id(
@@ -580,36 +366,6 @@ fn job_id(
         }
     }
 }
-
-/// Makes the webhook deliveries of a finished job (idempotent), before its entry is
-/// acknowledged: see `webhook::outbox` for why that order loses nothing.
-async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreError> {
-    let retention = ctx.settings.jobs.retention_seconds;
-    let made = persist(ctx, |mut conn| async move {
-        crate::webhook::outbox::enqueue_for_job(&mut conn, &ctx.keys, job, retention).await
-    })
-    .await?;
-    if made > 0 {
-        tracing::debug!(deliveries = made, "webhook deliveries made");
-        ctx.deliveries_made.notify_one();
-    }
-    Ok(())
-}
-
-async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
-    let held = persist(ctx, |mut conn| async move {
-        queue::ack(&mut conn, &ctx.keys, &entry.queue, &entry.id, &ctx.consumer).await
-    })
-    .await?;
-    if !held {
-        tracing::warn!("another worker holds this entry now; not acknowledged");
-    }
-    Ok(())
-}
-
-/// The wait before a job Docker could not start runs again: doubled per try, capped.
-const DOCKER_RETRY_FIRST: Duration = Duration::from_secs(1);
-const DOCKER_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// How long a job's Redis step keeps retrying while Redis is unreachable. The
 /// ownership checks make a late write safe (a job another worker took over is not
