@@ -23,7 +23,7 @@ pub use url::{RepoUrl, Transport};
 /// Sets how long libgit2 waits for a server to accept a connection and, once
 /// connected, for each read or write. libgit2 keeps this in a process-wide
 /// global, so only the first call in a process has an effect: the worker makes it
-/// at start, before it runs any job.
+/// when it first needs git, before its first fetch.
 pub fn set_network_timeout(timeout: std::time::Duration) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -31,8 +31,9 @@ pub fn set_network_timeout(timeout: std::time::Duration) {
             .unwrap_or(i32::MAX)
             .max(1);
         // SAFETY: git2 asks that nothing else touch libgit2 meanwhile. This runs
-        // once, when a worker starts and before its first job, so no fetch (the
-        // only reader of these options) is under way in this process.
+        // once, before the worker's git cache exists, and every fetch goes through
+        // that cache (whose opening waits for this `Once`), so no fetch (the only
+        // reader of these options) is under way in this process.
         let set = unsafe {
             git2::opts::set_server_connect_timeout_in_milliseconds(ms)
                 .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(ms))

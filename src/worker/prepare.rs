@@ -75,6 +75,8 @@ pub(crate) struct Images {
     work: PathBuf,
     docker: Docker,
     max_line: usize,
+    /// `worker.git_timeout_seconds`, applied when git is first used.
+    git_timeout: std::time::Duration,
     /// Tag → the lock its build holds. A std Mutex: nothing is awaited while it is held.
     building: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -88,9 +90,6 @@ impl Images {
         for (host, token) in &settings.worker.git_tokens.0 {
             credentials = credentials.with(host.clone(), token.clone());
         }
-        crate::source::set_network_timeout(std::time::Duration::from_secs(
-            settings.worker.git_timeout_seconds,
-        ));
         let work = root.join("work");
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(GitError::io("remove", &work))?;
@@ -103,6 +102,7 @@ impl Images {
             work,
             docker,
             max_line: settings.jobs.max_line_bytes,
+            git_timeout: std::time::Duration::from_secs(settings.worker.git_timeout_seconds),
             building: Arc::default(),
         })
     }
@@ -112,6 +112,9 @@ impl Images {
         if let Some(cache) = self.git.get() {
             return Ok(cache);
         }
+        // Here rather than at start: setting it initialises libgit2 and OpenSSL
+        // (about 5 MiB), which a worker that never runs a git job does without.
+        crate::source::set_network_timeout(self.git_timeout);
         let cache = GitCache::open_with_hosts(
             &self.root,
             self.credentials.clone(),
