@@ -40,10 +40,9 @@ impl ExecError {
     /// well succeed later: it is restarting, or its socket is briefly gone.
     pub fn is_transient(&self) -> bool {
         match self {
-            ExecError::Connect { .. } => true,
-            ExecError::Docker { source, .. } | ExecError::Pull { source, .. } => {
-                unreachable(source)
-            }
+            ExecError::Connect { source, .. }
+            | ExecError::Docker { source, .. }
+            | ExecError::Pull { source, .. } => unreachable(source),
             ExecError::AfterStart(inner) => inner.is_transient(),
             _ => false,
         }

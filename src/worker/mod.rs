@@ -107,6 +107,38 @@ impl Ctx {
     }
 }
 
+/// Connects to the Docker engine; an engine that does not answer yet (the host is
+/// still starting it) is waited for, with backoff, like Redis. `None` when
+/// `shutdown` came first. An engine that answers with a refusal is an error.
+async fn connect_docker(
+    settings: &Arc<Settings>,
+    consumer: &str,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<Executor>, WorkerError> {
+    let mut backoff = reconnect_backoff(settings);
+    loop {
+        match Executor::connect(settings.clone(), consumer).await {
+            Ok(executor) => {
+                if backoff.failures() > 0 {
+                    tracing::info!("the Docker engine answers; starting");
+                }
+                return Ok(Some(executor));
+            }
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if backoff.failures() == 1 || backoff.failures() % 10 == 0 {
+                    tracing::warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "the Docker engine does not answer; waiting for it");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut *shutdown => return Ok(None),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Runs a worker until `shutdown` completes, then drains.
 pub async fn run(
     settings: Arc<Settings>,
@@ -125,7 +157,10 @@ pub async fn run_with(
     let store = Store::new(&settings)?;
     let worker_id = settings.worker_id();
     let consumer = format!("{worker_id}:{}:{}", std::process::id(), ulid::Ulid::new());
-    let executor = Executor::connect(settings.clone(), &consumer).await?;
+    tokio::pin!(shutdown);
+    let Some(executor) = connect_docker(&settings, &consumer, &mut shutdown).await? else {
+        return Ok(()); // stopped before the engine ever answered
+    };
     let images = prepare::Images::open(&settings, &worker_id, executor.docker().clone())?;
     let profiles = crate::profile::load_dir(&settings.worker.profiles_dir)?;
     let results = results::start(&settings, &executor).await.map(Arc::new);
@@ -191,7 +226,7 @@ pub async fn run_with(
         token.clone(),
     ));
 
-    shutdown.await;
+    (&mut shutdown).await;
     tracing::info!("shutting down: no new jobs are claimed");
     token.cancel();
     let _ = claiming.await;

@@ -300,3 +300,30 @@ async fn an_unreachable_docker_engine_defers_jobs_until_it_answers() {
     relay.up();
     strict.stop().await;
 }
+
+/// A worker started while the Docker engine does not answer waits for it, then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_docker_waits_for_it() {
+    let env = Env::new();
+    let relay = DockerRelay::start();
+    relay.down();
+    let url = relay.url();
+    let worker = crate::common::Worker::start(env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WORKER__DOCKER_HOST", &url)],
+    ));
+    let id = format!("{}-later", env.prefix);
+    env.xadd("default", &spec(&id, "echo docker is back")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.job(&id).await.get("status"),
+        None,
+        "nothing ran without Docker"
+    );
+    relay.up();
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(env.lines(&id, "stdout").await, vec!["docker is back"]);
+    worker.stop().await;
+}
