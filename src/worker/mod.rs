@@ -126,7 +126,7 @@ async fn connect_docker(
             }
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
-                if backoff.failures() == 1 || backoff.failures() % 10 == 0 {
+                if backoff.failures() == 1 || backoff.failures().is_multiple_of(10) {
                     tracing::warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "the Docker engine does not answer; waiting for it");
                 }
                 tokio::select! {
