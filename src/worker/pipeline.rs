@@ -14,7 +14,7 @@ use super::running::{Registration, StopCause};
 use super::{prepare, Ctx};
 use crate::backoff::Backoff;
 use crate::executor::RunContext;
-use crate::job::{self, Reason, Rejection, Status};
+use crate::job::{self, Job, Reason, Rejection, Status};
 use crate::logs;
 use crate::queue::Entry;
 use crate::state::{self, Claim, JobRecord};
@@ -173,6 +173,19 @@ async fn handle(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result
         }
     }
 
+    attempt(&run, registration, record, job, id).await
+}
+
+/// One attempt of a job this worker owns: its image (built from git when it comes
+/// from git), its container, and the record of how it went.
+async fn attempt(
+    run: &Run<'_>,
+    registration: &Registration,
+    mut record: JobRecord,
+    job: Job,
+    id: String,
+) -> Result<(), StoreError> {
+    let (ctx, entry) = (run.ctx, run.entry);
     record.attempt += 1;
     record.started_at = Some(crate::time::now());
     record.finished_at = None;
