@@ -611,26 +611,7 @@ class Bench:
         spec = {"id": job_id, "image": self.args.image, "command": command}
         t0 = time.perf_counter()
         self.submit(spec)
-        deadline = time.monotonic() + timeout
-        kind = None
-        t1 = None
-        while time.monotonic() < deadline:
-            m = pubsub.get_message(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
-            if m is None:
-                self.check_worker()
-                continue
-            if m.get("type") != "message":
-                continue
-            try:
-                ev = json.loads(m["data"])
-            except ValueError:
-                continue
-            if ev.get("data", {}).get("id") != job_id:
-                continue
-            if ev.get("type") in ("job.completed", "job.aborted"):
-                t1 = time.perf_counter()
-                kind = ev["type"]
-                break
+        t1, kind = self.wait_events(pubsub, job_id, ("job.completed", "job.aborted"), timeout)
         h = self.r.hgetall(self.job_key(job_id))
         if t1 is None and hget_str(h, "status") in ("completed", "aborted"):
             # Finished but the event was not seen: say so, do not count the time.

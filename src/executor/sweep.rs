@@ -21,6 +21,21 @@ pub struct Labelled {
     pub deployment: String,
 }
 
+impl Labelled {
+    /// A container or network `id` and the Dockhand labels it carries (missing ones empty).
+    fn new(id: String, labels: HashMap<String, String>) -> Labelled {
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        Labelled {
+            job: get(LABEL_JOB),
+            worker: get(LABEL_WORKER),
+            consumer: get(LABEL_CONSUMER),
+            entry: get(LABEL_ENTRY),
+            deployment: get(LABEL_DEPLOYMENT),
+            id,
+        }
+    }
+}
+
 impl Executor {
     /// Every container on this host with a `dockhand.job` label, running or not.
     pub async fn labelled_containers(&self) -> Result<Vec<Labelled>, ExecError> {
@@ -39,18 +54,7 @@ impl Executor {
             })?;
         Ok(list
             .into_iter()
-            .filter_map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
-                Some(Labelled {
-                    id: c.id?,
-                    job: get(LABEL_JOB),
-                    worker: get(LABEL_WORKER),
-                    consumer: get(LABEL_CONSUMER),
-                    entry: get(LABEL_ENTRY),
-                    deployment: get(LABEL_DEPLOYMENT),
-                })
-            })
+            .filter_map(|c| Some(Labelled::new(c.id?, c.labels.unwrap_or_default())))
             .collect())
     }
 
@@ -82,18 +86,7 @@ impl Executor {
         let list = self.networks_labelled(LABEL_JOB).await?;
         Ok(list
             .into_iter()
-            .filter_map(|n| {
-                let labels = n.labels.unwrap_or_default();
-                let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
-                Some(Labelled {
-                    id: n.id?,
-                    job: get(LABEL_JOB),
-                    worker: get(LABEL_WORKER),
-                    consumer: get(LABEL_CONSUMER),
-                    entry: get(LABEL_ENTRY),
-                    deployment: get(LABEL_DEPLOYMENT),
-                })
-            })
+            .filter_map(|n| Some(Labelled::new(n.id?, n.labels.unwrap_or_default())))
             .collect())
     }
 
