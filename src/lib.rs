@@ -2,22 +2,27 @@
 //!
 //! # Layout
 //!
-//! A job flows through the modules in this order:
+//! A job flows through the modules in this order; a module uses only those above
+//! it in this list (and the leaves at the end), never one below.
 //!
-//! - [`config`]: typed settings, loaded once and passed down.
-//! - [`job`]: the job spec a producer writes, and its validation.
-//! - [`profile`]: named job templates a job's fields override.
-//! - [`store`]: Redis connection pools (ordinary and blocking commands).
-//! - [`queue`]: key names, the inbox mover, consumer groups, claiming and acking.
-//! - [`worker`]: the loop that holds permits and drives each job's pipeline.
-//! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
-//! - [`executor`]: Docker via bollard: create, stage files, start, wait, collect, remove.
-//! - [`results`]: the per-job `RESPONSE_URL` / `ABORT_URL` server a container posts its result to.
+//! - [`cli`]: the `dockhand` commands other than `worker`, each a thin use of the rest.
+//! - [`worker`]: the loop that holds permits and takes each claimed entry through
+//!   its turn: admit → prepare the image → run → conclude → record → end.
+//! - [`executor`]: Docker via bollard: build, create, stage files, start, wait, collect, remove.
+//! - [`result_server`]: the per-job `RESPONSE_URL` / `ABORT_URL` server a container posts its result to.
 //! - [`logs`]: container output split into lines, numbered, published and stored.
+//! - [`profile`]: named job templates a job's fields override.
 //! - [`state`]: the job hash, its transitions and the events they publish.
+//! - [`job`]: the job spec a producer writes, and its validation.
+//! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
 //! - [`webhook`]: subscribers, signing, the SSRF guard, and durable delivery with retries.
-//! - [`backoff`]: retry delays with jitter, shared by every reconnect loop.
-//! - [`cli`]: the `dockhand` commands other than `worker`.
+//! - [`queue`]: key names, the inbox mover, consumer groups, claiming, leases and acking.
+//! - [`store`]: Redis connection pools (ordinary and blocking commands), and retrying a step while Redis is away.
+//! - [`config`]: typed settings, loaded once and passed down; imports nothing of the project.
+//!
+//! Leaves, used from anywhere: [`backoff`] (retry delays with jitter), [`telemetry`]
+//! (tracing set-up, error chains), [`time`] (timestamps as Dockhand writes them).
+//! `docs/architecture.md` draws the graph and says what each module owns.
 
 pub mod backoff;
 pub mod cli;
@@ -27,8 +32,7 @@ pub mod job;
 pub mod logs;
 pub mod profile;
 pub mod queue;
-pub mod results;
-pub mod size;
+pub mod result_server;
 pub mod source;
 pub mod state;
 pub mod store;

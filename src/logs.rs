@@ -11,8 +11,10 @@
 //! - The container is never slowed by a reader: Docker keeps the output in its own
 //!   log file, we read it at our pace, and `PUBLISH` does not wait for subscribers.
 
+use crate::backoff::Backoff;
 use crate::queue::Keys;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+use crate::telemetry::error_chain;
 use deadpool_redis::redis::{self, AsyncCommands};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -24,9 +26,6 @@ use tokio::task::JoinHandle;
 const CHANNEL_LINES: usize = 8192;
 /// Lines written to Redis in one transaction.
 const BATCH_LINES: usize = 512;
-/// Lines remembered for the job's summary (events, webhooks); `webhooks.log_tail_lines`
-/// picks how many of them are sent.
-pub const TAIL_LINES: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -208,15 +207,19 @@ struct Message<'a> {
 
 /// Starts the writer task for one job. Drop every [`LogSender`] clone, then await the
 /// handle to be sure every line is stored and published.
+/// The summary remembers the last `tail_lines` lines kept (for the job's webhook).
 pub fn spawn_writer(
     store: Store,
     keys: Keys,
     job_id: String,
     cap_bytes: u64,
+    tail_lines: usize,
     mask: Mask,
 ) -> (LogSender, JoinHandle<LogSummary>) {
     let (tx, rx) = mpsc::channel(CHANNEL_LINES);
-    let handle = tokio::spawn(write_lines(store, keys, job_id, cap_bytes, mask, rx));
+    let handle = tokio::spawn(write_lines(
+        store, keys, job_id, cap_bytes, tail_lines, mask, rx,
+    ));
     (LogSender { tx }, handle)
 }
 
@@ -225,6 +228,7 @@ async fn write_lines(
     keys: Keys,
     job_id: String,
     cap_bytes: u64,
+    tail_lines: usize,
     mask: Mask,
     mut rx: mpsc::Receiver<LogLine>,
 ) -> LogSummary {
@@ -297,8 +301,9 @@ async fn write_lines(
         if write_with_retry(&store, &pipe).await {
             summary.last_seq = seq;
             summary.lines_kept += to_write.len() as u64;
-            for line in to_write {
-                if summary.tail.len() == TAIL_LINES {
+            let older = to_write.len().saturating_sub(tail_lines);
+            for line in to_write.into_iter().skip(older) {
+                if summary.tail.len() == tail_lines {
                     summary.tail.pop_front();
                 }
                 summary.tail.push_back(line.text);
@@ -314,26 +319,18 @@ async fn write_lines(
 /// Writes one batch, retrying through a Redis outage (the container is not held up
 /// meanwhile: Docker keeps its output). Gives up after ten minutes.
 async fn write_with_retry(store: &Store, pipe: &redis::Pipeline) -> bool {
-    let mut delay = Duration::from_millis(50);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let result = match store.conn().await {
-            Ok(mut conn) => pipe
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(()) => return true,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "writing log lines failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(_) => return false,
-        }
-    }
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+        .retry(
+            Duration::from_secs(600),
+            |_| true,
+            |e: &StoreError, _| tracing::warn!(error = %error_chain(e), "writing log lines failed; retrying"),
+            || async {
+                let mut conn = store.conn().await?;
+                Ok::<_, StoreError>(pipe.query_async::<()>(&mut conn).await?)
+            },
+        )
+        .await
+        .is_ok()
 }
 
 /// The `seq` of the last line stored for the job (0 if none), so a re-run continues it.

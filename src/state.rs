@@ -30,8 +30,8 @@ pub struct FileInfo {
 pub struct JobRecord {
     pub id: String,
     pub queue: String,
-    pub status: &'static str,
-    pub reason: Option<&'static str>,
+    pub status: Status,
+    pub reason: Option<Reason>,
     pub attempt: u32,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -59,7 +59,7 @@ impl JobRecord {
         JobRecord {
             id: id.to_string(),
             queue: queue.to_string(),
-            status: Status::Queued.as_str(),
+            status: Status::Queued,
             reason: None,
             attempt: 0,
             created_at,
@@ -81,25 +81,25 @@ impl JobRecord {
     }
 
     pub fn set_status(&mut self, status: Status) {
-        self.status = status.as_str();
+        self.status = status;
     }
 
     /// Marks the job aborted for `reason`, with a message naming what went wrong.
     pub fn abort(&mut self, reason: Reason, error: impl Into<String>) {
-        self.status = Status::Aborted.as_str();
-        self.reason = Some(reason.as_str());
+        self.status = Status::Aborted;
+        self.reason = Some(reason);
         self.error = Some(error.into());
         self.finished_at = Some(crate::time::now());
     }
 
     pub fn complete(&mut self) {
-        self.status = Status::Completed.as_str();
+        self.status = Status::Completed;
         self.reason = None;
         self.finished_at = Some(crate::time::now());
     }
 
     pub fn is_terminal(&self) -> bool {
-        Status::parse(self.status).is_some_and(Status::is_terminal)
+        self.status.is_terminal()
     }
 
     /// The hash fields, every one of them present (empty when unknown), so that
@@ -111,8 +111,14 @@ impl JobRecord {
         vec![
             ("id", self.id.clone()),
             ("queue", self.queue.clone()),
-            ("status", self.status.to_string()),
-            ("reason", self.reason.unwrap_or_default().to_string()),
+            ("status", self.status.as_str().to_string()),
+            (
+                "reason",
+                self.reason
+                    .map(Reason::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
             ("attempt", self.attempt.to_string()),
             ("created_at", self.created_at.clone()),
             ("started_at", opt(&self.started_at)),

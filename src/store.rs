@@ -7,7 +7,9 @@
 //! network never hangs a worker. Connections are made lazily: a worker starts even
 //! while Redis is down, and says so until it is back.
 
-use crate::config::Settings;
+use crate::backoff::Backoff;
+use crate::config::RedisSettings;
+use crate::telemetry::error_chain;
 use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Manager, Pool, Runtime};
 use std::time::Duration;
@@ -20,8 +22,8 @@ pub enum StoreError {
     Pool(#[from] deadpool_redis::PoolError),
     #[error("Redis command failed")]
     Redis(#[from] redis::RedisError),
-    #[error("cannot build the connection pool: {0}")]
-    Build(String),
+    #[error("cannot build the connection pool")]
+    Build(#[from] deadpool_redis::BuildError),
 }
 
 impl StoreError {
@@ -52,6 +54,12 @@ impl StoreError {
 
 pub type Conn = deadpool_redis::Connection;
 
+/// How long [`Store::persist`] keeps retrying while Redis is unreachable. The
+/// ownership checks of the job's steps make a late write safe (a job another
+/// worker took over is not overwritten), so this is long: giving up would leave
+/// an entry pending under a live worker, where nobody would take it over.
+pub const PERSIST_FOR: Duration = Duration::from_secs(600);
+
 /// Cheap to clone; every clone shares the pools.
 #[derive(Clone)]
 pub struct Store {
@@ -61,13 +69,13 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds the pools without connecting.
-    pub fn new(settings: &Settings) -> Result<Store, StoreError> {
-        let r = &settings.redis;
+    /// Builds the pools without connecting. Blocking reads wait up to `block`; the
+    /// blocking pool has a connection per queue (its inbox wait) and four more (the
+    /// claim loop's read and a few one-off waits).
+    pub fn new(r: &RedisSettings, block: Duration, queues: usize) -> Result<Store, StoreError> {
         let command_timeout = Duration::from_millis(r.command_timeout_ms);
-        let block = Duration::from_millis(settings.worker.block_ms);
         let pool = build_pool(&r.url, r.pool_size, command_timeout, command_timeout)?;
-        let blocking_size = settings.worker.queues.len() + 4;
+        let blocking_size = queues + 4;
         let blocking = build_pool(
             &r.url,
             blocking_size,
@@ -90,6 +98,30 @@ impl Store {
     /// A connection for one blocking command at a time.
     pub async fn blocking_conn(&self) -> Result<Conn, StoreError> {
         Ok(self.blocking.get().await?)
+    }
+
+    /// Runs a Redis step with a fresh connection, retrying while Redis is
+    /// unreachable (for up to [`PERSIST_FOR`]); any other error is returned at once.
+    pub async fn persist<T, F, Fut>(&self, step: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+            .retry(
+                PERSIST_FOR,
+                StoreError::is_connection,
+                |e, failures| {
+                    if failures == 1 {
+                        tracing::warn!(error = %error_chain(e), "Redis unreachable while recording a job; retrying");
+                    }
+                },
+                || async {
+                    let conn = self.conn().await?;
+                    step(conn).await
+                },
+            )
+            .await
     }
 
     /// A dedicated pub/sub connection.
@@ -115,5 +147,5 @@ fn build_pool(
         .create_timeout(Some(connect))
         .recycle_timeout(Some(connect))
         .build()
-        .map_err(|e| StoreError::Build(e.to_string()))
+        .map_err(StoreError::from)
 }

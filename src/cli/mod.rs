@@ -54,7 +54,8 @@ pub type CliResult = Result<(), Failure>;
 
 /// A connection for a one-shot command.
 pub(crate) async fn connect(settings: &crate::config::Settings) -> Result<(Store, Conn), Failure> {
-    let store = Store::new(settings)?;
+    let block = std::time::Duration::from_millis(settings.worker.block_ms);
+    let store = Store::new(&settings.redis, block, settings.worker.queues.len())?;
     let conn = store.conn().await.map_err(|e| {
         Failure::failed(format!(
             "cannot reach Redis at {}: {}",

@@ -15,8 +15,10 @@
 
 mod context;
 mod dockerignore;
+mod error;
 
 pub use dockerignore::DockerIgnore;
+pub use error::BuildError;
 
 use crate::logs::{LineSplitter, LogLine, LogSender, LogStream};
 use bollard::query_parameters::BuildImageOptionsBuilder;
@@ -26,38 +28,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("the {what} `{}` leads out of the checkout", path.display())]
-    Escapes { what: &'static str, path: PathBuf },
-    #[error("the {what} `{}` does not exist in the checkout", path.display())]
-    NotFound { what: &'static str, path: PathBuf },
-    #[error("cannot {action} {} for the build context", path.display())]
-    Context {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the image build failed: {message}")]
-    Failed { message: String },
-    #[error("Docker failed to {action}")]
-    Docker {
-        action: &'static str,
-        #[source]
-        source: bollard::errors::Error,
-    },
-    #[error("the build context task stopped unexpectedly")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl BuildError {
-    /// True when the engine failed us, not the Dockerfile or the repository.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, BuildError::Docker { .. })
-    }
-}
 
 /// One image to build from a folder on this host.
 #[derive(Debug, Clone)]

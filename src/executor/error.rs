@@ -29,6 +29,19 @@ pub enum ExecError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// A failure on this host, not in the engine: building the staging archive,
+    /// reading the output archive (a truncated one too), a lock file. Never taken
+    /// for the engine being away.
+    #[error("cannot {action}")]
+    Local {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine answered, but not with what Dockhand needs (a network without a
+    /// gateway address, say).
+    #[error("{0}")]
+    Unusable(String),
     /// Docker failed after the container had started: the job may have done part
     /// of its work.
     #[error(transparent)]
@@ -113,6 +126,14 @@ mod tests {
         assert!(!docker(said(409)).is_transient());
         assert!(!docker(io(std::io::ErrorKind::InvalidData)).is_transient());
         assert!(!ExecError::ImageNotFound("i".into()).is_transient());
+        let truncated = ExecError::Local {
+            action: "read the job's output files",
+            source: std::io::ErrorKind::UnexpectedEof.into(),
+        };
+        assert!(
+            !truncated.is_transient(),
+            "a short archive is not a lost engine"
+        );
         let late = ExecError::AfterStart(Box::new(docker(E::RequestTimeoutError)));
         assert!(late.is_transient() && late.after_start());
         assert!(!docker(E::RequestTimeoutError).after_start());

@@ -67,9 +67,9 @@ pub async fn stage(
     files: &[StagedFile],
     into: StageInto,
 ) -> Result<(), ExecError> {
-    let archive = staging_tar(files, into).map_err(|e| ExecError::Docker {
+    let archive = staging_tar(files, into).map_err(|source| ExecError::Local {
         action: "build the staging archive",
-        source: bollard::errors::Error::IOError { err: e },
+        source,
     })?;
     let opts = UploadToContainerOptionsBuilder::default()
         .path(into.path())
@@ -177,9 +177,9 @@ pub async fn collect(docker: &Docker, container: &str, job: &Job) -> Result<JobO
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r)
-        .map_err(|e| ExecError::Docker {
+        .map_err(|source| ExecError::Local {
             action: "read the job's output files",
-            source: bollard::errors::Error::IOError { err: e },
+            source,
         })
 }
 

@@ -7,13 +7,15 @@
 //! - Waiters are woken when the engine answers; none misses the wake-up (each
 //!   registers for it before it looks at the state).
 
+use crate::backoff::Backoff;
 use bollard::Docker;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// The first wait between pings, doubled after each failure up to [`PROBE_MAX`].
+/// The ceiling of the first wait between pings, doubled after each failure up to
+/// [`PROBE_MAX`] (see `backoff`).
 const PROBE_FIRST: Duration = Duration::from_millis(200);
 const PROBE_MAX: Duration = Duration::from_secs(5);
 
@@ -49,13 +51,12 @@ impl Health {
         }
         let (health, docker) = (self.clone(), docker.clone());
         tokio::spawn(async move {
-            let mut wait = PROBE_FIRST;
+            let mut backoff = Backoff::new(PROBE_FIRST, PROBE_MAX);
             loop {
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 if docker.ping().await.is_ok() {
                     break;
                 }
-                wait = (wait * 2).min(PROBE_MAX);
             }
             health.reachable.store(true, Ordering::SeqCst);
             health.probing.store(false, Ordering::SeqCst);

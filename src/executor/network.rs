@@ -36,9 +36,9 @@ impl Executor {
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r)
-        .map_err(|err| ExecError::Docker {
-            action: "lock the results network",
-            source: bollard::errors::Error::IOError { err },
+        .map_err(|source| ExecError::Local {
+            action: "lock the results network (a lock file in the temp folder)",
+            source,
         })?;
         let found = self.find_or_make().await;
         drop(lock); // unlocks
@@ -96,10 +96,5 @@ impl Executor {
 }
 
 fn no_gateway(why: &str) -> ExecError {
-    ExecError::Docker {
-        action: "find the results network's gateway",
-        source: bollard::errors::Error::IOError {
-            err: std::io::Error::other(why.to_string()),
-        },
-    }
+    ExecError::Unusable(format!("cannot find the results network's gateway: {why}"))
 }

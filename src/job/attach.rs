@@ -7,7 +7,7 @@
 //! - Ports are published only when `policy.allow_ports` is true.
 //! - A service runs only an image `policy.images` allows, like the job itself.
 
-use super::validate::{check_env_named, image_allowed};
+use super::checks::{check_env_named, image_allowed};
 use super::{Command, JobSpec, Port, Rejection};
 use crate::config::PolicySettings;
 use std::collections::{BTreeMap, BTreeSet};

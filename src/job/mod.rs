@@ -8,6 +8,7 @@
 //! - No I/O here: these are plain types, testable without Redis or Docker.
 
 mod attach;
+mod checks;
 mod retry;
 mod spec;
 mod status;
@@ -130,13 +131,7 @@ pub fn redact(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     v.to_string().into_bytes().into()
 }
 
-/// A queue name: `[A-Za-z0-9_.-]{1,64}`.
-pub fn is_valid_queue_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
+pub use crate::config::is_valid_queue_name;
 
 /// A job id: `[A-Za-z0-9_.:-]{1,128}`.
 pub fn is_valid_job_id(id: &str) -> bool {

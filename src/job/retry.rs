@@ -64,9 +64,7 @@ impl RetryPolicy {
     /// The wait before attempt `attempt + 1`: the base doubled per attempt so far,
     /// capped, with "equal jitter" (half fixed, half random) given as `jitter` in [0, 1).
     pub fn backoff_after(&self, attempt: u32, jitter: f64) -> Duration {
-        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        let full = self.backoff.saturating_mul(exp).min(MAX_BACKOFF);
-        full / 2 + (full / 2).mul_f64(jitter.clamp(0.0, 1.0))
+        crate::backoff::delay(self.backoff, MAX_BACKOFF, attempt.saturating_sub(1), jitter)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The job spec as producers write it (contract section 2). Unknown fields are
 //! refused, so a typo never silently changes what runs.
 
-use crate::size::ByteSize;
+use crate::config::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

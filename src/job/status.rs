@@ -1,5 +1,9 @@
 //! Job statuses and the reasons an aborted job carries, as stored in the job hash.
+//!
+//! Invariant: each is written (in the hash, in events, in JSON) as its
+//! `as_str` name, and nothing else.
 
+use serde::{Serialize, Serializer};
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,18 @@ impl Status {
 
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Completed | Status::Aborted)
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

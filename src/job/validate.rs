@@ -1,6 +1,7 @@
 //! From a parsed [`JobSpec`] to a [`Job`] the executor can run: defaults applied,
 //! ranges checked, policy enforced, files to stage decoded.
 
+use super::checks::{check_env, check_env_named, image_allowed, safe_relative_path};
 use super::{Command, GitSpec, JobSpec, Rejection, INPUT_DIR, WORK_DIR};
 use crate::config::{LimitSettings, PolicySettings};
 use crate::source::{GitSource, Reference, RepoUrl};
@@ -89,7 +90,8 @@ pub fn validate(
     validate_at(spec, id, queue, limits, policy, chrono::Utc::now())
 }
 
-/// [`validate`], with the job's submission time (delays count from it).
+/// [`validate`], with the job's submission time (delays count from it). Each step
+/// checks one part of the spec and names the field at fault.
 pub fn validate_at(
     spec: JobSpec,
     id: String,
@@ -101,147 +103,18 @@ pub fn validate_at(
     not_yet_served(&spec)?;
     let retry = super::retry::policy(&spec)?;
     let not_before = super::retry::first_run(&spec, created)?;
-
-    let (image, git) = match (spec.image.as_deref(), &spec.git) {
-        (Some(_), Some(_)) => {
-            return Err(Rejection::invalid(
-                "git",
-                "give either `image` or `git`, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(Rejection::invalid(
-                "image",
-                "is required (the name of a local image), unless `git` says where to build one",
-            ))
-        }
-        (None, Some(g)) => (String::new(), Some(git_build(g, policy)?)),
-        (Some(i), None) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => {
-            return Err(Rejection::invalid(
-                "image",
-                format!("{i:?} is not an image name"),
-            ))
-        }
-        (Some(i), None) => {
-            if !image_allowed(i, &policy.images) {
-                return Err(Rejection::denied(
-                    "image",
-                    format!("{i:?} is not in this worker's allow-list (policy.images)"),
-                ));
-            }
-            (i.to_string(), None)
-        }
-    };
-
-    let network = spec.network.clone().unwrap_or_else(|| "none".to_string());
-    if network == "host" {
-        return Err(Rejection::denied(
-            "network",
-            "the host network is never allowed",
-        ));
-    }
-    if !policy.networks.contains(&network) {
-        return Err(Rejection::denied(
-            "network",
-            format!(
-                "{network:?} is not allowed (policy.networks: {:?})",
-                policy.networks
-            ),
-        ));
-    }
-
+    let (image, git) = image_source(&spec, policy)?;
+    let network = network(&spec, policy)?;
     let services = super::attach::services(&spec, policy)?;
     let mounts = super::attach::volumes(&spec, policy)?;
     let ports = super::attach::ports(&spec, &network, policy)?;
-
     let limits = resolve_limits(&spec, limits)?;
-    for (key, value) in &spec.env {
-        check_env(key, value)?;
-    }
-    for (key, value) in &spec.secret_env {
-        check_env_named(&format!("secret_env.{key}"), key, value)?;
-        if spec.env.contains_key(key) {
-            return Err(Rejection::invalid(
-                &format!("secret_env.{key}"),
-                "is also in `env`; give it once",
-            ));
-        }
-    }
+    environment(&spec)?;
     let mut files = stage_inputs(&spec)?;
-
-    let entrypoint = match &spec.entrypoint {
-        None => None,
-        Some(Command::Shell(s)) if s.is_empty() => {
-            return Err(Rejection::invalid("entrypoint", "must not be empty"))
-        }
-        Some(Command::Shell(s)) => Some(vec![s.clone()]),
-        Some(Command::Argv(v)) => Some(v.clone()),
-    };
-    let mut workdir = spec.workdir.clone();
-    if let Some(w) = &workdir {
-        if !w.starts_with('/') {
-            return Err(Rejection::invalid(
-                "workdir",
-                format!("{w:?} must be an absolute path"),
-            ));
-        }
-    }
-    if let Some(u) = &spec.user {
-        if u.is_empty() || u.contains(char::is_whitespace) {
-            return Err(Rejection::invalid(
-                "user",
-                format!("{u:?} is not a user (name, uid or uid:gid)"),
-            ));
-        }
-    }
-
-    let command = match (&spec.script, &spec.command) {
-        (Some(_), Some(_)) => {
-            return Err(Rejection::invalid(
-                "script",
-                "give either `script` or `command`, not both",
-            ))
-        }
-        (Some(script), None) => {
-            let filename = script.filename.clone().unwrap_or_else(|| "job".to_string());
-            if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".."
-            {
-                return Err(Rejection::invalid(
-                    "script.filename",
-                    format!("{filename:?} must be a plain file name"),
-                ));
-            }
-            let path = format!("{WORK_DIR}/{filename}");
-            files.push(StagedFile {
-                path: path.clone(),
-                content: script.content.clone().into_bytes(),
-                mode: 0o755,
-            });
-            workdir.get_or_insert_with(|| WORK_DIR.to_string());
-            let mut argv: Vec<String> = match &script.interpreter {
-                Some(i) if i.trim().is_empty() => {
-                    return Err(Rejection::invalid(
-                        "script.interpreter",
-                        "must not be empty",
-                    ))
-                }
-                Some(i) => i.split_whitespace().map(str::to_string).collect(),
-                None => Vec::new(),
-            };
-            argv.push(path);
-            Some(argv)
-        }
-        (None, Some(Command::Shell(s))) if s.trim().is_empty() => {
-            return Err(Rejection::invalid("command", "must not be empty"))
-        }
-        (None, Some(Command::Shell(s))) => Some(vec!["sh".into(), "-c".into(), s.clone()]),
-        (None, Some(Command::Argv(v))) if v.is_empty() || v[0].is_empty() => {
-            return Err(Rejection::invalid("command", "must not be empty"))
-        }
-        (None, Some(Command::Argv(v))) => Some(v.clone()),
-        (None, None) => None,
-    };
-
+    let entrypoint = entrypoint(&spec)?;
+    let mut workdir = workdir(&spec)?;
+    user(&spec)?;
+    let command = command(&spec, &mut files, &mut workdir)?;
     Ok(Job {
         id,
         queue: queue.to_string(),
@@ -264,6 +137,157 @@ pub fn validate_at(
         not_before,
         spec,
     })
+}
+
+/// The image to run (allowed by `policy.images`), or the `git` build to make it
+/// from (then the image is empty until the worker has it): exactly one of them.
+fn image_source(
+    spec: &JobSpec,
+    policy: &PolicySettings,
+) -> Result<(String, Option<GitBuild>), Rejection> {
+    match (spec.image.as_deref(), &spec.git) {
+        (Some(_), Some(_)) => Err(Rejection::invalid(
+            "git",
+            "give either `image` or `git`, not both",
+        )),
+        (None, None) => Err(Rejection::invalid(
+            "image",
+            "is required (the name of a local image), unless `git` says where to build one",
+        )),
+        (None, Some(g)) => Ok((String::new(), Some(git_build(g, policy)?))),
+        (Some(i), None) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => Err(
+            Rejection::invalid("image", format!("{i:?} is not an image name")),
+        ),
+        (Some(i), None) if !image_allowed(i, &policy.images) => Err(Rejection::denied(
+            "image",
+            format!("{i:?} is not in this worker's allow-list (policy.images)"),
+        )),
+        (Some(i), None) => Ok((i.to_string(), None)),
+    }
+}
+
+/// The job's network: `none` unless it names one `policy.networks` allows;
+/// never the host's.
+fn network(spec: &JobSpec, policy: &PolicySettings) -> Result<String, Rejection> {
+    let network = spec.network.clone().unwrap_or_else(|| "none".to_string());
+    if network == "host" {
+        return Err(Rejection::denied(
+            "network",
+            "the host network is never allowed",
+        ));
+    }
+    if !policy.networks.contains(&network) {
+        return Err(Rejection::denied(
+            "network",
+            format!(
+                "{network:?} is not allowed (policy.networks: {:?})",
+                policy.networks
+            ),
+        ));
+    }
+    Ok(network)
+}
+
+/// `env` and `secret_env`: valid names and values, and no name in both.
+fn environment(spec: &JobSpec) -> Result<(), Rejection> {
+    for (key, value) in &spec.env {
+        check_env(key, value)?;
+    }
+    for (key, value) in &spec.secret_env {
+        check_env_named(&format!("secret_env.{key}"), key, value)?;
+        if spec.env.contains_key(key) {
+            return Err(Rejection::invalid(
+                &format!("secret_env.{key}"),
+                "is also in `env`; give it once",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn entrypoint(spec: &JobSpec) -> Result<Option<Vec<String>>, Rejection> {
+    match &spec.entrypoint {
+        None => Ok(None),
+        Some(Command::Shell(s)) if s.is_empty() => {
+            Err(Rejection::invalid("entrypoint", "must not be empty"))
+        }
+        Some(Command::Shell(s)) => Ok(Some(vec![s.clone()])),
+        Some(Command::Argv(v)) => Ok(Some(v.clone())),
+    }
+}
+
+fn workdir(spec: &JobSpec) -> Result<Option<String>, Rejection> {
+    match &spec.workdir {
+        Some(w) if !w.starts_with('/') => Err(Rejection::invalid(
+            "workdir",
+            format!("{w:?} must be an absolute path"),
+        )),
+        other => Ok(other.clone()),
+    }
+}
+
+fn user(spec: &JobSpec) -> Result<(), Rejection> {
+    match &spec.user {
+        Some(u) if u.is_empty() || u.contains(char::is_whitespace) => Err(Rejection::invalid(
+            "user",
+            format!("{u:?} is not a user (name, uid or uid:gid)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The container's command: the `command` as given (a string runs under
+/// `sh -c`), or a `script`, staged into the work folder (which becomes the
+/// working directory unless `workdir` says otherwise) and run by its interpreter.
+fn command(
+    spec: &JobSpec,
+    files: &mut Vec<StagedFile>,
+    workdir: &mut Option<String>,
+) -> Result<Option<Vec<String>>, Rejection> {
+    match (&spec.script, &spec.command) {
+        (Some(_), Some(_)) => Err(Rejection::invalid(
+            "script",
+            "give either `script` or `command`, not both",
+        )),
+        (Some(script), None) => {
+            let filename = script.filename.clone().unwrap_or_else(|| "job".to_string());
+            if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".."
+            {
+                return Err(Rejection::invalid(
+                    "script.filename",
+                    format!("{filename:?} must be a plain file name"),
+                ));
+            }
+            let mut argv: Vec<String> = match &script.interpreter {
+                Some(i) if i.trim().is_empty() => {
+                    return Err(Rejection::invalid(
+                        "script.interpreter",
+                        "must not be empty",
+                    ))
+                }
+                Some(i) => i.split_whitespace().map(str::to_string).collect(),
+                None => Vec::new(),
+            };
+            let path = format!("{WORK_DIR}/{filename}");
+            files.push(StagedFile {
+                path: path.clone(),
+                content: script.content.clone().into_bytes(),
+                mode: 0o755,
+            });
+            workdir.get_or_insert_with(|| WORK_DIR.to_string());
+            argv.push(path);
+            Ok(Some(argv))
+        }
+        (None, Some(Command::Shell(s))) if s.trim().is_empty() => {
+            Err(Rejection::invalid("command", "must not be empty"))
+        }
+        (None, Some(Command::Shell(s))) => Ok(Some(vec!["sh".into(), "-c".into(), s.clone()])),
+        (None, Some(Command::Argv(v))) if v.is_empty() || v[0].is_empty() => {
+            Err(Rejection::invalid("command", "must not be empty"))
+        }
+        (None, Some(Command::Argv(v))) => Ok(Some(v.clone())),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Fields of the contract that this version of the worker does not run yet. They are
@@ -432,34 +456,6 @@ fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, R
     })
 }
 
-fn check_env(key: &str, value: &str) -> Result<(), Rejection> {
-    check_env_named(&format!("env.{key}"), key, value)
-}
-
-/// Checks one variable; `field` names it in the message.
-pub(super) fn check_env_named(field: &str, key: &str, value: &str) -> Result<(), Rejection> {
-    let first_ok = key
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(Rejection::invalid(
-            field,
-            "a variable name is letters, digits and _, not starting with a digit",
-        ));
-    }
-    if key.starts_with("DOCKHAND_") {
-        return Err(Rejection::invalid(
-            field,
-            "DOCKHAND_* variables are set by the worker",
-        ));
-    }
-    if value.contains('\0') {
-        return Err(Rejection::invalid(field, "must not contain a NUL byte"));
-    }
-    Ok(())
-}
-
 fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
     let mut files = Vec::new();
     let mut seen = BTreeSet::new();
@@ -518,30 +514,6 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
         });
     }
     Ok(files)
-}
-
-/// `a/b/c.txt` for a path that stays inside its folder; `None` for `..`, `/x` and the like.
-fn safe_relative_path(path: &str) -> Option<String> {
-    if path.is_empty() || path.len() > 1024 || path.contains('\0') || path.contains('\\') {
-        return None;
-    }
-    let mut parts = Vec::new();
-    for c in Path::new(path).components() {
-        match c {
-            Component::Normal(p) => parts.push(p.to_str()?.to_string()),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
-}
-
-pub(super) fn image_allowed(image: &str, allow: &[String]) -> bool {
-    allow.is_empty()
-        || allow.iter().any(|rule| match rule.strip_suffix('*') {
-            Some(prefix) => image.starts_with(prefix),
-            None => rule == image,
-        })
 }
 
 #[cfg(test)]

@@ -15,10 +15,6 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The stream producers `XADD` jobs to.
     pub fn jobs(&self, queue: &str) -> String {
         format!("{}:{{{queue}}}:jobs", self.prefix)

@@ -1,8 +1,6 @@
 //! What can go wrong getting a job's source, each naming the URL or ref at fault,
 //! and which of it is worth a retry.
 
-use super::url::RepoUrl;
-use git2::{ErrorClass, ErrorCode};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,58 +76,12 @@ pub enum GitError {
 }
 
 impl GitError {
-    /// True when trying again later may succeed: the network or the local disk,
-    /// not a ref that does not exist or a URL this build cannot use.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            GitError::Network { .. } | GitError::Io { .. } => true,
-            GitError::Submodule { source, .. } => source.is_retryable(),
-            _ => false,
-        }
-    }
-
     /// True when the policy refused a URL (here or inside a submodule).
     pub fn is_policy(&self) -> bool {
         match self {
             GitError::HostNotAllowed { .. } => true,
             GitError::Submodule { source, .. } => source.is_policy(),
             _ => false,
-        }
-    }
-
-    /// Classifies a libgit2 failure while talking to `url`.
-    pub(crate) fn from_git2(url: &RepoUrl, action: &'static str, e: git2::Error) -> GitError {
-        let url_s = url.public().to_string();
-        let msg = e.message();
-        let http_status = |code: &str| e.class() == ErrorClass::Http && msg.contains(code);
-        if e.code() == ErrorCode::Auth || http_status("401") || http_status("403") {
-            return GitError::Auth {
-                url: url_s,
-                source: e,
-            };
-        }
-        // libgit2 says "could not find repository at '<path>'" (class Repository,
-        // code -1) for a local folder that is not a repository.
-        let no_local_repo = e.class() == ErrorClass::Repository
-            && (e.code() == ErrorCode::NotFound || msg.contains("could not find repository"));
-        if http_status("404") || no_local_repo {
-            return GitError::RepositoryNotFound {
-                url: url_s,
-                source: Some(e),
-            };
-        }
-        match e.class() {
-            ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
-                GitError::Network {
-                    url: url_s,
-                    source: e,
-                }
-            }
-            _ => GitError::Git {
-                action,
-                url: url_s,
-                source: e,
-            },
         }
     }
 
@@ -149,12 +101,13 @@ impl GitError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::RepoUrl;
+    use git2::{ErrorClass, ErrorCode};
 
     #[test]
-    fn retryable_only_for_transient_failures() {
+    fn libgit2_failures_are_classified_by_what_went_wrong() {
         let url = RepoUrl::parse("https://h.example/x").unwrap();
-        let net = GitError::from_git2(
-            &url,
+        let net = url.git_error(
             "fetch",
             git2::Error::new(
                 ErrorCode::GenericError,
@@ -163,16 +116,12 @@ mod tests {
             ),
         );
         assert!(matches!(net, GitError::Network { .. }));
-        assert!(net.is_retryable());
-        let auth = GitError::from_git2(
-            &url,
+        let auth = url.git_error(
             "fetch",
             git2::Error::new(ErrorCode::Auth, ErrorClass::Callback, "rejected"),
         );
         assert!(matches!(auth, GitError::Auth { .. }));
-        assert!(!auth.is_retryable());
-        let missing = GitError::from_git2(
-            &url,
+        let missing = url.git_error(
             "fetch",
             git2::Error::new(
                 ErrorCode::GenericError,
@@ -186,7 +135,6 @@ mod tests {
             name: "nope".into(),
             url: url.public().into(),
         };
-        assert!(!unknown.is_retryable());
         assert_eq!(
             unknown.to_string(),
             "branch `nope` not found in https://h.example/x"
@@ -194,8 +142,14 @@ mod tests {
         let sub = GitError::Submodule {
             path: "lib".into(),
             url: "https://h.example/lib".into(),
-            source: Box::new(net),
+            source: Box::new(GitError::HostNotAllowed {
+                url: "https://h.example/lib".into(),
+            }),
         };
-        assert!(sub.is_retryable());
+        assert!(
+            sub.is_policy(),
+            "a policy refusal inside a submodule is one"
+        );
+        assert!(!net.is_policy());
     }
 }

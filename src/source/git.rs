@@ -39,6 +39,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 /// Deeper nesting than this is refused: it is almost surely a loop of repositories.
 const MAX_SUBMODULE_DEPTH: usize = 8;
@@ -93,6 +94,10 @@ pub struct Checkout {
     pub submodules: Vec<String>,
 }
 
+/// How long a git server may stall a [`GitCache::open`]ed cache: the default of
+/// `worker.git_timeout_seconds`.
+pub const DEFAULT_NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A folder of bare mirrors and the tokens to fetch them with. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct GitCache {
@@ -105,20 +110,26 @@ struct Inner {
     credentials: Credentials,
     /// `policy.git_hosts`, applied to submodule URLs (empty: any).
     allowed_hosts: Vec<String>,
+    /// How long a git server may take to accept a connection, and then to answer
+    /// each read or write (`worker.git_timeout_seconds`).
+    network_timeout: Duration,
 }
 
 impl GitCache {
-    /// Uses (and creates) `<root>/repos`.
+    /// Uses (and creates) `<root>/repos`; any submodule host, and a git server
+    /// gets [`DEFAULT_NETWORK_TIMEOUT`].
     pub fn open(root: impl AsRef<Path>, credentials: Credentials) -> Result<GitCache, GitError> {
-        Self::open_with_hosts(root, credentials, Vec::new())
+        Self::open_with(root, credentials, Vec::new(), DEFAULT_NETWORK_TIMEOUT)
     }
 
     /// Like [`GitCache::open`]; submodules are fetched only from `allowed_hosts`
-    /// (`policy.git_hosts`, see [`super::RepoUrl::allowed_by`]; empty allows any).
-    pub fn open_with_hosts(
+    /// (`policy.git_hosts`, see [`super::RepoUrl::allowed_by`]; empty allows any),
+    /// and a git server that does not answer for `network_timeout` fails the step.
+    pub fn open_with(
         root: impl AsRef<Path>,
         credentials: Credentials,
         allowed_hosts: Vec<String>,
+        network_timeout: Duration,
     ) -> Result<GitCache, GitError> {
         let repos = root.as_ref().join("repos");
         std::fs::create_dir_all(&repos).map_err(GitError::io("create", &repos))?;
@@ -131,6 +142,7 @@ impl GitCache {
                 repos,
                 credentials,
                 allowed_hosts,
+                network_timeout,
             }),
         })
     }
@@ -194,19 +206,23 @@ impl Inner {
             }
         };
         ensure_local_exists(&url)?;
-        let mut remote = Remote::create_detached(url.raw())
-            .map_err(|e| GitError::from_git2(&url, "open the remote", e))?;
-        let attempts = Cell::new(0);
-        let callbacks = self.credentials.callbacks(&url, &attempts);
-        let connection = remote
-            .connect_auth(Direction::Fetch, Some(callbacks), None)
-            .map_err(|e| GitError::from_git2(&url, "connect", e))?;
-        let heads = connection
-            .list()
-            .map_err(|e| GitError::from_git2(&url, "list the remote's refs", e))?;
-        let found = wanted
-            .iter()
-            .find_map(|w| heads.iter().find(|h| h.name() == w).map(|h| h.oid()));
+        let found = super::timeout::with(self.network_timeout, || {
+            let mut remote = Remote::create_detached(url.raw())
+                .map_err(|e| url.git_error("open the remote", e))?;
+            let attempts = Cell::new(0);
+            let callbacks = self.credentials.callbacks(&url, &attempts);
+            let connection = remote
+                .connect_auth(Direction::Fetch, Some(callbacks), None)
+                .map_err(|e| url.git_error("connect", e))?;
+            let heads = connection
+                .list()
+                .map_err(|e| url.git_error("list the remote's refs", e))?;
+            Ok::<_, GitError>(
+                wanted
+                    .iter()
+                    .find_map(|w| heads.iter().find(|h| h.name() == w).map(|h| h.oid())),
+            )
+        })?;
         match found {
             Some(oid) => Ok(oid.to_string()),
             None => Err(GitError::RefNotFound {
@@ -282,15 +298,17 @@ impl Inner {
     fn fetch(&self, repo: &Repository, url: &RepoUrl, refspecs: &[&str]) -> Result<(), GitError> {
         let mut remote = repo
             .remote_anonymous(url.raw())
-            .map_err(|e| GitError::from_git2(url, "open the remote", e))?;
+            .map_err(|e| url.git_error("open the remote", e))?;
         let attempts = Cell::new(0);
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(self.credentials.callbacks(url, &attempts))
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
-        remote
-            .fetch(refspecs, Some(&mut opts), None)
-            .map_err(|e| GitError::from_git2(url, "fetch", e))
+        super::timeout::with(self.network_timeout, || {
+            remote
+                .fetch(refspecs, Some(&mut opts), None)
+                .map_err(|e| url.git_error("fetch", e))
+        })
     }
 
     /// Checks out, recursively, the submodules `commit` records in the
@@ -304,7 +322,7 @@ impl Inner {
         depth: usize,
         out: &mut Vec<String>,
     ) -> Result<(), GitError> {
-        let git = |action| move |e| GitError::from_git2(parent, action, e);
+        let git = |action| move |e| parent.git_error(action, e);
         let repo = Repository::open(dir).map_err(git("open the checkout"))?;
         let tree = repo
             .find_commit(commit)
@@ -383,7 +401,7 @@ fn prepare_dest(dest: &Path) -> Result<(), GitError> {
 /// checked out on a detached HEAD and `origin` set to the URL (without
 /// credentials), so that tools run in the checkout see where it came from.
 fn populate(mirror: &Path, url: &RepoUrl, oid: Oid, dest: &Path) -> Result<(), GitError> {
-    let git = |action| move |e| GitError::from_git2(url, action, e);
+    let git = |action| move |e| url.git_error(action, e);
     prepare_dest(dest)?;
     let repo = Repository::init(dest).map_err(git("create the checkout"))?;
     let info = repo.path().join("objects").join("info");
@@ -419,8 +437,8 @@ fn open_mirror(path: &Path, url: &RepoUrl) -> Result<Repository, GitError> {
             }
         }
     }
-    let repo = Repository::init_bare(path)
-        .map_err(|e| GitError::from_git2(url, "create the cache mirror", e))?;
+    let repo =
+        Repository::init_bare(path).map_err(|e| url.git_error("create the cache mirror", e))?;
     let description = path.join("description");
     std::fs::write(&description, format!("{}\n", url.anonymous()))
         .map_err(GitError::io("write", &description))?;

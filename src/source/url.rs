@@ -8,6 +8,7 @@
 //!   into errors, logs and files on disk.
 
 use super::GitError;
+use git2::{ErrorClass, ErrorCode};
 use std::path::PathBuf;
 
 /// How a repository is reached.
@@ -264,6 +265,44 @@ pub fn redact(url: &str) -> String {
         format!("{scheme}://{user}:***@{}", &rest[at + 1..])
     } else {
         url.to_string()
+    }
+}
+
+impl RepoUrl {
+    /// Classifies a libgit2 failure while talking to this repository.
+    pub(crate) fn git_error(&self, action: &'static str, e: git2::Error) -> GitError {
+        let url_s = self.public().to_string();
+        let msg = e.message();
+        let http_status = |code: &str| e.class() == ErrorClass::Http && msg.contains(code);
+        if e.code() == ErrorCode::Auth || http_status("401") || http_status("403") {
+            return GitError::Auth {
+                url: url_s,
+                source: e,
+            };
+        }
+        // libgit2 says "could not find repository at '<path>'" (class Repository,
+        // code -1) for a local folder that is not a repository.
+        let no_local_repo = e.class() == ErrorClass::Repository
+            && (e.code() == ErrorCode::NotFound || msg.contains("could not find repository"));
+        if http_status("404") || no_local_repo {
+            return GitError::RepositoryNotFound {
+                url: url_s,
+                source: Some(e),
+            };
+        }
+        match e.class() {
+            ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
+                GitError::Network {
+                    url: url_s,
+                    source: e,
+                }
+            }
+            _ => GitError::Git {
+                action,
+                url: url_s,
+                source: e,
+            },
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! `dockhand worker`, or alone as `dockhand webhooks deliver`.
 
 use super::outbox::{self, Delivery};
-use super::{attempt, Guard, Message, Subscriber, Target, Verdict};
+use super::{attempt, Guard, Message, Outbound, Subscriber, Target, Verdict};
 use crate::config::Settings;
 use crate::queue::Keys;
 use crate::store::{Store, StoreError};
@@ -26,7 +26,7 @@ struct Ctx {
     settings: Arc<Settings>,
     store: Store,
     keys: Keys,
-    guard: Arc<Guard>,
+    outbound: Arc<Outbound>,
 }
 
 /// Sends deliveries until `token` is cancelled, then lets attempts in flight end.
@@ -38,21 +38,19 @@ pub async fn run(
     made: Arc<tokio::sync::Notify>,
     token: CancellationToken,
 ) {
-    let guard = match Guard::new(&settings.webhooks.allow_networks) {
-        Ok(g) => Arc::new(g),
-        Err(e) => {
-            tracing::error!(error = %e, "webhooks.allow_networks is invalid; no webhooks are delivered");
-            return;
-        }
-    };
-    if let Err(e) = super::tls::init(&settings.webhooks.ca_file) {
+    let tls = super::tls::client_config(&settings.webhooks.ca_file).unwrap_or_else(|e| {
         tracing::error!(error = %error_chain(&e), "webhooks.ca_file is unusable; https deliveries trust the public roots only");
-    }
+        super::tls::public_roots()
+    });
+    let outbound = Arc::new(Outbound {
+        guard: Guard::new(&settings.webhooks.allow_networks),
+        tls,
+    });
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
         store,
-        guard,
+        outbound,
     };
     let w = &ctx.settings.webhooks;
     let permits = Arc::new(Semaphore::new(w.concurrency));
@@ -137,7 +135,7 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
     };
     drop(conn); // not held across the HTTP attempt
     let timeout = Duration::from_secs(ctx.settings.webhooks.timeout_seconds);
-    let outcome = attempt(&target, &message, &ctx.guard, timeout).await;
+    let outcome = attempt(&target, &message, &ctx.outbound, timeout).await;
 
     let mut conn = ctx.store.conn().await?;
     let record = serde_json::json!({

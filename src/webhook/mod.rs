@@ -21,7 +21,7 @@ pub mod ssrf;
 pub mod subscribers;
 pub mod tls;
 
-pub use send::{attempt, check_url, AttemptOutcome, Message, SendError, Target, Verdict};
+pub use send::{attempt, check_url, AttemptOutcome, Message, Outbound, SendError, Target, Verdict};
 pub use sign::{sign, verify, Secret, SecretError, VerifyError};
-pub use ssrf::{Guard, GuardError, Refused, Rule};
+pub use ssrf::{Guard, Refused, Rule};
 pub use subscribers::Subscriber;

@@ -29,6 +29,7 @@ use hyper::http::response::Parts;
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -141,13 +142,6 @@ pub enum Verdict {
     Invalid,
 }
 
-impl Verdict {
-    /// True when another attempt with the same target could succeed.
-    pub fn is_retryable(self) -> bool {
-        self == Verdict::Retry
-    }
-}
-
 /// Where to deliver: a subscriber's URL and its current secrets (several during
 /// a rotation; each signs the message).
 #[derive(Debug, Clone)]
@@ -219,12 +213,21 @@ pub struct AttemptOutcome {
     pub retry_after: Option<Duration>,
 }
 
-/// Makes one attempt to deliver `msg` to `target`, checking addresses with
-/// `guard`, all within `timeout`. Never fails: every failure is in the outcome.
+/// Where and how a delivery may connect: the SSRF guard every address must pass,
+/// and the TLS client configuration for https (see `tls`). Made once by whoever
+/// runs deliveries and passed to each attempt; cheap to clone.
+#[derive(Clone)]
+pub struct Outbound {
+    pub guard: Guard,
+    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
+}
+
+/// Makes one attempt to deliver `msg` to `target`, connecting only as `outbound`
+/// allows, all within `timeout`. Never fails: every failure is in the outcome.
 pub async fn attempt(
     target: &Target,
     msg: &Message,
-    guard: &Guard,
+    outbound: &Outbound,
     timeout: Duration,
 ) -> AttemptOutcome {
     let started = Instant::now();
@@ -239,7 +242,7 @@ pub async fn attempt(
         retry_after: None,
     };
     let deadline = started + timeout;
-    match deliver(target, msg, guard, timestamp, deadline, timeout).await {
+    match deliver(target, msg, outbound, timestamp, deadline, timeout).await {
         Ok((response, body)) => {
             let status = response.status;
             outcome.status = Some(status.as_u16());
@@ -320,7 +323,7 @@ impl Endpoint {
 async fn deliver(
     target: &Target,
     msg: &Message,
-    guard: &Guard,
+    outbound: &Outbound,
     timestamp: i64,
     deadline: Instant,
     timeout: Duration,
@@ -330,7 +333,7 @@ async fn deliver(
     let addrs = timeout_at(deadline, resolve(&endpoint))
         .await
         .map_err(within("resolving the host"))??;
-    check_all(guard, &endpoint.host, &addrs)?;
+    check_all(&outbound.guard, &endpoint.host, &addrs)?;
     let stream = timeout_at(deadline, connect(&addrs))
         .await
         .map_err(within("connecting"))??;
@@ -348,11 +351,7 @@ async fn deliver(
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(bare)
         .map_err(|_| SendError::TlsName(endpoint.host.clone()))?;
     let addr = stream.peer_addr;
-    let config = super::tls::client_config().map_err(|e| SendError::Tls {
-        addr,
-        source: std::io::Error::other(error_chain(&e)),
-    })?;
-    let connector = tokio_rustls::TlsConnector::from(config);
+    let connector = tokio_rustls::TlsConnector::from(outbound.tls.clone());
     let tls = timeout_at(deadline, connector.connect(name, stream.io))
         .await
         .map_err(within("in the TLS handshake"))?
@@ -562,7 +561,7 @@ mod tests {
 
     #[test]
     fn one_refused_address_refuses_the_whole_name() {
-        let guard = Guard::new(&["127.0.0.1/32"]).unwrap();
+        let guard = Guard::new(&["127.0.0.1/32".parse().unwrap()]);
         let addrs: Vec<SocketAddr> =
             vec!["127.0.0.1:80".parse().unwrap(), "[::1]:80".parse().unwrap()];
         let err = check_all(&guard, "both.example", &addrs).unwrap_err();

@@ -1,12 +1,15 @@
 //! TLS for https deliveries: rustls with the Mozilla root certificates
 //! (webpki-roots, compiled in: no system store is read), plus the certificates of
-//! `webhooks.ca_file` when an operator trusts an internal CA. Set once at start.
+//! `webhooks.ca_file` when an operator trusts an internal CA.
+//!
+//! Invariant: the client configuration is made once by whoever runs deliveries
+//! (the delivery loop at its start) and passed down with each attempt; nothing
+//! here is global, so two delivery loops in one process may trust different CAs.
 
-use std::sync::{Arc, RwLock};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::sync::Arc;
 use tokio_rustls::rustls::{self, RootCertStore};
-
-/// A std lock: nothing is awaited while it is held, and it is read once per attempt.
-static CONFIG: RwLock<Option<Arc<rustls::ClientConfig>>> = RwLock::new(None);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -14,7 +17,7 @@ pub enum TlsError {
     Read {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: rustls_pki_types::pem::Error,
     },
     #[error("the CA file {0} holds no usable certificate")]
     Empty(String),
@@ -22,9 +25,9 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Trusts the PEM certificates of `ca_file` (if not empty) besides the public roots,
-/// for every delivery from now on.
-pub fn init(ca_file: &str) -> Result<(), TlsError> {
+/// The client configuration that trusts the public roots and, when `ca_file` is
+/// not empty, the PEM certificates in it.
+pub fn client_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -33,8 +36,8 @@ pub fn init(ca_file: &str) -> Result<(), TlsError> {
             path: ca_file.to_string(),
             source,
         };
-        let pem = std::fs::read(ca_file).map_err(read)?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+            .map_err(read)?
             .collect::<Result<_, _>>()
             .map_err(read)?;
         let (added, _) = roots.add_parsable_certificates(certs);
@@ -42,12 +45,6 @@ pub fn init(ca_file: &str) -> Result<(), TlsError> {
             return Err(TlsError::Empty(ca_file.to_string()));
         }
     }
-    let config = build(roots)?;
-    *CONFIG.write().unwrap_or_else(|e| e.into_inner()) = Some(config);
-    Ok(())
-}
-
-fn build(roots: RootCertStore) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
@@ -57,14 +54,28 @@ fn build(roots: RootCertStore) -> Result<Arc<rustls::ClientConfig>, rustls::Erro
     ))
 }
 
-/// The client configuration: the one [`init`] made, or the public roots only.
-pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    if let Some(config) = CONFIG.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        return Ok(config.clone());
+/// The public roots only: what deliveries trust when `webhooks.ca_file` is unusable.
+pub fn public_roots() -> Arc<rustls::ClientConfig> {
+    client_config("")
+        .expect("the compiled-in roots and the ring provider always make a configuration")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("dockhand-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_config(empty.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("empty.pem"), "{err}");
+        let missing = dir.join("missing.pem");
+        let err = client_config(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(err, TlsError::Read { .. }), "{err:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!public_roots().alpn_protocols.iter().any(|p| p.is_empty()));
     }
-    let config = build(RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    })?;
-    *CONFIG.write().unwrap_or_else(|e| e.into_inner()) = Some(config.clone());
-    Ok(config)
 }

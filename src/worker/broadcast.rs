@@ -15,7 +15,7 @@
 //!   starts, so killed workers do not leave groups behind for ever.
 //! - Every request is answered, also when its build fails or its profile is unknown.
 
-use super::Ctx;
+use super::context::Ctx;
 use crate::job;
 use crate::profile;
 use crate::store::{Conn, StoreError};
@@ -117,12 +117,12 @@ pub(super) async fn listen(
     mut ready: bool,
     token: CancellationToken,
 ) {
-    let mut backoff = super::reconnect_backoff(&ctx.settings);
+    let mut backoff = super::context::reconnect_backoff(&ctx.settings);
     while !token.is_cancelled() {
         if !ready {
             ready = setup(&ctx, &profiles).await;
             if !ready {
-                super::sleep_or_cancel(backoff.next_delay(), &token).await;
+                super::context::sleep_or_cancel(backoff.next_delay(), &token).await;
                 continue;
             }
         }
@@ -141,7 +141,7 @@ pub(super) async fn listen(
                 }
                 .await;
                 if created.is_err() {
-                    super::sleep_or_cancel(backoff.next_delay(), &token).await;
+                    super::context::sleep_or_cancel(backoff.next_delay(), &token).await;
                 }
             }
             Err(e) => {
@@ -149,7 +149,7 @@ pub(super) async fn listen(
                 if backoff.failures() == 1 {
                     tracing::warn!(error = %error_chain(&e), "cannot read broadcasts; retrying");
                 }
-                super::sleep_or_cancel(delay, &token).await;
+                super::context::sleep_or_cancel(delay, &token).await;
             }
         }
     }

@@ -1,6 +1,8 @@
-//! How a claimed entry's turn ends: the job finished (or is retried later by its
-//! policy), was refused, goes back to its queue now or later, or Docker could not be
-//! reached before it started.
+//! The last step of a claimed entry's turn: the earlier steps say how it ends (an
+//! [`Ending`]), and this carries it out. The job finished (or is retried later by
+//! its policy), was refused, goes back to its queue now or later, Docker could
+//! not be reached before it started, or the entry needs no run at all (a
+//! duplicate, or a finished job's redelivery).
 //!
 //! Invariants:
 //! - Every write checks that this worker still owns the job; the entry is
@@ -8,16 +10,45 @@
 //! - A job to run again gets a new entry carrying a one-time token, written into the
 //!   job hash in the same write that sets its status (see `queue::schedule`).
 
-use super::pipeline::persist;
-use super::Ctx;
+use super::context::Ctx;
+use crate::backoff;
 use crate::job::{Job, Reason, Rejection, Status};
 use crate::queue::{self, Entry};
 use crate::state::{self, JobRecord, Owner};
 use crate::store::StoreError;
 use std::time::Duration;
 
+/// How a claimed entry's turn ends; made by the earlier steps, carried out by
+/// [`Turn::end`].
+pub(super) enum Ending {
+    /// The run is over: the job's terminal state, or a retry its policy asks for.
+    Finish(JobRecord, Box<Job>),
+    /// Refused before running (invalid spec, policy); the entry goes to the dead stream.
+    Reject(JobRecord, Rejection),
+    /// Not yet: the job runs at `at` (a delay), announced by `event`.
+    Schedule {
+        record: JobRecord,
+        at: chrono::DateTime<chrono::Utc>,
+        event: &'static str,
+    },
+    /// Back to its queue now (a draining or fenced worker).
+    Requeue(JobRecord),
+    /// Docker did not answer before the container started: nothing of the job ran.
+    DockerRetry {
+        record: JobRecord,
+        job: Box<Job>,
+        error: String,
+    },
+    /// Another entry already carries this job id; `event` is its `job.duplicate`.
+    Duplicate { id: String, event: String },
+    /// The job had finished, but its entry was not acknowledged: finish those steps.
+    AlreadyFinished { id: String },
+    /// Another worker owns the job now: write nothing, acknowledge nothing.
+    NotOwned,
+}
+
 /// One claimed entry that this worker owns, and the steps that end its turn.
-pub(super) struct Run<'a> {
+pub(super) struct Turn<'a> {
     pub ctx: &'a Ctx,
     pub entry: &'a Entry,
     /// The entry as submitted: what a re-run is made from.
@@ -26,7 +57,38 @@ pub(super) struct Run<'a> {
     pub stored: &'a [u8],
 }
 
-impl Run<'_> {
+impl Turn<'_> {
+    /// Carries out how the turn ends.
+    pub(super) async fn end(&self, ending: Ending) -> Result<(), StoreError> {
+        match ending {
+            Ending::Finish(record, job) => self.finish(record, &job).await,
+            Ending::Reject(record, rejection) => self.reject(record, rejection).await,
+            Ending::Schedule { record, at, event } => self.schedule(record, at, event).await,
+            Ending::Requeue(record) => self.requeue(record).await,
+            Ending::DockerRetry { record, job, error } => {
+                self.docker_retry(record, &job, error).await
+            }
+            Ending::Duplicate { id, event } => {
+                let (ctx, max) = (self.ctx, self.ctx.settings.jobs.events_max_len);
+                ctx.store
+                    .persist(|mut conn| {
+                        let (id, event) = (&id, &event);
+                        async move {
+                            state::publish(&mut conn, &ctx.keys, "job.duplicate", id, event, max)
+                                .await
+                        }
+                    })
+                    .await?;
+                ack(ctx, self.entry).await
+            }
+            Ending::AlreadyFinished { id } => {
+                make_deliveries(self.ctx, &id).await?;
+                ack(self.ctx, self.entry).await
+            }
+            Ending::NotOwned => Ok(()),
+        }
+    }
+
     fn owner(&self) -> Owner<'_> {
         Owner {
             entry: &self.entry.id,
@@ -42,14 +104,16 @@ impl Run<'_> {
     ) -> Result<bool, StoreError> {
         let (ctx, owner) = (self.ctx, self.owner());
         let retention = ctx.settings.jobs.retention_seconds;
-        let written = persist(ctx, |mut conn| async move {
-            let max = ctx.settings.jobs.events_max_len;
-            state::write(
-                &mut conn, &ctx.keys, owner, record, event, extra, retention, max,
-            )
-            .await
-        })
-        .await?;
+        let written = ctx
+            .store
+            .persist(|mut conn| async move {
+                let max = ctx.settings.jobs.events_max_len;
+                state::write(
+                    &mut conn, &ctx.keys, owner, record, event, extra, retention, max,
+                )
+                .await
+            })
+            .await?;
         if !written {
             tracing::warn!("another worker owns this job now; this run's state was not written");
         }
@@ -57,16 +121,15 @@ impl Run<'_> {
     }
 
     /// Ends the job: retried later when its policy says so, else its terminal state.
-    pub(super) async fn finish(&self, record: JobRecord, job: &Job) -> Result<(), StoreError> {
-        let retry = record.status == Status::Aborted.as_str()
+    async fn finish(&self, record: JobRecord, job: &Job) -> Result<(), StoreError> {
+        let retry = record.status == Status::Aborted
             && record
                 .reason
-                .and_then(reason_of)
                 .is_some_and(|r| job.retry.retries(record.attempt, r, record.exit_code));
         if retry {
             let wait = job
                 .retry
-                .backoff_after(record.attempt.max(1), crate::backoff::random_fraction());
+                .backoff_after(record.attempt.max(1), backoff::random_fraction());
             let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
             tracing::info!(
                 attempt = record.attempt,
@@ -75,14 +138,14 @@ impl Run<'_> {
             );
             return self.schedule(record, at, "job.retrying").await;
         }
-        let event = if record.status == Status::Completed.as_str() {
+        let event = if record.status == Status::Completed {
             "job.completed"
         } else {
             "job.aborted"
         };
         let written = self.write(&record, event, &[]).await?;
-        tracing::info!(status = record.status, reason = record.reason.unwrap_or(""), exit_code = ?record.exit_code, "job finished");
-        if written && record.reason == Some(Reason::WorkerLost.as_str()) {
+        tracing::info!(status = %record.status, reason = record.reason.map(Reason::as_str).unwrap_or(""), exit_code = ?record.exit_code, "job finished");
+        if written && record.reason == Some(Reason::WorkerLost) {
             self.bury(&record, record.error.as_deref().unwrap_or_default())
                 .await?;
         }
@@ -93,11 +156,7 @@ impl Run<'_> {
     }
 
     /// Records a job refused before running, and keeps its raw entry in the dead stream.
-    pub(super) async fn reject(
-        &self,
-        mut record: JobRecord,
-        rejection: Rejection,
-    ) -> Result<(), StoreError> {
+    async fn reject(&self, mut record: JobRecord, rejection: Rejection) -> Result<(), StoreError> {
         tracing::warn!(reason = %rejection.reason, error = %rejection.message, "job refused");
         record.abort(rejection.reason, rejection.message.clone());
         if self.write(&record, "job.aborted", &[]).await? {
@@ -109,25 +168,33 @@ impl Run<'_> {
 
     async fn bury(&self, record: &JobRecord, error: &str) -> Result<(), StoreError> {
         let (ctx, entry, raw) = (self.ctx, self.entry, self.stored);
-        persist(ctx, |mut conn| {
-            let max = ctx.settings.jobs.dead_max_len;
-            let fields: Vec<(&str, &[u8])> = vec![
-                ("id", record.id.as_bytes()),
-                ("entry", entry.id.as_bytes()),
-                ("reason", record.reason.unwrap_or_default().as_bytes()),
-                ("error", error.as_bytes()),
-                ("job", raw),
-            ];
-            async move { state::bury(&mut conn, &ctx.keys, &entry.queue, max, &fields).await }
-        })
-        .await
+        ctx.store
+            .persist(|mut conn| {
+                let max = ctx.settings.jobs.dead_max_len;
+                let fields: Vec<(&str, &[u8])> = vec![
+                    ("id", record.id.as_bytes()),
+                    ("entry", entry.id.as_bytes()),
+                    (
+                        "reason",
+                        record
+                            .reason
+                            .map(Reason::as_str)
+                            .unwrap_or_default()
+                            .as_bytes(),
+                    ),
+                    ("error", error.as_bytes()),
+                    ("job", raw),
+                ];
+                async move { state::bury(&mut conn, &ctx.keys, &entry.queue, max, &fields).await }
+            })
+            .await
     }
 
     /// Docker could not be reached before the container started, so nothing of the
     /// job ran: it runs again later (here once the engine answers, or on another
     /// worker) without using up an attempt, at most `worker.docker_retries` times;
     /// after that it ends `docker_error`.
-    pub(super) async fn docker_retry(
+    async fn docker_retry(
         &self,
         mut record: JobRecord,
         job: &Job,
@@ -135,14 +202,16 @@ impl Run<'_> {
     ) -> Result<(), StoreError> {
         let ctx = self.ctx;
         let key = ctx.keys.job(&record.id);
-        let before: Option<u32> = persist(ctx, |mut conn| {
-            let key = &key;
-            async move {
-                use deadpool_redis::redis::AsyncCommands;
-                Ok(conn.hget(key, "docker_retries").await?)
-            }
-        })
-        .await?;
+        let before: Option<u32> = ctx
+            .store
+            .persist(|mut conn| {
+                let key = &key;
+                async move {
+                    use deadpool_redis::redis::AsyncCommands;
+                    Ok(conn.hget(key, "docker_retries").await?)
+                }
+            })
+            .await?;
         let tries = before.unwrap_or(0) + 1;
         let max = ctx.settings.worker.docker_retries;
         if tries > max {
@@ -154,10 +223,12 @@ impl Run<'_> {
         }
         record.attempt = record.attempt.saturating_sub(1);
         record.started_at = None;
-        let full = DOCKER_RETRY_FIRST
-            .saturating_mul(1 << (tries - 1).min(10))
-            .min(DOCKER_RETRY_MAX);
-        let wait = full / 2 + (full / 2).mul_f64(crate::backoff::random_fraction());
+        let wait = backoff::delay(
+            DOCKER_RETRY_FIRST,
+            DOCKER_RETRY_MAX,
+            tries - 1,
+            backoff::random_fraction(),
+        );
         let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
         tracing::warn!(tries, retry_in_ms = wait.as_millis() as u64, error = %error, "Docker unreachable before the job started; it will run again");
         let extra = [("docker_retries", tries.to_string())];
@@ -165,7 +236,7 @@ impl Run<'_> {
     }
 
     /// Puts the job in the scheduled set to run at `at`, then lets go of this entry.
-    pub(super) async fn schedule(
+    async fn schedule(
         &self,
         record: JobRecord,
         at: chrono::DateTime<chrono::Utc>,
@@ -195,54 +266,52 @@ impl Run<'_> {
         extra.extend(more.iter().cloned());
         if self.write(&record, event, &extra).await? {
             let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
-            persist(ctx, |mut conn| async move {
-                queue::schedule::schedule(
-                    &mut conn,
-                    &ctx.keys,
-                    &entry.queue,
-                    raw,
-                    token,
-                    at.timestamp_millis(),
-                )
-                .await
-            })
-            .await?;
+            ctx.store
+                .persist(|mut conn| async move {
+                    queue::schedule::schedule(
+                        &mut conn,
+                        &ctx.keys,
+                        &entry.queue,
+                        raw,
+                        token,
+                        at.timestamp_millis(),
+                    )
+                    .await
+                })
+                .await?;
         }
         ack(self.ctx, self.entry).await
     }
 
     /// Puts the job straight back in its queue (a draining worker), then lets go.
-    pub(super) async fn requeue(&self, record: JobRecord) -> Result<(), StoreError> {
+    async fn requeue(&self, record: JobRecord) -> Result<(), StoreError> {
         let token = queue::new_token();
         if self
             .write(&record, "job.queued", &[("requeue_token", token.clone())])
             .await?
         {
             let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
-            persist(ctx, |mut conn| async move {
-                queue::requeue(&mut conn, &ctx.keys, &entry.queue, raw, token).await
-            })
-            .await?;
+            ctx.store
+                .persist(|mut conn| async move {
+                    queue::requeue(&mut conn, &ctx.keys, &entry.queue, raw, token).await
+                })
+                .await?;
             tracing::info!("job put back in its queue");
         }
         ack(self.ctx, self.entry).await
     }
 }
 
-fn reason_of(text: &str) -> Option<Reason> {
-    [Reason::ExitCode, Reason::Timeout, Reason::WorkerLost]
-        .into_iter()
-        .find(|r| r.as_str() == text)
-}
-
 /// Makes the webhook deliveries of a finished job (idempotent), before its entry is
 /// acknowledged: see `webhook::outbox` for why that order loses nothing.
-pub(super) async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreError> {
+async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreError> {
     let retention = ctx.settings.jobs.retention_seconds;
-    let made = persist(ctx, |mut conn| async move {
-        crate::webhook::outbox::enqueue_for_job(&mut conn, &ctx.keys, job, retention).await
-    })
-    .await?;
+    let made = ctx
+        .store
+        .persist(|mut conn| async move {
+            crate::webhook::outbox::enqueue_for_job(&mut conn, &ctx.keys, job, retention).await
+        })
+        .await?;
     if made > 0 {
         tracing::debug!(deliveries = made, "webhook deliveries made");
         ctx.deliveries_made.notify_one();
@@ -250,11 +319,13 @@ pub(super) async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-pub(super) async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
-    let held = persist(ctx, |mut conn| async move {
-        queue::ack(&mut conn, &ctx.keys, &entry.queue, &entry.id, &ctx.consumer).await
-    })
-    .await?;
+async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
+    let held = ctx
+        .store
+        .persist(|mut conn| async move {
+            queue::ack(&mut conn, &ctx.keys, &entry.queue, &entry.id, &ctx.consumer).await
+        })
+        .await?;
     if !held {
         tracing::warn!("another worker holds this entry now; not acknowledged");
     }

@@ -19,22 +19,31 @@
 //!   finish for up to `worker.drain_seconds`, then stops their containers and puts
 //!   the jobs back in their queues; `stop_now` skips the wait.
 
-mod broadcast;
+// The turn of one entry, in the order its steps run.
+mod admit;
+mod attempt;
 mod ending;
-mod lease;
 mod outcome;
 mod pipeline;
+mod posted;
 mod prepare;
-mod results;
+mod record;
+
+// What the turns share, and the loops beside them.
+mod broadcast;
+mod context;
+mod heartbeat;
+mod images;
 mod running;
+mod takeover;
 mod upkeep;
 
-use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::executor::{ExecError, Executor};
 use crate::queue::{self, Keys, ReadError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::error_chain;
+use context::{reconnect_backoff, sleep_or_cancel, Ctx};
 use running::{Running, StopCause};
 use std::future::Future;
 use std::sync::Arc;
@@ -57,55 +66,6 @@ pub enum WorkerError {
 
 /// How often the orphan sweep runs after the first one at start.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-/// Everything a job's pipeline needs; cheap to clone.
-#[derive(Clone)]
-pub(crate) struct Ctx {
-    pub settings: Arc<Settings>,
-    pub store: Store,
-    pub keys: Keys,
-    pub executor: Executor,
-    pub worker_id: String,
-    /// This process's consumer name: unique, so two workers never share entries.
-    pub consumer: String,
-    pub running: Running,
-    /// Images of jobs from git: the mirror cache and the builds under way.
-    pub images: prepare::Images,
-    /// Serves running jobs' RESPONSE_URL and ABORT_URL (none if it could not start).
-    pub results: Option<Arc<results::ResultsHost>>,
-    /// This deployment's id (`Keys::deployment`), read from Redis when first needed:
-    /// the worker may start before Redis does.
-    deployment: Arc<tokio::sync::OnceCell<String>>,
-    /// Wakes this process's webhook delivery loop when a finished job made deliveries.
-    pub deliveries_made: Arc<tokio::sync::Notify>,
-}
-
-impl Ctx {
-    /// This deployment's id, made by whichever worker asks first (`SET NX`).
-    async fn deployment(&self) -> Result<&str, StoreError> {
-        let id = self
-            .deployment
-            .get_or_try_init(|| async {
-                let mut conn = self.store.conn().await?;
-                let key = self.keys.deployment();
-                let fresh = ulid::Ulid::new().to_string().to_ascii_lowercase();
-                let _: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&fresh)
-                    .arg("NX")
-                    .query_async(&mut conn)
-                    .await?;
-                let id: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-                Ok::<_, StoreError>(id)
-            })
-            .await?;
-        Ok(id)
-    }
-
-    fn lease(&self) -> Duration {
-        Duration::from_secs(self.settings.worker.lease_seconds)
-    }
-}
 
 /// Connects to the Docker engine; an engine that does not answer yet (the host is
 /// still starting it) is waited for, with backoff, like Redis. `None` when
@@ -154,16 +114,17 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     stop_now: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let store = Store::new(&settings)?;
+    let block = Duration::from_millis(settings.worker.block_ms);
+    let store = Store::new(&settings.redis, block, settings.worker.queues.len())?;
     let worker_id = settings.worker_id();
     let consumer = format!("{worker_id}:{}:{}", std::process::id(), ulid::Ulid::new());
     tokio::pin!(shutdown);
     let Some(executor) = connect_docker(&settings, &consumer, &mut shutdown).await? else {
         return Ok(()); // stopped before the engine ever answered
     };
-    let images = prepare::Images::open(&settings, &worker_id, executor.docker().clone())?;
+    let images = images::Images::open(&settings, &worker_id, executor.docker().clone())?;
     let profiles = crate::profile::load_dir(&settings.worker.profiles_dir)?;
-    let results = results::start(&settings, &executor).await.map(Arc::new);
+    let results = posted::start(&settings, &executor).await.map(Arc::new);
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
@@ -189,7 +150,7 @@ pub async fn run_with(
     // Before the first heartbeat: a worker seen alive already reads the broadcasts.
     let broadcast_ready = broadcast::setup(&ctx, &profiles).await;
     let beating = CancellationToken::new();
-    let heartbeat = tokio::spawn(lease::heartbeat(ctx.clone(), info, beating.clone()));
+    let heartbeat = tokio::spawn(heartbeat::run(ctx.clone(), info, beating.clone()));
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -213,7 +174,7 @@ pub async fn run_with(
         token.clone(),
     ));
     chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
-    chores.spawn(lease::reclaimer(
+    chores.spawn(takeover::run(
         ctx.clone(),
         permits.clone(),
         tracker.clone(),
@@ -362,13 +323,6 @@ async fn inbox_loop(ctx: Ctx, queue: String, token: CancellationToken) {
     }
 }
 
-fn reconnect_backoff(settings: &Settings) -> Backoff {
-    Backoff::new(
-        Duration::from_millis(100),
-        Duration::from_millis(settings.worker.reconnect_max_ms),
-    )
-}
-
 fn report_unreachable(e: &StoreError, failures: u32, delay: Duration) {
     // Say it on the first failure and then every tenth, not on every retry.
     if failures == 1 || failures.is_multiple_of(10) {
@@ -378,12 +332,5 @@ fn report_unreachable(e: &StoreError, failures: u32, delay: Duration) {
             retry_in_ms = delay.as_millis() as u64,
             "Redis connection lost; reconnecting"
         );
-    }
-}
-
-async fn sleep_or_cancel(delay: Duration, token: &CancellationToken) {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = token.cancelled() => {}
     }
 }

@@ -112,16 +112,18 @@ pub(super) fn classify(e: &ExecError) -> (Reason, Option<i64>) {
             }
         }
         ExecError::Pull { .. } => (Reason::ImageNotFound, None),
-        ExecError::Connect { .. } | ExecError::Docker { .. } | ExecError::Service { .. } => {
-            (Reason::DockerError, None)
-        }
+        ExecError::Connect { .. }
+        | ExecError::Docker { .. }
+        | ExecError::Service { .. }
+        | ExecError::Local { .. }
+        | ExecError::Unusable(_) => (Reason::DockerError, None),
         ExecError::AfterStart(inner) => classify(inner),
     }
 }
 
 /// Why a non-zero exit ended the job, in words.
 fn exit_message(run: &RunOutcome, memory: u64) -> String {
-    let limit = crate::size::ByteSize(memory);
+    let limit = crate::config::ByteSize(memory);
     if run.oom_killed {
         return format!(
             "the container was killed for running out of memory (OOMKilled, limits.memory = {limit}), exit code {}",

@@ -1,9 +1,8 @@
 //! Background chores of a worker: moving due scheduled jobs, listening for cancel
 //! requests, sweeping orphaned containers, and checking Redis's settings.
 
+use super::context::Ctx;
 use super::running::StopCause;
-use super::Ctx;
-use crate::backoff::Backoff;
 use crate::executor::sweep::Labelled;
 use crate::job::Status;
 use crate::queue;
@@ -45,10 +44,7 @@ pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken)
 /// Stops running jobs named on the cancel channel. Requests missed while this
 /// listener was disconnected are found by the heartbeat in the job hash.
 pub(super) async fn cancel_listener(ctx: Ctx, token: CancellationToken) {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(100),
-        Duration::from_millis(ctx.settings.worker.reconnect_max_ms),
-    );
+    let mut backoff = super::context::reconnect_backoff(&ctx.settings);
     while !token.is_cancelled() {
         let listened: Result<(), StoreError> = async {
             let mut pubsub = ctx.store.pubsub().await?;

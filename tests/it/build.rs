@@ -211,7 +211,6 @@ async fn an_unknown_instruction_gives_the_builders_message() {
             .contains("unknown instruction"),
         "{err}"
     );
-    assert!(!err.is_retryable());
 }
 
 #[tokio::test]

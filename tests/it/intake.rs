@@ -199,7 +199,8 @@ async fn one_worker_serves_several_queues() {
 async fn concurrent_inbox_movers_lose_and_double_nothing() {
     let env = Env::new();
     let settings = env.settings(&["mv"], 1, &[]);
-    let store = dockhand::store::Store::new(&settings).unwrap();
+    let block = std::time::Duration::from_millis(settings.worker.block_ms);
+    let store = dockhand::store::Store::new(&settings.redis, block, 1).unwrap();
     let mut c = env.conn().await;
     let n = 2000;
     for i in 0..n {

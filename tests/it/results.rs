@@ -3,7 +3,7 @@
 //! refusal a job can meet. Raw `TcpStream` requests, so each test says exactly
 //! what went over the wire. No Redis, no Docker.
 
-use dockhand::results::{PostKind, Posted, Registration, ResultServer};
+use dockhand::result_server::{PostKind, Posted, Registration, ResultServer};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -306,7 +306,7 @@ async fn bodies_over_the_limits_are_refused_with_413() {
     // A declared length over the cap is refused before any of the body is read;
     // a client waiting for 100 Continue is never asked to send it.
     let (addr, path) = split(reg.response_url());
-    let cap = limit + dockhand::results::FIELDS_BYTES;
+    let cap = limit + dockhand::result_server::FIELDS_BYTES;
     let head = format!(
         "POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue",
         cap + 1

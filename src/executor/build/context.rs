@@ -16,7 +16,7 @@
 //!   its own with an intermediate container, about a second each.
 
 use super::dockerignore::DockerIgnore;
-use super::BuildError;
+use super::error::BuildError;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io;

@@ -1,14 +1,13 @@
-//! A job's result URLs (contract section 7): opened before its container starts,
-//! read after it exits. A POST to `RESPONSE_URL` completes the job with the posted
+//! What a job posts to its result URLs (contract section 7): the URLs are opened
+//! before its container starts, and what was posted is applied after it exits. A POST to `RESPONSE_URL` completes the job with the posted
 //! result whatever its exit code (which is still recorded); a POST to `ABORT_URL`
 //! aborts it with reason `aborted_by_job`. A timeout or a cancel still wins.
 
-use super::Ctx;
 use crate::config::Settings;
 use crate::executor::Executor;
-use crate::job::{Job, Reason, Status};
+use crate::job::{Job, Reason};
 use crate::logs::LogSender;
-use crate::results::{PostKind, Posted, Registration, ResultServer};
+use crate::result_server::{PostKind, Posted, Registration, ResultServer};
 use crate::state::{FileInfo, JobRecord};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -58,28 +57,30 @@ pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<Re
     }
 }
 
-/// For a job with a network: moves it onto the results network (for `bridge`),
-/// opens its two URLs and puts them in its environment.
-pub(super) fn open(ctx: &Ctx, job: &mut Job) -> Option<Registration> {
-    let host = ctx.results.as_ref()?;
-    if job.network == "none" {
-        return None;
-    }
-    if let (true, Some(id)) = (job.network == "bridge", &host.network) {
-        job.network = id.clone();
-    }
-    let urls = match host.server.register(&job.id, job.limits.output_bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs for this job");
+impl ResultsHost {
+    /// For a job with a network: moves it onto the results network (for `bridge`),
+    /// opens its two URLs and puts them in its environment.
+    pub(super) fn open(&self, job: &mut Job) -> Option<Registration> {
+        let host = self;
+        if job.network == "none" {
             return None;
         }
-    };
-    job.env
-        .insert("RESPONSE_URL".into(), urls.response_url().to_string());
-    job.env
-        .insert("ABORT_URL".into(), urls.abort_url().to_string());
-    Some(urls)
+        if let (true, Some(id)) = (job.network == "bridge", &host.network) {
+            job.network = id.clone();
+        }
+        let urls = match host.server.register(&job.id, job.limits.output_bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs for this job");
+                return None;
+            }
+        };
+        job.env
+            .insert("RESPONSE_URL".into(), urls.response_url().to_string());
+        job.env
+            .insert("ABORT_URL".into(), urls.abort_url().to_string());
+        Some(urls)
+    }
 }
 
 /// Applies what the job posted to its record and files.
@@ -89,7 +90,7 @@ pub(super) async fn apply(
     posted: Posted,
     log: &LogSender,
 ) {
-    let overruled = matches!(record.reason, Some(r) if r == Reason::Timeout.as_str() || r == Reason::Cancelled.as_str());
+    let overruled = matches!(record.reason, Some(Reason::Timeout | Reason::Cancelled));
     if overruled {
         log.system(
             "a result was posted, but the job timed out or was cancelled: the post is ignored",
@@ -125,7 +126,5 @@ pub(super) async fn apply(
             record.abort(Reason::AbortedByJob, why);
         }
     }
-    debug_assert!(
-        record.status == Status::Completed.as_str() || record.status == Status::Aborted.as_str()
-    );
+    debug_assert!(record.status.is_terminal());
 }

@@ -100,7 +100,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::PostKind;
+    use crate::result_server::PostKind;
 
     fn posted(text: &str) -> Posted {
         Posted {

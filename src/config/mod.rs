@@ -6,12 +6,28 @@
 //! the Redis URL from `REDIS_URL` / `--redis-url`. [`Settings::validate`] rejects
 //! values that would only fail later, so a bad config stops the process at start.
 
-use crate::size::ByteSize;
+mod network;
+mod size;
+
+pub use network::{Network, NetworkError};
 use serde::Deserialize;
+pub use size::ByteSize;
 use std::path::Path;
 
 /// The default configuration, the same text as `config/default.toml`.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// The most log lines a job's webhook body may carry (`webhooks.log_tail_lines`).
+pub const MAX_LOG_TAIL_LINES: usize = 200;
+
+/// A queue name (and the key prefix): `[A-Za-z0-9_.-]{1,64}`, so that it can sit
+/// inside a Redis key's `{hash tag}` and a consumer group name as it is.
+pub fn is_valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,8 +54,9 @@ pub struct WebhookSettings {
     pub timeout_seconds: u64,
     #[serde(deserialize_with = "one_or_many")]
     pub retry_schedule_seconds: Vec<u64>,
+    /// Non-public networks that deliveries may reach all the same.
     #[serde(deserialize_with = "one_or_many")]
-    pub allow_networks: Vec<String>,
+    pub allow_networks: Vec<Network>,
     pub rotation_overlap_seconds: u64,
     pub log_tail_lines: usize,
     pub concurrency: usize,
@@ -269,7 +286,7 @@ impl Settings {
     /// Rejects values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("`{key}` {why}")));
-        if !crate::job::is_valid_queue_name(&self.redis.prefix) {
+        if !is_valid_queue_name(&self.redis.prefix) {
             return bad(
                 "redis.prefix",
                 "must be 1-64 characters of A-Z a-z 0-9 _ . -",
@@ -279,7 +296,7 @@ impl Settings {
             return bad("worker.queues", "must name at least one queue");
         }
         for q in &self.worker.queues {
-            if !crate::job::is_valid_queue_name(q) {
+            if !is_valid_queue_name(q) {
                 return bad("worker.queues", &format!("has an invalid queue name {q:?}"));
             }
         }
@@ -308,14 +325,12 @@ impl Settings {
         {
             return bad("jobs.limits", "has a default above its maximum");
         }
-        if let Err(e) = crate::webhook::Guard::new(&self.webhooks.allow_networks) {
-            return bad("webhooks.allow_networks", &e.to_string());
-        }
         if !self.results.bind.is_empty() && self.results.bind.parse::<std::net::IpAddr>().is_err() {
             return bad("results.bind", "must be empty or an IP address");
         }
-        if self.webhooks.log_tail_lines > crate::logs::TAIL_LINES {
-            return bad("webhooks.log_tail_lines", "must be at most 200");
+        if self.webhooks.log_tail_lines > MAX_LOG_TAIL_LINES {
+            let most = format!("must be at most {MAX_LOG_TAIL_LINES}");
+            return bad("webhooks.log_tail_lines", &most);
         }
         if self.webhooks.concurrency == 0 || self.webhooks.timeout_seconds == 0 {
             return bad(

@@ -1,25 +1,27 @@
-//! The heartbeat (liveness key, lease renewal, cancel checks, fencing) and the
-//! reclaimer (taking over what dead workers left).
+//! The heartbeat: every third of a lease, the worker's liveness key is renewed,
+//! with the leases of the entries it runs, and cancel requests missed on pub/sub
+//! are looked up.
+//!
+//! Invariant: a worker that cannot renew for longer than a whole lease stops
+//! every running job (fencing): another worker may own them by now. The Redis
+//! side of leases is `queue::lease`.
 
+use super::context::Ctx;
 use super::running::StopCause;
-use super::Ctx;
 use crate::queue::lease;
 use crate::state;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Renews the lease every third of it until `done`. If renewing fails for longer
 /// than the lease, every running job is stopped: another worker may own it by now.
 /// `info` describes the process; each beat adds how it is now (`docker`: `ok` or
 /// `unreachable`, `running`: its jobs, `beat_at`), so `dockhand workers` tells a
 /// worker that is alive but cannot run anything.
-pub(super) async fn heartbeat(ctx: Ctx, info: serde_json::Value, done: CancellationToken) {
+pub(super) async fn run(ctx: Ctx, info: serde_json::Value, done: CancellationToken) {
     let lease = ctx.lease();
     let every = (lease / 3).max(Duration::from_millis(100));
     let mut last_ok = Instant::now();
@@ -87,80 +89,6 @@ async fn beat(ctx: &Ctx, info: &str) -> Result<(), StoreError> {
     {
         if asked && ctx.running.stop_job(id, StopCause::Cancelled) {
             tracing::info!(job_id = %id, "cancel requested");
-        }
-    }
-    Ok(())
-}
-
-/// Takes over entries whose worker died, while this worker has free permits.
-pub(super) async fn reclaimer(
-    ctx: Ctx,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    token: CancellationToken,
-) {
-    let lease_ms = ctx.lease().as_millis() as u64;
-    let every = (ctx.lease() / 2).max(Duration::from_millis(200));
-    while !token.is_cancelled() {
-        // Taking a dead worker's job while Docker does not answer could only fail it.
-        tokio::select! {
-            _ = ctx.executor.until_reachable() => {}
-            _ = token.cancelled() => return,
-        }
-        if let Err(e) = reclaim_once(&ctx, &permits, &tracker, lease_ms).await {
-            tracing::debug!(error = %error_chain(&e), "reclaim pass failed");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = token.cancelled() => return,
-        }
-    }
-}
-
-async fn reclaim_once(
-    ctx: &Ctx,
-    permits: &Arc<Semaphore>,
-    tracker: &TaskTracker,
-    lease_ms: u64,
-) -> Result<(), StoreError> {
-    let mut conn = ctx.store.conn().await?;
-    for queue in &ctx.settings.worker.queues {
-        let running = |id: &str| ctx.running.is_running(id);
-        for orphan in lease::orphans(
-            &mut conn,
-            &ctx.keys,
-            queue,
-            lease_ms,
-            16,
-            &ctx.consumer,
-            running,
-        )
-        .await?
-        {
-            // Wait for a permit: an idle worker's claim loop holds one while it blocks
-            // on a read, and hands it over (the semaphore is fair) within worker.block_ms.
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            if let Some(entry) = lease::take_over(
-                &mut conn,
-                &ctx.keys,
-                queue,
-                &ctx.consumer,
-                lease_ms,
-                &orphan,
-            )
-            .await?
-            {
-                tracing::warn!(entry = %entry.id, queue = %queue, dead_worker = %orphan.owner, "taking over a job whose worker is gone");
-                let registration = ctx.running.register(queue, &entry.id);
-                tracker.spawn(super::pipeline::run(
-                    ctx.clone(),
-                    entry,
-                    registration,
-                    permit,
-                ));
-            }
         }
     }
     Ok(())

@@ -192,10 +192,6 @@ impl Registration {
         &self.abort_url
     }
 
-    pub fn job_id(&self) -> &str {
-        &self.job_id
-    }
-
     /// What the job posted, once: later calls return `None`, and the URLs keep
     /// answering 409 to further POSTs until the registration is dropped.
     pub fn take(&self) -> Option<Posted> {

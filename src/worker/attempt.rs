@@ -1,0 +1,221 @@
+//! Steps two to five of a claimed entry's turn, for a job that runs now: prepare
+//! its image, run its container, conclude how it went, and record it. Returns how
+//! the turn ends; nothing here acknowledges the entry.
+//!
+//! Invariants:
+//! - The job's log writer starts before any build, so the build's lines and the
+//!   run's share one `seq`; it is closed (every line stored) before the record is
+//!   finished, so the record's log tail and lost-line count are final.
+//! - A state is written only while this entry owns the job; when it no longer
+//!   does, the attempt stops there ([`Ending::NotOwned`]).
+//! - A stop asked for by a drain or a lost lease sends the job back to its queue;
+//!   a cancel ends it `cancelled`.
+
+use super::context::Ctx;
+use super::ending::{Ending, Turn};
+use super::outcome::conclude;
+use super::prepare::{self, Failure};
+use super::record;
+use super::running::{Registration, StopCause};
+use crate::executor::{ExecError, RunContext, RunOutcome};
+use crate::job::{Job, Reason, Status};
+use crate::logs::{self, LogSender, LogSummary, Mask};
+use crate::state::{self, JobRecord};
+use crate::store::StoreError;
+use crate::telemetry::error_chain;
+use tokio::task::JoinHandle;
+
+/// One attempt of a job this worker owns.
+pub(super) async fn attempt(
+    turn: &Turn<'_>,
+    registration: &Registration,
+    mut record: JobRecord,
+    job: Box<Job>,
+) -> Result<Ending, StoreError> {
+    let ctx = turn.ctx;
+    record.attempt += 1;
+    record.started_at = Some(crate::time::now());
+    record.finished_at = None;
+    record.worker = Some(ctx.worker_id.clone());
+    let log = JobLog::start(ctx, &job);
+    let prepared = image(turn, registration, record, job, &log.sender).await?;
+    let (mut record, mut job) = match prepared {
+        Ok(ready) => ready,
+        Err(ending) => {
+            log.close().await;
+            return Ok(ending);
+        }
+    };
+
+    record.set_status(Status::Running);
+    record.image = Some(job.image.clone());
+    if !turn.write(&record, "job.started", &[]).await? {
+        log.close().await;
+        return Ok(Ending::NotOwned);
+    }
+    tracing::info!(image = %job.image, attempt = record.attempt, "job started");
+    // Result URLs, for a job that has a network to reach them on.
+    let urls = ctx.results.as_ref().and_then(|host| host.open(&mut job));
+    let outcome = run(ctx, turn, registration, &job, &record, &log.sender).await?;
+    if let Some(error) = not_started(&outcome, registration) {
+        log.sender
+            .system(format!("{error}; nothing of the job ran"))
+            .await;
+        log.close().await;
+        return Ok(Ending::DockerRetry { record, job, error });
+    }
+    let stopped = outcome.as_ref().is_ok_and(|o| o.stopped);
+    let mut files = conclude(&mut record, &job, outcome, &log.sender).await;
+    if let Some(posted) = urls.and_then(|u| u.take()) {
+        super::posted::apply(&mut record, &mut files, posted, &log.sender).await;
+    }
+    let cause = if stopped { registration.cause() } else { None };
+    if let Some(cause) = cause {
+        log.sender.system(record::why_stopped(cause)).await;
+    }
+    let mask = log.mask.clone();
+    let summary = log.close().await;
+    record::close(
+        &mut record,
+        &summary,
+        &mask,
+        ctx.settings.webhooks.log_tail_lines,
+    );
+
+    match cause {
+        // Fenced: if another worker has taken the job over, every write and the
+        // ack are refused by the ownership checks, and the job is left to it. If
+        // nobody took it (Redis was just away), the job goes back to its queue.
+        Some(StopCause::Drain | StopCause::Fenced) => {
+            return Ok(Ending::Requeue(record::requeued(record)))
+        }
+        Some(StopCause::Cancelled) => record.abort(Reason::Cancelled, "cancelled by request"),
+        None => {}
+    }
+    ctx.store
+        .persist(|mut conn| {
+            let (keys, files, id) = (&ctx.keys, &files, &record.id);
+            async move { state::store_files(&mut conn, keys, id, files).await }
+        })
+        .await?;
+    Ok(Ending::Finish(record, job))
+}
+
+/// Step two: a job from `git` gets its image (status `building` meanwhile). A
+/// job that names an image has it already. `Err` ends the turn: the image could
+/// not be had, the job was stopped, or another worker owns it now.
+async fn image(
+    turn: &Turn<'_>,
+    registration: &Registration,
+    mut record: JobRecord,
+    mut job: Box<Job>,
+    log: &LogSender,
+) -> Result<Result<(JobRecord, Box<Job>), Ending>, StoreError> {
+    if job.git.is_none() {
+        return Ok(Ok((record, job)));
+    }
+    let ctx = turn.ctx;
+    record.set_status(Status::Building);
+    if !turn.write(&record, "", &[]).await? {
+        return Ok(Err(Ending::NotOwned));
+    }
+    let prepared = tokio::select! {
+        prepared = prepare::git_image(&ctx.images, &mut job, &mut record, log) => Some(prepared),
+        _ = registration.stop.cancelled() => None,
+    };
+    let failure = match prepared {
+        Some(Ok(())) => return Ok(Ok((record, job))),
+        Some(Err(failure)) => failure,
+        // As after a run: back to the queue, unless another worker has the job
+        // now (then the ownership checks refuse the writes and the ack).
+        None if matches!(
+            registration.cause(),
+            Some(StopCause::Drain | StopCause::Fenced)
+        ) =>
+        {
+            record.set_status(Status::Queued);
+            return Ok(Err(Ending::Requeue(record)));
+        }
+        None => Failure {
+            reason: Reason::Cancelled,
+            message: "cancelled by request while the image was being prepared".into(),
+            docker_unreachable: false,
+        },
+    };
+    if failure.docker_unreachable {
+        ctx.executor.mark_unreachable(&failure.message);
+        log.system(format!("{}; nothing of the job ran", failure.message))
+            .await;
+        let error = failure.message;
+        return Ok(Err(Ending::DockerRetry { record, job, error }));
+    }
+    log.system(failure.message.clone()).await;
+    record.abort(failure.reason, failure.message);
+    Ok(Err(Ending::Finish(record, job)))
+}
+
+/// Step three: the container, from create to remove.
+async fn run(
+    ctx: &Ctx,
+    turn: &Turn<'_>,
+    registration: &Registration,
+    job: &Job,
+    record: &JobRecord,
+    log: &LogSender,
+) -> Result<Result<RunOutcome, ExecError>, StoreError> {
+    let deployment = ctx.deployment().await?;
+    let context = RunContext {
+        attempt: record.attempt,
+        logs: log,
+        stop: &registration.stop,
+        entry: &turn.entry.id,
+        deployment,
+    };
+    Ok(ctx.executor.run(job, context).await)
+}
+
+/// Why the container never started, when the reason is that Docker did not
+/// answer (so the job may run again without using up an attempt).
+fn not_started(
+    outcome: &Result<RunOutcome, ExecError>,
+    registration: &Registration,
+) -> Option<String> {
+    match outcome {
+        Err(e) if e.is_transient() && !e.after_start() && !registration.stop.is_cancelled() => {
+            Some(error_chain(e))
+        }
+        _ => None,
+    }
+}
+
+/// The job's log writer, and what closing it waits for.
+struct JobLog {
+    sender: LogSender,
+    writer: JoinHandle<LogSummary>,
+    mask: Mask,
+}
+
+impl JobLog {
+    fn start(ctx: &Ctx, job: &Job) -> JobLog {
+        let mask = logs::Mask::new(job.secret_env.values());
+        let (sender, writer) = logs::spawn_writer(
+            ctx.store.clone(),
+            ctx.keys.clone(),
+            job.id.clone(),
+            job.limits.log_bytes,
+            ctx.settings.webhooks.log_tail_lines,
+            mask.clone(),
+        );
+        JobLog {
+            sender,
+            writer,
+            mask,
+        }
+    }
+
+    /// Waits until every line sent is stored and published.
+    async fn close(self) -> LogSummary {
+        drop(self.sender);
+        self.writer.await.unwrap_or_default()
+    }
+}

@@ -1,0 +1,90 @@
+//! Taking over what dead workers left: entries pending under a consumer whose
+//! liveness key has expired are claimed by this worker, while it has free
+//! permits, and run through the pipeline like a fresh claim.
+//!
+//! Invariant: an entry is taken over only with a permit in hand, so a busy
+//! worker leaves a dead worker's jobs to idle ones.
+
+use super::context::Ctx;
+use crate::queue::lease;
+use crate::store::StoreError;
+use crate::telemetry::error_chain;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Takes over entries whose worker died, while this worker has free permits.
+pub(super) async fn run(
+    ctx: Ctx,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+) {
+    let lease_ms = ctx.lease().as_millis() as u64;
+    let every = (ctx.lease() / 2).max(Duration::from_millis(200));
+    while !token.is_cancelled() {
+        // Taking a dead worker's job while Docker does not answer could only fail it.
+        tokio::select! {
+            _ = ctx.executor.until_reachable() => {}
+            _ = token.cancelled() => return,
+        }
+        if let Err(e) = reclaim_once(&ctx, &permits, &tracker, lease_ms).await {
+            tracing::debug!(error = %error_chain(&e), "reclaim pass failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+async fn reclaim_once(
+    ctx: &Ctx,
+    permits: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    lease_ms: u64,
+) -> Result<(), StoreError> {
+    let mut conn = ctx.store.conn().await?;
+    for queue in &ctx.settings.worker.queues {
+        let running = |id: &str| ctx.running.is_running(id);
+        for orphan in lease::orphans(
+            &mut conn,
+            &ctx.keys,
+            queue,
+            lease_ms,
+            16,
+            &ctx.consumer,
+            running,
+        )
+        .await?
+        {
+            // Wait for a permit: an idle worker's claim loop holds one while it blocks
+            // on a read, and hands it over (the semaphore is fair) within worker.block_ms.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            if let Some(entry) = lease::take_over(
+                &mut conn,
+                &ctx.keys,
+                queue,
+                &ctx.consumer,
+                lease_ms,
+                &orphan,
+            )
+            .await?
+            {
+                tracing::warn!(entry = %entry.id, queue = %queue, dead_worker = %orphan.owner, "taking over a job whose worker is gone");
+                let registration = ctx.running.register(queue, &entry.id);
+                tracker.spawn(super::pipeline::run(
+                    ctx.clone(),
+                    entry,
+                    registration,
+                    permit,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
