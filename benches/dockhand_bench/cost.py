@@ -9,16 +9,14 @@ created_at, and the CPU the worker and redis-server used per job.
 """
 
 import subprocess
-import sys
 import time
 
-from .harness import CpuMeter, dist, hget_str, median, ms, parse_ts
-
+from .harness import TERMINAL_STATUSES, CpuMeter, dist, fmt_dist, fmt_ratio, hget_str, median, ms, parse_ts, progress, progress_done
 
 
 def run_docker(image, timeout):
     """One `docker run --rm --network none IMAGE true`: (seconds, None) or (None, error)."""
-    cmd = ["docker", "run", "--rm", "--network", "none", bench.args.image, "true"]
+    cmd = ["docker", "run", "--rm", "--network", "none", image, "true"]
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=timeout)
@@ -30,21 +28,14 @@ def run_docker(image, timeout):
     return t1 - t0, None
 
 
-
 def run_dockhand_job(bench, pubsub, job_id, command, timeout):
     """Submit, wait for the terminal event. (seconds, event type, hash)."""
-    while pubsub.get_message(timeout=0):  # drop anything left over
-        pass
-    spec = {"id": job_id, "image": bench.args.image, "command": command}
-    t0 = time.perf_counter()
-    bench.submit(spec)
-    t1, kind = bench.wait_events(pubsub, job_id, ("job.completed", "job.aborted"), timeout)
-    h = bench.r.hgetall(bench.job_key(job_id))
-    if t1 is None and hget_str(h, "status") in ("completed", "aborted"):
+    x = bench.run_spec(pubsub, {"id": job_id, "image": bench.args.image, "command": command}, timeout)
+    kind, h = x["kind"], x["hash"]
+    if x["total_s"] is None and hget_str(h, "status") in TERMINAL_STATUSES:
         # Finished but the event was not seen: say so, do not count the time.
         kind = "no-event:" + hget_str(h, "status")
-    return (None if t1 is None else t1 - t0), kind, h
-
+    return x["total_s"], kind, h
 
 
 def run(bench):
@@ -96,14 +87,12 @@ def run(bench):
                         res["docker_failures"].append(err)
                     else:
                         res["docker_run_s"].append(dt)
-            if not warm and a.progress:
-                n = i - a.warmup + 1
-                print(f"    a: {n}/{a.jobs}", file=sys.stderr, end="\r", flush=True)
+            if not warm:
+                progress(a, f"a: {i - a.warmup + 1}/{a.jobs}")
         res["cpu"] = cpu.stop()
     finally:
         ps.close()
-    if a.progress:
-        print(file=sys.stderr)
+    progress_done(a)
     dm, bm = median(res["dockhand_latency_s"]), median(res["docker_run_s"])
     res["dockhand"] = dist(res["dockhand_latency_s"])
     res["docker"] = dist(res["docker_run_s"])
@@ -118,26 +107,17 @@ def run(bench):
     return res
 
 
-
 def summary(out):
     a = out.get("a")
     if not a:
         return []
-    L = []
-    L.append("")
+    L = [""]
     L.append(f"a. Cost per container job (`true`, {a['jobs']} each, sequential, interleaved)")
     d, b = a["dockhand"] or {}, a["docker"] or {}
+    L.append(f"  dockhand submit -> terminal event   {fmt_dist(d)}")
+    L.append(f"  docker run --rm --network none      {fmt_dist(b)}")
     L.append(
-        f"  dockhand submit -> terminal event   median {ms(d.get('median'))}"
-        f"  (p10 {ms(d.get('p10'))}, p90 {ms(d.get('p90'))}, n={d.get('n', 0)})"
-    )
-    L.append(
-        f"  docker run --rm --network none      median {ms(b.get('median'))}"
-        f"  (p10 {ms(b.get('p10'))}, p90 {ms(b.get('p90'))}, n={b.get('n', 0)})"
-    )
-    r = a["ratio_median"]
-    L.append(
-        f"  ratio dockhand / docker (medians)   {'n/a' if r is None else f'{r:.2f}x'}"
+        f"  ratio dockhand / docker (medians)   {fmt_ratio(a['ratio_median'])}"
         f"  (difference {ms(a['overhead_median_s'])})"
     )
     hr, hp = a["hash_run"] or {}, a["hash_pickup"] or {}

@@ -14,12 +14,10 @@ removed by tag afterwards.
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
-from .harness import Fatal, dist, hget_str, median, ms, run_quiet
-
+from .harness import Fatal, dist, fmt_dist, fmt_ratio, hget_str, median, ms, progress, progress_done, run_quiet
 
 
 def git(repo, *args):
@@ -30,14 +28,12 @@ def git(repo, *args):
         raise Fatal(f"git {' '.join(args)} failed: {p.stderr.strip()}")
     return p.stdout.strip()
 
-
 def commit_hello(repo, text):
     with open(os.path.join(repo, "hello.txt"), "w") as f:
         f.write(text + "\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", text)
     return git(repo, "rev-parse", "HEAD")
-
 
 def run(bench):
     a = bench.args
@@ -88,10 +84,8 @@ def run(bench):
                     res[key].append(x["total_s"])
                 if which == "git" and hget_str(x["hash"], "image"):
                     made_images.add(hget_str(x["hash"], "image"))
-            if a.progress:
-                print(f"    e: cache {i + 1}/{a.git_jobs}", file=sys.stderr, end="\r", flush=True)
-        if a.progress:
-            print(file=sys.stderr)
+            progress(a, f"e: cache {i + 1}/{a.git_jobs}")
+        progress_done(a)
         # Logs of one cached job: did it say "is cached"?
         logk = f"{bench.prefix}:job:bench-{bench.run_tag}-git-0:log"
         lines = [f.get(b"line", b"").decode(errors="replace") for _, f in bench.r.xrange(logk, count=50)]
@@ -129,10 +123,8 @@ def run(bench):
                         res["failures"].append({"which": "docker build", "i": i, "error": p.stderr.strip()[:300]})
                     else:
                         res["docker_build_s"].append(dt)
-            if a.progress:
-                print(f"    e: build {i + 1}/{a.git_builds}", file=sys.stderr, end="\r", flush=True)
-        if a.progress:
-            print(file=sys.stderr)
+            progress(a, f"e: build {i + 1}/{a.git_builds}")
+        progress_done(a)
     finally:
         ps.close()
         removed = []
@@ -158,27 +150,30 @@ def run(bench):
     return res
 
 
+def fmt_range(d):
+    """A `dist` dict (or {}) as 'median X  (min X, max X, n=N)' in ms."""
+    return f"median {ms(d.get('median'))}  (min {ms(d.get('min'))}, max {ms(d.get('max'))}, n={d.get('n', 0)})"
+
 
 def summary(out):
     e = out.get("e")
     if not e:
         return []
-    L = []
-    L.append("")
-    L.append(f"e. Jobs from git (file:// repo, Dockerfile FROM the busybox image + COPY)")
+    L = [""]
+    L.append("e. Jobs from git (file:// repo, Dockerfile FROM the busybox image + COPY)")
     if e.get("warm_s") is not None:
         L.append(f"  warm-up job (builds)                 {ms(e['warm_s'])}  status {e.get('warm_status')}")
     g, im = e.get("git_cached") or {}, e.get("image") or {}
-    L.append(f"  cached git job, submit -> terminal   median {ms(g.get('median'))}  (p10 {ms(g.get('p10'))}, p90 {ms(g.get('p90'))}, n={g.get('n', 0)})"
+    L.append(f"  cached git job, submit -> terminal   {fmt_dist(g)}"
              f"; said 'is cached': {e.get('cached_job_said_cached')}, build lines {e.get('cached_job_build_lines')}")
-    L.append(f"  image job `cat /etc/hostname`        median {ms(im.get('median'))}  (p10 {ms(im.get('p10'))}, p90 {ms(im.get('p90'))}, n={im.get('n', 0)})")
+    L.append(f"  image job `cat /etc/hostname`        {fmt_dist(im)}")
     cr = e.get("cache_ratio")
-    L.append(f"  ratio cached git / image (medians)   {'n/a' if cr is None else f'{cr:.2f}x'}  (goal <= 1.1)")
+    L.append(f"  ratio cached git / image (medians)   {fmt_ratio(cr)}  (goal <= 1.1)")
     db, kb, dt = e.get("dockhand_build") or {}, e.get("docker_build") or {}, e.get("dockhand_build_total") or {}
-    L.append(f"  dockhand build, submit -> running    median {ms(db.get('median'))}  (min {ms(db.get('min'))}, max {ms(db.get('max'))}, n={db.get('n', 0)});"
+    L.append(f"  dockhand build, submit -> running    {fmt_range(db)};"
              f" to terminal {ms(dt.get('median'))}")
-    L.append(f"  DOCKER_BUILDKIT=0 docker build       median {ms(kb.get('median'))}  (min {ms(kb.get('min'))}, max {ms(kb.get('max'))}, n={kb.get('n', 0)})")
+    L.append(f"  DOCKER_BUILDKIT=0 docker build       {fmt_range(kb)}")
     br = e.get("build_ratio")
-    L.append(f"  ratio dockhand / docker build        {'n/a' if br is None else f'{br:.2f}x'}")
+    L.append(f"  ratio dockhand / docker build        {fmt_ratio(br)}")
     L.append(f"  images made / removed                {len(e.get('images_made', []))} / {e.get('images_removed')}")
     return L

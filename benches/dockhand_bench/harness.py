@@ -20,6 +20,10 @@ import threading
 import time
 from datetime import datetime, timezone
 
+TERMINAL_STATUSES = ("completed", "aborted")
+TERMINAL_EVENTS = ("job.completed", "job.aborted")
+
+
 class Fatal(Exception):
     """The set-up is not usable (no worker, no Redis, no subscription): exit 2."""
 
@@ -85,9 +89,33 @@ def fmt_mib(kib):
     return "n/a" if kib is None else f"{kib / 1024.0:.1f} MiB"
 
 
+def fmt_dist(d):
+    """A `dist` dict (or {}) as 'median X  (p10 X, p90 X, n=N)' in ms."""
+    return (
+        f"median {ms(d.get('median'))}"
+        f"  (p10 {ms(d.get('p10'))}, p90 {ms(d.get('p90'))}, n={d.get('n', 0)})"
+    )
+
+
+def fmt_ratio(r):
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
 def hget_str(h, k):
     v = h.get(k.encode()) if h else None
     return v.decode() if v is not None else None
+
+
+def progress(args, msg):
+    """A progress counter on stderr (overwritten by the next), unless --no-progress."""
+    if args.progress:
+        print(f"    {msg}", file=sys.stderr, end="\r", flush=True)
+
+
+def progress_done(args):
+    """Ends a line of progress counters."""
+    if args.progress:
+        print(file=sys.stderr)
 
 
 def step(msg):
@@ -286,23 +314,32 @@ class Bench:
     def job_key(self, job_id):
         return f"{self.prefix}:job:{job_id}"
 
+    def stream_key(self, queue):
+        """The jobs stream of `queue`."""
+        return f"{self.prefix}:{{{queue}}}:jobs"
+
     def check_worker(self):
         if self.args.worker_pid and not os.path.exists(f"/proc/{self.args.worker_pid}"):
             raise Fatal(f"the worker (pid {self.args.worker_pid}) is gone")
 
-    def submit(self, spec):
-        self.r.xadd(self.jobs_key, {"job": json.dumps(spec)})
+    def submit(self, spec, stream=None):
+        """XADD of one job spec to `stream` (default: the queue of --queue)."""
+        self.r.xadd(stream or self.jobs_key, {"job": json.dumps(spec)})
 
-    def wait_terminal_poll(self, job_id, timeout):
-        """Polls the job hash until completed/aborted; returns the hash or None."""
+    def poll_status(self, job_id, statuses, timeout, interval, check_worker=False):
+        """Polls the job hash until its status is one of `statuses`: (hash, True),
+        or (the last hash read, False) after `timeout` s. With check_worker, a
+        gone --worker-pid raises Fatal."""
         deadline = time.monotonic() + timeout
+        h = {}
         while time.monotonic() < deadline:
             h = self.r.hgetall(self.job_key(job_id))
-            if hget_str(h, "status") in ("completed", "aborted"):
-                return h
-            self.check_worker()
-            time.sleep(0.1)
-        return None
+            if hget_str(h, "status") in statuses:
+                return h, True
+            if check_worker:
+                self.check_worker()
+            time.sleep(interval)
+        return h, False
 
     # -- events --------------------------------------------------------------
 
@@ -338,22 +375,24 @@ class Bench:
                 return time.perf_counter(), ev["type"]
         return None, None
 
-    def run_spec(self, pubsub, spec, timeout, want_started=False):
-        """Submit `spec` (which has an id), wait for job.started (optional) and the
-        terminal event. Returns dict(total_s, started_s, kind, hash)."""
-        while pubsub.get_message(timeout=0):
+    def run_spec(self, pubsub, spec, timeout, want_started=False, stream=None):
+        """Submit `spec` (which has an id) to `stream` (default: --queue's), wait
+        for job.started (optional) and the terminal event. Returns dict(total_s,
+        started_s, kind, hash): seconds from just before the XADD to the events'
+        arrival, the terminal event's type (None on timeout), the job hash after."""
+        while pubsub.get_message(timeout=0):  # drop anything left over
             pass
         jid = spec["id"]
         t0 = time.perf_counter()
-        self.submit(spec)
+        self.submit(spec, stream)
         started_s = None
         if want_started:
-            t, kind = self.wait_events(pubsub, jid, ("job.started", "job.completed", "job.aborted"), timeout)
+            t, kind = self.wait_events(pubsub, jid, ("job.started",) + TERMINAL_EVENTS, timeout)
             if kind == "job.started":
                 started_s = t - t0
-                t, kind = self.wait_events(pubsub, jid, ("job.completed", "job.aborted"), timeout)
+                t, kind = self.wait_events(pubsub, jid, TERMINAL_EVENTS, timeout)
         else:
-            t, kind = self.wait_events(pubsub, jid, ("job.completed", "job.aborted"), timeout)
+            t, kind = self.wait_events(pubsub, jid, TERMINAL_EVENTS, timeout)
         h = self.r.hgetall(self.job_key(jid))
         return {"total_s": None if t is None else t - t0, "started_s": started_s, "kind": kind, "hash": h}
 

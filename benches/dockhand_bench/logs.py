@@ -16,15 +16,13 @@ import threading
 import time
 import urllib.parse
 
-from .harness import CpuMeter, Fatal, fmt_mib, hget_str, parse_ts
+from .harness import TERMINAL_STATUSES, CpuMeter, Fatal, fmt_mib, hget_str, parse_ts
 
 PAGE = 10000  # XRANGE page size when reading the stored log back
 
 
-
 class Incomplete(Exception):
     pass
-
 
 
 def _parse(buf, pos):
@@ -58,7 +56,6 @@ def _parse(buf, pos):
     if t == 0x2D:  # '-' error
         raise RuntimeError("Redis error: " + bytes(buf[pos + 1 : end]).decode(errors="replace"))
     raise RuntimeError(f"unexpected RESP type byte {t!r}")
-
 
 
 class LogSubscriber(threading.Thread):
@@ -243,7 +240,6 @@ class LogSubscriber(threading.Thread):
         self.join(timeout=5)
 
 
-
 def run(bench):
     a = bench.args
     n = a.lines
@@ -266,7 +262,8 @@ def run(bench):
     cpu = CpuMeter(bench.r, a.worker_pid).start()
     t_submit = time.perf_counter()
     bench.submit(spec)
-    h = bench.wait_terminal_poll(jid, a.log_timeout + 30)
+    h, done = bench.poll_status(jid, TERMINAL_STATUSES, a.log_timeout + 30, 0.1, check_worker=True)
+    h = h if done else None
     t_terminal = time.perf_counter()
     res["cpu_submit_to_terminal"] = cpu.stop()
     res["terminal_seen"] = h is not None
@@ -460,13 +457,11 @@ def check_stored(bench, log_key, n):
     }
 
 
-
 def summary(out):
     b = out.get("b")
     if not b:
         return []
-    L = []
-    L.append("")
+    L = [""]
     L.append(f"b. Log throughput (`seq 1 {b['lines_expected']}`, limits.log_bytes {b['log_bytes']})")
     lps, span = b["live_lines_per_s"], b["live_first_to_last_s"]
     lps_s = "n/a" if lps is None else f"{lps:,.0f}"

@@ -11,8 +11,7 @@ run.
 
 import time
 
-from .harness import fmt_mib, hget_str, parse_ts
-
+from .harness import TERMINAL_STATUSES, fmt_mib, hget_str, parse_ts
 
 
 def run(bench, sampler):
@@ -29,7 +28,7 @@ def run(bench, sampler):
             if jid in hashes:
                 continue
             h = bench.r.hgetall(bench.job_key(jid))
-            if hget_str(h, "status") in ("completed", "aborted"):
+            if hget_str(h, "status") in TERMINAL_STATUSES:
                 hashes[jid] = h
         bench.check_worker()
         time.sleep(0.1)
@@ -52,7 +51,6 @@ def run(bench, sampler):
     if not res["all_overlapped"]:
         bench.failures.append(f"c: the {k} sleep jobs did not all run at the same time (worker concurrency?)")
     return res
-
 
 
 def summary(out):

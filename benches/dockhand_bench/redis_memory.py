@@ -12,11 +12,9 @@ differences over the jobs finished.
 """
 
 import json
-import sys
 import time
 
-from .harness import Fatal, hget_str, secs
-
+from .harness import Fatal, hget_str, progress, progress_done, secs
 
 
 def used_memory(bench):
@@ -27,7 +25,7 @@ def run(bench):
     a = bench.args
     n = a.retention_jobs
     queue = f"bench-g-{bench.run_tag}"
-    stream = f"{bench.prefix}:{{{queue}}}:jobs"
+    stream = bench.stream_key(queue)
     dead = f"{bench.prefix}:{{{queue}}}:dead"
     env = {"DOCKHAND__JOBS__RETENTION_SECONDS": str(a.retention_seconds), "DOCKHAND__JOBS__DEAD_MAX_LEN": "1000"}
     p, log = bench.spawn_worker(queue, f"bench-g-{bench.run_tag}", a.retention_concurrency, env_extra=env)
@@ -66,11 +64,9 @@ def run(bench):
                 break
             if p.poll() is not None:
                 raise Fatal(f"the phase g worker exited ({p.returncode}); log {log}")
-            if a.progress:
-                print(f"    g: {n - xl}/{n} finished", file=sys.stderr, end="\r", flush=True)
+            progress(a, f"g: {n - xl}/{n} finished")
             time.sleep(0.5)
-        if a.progress:
-            print(file=sys.stderr)
+        progress_done(a)
         t_done = time.time()
         res["all_terminal"] = done
         res["left_in_stream"] = bench.r.xlen(stream)
@@ -129,16 +125,16 @@ def run(bench):
     return res
 
 
+def mb(b):
+    return "n/a" if b is None else f"{b / 1048576:.1f} MiB"
+
 
 def summary(out):
     g = out.get("g")
     if not g:
         return []
-    L = []
-    L.append("")
+    L = [""]
     L.append(f"g. Redis memory per finished job ({g['jobs']:,} invalid_spec entries; retention {g['retention_seconds']} s, dead_max_len 1000)")
-    def mb(b):
-        return "n/a" if b is None else f"{b / 1048576:.1f} MiB"
     L.append(f"  used_memory before / peak / all terminal / after retention  {mb(g.get('used_before'))} / {mb(g.get('used_peak_sampled'))}"
              f" / {mb(g.get('used_at_all_terminal'))} / {mb(g.get('used_after_retention'))}")
     L.append(f"  keys (DBSIZE) before / all terminal / after               {g.get('dbsize_before')} / {g.get('dbsize_at_all_terminal')} / {g.get('dbsize_after_retention')}")

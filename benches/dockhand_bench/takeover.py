@@ -10,18 +10,24 @@ replacing the killed one between trials. After each trial the job is cancelled
 dockhand.job label.
 """
 
-import json
 import sys
 import time
 
-from .harness import Fatal, dist, hget_str, run_quiet, secs
+from .harness import TERMINAL_STATUSES, Fatal, dist, hget_str, run_quiet, secs
 
+
+def remove_job_containers(job_id):
+    """Removes the containers labelled dockhand.job=<job_id>; returns how many there were."""
+    ids = run_quiet(["docker", "ps", "-a", "-q", "--filter", f"label=dockhand.job={job_id}"]) or ""
+    for cid in ids.split():
+        run_quiet(["docker", "rm", "-f", cid], timeout=60)
+    return len(ids.split())
 
 
 def run(bench):
     a = bench.args
     queue = f"bench-f-{bench.run_tag}"
-    stream = f"{bench.prefix}:{{{queue}}}:jobs"
+    stream = bench.stream_key(queue)
     res = {"trials_asked": a.lease_trials, "queue": queue, "trials": []}
     # The default lease: whatever the bench's own environment says is dropped.
     drop = ("DOCKHAND__WORKER__LEASE_SECONDS",)
@@ -45,15 +51,9 @@ def run(bench):
     try:
         for t in range(a.lease_trials):
             jid = f"bench-{bench.run_tag}-lease-{t}"
-            bench.r.xadd(stream, {"job": json.dumps({"id": jid, "image": a.image, "command": ["sleep", "300"],
-                                                   "limits": {"timeout_seconds": 600}})})
-            deadline = time.monotonic() + 60
-            h = {}
-            while time.monotonic() < deadline:
-                h = bench.r.hgetall(bench.job_key(jid))
-                if hget_str(h, "status") == "running":
-                    break
-                time.sleep(0.05)
+            bench.submit({"id": jid, "image": a.image, "command": ["sleep", "300"],
+                          "limits": {"timeout_seconds": 600}}, stream)
+            h, _ = bench.poll_status(jid, ("running",), 60, 0.05)
             owner = hget_str(h, "worker") or ""
             victim = next((w for w in workers if w in owner), None)
             if hget_str(h, "status") != "running" or victim is None:
@@ -77,7 +77,7 @@ def run(bench):
                 if st == "running" and (att >= 2 or victim not in (hget_str(h, "worker") or "")):
                     took = time.time()
                     break
-                if st in ("completed", "aborted"):
+                if st in TERMINAL_STATUSES:
                     break
                 time.sleep(0.1)
             trial = {
@@ -88,22 +88,15 @@ def run(bench):
             }
             res["trials"].append(trial)
             if a.progress:
-                s = "n/a" if trial["seconds"] is None else f"{trial['seconds']:.1f} s"
-                print(f"    f: trial {t + 1}/{a.lease_trials}: {s} (attempt {trial['attempt']})", file=sys.stderr)
+                print(f"    f: trial {t + 1}/{a.lease_trials}: {secs(trial['seconds'])} (attempt {trial['attempt']})",
+                      file=sys.stderr)
             if took is None:
                 bench.failures.append(f"f: trial {t}: the job did not run elsewhere within {a.lease_timeout:.0f} s"
                                      f" (status {trial['status']}, attempt {trial['attempt']})")
             # End the job, then the orphaned container of the killed worker.
             bench.dockhand_cli("cancel", jid)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if hget_str(bench.r.hgetall(bench.job_key(jid)), "status") in ("completed", "aborted"):
-                    break
-                time.sleep(0.2)
-            ids = run_quiet(["docker", "ps", "-a", "-q", "--filter", f"label=dockhand.job={jid}"]) or ""
-            trial["containers_removed"] = len(ids.split())
-            for cid in ids.split():
-                run_quiet(["docker", "rm", "-f", cid], timeout=60)
+            bench.poll_status(jid, TERMINAL_STATUSES, 60, 0.2)
+            trial["containers_removed"] = remove_job_containers(jid)
             if took is None:
                 break
             if t + 1 < a.lease_trials:
@@ -113,23 +106,20 @@ def run(bench):
         for wid, (p, _) in list(workers.items()):
             bench.stop_worker(p)
         res["worker_logs"] = [log for _, log in workers.values()]
-    secs = [x["seconds"] for x in res["trials"] if x["seconds"] is not None]
+    seconds = [x["seconds"] for x in res["trials"] if x["seconds"] is not None]
     res["trials_done"] = len(res["trials"])
-    res["takeover"] = dist(secs)
+    res["takeover"] = dist(seconds)
     return res
-
 
 
 def summary(out):
     f = out.get("f")
     if not f:
         return []
-    L = []
-    L.append("")
-    L.append(f"f. Takeover after SIGKILL of the worker running `sleep 300` (default lease 60 s)")
+    L = [""]
+    L.append("f. Takeover after SIGKILL of the worker running `sleep 300` (default lease 60 s)")
     for i, t in enumerate(f["trials"]):
-        s_ = "n/a" if t["seconds"] is None else f"{t['seconds']:.1f} s"
-        L.append(f"  trial {i + 1}: kill -> running elsewhere  {s_}  (attempt {t['attempt']}, status {t['status']},"
+        L.append(f"  trial {i + 1}: kill -> running elsewhere  {secs(t['seconds'])}  (attempt {t['attempt']}, status {t['status']},"
                  f" containers removed after {t.get('containers_removed')})")
     tk = f.get("takeover") or {}
     L.append(f"  median over {tk.get('n', 0)} of {f['trials_asked']} asked   {secs(tk.get('median'))}")

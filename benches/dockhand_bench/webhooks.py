@@ -14,13 +14,11 @@ import base64
 import hashlib
 import hmac
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .harness import Fatal, hget_str, ms, parse_ts, quantile, secs
-
+from .harness import Fatal, hget_str, ms, parse_ts, progress, progress_done, quantile, secs
 
 
 class HookReceiver:
@@ -90,7 +88,6 @@ class HookReceiver:
         self.server.server_close()
 
 
-
 def run(bench):
     a = bench.args
     n = a.hook_jobs
@@ -123,15 +120,13 @@ def run(bench):
             if want <= rec.job_ids():
                 break
             bench.check_worker()
-            if a.progress:
-                print(f"    d: {len(rec.job_ids() & want)}/{n} delivered", file=sys.stderr, end="\r", flush=True)
+            progress(a, f"d: {len(rec.job_ids() & want)}/{n} delivered")
             time.sleep(0.2)
         time.sleep(1.0)  # late duplicates / retries, if any
     finally:
         rc2, _, err2 = bench.dockhand_cli("subscriber", "rm", name)
         rec.stop()
-        if a.progress:
-            print(file=sys.stderr)
+        progress_done(a)
     recs = [x for x in rec.records if x["job"] and x["job"].startswith(prefix)]
     res["deliveries_received"] = len(rec.records)
     res["deliveries_for_bench_jobs"] = len(recs)
@@ -177,13 +172,11 @@ def run(bench):
     return res
 
 
-
 def summary(out):
     d = out.get("d")
     if not d:
         return []
-    L = []
-    L.append("")
+    L = [""]
     L.append(f"d. Webhooks ({d['jobs']} x `true` submitted at once; receiver on 127.0.0.1)")
     r = d["receipt_minus_finished_at"]
     dps, jps = d["deliveries_per_s"], d["jobs_finished_per_s"]
