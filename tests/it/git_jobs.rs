@@ -462,17 +462,8 @@ async fn a_build_ends_with_a_cancel_or_the_jobs_time_limit() {
     )
     .await;
     env.status_becomes(&id, "building").await;
-    for _ in 0..1200 {
-        if env
-            .lines(&id, "build")
-            .await
-            .iter()
-            .any(|l| l == "slow-build-started")
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    env.wait_for_log_line(&id, "build", "slow-build-started")
+        .await;
     // Meanwhile a job whose build outlasts its time limit ends `timeout`.
     let slow = format!("{}-too-slow", env.prefix);
     env.xadd(

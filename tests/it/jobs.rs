@@ -260,25 +260,63 @@ async fn a_docker_refusal_is_reported_with_the_daemons_message() {
     worker.stop().await;
 }
 
+/// Prints `start <t>` and `end <t>` around what it runs, `t` being /proc/uptime:
+/// one clock for every container on the host, in hundredths of a second.
+fn timed(body: &str) -> String {
+    format!("read t _ < /proc/uptime; echo start $t; {body}; read t _ < /proc/uptime; echo end $t")
+}
+
+/// The (start, end) a job printed with [`timed`].
+async fn printed_times(env: &Env, id: &str) -> (f64, f64) {
+    let lines = env.lines(id, "stdout").await;
+    let at = |what: &str| -> f64 {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(what)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("job {id} printed no `{what} <time>`: {lines:?}"))
+    };
+    (at("start"), at("end"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_jobs_run_at_once_with_concurrency_two() {
     let env = Env::new();
     let a = format!("{}-a", env.prefix);
     let b = format!("{}-b", env.prefix);
     let worker = env.worker(&["default"], 2);
+    // Each job holds until the test lets it go (a file appears; 2 minutes at most),
+    // so they can only both be running if the worker runs two at once.
+    let hold =
+        "i=0; until [ -e /dockhand/work/go ] || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done";
     for id in [&a, &b] {
         env.xadd(
             "default",
-            &spec(id, serde_json::json!({"command": "sleep 2"})),
+            &spec(id, serde_json::json!({"command": timed(hold)})),
         )
         .await;
+    }
+    for id in [&a, &b] {
+        env.wait_for_log_line(id, "stdout", "start").await;
+    }
+    for id in [&a, &b] {
+        let containers = containers_with_label(&format!("dockhand.job={id}"));
+        assert_eq!(containers.len(), 1, "{id}: {containers:?}");
+        let out = std::process::Command::new("docker")
+            .args(["exec", &containers[0], "touch", "/dockhand/work/go"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker exec: {out:?}");
     }
     let (ja, jb) = (env.finished(&a).await, env.finished(&b).await);
     assert_eq!(
         (ja["status"].as_str(), jb["status"].as_str()),
-        ("completed", "completed")
+        ("completed", "completed"),
+        "{ja:?} {jb:?}"
     );
-    // Overlap: each started before the other finished (RFC 3339 UTC strings sort by time).
+    // Overlap: each started before the other ended, by the jobs' own clock...
+    let ((a0, a1), (b0, b1)) = (printed_times(&env, &a).await, printed_times(&env, &b).await);
+    assert!(a0 < b1 && b0 < a1, "a ran {a0}..{a1}, b {b0}..{b1}");
+    // ...and by the job hashes (RFC 3339 UTC strings of one width sort by time).
     assert!(
         ja["started_at"] < jb["finished_at"] && jb["started_at"] < ja["finished_at"],
         "{ja:?} {jb:?}"
@@ -292,16 +330,35 @@ async fn concurrency_one_runs_jobs_one_after_another() {
     let a = format!("{}-a", env.prefix);
     let b = format!("{}-b", env.prefix);
     let worker = env.worker(&["default"], 1);
+    // Each runs a while (its own sleep), so that an overlap would show in the times.
     for id in [&a, &b] {
         env.xadd(
             "default",
-            &spec(id, serde_json::json!({"command": "sleep 1"})),
+            &spec(id, serde_json::json!({"command": timed("sleep 1")})),
         )
         .await;
     }
     let (ja, jb) = (env.finished(&a).await, env.finished(&b).await);
+    assert_eq!(
+        (ja["status"].as_str(), jb["status"].as_str()),
+        ("completed", "completed"),
+        "{ja:?} {jb:?}"
+    );
+    // No overlap: whichever started first ended before the other started, by the
+    // jobs' own clock and by the job hashes.
+    let (ta, tb) = (printed_times(&env, &a).await, printed_times(&env, &b).await);
+    let (first, then) = if ta.0 <= tb.0 { (ta, tb) } else { (tb, ta) };
     assert!(
-        jb["started_at"] >= ja["finished_at"],
+        then.0 >= first.1,
+        "one permit means no overlap: ran {first:?} and {then:?}"
+    );
+    let (first, then) = if ja["started_at"] <= jb["started_at"] {
+        (&ja, &jb)
+    } else {
+        (&jb, &ja)
+    };
+    assert!(
+        then["started_at"] >= first["finished_at"],
         "one permit means no overlap: {ja:?} {jb:?}"
     );
     worker.stop().await;

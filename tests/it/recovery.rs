@@ -18,13 +18,8 @@ async fn a_killed_workers_job_runs_to_completion_elsewhere_and_its_container_is_
         &spec(&id, serde_json::json!({"command": SECOND_TIME_LUCKY})),
     )
     .await;
-    env.status_becomes(&id, "running").await;
-    for _ in 0..600 {
-        if env.lines(&id, "stdout").await == vec!["attempt 1"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Its container runs: it printed its first line.
+    env.wait_for_log_line(&id, "stdout", "attempt 1").await;
 
     first.kill().unwrap(); // SIGKILL: no cleanup at all
     first.wait().unwrap();
@@ -65,10 +60,14 @@ async fn past_max_deliveries_a_job_is_worker_lost_and_dead_lettered() {
     );
     env.xadd(
         "default",
-        &spec(&id, serde_json::json!({"command": "sleep 120"})),
+        &spec(
+            &id,
+            serde_json::json!({"command": "echo started; sleep 120"}),
+        ),
     )
     .await;
-    env.status_becomes(&id, "running").await;
+    // Killed once its container runs, so that the clean-up below finds it.
+    env.wait_for_log_line(&id, "stdout", "started").await;
     first.kill().unwrap();
     first.wait().unwrap();
     let settings = env.settings(
@@ -311,7 +310,8 @@ async fn sigterm_drains_then_puts_the_running_job_back_for_another_worker() {
         &spec(&id, serde_json::json!({"command": SECOND_TIME_LUCKY})),
     )
     .await;
-    env.status_becomes(&id, "running").await;
+    // Its container runs (it printed its first line) when the signal comes.
+    env.wait_for_log_line(&id, "stdout", "attempt 1").await;
     signal(&first, "TERM");
     assert!(first.wait().unwrap().success(), "a drained worker exits 0");
     let job = env.status_becomes(&id, "queued").await;
@@ -336,6 +336,12 @@ async fn a_long_job_is_not_taken_over_while_its_worker_lives() {
     let id = format!("{}-long", env.prefix);
     let a = env.worker(&["default"], 1);
     let b = env.worker(&["default"], 1);
+    // Both are up (two heartbeats) and the consumer group exists before the job
+    // comes: whichever does not run it could take it over.
+    crate::common::wait_until("both workers to be up", || async {
+        (env.beats().await.len() == 2 && env.has_group("default").await).then_some(())
+    })
+    .await;
     // Runs for three leases (2 s each): renewals keep it with its worker.
     env.xadd(
         "default",
@@ -497,11 +503,36 @@ async fn a_second_signal_stops_the_drain_at_once_and_still_cleans_up() {
         !containers_with_label(&format!("dockhand.job={id}")).is_empty()
     })
     .await;
+    crate::common::wait_until("the worker's cancel listener to subscribe", || async {
+        (cancel_listeners(&env).await == 1).then_some(())
+    })
+    .await;
     signal(&worker, "TERM");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The worker has taken the first signal: it stopped its chores, so its cancel
+    // listener left the cancel channel...
+    crate::common::wait_until(
+        "the worker to begin its shutdown (cancel listener gone)",
+        || async { (cancel_listeners(&env).await == 0).then_some(()) },
+    )
+    .await;
+    // ...and a heartbeat after that still lists the job as running: it drains.
+    let draining = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    env.wait_for_beat("a heartbeat of the draining worker with its job", |b| {
+        b["pid"].as_u64() == Some(worker.id().into())
+            && b["beat_at"].as_str().is_some_and(|t| t > draining.as_str())
+            && b["running"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|j| j == id.as_str()))
+    })
+    .await;
     assert!(
         worker.try_wait().unwrap().is_none(),
         "the first signal drains: the worker waits for its job"
+    );
+    assert_eq!(
+        containers_with_label(&format!("dockhand.job={id}")).len(),
+        1,
+        "the job's container still runs during the drain"
     );
     signal(&worker, "TERM");
     // Well before the 600 s drain would end; this only keeps a broken test from hanging.
@@ -521,4 +552,16 @@ async fn a_second_signal_stops_the_drain_at_once_and_still_cleans_up() {
         containers_with_label(&format!("dockhand.job={id}")).is_empty(),
         "its container was stopped and removed"
     );
+}
+
+/// How many connections listen on the cancel channel (one per live worker).
+async fn cancel_listeners(env: &Env) -> u64 {
+    let mut c = env.conn().await;
+    let (_, n): (String, u64) = deadpool_redis::redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(env.keys.cancel_channel())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    n
 }

@@ -18,10 +18,12 @@ async fn a_redis_restart_while_idle_does_not_stop_the_worker() {
     env.xadd("default", &spec(&before, "echo before")).await;
     assert_eq!(env.finished(&before).await["status"], "completed");
 
-    env.server.as_mut().unwrap().kill();
-    // Down for a while: the worker's blocking reads and inbox waits fail and retry.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    env.server.as_mut().unwrap().restart();
+    let server = env.server.as_mut().unwrap();
+    server.kill();
+    // Down until the worker has noticed: its reads fail and it tries again (twice:
+    // a retry after a failed reconnect, not just one new connection).
+    server.wait_for_reconnect_attempts(2).await;
+    server.restart();
 
     let after = format!("{}-after", env.prefix);
     env.xadd("default", &spec(&after, "echo after")).await;
@@ -41,7 +43,13 @@ async fn a_worker_started_before_redis_waits_for_it() {
     let mut env = Env::own_server();
     env.server.as_mut().unwrap().kill();
     let worker = env.worker(&["default"], 1);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The worker is up and keeps trying to reach Redis, rather than exiting.
+    env.server
+        .as_ref()
+        .unwrap()
+        .wait_for_reconnect_attempts(2)
+        .await;
+    assert!(!worker.is_finished(), "the worker gave up without Redis");
     env.server.as_mut().unwrap().restart();
     let id = format!("{}-late", env.prefix);
     env.xadd("default", &spec(&id, "echo late")).await;
@@ -59,10 +67,12 @@ async fn redis_killed_mid_run_with_aof_loses_no_job() {
         env.xadd("default", &spec(id, "echo start; sleep 1; echo end"))
             .await;
     }
-    env.status_becomes(&ids[0], "running").await;
-    env.server.as_mut().unwrap().kill();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    env.server.as_mut().unwrap().restart();
+    // Mid-run: the first job's container has printed its first line.
+    env.wait_for_log_line(&ids[0], "stdout", "start").await;
+    let server = env.server.as_mut().unwrap();
+    server.kill();
+    server.wait_for_reconnect_attempts(2).await;
+    server.restart();
     for id in &ids {
         let job = env.finished(id).await;
         assert_eq!(job["status"], "completed", "{id}: {job:?}");
@@ -91,14 +101,22 @@ async fn an_outage_longer_than_the_lease_fences_then_requeues() {
         ),
     )
     .await;
-    env.status_becomes(&id, "running").await;
+    // The container runs (it printed its first line) before Redis goes away.
+    env.wait_for_log_line(&id, "stdout", "attempt 1").await;
+    let label = format!("dockhand.job={id}");
+    assert_eq!(crate::common::containers_with_label(&label).len(), 1);
     env.server.as_mut().unwrap().kill();
-    tokio::time::sleep(Duration::from_millis(3500)).await; // the test lease is 2 s
+    // Down until the worker, unable to renew its lease (2 s in tests), has fenced:
+    // it stopped and removed the container, which would otherwise sleep 60 s.
+    crate::common::eventually("the worker fences: the job's container is removed", || {
+        crate::common::containers_with_label(&label).is_empty()
+    })
+    .await;
     env.server.as_mut().unwrap().restart();
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "completed", "{job:?}");
     assert_eq!(job["attempt"], "2");
-    assert!(crate::common::containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    assert!(crate::common::containers_with_label(&label).is_empty());
     worker.stop().await;
 }
 
@@ -108,6 +126,8 @@ struct DockerRelay {
     path: std::path::PathBuf,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<tokio::sync::Notify>,
+    /// Connections dropped while down: each is someone trying the engine.
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -124,13 +144,15 @@ impl DockerRelay {
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let cut = std::sync::Arc::new(tokio::sync::Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (up2, cut2, refused2) = (up.clone(), cut.clone(), refused.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
                 if !up2.load(Ordering::SeqCst) {
+                    refused2.fetch_add(1, Ordering::SeqCst);
                     continue; // dropped: the client sees the connection close
                 }
                 let (upstream, cut) = (upstream.clone(), cut2.clone());
@@ -149,6 +171,7 @@ impl DockerRelay {
             path,
             up,
             cut,
+            refused,
             _dir: dir,
         }
     }
@@ -164,6 +187,20 @@ impl DockerRelay {
 
     fn up(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until `n` more connections than `since` were refused: the
+    /// worker tried the engine again and found it still away.
+    async fn wait_for_refusals(&self, since: usize, n: usize) {
+        crate::common::wait_until(
+            &format!("{n} connection(s) to the downed engine after the first {since}"),
+            || async { (self.refused() >= since + n).then_some(()) },
+        )
+        .await
     }
 }
 
@@ -256,10 +293,22 @@ async fn an_unreachable_docker_engine_defers_jobs_until_it_answers() {
             .any(|l| l.contains(" yes ") && l.contains("unreachable")),
         "{listed}"
     );
-    // Not claimed while the engine is away.
+    // Not claimed while the engine is away. By the time the worker has pinged the
+    // engine again after the XADD (and found it still away) and beaten its heart
+    // again, an unguarded claim loop (block_ms 300) would have read the entry.
     let second = format!("{}-second", env.prefix);
+    let since = relay.refused();
+    let added = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     env.xadd("default", &spec(&second, "echo second")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    relay.wait_for_refusals(since, 1).await;
+    env.wait_for_beat(
+        "a heartbeat after the XADD saying Docker is unreachable",
+        |b| {
+            b["docker"] == "unreachable"
+                && b["beat_at"].as_str().is_some_and(|t| t > added.as_str())
+        },
+    )
+    .await;
     assert_eq!(
         env.job(&second).await.get("status"),
         None,
@@ -315,7 +364,9 @@ async fn a_worker_started_before_docker_waits_for_it() {
     ));
     let id = format!("{}-later", env.prefix);
     env.xadd("default", &spec(&id, "echo docker is back")).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The worker is up and tries the engine again and again instead of exiting.
+    relay.wait_for_refusals(0, 2).await;
+    assert!(!worker.is_finished(), "the worker gave up without Docker");
     assert_eq!(
         env.job(&id).await.get("status"),
         None,

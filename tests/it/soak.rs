@@ -4,7 +4,7 @@
 //! reported. `DOCKHAND_SOAK_JOBS` sets the count (default 150 in the suite;
 //! `DOCKHAND_SOAK_JOBS=1000 scripts/test soak` for the full soak).
 
-use crate::common::{containers_with_label, image, signal, Env};
+use crate::common::{containers_with_label, image, signal, Env, GUARD};
 use deadpool_redis::redis::{self, AsyncCommands};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,14 +34,41 @@ async fn jobs_survive_killed_workers_and_a_redis_restart() {
         }
     }
 
-    // Chaos until every job has ended (bounded; this asserts nothing about speed).
+    // Every worker is up and claiming before the chaos starts.
+    for (id, w) in ids.iter().zip(&workers) {
+        env.wait_until_worker_ready(id, Some(w.id())).await;
+    }
+
+    // Chaos until every job has ended, paced by progress rather than by the clock:
+    // each round waits until `step` more jobs have ended (bounded; this asserts
+    // nothing about speed), then SIGKILLs (every other round, six at most) a worker
+    // whose heartbeat says it is running a job. Redis is killed once, half-way.
+    let step = (n / 20).max(1);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut kills = 0;
     let mut redis_restarted = false;
     let mut finished = 0;
-    for round in 0..400 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        finished = count_finished(&env, &jobs).await;
+    let mut round = 0;
+    while finished < n {
+        let target = (finished + step).min(n);
+        let progress = tokio::time::timeout(GUARD, async {
+            loop {
+                let f = count_finished(&env, &jobs).await;
+                if f >= target {
+                    return f;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        match progress {
+            Ok(f) => finished = f,
+            Err(_) => {
+                // Stuck: the checks below say which statuses the jobs are left in.
+                eprintln!("soak: fewer than {target} jobs ended within {GUARD:?} (round {round})");
+                break;
+            }
+        }
         if finished == n {
             break;
         }
@@ -49,18 +76,33 @@ async fn jobs_survive_killed_workers_and_a_redis_restart() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         if round % 2 == 0 && kills < 6 {
-            let victim = (rng % 3) as usize;
-            workers[victim].kill().unwrap();
-            workers[victim].wait().unwrap();
-            workers[victim] = env.spawn_worker(&ids[victim], &[]);
-            kills += 1;
+            // The busy workers, by their latest heartbeat (pid and running jobs).
+            let beats = env.beats().await;
+            let busy: Vec<usize> = (0..workers.len())
+                .filter(|&i| {
+                    beats.iter().any(|b| {
+                        b["pid"].as_u64() == Some(workers[i].id().into())
+                            && b["running"].as_array().is_some_and(|r| !r.is_empty())
+                    })
+                })
+                .collect();
+            if !busy.is_empty() {
+                let victim = busy[(rng % busy.len() as u64) as usize];
+                workers[victim].kill().unwrap();
+                workers[victim].wait().unwrap();
+                workers[victim] = env.spawn_worker(&ids[victim], &[]);
+                kills += 1;
+            }
         }
         if !redis_restarted && finished >= n / 2 {
-            env.server.as_mut().unwrap().kill();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            env.server.as_mut().unwrap().restart();
+            let server = env.server.as_mut().unwrap();
+            server.kill();
+            // Down until the workers have noticed and are trying to reconnect.
+            server.wait_for_reconnect_attempts(3).await;
+            server.restart();
             redis_restarted = true;
         }
+        round += 1;
     }
 
     let mut c = env.conn().await;

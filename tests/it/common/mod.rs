@@ -109,6 +109,27 @@ impl RedisServer {
         }
     }
 
+    /// While the server is down: stands in on its port and waits (bounded) until
+    /// `n` connections arrive, dropping each at once. A client that connects here
+    /// has noticed that Redis went away and is trying again: the event a test waits
+    /// for instead of keeping Redis down for a guessed while. Call before `restart`.
+    pub async fn wait_for_reconnect_attempts(&self, n: usize) {
+        assert!(self.child.is_none(), "the server is still up");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap_or_else(|e| panic!("cannot stand in on port {}: {e}", self.port));
+        let deadline = tokio::time::Instant::now() + GUARD;
+        for seen in 0..n {
+            match tokio::time::timeout_at(deadline, listener.accept()).await {
+                Ok(Ok((stream, _))) => drop(stream),
+                Ok(Err(e)) => panic!("accepting on port {}: {e}", self.port),
+                Err(_) => panic!(
+                    "{seen} of {n} reconnect attempts came within {GUARD:?} while Redis was down"
+                ),
+            }
+        }
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
@@ -339,6 +360,113 @@ impl Env {
             self.job(id).await
         );
     }
+
+    /// Waits (bounded) until a line of the job's `stream` (stdout, stderr, system,
+    /// build) contains `needle`; returns that stream's lines.
+    pub async fn wait_for_log_line(&self, id: &str, stream: &str, needle: &str) -> Vec<String> {
+        wait_until(
+            &format!("a {stream} line of job {id} containing {needle:?}"),
+            || async {
+                let lines = self.lines(id, stream).await;
+                lines.iter().any(|l| l.contains(needle)).then_some(lines)
+            },
+        )
+        .await
+    }
+
+    /// The workers' latest heartbeats (`dockhand:workers`), each as its JSON:
+    /// `worker`, `consumer`, `pid`, `queues`, `docker`, `running`, `beat_at`...
+    /// Empty while Redis does not answer.
+    pub async fn beats(&self) -> Vec<serde_json::Value> {
+        let Ok(mut c) = self.client.get_multiplexed_async_connection().await else {
+            return Vec::new();
+        };
+        let workers: HashMap<String, String> =
+            c.hgetall(self.keys.workers()).await.unwrap_or_default();
+        workers
+            .values()
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect()
+    }
+
+    /// Waits (bounded) until some worker's heartbeat satisfies `check`; returns it.
+    pub async fn wait_for_beat(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_until(what, || async {
+            self.beats().await.into_iter().find(|b| check(b))
+        })
+        .await
+    }
+
+    /// Waits (bounded) until the worker `worker_id` (the process `pid`, when given)
+    /// is ready to claim: its heartbeat is in Redis (written once it has Docker and
+    /// Redis, as its claim loop starts) and the consumer group of every queue it
+    /// serves exists (its claim loop makes it before the first read). Returns its
+    /// heartbeat. (A consumer only shows in `XINFO CONSUMERS` once it was given an
+    /// entry, on Redis 7.0, so an idle worker cannot be found there.)
+    pub async fn wait_until_worker_ready(
+        &self,
+        worker_id: &str,
+        pid: Option<u32>,
+    ) -> serde_json::Value {
+        wait_until(
+            &format!("worker {worker_id} (pid {pid:?}) to be ready to claim"),
+            || async {
+                for beat in self.beats().await {
+                    if beat["worker"] != worker_id
+                        || pid.is_some_and(|p| beat["pid"].as_u64() != Some(p.into()))
+                    {
+                        continue;
+                    }
+                    let mut ready = true;
+                    for queue in beat["queues"].as_array().into_iter().flatten() {
+                        ready &= self.has_group(queue.as_str().unwrap_or_default()).await;
+                    }
+                    if ready {
+                        return Some(beat);
+                    }
+                }
+                None
+            },
+        )
+        .await
+    }
+
+    /// Whether the consumer group of `queue` exists.
+    pub async fn has_group(&self, queue: &str) -> bool {
+        let Ok(mut c) = self.client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        let reply: Result<redis::streams::StreamInfoGroupsReply, _> =
+            c.xinfo_groups(self.keys.jobs(queue)).await;
+        reply.is_ok_and(|r| r.groups.iter().any(|g| g.name == dockhand::queue::GROUP))
+    }
+}
+
+/// How long a wait for an event may take before the test fails. It only keeps a
+/// broken test from hanging; it asserts nothing about speed.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 50 ms until it returns `Some`, and returns that; fails the
+/// test after [`GUARD`], saying it was waiting for `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("waited {GUARD:?} for {what}; it never happened");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Sends a signal to a child process.
@@ -383,6 +511,11 @@ impl Worker {
             stop: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// Whether the worker's task has ended (returned or panicked).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
     }
 
     pub async fn stop(mut self) {
