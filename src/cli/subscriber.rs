@@ -15,6 +15,7 @@ pub enum Action {
         name: String,
         url: String,
         /// Event types, comma-separated (default job.completed,job.aborted; `*` for all).
+        /// Only job.completed and job.aborted are delivered; naming another warns.
         #[arg(long, value_delimiter = ',')]
         events: Vec<String>,
         /// Queues, comma-separated (default every queue).
@@ -78,6 +79,18 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                 sub.url,
                 sub.events.join(",")
             );
+            // Accepted (the types are real, and a later version may deliver them),
+            // but said: otherwise the subscriber waits for webhooks that never come.
+            let never = subscribers::never_delivered(&sub.events);
+            if !never.is_empty() {
+                eprintln!(
+                    "warning: no webhook is ever delivered for {}; only for {}. \
+                     Every event is published on {} (pub/sub, and kept in the stream of that name)",
+                    never.join(", "),
+                    subscribers::DELIVERED_EVENTS.join(" and "),
+                    keys.events_channel()
+                );
+            }
             if generated {
                 println!("secret: {secret}");
             }

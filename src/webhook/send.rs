@@ -16,8 +16,10 @@
 //!   bounded by `timeout`; running out after the status arrived keeps the status.
 //! - `webhook-timestamp` is the time of this attempt (the spec's replay
 //!   protection), while `webhook-id` stays the same across attempts.
-//! - Only `http://` is supported; `https://` is refused with a clear error. The
-//!   request exchange is generic over the stream, so TLS slots in after `connect`.
+//! - `https://` is delivered over TLS (rustls, see [`super::tls`]) on the connection
+//!   to the checked address; the certificate is verified for the URL's host, and
+//!   TLS never resolves the name itself. A certificate that does not verify is a
+//!   failed attempt like a network error. Other schemes are refused.
 
 use super::sign::{sign, Secret};
 use super::ssrf::{Guard, Refused};
@@ -137,8 +139,9 @@ pub enum Verdict {
     /// The SSRF guard refused every address: permanent, retrying cannot help
     /// until an operator changes `webhooks.allow_networks`.
     Refused,
-    /// The URL or message cannot be sent at all (bad URL, https, credentials in
-    /// the URL): permanent until the subscriber is fixed.
+    /// The URL or message cannot be sent at all (bad URL, a scheme other than
+    /// http or https, credentials in the URL, a host no certificate can name):
+    /// permanent until the subscriber is fixed.
     Invalid,
 }
 
@@ -208,8 +211,9 @@ pub struct AttemptOutcome {
     pub body: String,
     /// Why the attempt failed before a response, with its causes.
     pub error: Option<String>,
-    /// `Retry-After` in delta-seconds. The HTTP-date form is not supported and
-    /// reads as absent; the caller should cap the value by its own schedule.
+    /// `Retry-After` in delta-seconds, read from any response. The HTTP-date form
+    /// is not supported and reads as absent; the caller decides what it is worth
+    /// (the delivery loop waits at least this long before a retry, at most 24 h).
     pub retry_after: Option<Duration>,
 }
 
@@ -369,8 +373,8 @@ async fn deliver(
 }
 
 /// Sends `request` over an open stream and reads the response's status, headers
-/// and the first [`BODY_PREFIX_BYTES`] of its body. Generic over the stream so
-/// that a TLS stream can be passed in once https is supported.
+/// and the first [`BODY_PREFIX_BYTES`] of its body. Generic over the stream: a
+/// plain TCP stream for http, a TLS stream over it for https.
 async fn exchange<S>(
     stream: Connected<S>,
     request: Request<Full<Bytes>>,
@@ -446,8 +450,8 @@ fn check_all(guard: &Guard, host: &str, addrs: &[SocketAddr]) -> Result<(), Send
     Ok(())
 }
 
-/// A connected stream and the checked address it goes to. An https attempt
-/// would wrap `io` in TLS here; the exchange is generic over the stream.
+/// A connected stream and the checked address it goes to. For https, `io` is
+/// the TLS stream over the TCP connection; the exchange is generic over the stream.
 struct Connected<S> {
     io: S,
     peer_addr: SocketAddr,

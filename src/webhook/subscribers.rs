@@ -20,6 +20,23 @@ pub const EVENT_TYPES: &[&str] = &[
     "job.duplicate",
 ];
 
+/// The event types this version makes webhook deliveries for: a job's terminal
+/// event, the one stored with its terminal state (see `outbox::enqueue_for_job`).
+/// The other types are published on `dockhand:events` only.
+pub const DELIVERED_EVENTS: &[&str] = &["job.completed", "job.aborted"];
+
+/// The event types in `events` that a subscriber may name but never gets as a
+/// webhook, in the order given. `*` names none: it asks for whatever is delivered.
+pub fn never_delivered(events: &[String]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for e in events {
+        if e != "*" && !DELIVERED_EVENTS.contains(&e.as_str()) && !out.contains(&e.as_str()) {
+            out.push(e);
+        }
+    }
+    out
+}
+
 /// Which events a subscriber gets when it names none.
 pub fn default_events() -> Vec<String> {
     vec!["job.completed".into(), "job.aborted".into()]
@@ -155,6 +172,29 @@ mod tests {
         let mut d = sub();
         d.disabled = Some("410".into());
         assert!(!d.wants("job.completed", "q"));
+    }
+
+    #[test]
+    fn only_terminal_events_are_delivered() {
+        let events = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(never_delivered(&default_events()).is_empty());
+        assert!(never_delivered(&events(&["*"])).is_empty());
+        assert_eq!(
+            never_delivered(&events(&[
+                "job.started",
+                "job.completed",
+                "job.queued",
+                "job.started"
+            ])),
+            vec!["job.started", "job.queued"]
+        );
+        for e in EVENT_TYPES {
+            assert_eq!(
+                never_delivered(&events(&[e])).is_empty(),
+                DELIVERED_EVENTS.contains(e),
+                "{e}"
+            );
+        }
     }
 
     #[test]

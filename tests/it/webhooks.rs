@@ -343,3 +343,79 @@ async fn a_delivery_survives_every_worker_being_killed() {
     assert_eq!(seen[1].json()["data"]["id"], id.as_str());
     second.stop().await;
 }
+
+/// `subscriber add` accepts event types that are never delivered as webhooks (they
+/// are real types, on `dockhand:events`), but says so on stderr, naming them and the
+/// ones that are; and indeed only the terminal event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_to_events_never_delivered_warns_and_only_the_terminal_one_arrives() {
+    let env = Env::new();
+    let receiver = Receiver::start(&[]).await;
+    let events = "job.started,job.queued,job.completed";
+    let out = dockhand(
+        &env,
+        &[
+            "subscriber",
+            "add",
+            "eager",
+            &receiver.url(),
+            "--events",
+            events,
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "a warning, not a refusal: {stderr}");
+    assert!(
+        stderr.contains(
+            "warning: no webhook is ever delivered for job.started, job.queued; \
+             only for job.completed and job.aborted."
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}:events", env.prefix)),
+        "{stderr}"
+    );
+    let mut c = env.conn().await;
+    let stored: String =
+        deadpool_redis::redis::AsyncCommands::hget(&mut c, env.keys.subscribers(), "eager")
+            .await
+            .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        stored["events"],
+        serde_json::json!(events.split(',').collect::<Vec<_>>())
+    );
+
+    // Nothing to say for the defaults, `*`, or terminal events only.
+    for extra in [&[][..], &["--events", "*"], &["--events", "job.aborted"]] {
+        let mut args = vec!["subscriber", "add", "quiet", "http://127.0.0.1:9/x"];
+        args.extend_from_slice(extra);
+        let out = dockhand(&env, &args).await;
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{extra:?}");
+    }
+    assert!(dockhand(&env, &["subscriber", "rm", "quiet"])
+        .await
+        .status
+        .success());
+
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-eager", env.prefix);
+    run_job(&env, &id, "echo started").await;
+    let seen = receiver.wait_for(1).await;
+    assert_eq!(seen[0].json()["type"], "job.completed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let types: Vec<String> = receiver
+        .seen()
+        .iter()
+        .map(|s| s.json()["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        ["job.completed"],
+        "job.started and job.queued never arrive"
+    );
+    worker.stop().await;
+}
