@@ -100,7 +100,7 @@ pub fn validate_at(
     policy: &PolicySettings,
     created: chrono::DateTime<chrono::Utc>,
 ) -> Result<Job, Rejection> {
-    not_yet_served(&spec)?;
+    job_webhooks(&spec)?;
     let retry = super::retry::policy(&spec)?;
     let not_before = super::retry::first_run(&spec, created)?;
     let (image, git) = image_source(&spec, policy)?;
@@ -290,9 +290,10 @@ fn command(
     }
 }
 
-/// Fields of the contract that this version of the worker does not run yet. They are
-/// refused by name rather than ignored, so a producer never gets less than it asked for.
-fn not_yet_served(spec: &JobSpec) -> Result<(), Rejection> {
+/// The job's own `webhooks[]`, checked here rather than at delivery, so a producer
+/// hears of a bad one at once. (`inputs[].url`, which this version does not fetch
+/// yet, is refused by name in `stage_inputs`.)
+fn job_webhooks(spec: &JobSpec) -> Result<(), Rejection> {
     for (i, hook) in spec.webhooks.iter().enumerate() {
         crate::webhook::subscribers::check_job_webhook(hook)
             .map_err(|why| Rejection::invalid(&format!("webhooks[{i}]"), why))?;

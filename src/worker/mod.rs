@@ -8,8 +8,8 @@
 //! - Reads block for at most `worker.block_ms`, so shutdown and reconnects are
 //!   noticed promptly. A read is never abandoned half-way (which could leave an
 //!   entry delivered but unseen); shutdown is checked between reads.
-//! - Losing Redis never stops the worker: every loop retries with backoff, says so
-//!   in its log, and says so again when Redis is back. A missing consumer group
+//! - Losing Redis never stops the worker: every loop retries with backoff and says
+//!   so in its log (the claim loop also says when Redis is back). A missing consumer group
 //!   (`NOGROUP`, e.g. after a Redis restart without persistence) is re-created.
 //! - While the Docker engine does not answer (a run found it unreachable), the
 //!   worker claims and takes over nothing; it resumes when the engine answers.
