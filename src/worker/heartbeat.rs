@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub(super) async fn run(ctx: Ctx, info: serde_json::Value, done: CancellationToken) {
     let lease = ctx.lease();
     let every = (lease / 3).max(Duration::from_millis(100));
-    let mut last_ok = Instant::now();
-    let mut failing = false;
+    let mut renewal = Renewal::new(lease);
     loop {
         let mut now = info.clone();
         now["docker"] = if ctx.executor.is_reachable() {
@@ -38,18 +37,16 @@ pub(super) async fn run(ctx: Ctx, info: serde_json::Value, done: CancellationTok
         now["beat_at"] = crate::time::now().into();
         match beat(&ctx, &now.to_string()).await {
             Ok(()) => {
-                if failing {
+                if renewal.renewed() {
                     tracing::info!("lease renewed again");
-                    failing = false;
                 }
-                last_ok = Instant::now();
             }
             Err(e) => {
-                if !failing {
+                let (first, lapsed) = renewal.failed();
+                if first {
                     tracing::warn!(error = %error_chain(&e), "cannot renew the lease");
-                    failing = true;
                 }
-                if last_ok.elapsed() > lease && !ctx.running.is_empty() {
+                if lapsed && !ctx.running.is_empty() {
                     tracing::error!("lease lapsed: stopping running containers (another worker may own their jobs)");
                     ctx.running.stop_all(StopCause::Fenced);
                 }
@@ -59,6 +56,37 @@ pub(super) async fn run(ctx: Ctx, info: serde_json::Value, done: CancellationTok
             _ = tokio::time::sleep(every) => {}
             _ = done.cancelled() => return,
         }
+    }
+}
+
+/// Whether the lease still holds: renewed within the last lease, by this
+/// process's clock.
+struct Renewal {
+    lease: Duration,
+    last_ok: Instant,
+    failing: bool,
+}
+
+impl Renewal {
+    fn new(lease: Duration) -> Renewal {
+        Renewal {
+            lease,
+            last_ok: Instant::now(),
+            failing: false,
+        }
+    }
+
+    /// A renewal went through; true when it ends a run of failures.
+    fn renewed(&mut self) -> bool {
+        self.last_ok = Instant::now();
+        std::mem::take(&mut self.failing)
+    }
+
+    /// A renewal failed: whether it is the first of a run of failures, and
+    /// whether the last renewal is more than a lease ago (the lease has lapsed).
+    fn failed(&mut self) -> (bool, bool) {
+        let first = !std::mem::replace(&mut self.failing, true);
+        (first, self.last_ok.elapsed() > self.lease)
     }
 }
 
@@ -92,4 +120,31 @@ async fn beat(ctx: &Ctx, info: &str) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a paused clock: failures within a lease of the last renewal keep it; the
+    /// first failure past it says the lease lapsed; a renewal starts it afresh.
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_lapses_a_lease_after_the_last_renewal() {
+        let lease = Duration::from_secs(30);
+        let mut renewal = Renewal::new(lease);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(renewal.failed(), (true, false));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(
+            renewal.failed(),
+            (false, false),
+            "exactly a lease: still held"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(renewal.failed(), (false, true));
+        assert!(renewal.renewed(), "the renewal ends the run of failures");
+        assert!(!renewal.renewed());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(renewal.failed(), (true, false));
+    }
 }
