@@ -133,12 +133,13 @@ pub fn redact(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 
 pub use crate::config::is_valid_queue_name;
 
-/// A job id: `[A-Za-z0-9_.:-]{1,128}`.
+/// A job id: `[A-Za-z0-9_.-]{1,128}`. No `:`: a job's keys are its id followed by
+/// `:log`, `:files` and the like, so an id with a `:` could name another job's keys.
 pub fn is_valid_job_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// The `id` a raw entry asks for, if it is readable and valid, even when the rest of
@@ -215,7 +216,10 @@ mod tests {
         assert!(!is_valid_queue_name("a:b"));
         assert!(!is_valid_queue_name(""));
         assert!(is_valid_job_id("1700000000000-0"));
-        assert!(is_valid_job_id("tenant:42"));
+        assert!(is_valid_job_id("tenant-42.v2_a"));
+        for reaches_keys in ["v:log", "v:files", "tenant:42", ":"] {
+            assert!(!is_valid_job_id(reaches_keys), "{reaches_keys}");
+        }
         assert!(!is_valid_job_id("has space"));
         assert!(!is_valid_job_id(&"x".repeat(129)));
     }

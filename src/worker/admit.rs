@@ -91,7 +91,7 @@ fn read(entry: &Entry) -> (String, Result<JobSpec, Rejection>) {
                 entry.id.clone(),
                 Err(Rejection::invalid(
                     "id",
-                    format!("{id:?} is not a job id ([A-Za-z0-9_.:-], 1 to 128 characters)"),
+                    format!("{id:?} is not a job id ([A-Za-z0-9_.-], 1 to 128 characters; no `:`)"),
                 )),
             ),
         },

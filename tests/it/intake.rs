@@ -3,6 +3,7 @@
 use crate::common::{image, Env};
 use deadpool_redis::redis::{self, AsyncCommands};
 use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::time::Duration;
 
 fn spec(id: &str, command: &str) -> String {
@@ -241,4 +242,44 @@ async fn concurrent_inbox_movers_lose_and_double_nothing() {
         .collect();
     let expected: Vec<String> = (0..n).map(|i| format!("job-{i}")).collect();
     assert_eq!(jobs, expected, "every entry once, oldest first");
+}
+
+/// An id with a `:` could name another job's keys (`v:log` is job `v`'s log
+/// stream, `v:files` its files): such ids are refused, recorded under their entry
+/// id, and job `v` runs as if they had never been sent, before or after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_would_name_another_jobs_keys_is_refused() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let v = format!("{}-v", env.prefix);
+    let before = env
+        .xadd("default", &spec(&format!("{v}:log"), "echo not me"))
+        .await;
+    env.xadd("default", &spec(&v, "echo from v")).await;
+    let after = env
+        .xadd("default", &spec(&format!("{v}:files"), "echo not me"))
+        .await;
+
+    for entry in [&before, &after] {
+        let refused = env.finished(entry).await;
+        assert_eq!(refused["status"], "aborted", "{refused:?}");
+        assert_eq!(refused["reason"], "invalid_spec");
+        assert!(
+            refused["error"].starts_with("`id`") && refused["error"].contains("no `:`"),
+            "{refused:?}"
+        );
+    }
+    let job = env.finished(&v).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(env.lines(&v, "stdout").await, vec!["from v"]);
+    let mut c = env.conn().await;
+    let files: HashMap<String, String> = c.hgetall(env.keys.files(&v)).await.unwrap();
+    assert!(files.is_empty(), "nothing wrote into v's files: {files:?}");
+    let kind: String = redis::cmd("TYPE")
+        .arg(env.keys.log(&v))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kind, "stream", "v's log is still its own stream");
+    worker.stop().await;
 }
