@@ -160,6 +160,9 @@ pub struct PolicySettings {
     pub git_hosts: Vec<String>,
     #[serde(deserialize_with = "one_or_many")]
     pub bind_allow: Vec<String>,
+    /// Named volumes a job may mount: names, or prefixes ending in `*`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub volumes_allow: Vec<String>,
     pub allow_ports: bool,
     /// Job and service containers get a read-only root filesystem; `/dockhand`
     /// (one volume per container) and `/tmp` (tmpfs) stay writable.
@@ -256,6 +259,7 @@ impl Settings {
                 .with_list_parse_key("policy.images")
                 .with_list_parse_key("policy.git_hosts")
                 .with_list_parse_key("policy.bind_allow")
+                .with_list_parse_key("policy.volumes_allow")
                 .with_list_parse_key("webhooks.retry_schedule_seconds")
                 .with_list_parse_key("webhooks.allow_networks")
                 .try_parsing(true)

@@ -3,11 +3,12 @@
 //!
 //! Invariants:
 //! - A host folder is mounted only under a `policy.bind_allow` prefix, compared by
-//!   whole path components after refusing `..`; named volumes are always allowed.
+//!   whole path components after refusing `..`; a named volume only when
+//!   `policy.volumes_allow` lists it (both empty by default: nothing is mounted).
 //! - Ports are published only when `policy.allow_ports` is true.
 //! - A service runs only an image `policy.images` allows, like the job itself.
 
-use super::checks::{check_env_named, image_allowed};
+use super::checks::{check_env_named, image_allowed, listed};
 use super::{Command, JobSpec, Port, Rejection};
 use crate::config::PolicySettings;
 use std::collections::{BTreeMap, BTreeSet};
@@ -164,37 +165,9 @@ pub(super) fn volumes(spec: &JobSpec, policy: &PolicySettings) -> Result<Vec<Mou
         }
         let bind = source.starts_with('/');
         if bind {
-            if !is_clean_absolute(source) {
-                return Err(Rejection::invalid(
-                    &field,
-                    format!("the host path {source:?} must be absolute without `..`"),
-                ));
-            }
-            let allowed = policy
-                .bind_allow
-                .iter()
-                .any(|prefix| is_clean_absolute(prefix) && Path::new(source).starts_with(prefix));
-            if !allowed {
-                return Err(Rejection::denied(
-                    &field,
-                    format!(
-                        "the host path {source:?} is not under a folder this worker allows (policy.bind_allow: {:?})",
-                        policy.bind_allow
-                    ),
-                ));
-            }
+            bind_allowed(&field, source, policy)?;
         } else {
-            let name_ok = (1..=128).contains(&source.len())
-                && source.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && source
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            if !name_ok {
-                return Err(Rejection::invalid(
-                    &field,
-                    format!("{source:?} is neither an absolute host path nor a volume name"),
-                ));
-            }
+            volume_allowed(&field, source, policy)?;
         }
         out.push(Mount {
             source: source.to_string(),
@@ -204,6 +177,57 @@ pub(super) fn volumes(spec: &JobSpec, policy: &PolicySettings) -> Result<Vec<Mou
         });
     }
     Ok(out)
+}
+
+/// A host folder: only under a `policy.bind_allow` prefix, by whole components.
+fn bind_allowed(field: &str, source: &str, policy: &PolicySettings) -> Result<(), Rejection> {
+    if !is_clean_absolute(source) {
+        return Err(Rejection::invalid(
+            field,
+            format!("the host path {source:?} must be absolute without `..`"),
+        ));
+    }
+    let allowed = policy
+        .bind_allow
+        .iter()
+        .any(|prefix| is_clean_absolute(prefix) && Path::new(source).starts_with(prefix));
+    if !allowed {
+        return Err(Rejection::denied(
+            field,
+            format!(
+                "the host path {source:?} is not under a folder this worker allows (policy.bind_allow: {:?})",
+                policy.bind_allow
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A named volume: only one `policy.volumes_allow` lists. Docker's volumes are
+/// shared by every container on the host (another application's data, Redis's
+/// own in a compose deployment), so none is open to a job unless named.
+fn volume_allowed(field: &str, source: &str, policy: &PolicySettings) -> Result<(), Rejection> {
+    let name_ok = (1..=128).contains(&source.len())
+        && source.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && source
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !name_ok {
+        return Err(Rejection::invalid(
+            field,
+            format!("{source:?} is neither an absolute host path nor a volume name"),
+        ));
+    }
+    if !listed(source, &policy.volumes_allow) {
+        return Err(Rejection::denied(
+            field,
+            format!(
+                "the volume {source:?} is not one this worker allows (policy.volumes_allow: {:?})",
+                policy.volumes_allow
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `8080`, `"8080"`, `"9000:8080"`, `"127.0.0.1:9000:8080"`, each with an optional `/udp`.
@@ -297,8 +321,33 @@ mod tests {
             .unwrap()
             .policy;
         s.bind_allow = bind_allow.iter().map(|p| p.to_string()).collect();
+        s.volumes_allow = vec!["cache".into(), "scratch-*".into()];
         s.allow_ports = allow_ports;
         s
+    }
+
+    #[test]
+    fn only_listed_named_volumes_are_mounted() {
+        for ok in ["cache", "scratch-1", "scratch-"] {
+            let spec =
+                parse(format!(r#"{{"image":"x","volumes":["{ok}:/v"]}}"#).as_bytes()).unwrap();
+            assert!(volumes(&spec, &policy(&[], false)).is_ok(), "{ok}");
+        }
+        for denied in ["redis-data", "cache2", "scratch"] {
+            let spec =
+                parse(format!(r#"{{"image":"x","volumes":["{denied}:/v"]}}"#).as_bytes()).unwrap();
+            let err = volumes(&spec, &policy(&[], false)).unwrap_err();
+            assert_eq!(err.reason, Reason::PolicyDenied, "{denied}");
+            assert!(
+                err.message.contains("policy.volumes_allow"),
+                "{}",
+                err.message
+            );
+        }
+        let mut none = policy(&[], false);
+        none.volumes_allow.clear();
+        let spec = parse(br#"{"image":"x","volumes":["cache:/v"]}"#).unwrap();
+        assert!(volumes(&spec, &none).is_err(), "empty allows none");
     }
 
     #[test]

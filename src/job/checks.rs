@@ -50,9 +50,13 @@ pub(super) fn safe_relative_path(path: &str) -> Option<String> {
 
 /// Whether `policy.images` allows `image`: empty allows any; `prefix*` matches a prefix.
 pub(super) fn image_allowed(image: &str, allow: &[String]) -> bool {
-    allow.is_empty()
-        || allow.iter().any(|rule| match rule.strip_suffix('*') {
-            Some(prefix) => image.starts_with(prefix),
-            None => rule == image,
-        })
+    allow.is_empty() || listed(image, allow)
+}
+
+/// Whether `name` is one of `rules`: an exact name, or a prefix ending in `*`.
+pub(super) fn listed(name: &str, rules: &[String]) -> bool {
+    rules.iter().any(|rule| match rule.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => rule == name,
+    })
 }

@@ -73,18 +73,28 @@ async fn a_service_is_reachable_by_alias_and_removed_afterwards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn volumes_bind_only_allowed_host_folders_and_named_volumes_persist() {
+async fn volumes_mount_only_allowed_host_folders_and_allowed_named_volumes() {
     let env = Env::new();
     let dir = tempfile::tempdir().unwrap();
     let allowed = dir.path().canonicalize().unwrap();
     let allowed_s = allowed.display().to_string();
+    let volume = format!("{}-vol", env.prefix);
     let worker = Worker::start(env.settings(
         &["default"],
         2,
-        &[("DOCKHAND__POLICY__BIND_ALLOW", allowed_s.as_str())],
+        &[
+            ("DOCKHAND__POLICY__BIND_ALLOW", allowed_s.as_str()),
+            ("DOCKHAND__POLICY__VOLUMES_ALLOW", volume.as_str()),
+        ],
     ));
     std::fs::create_dir_all(allowed.join("data")).unwrap();
-    let volume = format!("{}-vol", env.prefix);
+    // Another application's volume, which the job names but the worker does not allow.
+    let theirs = format!("{}-theirs", env.prefix);
+    let made = Command::new("docker")
+        .args(["volume", "create", &theirs])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
 
     let bind = format!("{}-bind", env.prefix);
     let denied = format!("{}-denied", env.prefix);
@@ -147,8 +157,27 @@ async fn volumes_bind_only_allowed_host_folders_and_named_volumes_persist() {
     .await;
     assert_eq!(env.finished(&read).await["status"], "completed");
     assert_eq!(env.lines(&read, "stdout").await, vec!["kept"]);
+
+    let intruder = format!("{}-intruder", env.prefix);
+    env.xadd(
+        "default",
+        &serde_json::json!({
+            "id": intruder, "image": image(), "command": "echo pwned > /v/file",
+            "volumes": [format!("{theirs}:/v")],
+        })
+        .to_string(),
+    )
+    .await;
+    let done = env.finished(&intruder).await;
+    assert_eq!(done["reason"], "policy_denied", "{done:?}");
+    assert!(
+        done["error"].starts_with("`volumes[0]`") && done["error"].contains("policy.volumes_allow"),
+        "{}",
+        done["error"]
+    );
+    assert!(env.log(&intruder).await.is_empty(), "nothing of it ran");
     worker.stop().await;
     let _ = Command::new("docker")
-        .args(["volume", "rm", "-f", &volume])
+        .args(["volume", "rm", "-f", &volume, &theirs])
         .output();
 }
