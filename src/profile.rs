@@ -84,14 +84,14 @@ fn replace_group(out: &mut Map<String, Value>, group: &[&str], key: &str, value:
 
 /// The spec of a job that names profile `name`, given the profile's registered
 /// JSON (`None`: no such profile). `raw` is the job's own entry.
-pub fn apply(raw: &[u8], name: &str, profile: Option<&str>) -> Result<JobSpec, Rejection> {
+pub fn apply(raw: &[u8], name: &str, profile: Option<&[u8]>) -> Result<JobSpec, Rejection> {
     let Some(text) = profile else {
         return Err(Rejection::invalid(
             "profile",
             format!("no profile named {name:?} is registered"),
         ));
     };
-    let template: Value = serde_json::from_str(text)
+    let template: Value = serde_json::from_slice(text)
         .map_err(|e| Rejection::invalid("profile", format!("profile {name:?} is not JSON: {e}")))?;
     check(&template)
         .map_err(|e| Rejection::invalid("profile", format!("profile {name:?}: {e}")))?;
@@ -143,7 +143,9 @@ pub fn load_dir(dir: &Path) -> Result<Vec<(String, Value)>, ProfileFileError> {
 }
 
 /// The registered JSON of profile `name`.
-pub async fn get(conn: &mut Conn, keys: &Keys, name: &str) -> Result<Option<String>, StoreError> {
+/// Profile `name` as stored: bytes, because anyone may `HSET` one that is not
+/// UTF-8 ([`apply`] refuses it, naming the profile).
+pub async fn get(conn: &mut Conn, keys: &Keys, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(conn.hget(keys.profiles(), name).await?)
 }
 
@@ -202,6 +204,13 @@ mod tests {
         assert_eq!(err.reason, crate::job::Reason::InvalidSpec);
         assert!(err.message.starts_with("`profile`"), "{}", err.message);
         assert!(err.message.contains("\"nope\""), "{}", err.message);
+        let err = apply(b"{}", "bytes", Some(b"{\"image\":\"\xff\"}")).unwrap_err();
+        assert_eq!(err.reason, crate::job::Reason::InvalidSpec);
+        assert!(
+            err.message.contains("profile \"bytes\" is not JSON"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -209,7 +218,7 @@ mod tests {
         let spec = apply(
             br#"{"profile":"p","env":{"B":"x"}}"#,
             "p",
-            Some(r#"{"image":"i","env":{"A":"1"}}"#),
+            Some(br#"{"image":"i","env":{"A":"1"}}"#),
         )
         .unwrap();
         assert_eq!(spec.image.as_deref(), Some("i"));

@@ -123,6 +123,7 @@ async fn registered(
 ) -> Result<String, Failure> {
     profile::get(conn, keys, name)
         .await?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .ok_or_else(|| Failure::failed(format!("no profile named {name:?}")))
 }
 

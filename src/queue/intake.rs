@@ -16,6 +16,9 @@ pub struct Entry {
     pub job: Option<Vec<u8>>,
     /// Set on entries Dockhand itself adds to run a job again (see [`super::requeue`]).
     pub token: String,
+    /// When there is no `job` field: every field the producer sent, as a JSON
+    /// object, so that the refused entry keeps what was sent.
+    pub fields: Option<Vec<u8>>,
 }
 
 impl Entry {
@@ -27,11 +30,26 @@ impl Entry {
             .get("job")
             .map(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default());
         let token = id.get::<String>("token").unwrap_or_default();
+        let fields = job.is_none().then(|| {
+            let all: serde_json::Map<String, serde_json::Value> = id
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    let bytes = redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default();
+                    (
+                        k.clone(),
+                        String::from_utf8_lossy(&bytes).into_owned().into(),
+                    )
+                })
+                .collect();
+            serde_json::Value::Object(all).to_string().into_bytes()
+        });
         Entry {
             queue: queue.to_string(),
             id: id.id,
             job,
             token,
+            fields,
         }
     }
 }

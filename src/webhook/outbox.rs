@@ -101,11 +101,12 @@ pub async fn enqueue_for_job(
     job: &str,
     retention: u64,
 ) -> Result<usize, StoreError> {
+    // `spec` is the entry as its producer wrote it, so it may not be UTF-8: bytes.
     let (body, queue, entry, spec): (
         Option<String>,
         Option<String>,
         Option<String>,
-        Option<String>,
+        Option<Vec<u8>>,
     ) = redis::cmd("HMGET")
         .arg(keys.job(job))
         .arg("event")
@@ -124,13 +125,16 @@ pub async fn enqueue_for_job(
     let (queue, entry) = (queue.unwrap_or_default(), entry.unwrap_or_default());
 
     let mut targets = Vec::new();
-    let subscribers: HashMap<String, String> = conn.hgetall(keys.subscribers()).await?;
-    let mut names: Vec<&String> = subscribers.keys().collect();
-    names.sort();
-    for name in names {
-        match serde_json::from_str::<super::Subscriber>(&subscribers[name]) {
+    // Anyone can HSET the registry: a name or value that is not UTF-8 JSON is
+    // skipped with a warning, and never keeps the other subscribers' deliveries
+    // (or the entry's acknowledgement) from being made.
+    let mut subscribers: Vec<(Vec<u8>, Vec<u8>)> = conn.hgetall(keys.subscribers()).await?;
+    subscribers.sort();
+    for (name, value) in subscribers {
+        let name = String::from_utf8_lossy(&name).into_owned();
+        match serde_json::from_slice::<super::Subscriber>(&value) {
             Ok(sub) if sub.wants(&event, &queue) => targets.push(NewDelivery {
-                subscriber: name.clone(),
+                subscriber: name,
                 url: None,
                 secret: None,
             }),
@@ -140,7 +144,7 @@ pub async fn enqueue_for_job(
             }
         }
     }
-    targets.extend(job_targets(spec.as_deref().unwrap_or("{}"), &event));
+    targets.extend(job_targets(spec.as_deref().unwrap_or(b"{}"), &event));
 
     let now = chrono::Utc::now();
     let mut made = 0;
@@ -168,8 +172,8 @@ pub async fn enqueue_for_job(
 }
 
 /// The job's own `webhooks: [{url, secret, events}]` that want `event`.
-fn job_targets(spec: &str, event: &str) -> Vec<NewDelivery> {
-    let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+fn job_targets(spec: &[u8], event: &str) -> Vec<NewDelivery> {
+    let spec: serde_json::Value = serde_json::from_slice(spec).unwrap_or_default();
     let Some(hooks) = spec["webhooks"].as_array() else {
         return Vec::new();
     };
@@ -411,11 +415,15 @@ mod tests {
     #[test]
     fn a_jobs_own_targets_follow_their_events() {
         let spec = r#"{"webhooks":[{"url":"http://a/","secret":"s"},{"url":"http://b/","secret":"t","events":["job.started"]}]}"#;
-        let done = job_targets(spec, "job.completed");
+        let done = job_targets(spec.as_bytes(), "job.completed");
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].subscriber, "job:0");
         assert_eq!(done[0].url.as_deref(), Some("http://a/"));
-        assert_eq!(job_targets(spec, "job.started")[0].subscriber, "job:1");
-        assert!(job_targets("{}", "job.completed").is_empty());
+        assert_eq!(
+            job_targets(spec.as_bytes(), "job.started")[0].subscriber,
+            "job:1"
+        );
+        assert!(job_targets(b"{}", "job.completed").is_empty());
+        assert!(job_targets(b"{\"webhooks\":\"\xff\"}", "job.completed").is_empty());
     }
 }

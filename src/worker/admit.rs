@@ -106,13 +106,17 @@ fn read(entry: &Entry) -> (String, Result<JobSpec, Rejection>) {
     }
 }
 
-/// Makes or takes over the job hash for this entry (one Lua step).
+/// Makes or takes over the job hash for this entry (one Lua step). The hash keeps
+/// the spec as text that every reader can read: bytes that are not UTF-8 become
+/// U+FFFD there (the dead stream keeps a refused entry's bytes as they came).
 async fn claim(
     ctx: &Ctx,
     entry: &Entry,
     record: &JobRecord,
     stored: &[u8],
 ) -> Result<Claimed, StoreError> {
+    let spec = String::from_utf8_lossy(stored);
+    let stored = spec.as_bytes();
     ctx.store
         .persist(|mut conn| async move {
             state::claim(

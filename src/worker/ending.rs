@@ -166,6 +166,33 @@ impl Turn<'_> {
         ack(self.ctx, self.entry).await
     }
 
+    /// The turn failed on a Redis error over and over (not Redis being away): the
+    /// entry goes to the dead stream with the error (`reason` = `redis_error`)
+    /// and is acknowledged, to be looked at and retried by an operator.
+    pub(super) async fn give_up(&self, error: &StoreError) -> Result<(), StoreError> {
+        let (ctx, entry, raw) = (self.ctx, self.entry, self.stored);
+        let id = entry
+            .job
+            .as_deref()
+            .and_then(crate::job::requested_id)
+            .unwrap_or_else(|| entry.id.clone());
+        let error = crate::telemetry::error_chain(error);
+        ctx.store
+            .persist(|mut conn| {
+                let max = ctx.settings.jobs.dead_max_len;
+                let fields: Vec<(&str, &[u8])> = vec![
+                    ("id", id.as_bytes()),
+                    ("entry", entry.id.as_bytes()),
+                    ("reason", b"redis_error"),
+                    ("error", error.as_bytes()),
+                    ("job", raw),
+                ];
+                async move { state::bury(&mut conn, &ctx.keys, &entry.queue, max, &fields).await }
+            })
+            .await?;
+        ack(ctx, entry).await
+    }
+
     async fn bury(&self, record: &JobRecord, error: &str) -> Result<(), StoreError> {
         let (ctx, entry, raw) = (self.ctx, self.entry, self.stored);
         ctx.store

@@ -11,16 +11,22 @@
 //! - If Redis is unreachable when the outcome must be written, the write is retried
 //!   (`Store::persist`); if that fails for good the entry stays pending, to be run
 //!   again, never lost.
+//! - A Redis step that fails for another reason (Redis answered with an error)
+//!   gets the whole turn tried again, `worker.max_deliveries` times in all; then
+//!   the entry goes to the dead stream with the error and is acknowledged, so no
+//!   entry stays pending for ever under a live worker.
 
 use super::admit::{admit, Admission};
 use super::attempt::attempt;
 use super::context::Ctx;
 use super::ending::Turn;
 use super::running::Registration;
+use crate::backoff::Backoff;
 use crate::job;
 use crate::queue::Entry;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
@@ -32,30 +38,49 @@ pub(super) async fn run(
     permit: OwnedSemaphorePermit,
 ) {
     let span = tracing::info_span!("job", queue = %entry.queue, entry = %entry.id, job_id = tracing::field::Empty);
-    if let Err(e) = turn(&ctx, &entry, &registration).instrument(span).await {
-        tracing::error!(
-            queue = %entry.queue,
-            entry = %entry.id,
-            error = %error_chain(&e),
-            "could not record the job's outcome; the entry stays pending"
-        );
+    let raw: &[u8] = entry.job.as_deref().unwrap_or_default();
+    // What is stored (job hash, dead stream): the entry without its secret values;
+    // for an entry without `job`, every field it has.
+    let stored = match &entry.fields {
+        Some(fields) => job::redact(fields),
+        None => job::redact(raw),
+    };
+    let turn = Turn {
+        ctx: &ctx,
+        entry: &entry,
+        raw,
+        stored: &stored,
+    };
+    let tries = ctx.settings.worker.max_deliveries.max(1);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    for tried in 1..=tries {
+        let error = match take(&turn, &registration).instrument(span.clone()).await {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        if error.is_connection() {
+            tracing::error!(parent: &span, error = %error_chain(&error), "could not record the job's outcome; the entry stays pending");
+            break;
+        }
+        if tried < tries {
+            tracing::warn!(parent: &span, error = %error_chain(&error), tried, "a Redis step of this entry failed; its turn is taken again");
+            tokio::time::sleep(backoff.next_delay()).await;
+            continue;
+        }
+        tracing::error!(parent: &span, error = %error_chain(&error), tried, "a Redis step of this entry keeps failing; the entry goes to the dead stream");
+        if let Err(e) = turn.give_up(&error).await {
+            tracing::error!(parent: &span, error = %error_chain(&e), "could not move the entry to the dead stream; it stays pending");
+        }
     }
     drop(registration);
     drop(permit);
 }
 
-async fn turn(ctx: &Ctx, entry: &Entry, registration: &Registration) -> Result<(), StoreError> {
-    let raw: &[u8] = entry.job.as_deref().unwrap_or_default();
-    // What is stored (job hash, dead stream): the entry without its secret values.
-    let stored = job::redact(raw);
-    let turn = Turn {
-        ctx,
-        entry,
-        raw,
-        stored: &stored,
-    };
-    let ending = match admit(ctx, entry, registration, &stored).await? {
-        Admission::Run(record, job) => attempt(&turn, registration, record, job).await?,
+/// One try at the entry's turn, from admission to its end.
+async fn take(turn: &Turn<'_>, registration: &Registration) -> Result<(), StoreError> {
+    let (ctx, entry) = (turn.ctx, turn.entry);
+    let ending = match admit(ctx, entry, registration, turn.stored).await? {
+        Admission::Run(record, job) => attempt(turn, registration, record, job).await?,
         Admission::End(ending) => ending,
     };
     turn.end(ending).await

@@ -1,6 +1,6 @@
 //! Getting jobs in: XADD and LPUSH, bad specs, duplicates, the inbox mover.
 
-use crate::common::{image, Env};
+use crate::common::{image, wait_until, Env, Worker};
 use deadpool_redis::redis::{self, AsyncCommands};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -281,5 +281,147 @@ async fn an_id_that_would_name_another_jobs_keys_is_refused() {
         .await
         .unwrap();
     assert_eq!(kind, "stream", "v's log is still its own stream");
+    worker.stop().await;
+}
+
+/// Waits until every entry of `queue` has been acknowledged (and so deleted).
+async fn all_acknowledged(env: &Env, queue: &str) {
+    let key = env.keys.jobs(queue);
+    wait_until(
+        &format!("every entry of {queue} to be acknowledged"),
+        || {
+            let key = key.clone();
+            async move {
+                let mut c = env.conn().await;
+                let left: usize = c.xlen(&key).await.unwrap();
+                (left == 0).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// Bytes that are not UTF-8 where producers and operators write (an entry, a
+/// subscriber, a profile) end the job with a clear refusal and are acknowledged:
+/// nothing stays pending to be retried for ever, and other deliveries still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_utf8_are_refused_and_acknowledged() {
+    let env = Env::new();
+    let mut c = env.conn().await;
+    // A subscriber that is not UTF-8, beside one that is fine.
+    let _: i64 = c
+        .hset(env.keys.subscribers(), "broken", &b"{\"url\":\"\xff\"}"[..])
+        .await
+        .unwrap();
+    let fine = serde_json::json!({"url": "http://127.0.0.1:9/hook", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "events": ["*"], "queues": ["*"]});
+    let _: i64 = c
+        .hset(env.keys.subscribers(), "fine", fine.to_string())
+        .await
+        .unwrap();
+    let _: i64 = c
+        .hset(env.keys.profiles(), "bytes", &b"{\"image\":\"\xff\"}"[..])
+        .await
+        .unwrap();
+    let worker = env.worker(&["default"], 1);
+
+    let raw: String = redis::cmd("XADD")
+        .arg(env.keys.jobs("default"))
+        .arg("*")
+        .arg("job")
+        .arg(&b"{\"image\":\"\xff\xfe\"}"[..])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let profiled = format!("{}-profiled", env.prefix);
+    env.xadd(
+        "default",
+        &serde_json::json!({"id": profiled, "profile": "bytes"}).to_string(),
+    )
+    .await;
+    let good = format!("{}-good", env.prefix);
+    env.xadd("default", &spec(&good, "echo fine")).await;
+
+    let refused = env.finished(&raw).await;
+    assert_eq!(refused["reason"], "invalid_spec", "{refused:?}");
+    assert!(refused["error"].contains("not valid JSON"), "{refused:?}");
+    let refused = env.finished(&profiled).await;
+    assert_eq!(refused["reason"], "invalid_spec", "{refused:?}");
+    assert!(
+        refused["error"].contains("profile \"bytes\" is not JSON"),
+        "{refused:?}"
+    );
+    assert_eq!(env.finished(&good).await["status"], "completed");
+    all_acknowledged(&env, "default").await;
+    // The good subscriber's deliveries were made for every job, the broken one skipped.
+    for job in [raw.as_str(), profiled.as_str(), good.as_str()] {
+        let made: Vec<String> = c.smembers(env.keys.job_deliveries(job)).await.unwrap();
+        assert_eq!(made.len(), 1, "{job}: {made:?}");
+    }
+    worker.stop().await;
+}
+
+/// An entry without a `job` field is refused, and the dead stream keeps every
+/// field it had: nothing that was sent is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_without_a_job_field_keeps_its_payload() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let mut c = env.conn().await;
+    let entry: String = c
+        .xadd(
+            env.keys.jobs("default"),
+            "*",
+            &[("jbo", r#"{"image":"x"}"#), ("note", "typo")],
+        )
+        .await
+        .unwrap();
+    let refused = env.finished(&entry).await;
+    assert_eq!(refused["reason"], "invalid_spec", "{refused:?}");
+    all_acknowledged(&env, "default").await;
+    let dead: redis::streams::StreamRangeReply =
+        c.xrange_all(env.keys.dead("default")).await.unwrap();
+    let kept: serde_json::Value =
+        serde_json::from_str(&dead.ids[0].get::<String>("job").unwrap()).unwrap();
+    assert_eq!(
+        kept,
+        serde_json::json!({"jbo": r#"{"image":"x"}"#, "note": "typo"})
+    );
+    worker.stop().await;
+}
+
+/// A Redis step that fails with an error (not a lost connection) no longer leaves
+/// its entry pending for ever under a live worker: the turn is tried again
+/// `worker.max_deliveries` times, then the entry goes to the dead stream with the
+/// error, is acknowledged, and the worker goes on with the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_redis_steps_keep_failing_ends_in_the_dead_stream() {
+    let env = Env::new();
+    let poisoned = format!("{}-poisoned", env.prefix);
+    let mut c = env.conn().await;
+    // The job hash's key holds a string: every step on it answers WRONGTYPE.
+    let _: () = c.set(env.keys.job(&poisoned), "not a hash").await.unwrap();
+    let worker = Worker::start(env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WORKER__MAX_DELIVERIES", "2")],
+    ));
+    env.xadd("default", &spec(&poisoned, "echo never")).await;
+    let next = format!("{}-next", env.prefix);
+    env.xadd("default", &spec(&next, "echo next")).await;
+
+    assert_eq!(env.finished(&next).await["status"], "completed");
+    all_acknowledged(&env, "default").await;
+    let dead: redis::streams::StreamRangeReply =
+        c.xrange_all(env.keys.dead("default")).await.unwrap();
+    assert_eq!(dead.ids.len(), 1, "{:?}", dead.ids);
+    let kept = &dead.ids[0];
+    assert_eq!(kept.get::<String>("id").unwrap(), poisoned);
+    assert_eq!(kept.get::<String>("reason").unwrap(), "redis_error");
+    assert!(
+        kept.get::<String>("error").unwrap().contains("WRONGTYPE"),
+        "{:?}",
+        kept.get::<String>("error")
+    );
+    assert!(kept.get::<String>("job").unwrap().contains("echo never"));
     worker.stop().await;
 }
