@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 const CHANNEL_LINES: usize = 8192;
 /// Lines written to Redis in one transaction.
 const BATCH_LINES: usize = 512;
+/// A `system` line (never dropped) is cut to this many bytes, saying how many were left out.
+pub const SYSTEM_LINE_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -249,7 +251,9 @@ async fn write_lines(
             if !mask.is_empty() {
                 line.text = mask.apply(&line.text);
             }
-            if line.stream != LogStream::System {
+            if line.stream == LogStream::System {
+                line.text = cut(line.text, SYSTEM_LINE_MAX);
+            } else {
                 let len = line.text.len() as u64;
                 if capped || summary.bytes_kept + len > cap_bytes {
                     if !capped {
@@ -314,6 +318,23 @@ async fn write_lines(
         }
     }
     summary
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how many
+/// were left out.
+fn cut(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes not kept)",
+        &text[..end],
+        text.len() - end
+    )
 }
 
 /// Writes one batch, retrying through a Redis outage (the container is not held up
@@ -422,5 +443,21 @@ mod tests {
     fn invalid_utf8_is_replaced_not_fatal() {
         let lines = split(&[b"ok \xff\xfe\n"], 100);
         assert_eq!(lines[0].0, "ok \u{fffd}\u{fffd}");
+    }
+
+    #[test]
+    fn a_long_system_line_is_cut_and_says_so() {
+        assert_eq!(cut("short".into(), 10), "short");
+        let long = format!("é{}", "x".repeat(5000));
+        let kept = cut(long.clone(), SYSTEM_LINE_MAX);
+        assert!(kept.len() < SYSTEM_LINE_MAX + 40, "{}", kept.len());
+        assert!(
+            kept.ends_with(&format!(
+                "… ({} more bytes not kept)",
+                long.len() - (SYSTEM_LINE_MAX)
+            )),
+            "{}",
+            &kept[kept.len() - 40..]
+        );
     }
 }

@@ -291,6 +291,7 @@ mod tests {
     fn a_read_only_root_keeps_dockhand_and_tmp_writable() {
         let mut s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         s.policy.read_only_rootfs = true;
+        s.policy.volumes_allow = vec!["scratch".into()];
         let who = Labels {
             worker: "w1",
             consumer: "w1:1:x",

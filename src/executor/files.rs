@@ -19,6 +19,13 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 pub const RESULT_FILE: &str = "result.json";
 /// `result.json` is read only up to this size.
 const RESULT_MAX: u64 = 1 << 20;
+/// Output files kept at most, whatever their sizes: each is listed in the job hash,
+/// its events and its webhooks.
+pub const MAX_OUTPUT_FILES: usize = 1000;
+/// Files not kept that are named one by one; the rest are counted.
+const NAMED_DROPS: usize = 20;
+/// A dropped file's name is cut to this many bytes in the list.
+const DROPPED_NAME_MAX: usize = 200;
 
 /// What the job's `result.json` said.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +44,8 @@ pub enum ResultFile {
 #[derive(Debug, Default)]
 pub struct JobOutput {
     pub files: Vec<(String, Vec<u8>)>,
-    /// Files not kept, each with why (`big.bin (20971520 bytes, over limits.output_bytes)`).
+    /// Files not kept, each with why (`big.bin (20971520 bytes, over limits.output_bytes)`):
+    /// the first [`NAMED_DROPS`] by name, then one entry that counts the rest.
     pub dropped: Vec<String>,
     pub result: Option<ResultFile>,
 }
@@ -185,20 +193,19 @@ pub async fn collect(docker: &Docker, container: &str, job: &Job) -> Result<JobO
 
 fn read_outputs(reader: impl Read, budget: u64, keep_files: bool) -> std::io::Result<JobOutput> {
     let mut out = JobOutput::default();
+    let mut drops = Drops::default();
+    // A file's name counts against the budget with its bytes: many small files
+    // with long names must cost what they take in Redis.
     let mut used = 0u64;
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
         // Paths in the archive start with the folder's own name, `output/`.
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let Some(name) = path
-            .split_once('/')
-            .map(|(_, n)| n.trim_end_matches('/').to_string())
-        else {
+        let Some(name) = in_output(&entry.path()?.to_string_lossy()) else {
             continue;
         };
-        if name.is_empty() || kind.is_dir() {
+        if kind.is_dir() {
             continue;
         }
         let size = entry.header().size()?;
@@ -217,22 +224,80 @@ fn read_outputs(reader: impl Read, budget: u64, keep_files: bool) -> std::io::Re
         if !keep_files {
             continue;
         }
-        if !kind.is_file() {
-            out.dropped.push(format!("{name} (not a regular file)"));
+        // A hard link is a second name for a file met earlier in the archive.
+        let linked = match kind {
+            tar::EntryType::Link => entry
+                .link_name()?
+                .and_then(|target| in_output(&target.to_string_lossy()))
+                .and_then(|target| out.files.iter().find(|(n, _)| *n == target))
+                .map(|(_, content)| content.clone()),
+            _ => None,
+        };
+        if !kind.is_file() && linked.is_none() {
+            drops.add(&name, "not a regular file");
             continue;
         }
-        if used + size > budget {
-            out.dropped.push(format!(
-                "{name} ({size} bytes, over limits.output_bytes = {budget})"
-            ));
+        let size = linked.as_ref().map_or(size, |c| c.len() as u64);
+        if out.files.len() >= MAX_OUTPUT_FILES {
+            drops.add(&name, &format!("over {MAX_OUTPUT_FILES} files"));
             continue;
         }
-        let mut content = Vec::with_capacity(size as usize);
-        entry.read_to_end(&mut content)?;
-        used += size;
+        let cost = size + name.len() as u64;
+        if used + cost > budget {
+            let why = format!("{size} bytes, over limits.output_bytes = {budget}");
+            drops.add(&name, &why);
+            continue;
+        }
+        let content = match linked {
+            Some(content) => content,
+            None => {
+                let mut content = Vec::with_capacity(size as usize);
+                entry.read_to_end(&mut content)?;
+                content
+            }
+        };
+        used += cost;
         out.files.push((name, content));
     }
+    out.dropped = drops.list();
     Ok(out)
+}
+
+/// The name inside the output folder of an archive path (`output/a/b` → `a/b`).
+fn in_output(path: &str) -> Option<String> {
+    let (_, name) = path.split_once('/')?;
+    let name = name.trim_end_matches('/');
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The files not kept: the first few by name (cut short), the rest counted.
+#[derive(Default)]
+struct Drops {
+    named: Vec<String>,
+    more: u64,
+}
+
+impl Drops {
+    fn add(&mut self, name: &str, why: &str) {
+        if self.named.len() >= NAMED_DROPS {
+            self.more += 1;
+            return;
+        }
+        let mut cut = DROPPED_NAME_MAX.min(name.len());
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = if cut < name.len() { "…" } else { "" };
+        self.named.push(format!("{}{more} ({why})", &name[..cut]));
+    }
+
+    fn list(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.named
+                .push(format!("and {} more files not kept", self.more));
+        }
+        self.named
+    }
 }
 
 /// `{"result_text", "result_data"}` completes; `{"error_text", "error_data"}` aborts.
@@ -282,6 +347,68 @@ mod tests {
             tar.append_data(&mut h, name, *content).unwrap();
         }
         tar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn names_cost_like_bytes_and_the_file_count_is_capped() {
+        // Empty files with long names: the names alone fill the budget.
+        let long: Vec<(String, Vec<u8>)> = (0..50)
+            .map(|i| (format!("output/{i:03}-{}", "n".repeat(196)), Vec::new()))
+            .collect();
+        let entries: Vec<(&str, &[u8])> = long
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.as_slice()))
+            .collect();
+        let out = read_outputs(archive(&entries).as_slice(), 1000, true).unwrap();
+        assert_eq!(out.files.len(), 5, "200-byte names, a 1000-byte budget");
+        assert_eq!(out.dropped.len(), NAMED_DROPS + 1);
+        assert_eq!(out.dropped.last().unwrap(), "and 25 more files not kept");
+        assert!(
+            out.dropped[0].contains("over limits.output_bytes"),
+            "{:?}",
+            out.dropped
+        );
+        assert!(out.dropped.iter().all(|d| d.len() < DROPPED_NAME_MAX + 80));
+
+        let many: Vec<(String, Vec<u8>)> = (0..MAX_OUTPUT_FILES + 7)
+            .map(|i| (format!("output/{i}"), vec![b'x']))
+            .collect();
+        let entries: Vec<(&str, &[u8])> = many
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.as_slice()))
+            .collect();
+        let out = read_outputs(archive(&entries).as_slice(), 1 << 30, true).unwrap();
+        assert_eq!(out.files.len(), MAX_OUTPUT_FILES);
+        assert_eq!(out.dropped.len(), 7);
+        assert!(
+            out.dropped[0].contains("over 1000 files"),
+            "{:?}",
+            out.dropped
+        );
+    }
+
+    #[test]
+    fn a_hard_link_keeps_both_names() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, "output/a.txt", &b"hello"[..])
+            .unwrap();
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Link);
+        link.set_size(0);
+        tar.append_link(&mut link, "output/b.txt", "output/a.txt")
+            .unwrap();
+        let out = read_outputs(tar.into_inner().unwrap().as_slice(), 100, true).unwrap();
+        assert_eq!(
+            out.files,
+            vec![
+                ("a.txt".to_string(), b"hello".to_vec()),
+                ("b.txt".to_string(), b"hello".to_vec())
+            ]
+        );
+        assert!(out.dropped.is_empty(), "{:?}", out.dropped);
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub(super) fn check_env_named(field: &str, key: &str, value: &str) -> Result<(),
     Ok(())
 }
 
-/// `a/b/c.txt` for a path that stays inside its folder; `None` for `..`, `/x` and the like.
+/// `a/b/c.txt` for a path that stays inside its folder; `None` for `..`, `/x`, a
+/// name over 255 bytes (no file system takes it) and the like.
 pub(super) fn safe_relative_path(path: &str) -> Option<String> {
     if path.is_empty() || path.len() > 1024 || path.contains('\0') || path.contains('\\') {
         return None;
@@ -40,6 +41,7 @@ pub(super) fn safe_relative_path(path: &str) -> Option<String> {
     let mut parts = Vec::new();
     for c in Path::new(path).components() {
         match c {
+            Component::Normal(p) if p.len() > 255 => return None,
             Component::Normal(p) => parts.push(p.to_str()?.to_string()),
             Component::CurDir => {}
             _ => return None,

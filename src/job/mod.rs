@@ -18,7 +18,9 @@ pub use attach::{Mount, Publish, ServiceRun};
 pub use retry::{RetryOn, RetryPolicy};
 pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Service};
 pub use status::{Reason, Status};
-pub use validate::{validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile};
+pub use validate::{
+    validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile, MAX_METADATA_BYTES,
+};
 
 /// The folder the worker manages in every job container.
 pub const DOCKHAND_DIR: &str = "/dockhand";
@@ -82,8 +84,36 @@ const NEVER_ALLOWED: &[(&str, &str)] = &[
     ),
 ];
 
+/// The largest entry a worker reads: 64 MiB of inputs, base64-encoded, and the rest.
+pub const MAX_ENTRY_BYTES: usize = 96 << 20;
+/// What the job hash and the dead stream keep of a larger entry: its beginning.
+const KEPT_OF_OVERSIZED: usize = 64 << 10;
+
+/// What is kept of an entry in the job hash and the dead stream: the entry
+/// [`redact`]ed; of one over [`MAX_ENTRY_BYTES`] (refused unread), only its first
+/// [`KEPT_OF_OVERSIZED`] bytes, followed by how many were left out.
+pub fn for_storage(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if raw.len() <= MAX_ENTRY_BYTES {
+        return redact(raw);
+    }
+    let mut kept = raw[..KEPT_OF_OVERSIZED].to_vec();
+    kept.extend_from_slice(
+        format!("… ({} more bytes not kept)", raw.len() - KEPT_OF_OVERSIZED).as_bytes(),
+    );
+    kept.into()
+}
+
 /// Parses a raw job entry. The message of an error names the offending field path.
 pub fn parse(raw: &[u8]) -> Result<JobSpec, Rejection> {
+    if raw.len() > MAX_ENTRY_BYTES {
+        return Err(Rejection::invalid(
+            "job",
+            format!(
+                "the entry is {} bytes, over the {MAX_ENTRY_BYTES}-byte limit",
+                raw.len()
+            ),
+        ));
+    }
     // Syntax first, on its own, so a truncated entry is called what it is rather
     // than a type error in whatever field came before the cut.
     let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| Rejection {
@@ -145,6 +175,9 @@ pub fn is_valid_job_id(id: &str) -> bool {
 /// The `id` a raw entry asks for, if it is readable and valid, even when the rest of
 /// the spec is not: an invalid job is still recorded under the id its producer chose.
 pub fn requested_id(raw: &[u8]) -> Option<String> {
+    if raw.len() > MAX_ENTRY_BYTES {
+        return None; // refused unread
+    }
     let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
     let id = v.get("id")?.as_str()?;
     is_valid_job_id(id).then(|| id.to_string())
@@ -232,5 +265,25 @@ mod tests {
         );
         assert_eq!(requested_id(br#"{"id":"a b"}"#), None);
         assert_eq!(requested_id(b"{"), None);
+    }
+
+    #[test]
+    fn an_oversized_entry_is_refused_unread_and_kept_short() {
+        let huge = vec![b' '; MAX_ENTRY_BYTES + 1];
+        let err = parse(&huge).unwrap_err();
+        assert!(
+            err.message.starts_with("`job`") && err.message.contains("over the"),
+            "{}",
+            err.message
+        );
+        let kept = for_storage(&huge);
+        assert!(kept.len() < KEPT_OF_OVERSIZED + 64);
+        assert!(kept.ends_with(
+            format!(
+                "({} more bytes not kept)",
+                MAX_ENTRY_BYTES + 1 - KEPT_OF_OVERSIZED
+            )
+            .as_bytes()
+        ));
     }
 }

@@ -12,8 +12,14 @@ use std::time::Duration;
 
 /// Docker refuses memory limits below 6 MiB.
 const MIN_MEMORY: u64 = 6 << 20;
-/// Inputs travel inside the job entry; keep one job's staged files reasonable.
+/// Inputs travel inside the job entry; keep one job's staged files (inputs and
+/// the script) reasonable.
 const MAX_STAGED_BYTES: usize = 64 << 20;
+/// `metadata` is copied into the job hash, every event and every webhook body.
+pub const MAX_METADATA_BYTES: usize = 64 << 10;
+/// Variables in `env` and `secret_env` together, and their names and values' bytes.
+const MAX_ENV_VARS: usize = 1000;
+const MAX_ENV_BYTES: usize = 1 << 20;
 
 /// A validated job, ready to hand to the executor.
 #[derive(Debug, Clone)]
@@ -110,6 +116,7 @@ pub fn validate_at(
     let ports = super::attach::ports(&spec, &network, policy)?;
     let limits = resolve_limits(&spec, limits)?;
     environment(&spec)?;
+    metadata(&spec)?;
     let mut files = stage_inputs(&spec)?;
     let entrypoint = entrypoint(&spec)?;
     let mut workdir = workdir(&spec)?;
@@ -188,8 +195,29 @@ fn network(spec: &JobSpec, policy: &PolicySettings) -> Result<String, Rejection>
     Ok(network)
 }
 
-/// `env` and `secret_env`: valid names and values, and no name in both.
+/// `metadata`, within [`MAX_METADATA_BYTES`] as JSON.
+fn metadata(spec: &JobSpec) -> Result<(), Rejection> {
+    let size = spec.metadata.as_ref().map_or(0, |m| m.to_string().len());
+    if size > MAX_METADATA_BYTES {
+        return Err(Rejection::invalid(
+            "metadata",
+            format!("is {size} bytes as JSON, over the {MAX_METADATA_BYTES}-byte limit (it is copied into every event and webhook; keep large data in inputs or files)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `env` and `secret_env`: valid names and values, no name in both, and within
+/// [`MAX_ENV_VARS`] and [`MAX_ENV_BYTES`] together.
 fn environment(spec: &JobSpec) -> Result<(), Rejection> {
+    let all = spec.env.iter().chain(&spec.secret_env);
+    let (count, bytes) = all.fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+    if count > MAX_ENV_VARS || bytes > MAX_ENV_BYTES {
+        return Err(Rejection::invalid(
+            "env",
+            format!("{count} variables of {bytes} bytes with `secret_env`; at most {MAX_ENV_VARS} and {MAX_ENV_BYTES} bytes"),
+        ));
+    }
     for (key, value) in &spec.env {
         check_env(key, value)?;
     }
@@ -216,12 +244,21 @@ fn entrypoint(spec: &JobSpec) -> Result<Option<Vec<String>>, Rejection> {
     }
 }
 
+/// Whether one of two clean relative paths is a folder holding the other.
+fn nested(a: &str, b: &str) -> bool {
+    let inside = |outer: &str, inner: &str| {
+        inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner.as_bytes()[outer.len()] == b'/'
+    };
+    inside(a, b) || inside(b, a)
+}
+
 fn workdir(spec: &JobSpec) -> Result<Option<String>, Rejection> {
     match &spec.workdir {
-        Some(w) if !w.starts_with('/') => Err(Rejection::invalid(
-            "workdir",
-            format!("{w:?} must be an absolute path"),
-        )),
+        Some(w) if !w.starts_with('/') || w.contains('\0') || w.len() > 4096 => Err(
+            Rejection::invalid("workdir", format!("{w:?} must be an absolute path")),
+        ),
         other => Ok(other.clone()),
     }
 }
@@ -457,21 +494,39 @@ fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, R
     })
 }
 
+/// The inputs, decoded, within [`MAX_STAGED_BYTES`] together with the script.
+/// A size is checked before anything is decoded, and no input may sit inside
+/// another (`a` and `a/b`: one would silently replace the other).
 fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
     let mut files = Vec::new();
     let mut seen = BTreeSet::new();
-    let mut total = 0usize;
+    let mut total = spec.script.as_ref().map_or(0, |s| s.content.len());
+    let over = || {
+        Rejection::invalid(
+            "inputs",
+            "add up to more than 64 MiB with the script; pass large data by URL",
+        )
+    };
+    if total > MAX_STAGED_BYTES {
+        return Err(over());
+    }
     for (i, input) in spec.inputs.iter().enumerate() {
         let field = format!("inputs[{i}]");
         let rel = safe_relative_path(&input.path).ok_or_else(|| {
             Rejection::invalid(
                 &format!("{field}.path"),
                 format!(
-                    "{:?} must be a relative path inside {INPUT_DIR}",
+                    "{:?} must be a relative path inside {INPUT_DIR} (no `..`, each name at most 255 bytes)",
                     input.path
                 ),
             )
         })?;
+        if let Some(other) = seen.iter().find(|p: &&String| nested(p, &rel)) {
+            return Err(Rejection::invalid(
+                &format!("{field}.path"),
+                format!("{rel:?} and {other:?} cannot both be inputs: one is inside the other"),
+            ));
+        }
         if !seen.insert(rel.clone()) {
             return Err(Rejection::invalid(
                 &format!("{field}.path"),
@@ -480,14 +535,20 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
         }
         let content = match (&input.content, &input.content_base64, &input.url) {
             (Some(text), None, None) => text.clone().into_bytes(),
-            (None, Some(b64), None) => base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|e| {
-                    Rejection::invalid(
-                        &format!("{field}.content_base64"),
-                        format!("is not base64: {e}"),
-                    )
-                })?,
+            (None, Some(b64), None) => {
+                // Three bytes per four characters: refused before decoding.
+                if total + b64.trim().len() / 4 * 3 > MAX_STAGED_BYTES {
+                    return Err(over());
+                }
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| {
+                        Rejection::invalid(
+                            &format!("{field}.content_base64"),
+                            format!("is not base64: {e}"),
+                        )
+                    })?
+            }
             (None, None, Some(_)) => {
                 return Err(Rejection::invalid(
                     &format!("{field}.url"),
@@ -503,10 +564,7 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
         };
         total += content.len();
         if total > MAX_STAGED_BYTES {
-            return Err(Rejection::invalid(
-                "inputs",
-                "add up to more than 64 MiB; pass large data by URL",
-            ));
+            return Err(over());
         }
         files.push(StagedFile {
             path: format!("{INPUT_DIR}/{rel}"),
@@ -735,5 +793,72 @@ mod tests {
         assert!(image_allowed("registry.local/tools:1", &allow));
         assert!(!image_allowed("busybox:evil", &allow));
         assert!(image_allowed("anything", &[]));
+    }
+
+    #[test]
+    fn what_is_copied_or_staged_has_a_size() {
+        let big_meta = format!(
+            r#"{{"image":"x","metadata":{{"m":"{}"}}}}"#,
+            "m".repeat(70_000)
+        );
+        let err = refused(&big_meta);
+        assert!(
+            err.message.starts_with("`metadata`") && err.message.contains("65536"),
+            "{}",
+            err.message
+        );
+
+        let env: Vec<String> = (0..1001).map(|i| format!(r#""V{i}":"x""#)).collect();
+        let err = refused(&format!(r#"{{"image":"x","env":{{{}}}}}"#, env.join(",")));
+        assert!(
+            err.message.starts_with("`env`") && err.message.contains("1001 variables"),
+            "{}",
+            err.message
+        );
+
+        // The script counts against the staged bytes, with the inputs.
+        let script = "s".repeat(40 << 20);
+        let input = "i".repeat(30 << 20);
+        let err = refused(&format!(
+            r#"{{"image":"x","script":{{"content":"{script}"}},"inputs":[{{"path":"in","content":"{input}"}}]}}"#
+        ));
+        assert!(err.message.starts_with("`inputs`"), "{}", err.message);
+        // A base64 input is measured before it is decoded (this one is not even base64).
+        let b64 = "!".repeat(90 << 20);
+        let err = refused(&format!(
+            r#"{{"image":"x","inputs":[{{"path":"in","content_base64":"{b64}"}}]}}"#
+        ));
+        assert!(err.message.contains("more than 64 MiB"), "{}", err.message);
+    }
+
+    #[test]
+    fn inputs_and_paths_that_would_be_lost_or_leak_are_named() {
+        let err = refused(
+            r#"{"image":"x","inputs":[{"path":"a","content":"1"},{"path":"a/b","content":"2"}]}"#,
+        );
+        assert!(
+            err.message.starts_with("`inputs[1].path`") && err.message.contains("inside"),
+            "{}",
+            err.message
+        );
+        let err = refused(
+            r#"{"image":"x","inputs":[{"path":"a/b","content":"1"},{"path":"a","content":"2"}]}"#,
+        );
+        assert!(
+            err.message.starts_with("`inputs[1].path`"),
+            "{}",
+            err.message
+        );
+        assert!(check(
+            r#"{"image":"x","inputs":[{"path":"a","content":"1"},{"path":"ab/c","content":"2"}]}"#
+        )
+        .is_ok());
+        let long = "n".repeat(256);
+        let err = refused(&format!(
+            r#"{{"image":"x","inputs":[{{"path":"{long}","content":"1"}}]}}"#
+        ));
+        assert!(err.message.contains("at most 255 bytes"), "{}", err.message);
+        let err = refused(r#"{"image":"x","workdir":"/w\u0000x"}"#);
+        assert!(err.message.starts_with("`workdir`"), "{}", err.message);
     }
 }

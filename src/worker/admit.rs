@@ -40,7 +40,7 @@ pub(super) async fn admit(
     let created = crate::time::from_stream_id(&entry.id).unwrap_or_else(crate::time::now);
     let mut record = JobRecord::new(&id, &entry.queue, created);
     if let Ok(spec) = &parsed {
-        record.metadata = spec.metadata.clone();
+        record.metadata = metadata(spec);
         record.image = spec.image.clone();
     }
     let claimed = claim(ctx, entry, &record, stored).await?;
@@ -70,6 +70,14 @@ pub(super) async fn admit(
         Err(rejection) => return Ok(Admission::End(Ending::Reject(record, rejection))),
     };
     Ok(before_running(ctx, &claimed, record, job))
+}
+
+/// The spec's `metadata` for the record and its events, unless it is over
+/// [`job::MAX_METADATA_BYTES`] (then validation refuses the job, and its events
+/// must not carry it either).
+fn metadata(spec: &JobSpec) -> Option<serde_json::Value> {
+    let m = spec.metadata.as_ref()?;
+    (m.to_string().len() <= job::MAX_METADATA_BYTES).then(|| m.clone())
 }
 
 /// The job's id and its parsed spec. The id is the spec's `id` if it is valid,
@@ -148,7 +156,7 @@ async fn validate(
         Err(rejection) => Err(rejection),
     };
     if let (Ok(spec), None) = (&parsed, &record.metadata) {
-        record.metadata = spec.metadata.clone(); // from the profile
+        record.metadata = metadata(spec); // from the profile
     }
     let created = chrono::DateTime::parse_from_rfc3339(&record.created_at)
         .map(|t| t.with_timezone(&chrono::Utc))

@@ -42,8 +42,8 @@ pub(super) async fn run(
     // What is stored (job hash, dead stream): the entry without its secret values;
     // for an entry without `job`, every field it has.
     let stored = match &entry.fields {
-        Some(fields) => job::redact(fields),
-        None => job::redact(raw),
+        Some(fields) => job::for_storage(fields),
+        None => job::for_storage(raw),
     };
     let turn = Turn {
         ctx: &ctx,

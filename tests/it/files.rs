@@ -170,3 +170,97 @@ async fn an_unreadable_result_json_is_reported_and_the_exit_code_decides() {
     );
     worker.stop().await;
 }
+
+/// Bytes in Redis per job, as `MEMORY USAGE` counts them, of the given keys.
+async fn usage(env: &Env, keys: &[String]) -> u64 {
+    let mut c = env.conn().await;
+    let mut total = 0;
+    for key in keys {
+        let n: Option<u64> = deadpool_redis::redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        total += n.unwrap_or(0);
+    }
+    total
+}
+
+/// What a job leaves in Redis stays in proportion to its limits: 3,000 empty
+/// output files with 200-byte names are bounded by `limits.output_bytes` (names
+/// count) and the file cap, the files not kept are summarised in a short list and
+/// a short system line, and a 20 MB `metadata` is refused without being copied
+/// into the job's record or its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_job_leaves_in_redis_stays_within_its_limits() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-many", env.prefix);
+    let long = "n".repeat(190);
+    let command = format!(
+        "cd /dockhand/output && i=0; while [ $i -lt 3000 ]; do : > $i-{long}; i=$((i+1)); done"
+    );
+    let output_bytes: u64 = 1 << 20;
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": command, "limits": {"output_bytes": output_bytes, "timeout_seconds": 300}}),
+        ),
+    )
+    .await;
+    let job = env
+        .finished_within(&id, std::time::Duration::from_secs(300))
+        .await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&job["files"]).unwrap();
+    assert_eq!(listed.len(), 1000, "the file cap");
+    let dropped: Vec<String> = serde_json::from_str(&job["files_dropped"]).unwrap();
+    assert_eq!(dropped.len(), 21, "{dropped:?}");
+    assert_eq!(dropped[20], "and 1980 more files not kept");
+    let system = env.lines(&id, "system").await;
+    assert!(system.iter().all(|l| l.len() <= 4096 + 64), "{system:?}");
+    // Files hash, job hash (with its listing) and log: a small multiple of output_bytes.
+    let used = usage(
+        &env,
+        &[env.keys.files(&id), env.keys.job(&id), env.keys.log(&id)],
+    )
+    .await;
+    assert!(
+        used < 3 * output_bytes,
+        "{used} bytes in Redis for a {output_bytes}-byte limit"
+    );
+
+    let meta = format!("{}-meta", env.prefix);
+    let mut events = env.client.get_async_pubsub().await.unwrap();
+    events.subscribe(env.keys.events_channel()).await.unwrap();
+    env.xadd(
+        "default",
+        &spec(
+            &meta,
+            serde_json::json!({"command": "true", "metadata": {"blob": "m".repeat(20 << 20)}}),
+        ),
+    )
+    .await;
+    let refused = env.finished(&meta).await;
+    assert_eq!(refused["reason"], "invalid_spec", "{refused:?}");
+    assert!(
+        refused["error"].starts_with("`metadata`"),
+        "{}",
+        refused["error"]
+    );
+    assert_eq!(refused["metadata"], "", "not copied into the record");
+    let mut messages = events.on_message();
+    loop {
+        let msg = futures_util::StreamExt::next(&mut messages).await.unwrap();
+        let body: String = msg.get_payload().unwrap();
+        assert!(body.len() < 64 << 10, "an event of {} bytes", body.len());
+        if body.contains("job.aborted") && body.contains(&meta) {
+            break;
+        }
+    }
+    worker.stop().await;
+}
