@@ -84,9 +84,7 @@ fn refusal_text(addr: IpAddr, rule: Rule, setting: &str) -> String {
         None => String::new(),
     };
     let how = if rule == Rule::Metadata {
-        format!(
-            "allow exactly this address in {setting} if you mean it (a wider network does not)"
-        )
+        format!("allow exactly this address in {setting} if you mean it (a wider network does not)")
     } else {
         format!("allow it with {setting}")
     };

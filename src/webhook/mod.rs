@@ -20,7 +20,7 @@ pub mod sign;
 pub mod subscribers;
 pub mod tls;
 
+pub use crate::ssrf::{Guard, Refused, Rule};
 pub use send::{attempt, check_url, AttemptOutcome, Message, Outbound, SendError, Target, Verdict};
 pub use sign::{sign, verify, Secret, SecretError, VerifyError};
-pub use crate::ssrf::{Guard, Refused, Rule};
 pub use subscribers::Subscriber;

@@ -113,9 +113,15 @@ impl Drop for Repo {
     }
 }
 
+/// A worker whose cache is the repository's, allowing local repositories (the
+/// test's repositories are folders on this host); `extra` comes after, so a test
+/// may say otherwise.
 fn worker(env: &Env, repo: &Repo, concurrency: usize, extra: &[(&str, &str)]) -> Worker {
     let cache = repo.cache_dir();
-    let mut all = vec![("DOCKHAND__WORKER__CACHE_DIR", cache.as_str())];
+    let mut all = vec![
+        ("DOCKHAND__WORKER__CACHE_DIR", cache.as_str()),
+        ("DOCKHAND__POLICY__GIT_FILE_URLS", "true"),
+    ];
     all.extend_from_slice(extra);
     Worker::start(env.settings(&["default"], concurrency, &all))
 }
@@ -536,7 +542,11 @@ async fn a_git_server_that_stalls_fails_the_job_after_the_git_timeout() {
         &env,
         &repo,
         1,
-        &[("DOCKHAND__WORKER__GIT_TIMEOUT_SECONDS", "2")],
+        &[
+            ("DOCKHAND__WORKER__GIT_TIMEOUT_SECONDS", "2"),
+            // The stalled server listens on loopback, which the SSRF guard refuses.
+            ("DOCKHAND__POLICY__GIT_ALLOW_NETWORKS", "127.0.0.1/32"),
+        ],
     );
     let url = format!("http://127.0.0.1:{port}/org/app.git");
     let id = format!("{}-stalled", env.prefix);
