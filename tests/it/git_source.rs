@@ -1,7 +1,7 @@
 //! Jobs from git: refs resolved and commits checked out, with submodules, from
 //! real repositories the tests make with the git CLI. No Redis, no network.
 
-mod http;
+pub mod http;
 
 use crate::common::git;
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine};
