@@ -15,10 +15,13 @@
 //! - [`state`]: the job hash, its transitions and the events they publish.
 //! - [`job`]: the job spec a producer writes, and its validation.
 //! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
-//! - [`webhook`]: subscribers, signing, the SSRF guard, and durable delivery with retries.
+//! - [`webhook`]: subscribers, signing, and durable delivery with retries.
 //! - [`queue`]: key names, the inbox mover, consumer groups, claiming, leases and acking.
 //! - [`store`]: Redis connection pools (ordinary and blocking commands), and retrying a step while Redis is away.
 //! - [`config`]: typed settings, loaded once and passed down; imports nothing of the project.
+//!
+//! - [`ssrf`]: the SSRF guard, which addresses a URL from outside may reach (pure;
+//!   used by `webhook` and `source`).
 //!
 //! Leaves, used from anywhere: [`backoff`] (retry delays with jitter), [`telemetry`]
 //! (tracing set-up, error chains), [`time`] (timestamps as Dockhand writes them).
@@ -34,6 +37,7 @@ pub mod profile;
 pub mod queue;
 pub mod result_server;
 pub mod source;
+pub mod ssrf;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -158,6 +158,12 @@ pub struct PolicySettings {
     pub images: Vec<String>,
     #[serde(deserialize_with = "one_or_many")]
     pub git_hosts: Vec<String>,
+    /// Jobs (and submodules) may build from repositories on the worker's own host:
+    /// absolute paths and `file://` URLs. Never from inside `worker.cache_dir`.
+    pub git_file_urls: bool,
+    /// Non-public networks that git over http(s) may reach all the same.
+    #[serde(deserialize_with = "one_or_many")]
+    pub git_allow_networks: Vec<Network>,
     #[serde(deserialize_with = "one_or_many")]
     pub bind_allow: Vec<String>,
     /// Named volumes a job may mount: names, or prefixes ending in `*`.
@@ -258,6 +264,7 @@ impl Settings {
                 .with_list_parse_key("policy.cap_add")
                 .with_list_parse_key("policy.images")
                 .with_list_parse_key("policy.git_hosts")
+                .with_list_parse_key("policy.git_allow_networks")
                 .with_list_parse_key("policy.bind_allow")
                 .with_list_parse_key("policy.volumes_allow")
                 .with_list_parse_key("webhooks.retry_schedule_seconds")
@@ -491,6 +498,41 @@ mod tests {
             std::path::PathBuf::from("/var/tmp/dockhand")
         );
         assert!(s.policy.git_hosts.is_empty());
+        assert!(
+            !s.policy.git_file_urls,
+            "local repositories are off by default"
+        );
+        assert!(s.policy.git_allow_networks.is_empty());
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("DOCKHAND__POLICY__GIT_FILE_URLS", "true"),
+                (
+                    "DOCKHAND__POLICY__GIT_ALLOW_NETWORKS",
+                    "127.0.0.1/32,10.0.0.0/8",
+                ),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(s.policy.git_file_urls);
+        let nets: Vec<String> = s
+            .policy
+            .git_allow_networks
+            .iter()
+            .map(|n| n.0.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8"]);
+        let err = Settings::load_from(
+            None,
+            &env(&[("DOCKHAND__POLICY__GIT_ALLOW_NETWORKS", "localhost")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{:?}", err).contains("localhost"),
+            "a bad network is refused at start: {err:?}"
+        );
         let err = Settings::load_from(
             None,
             &env(&[("DOCKHAND__WORKER__CACHE_DIR", "relative/cache")]),

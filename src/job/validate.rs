@@ -4,7 +4,7 @@
 use super::checks::{check_env, check_env_named, image_allowed, safe_relative_path};
 use super::{Command, GitSpec, JobSpec, Rejection, INPUT_DIR, WORK_DIR};
 use crate::config::{LimitSettings, PolicySettings};
-use crate::source::{GitSource, Reference, RepoUrl};
+use crate::source::{GitSource, Reference, RepoUrl, FILE_URLS_KEY};
 use base64::Engine;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path};
@@ -339,9 +339,20 @@ fn job_webhooks(spec: &JobSpec) -> Result<(), Rejection> {
 }
 
 /// Checks the `git` field: one ref at most, a URL this build can fetch from a host
-/// the policy allows, and build paths that stay inside the checkout.
+/// the policy allows, and build paths that stay inside the checkout. (What needs
+/// the worker's disk or a name lookup, the cache folder and the addresses, is
+/// checked where the source is fetched.)
 fn git_build(g: &GitSpec, policy: &PolicySettings) -> Result<GitBuild, Rejection> {
     let url = RepoUrl::parse(&g.url).map_err(|e| Rejection::invalid("git.url", e))?;
+    if url.is_local() && !policy.git_file_urls {
+        return Err(Rejection::denied(
+            "git.url",
+            format!(
+                "a repository on the worker's own host (a path or file:// URL) is refused; \
+                 {FILE_URLS_KEY} = true allows it"
+            ),
+        ));
+    }
     if !url.allowed_by(&policy.git_hosts) {
         let what = match url.authority() {
             Some(host) => format!("the host {host:?} is"),
@@ -702,6 +713,7 @@ mod tests {
     fn check_with(json: &str, git_hosts: &[&str]) -> Result<Job, Rejection> {
         let mut s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
         s.policy.git_hosts = git_hosts.iter().map(|h| h.to_string()).collect();
+        s.policy.git_file_urls = true;
         let spec = parse(json.as_bytes())?;
         validate(spec, "j1".into(), "default", &s.jobs.limits, &s.policy)
     }
@@ -716,10 +728,13 @@ mod tests {
         assert!(git.source.submodules);
         assert_eq!(git.dockerfile, "Dockerfile");
         assert_eq!(git.context, ".");
-        let job = check(&format!(
+        let job = check_with(
+            &format!(
             r#"{{"git":{{"url":"/srv/repo","commit":"{}","submodules":false,"context":"app","dockerfile":"../docker/Dockerfile","build_args":{{"V":"1"}}}}}}"#,
             "AB".repeat(20)
-        ))
+        ),
+            &[],
+        )
         .unwrap();
         let git = job.git.unwrap();
         assert_eq!(git.source.reference, Reference::Commit("ab".repeat(20)));
@@ -753,7 +768,8 @@ mod tests {
             (r#"{"git":{"url":"/r","brnach":"x"}}"#, "`git.brnach`"),
         ];
         for (json, field) in cases {
-            let err = refused(json);
+            // Local repositories allowed, so that each case fails at its own field.
+            let err = check_with(json, &[]).expect_err("should be refused");
             assert_eq!(err.reason, Reason::InvalidSpec, "{json}");
             assert!(err.message.starts_with(field), "{json}: {}", err.message);
         }
@@ -784,6 +800,24 @@ mod tests {
         let err = check_with(local, &["github.com"]).unwrap_err();
         assert_eq!(err.reason, Reason::PolicyDenied);
         assert!(err.message.contains("local"), "{}", err.message);
+    }
+
+    #[test]
+    fn local_repositories_need_git_file_urls() {
+        for url in ["/srv/repo", "file:///srv/repo"] {
+            let json = format!(r#"{{"git":{{"url":"{url}"}}}}"#);
+            let err = refused(&json);
+            assert_eq!(err.reason, Reason::PolicyDenied, "{url}");
+            assert!(err.message.starts_with("`git.url`"), "{}", err.message);
+            assert!(
+                err.message.contains("policy.git_file_urls = true"),
+                "{}",
+                err.message
+            );
+            assert!(check_with(&json, &[]).is_ok(), "allowed with the setting");
+        }
+        // Hosts on the network are not this setting's business.
+        assert!(check(r#"{"git":{"url":"http://127.0.0.1:1/x"}}"#).is_ok());
     }
 
     #[test]

@@ -23,6 +23,24 @@ pub enum GitError {
     },
     #[error("the host of {url} is not in this worker's allow-list (policy.git_hosts)")]
     HostNotAllowed { url: String },
+    #[error("`{url}` is a repository on the worker's own host; local repositories (paths and file:// URLs) are refused unless policy.git_file_urls = true")]
+    LocalNotAllowed { url: String },
+    #[error("`{url}` leads into the worker's cache (worker.cache_dir), which is never a source, whatever policy.git_file_urls says")]
+    InsideCache { url: String },
+    /// The guard's refusal names the address, why, and `policy.git_allow_networks`.
+    #[error("the host {host} of {url} is refused")]
+    AddressRefused {
+        url: String,
+        host: String,
+        #[source]
+        source: crate::ssrf::Refused,
+    },
+    #[error("cannot resolve the host of {url}")]
+    Resolve {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("commit {commit} not found in {url}")]
     CommitNotFound { commit: String, url: String },
     #[error("repository {url} not found")]
@@ -79,7 +97,10 @@ impl GitError {
     /// True when the policy refused a URL (here or inside a submodule).
     pub fn is_policy(&self) -> bool {
         match self {
-            GitError::HostNotAllowed { .. } => true,
+            GitError::HostNotAllowed { .. }
+            | GitError::LocalNotAllowed { .. }
+            | GitError::InsideCache { .. }
+            | GitError::AddressRefused { .. } => true,
             GitError::Submodule { source, .. } => source.is_policy(),
             _ => false,
         }

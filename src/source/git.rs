@@ -20,19 +20,29 @@
 //!   fetched by id first, then, when the server refuses that, with all branches and
 //!   tags, so a commit that is no branch tip still works.
 //! - A checkout lives no longer than the cache: its objects stay in the mirror.
+//! - Every URL, the job's and each submodule's, passes the [`SourcePolicy`]
+//!   before libgit2 is handed it: a local one only when allowed and outside the
+//!   worker's cache (libgit2 gets its canonical path), an http(s) one only when
+//!   every address of its host passes the SSRF guard, checked right before each
+//!   connection (`ls-remote`, each fetch). No redirect to another host is followed:
+//!   fetches say so, and `ls-remote` runs from a small empty repository (`probe/`)
+//!   whose configuration says `http.followRedirects = false`.
 //! - Submodules are resolved against the superproject's URL like git does, fetched
 //!   through the same cache (so they are cached, take the same credentials and may
-//!   be `file://`), and checked out recursively at the commit the superproject
-//!   records. A submodule with `update = none` is skipped. A local submodule
-//!   (a path or `file://`) is only followed from a local superproject: a
-//!   repository from the network may not read this host's repositories.
+//!   be `file://` when the policy allows local repositories), and checked out
+//!   recursively at the commit the superproject records. A submodule with
+//!   `update = none` is skipped. A local submodule (a path or `file://`) is only
+//!   followed from a local superproject: a repository from the network may not
+//!   read this host's repositories.
 
 use super::credentials::Credentials;
 use super::error::GitError;
+use super::policy::SourcePolicy;
 use super::url::RepoUrl;
 use git2::build::CheckoutBuilder;
 use git2::{
-    AutotagOption, Direction, FetchOptions, ObjectType, Oid, Remote, Repository, SubmoduleUpdate,
+    AutotagOption, Direction, FetchOptions, ObjectType, Oid, RemoteRedirect, Repository,
+    SubmoduleUpdate,
 };
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
@@ -107,28 +117,36 @@ pub struct GitCache {
 #[derive(Debug)]
 struct Inner {
     repos: PathBuf,
+    /// An empty bare repository that `ls-remote` runs from, for its configuration.
+    probe: PathBuf,
     credentials: Credentials,
-    /// `policy.git_hosts`, applied to submodule URLs (empty: any).
-    allowed_hosts: Vec<String>,
+    /// What may be fetched; its forbidden folders include the cache's root.
+    policy: SourcePolicy,
     /// How long a git server may take to accept a connection, and then to answer
     /// each read or write (`worker.git_timeout_seconds`).
     network_timeout: Duration,
 }
 
 impl GitCache {
-    /// Uses (and creates) `<root>/repos`; any submodule host, and a git server
-    /// gets [`DEFAULT_NETWORK_TIMEOUT`].
+    /// Uses (and creates) `<root>/repos`, with the strict [`SourcePolicy`] (no
+    /// local repository, only public addresses); a git server gets
+    /// [`DEFAULT_NETWORK_TIMEOUT`].
     pub fn open(root: impl AsRef<Path>, credentials: Credentials) -> Result<GitCache, GitError> {
-        Self::open_with(root, credentials, Vec::new(), DEFAULT_NETWORK_TIMEOUT)
+        Self::open_with(
+            root,
+            credentials,
+            SourcePolicy::default(),
+            DEFAULT_NETWORK_TIMEOUT,
+        )
     }
 
-    /// Like [`GitCache::open`]; submodules are fetched only from `allowed_hosts`
-    /// (`policy.git_hosts`, see [`super::RepoUrl::allowed_by`]; empty allows any),
-    /// and a git server that does not answer for `network_timeout` fails the step.
+    /// Like [`GitCache::open`]; fetches what `policy` allows (`root` is added to
+    /// its forbidden folders), and a git server that does not answer for
+    /// `network_timeout` fails the step.
     pub fn open_with(
         root: impl AsRef<Path>,
         credentials: Credentials,
-        allowed_hosts: Vec<String>,
+        mut policy: SourcePolicy,
         network_timeout: Duration,
     ) -> Result<GitCache, GitError> {
         let repos = root.as_ref().join("repos");
@@ -137,11 +155,16 @@ impl GitCache {
         let repos = repos
             .canonicalize()
             .map_err(GitError::io("resolve", &repos))?;
+        let root = repos.parent().unwrap_or(&repos).to_path_buf();
+        let probe = root.join("probe");
+        make_probe(&probe)?;
+        policy.forbidden.push(root);
         Ok(GitCache {
             inner: Arc::new(Inner {
                 repos,
+                probe,
                 credentials,
-                allowed_hosts,
+                policy,
                 network_timeout,
             }),
         })
@@ -183,8 +206,33 @@ impl Inner {
         self.repos.join(&digest[..16])
     }
 
+    /// What libgit2 is handed for `url`, checked by the policy right before it
+    /// connects: a local repository's canonical folder, or an http(s) URL whose
+    /// host resolved to addresses the guard passed. Blocking.
+    fn target(&self, url: &RepoUrl) -> Result<String, GitError> {
+        if url.is_local() {
+            let Some(folder) = self.policy.local_source(url)? else {
+                return Err(GitError::RepositoryNotFound {
+                    url: url.public().to_string(),
+                    source: None,
+                });
+            };
+            // A folder whose name is not UTF-8 cannot have come from a URL; keep
+            // the URL's own path then (it was checked all the same).
+            return Ok(folder
+                .into_os_string()
+                .into_string()
+                .unwrap_or_else(|_| url.local_path().unwrap_or_default().display().to_string()));
+        }
+        self.policy.check_addresses(url)?;
+        Ok(url.raw().to_string())
+    }
+
     fn resolve(&self, source: &GitSource) -> Result<String, GitError> {
         let url = RepoUrl::parse(&source.url)?;
+        // Even a commit, which needs no connection here, is refused now rather
+        // than at checkout.
+        self.policy.local_source(&url)?;
         let (kind, name, wanted) = match &source.reference {
             Reference::Commit(c) => return parse_commit(c).map(|oid| oid.to_string()),
             Reference::Default => (
@@ -205,9 +253,12 @@ impl Inner {
                 ("tag", t, vec![peeled, plain])
             }
         };
-        ensure_local_exists(&url)?;
+        let target = self.target(&url)?;
+        let probe = Repository::open_bare(&self.probe)
+            .map_err(|e| url.git_error("open the cache's probe repository", e))?;
         let found = super::timeout::with(self.network_timeout, || {
-            let mut remote = Remote::create_detached(url.raw())
+            let mut remote = probe
+                .remote_anonymous(&target)
                 .map_err(|e| url.git_error("open the remote", e))?;
             let attempts = Cell::new(0);
             let callbacks = self.credentials.callbacks(&url, &attempts);
@@ -258,6 +309,9 @@ impl Inner {
     /// Makes sure the mirror of `url` has `wanted`; returns the mirror and the
     /// commit (`wanted` itself, or the commit a tag object points at).
     fn fetch_commit(&self, url: &RepoUrl, wanted: Oid) -> Result<(PathBuf, Oid), GitError> {
+        // Before the cache is looked at: what the policy refuses is not served
+        // from a mirror made under another policy either.
+        self.policy.local_source(url)?;
         let path = self.mirror_path(url.raw());
         let lock = mirror_lock(&path);
         let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -266,13 +320,13 @@ impl Inner {
             tracing::debug!(url = %url, commit = %commit, "commit already in the cache");
             return Ok((path, commit));
         }
-        ensure_local_exists(url)?;
         match self.fetch(&repo, url, &[wanted.to_string().as_str()]) {
             Ok(()) => {}
             // The same would happen again below.
             Err(e @ (GitError::Auth { .. } | GitError::RepositoryNotFound { .. })) => {
                 return Err(e)
             }
+            Err(e) if e.is_policy() => return Err(e),
             // Servers may refuse a commit by id that is no ref tip (git does by default).
             Err(e) => {
                 tracing::debug!(url = %url, commit = %wanted, error = %e, "fetch by id failed; fetching all branches and tags")
@@ -296,13 +350,15 @@ impl Inner {
     }
 
     fn fetch(&self, repo: &Repository, url: &RepoUrl, refspecs: &[&str]) -> Result<(), GitError> {
+        let target = self.target(url)?;
         let mut remote = repo
-            .remote_anonymous(url.raw())
+            .remote_anonymous(&target)
             .map_err(|e| url.git_error("open the remote", e))?;
         let attempts = Cell::new(0);
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(self.credentials.callbacks(url, &attempts))
             .download_tags(AutotagOption::None)
+            .follow_redirects(RemoteRedirect::None)
             .update_fetchhead(false);
         super::timeout::with(self.network_timeout, || {
             remote
@@ -358,6 +414,11 @@ impl Inner {
             let url = parent
                 .join_submodule(&raw)
                 .map_err(|e| fail(raw.clone(), e))?;
+            // A local submodule is refused like a local job URL (and one inside the
+            // cache always), before the rule below.
+            self.policy
+                .local_source(&url)
+                .map_err(|e| fail(url.public().to_string(), e))?;
             // Like git's protocol.file.allow=user: a repository from elsewhere may not
             // pull this host's own repositories into a job.
             if url.is_local() && !parent.is_local() {
@@ -365,7 +426,7 @@ impl Inner {
                     format!("a submodule of {parent} may not point into this host's files");
                 return Err(fail(raw.clone(), GitError::InvalidUrl { url: raw, reason }));
             }
-            if !url.allowed_by(&self.allowed_hosts) {
+            if !url.allowed_by(&self.policy.hosts) {
                 let public = url.public().to_string();
                 return Err(fail(
                     public.clone(),
@@ -451,15 +512,40 @@ fn peel_commit(repo: &Repository, oid: Oid) -> Option<Oid> {
     object.peel_to_commit().ok().map(|c| c.id())
 }
 
-/// Says "not found" for a local repository before libgit2 says something vaguer.
-fn ensure_local_exists(url: &RepoUrl) -> Result<(), GitError> {
-    match url.local_path() {
-        Some(path) if !path.exists() => Err(GitError::RepositoryNotFound {
-            url: url.public().to_string(),
-            source: None,
-        }),
-        _ => Ok(()),
+/// Creates (once) the empty bare repository `ls-remote` runs from: libgit2 takes
+/// the redirect setting from the remote's repository, and a detached remote would
+/// follow a redirect of the first request to any host. Two caches of one root may
+/// be opened at once, so it is made aside and renamed into place.
+fn make_probe(path: &Path) -> Result<(), GitError> {
+    let failed = |e: git2::Error| GitError::Git {
+        action: "prepare the cache's probe repository",
+        url: path.display().to_string(),
+        source: e,
+    };
+    let no_redirects = |repo: &Repository| -> Result<(), git2::Error> {
+        let mut config = repo.config()?;
+        if config.get_bool("http.followRedirects").ok() != Some(false) {
+            config.set_bool("http.followRedirects", false)?;
+        }
+        Ok(())
+    };
+    if let Ok(repo) = Repository::open_bare(path) {
+        return no_redirects(&repo).map_err(failed);
     }
+    let aside = path.with_file_name(format!(
+        "probe.{}",
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    ));
+    let made = Repository::init_bare(&aside).and_then(|repo| no_redirects(&repo));
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&aside);
+        return Err(failed(e));
+    }
+    if std::fs::rename(&aside, path).is_err() {
+        // Another cache put its own there first; it says the same.
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    Repository::open_bare(path).map(drop).map_err(failed)
 }
 
 fn parse_commit(commit: &str) -> Result<Oid, GitError> {

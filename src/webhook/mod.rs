@@ -1,7 +1,7 @@
 //! Webhooks, per the Standard Webhooks spec: the building blocks of delivery.
 //!
 //! - [`sign`](mod@sign): `whsec_` secrets, `v1` HMAC-SHA256 signatures and their check (pure).
-//! - [`ssrf`]: which addresses a delivery may reach (pure).
+//! - [`Guard`] (from [`crate::ssrf`]): which addresses a delivery may reach (pure).
 //! - [`send`]: one signed POST attempt and its classified outcome.
 //! - [`subscribers`]: the registry `dockhand:subscribers`.
 //! - [`outbox`]: durable deliveries in Redis (made with the job's terminal state).
@@ -17,11 +17,10 @@ pub mod deliver;
 pub mod outbox;
 pub mod send;
 pub mod sign;
-pub mod ssrf;
 pub mod subscribers;
 pub mod tls;
 
+pub use crate::ssrf::{Guard, Refused, Rule};
 pub use send::{attempt, check_url, AttemptOutcome, Message, Outbound, SendError, Target, Verdict};
 pub use sign::{sign, verify, Secret, SecretError, VerifyError};
-pub use ssrf::{Guard, Refused, Rule};
 pub use subscribers::Subscriber;

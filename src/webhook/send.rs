@@ -22,7 +22,7 @@
 //!   failed attempt like a network error. Other schemes are refused.
 
 use super::sign::{sign, Secret};
-use super::ssrf::{Guard, Refused};
+use crate::ssrf::{Guard, Refused};
 use crate::telemetry::error_chain;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -17,7 +17,7 @@
 use crate::config::Settings;
 use crate::executor::build::{self, BuildError, BuildLog, BuildRequest};
 use crate::job::{GitBuild, Reason};
-use crate::source::{Credentials, GitCache, GitError};
+use crate::source::{Credentials, GitCache, GitError, SourcePolicy};
 use bollard::Docker;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ pub(crate) enum PrepareError {
 
 impl PrepareError {
     /// `build_error`, unless the Docker engine itself failed us or the policy
-    /// refused a submodule's host.
+    /// refused a URL (a submodule's host, a local repository, the cache, an address).
     pub fn reason(&self) -> Reason {
         match self {
             PrepareError::Build(BuildError::Docker { .. }) => Reason::DockerError,
@@ -66,7 +66,9 @@ pub(crate) struct Images {
     git: Arc<OnceLock<GitCache>>,
     root: PathBuf,
     credentials: Credentials,
-    allowed_hosts: Vec<String>,
+    /// `policy.git_hosts`, `git_file_urls`, `git_allow_networks`; `worker.cache_dir`
+    /// forbidden.
+    policy: SourcePolicy,
     work: PathBuf,
     docker: Docker,
     max_line: usize,
@@ -93,7 +95,12 @@ impl Images {
             git: Arc::default(),
             root,
             credentials,
-            allowed_hosts: settings.policy.git_hosts.clone(),
+            policy: SourcePolicy {
+                hosts: settings.policy.git_hosts.clone(),
+                file_urls: settings.policy.git_file_urls,
+                guard: SourcePolicy::guard(&settings.policy.git_allow_networks),
+                forbidden: vec![settings.worker.cache_dir.clone()],
+            },
             work,
             docker,
             max_line: settings.jobs.max_line_bytes,
@@ -110,7 +117,7 @@ impl Images {
         let cache = GitCache::open_with(
             &self.root,
             self.credentials.clone(),
-            self.allowed_hosts.clone(),
+            self.policy.clone(),
             self.git_timeout,
         )?;
         std::fs::create_dir_all(&self.work).map_err(GitError::io("create", &self.work))?;

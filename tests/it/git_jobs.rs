@@ -113,9 +113,15 @@ impl Drop for Repo {
     }
 }
 
+/// A worker whose cache is the repository's, allowing local repositories (the
+/// test's repositories are folders on this host); `extra` comes after, so a test
+/// may say otherwise.
 fn worker(env: &Env, repo: &Repo, concurrency: usize, extra: &[(&str, &str)]) -> Worker {
     let cache = repo.cache_dir();
-    let mut all = vec![("DOCKHAND__WORKER__CACHE_DIR", cache.as_str())];
+    let mut all = vec![
+        ("DOCKHAND__WORKER__CACHE_DIR", cache.as_str()),
+        ("DOCKHAND__POLICY__GIT_FILE_URLS", "true"),
+    ];
     all.extend_from_slice(extra);
     Worker::start(env.settings(&["default"], concurrency, &all))
 }
@@ -536,7 +542,11 @@ async fn a_git_server_that_stalls_fails_the_job_after_the_git_timeout() {
         &env,
         &repo,
         1,
-        &[("DOCKHAND__WORKER__GIT_TIMEOUT_SECONDS", "2")],
+        &[
+            ("DOCKHAND__WORKER__GIT_TIMEOUT_SECONDS", "2"),
+            // The stalled server listens on loopback, which the SSRF guard refuses.
+            ("DOCKHAND__POLICY__GIT_ALLOW_NETWORKS", "127.0.0.1/32"),
+        ],
     );
     let url = format!("http://127.0.0.1:{port}/org/app.git");
     let id = format!("{}-stalled", env.prefix);
@@ -568,5 +578,179 @@ async fn a_git_server_that_stalls_fails_the_job_after_the_git_timeout() {
     )
     .await;
     assert_eq!(env.finished(&again).await["reason"], "build_error");
+    worker.stop().await;
+}
+
+/// Removes the images built from `url` (a URL other than the repository's path,
+/// which [`Repo`]'s drop does not know).
+fn remove_images_of(url: &str) {
+    let out = Command::new("docker")
+        .args(["images", "-q", "--filter"])
+        .arg(format!("label=dockhand.repo={url}"))
+        .output()
+        .unwrap();
+    let ids = String::from_utf8_lossy(&out.stdout).to_string();
+    let ids: Vec<&str> = ids.lines().collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f"])
+            .args(ids)
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_repository_is_policy_denied_unless_git_file_urls_allows_it() {
+    let env = Env::new();
+    let repo = Repo::new();
+    // The default: policy.git_file_urls = false.
+    let worker = worker(
+        &env,
+        &repo,
+        1,
+        &[("DOCKHAND__POLICY__GIT_FILE_URLS", "false")],
+    );
+    let cases = [
+        ("path", repo.url.clone()),
+        ("file", format!("file://{}", repo.url)),
+    ];
+    for (name, url) in &cases {
+        let git = serde_json::json!({"url": url, "branch": "main"});
+        env.xadd(
+            "default",
+            &job(&format!("{}-{name}", env.prefix), git, "true"),
+        )
+        .await;
+    }
+    for (name, _) in &cases {
+        let done = env.finished(&format!("{}-{name}", env.prefix)).await;
+        assert_eq!(done["status"], "aborted", "{done:?}");
+        assert_eq!(done["reason"], "policy_denied", "{done:?}");
+        assert!(done["error"].starts_with("`git.url`"), "{}", done["error"]);
+        assert!(
+            done["error"].contains("policy.git_file_urls = true"),
+            "{}",
+            done["error"]
+        );
+        assert!(done.get("commit").is_none_or(|c| c.is_empty()), "{done:?}");
+    }
+    // Nothing was fetched: the worker never even made its cache.
+    assert!(!Path::new(&repo.cache_dir())
+        .join(&env.prefix)
+        .join("repos")
+        .exists());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_cache_is_never_a_source_even_with_git_file_urls() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 1, &[]);
+    // A job of the repository fills the cache with its mirror.
+    let first = format!("{}-first", env.prefix);
+    let git = serde_json::json!({"url": repo.url, "commit": repo.a});
+    env.xadd("default", &job(&first, git, "true")).await;
+    assert_eq!(env.finished(&first).await["status"], "completed");
+    let repos = Path::new(&repo.cache_dir()).join(&env.prefix).join("repos");
+    let mirror = std::fs::read_dir(&repos)
+        .unwrap()
+        .next()
+        .expect("the mirror is in the cache")
+        .unwrap()
+        .path();
+    let relative = mirror
+        .strip_prefix(&repo.root)
+        .unwrap()
+        .display()
+        .to_string();
+    let link = repo.root.join("innocent");
+    std::os::unix::fs::symlink(&mirror, &link).unwrap();
+
+    let cases = [
+        ("mirror", mirror.display().to_string()),
+        ("file", format!("file://{}", mirror.display())),
+        (
+            "dotdot",
+            format!("{}/../{relative}", repo.root.join("app").display()),
+        ),
+        ("symlink", link.display().to_string()),
+    ];
+    for (name, url) in &cases {
+        let git = serde_json::json!({"url": url, "commit": repo.a});
+        env.xadd(
+            "default",
+            &job(&format!("{}-{name}", env.prefix), git, "true"),
+        )
+        .await;
+    }
+    for (name, url) in &cases {
+        let done = env.finished(&format!("{}-{name}", env.prefix)).await;
+        assert_eq!(done["status"], "aborted", "{name}: {done:?}");
+        assert_eq!(done["reason"], "policy_denied", "{name}: {done:?}");
+        assert!(done["error"].contains(url.as_str()), "{}", done["error"]);
+        assert!(
+            done["error"].contains("worker.cache_dir"),
+            "{name}: {}",
+            done["error"]
+        );
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_url_at_a_non_public_address_is_refused_before_connecting() {
+    // 127.0.0.2: loopback, which the guard refuses, and not 127.0.0.1, which the
+    // other tests' settings might allow.
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let url = format!("http://{}/app", listener.local_addr().unwrap());
+    let env = Env::new();
+    let repo = Repo::new();
+    let worker = worker(&env, &repo, 1, &[]);
+    let refused = format!("{}-refused", env.prefix);
+    let git = serde_json::json!({"url": url, "branch": "main"});
+    env.xadd("default", &job(&refused, git.clone(), "true"))
+        .await;
+    let done = env.finished(&refused).await;
+    assert_eq!(done["status"], "aborted", "{done:?}");
+    assert_eq!(done["reason"], "policy_denied", "{done:?}");
+    assert!(
+        done["error"].contains(&format!("the host 127.0.0.2 of {url} is refused")),
+        "{}",
+        done["error"]
+    );
+    assert!(
+        done["error"]
+            .contains("127.0.0.2 is a loopback address; allow it with policy.git_allow_networks"),
+        "{}",
+        done["error"]
+    );
+    // The job is over, and nobody knocked.
+    listener.set_nonblocking(true).unwrap();
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the worker connected to a refused address: {other:?}"),
+    }
+    worker.stop().await;
+
+    // Allowed, the same URL is fetched (the submodule `../lib` too, over http).
+    crate::git_source::http::serve_on(listener, &repo.root, None);
+    let worker = crate::git_jobs::worker(
+        &env,
+        &repo,
+        1,
+        &[("DOCKHAND__POLICY__GIT_ALLOW_NETWORKS", "127.0.0.2/32")],
+    );
+    let fetched = format!("{}-fetched", env.prefix);
+    env.xadd(
+        "default",
+        &job(&fetched, git, "cat /app/app.txt /app/lib/lib.txt"),
+    )
+    .await;
+    let done = env.finished(&fetched).await;
+    remove_images_of(&url);
+    assert_eq!(done["status"], "completed", "{done:?}");
+    assert_eq!(done["commit"], repo.b);
+    assert_eq!(stdout(&env, &fetched).await, vec!["B", "lib file"]);
     worker.stop().await;
 }

@@ -1,11 +1,11 @@
 //! Jobs from git: refs resolved and commits checked out, with submodules, from
 //! real repositories the tests make with the git CLI. No Redis, no network.
 
-mod http;
+pub mod http;
 
 use crate::common::git;
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine};
-use dockhand::source::{Credentials, GitCache, GitError, GitSource, Reference};
+use dockhand::source::{Credentials, GitCache, GitError, GitSource, Reference, SourcePolicy};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -84,9 +84,20 @@ fn fixture() -> Fixture {
     }
 }
 
+/// A cache that allows what these tests use: repositories on this host, and git
+/// servers on 127.0.0.1.
+fn loopback_cache(root: &Path, credentials: Credentials) -> GitCache {
+    let policy = SourcePolicy {
+        file_urls: true,
+        guard: SourcePolicy::guard(&["127.0.0.1/32".parse().unwrap()]),
+        ..SourcePolicy::default()
+    };
+    GitCache::open_with(root, credentials, policy, Duration::from_secs(60)).unwrap()
+}
+
 impl Fixture {
     fn cache(&self) -> GitCache {
-        GitCache::open(self.root.join("cache"), Credentials::new()).unwrap()
+        loopback_cache(&self.root.join("cache"), Credentials::new())
     }
 
     fn source(&self, reference: Reference) -> GitSource {
@@ -451,7 +462,7 @@ async fn a_rejected_token_fails_fast_instead_of_retrying_forever() {
     let (url, seen) = unauthorized_server();
     let tmp = tempfile::tempdir().unwrap();
     let credentials = Credentials::new().with("127.0.0.1", "wrong-token");
-    let cache = GitCache::open(tmp.path(), credentials).unwrap();
+    let cache = loopback_cache(tmp.path(), credentials);
     let source = GitSource {
         url: url.clone(),
         reference: Reference::Branch("main".into()),
@@ -486,7 +497,7 @@ async fn a_rejected_token_fails_fast_instead_of_retrying_forever() {
 async fn a_host_without_a_token_fails_at_once() {
     let (url, seen) = unauthorized_server();
     let tmp = tempfile::tempdir().unwrap();
-    let cache = GitCache::open(tmp.path(), Credentials::new()).unwrap();
+    let cache = loopback_cache(tmp.path(), Credentials::new());
     let source = GitSource {
         url,
         reference: Reference::Default,
@@ -507,7 +518,7 @@ async fn over_http_with_a_token_and_a_commit_the_server_will_not_send_by_id() {
     let fx = fixture();
     let base = http::serve(&fx.root, Some("s3cret"));
     let credentials = Credentials::new().with("127.0.0.1", "s3cret");
-    let cache = GitCache::open(fx.root.join("cache"), credentials).unwrap();
+    let cache = loopback_cache(&fx.root.join("cache"), credentials);
     let source = GitSource {
         url: format!("{base}/super"),
         reference: Reference::Tag("v1".into()),

@@ -205,7 +205,10 @@ async fn a_broadcast_build_is_answered_by_every_worker_process() {
         .map(|w| {
             env.spawn_worker(
                 &format!("{}-{w}", env.prefix),
-                &[("DOCKHAND__WORKER__CACHE_DIR", cache.as_str())],
+                &[
+                    ("DOCKHAND__WORKER__CACHE_DIR", cache.as_str()),
+                    ("DOCKHAND__POLICY__GIT_FILE_URLS", "true"),
+                ],
             )
         })
         .collect();

@@ -245,6 +245,8 @@ async fn an_unreachable_docker_engine_defers_jobs_until_it_answers() {
         &[
             ("DOCKHAND__WORKER__DOCKER_HOST", &url),
             ("DOCKHAND__WORKER__CACHE_DIR", &cache),
+            // The job from git builds from a folder on this host.
+            ("DOCKHAND__POLICY__GIT_FILE_URLS", "true"),
         ],
     ));
     let warm = format!("{}-warm", env.prefix);

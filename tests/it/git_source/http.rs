@@ -14,7 +14,12 @@ use std::process::{Command, Stdio};
 /// Serves the repositories under `root` at the returned `http://127.0.0.1:<port>`.
 /// With a `token`, every request must carry it as the password of Basic auth.
 pub fn serve(root: &Path, token: Option<&str>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").unwrap(), root, token)
+}
+
+/// [`serve`] on a listener the caller bound (another loopback address, say).
+pub fn serve_on(listener: TcpListener, root: &Path, token: Option<&str>) -> String {
+    listener.set_nonblocking(false).unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let root = root.to_path_buf();
     let expected = token.map(|t| format!("Basic {}", BASE64.encode(format!("x-access-token:{t}"))));

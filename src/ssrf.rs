@@ -1,15 +1,20 @@
-//! The SSRF guard: which addresses a webhook delivery may connect to.
+//! The SSRF guard: which addresses the worker may connect to on someone else's
+//! say: a webhook subscriber's URL (`webhooks.allow_networks`) or a job's git URL
+//! (`policy.git_allow_networks`).
 //!
-//! Subscribers choose their URLs, so a URL is untrusted input that would otherwise
-//! let anyone who can add a subscriber make the worker POST into its own network
+//! Such a URL is untrusted input that would otherwise let anyone who can add a
+//! subscriber or submit a job make the worker send requests into its own network
 //! (Redis, the Docker API, the cloud metadata service). Pure: no I/O; the caller
-//! resolves names and checks every address before connecting to any.
+//! resolves names and checks every address before connecting to any. A leaf: it
+//! uses only [`crate::config::Network`], so `webhook` and `source` both use it.
 //!
 //! Invariants:
 //!
 //! - An address is refused when it is in a non-public range (loopback, private,
 //!   link-local, shared/CGNAT, multicast, unspecified, broadcast, documentation,
-//!   benchmarking, reserved), unless `webhooks.allow_networks` contains it.
+//!   benchmarking, reserved), unless the guard's allow-list contains it.
+//! - A refusal names the setting of that allow-list, so an operator knows what to
+//!   change.
 //! - An IPv6 address that carries an IPv4 address (IPv4-mapped `::ffff:a.b.c.d`,
 //!   IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is
 //!   judged by the IPv4 address it carries, so `::ffff:127.0.0.1` is loopback.
@@ -22,8 +27,8 @@ use crate::config::Network;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The configuration key named in refusals, so an operator knows what to change.
-const ALLOW_KEY: &str = "webhooks.allow_networks";
+/// The allow-list of webhook deliveries, named by [`Guard::new`]'s refusals.
+pub const WEBHOOK_ALLOW_KEY: &str = "webhooks.allow_networks";
 
 const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
@@ -64,41 +69,61 @@ impl std::fmt::Display for Rule {
     }
 }
 
-/// A refused address and the rule that refused it.
+/// A refused address, the rule that refused it, and the setting that would allow it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", refusal_text(*.addr, *.rule))]
+#[error("{}", refusal_text(*.addr, *.rule, self.setting))]
 pub struct Refused {
     pub addr: IpAddr,
     pub rule: Rule,
+    pub setting: &'static str,
 }
 
-fn refusal_text(addr: IpAddr, rule: Rule) -> String {
+fn refusal_text(addr: IpAddr, rule: Rule, setting: &str) -> String {
     let carried = match carried_v4(addr) {
         Some(v4) => format!(" (it carries the IPv4 address {v4})"),
         None => String::new(),
     };
     let how = if rule == Rule::Metadata {
-        format!(
-            "allow exactly this address in {ALLOW_KEY} if you mean it (a wider network does not)"
-        )
+        format!("allow exactly this address in {setting} if you mean it (a wider network does not)")
     } else {
-        format!("allow it with {ALLOW_KEY}")
+        format!("allow it with {setting}")
     };
     format!("{addr}{carried} is {rule}; {how}")
 }
 
 /// The guard with its exceptions, built once from the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Guard {
     allow: Vec<IpNet>,
+    /// The setting `allow` came from, named in refusals.
+    setting: &'static str,
+}
+
+/// No exceptions; refusals name `webhooks.allow_networks`.
+impl Default for Guard {
+    fn default() -> Guard {
+        Guard::new(&[])
+    }
 }
 
 impl Guard {
-    /// A guard that lets through these networks (`webhooks.allow_networks`) too.
+    /// A webhook guard that lets through these networks (`webhooks.allow_networks`) too.
     pub fn new(allow: &[Network]) -> Guard {
+        Guard::for_setting(WEBHOOK_ALLOW_KEY, allow)
+    }
+
+    /// A guard that lets through `allow` too, which came from `setting` (named in
+    /// its refusals, e.g. `policy.git_allow_networks`).
+    pub fn for_setting(setting: &'static str, allow: &[Network]) -> Guard {
         Guard {
             allow: allow.iter().map(|n| n.0).collect(),
+            setting,
         }
+    }
+
+    /// The setting named in refusals.
+    pub fn setting(&self) -> &'static str {
+        self.setting
     }
 
     pub fn allow_networks(&self) -> &[IpNet] {
@@ -124,7 +149,11 @@ impl Guard {
         if allowed {
             Ok(())
         } else {
-            Err(Refused { addr, rule })
+            Err(Refused {
+                addr,
+                rule,
+                setting: self.setting,
+            })
         }
     }
 }
@@ -361,6 +390,26 @@ mod tests {
             msg.starts_with("169.254.169.254 is the cloud metadata address; "),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_guard_names_the_setting_it_was_made_from() {
+        let nets: Vec<Network> = vec!["10.0.0.0/8".parse().unwrap()];
+        let g = Guard::for_setting("policy.git_allow_networks", &nets);
+        assert_eq!(refused(&g, "10.1.1.1"), None);
+        let msg = g
+            .check("127.0.0.2".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "127.0.0.2 is a loopback address; allow it with policy.git_allow_networks"
+        );
+        let msg = g
+            .check("169.254.169.254".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("in policy.git_allow_networks if"), "{msg}");
     }
 
     #[test]
