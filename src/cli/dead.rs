@@ -9,8 +9,9 @@
 //! - A retry takes over the job's hash through a requeue token (like a scheduled
 //!   retry) only when the job is finished; a job that runs again already is not
 //!   touched. Its hash and log stop expiring until it finishes again.
-//! - An entry whose `secret_env` was masked when it was buried is not retried: it
-//!   would run with `***` for its secrets.
+//! - An entry whose credentials were masked when it was buried (`secret_env`, a
+//!   webhook's secret, a git URL's password) is not retried: it would run with
+//!   `***` for them.
 
 use super::{connect, CliResult, Failure};
 use crate::config::Settings;
@@ -267,14 +268,12 @@ async fn retry(conn: &mut Conn, keys: &Keys, dead: &Dead) -> CliResult {
             dead.id
         ))
     })?;
-    let secrets = spec
-        .get("secret_env")
-        .and_then(|s| s.as_object())
-        .is_some_and(|s| !s.is_empty());
-    if secrets {
+    let masked = crate::job::masked_fields(&spec);
+    if !masked.is_empty() {
         return Err(Failure::failed(format!(
-            "dead entry {} had secret_env, whose values were masked when it was stored; submit the job again with them",
-            dead.id
+            "dead entry {} had credentials ({}), masked when it was stored; submit the job again with them",
+            dead.id,
+            masked.join(", ")
         )));
     }
     // A job with its own id keeps it, and its hash, through the requeue token; one

@@ -9,12 +9,14 @@
 
 mod attach;
 mod checks;
+mod redact;
 mod retry;
 mod spec;
 mod status;
 mod validate;
 
 pub use attach::{Mount, Publish, ServiceRun};
+pub use redact::{masked_fields, redact, MASK};
 pub use retry::{RetryOn, RetryPolicy};
 pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Service};
 pub use status::{Reason, Status};
@@ -143,22 +145,6 @@ pub fn parse(raw: &[u8]) -> Result<JobSpec, Rejection> {
             Rejection::invalid(&path, inner)
         }
     })
-}
-
-/// The raw entry with every `secret_env` value replaced by `***`: what is stored in
-/// the job hash and the dead stream. An entry that is not a JSON object is returned
-/// as it is (it has no secrets Dockhand could know of).
-pub fn redact(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(raw) else {
-        return raw.into();
-    };
-    let Some(secrets) = v.get_mut("secret_env").and_then(|s| s.as_object_mut()) else {
-        return raw.into();
-    };
-    for value in secrets.values_mut() {
-        *value = "***".into();
-    }
-    v.to_string().into_bytes().into()
 }
 
 pub use crate::config::is_valid_queue_name;

@@ -20,6 +20,9 @@ mod policy;
 mod timeout;
 mod url;
 
+/// A URL with its password, or a user that may be a token, replaced by `***`.
+pub use url::redact as redact_url;
+
 pub use credentials::Credentials;
 pub use error::GitError;
 pub use git::{Checkout, GitCache, GitSource, Reference, DEFAULT_NETWORK_TIMEOUT};

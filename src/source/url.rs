@@ -251,7 +251,8 @@ fn authority_of(rest: &str) -> String {
     host.to_ascii_lowercase()
 }
 
-/// The URL with the password in `user:password@` replaced.
+/// The URL with the password in `user:password@`, or a user given alone over
+/// http(s) (often a token), replaced by `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -263,6 +264,10 @@ pub fn redact(url: &str) -> String {
     let user = rest[..at].split(':').next().unwrap_or_default();
     if rest[..at].contains(':') {
         format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+    } else if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http") {
+        // A user alone is how many hosts take a token over https
+        // (`https://<token>@host`); over ssh it is a login name (`git@`).
+        format!("{scheme}://***@{}", &rest[at + 1..])
     } else {
         url.to_string()
     }

@@ -94,27 +94,24 @@ static CREATE: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 /// Makes the deliveries of a finished job's terminal event (idempotent). Returns how
-/// many were new.
+/// many were new. `spec` is the job's entry as submitted: its own `webhooks[]`
+/// carry their secrets there (the job hash keeps them masked). It may be anything
+/// a producer wrote, not UTF-8 or not JSON: then it names no webhook.
 pub async fn enqueue_for_job(
     conn: &mut Conn,
     keys: &Keys,
     job: &str,
+    spec: &[u8],
     retention: u64,
 ) -> Result<usize, StoreError> {
-    // `spec` is the entry as its producer wrote it, so it may not be UTF-8: bytes.
-    let (body, queue, entry, spec): (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<Vec<u8>>,
-    ) = redis::cmd("HMGET")
-        .arg(keys.job(job))
-        .arg("event")
-        .arg("queue")
-        .arg("entry")
-        .arg("spec")
-        .query_async(conn)
-        .await?;
+    let (body, queue, entry): (Option<String>, Option<String>, Option<String>) =
+        redis::cmd("HMGET")
+            .arg(keys.job(job))
+            .arg("event")
+            .arg("queue")
+            .arg("entry")
+            .query_async(conn)
+            .await?;
     let Some(body) = body.filter(|b| !b.is_empty()) else {
         return Ok(0);
     };
@@ -144,7 +141,7 @@ pub async fn enqueue_for_job(
             }
         }
     }
-    targets.extend(job_targets(spec.as_deref().unwrap_or(b"{}"), &event));
+    targets.extend(job_targets(spec, &event));
 
     let now = chrono::Utc::now();
     let mut made = 0;

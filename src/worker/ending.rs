@@ -82,7 +82,7 @@ impl Turn<'_> {
                 ack(ctx, self.entry).await
             }
             Ending::AlreadyFinished { id } => {
-                make_deliveries(self.ctx, &id).await?;
+                make_deliveries(self.ctx, &id, self.raw).await?;
                 ack(self.ctx, self.entry).await
             }
             Ending::NotOwned => Ok(()),
@@ -150,7 +150,7 @@ impl Turn<'_> {
                 .await?;
         }
         if written {
-            make_deliveries(self.ctx, &record.id).await?;
+            make_deliveries(self.ctx, &record.id, self.raw).await?;
         }
         ack(self.ctx, self.entry).await
     }
@@ -161,7 +161,7 @@ impl Turn<'_> {
         record.abort(rejection.reason, rejection.message.clone());
         if self.write(&record, "job.aborted", &[]).await? {
             self.bury(&record, &rejection.message).await?;
-            make_deliveries(self.ctx, &record.id).await?;
+            make_deliveries(self.ctx, &record.id, self.raw).await?;
         }
         ack(self.ctx, self.entry).await
     }
@@ -331,12 +331,13 @@ impl Turn<'_> {
 
 /// Makes the webhook deliveries of a finished job (idempotent), before its entry is
 /// acknowledged: see `webhook::outbox` for why that order loses nothing.
-async fn make_deliveries(ctx: &Ctx, job: &str) -> Result<(), StoreError> {
+async fn make_deliveries(ctx: &Ctx, job: &str, spec: &[u8]) -> Result<(), StoreError> {
     let retention = ctx.settings.jobs.retention_seconds;
     let made = ctx
         .store
         .persist(|mut conn| async move {
-            crate::webhook::outbox::enqueue_for_job(&mut conn, &ctx.keys, job, retention).await
+            crate::webhook::outbox::enqueue_for_job(&mut conn, &ctx.keys, job, spec, retention)
+                .await
         })
         .await?;
     if made > 0 {
