@@ -17,6 +17,10 @@ pub enum ExecError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// A pull (`worker.pull = "missing"` or `"always"`) that had not finished within
+    /// the job's time limit.
+    #[error("image {image:?} was not pulled within {seconds} s (limits.timeout_seconds)")]
+    PullTimedOut { image: String, seconds: u64 },
     /// The container was made but could not start: usually the job's command does not exist.
     #[error("the container could not start: {message}")]
     Start { message: String },

@@ -32,6 +32,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How a container run ended.
@@ -144,7 +145,9 @@ impl Executor {
         }
     }
 
-    pub(super) async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
+    /// Makes sure `image` is on this host, pulling it when `worker.pull` says so,
+    /// within `limit`: a registry that stalls must not hold the job's slot.
+    pub(super) async fn ensure_image(&self, image: &str, limit: Duration) -> Result<(), ExecError> {
         if self.settings.worker.pull == PullPolicy::Never {
             return Ok(()); // create_container answers 404 for a missing image
         }
@@ -163,14 +166,22 @@ impl Executor {
         let opts = CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
-        let mut pull = self.docker.create_image(Some(opts), None, None);
-        while let Some(progress) = pull.next().await {
-            progress.map_err(|source| ExecError::Pull {
+        let pull = async {
+            let mut pull = self.docker.create_image(Some(opts), None, None);
+            while let Some(progress) = pull.next().await {
+                progress.map_err(|source| ExecError::Pull {
+                    image: image.to_string(),
+                    source,
+                })?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(limit, pull).await.unwrap_or_else(|_| {
+            Err(ExecError::PullTimedOut {
                 image: image.to_string(),
-                source,
-            })?;
-        }
-        Ok(())
+                seconds: limit.as_secs(),
+            })
+        })
     }
 
     /// Removes the container and its anonymous volumes. Failure is logged, not

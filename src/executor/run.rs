@@ -21,7 +21,7 @@ impl Executor {
         // Removed below whatever happens, also after a failure half-way through.
         let mut sidecars = services::Sidecars::default();
         let result = async {
-            self.ensure_image(&job.image).await?;
+            self.ensure_image(&job.image, job.limits.timeout).await?;
             if !job.services.is_empty() {
                 self.start_services(job, &ctx, &mut sidecars).await?;
             }

@@ -57,7 +57,8 @@ impl Executor {
         sidecars.network = Some(network.clone());
 
         for service in &job.services {
-            self.ensure_image(&service.image).await?;
+            self.ensure_image(&service.image, job.limits.timeout)
+                .await?;
             let body = container::service_body(
                 service,
                 job,

@@ -26,7 +26,11 @@ use deadpool_redis::redis::{
     AsyncCommands,
 };
 use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long an answer stream is kept when its reader has gone.
 const REPLY_TTL_SECONDS: i64 = 3600;
@@ -110,38 +114,81 @@ pub(super) async fn leave(ctx: &Ctx, conn: &mut Conn) {
     }
 }
 
-/// Reads broadcasts until `token` is cancelled, answering each in a task of its own.
+/// Broadcast requests answered at once by one worker process; further ones wait
+/// in the stream (a request may start a build).
+const ANSWERS_AT_ONCE: usize = 2;
+
+/// Reads broadcasts until `token` is cancelled, answering each in a task of its
+/// own, at most [`ANSWERS_AT_ONCE`] at a time (each holds a permit); at the end,
+/// waits up to `worker.drain_seconds` for the answers under way.
 pub(super) async fn listen(
     ctx: Ctx,
     profiles: Vec<(String, Value)>,
     mut ready: bool,
     token: CancellationToken,
 ) {
+    let answers = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(ANSWERS_AT_ONCE));
+    read_loop(&ctx, &profiles, &mut ready, &answers, &permits, &token).await;
+    answers.close();
+    let drain = Duration::from_secs(ctx.settings.worker.drain_seconds);
+    if tokio::time::timeout(drain, answers.wait()).await.is_err() {
+        tracing::warn!("broadcast answers still under way at shutdown were left");
+    }
+}
+
+async fn read_loop(
+    ctx: &Ctx,
+    profiles: &[(String, Value)],
+    ready: &mut bool,
+    answers: &TaskTracker,
+    permits: &Arc<Semaphore>,
+    token: &CancellationToken,
+) {
     let mut backoff = super::context::reconnect_backoff(&ctx.settings);
     while !token.is_cancelled() {
-        if !ready {
-            ready = setup(&ctx, &profiles).await;
-            if !ready {
-                super::context::sleep_or_cancel(backoff.next_delay(), &token).await;
+        if !*ready {
+            *ready = setup(ctx, profiles).await;
+            if !*ready {
+                super::context::sleep_or_cancel(backoff.next_delay(), token).await;
                 continue;
             }
         }
-        match read(&ctx).await {
+        // A permit before reading: while answers are under way, new requests
+        // wait in the stream rather than in this process.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = token.cancelled() => return,
+        };
+        match read(ctx, permits.available_permits() + 1).await {
             Ok(requests) => {
                 backoff.reset();
+                let mut permit = Some(permit);
                 for (id, fields) in requests {
-                    tokio::spawn(answer(ctx.clone(), id, fields));
+                    let permit = match permit.take() {
+                        Some(p) => p,
+                        None => permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed"),
+                    };
+                    let ctx = ctx.clone();
+                    answers.spawn(async move {
+                        answer(ctx, id, fields).await;
+                        drop(permit);
+                    });
                 }
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 tracing::warn!("the broadcast group is missing (Redis restarted or was flushed); re-creating it");
                 let created = async {
                     let mut conn = ctx.store.conn().await?;
-                    create_group(&ctx, &mut conn).await
+                    create_group(ctx, &mut conn).await
                 }
                 .await;
                 if created.is_err() {
-                    super::context::sleep_or_cancel(backoff.next_delay(), &token).await;
+                    super::context::sleep_or_cancel(backoff.next_delay(), token).await;
                 }
             }
             Err(e) => {
@@ -149,7 +196,7 @@ pub(super) async fn listen(
                 if backoff.failures() == 1 {
                     tracing::warn!(error = %error_chain(&e), "cannot read broadcasts; retrying");
                 }
-                super::context::sleep_or_cancel(delay, &token).await;
+                super::context::sleep_or_cancel(delay, token).await;
             }
         }
     }
@@ -159,12 +206,12 @@ type Fields = std::collections::HashMap<String, String>;
 
 /// New requests, acknowledged at once: an answer is best effort, and a request
 /// is never answered twice by one process.
-async fn read(ctx: &Ctx) -> Result<Vec<(String, Fields)>, StoreError> {
+async fn read(ctx: &Ctx, count: usize) -> Result<Vec<(String, Fields)>, StoreError> {
     let key = ctx.keys.broadcast();
     let mut conn = ctx.store.blocking_conn().await?;
     let opts = StreamReadOptions::default()
         .group(&ctx.consumer, &ctx.consumer)
-        .count(16)
+        .count(count)
         .block(ctx.settings.worker.block_ms as usize);
     let reply: Option<StreamReadReply> = conn.xread_options(&[&key], &[">"], &opts).await?;
     drop(conn);

@@ -112,6 +112,7 @@ pub(super) fn classify(e: &ExecError) -> (Reason, Option<i64>) {
             }
         }
         ExecError::Pull { .. } => (Reason::ImageNotFound, None),
+        ExecError::PullTimedOut { .. } => (Reason::Timeout, None),
         ExecError::Connect { .. }
         | ExecError::Docker { .. }
         | ExecError::Service { .. }

@@ -421,3 +421,49 @@ async fn the_events_stream_is_capped() {
     );
     worker.stop().await;
 }
+
+/// With `worker.pull = "missing"`, a registry that accepts the connection and
+/// never answers (here a listener on loopback) does not hold the job's slot: the
+/// pull counts against the job's time limit, and the job ends `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_from_a_stalled_registry_ends_at_the_jobs_time_limit() {
+    let env = Env::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            let _ = seen.send(());
+            open.push(conn); // held open, never answered
+        }
+    });
+    let worker = crate::common::Worker::start(env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WORKER__PULL", "missing")],
+    ));
+    let id = format!("{}-stalled", env.prefix);
+    env.xadd(
+        "default",
+        &serde_json::json!({
+            "id": id, "image": format!("127.0.0.1:{port}/stalled:1"), "command": "true",
+            "limits": {"timeout_seconds": 2},
+        })
+        .to_string(),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["reason"], "timeout", "{job:?}");
+    assert!(
+        job["error"].contains("was not pulled within 2 s (limits.timeout_seconds)"),
+        "{}",
+        job["error"]
+    );
+    assert!(
+        connected.try_recv().is_ok(),
+        "the engine did reach the registry"
+    );
+    held.abort();
+    worker.stop().await;
+}
