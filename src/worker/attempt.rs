@@ -133,8 +133,7 @@ async fn image(
             Some(StopCause::Drain | StopCause::Fenced)
         ) =>
         {
-            record.set_status(Status::Queued);
-            return Ok(Err(Ending::Requeue(record)));
+            return Ok(Err(Ending::Requeue(record::requeued(record))));
         }
         None => Failure {
             reason: Reason::Cancelled,

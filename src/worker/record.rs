@@ -46,12 +46,22 @@ pub(super) fn close(record: &mut JobRecord, summary: &LogSummary, mask: &Mask, t
     }
 }
 
-/// The record of a job going back to its queue: no outcome of this run.
+/// The record of a job going back to its queue: nothing of this run is left (its
+/// exit code, start, worker, result or files would read as the job's), only the
+/// attempts used so far.
 pub(super) fn requeued(mut record: JobRecord) -> JobRecord {
     record.set_status(Status::Queued);
     record.reason = None;
     record.error = None;
+    record.started_at = None;
     record.finished_at = None;
+    record.worker = None;
+    record.exit_code = None;
+    record.result_text = None;
+    record.result_data = None;
+    record.files.clear();
+    record.files_dropped.clear();
+    record.log_tail.clear();
     record
 }
 
@@ -86,10 +96,19 @@ mod tests {
             Some(serde_json::json!({"token": "***"}))
         );
 
+        record.exit_code = Some(137);
+        record.started_at = Some("2026-01-01T00:00:01Z".into());
+        record.worker = Some("w1".into());
+        record.attempt = 1;
         let back = requeued(record);
         assert_eq!(
             (back.status, back.reason, back.error),
             (Status::Queued, None, None)
         );
+        assert_eq!(
+            (back.exit_code, back.started_at, back.worker),
+            (None, None, None)
+        );
+        assert_eq!((back.result_data, back.attempt), (None, 1));
     }
 }

@@ -316,6 +316,20 @@ async fn sigterm_drains_then_puts_the_running_job_back_for_another_worker() {
     assert!(first.wait().unwrap().success(), "a drained worker exits 0");
     let job = env.status_becomes(&id, "queued").await;
     assert_eq!(job["attempt"], "1");
+    // Nothing of the stopped run reads as the job's: no exit code, start or worker.
+    for field in [
+        "exit_code",
+        "started_at",
+        "finished_at",
+        "worker",
+        "reason",
+        "error",
+    ] {
+        assert_eq!(
+            job[field], "",
+            "{field} of the stopped run is left: {job:?}"
+        );
+    }
     assert!(
         containers_with_label(&format!("dockhand.job={id}")).is_empty(),
         "its container was stopped and removed"
