@@ -108,9 +108,18 @@ fn raise_open_file_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(now) => match before {
             Ok((soft, hard)) if soft != now => {
-                tracing::info!(before = soft, after = now, hard, "raised the open-file limit")
+                tracing::info!(
+                    before = soft,
+                    after = now,
+                    hard,
+                    "raised the open-file limit"
+                )
             }
-            Ok((soft, hard)) => tracing::debug!(soft, hard, "the open-file limit is already at its hard limit"),
+            Ok((soft, hard)) => tracing::debug!(
+                soft,
+                hard,
+                "the open-file limit is already at its hard limit"
+            ),
             Err(_) => tracing::info!(after = now, "raised the open-file limit"),
         },
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
