@@ -209,6 +209,10 @@ async fn serve(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // A client that shuts down its sending side once its request is out
+        // (`nc`, a shell's printf | nc) still gets the answer. Without this,
+        // hyper closes at that EOF while the body is being parsed.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {

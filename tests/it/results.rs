@@ -672,3 +672,21 @@ async fn a_post_with_too_many_fields_or_files_names_the_limit() {
     assert_eq!(reg.take(), None);
     assert_ok(&post_json(reg.response_url(), json!({"result_text": "ok"})).await);
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let server = server().await;
+    let reg = server.register("j1", 1000).unwrap();
+    let (addr, path) = split(reg.response_url());
+    let body = r#"{"result_text":"sent, then shut"}"#;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap(); // as `printf ... | nc` does
+    let said = read_until_closed(&mut stream).await;
+    assert!(said.starts_with("HTTP/1.1 200 "), "{said:?}");
+    assert_eq!(taken(&reg).text.as_deref(), Some("sent, then shut"));
+}
