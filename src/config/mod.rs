@@ -183,6 +183,18 @@ pub struct ResultSettings {
     pub bind: String,
     /// 0: a free port chosen at start.
     pub port: u16,
+    /// Connections open at once, all jobs together; more are closed at once.
+    pub max_connections: usize,
+    /// Requests to one job's URLs in progress at once; more are answered 429.
+    pub max_connections_per_job: usize,
+    /// Room for the fields in a body, on top of the job's `limits.output_bytes`.
+    pub fields_bytes: ByteSize,
+    /// How long a request's headers, and then its body, may take to arrive.
+    pub read_timeout_seconds: u64,
+    /// Fields in one body (known or not; files apart); more are answered 413.
+    pub max_fields: usize,
+    /// Files in one multipart body; more are answered 413.
+    pub max_files: usize,
 }
 
 /// A list, or a single value standing for a list of one. An environment variable
@@ -338,6 +350,20 @@ impl Settings {
         }
         if !self.results.bind.is_empty() && self.results.bind.parse::<std::net::IpAddr>().is_err() {
             return bad("results.bind", "must be empty or an IP address");
+        }
+        let r = &self.results;
+        if r.max_connections == 0 || r.max_connections_per_job == 0 {
+            return bad(
+                "results",
+                "max_connections and max_connections_per_job must be at least 1",
+            );
+        }
+        if r.read_timeout_seconds == 0 {
+            return bad("results.read_timeout_seconds", "must be at least 1");
+        }
+        if r.max_fields < 2 {
+            // result_text and result_data together must fit.
+            return bad("results.max_fields", "must be at least 2");
         }
         if self.webhooks.log_tail_lines > MAX_LOG_TAIL_LINES {
             let most = format!("must be at most {MAX_LOG_TAIL_LINES}");
@@ -559,6 +585,44 @@ mod tests {
             (s.results.bind.to_string(), s.results.port),
             ("172.17.0.1".into(), 8731)
         );
+    }
+
+    #[test]
+    fn result_server_limits() {
+        let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        let r = &s.results;
+        assert_eq!(
+            (r.max_connections, r.max_connections_per_job, r.fields_bytes),
+            (256, 8, ByteSize(1 << 20))
+        );
+        assert_eq!(
+            (r.read_timeout_seconds, r.max_fields, r.max_files),
+            (30, 100, 1000)
+        );
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("DOCKHAND__RESULTS__MAX_CONNECTIONS_PER_JOB", "3"),
+                ("DOCKHAND__RESULTS__FIELDS_BYTES", "64k"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.results.max_connections_per_job, 3);
+        assert_eq!(s.results.fields_bytes, ByteSize(64 << 10));
+        for (key, value, named) in [
+            ("DOCKHAND__RESULTS__MAX_CONNECTIONS", "0", "results"),
+            (
+                "DOCKHAND__RESULTS__READ_TIMEOUT_SECONDS",
+                "0",
+                "results.read_timeout_seconds",
+            ),
+            ("DOCKHAND__RESULTS__MAX_FIELDS", "1", "results.max_fields"),
+        ] {
+            let err = Settings::load_from(None, &env(&[(key, value)]), &Overrides::default())
+                .unwrap_err();
+            assert!(err.to_string().contains(named), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -1,24 +1,32 @@
-//! One HTTP request to a result URL: route, method, token, size, then the body.
+//! The routes of the result URLs, and one request to them: method, token, the
+//! job's share of connections, size, then the body (read with a deadline,
+//! parsed on a blocking thread).
 //!
 //! Every answer other than 200 carries a one-line reason in plain text. A refused
 //! request's unread body is read on and thrown away (up to [`DRAIN_BYTES`], for
 //! [`DRAIN_TIME`]) before answering: closing a socket with unread data makes the
 //! kernel send a reset, and the client would see "connection reset" instead of
-//! the reason. The exception is a client waiting for `100 Continue` whose body was
-//! never asked for: reading it would invite the upload just refused.
+//! the reason. The exceptions are a client waiting for `100 Continue` whose body
+//! was never asked for (reading it would invite the upload just refused) and a
+//! body that timed out (its client is too slow to be waited for again).
 
-use super::parse::{body_too_large, read_post, BoxError, Refusal};
-use super::registry::{Lookup, Registry};
-use super::{PostKind, FIELDS_BYTES};
+use super::parse::{self, body_too_large, BoxError, PostLimits, Refusal};
+use super::registry::{Entered, Lookup, Registry};
+use super::{Limits, PostKind};
+use axum::body::Body as AxumBody;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use axum::http::{request::Parts, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
-use hyper::{Method, Request, Response, StatusCode};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 /// How much of a refused body is read and discarded so the answer arrives.
 const DRAIN_BYTES: u64 = 1 << 20;
@@ -27,99 +35,174 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
-pub(crate) async fn handle(
-    registry: &Registry,
-    request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+/// What every request shares.
+pub(crate) struct Shared {
+    pub registry: Arc<Registry>,
+    pub limits: Limits,
+    /// Bodies parsed at once, each on a blocking thread: as many as there are
+    /// cores, so that parsing never crowds out the runtime.
+    pub parsing: Semaphore,
+}
+
+/// The routes: the two URLs of every job, and 404 for anything else.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/results/{token}/{kind}", any(result_url))
+        .fallback(|| async { refuse(StatusCode::NOT_FOUND, "no such result URL") })
+        .with_state(shared)
+}
+
+/// The number of bodies parsed at once.
+pub(crate) fn parse_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+async fn result_url(
+    State(shared): State<Arc<Shared>>,
+    Path((token, kind)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let kind = match kind.as_str() {
+        "response" => PostKind::Response,
+        "abort" => PostKind::Abort,
+        _ => return refuse(StatusCode::NOT_FOUND, "no such result URL"),
+    };
     let (parts, body) = request.into_parts();
-    let mut body: Body = Box::pin(body.into_data_stream().map(|r| r.map_err(BoxError::from)));
+    let mut body: Body =
+        Box::pin(AxumBody::into_data_stream(body).map(|r| r.map_err(BoxError::from)));
     let mut body_read = false;
-    let answer = answer(registry, &parts, &mut body, &mut body_read).await;
+    // Held until the answer is drained, so that the job's share counts the
+    // connection for as long as this request holds it.
+    let (answer, _entered) = answer(&shared, &token, kind, &parts, &mut body, &mut body_read).await;
     let waits_for_continue = parts
         .headers
         .get(EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if answer.status() != StatusCode::OK && (body_read || !waits_for_continue) {
+    let timed_out = answer.status() == StatusCode::REQUEST_TIMEOUT;
+    if answer.status() != StatusCode::OK && !timed_out && (body_read || !waits_for_continue) {
         drain(&mut body).await;
     }
     answer
 }
 
 async fn answer(
-    registry: &Registry,
-    parts: &hyper::http::request::Parts,
+    shared: &Shared,
+    token: &str,
+    kind: PostKind,
+    parts: &Parts,
     body: &mut Body,
     body_read: &mut bool,
-) -> Response<Full<Bytes>> {
-    let Some((token, kind)) = route(parts.uri.path()) else {
-        return refuse(StatusCode::NOT_FOUND, "no such result URL");
-    };
+) -> (Response, Option<Entered>) {
+    let limits = &shared.limits;
     if parts.method != Method::POST {
         let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST is allowed");
         r.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return (r, None);
     }
-    let (job_id, limit_bytes) = match registry.lookup(token) {
+    let (job_id, limit_bytes) = match shared.registry.lookup(token) {
         Lookup::Open {
             job_id,
             limit_bytes,
         } => (job_id, limit_bytes),
-        other => return not_open(other),
+        other => return (not_open(other), None),
     };
-    let max_body = limit_bytes.saturating_add(FIELDS_BYTES);
+    let Some(entered) = shared.registry.enter(token, limits.max_connections_per_job) else {
+        let max = limits.max_connections_per_job;
+        warn!(job_id = %job_id, max, "a job holds too many requests to its result URLs at once");
+        let reason = format!(
+            "more than {max} requests to this job's result URLs at once \
+             (results.max_connections_per_job)"
+        );
+        return (
+            refused(&job_id, kind, StatusCode::TOO_MANY_REQUESTS, reason),
+            None,
+        );
+    };
+    let entered = Some(entered);
+    let post_limits = PostLimits {
+        limit_bytes,
+        max_body: limit_bytes.saturating_add(limits.fields_bytes),
+        max_fields: limits.max_fields,
+        max_files: limits.max_files,
+    };
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return refused(&job_id, kind, body_too_large(max_body, limit_bytes));
+    if declared.is_some_and(|n| n > post_limits.max_body) {
+        let refusal = body_too_large(post_limits.max_body, limit_bytes);
+        return (refusal_answer(&job_id, kind, refusal), entered);
     }
     let content_type = match parts.headers.get(CONTENT_TYPE).map(HeaderValue::to_str) {
         None => None,
         Some(Ok(ct)) => Some(ct),
         Some(Err(_)) => {
-            return refused(
-                &job_id,
-                kind,
-                Refusal::BadRequest("the Content-Type is not ASCII".into()),
-            )
+            let refusal = Refusal::BadRequest("the Content-Type is not ASCII".into());
+            return (refusal_answer(&job_id, kind, refusal), entered);
         }
     };
+    let format = match parse::format(content_type) {
+        Ok(format) => format,
+        Err(refusal) => return (refusal_answer(&job_id, kind, refusal), entered),
+    };
     *body_read = true;
-    let posted = match read_post(kind, content_type, body, limit_bytes, max_body).await {
-        Ok(posted) => posted,
-        Err(refusal) => return refused(&job_id, kind, refusal),
+    // The headers are in; the body gets the same time again, as a whole, so
+    // that a client sending it a byte at a time cannot hold the connection.
+    let read = tokio::time::timeout(limits.read_timeout, parse::read_body(body, &post_limits));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(refusal)) => return (refusal_answer(&job_id, kind, refusal), entered),
+        Err(_) => {
+            let reason = format!(
+                "the body did not arrive within {} s (results.read_timeout_seconds)",
+                limits.read_timeout.as_secs_f64()
+            );
+            return (
+                refused(&job_id, kind, StatusCode::REQUEST_TIMEOUT, reason),
+                entered,
+            );
+        }
+    };
+    let posted = {
+        let Ok(_slot) = shared.parsing.acquire().await else {
+            return (
+                refuse(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
+                entered,
+            );
+        };
+        let parsing =
+            tokio::task::spawn_blocking(move || parse::parse(kind, format, bytes, &post_limits));
+        match parsing.await {
+            Ok(Ok(posted)) => posted,
+            Ok(Err(refusal)) => return (refusal_answer(&job_id, kind, refusal), entered),
+            Err(e) => {
+                warn!(job_id = %job_id, error = %e, "parsing a posted result failed");
+                let r = refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the body could not be parsed",
+                );
+                return (r, entered);
+            }
+        }
     };
     let files = posted.files.len();
     let ignored = posted.dropped.clone();
-    if let Err(lookup) = registry.commit(token, posted) {
-        return not_open(lookup);
+    if let Err(lookup) = shared.registry.commit(token, posted) {
+        return (not_open(lookup), entered);
     }
     info!(job_id = %job_id, kind = kind.url_name(), files, "result posted");
     let mut reply = serde_json::json!({ "ok": true });
     if !ignored.is_empty() {
         reply["ignored"] = ignored.into();
     }
-    let mut r = Response::new(Full::new(Bytes::from(reply.to_string())));
+    let mut r = Response::new(AxumBody::from(reply.to_string()));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    (r, entered)
 }
 
-/// `/results/<token>/response` or `/results/<token>/abort`.
-fn route(path: &str) -> Option<(&str, PostKind)> {
-    let rest = path.strip_prefix("/results/")?;
-    let (token, kind) = rest.split_once('/')?;
-    let kind = match kind {
-        "response" => PostKind::Response,
-        "abort" => PostKind::Abort,
-        _ => return None,
-    };
-    (!token.is_empty()).then_some((token, kind))
-}
-
-fn not_open(lookup: Lookup) -> Response<Full<Bytes>> {
+fn not_open(lookup: Lookup) -> Response {
     match lookup {
         Lookup::Answered => refuse(
             StatusCode::CONFLICT,
@@ -132,19 +215,22 @@ fn not_open(lookup: Lookup) -> Response<Full<Bytes>> {
     }
 }
 
-fn refused(job_id: &str, kind: PostKind, refusal: Refusal) -> Response<Full<Bytes>> {
-    let (status, reason) = match refusal {
-        Refusal::BadRequest(reason) => (StatusCode::BAD_REQUEST, reason),
-        Refusal::TooLarge(reason) => (StatusCode::PAYLOAD_TOO_LARGE, reason),
-    };
+fn refusal_answer(job_id: &str, kind: PostKind, refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::BadRequest(reason) => refused(job_id, kind, StatusCode::BAD_REQUEST, reason),
+        Refusal::TooLarge(reason) => refused(job_id, kind, StatusCode::PAYLOAD_TOO_LARGE, reason),
+    }
+}
+
+fn refused(job_id: &str, kind: PostKind, status: StatusCode, reason: String) -> Response {
     debug!(job_id = %job_id, kind = kind.url_name(), status = status.as_u16(), reason = %reason, "result refused");
     refuse(status, &reason)
 }
 
-fn refuse(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+fn refuse(status: StatusCode, reason: &str) -> Response {
     // One line, whatever the reason quotes.
     let line = reason.replace(['\r', '\n'], " ");
-    let mut r = Response::new(Full::new(Bytes::from(format!("{line}\n"))));
+    let mut r = Response::new(AxumBody::from(format!("{line}\n")));
     *r.status_mut() = status;
     let headers = r.headers_mut();
     headers.insert(
@@ -167,30 +253,4 @@ async fn drain(body: &mut Body) {
         }
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes() {
-        assert_eq!(
-            route("/results/ab12/response"),
-            Some(("ab12", PostKind::Response))
-        );
-        assert_eq!(
-            route("/results/ab12/abort"),
-            Some(("ab12", PostKind::Abort))
-        );
-        for bad in [
-            "/results//abort",
-            "/results/ab12",
-            "/results/ab12/other",
-            "/x/ab12/abort",
-            "/",
-        ] {
-            assert_eq!(route(bad), None, "{bad}");
-        }
-    }
 }

@@ -18,11 +18,17 @@
 //!   the job may fix its request and try again.
 //! - Result files (multipart parts with a file name) total at most the registered
 //!   `limit_bytes` (the job's `limits.output_bytes`), and the whole body at most
-//!   that plus [`FIELDS_BYTES`]; both are enforced while the body is read, so
-//!   memory stays bounded, and going over is a 413 naming the limit: never a
-//!   silent drop.
+//!   that plus [`Limits::fields_bytes`]; the body cap is enforced while the body is
+//!   read, so memory stays bounded, and going over is a 413 naming the limit:
+//!   never a silent drop.
+//! - Nothing a client does holds the server's resources without bound
+//!   ([`Limits`]): connections are capped overall (one past the cap is closed at
+//!   once) and per job (429), a request's headers and its body must each arrive
+//!   within the read timeout (else the connection is closed, or 408), and a body
+//!   has at most so many fields and files (413). Parsing a body runs on a blocking
+//!   thread, a few at a time, never on the runtime's threads.
 //! - Answers: 200 `{"ok":true}` (plus `"ignored":[…]` naming unknown fields),
-//!   400 / 404 / 405 / 409 / 413 with a one-line reason in plain text.
+//!   400 / 404 / 405 / 408 / 409 / 413 / 429 with a one-line reason in plain text.
 //!
 //! Reaching the server from a container is the caller's concern: it listens on
 //! `bind` (`results.bind`), and URLs carry the `base_url_host` given to
@@ -35,9 +41,46 @@ mod server;
 
 pub use server::{Registration, ResultServer};
 
+use std::time::Duration;
+
 /// Room in one POST for the fields and the encoding, on top of the job's
-/// output limit: a body larger than `limit_bytes + FIELDS_BYTES` is refused.
+/// output limit, by default: a body larger than `limit_bytes + FIELDS_BYTES` is
+/// refused.
 pub const FIELDS_BYTES: u64 = 1 << 20;
+
+/// What the server lets its clients hold; the keys of `[results]` of the same
+/// names. [`Limits::default`] is what `config/default.toml` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, all jobs together (`max_connections`); one past
+    /// it is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Requests to one job's URLs in progress at once
+    /// (`max_connections_per_job`); one past it is answered 429.
+    pub max_connections_per_job: usize,
+    /// Room for the fields on top of the job's output limit (`fields_bytes`).
+    pub fields_bytes: u64,
+    /// How long a request's headers, and then its body, may take to arrive
+    /// (`read_timeout_seconds`); an idle connection is closed after it too.
+    pub read_timeout: Duration,
+    /// Fields in one body (`max_fields`), known or not, files apart.
+    pub max_fields: usize,
+    /// Files in one multipart body (`max_files`).
+    pub max_files: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            max_connections_per_job: 8,
+            fields_bytes: FIELDS_BYTES,
+            read_timeout: Duration::from_secs(30),
+            max_fields: 100,
+            max_files: 1000,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {

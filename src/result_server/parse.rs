@@ -1,6 +1,7 @@
 //! One POST body read into a [`Posted`]: the three content types, the field rules
-//! and the size limits. Pure except for reading the body stream, so it is unit-tested
-//! here without a socket.
+//! and the limits. Reading the body ([`read_body`]) is async; parsing it
+//! ([`parse`]) is plain synchronous code, run by the handler on a blocking thread
+//! and unit-tested here without a socket.
 //!
 //! Invariants:
 //!
@@ -9,14 +10,24 @@
 //! - Result files (multipart parts with a file name) total at most `limit_bytes`;
 //!   one byte more refuses the whole POST with 413. Nothing is dropped silently:
 //!   a job that posts too much learns it from the answer.
+//! - At most `max_fields` fields (JSON keys, form pairs, multipart parts without a
+//!   file name; known or not) and `max_files` files: one more refuses the POST
+//!   with 413 naming the limit, and parsing stops there, so the work done for a
+//!   POST is bounded by the limits, not by what the client sent.
+//! - Every check per field is O(1) (a match, or a hash set), so a POST at the
+//!   limits costs time linear in its size.
 //! - The fields of the other URL (`error_*` on `RESPONSE_URL`, `result_*` on
 //!   `ABORT_URL`) refuse the POST, and so does a field given twice. Unknown fields are
 //!   ignored, as in `result.json`, and named in [`Posted::dropped`].
 
 use super::{PostKind, Posted};
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::convert::Infallible;
 
 /// Any error the underlying body stream can fail with.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,19 +41,22 @@ pub(crate) enum Refusal {
     TooLarge(String),
 }
 
-/// How the capped body stream fails. Boxed through multer, then recovered by
-/// downcasting, so a multipart body over the cap is still a 413.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
-    #[error("the body is over {max} bytes")]
-    TooLarge { max: u64 },
-    #[error("cannot read the body")]
-    Read(#[source] BoxError),
+/// What one POST may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PostLimits {
+    /// The job's `limits.output_bytes`: what its result files may total.
+    pub limit_bytes: u64,
+    /// The whole body: `limit_bytes` plus the room for the fields.
+    pub max_body: u64,
+    /// `results.max_fields`.
+    pub max_fields: usize,
+    /// `results.max_files`.
+    pub max_files: usize,
 }
 
 /// The content types a POST may have, from its `Content-Type` header.
-#[derive(Debug, PartialEq, Eq)]
-enum Format {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Format {
     Json,
     Form,
     Multipart {
@@ -52,7 +66,8 @@ enum Format {
     Missing,
 }
 
-fn format(content_type: Option<&str>) -> Result<Format, Refusal> {
+/// The format of a POST from its `Content-Type`, or why it is refused.
+pub(crate) fn format(content_type: Option<&str>) -> Result<Format, Refusal> {
     let Some(content_type) = content_type else {
         return Ok(Format::Missing);
     };
@@ -75,45 +90,54 @@ fn format(content_type: Option<&str>) -> Result<Format, Refusal> {
     }
 }
 
-/// Reads one POST of `kind` from `body`. Reads at most `max_body` bytes of it;
-/// result files may total `limit_bytes`. `body` is borrowed so that the caller
-/// can drain what is left after a refusal.
-pub(crate) async fn read_post<S>(
-    kind: PostKind,
-    content_type: Option<&str>,
-    body: &mut S,
-    limit_bytes: u64,
-    max_body: u64,
-) -> Result<Posted, Refusal>
+/// Reads the whole body, at most `limits.max_body` bytes of it. `body` is
+/// borrowed so that the caller can drain what is left after a refusal.
+pub(crate) async fn read_body<S>(body: &mut S, limits: &PostLimits) -> Result<Bytes, Refusal>
 where
     S: Stream<Item = Result<Bytes, BoxError>> + Send + Unpin,
 {
-    let format = format(content_type)?;
-    let too_large = |e: BodyError| match e {
-        BodyError::TooLarge { max } => body_too_large(max, limit_bytes),
-        BodyError::Read(e) => bad(format!("cannot read the body: {e}")),
-    };
-    let body = capped(body, max_body);
-    let mut fields = Fields::new(kind);
+    let max = limits.max_body;
+    let mut seen: u64 = 0;
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| bad(format!("cannot read the body: {e}")))?;
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > max {
+            return Err(body_too_large(max, limits.limit_bytes));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// Parses one POST of `kind` whose body is `body`. CPU work only, bounded by
+/// the limits; the handler runs it on a blocking thread.
+pub(crate) fn parse(
+    kind: PostKind,
+    format: Format,
+    body: Bytes,
+    limits: &PostLimits,
+) -> Result<Posted, Refusal> {
+    let mut fields = Fields::new(kind, limits);
     match format {
         Format::Missing => {
-            if !collect(body).await.map_err(too_large)?.is_empty() {
+            if !body.is_empty() {
                 return Err(bad("missing Content-Type: use application/json, \
                      application/x-www-form-urlencoded or multipart/form-data"
                     .into()));
             }
         }
-        Format::Json => fields.json(&collect(body).await.map_err(too_large)?)?,
-        Format::Form => fields.form(&collect(body).await.map_err(too_large)?)?,
+        Format::Json => fields.json(&body)?,
+        Format::Form => fields.form(&body)?,
         Format::Multipart { boundary } => {
-            let mut multipart = multer::Multipart::new(body, boundary);
+            // The whole body is in memory, so multer never waits: each of its
+            // futures is ready when first polled.
+            let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(body) });
+            let mut multipart = multer::Multipart::new(stream, boundary);
             fields
-                .multipart(&mut multipart, limit_bytes)
-                .await
-                .map_err(|e| match e {
-                    PartError::Refused(r) => r,
-                    PartError::Body(e) => too_large(e),
-                })?;
+                .multipart(&mut multipart)
+                .now_or_never()
+                .unwrap_or_else(|| Err(bad("malformed multipart body".into())))?;
         }
     }
     Ok(fields.posted)
@@ -123,72 +147,85 @@ where
 pub(crate) fn body_too_large(max_body: u64, limit_bytes: u64) -> Refusal {
     Refusal::TooLarge(format!(
         "the body is over {max_body} bytes (the job's output limit of {limit_bytes} bytes \
-         plus {} bytes for the fields)",
+         plus {} bytes for the fields, results.fields_bytes)",
         max_body.saturating_sub(limit_bytes)
     ))
 }
 
-/// `body`, failing once more than `max` bytes went through.
-fn capped<S>(body: &mut S, max: u64) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + '_
-where
-    S: Stream<Item = Result<Bytes, BoxError>> + Send + Unpin,
-{
-    let mut seen: u64 = 0;
-    body.map(move |chunk| {
-        let chunk = chunk.map_err(BodyError::Read)?;
-        seen = seen.saturating_add(chunk.len() as u64);
-        if seen > max {
-            return Err(BodyError::TooLarge { max });
-        }
-        Ok(chunk)
-    })
+fn too_many_fields(max: usize) -> Refusal {
+    Refusal::TooLarge(format!(
+        "the body has more than {max} fields (results.max_fields)"
+    ))
 }
 
-async fn collect(body: impl Stream<Item = Result<Bytes, BodyError>>) -> Result<Vec<u8>, BodyError> {
-    let mut body = std::pin::pin!(body);
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(out)
+fn too_many_files(max: usize) -> Refusal {
+    Refusal::TooLarge(format!(
+        "the body has more than {max} files (results.max_files)"
+    ))
 }
 
 fn bad(reason: String) -> Refusal {
     Refusal::BadRequest(reason)
 }
 
-enum PartError {
-    Refused(Refusal),
-    Body(BodyError),
+fn malformed(e: multer::Error) -> Refusal {
+    bad(format!("malformed multipart body: {e}"))
 }
 
-impl From<Refusal> for PartError {
-    fn from(r: Refusal) -> PartError {
-        PartError::Refused(r)
+/// The top-level object of a JSON body as its `(name, value)` pairs in order,
+/// refused once it has more than `max` of them: the parser stops there instead
+/// of building a map of whatever size the client sent.
+struct TopLevel<'a> {
+    max: usize,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
+    type Value = Vec<(String, Value)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
     }
 }
 
-impl From<multer::Error> for PartError {
-    fn from(e: multer::Error) -> PartError {
-        if let multer::Error::StreamReadFailed(inner) = e {
-            return match inner.downcast::<BodyError>() {
-                Ok(body) => PartError::Body(*body),
-                Err(other) => PartError::Body(BodyError::Read(other)),
-            };
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = Vec<(String, Value)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if out.len() == self.max {
+                self.over.set(true);
+                return Err(serde::de::Error::custom("too many fields"));
+            }
+            out.push((name, map.next_value::<Value>()?));
         }
-        PartError::Refused(bad(format!("malformed multipart body: {e}")))
+        Ok(out)
     }
 }
 
 /// The fields of one POST as they arrive, checked one by one.
 struct Fields {
     posted: Posted,
-    /// Names already given, to refuse a repeated field in a form or multipart body.
-    seen: Vec<String>,
+    max_fields: usize,
+    max_files: usize,
+    limit_bytes: u64,
+    /// Fields seen so far, known or not (files not counted).
+    count: usize,
+    /// Known fields already given (text, data), to refuse a repeated one.
+    given: [bool; 2],
+    /// The names in `posted.dropped`, so that each is named once.
+    dropped: HashSet<String>,
+    /// The names in `posted.files`, to refuse a repeated one.
+    file_names: HashSet<String>,
 }
 
 impl Fields {
-    fn new(kind: PostKind) -> Fields {
+    fn new(kind: PostKind, limits: &PostLimits) -> Fields {
         Fields {
             posted: Posted {
                 kind,
@@ -197,17 +234,42 @@ impl Fields {
                 files: Vec::new(),
                 dropped: Vec::new(),
             },
-            seen: Vec::new(),
+            max_fields: limits.max_fields,
+            max_files: limits.max_files,
+            limit_bytes: limits.limit_bytes,
+            count: 0,
+            given: [false; 2],
+            dropped: HashSet::new(),
+            file_names: HashSet::new(),
         }
     }
 
+    /// Counts one more field; refuses the one past the limit.
+    fn count_field(&mut self) -> Result<(), Refusal> {
+        if self.count == self.max_fields {
+            return Err(too_many_fields(self.max_fields));
+        }
+        self.count += 1;
+        Ok(())
+    }
+
     fn json(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
-        let Value::Object(object) = value else {
-            return Err(bad("the JSON body must be an object".into()));
+        let over = Cell::new(false);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = TopLevel {
+            max: self.max_fields,
+            over: &over,
+        }
+        .deserialize(&mut de)
+        .and_then(|object| de.end().map(|()| object));
+        let object = match parsed {
+            Ok(object) => object,
+            Err(_) if over.get() => return Err(too_many_fields(self.max_fields)),
+            Err(e) if e.is_data() => return Err(bad("the JSON body must be an object".into())),
+            Err(e) => return Err(bad(format!("the body is not valid JSON: {e}"))),
         };
         for (name, value) in object {
+            self.count_field()?;
             match self.known(&name)? {
                 Some(Field::Text) => {
                     self.posted.text = match value {
@@ -225,33 +287,33 @@ impl Fields {
 
     fn form(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
         for (name, value) in form_urlencoded::parse(bytes) {
+            self.count_field()?;
             self.string(&name, value.into_owned())?;
         }
         Ok(())
     }
 
-    async fn multipart(
-        &mut self,
-        multipart: &mut multer::Multipart<'_>,
-        limit_bytes: u64,
-    ) -> Result<(), PartError> {
+    async fn multipart(&mut self, multipart: &mut multer::Multipart<'_>) -> Result<(), Refusal> {
+        let limit_bytes = self.limit_bytes;
         let mut files_bytes: u64 = 0;
-        while let Some(mut part) = multipart.next_field().await? {
+        while let Some(mut part) = multipart.next_field().await.map_err(malformed)? {
             let name = part.name().unwrap_or_default().to_string();
             if let Some(file_name) = part.file_name() {
                 let file_name = file_name_of(file_name)?;
-                if self.posted.files.iter().any(|(n, _)| *n == file_name) {
-                    return Err(bad(format!("the file {file_name:?} is given twice")).into());
+                if self.posted.files.len() == self.max_files {
+                    return Err(too_many_files(self.max_files));
+                }
+                if !self.file_names.insert(file_name.clone()) {
+                    return Err(bad(format!("the file {file_name:?} is given twice")));
                 }
                 let mut content = Vec::new();
-                while let Some(chunk) = part.chunk().await? {
+                while let Some(chunk) = part.chunk().await.map_err(malformed)? {
                     files_bytes = files_bytes.saturating_add(chunk.len() as u64);
                     if files_bytes > limit_bytes {
                         return Err(Refusal::TooLarge(format!(
                             "the files are over the job's output limit of {limit_bytes} bytes \
                              (limits.output_bytes)"
-                        ))
-                        .into());
+                        )));
                     }
                     content.extend_from_slice(&chunk);
                 }
@@ -259,14 +321,15 @@ impl Fields {
                 continue;
             }
             if name.is_empty() {
-                return Err(bad("a multipart part has no name".into()).into());
+                return Err(bad("a multipart part has no name".into()));
             }
+            self.count_field()?;
             if self.known(&name)?.is_none() {
                 // Unread, the part is skipped by the next `next_field`.
                 self.drop_unknown(&name);
                 continue;
             }
-            let bytes = part.bytes().await?;
+            let bytes = part.bytes().await.map_err(malformed)?;
             let text = String::from_utf8(bytes.to_vec())
                 .map_err(|_| bad(format!("`{name}` is not valid UTF-8")))?;
             self.string(&name, text)?;
@@ -280,10 +343,11 @@ impl Fields {
             self.drop_unknown(name);
             return Ok(());
         };
-        if self.seen.iter().any(|n| n == name) {
+        let given = &mut self.given[field as usize];
+        if *given {
             return Err(bad(format!("`{name}` is given twice")));
         }
-        self.seen.push(name.to_string());
+        *given = true;
         match field {
             Field::Text => self.posted.text = Some(value),
             Field::Data => {
@@ -318,17 +382,18 @@ impl Fields {
     }
 
     fn drop_unknown(&mut self, name: &str) {
-        let entry = format!("field {name:?} (unknown, ignored)");
-        if !self.posted.dropped.contains(&entry) {
-            self.posted.dropped.push(entry);
+        if self.dropped.insert(name.to_string()) {
+            self.posted
+                .dropped
+                .push(format!("field {name:?} (unknown, ignored)"));
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
-    Text,
-    Data,
+    Text = 0,
+    Data = 1,
 }
 
 /// The name a posted file is kept under: the last component of what the client
@@ -352,6 +417,8 @@ mod tests {
 
     const LIMIT: u64 = 100;
     const MAX: u64 = 1000;
+    const MAX_FIELDS: usize = 5;
+    const MAX_FILES: usize = 3;
 
     async fn post(
         kind: PostKind,
@@ -374,7 +441,15 @@ mod tests {
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
         let mut stream = futures_util::stream::iter(chunks);
-        read_post(kind, content_type, &mut stream, limit, max).await
+        let limits = PostLimits {
+            limit_bytes: limit,
+            max_body: max,
+            max_fields: MAX_FIELDS,
+            max_files: MAX_FILES,
+        };
+        let format = format(content_type)?;
+        let body = read_body(&mut stream, &limits).await?;
+        parse(kind, format, body, &limits)
     }
 
     fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
@@ -561,6 +636,97 @@ mod tests {
         assert!(post(PostKind::Response, Some("Application/JSON"), b"{}")
             .await
             .is_ok());
+    }
+
+    fn too_large(r: Result<Posted, Refusal>) -> String {
+        match r {
+            Err(Refusal::TooLarge(m)) => m,
+            other => panic!("expected a 413, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn fields_up_to_the_limit_and_not_one_more() {
+        // MAX_FIELDS known and unknown fields pass, in every format.
+        let json_ok = br#"{"result_text":"t","a":1,"b":2,"c":3,"d":4}"#;
+        let p = post(PostKind::Response, JSON, json_ok).await.unwrap();
+        assert_eq!((p.text.as_deref(), p.dropped.len()), (Some("t"), 4));
+        let json_over = br#"{"a":1,"b":2,"c":3,"d":4,"e":5,"result_text":"t"}"#;
+        let m = too_large(post(PostKind::Response, JSON, json_over).await);
+        assert_eq!(m, "the body has more than 5 fields (results.max_fields)");
+        assert!(post(PostKind::Response, FORM, b"a=1&b=2&c=3&d=4&e=5")
+            .await
+            .is_ok());
+        let m = too_large(post(PostKind::Response, FORM, b"a=1&b=2&c=3&d=4&e=5&f=6").await);
+        assert!(m.contains("more than 5 fields (results.max_fields)"), "{m}");
+        // The same unknown name over and over still counts each time.
+        let m = too_large(post(PostKind::Response, FORM, &b"a=&".repeat(6)).await);
+        assert!(m.contains("results.max_fields"), "{m}");
+        let five: Vec<_> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|n| (*n, None, &b"x"[..]))
+            .collect();
+        assert!(post(PostKind::Response, MULTIPART, &multipart(&five[..5]))
+            .await
+            .is_ok());
+        let m = too_large(post(PostKind::Response, MULTIPART, &multipart(&five)).await);
+        assert!(m.contains("results.max_fields"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn files_up_to_the_limit_and_not_one_more() {
+        let names = ["f1", "f2", "f3", "f4"];
+        let parts: Vec<_> = names
+            .iter()
+            .map(|n| ("file", Some(*n), &b"1"[..]))
+            .collect();
+        // Files do not count as fields, nor fields as files.
+        let mut at_limit = parts[..3].to_vec();
+        at_limit.extend([("a", None, &b"1"[..]), ("b", None, &b"2"[..])]);
+        let p = post(PostKind::Response, MULTIPART, &multipart(&at_limit))
+            .await
+            .unwrap();
+        assert_eq!((p.files.len(), p.dropped.len()), (3, 2));
+        let m = too_large(post(PostKind::Response, MULTIPART, &multipart(&parts)).await);
+        assert_eq!(m, "the body has more than 3 files (results.max_files)");
+    }
+
+    #[test]
+    fn many_unknown_fields_take_linear_time() {
+        // 200,000 distinct unknown names: quadratic checks took minutes for this.
+        let mut body = String::from("{");
+        for i in 0..200_000 {
+            body.push_str(&format!("\"f{i}\":1,"));
+        }
+        body.push_str("\"result_text\":\"t\"}");
+        let limits = PostLimits {
+            limit_bytes: 0,
+            max_body: u64::MAX,
+            max_fields: usize::MAX,
+            max_files: 0,
+        };
+        let p = parse(
+            PostKind::Response,
+            Format::Json,
+            Bytes::from(body.clone()),
+            &limits,
+        )
+        .unwrap();
+        assert_eq!((p.dropped.len(), p.text.as_deref()), (200_000, Some("t")));
+        let form = body
+            .replace(['{', '}', '"'], "")
+            .replace(':', "=")
+            .replace(',', "&");
+        let p = parse(PostKind::Response, Format::Form, Bytes::from(form), &limits).unwrap();
+        assert_eq!((p.dropped.len(), p.text.as_deref()), (200_000, Some("t")));
+    }
+
+    #[tokio::test]
+    async fn a_json_body_that_is_not_an_object() {
+        let m = refused(post(PostKind::Response, JSON, b"[1,2]").await);
+        assert!(m.contains("must be an object"), "{m}");
+        let m = refused(post(PostKind::Response, JSON, b"{} x").await);
+        assert!(m.contains("not valid JSON"), "{m}");
     }
 
     #[test]

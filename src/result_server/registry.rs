@@ -3,10 +3,14 @@
 //! A std `Mutex`, because nothing is awaited while it is held: every operation
 //! is one map lookup. A slot goes `Waiting` → `Answered` exactly once, under
 //! the lock, so of two POSTs racing to one registration only one wins.
+//!
+//! Each slot also counts the requests to its URLs in progress: [`Registry::enter`]
+//! hands out at most `max` [`Entered`] guards at once per token, so one job
+//! cannot hold more than that many of the server's connections with its token.
 
 use super::{Posted, ResultsError};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -18,6 +22,22 @@ struct Slot {
     limit_bytes: u64,
     /// `None` while waiting; `Some(None)` once the post was taken.
     answer: Option<Option<Posted>>,
+    /// Requests to this job's URLs in progress (live [`Entered`] guards).
+    active: usize,
+}
+
+/// One request in progress on a job's URLs; dropping it frees its place.
+pub(crate) struct Entered {
+    registry: Arc<Registry>,
+    token: String,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Some(slot) = self.registry.lock().get_mut(&self.token) {
+            slot.active = slot.active.saturating_sub(1);
+        }
+    }
 }
 
 /// What a token leads to.
@@ -44,6 +64,7 @@ impl Registry {
             job_id: job_id.to_string(),
             limit_bytes,
             answer: None,
+            active: 0,
         };
         self.lock().insert(token.clone(), slot);
         Ok(token)
@@ -75,6 +96,22 @@ impl Registry {
                 Ok(())
             }
         }
+    }
+
+    /// Counts one more request in progress on `token`'s URLs, unless `max` are
+    /// already; `None` then. A token that is not registered (any more) gets a
+    /// guard that counts nothing: its request ends in a 404 anyway.
+    pub(crate) fn enter(self: &Arc<Self>, token: &str, max: usize) -> Option<Entered> {
+        if let Some(slot) = self.lock().get_mut(token) {
+            if slot.active >= max {
+                return None;
+            }
+            slot.active += 1;
+        }
+        Some(Entered {
+            registry: self.clone(),
+            token: token.to_string(),
+        })
     }
 
     pub(crate) fn take(&self, token: &str) -> Option<Posted> {
@@ -135,6 +172,23 @@ mod tests {
         r.remove(&t);
         assert_eq!(r.lookup(&t), Lookup::Missing);
         assert_eq!(r.commit(&t, posted("late")), Err(Lookup::Missing));
+    }
+
+    #[test]
+    fn at_most_max_requests_per_token_at_once() {
+        let r = Arc::new(Registry::default());
+        let t = r.insert("j", 1).unwrap();
+        let other = r.insert("k", 1).unwrap();
+        let a = r.enter(&t, 2).unwrap();
+        let _b = r.enter(&t, 2).unwrap();
+        assert!(r.enter(&t, 2).is_none(), "a third at once");
+        assert!(r.enter(&other, 2).is_some(), "other jobs are not counted");
+        drop(a);
+        let _c = r.enter(&t, 2).expect("a place was freed");
+        // A guard outliving its registration is harmless.
+        r.remove(&t);
+        drop(_c);
+        assert!(r.enter("unknown", 0).is_some());
     }
 
     #[test]

@@ -4,26 +4,39 @@
 //! accept task and one task per connection, all stopped by one cancellation
 //! token. Registrations keep the registry alive on their own, so dropping the
 //! server before them is harmless (their URLs just stop answering).
+//!
+//! Each connection holds a permit of one semaphore of `max_connections`; a
+//! connection accepted when none is left is answered 503 if its socket takes it
+//! at once, and closed: it never waits in a queue, and the server never holds
+//! more sockets than the cap. Requests are routed by axum ([`super::handler`])
+//! on hyper's HTTP/1 connections, whose headers must arrive within the read
+//! timeout (an idle keep-alive connection is closed after it too).
 
-use super::handler::handle;
+use super::handler::{parse_slots, router, Shared};
 use super::registry::Registry;
-use super::{Posted, ResultsError};
+use super::{Limits, Posted, ResultsError};
+use axum::Router;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
+use hyper_util::service::TowerToHyperService;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-/// A client that has not sent its request headers by then is disconnected.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long requests in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most one warning this often about connections refused at the cap.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// What a connection over the cap is told, if its socket takes it at once.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 68\r\n\r\n\
+too many connections to the result server (results.max_connections)\n";
 
 /// The HTTP server behind every job's result URLs.
 pub struct ResultServer {
@@ -45,13 +58,24 @@ impl std::fmt::Debug for ResultServer {
 }
 
 impl ResultServer {
-    /// Listens on `bind:port` (port 0: any free port) and serves until
-    /// [`shutdown`](Self::shutdown) or drop. URLs name `base_url_host` (a name or
-    /// an IP address) and the port actually bound. Must run inside a Tokio runtime.
+    /// [`start_with`](Self::start_with) the default [`Limits`].
     pub async fn start(
         bind: IpAddr,
         port: u16,
         base_url_host: String,
+    ) -> Result<ResultServer, ResultsError> {
+        ResultServer::start_with(bind, port, base_url_host, Limits::default()).await
+    }
+
+    /// Listens on `bind:port` (port 0: any free port) and serves until
+    /// [`shutdown`](Self::shutdown) or drop, within `limits`. URLs name
+    /// `base_url_host` (a name or an IP address) and the port actually bound.
+    /// Must run inside a Tokio runtime.
+    pub async fn start_with(
+        bind: IpAddr,
+        port: u16,
+        base_url_host: String,
+        limits: Limits,
     ) -> Result<ResultServer, ResultsError> {
         let addr = SocketAddr::new(bind, port);
         let listener = TcpListener::bind(addr)
@@ -62,18 +86,30 @@ impl ResultServer {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
             _ => base_url_host,
         };
+        let registry = Arc::new(Registry::default());
         let server = ResultServer {
-            registry: Arc::new(Registry::default()),
+            registry: registry.clone(),
             local_addr,
             base_url: format!("http://{host}:{}", local_addr.port()),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let header_timeout = limits.read_timeout;
+        let shared = Arc::new(Shared {
+            registry,
+            limits,
+            parsing: Semaphore::new(parse_slots()),
+        });
         server.tracker.spawn(accept(
             listener,
-            server.registry.clone(),
-            server.stop.clone(),
-            server.tracker.clone(),
+            Accept {
+                router: router(shared),
+                connections,
+                header_timeout,
+                stop: server.stop.clone(),
+                tracker: server.tracker.clone(),
+            },
         ));
         Ok(server)
     }
@@ -111,26 +147,51 @@ impl Drop for ResultServer {
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    registry: Arc<Registry>,
+/// What the accept loop hands each connection.
+struct Accept {
+    router: Router,
+    connections: Arc<Semaphore>,
+    header_timeout: Duration,
     stop: CancellationToken,
     tracker: TaskTracker,
-) {
+}
+
+async fn accept(listener: TcpListener, a: Accept) {
+    let mut refused: u64 = 0;
+    let mut warned: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = a.stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
-                tracker.spawn(serve(stream, registry.clone(), stop.clone()));
-            }
+            Ok((stream, peer)) => match a.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    a.tracker.spawn(serve(
+                        stream,
+                        permit,
+                        a.router.clone(),
+                        a.header_timeout,
+                        a.stop.clone(),
+                    ));
+                }
+                Err(_) => {
+                    // Not queued: the socket is closed now, so the cap holds.
+                    let _ = stream.try_write(OVER_CAP);
+                    drop(stream);
+                    refused += 1;
+                    debug!(%peer, "result server at its connection cap: connection closed");
+                    if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        warn!(refused, "result server at its connection cap (results.max_connections): closing new connections");
+                        warned = Some(Instant::now());
+                    }
+                }
+            },
             Err(e) => {
                 // Out of file descriptors, mostly: pause rather than spin.
                 warn!(error = %e, "result server cannot accept a connection");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = a.stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
@@ -138,15 +199,21 @@ async fn accept(
     }
 }
 
-async fn serve(stream: TcpStream, registry: Arc<Registry>, stop: CancellationToken) {
-    let service = service_fn(move |request| {
-        let registry = registry.clone();
-        async move { Ok::<_, Infallible>(handle(&registry, request).await) }
-    });
+async fn serve(
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    router: Router,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) {
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
+        .header_read_timeout(header_timeout)
+        // A client that shuts down its sending side once its request is out
+        // (`nc`, a shell's printf | nc) still gets the answer. Without this,
+        // hyper closes at that EOF while the body is being parsed.
+        .half_close(true)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -99,6 +99,33 @@ async fn connect_docker(
     }
 }
 
+/// Raises the soft limit of open files to the hard one. The usual soft limit of
+/// 1,024 is soon reached by a worker that holds Redis connections, Docker
+/// streams, log files and the result server's connections at once; past it the
+/// worker could not reach Docker any more. Best effort: a refusal is logged.
+fn raise_open_file_limit() {
+    let before = rlimit::Resource::NOFILE.get();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => match before {
+            Ok((soft, hard)) if soft != now => {
+                tracing::info!(
+                    before = soft,
+                    after = now,
+                    hard,
+                    "raised the open-file limit"
+                )
+            }
+            Ok((soft, hard)) => tracing::debug!(
+                soft,
+                hard,
+                "the open-file limit is already at its hard limit"
+            ),
+            Err(_) => tracing::info!(after = now, "raised the open-file limit"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// Runs a worker until `shutdown` completes, then drains.
 pub async fn run(
     settings: Arc<Settings>,
@@ -114,6 +141,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     stop_now: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    raise_open_file_limit();
     let block = Duration::from_millis(settings.worker.block_ms);
     let store = Store::new(&settings.redis, block, settings.worker.queues.len())?;
     let worker_id = settings.worker_id();

@@ -3,15 +3,16 @@
 //! result whatever its exit code (which is still recorded); a POST to `ABORT_URL`
 //! aborts it with reason `aborted_by_job`. A timeout or a cancel still wins.
 
-use crate::config::Settings;
+use crate::config::{ResultSettings, Settings};
 use crate::executor::Executor;
 use crate::job::{Job, Reason};
 use crate::logs::LogSender;
-use crate::result_server::{PostKind, Posted, Registration, ResultServer};
+use crate::result_server::{Limits, PostKind, Posted, Registration, ResultServer};
 use crate::state::{FileInfo, JobRecord};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The result server, and the network (`dockhand-results`, by id) that `bridge`
 /// jobs are put on so that they reach it.
@@ -27,6 +28,7 @@ pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<Re
     if settings.policy.networks.iter().all(|n| n == "none") {
         return None; // no job may have a network, so none could reach the URLs
     }
+    let r = &settings.results;
     let mut network = None;
     let ip: IpAddr = if settings.results.bind.is_empty() {
         match executor.results_network().await {
@@ -42,7 +44,7 @@ pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<Re
     } else {
         settings.results.bind.parse().ok()?
     };
-    match ResultServer::start(ip, settings.results.port, ip.to_string()).await {
+    match ResultServer::start_with(ip, r.port, ip.to_string(), limits(r)).await {
         Ok(server) => {
             tracing::info!(address = %server.local_addr(), "serving result URLs");
             Some(ResultsHost {
@@ -54,6 +56,18 @@ pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<Re
             tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs: cannot listen");
             None
         }
+    }
+}
+
+/// The server's limits, from `[results]`.
+fn limits(r: &ResultSettings) -> Limits {
+    Limits {
+        max_connections: r.max_connections,
+        max_connections_per_job: r.max_connections_per_job,
+        fields_bytes: r.fields_bytes.0,
+        read_timeout: Duration::from_secs(r.read_timeout_seconds),
+        max_fields: r.max_fields,
+        max_files: r.max_files,
     }
 }
 

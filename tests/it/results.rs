@@ -464,3 +464,229 @@ async fn shutdown_stops_listening() {
     // The registration outlives the server harmlessly.
     assert_eq!(reg.take(), None);
 }
+
+// The limits. Each test waits on what the server does (a close, an answer),
+// bounded by `GUARD` only so that a broken server fails instead of hanging.
+
+use crate::common::GUARD;
+use dockhand::result_server::Limits;
+use std::time::Duration;
+
+async fn server_with(limits: Limits) -> ResultServer {
+    ResultServer::start_with(LOOPBACK, 0, "127.0.0.1".into(), limits)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or resets it); what it sent.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(GUARD, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await
+        .unwrap_or_else(|_| panic!("the server kept the connection open for {GUARD:?}"));
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// A POST to `url` whose headers are sent whole and whose body is never sent
+/// beyond its first byte: a connection held half-sent.
+async fn half_sent(url: &str) -> TcpStream {
+    let (addr, path) = split(url);
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_connection_past_the_cap_is_closed_at_once_and_the_cap_frees_up() {
+    let server = server_with(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    })
+    .await;
+    let reg = server.register("j1", 1000).unwrap();
+    let addr = server.local_addr();
+    // Two connections that say nothing hold both places (for the read timeout,
+    // 30 s: far longer than this test waits for anything else).
+    let first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    // The third is accepted after them, finds no place, and is closed, not queued.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let said = read_until_closed(&mut third).await;
+    assert!(
+        said.is_empty() || (said.contains(" 503 ") && said.contains("results.max_connections")),
+        "{said:?}"
+    );
+    // A place freed is usable again.
+    drop(first);
+    crate::common::wait_until("a connection under the cap to be served", || async {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            post_json(reg.response_url(), json!({"result_text": "in"})),
+        )
+        .await;
+        reply.ok().filter(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(taken(&reg).text.as_deref(), Some("in"));
+}
+
+#[tokio::test]
+async fn a_job_past_its_share_of_connections_gets_429_and_others_are_served() {
+    let server = server_with(Limits {
+        max_connections_per_job: 2,
+        ..Limits::default()
+    })
+    .await;
+    let greedy = server.register("greedy", 1000).unwrap();
+    let other = server.register("other", 1000).unwrap();
+    let holders = vec![
+        half_sent(greedy.response_url()).await,
+        half_sent(greedy.response_url()).await,
+    ];
+    // Once both are in their handler, a third request of the same job is refused
+    // at once, naming the limit. (Until then it is a 400, so that it keeps nothing.)
+    let refusal = crate::common::wait_until("a 429 for the third request", || async {
+        let r = post_json(greedy.response_url(), json!({"result_text": 1})).await;
+        (r.status == 429).then_some(r)
+    })
+    .await;
+    assert_refused(&refusal, 429, "results.max_connections_per_job");
+    assert_eq!(greedy.take(), None);
+    // Another job is not counted against it.
+    assert_ok(&post_json(other.response_url(), json!({"result_text": "other"})).await);
+    assert_eq!(taken(&other).text.as_deref(), Some("other"));
+    // Once the held connections go, the job posts its result.
+    drop(holders);
+    crate::common::wait_until("the job's own post to be accepted", || async {
+        let r = post_json(greedy.response_url(), json!({"result_text": "mine"})).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(taken(&greedy).text.as_deref(), Some("mine"));
+}
+
+#[tokio::test]
+async fn slow_and_silent_clients_are_cut_off_by_the_read_timeout() {
+    let server = server_with(Limits {
+        read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let reg = server.register("j1", 1000).unwrap();
+    let (addr, path) = split(reg.response_url());
+
+    // Headers a byte at a time, for as long as the server takes them.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ");
+    let dribble = tokio::spawn(async move {
+        let mut bytes = head.into_bytes().into_iter().chain(std::iter::repeat(b'a'));
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while tokio::time::Instant::now() < deadline {
+            if write.write_all(&[bytes.next().unwrap()]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut raw = Vec::new();
+    let closed = tokio::time::timeout(GUARD, read.read_to_end(&mut raw)).await;
+    assert!(
+        closed.is_ok(),
+        "a client sending headers a byte at a time was never cut off"
+    );
+    assert!(!String::from_utf8_lossy(&raw).contains(" 200 "), "{raw:?}");
+    dribble.abort();
+
+    // A body a byte at a time: 408 (or a plain close), and nothing kept.
+    let mut stream = half_sent(reg.response_url()).await;
+    let (mut read, mut write) = stream.split();
+    let said = tokio::select! {
+        said = async {
+            let mut raw = Vec::new();
+            let _ = tokio::time::timeout(GUARD, read.read_to_end(&mut raw)).await;
+            String::from_utf8_lossy(&raw).into_owned()
+        } => said,
+        _ = async {
+            for _ in 0..(GUARD.as_millis() / 100) {
+                if write.write_all(b" ").await.is_err() { break; }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            std::future::pending::<()>().await
+        } => unreachable!(),
+    };
+    assert!(
+        said.is_empty()
+            || (said.contains(" 408 ") && said.contains("results.read_timeout_seconds")),
+        "{said:?}"
+    );
+    assert_eq!(reg.take(), None);
+
+    // A connection that says nothing at all is closed too.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_until_closed(&mut silent).await, "");
+
+    // And the URL still works for a client that sends its request whole.
+    assert_ok(&post_json(reg.response_url(), json!({"result_text": "ok"})).await);
+}
+
+#[tokio::test]
+async fn a_post_with_too_many_fields_or_files_names_the_limit() {
+    let server = server_with(Limits {
+        max_fields: 10,
+        max_files: 2,
+        ..Limits::default()
+    })
+    .await;
+    let reg = server.register("j1", 100_000).unwrap();
+    // 100,000 fields in 1 MiB: refused after the tenth.
+    let mut form = String::new();
+    for i in 0..100_000 {
+        form.push_str(&format!("f{i}=&"));
+    }
+    let reply = post(
+        reg.response_url(),
+        Some("application/x-www-form-urlencoded"),
+        form.as_bytes(),
+    )
+    .await;
+    assert_refused(&reply, 413, "more than 10 fields (results.max_fields)");
+    let files = multipart(&[
+        ("a", Some("a"), b"1"),
+        ("b", Some("b"), b"2"),
+        ("c", Some("c"), b"3"),
+    ]);
+    let reply = post(reg.response_url(), Some(&multipart_type()), &files).await;
+    assert_refused(&reply, 413, "more than 2 files (results.max_files)");
+    assert_eq!(reg.take(), None);
+    assert_ok(&post_json(reg.response_url(), json!({"result_text": "ok"})).await);
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let server = server().await;
+    let reg = server.register("j1", 1000).unwrap();
+    let (addr, path) = split(reg.response_url());
+    let body = r#"{"result_text":"sent, then shut"}"#;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap(); // as `printf ... | nc` does
+    let said = read_until_closed(&mut stream).await;
+    assert!(said.starts_with("HTTP/1.1 200 "), "{said:?}");
+    assert_eq!(taken(&reg).text.as_deref(), Some("sent, then shut"));
+}
