@@ -146,12 +146,46 @@ impl JobRecord {
         ]
     }
 
-    /// The event body (contract section 5): `{"type","timestamp","data"}`.
+    /// The event body (contract section 5): `{"type","timestamp","data"}`, at most
+    /// [`MAX_EVENT_BYTES`]: it is published, kept in the events stream and sent in
+    /// every webhook. Past the cap the largest parts are left out, in the order of
+    /// [`LEFT_OUT_FIRST`], and `data.left_out` names them (the job hash and the
+    /// job's log still have them).
     pub fn event(&self, kind: &str) -> String {
-        serde_json::json!({ "type": kind, "timestamp": crate::time::now(), "data": self })
-            .to_string()
+        let now = crate::time::now();
+        let body = |data: &serde_json::Value| {
+            serde_json::json!({ "type": kind, "timestamp": now, "data": data }).to_string()
+        };
+        let mut data = serde_json::to_value(self).unwrap_or_default();
+        let mut text = body(&data);
+        let mut left_out = Vec::new();
+        for field in LEFT_OUT_FIRST {
+            if text.len() <= MAX_EVENT_BYTES {
+                break;
+            }
+            if data.get(field).is_some_and(|v| !v.is_null()) {
+                data[field] = serde_json::Value::Null;
+                left_out.push(field);
+                data["left_out"] = left_out.clone().into();
+                text = body(&data);
+            }
+        }
+        text
     }
 }
+
+/// The most bytes one event body takes (see [`JobRecord::event`]).
+pub const MAX_EVENT_BYTES: usize = 256 << 10;
+/// The parts of an event left out, in this order, while it is over the cap.
+const LEFT_OUT_FIRST: [&str; 7] = [
+    "log_tail",
+    "result_data",
+    "result_text",
+    "files",
+    "files_dropped",
+    "error",
+    "metadata",
+];
 
 /// What [`claim`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -497,5 +531,25 @@ mod tests {
         assert_eq!(v["data"]["status"], "aborted");
         assert_eq!(v["data"]["reason"], "timeout");
         assert_eq!(v["data"]["metadata"]["k"], 1);
+    }
+
+    #[test]
+    fn an_event_past_the_cap_leaves_out_its_largest_parts_and_says_which() {
+        let mut r = JobRecord::new("j", "q", "2026-01-01T00:00:00Z".into());
+        r.complete();
+        r.log_tail = vec!["x".repeat(16 << 10); 200];
+        r.result_data = Some(serde_json::json!({"blob": "d".repeat(300 << 10)}));
+        r.result_text = Some("small".into());
+        let text = r.event("job.completed");
+        assert!(text.len() <= MAX_EVENT_BYTES, "{}", text.len());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["data"]["left_out"],
+            serde_json::json!(["log_tail", "result_data"])
+        );
+        assert_eq!(v["data"]["result_text"], "small", "what fits is kept");
+        assert_eq!(v["data"]["status"], "completed");
+        let small = JobRecord::new("j", "q", "2026-01-01T00:00:00Z".into()).event("job.queued");
+        assert!(!small.contains("left_out"));
     }
 }
