@@ -1,5 +1,5 @@
 //! The `dockhand` commands other than `worker`. Each returns `Ok(())` or a
-//! [`Failure`] carrying the exit code of contract section 9: 1 when the thing asked
+//! [`Failure`] carrying the command's exit code: 1 when the thing asked
 //! for failed, 2 for bad usage.
 
 pub mod cancel;
