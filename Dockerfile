@@ -15,9 +15,10 @@ RUN cargo build --release --locked --bin dockhand \
 
 # --- runtime stage -----------------------------------------------------------
 FROM debian:bookworm-slim
-# ca-certificates: HTTPS webhooks and git sources; git: jobs built from a `git` source.
+# ca-certificates: HTTPS webhooks and git sources. No git: libgit2 is built into
+# the binary.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates git \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/dockhand /usr/local/bin/dockhand
 # Runs as root: the worker talks to the host's Docker engine through the mounted
