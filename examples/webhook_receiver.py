@@ -3,6 +3,11 @@
 
     python3 examples/webhook_receiver.py --port 8088 --secret whsec_...
 
+It listens on 127.0.0.1, which the workers' SSRF guard refuses unless they allow
+it: start them with DOCKHAND__WEBHOOKS__ALLOW_NETWORKS=127.0.0.1/32 (or
+`webhooks.allow_networks = ["127.0.0.1/32"]` in their config), then
+`dockhand subscriber add local http://127.0.0.1:8088/hook`.
+
 Uses the reference verifier from PyPI (`pip install standardwebhooks`). Prints one
 line per verified event (and refuses, with 400, anything whose signature does not
 verify). With --once it exits after the first verified event.

@@ -37,6 +37,36 @@ pub enum Action {
     },
 }
 
+/// Why the SSRF guard, set as this configuration sets it, would refuse every
+/// delivery to `url` (the message names the setting that allows it). Workers read
+/// their own configuration, so this is a warning, not a refusal. `None` when the
+/// URL's host resolves only to addresses the guard lets through, or not at all.
+async fn refused_by_guard(settings: &Settings, url: &str) -> Option<String> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()?
+        .collect();
+    let guard = crate::webhook::Guard::new(&settings.webhooks.allow_networks);
+    addrs
+        .into_iter()
+        .filter_map(|a| guard.check(a.ip()).err())
+        .map(|refused| refused.to_string())
+        .next()
+}
+
 pub async fn run(settings: &Settings, action: Action) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
@@ -89,6 +119,12 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                     never.join(", "),
                     subscribers::DELIVERED_EVENTS.join(" and "),
                     keys.events_channel()
+                );
+            }
+            if let Some(refused) = refused_by_guard(settings, &sub.url).await {
+                eprintln!(
+                    "warning: deliveries to {} will be dead-lettered: {refused}",
+                    sub.url
                 );
             }
             if generated {

@@ -507,3 +507,39 @@ async fn stream_values(
         .flat_map(|(_, fields)| fields.into_iter().map(|(_, v)| v))
         .collect()
 }
+
+/// `subscriber add` with a URL the SSRF guard would refuse (here loopback) warns,
+/// naming the address's kind and the setting that allows it; once the setting
+/// allows it, no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_subscriber_the_guard_refuses_says_which_setting_allows_it() {
+    let env = Env::new();
+    let add = |allow: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+        cmd.arg("--redis-url")
+            .arg(&env.url)
+            .args(["subscriber", "add", "local", "http://127.0.0.1:9/hook"])
+            .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+            .env_remove("REDIS_URL")
+            .env_remove("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS");
+        if let Some(allow) = allow {
+            cmd.env("DOCKHAND__WEBHOOKS__ALLOW_NETWORKS", allow);
+        }
+        cmd.output()
+    };
+    let out = add(None).await.unwrap();
+    assert!(out.status.success(), "a warning, not a refusal: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("will be dead-lettered")
+            && said.contains("127.0.0.1 is a loopback address")
+            && said.contains("webhooks.allow_networks"),
+        "{said}"
+    );
+    let out = add(Some("127.0.0.1/32")).await.unwrap();
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{out:?}"
+    );
+}
