@@ -6,6 +6,11 @@
 Environment: REDIS_URL, DOCKHAND_PREFIX (default "dockhand"), IMAGE (default
 "dockhand-busybox:latest"), JOB_ID (default: a fresh one). Exits 0 when the job
 completed, 1 otherwise.
+
+An id is also the idempotency key: run this twice with the same JOB_ID and the
+second submission is not run again (the worker publishes `job.duplicate`); the
+program then says so and shows the earlier job's record. To run the same work
+again, give a new id, or none.
 """
 import json
 import os
@@ -40,7 +45,13 @@ while time.time() < deadline:
     if message is None or message["type"] != "message":
         continue
     event = json.loads(message["data"])
-    if event["data"].get("id") == job_id and event["type"] in ("job.completed", "job.aborted"):
+    if event["data"].get("id") != job_id:
+        continue
+    if event["type"] == "job.duplicate":
+        print(f"a job with id {job_id} exists already (status {event['data'].get('status')}); "
+              "it is not run again. Its record follows; for a new run, use a new id.")
+        break
+    if event["type"] in ("job.completed", "job.aborted"):
         break
 
 state = r.hgetall(f"{prefix}:job:{job_id}")

@@ -33,6 +33,13 @@ async fn the_python_producer_submits_and_sees_the_result() {
     assert!(out.contains("[stdout] hello, python"), "{out}");
     assert!(out.contains("file answer.txt: b'42\\n'"), "{out}");
     assert_eq!(env.job(&id).await["status"], "completed");
+    // Run again with the same id: the duplicate is said, and the program ends.
+    let (ok, out) = run_example(&env, "python3", "producer.py", &id).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("exists already (status completed)") && out.contains("status=completed"),
+        "{out}"
+    );
     worker.stop().await;
 }
 
