@@ -9,12 +9,14 @@
 //! no line is still to come.
 
 use super::{connect, job_hash, CliResult, Failure};
+use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::queue::Keys;
-use crate::store::{Conn, StoreError};
+use crate::store::{Conn, Store, StoreError};
 use deadpool_redis::redis::{self, AsyncCommands};
 use futures_util::StreamExt;
 use std::io::Write;
+use std::time::Duration;
 
 pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> CliResult {
     if !crate::job::is_valid_job_id(id) {
@@ -37,24 +39,49 @@ pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> Cli
         return Ok(());
     }
 
-    let mut pubsub = store.pubsub().await?;
-    pubsub
-        .subscribe(keys.log_channel(id))
-        .await
-        .map_err(StoreError::from)?;
-    pubsub
-        .subscribe(keys.events_channel())
-        .await
-        .map_err(StoreError::from)?;
-    printer.print_stored(&mut conn, &keys).await?;
-    let hash = job_hash(&mut conn, &keys.job(id)).await?;
-    if is_terminal(hash.get("status").map(String::as_str)) {
-        return printer.print_stored(&mut conn, &keys).await;
+    // Redis may restart while we follow: reconnect, and go on after the last
+    // line printed (the stored stream, then live lines, joined on `seq` as above).
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut said = false;
+    loop {
+        match follow_until_done(&store, &keys, &mut printer).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_connection() => {
+                if !said {
+                    eprintln!(
+                        "dockhand: lost Redis while following job {id} ({}); reconnecting",
+                        crate::telemetry::error_chain(&e)
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    if hash.is_empty() {
+}
+
+/// Follows the job's log until it ends (`Ok`), or until the connection is lost
+/// (an error for which `is_connection` holds).
+async fn follow_until_done(
+    store: &Store,
+    keys: &Keys,
+    printer: &mut Printer,
+) -> Result<(), StoreError> {
+    let id = printer.id.clone();
+    let mut conn = store.conn().await?;
+    let mut pubsub = store.pubsub().await?;
+    pubsub.subscribe(keys.log_channel(&id)).await?;
+    pubsub.subscribe(keys.events_channel()).await?;
+    printer.print_stored(&mut conn, keys).await?;
+    let hash = job_hash(&mut conn, &keys.job(&id)).await?;
+    if is_terminal(hash.get("status").map(String::as_str)) {
+        return printer.print_stored(&mut conn, keys).await;
+    }
+    if hash.is_empty() && printer.last_seq == 0 {
         eprintln!("dockhand: waiting for job {id} to be picked up by a worker");
     }
-    let log_channel = keys.log_channel(id);
+    let log_channel = keys.log_channel(&id);
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
         let payload: String = msg.get_payload().unwrap_or_default();
@@ -65,7 +92,7 @@ pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> Cli
             let seq = line["seq"].as_u64().unwrap_or(0);
             if seq > printer.last_seq + 1 {
                 // A gap can only mean lines stored before we subscribed: fetch them.
-                printer.print_stored(&mut conn, &keys).await?;
+                printer.print_stored(&mut conn, keys).await?;
             }
             if seq > printer.last_seq {
                 printer.print(&line, &payload);
@@ -80,13 +107,16 @@ pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> Cli
             event["type"].as_str(),
             Some("job.completed" | "job.aborted")
         );
-        if ends && event["data"]["id"].as_str() == Some(id) {
-            return printer.print_stored(&mut conn, &keys).await;
+        if ends && event["data"]["id"].as_str() == Some(id.as_str()) {
+            return printer.print_stored(&mut conn, keys).await;
         }
     }
-    Err(Failure::failed(
-        "the connection to Redis was lost while following the log",
-    ))
+    Err(StoreError::Redis(redis::RedisError::from(
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the pub/sub connection was closed",
+        ),
+    )))
 }
 
 /// The status a finished job ended with, read after following its log.
@@ -113,7 +143,7 @@ struct Printer {
 
 impl Printer {
     /// Prints stored lines not printed yet, in pages.
-    async fn print_stored(&mut self, conn: &mut Conn, keys: &Keys) -> CliResult {
+    async fn print_stored(&mut self, conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
         let key = keys.log(&self.id);
         loop {
             let start = if self.last_entry == "-" {
@@ -121,10 +151,8 @@ impl Printer {
             } else {
                 format!("({}", self.last_entry)
             };
-            let page: redis::streams::StreamRangeReply = conn
-                .xrange_count(&key, start, "+", 1000)
-                .await
-                .map_err(StoreError::from)?;
+            let page: redis::streams::StreamRangeReply =
+                conn.xrange_count(&key, start, "+", 1000).await?;
             if page.ids.is_empty() {
                 return Ok(());
             }

@@ -380,3 +380,75 @@ async fn a_worker_started_before_docker_waits_for_it() {
     assert_eq!(env.lines(&id, "stdout").await, vec!["docker is back"]);
     worker.stop().await;
 }
+
+/// `dockhand logs --follow` outlives a Redis restart: it reconnects and goes on
+/// after the last line it printed, so every line comes once, in order, and it
+/// exits 0 when the job ends. The job holds its second half until the test lets
+/// it go (a file), so the restart falls between the halves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_outlives_a_redis_restart() {
+    let mut env = Env::own_server_with_aof();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-followed", env.prefix);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            "for i in $(seq 1 10); do echo $i; done; \
+             while [ ! -f /dockhand/work/go ]; do sleep 0.1; done; \
+             for i in $(seq 11 20); do echo $i; done",
+        ),
+    )
+    .await;
+    env.wait_for_log_line(&id, "stdout", "10").await;
+    let mut follower = tokio::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["--redis-url", &env.url, "logs", &id, "--follow"])
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .env_remove("REDIS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // It follows once it has printed the first half.
+    use tokio::io::AsyncBufReadExt;
+    let mut stdout = tokio::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    while printed.last().map(String::as_str) != Some("10") {
+        printed.push(
+            stdout
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the follower printed 1..10"),
+        );
+    }
+    let server = env.server.as_mut().unwrap();
+    server.kill();
+    // The worker and the follower both notice, and try again.
+    server.wait_for_reconnect_attempts(3).await;
+    server.restart();
+    let container = crate::common::containers_with_label(&format!("dockhand.job={id}"));
+    let released = std::process::Command::new("docker")
+        .args(["exec", &container[0], "touch", "/dockhand/work/go"])
+        .output()
+        .unwrap();
+    assert!(released.status.success(), "{released:?}");
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        printed.push(line);
+    }
+    let out = follower.wait_with_output().await.unwrap();
+    let expected: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+    assert_eq!(
+        printed,
+        expected,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    worker.stop().await;
+}
