@@ -56,3 +56,28 @@ async fn the_shell_producer_submits_through_the_inbox() {
     );
     worker.stop().await;
 }
+
+/// The README's `dockhand submit examples/job.json --follow` works as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_spec_submits_and_completes() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["--redis-url", &env.url, "submit"])
+        .arg(format!("{root}/examples/job.json"))
+        .arg("--follow")
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .env_remove("REDIS_URL")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("hello from job.json"), "{text}");
+    worker.stop().await;
+}
