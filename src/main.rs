@@ -67,6 +67,9 @@ enum Command {
     Cancel { id: String },
     /// List worker processes and whether they are alive.
     Workers,
+    /// Check what a worker needs with this configuration (Redis, Docker, images,
+    /// result URLs, the SSRF guards) and say what to do about what is missing.
+    Doctor,
     /// Entries a queue could not run: list them, run one again, or delete one.
     Dead(cli::dead::Args),
     /// Manage profiles (job templates), and build a profile's image on every worker.
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
             Command::Queues => cli::queues::run(&settings).await,
             Command::Cancel { id } => cli::cancel::run(&settings, &id).await,
             Command::Workers => cli::workers::run(&settings).await,
+            Command::Doctor => cli::doctor::run(settings.clone()).await,
             Command::Dead(args) => cli::dead::run(&settings, args).await,
             Command::Profile { action } => cli::profile::run(&settings, action).await,
             Command::Subscriber { action } => cli::subscriber::run(&settings, action).await,

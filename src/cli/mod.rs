@@ -4,6 +4,7 @@
 
 pub mod cancel;
 pub mod dead;
+pub mod doctor;
 pub mod logs;
 pub mod profile;
 pub mod queues;

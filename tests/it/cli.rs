@@ -290,3 +290,51 @@ async fn dead_lists_retries_and_deletes_what_a_queue_could_not_run() {
     assert_eq!(ids, vec![secret.clone()]);
     worker.stop().await;
 }
+
+/// `dockhand doctor` checks Redis, the Docker engine, the profiles' images, the
+/// result URLs and the guards, says what to do about each thing missing, and exits
+/// 1 only when a worker could not run jobs (here: no Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_what_a_worker_needs_and_what_to_do() {
+    let env = Env::new();
+    let profile = format!("{}-p", env.prefix);
+    let mut c = env.conn().await;
+    let _: i64 = deadpool_redis::redis::AsyncCommands::hset(
+        &mut c,
+        env.keys.profiles(),
+        &profile,
+        r#"{"image":"dockhand-no-such-image:1"}"#,
+    )
+    .await
+    .unwrap();
+    let out = dockhand(&env, &["doctor"], None).await;
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    assert!(
+        said.contains("ok    Redis at") && said.contains("answers (version"),
+        "{said}"
+    );
+    assert!(said.contains("ok    the Docker engine answers"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "warn  image dockhand-no-such-image:1 (profile {profile}) is not on this host"
+        )) && said.contains("-> build or load it"),
+        "{said}"
+    );
+    assert!(said.contains("result URLs"), "{said}");
+    assert!(said.contains("webhooks.allow_networks"), "{said}");
+
+    let dead = format!("redis://127.0.0.1:{}/", crate::common::free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .args(["--redis-url", &dead, "doctor"])
+        .env_remove("REDIS_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!("fail  Redis at {dead}")) && said.contains("-> start redis-server"),
+        "{said}"
+    );
+}

@@ -1,0 +1,222 @@
+//! `dockhand doctor`: checks what a worker needs, with this configuration, and
+//! says what to do about each thing it finds missing.
+//!
+//! Each check prints one line, `ok`, `warn` or `fail`, then what was checked and,
+//! when it is not ok, what to do. Exit 1 when any check failed (a worker could not
+//! run jobs), else 0: a warning is something a worker runs with, at a cost.
+
+use super::{CliResult, Failure};
+use crate::config::{PullPolicy, Settings};
+use crate::executor::Executor;
+use crate::queue::Keys;
+use crate::store::Store;
+use crate::telemetry::error_chain;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn ok(&mut self, what: impl AsRef<str>) {
+        println!("ok    {}", what.as_ref());
+    }
+
+    fn warn(&mut self, what: impl AsRef<str>, todo: impl AsRef<str>) {
+        println!("warn  {}\n      -> {}", what.as_ref(), todo.as_ref());
+    }
+
+    fn fail(&mut self, what: impl AsRef<str>, todo: impl AsRef<str>) {
+        self.failed += 1;
+        println!("fail  {}\n      -> {}", what.as_ref(), todo.as_ref());
+    }
+}
+
+pub async fn run(settings: Arc<Settings>) -> CliResult {
+    let mut report = Report::default();
+    let profiles = redis(&settings, &mut report).await;
+    docker(&settings, &profiles, &mut report).await;
+    guards(&settings, &mut report);
+    if report.failed > 0 {
+        return Err(Failure::failed(format!(
+            "{} check(s) failed: a worker with this configuration cannot run jobs",
+            report.failed
+        )));
+    }
+    Ok(())
+}
+
+/// Redis reachable, and set so that it does not lose jobs. Returns the images the
+/// registered profiles name (profile, image), for the Docker checks.
+async fn redis(settings: &Settings, report: &mut Report) -> Vec<(String, String)> {
+    let url = &settings.redis.url;
+    let block = Duration::from_millis(settings.worker.block_ms);
+    let conn = match Store::new(&settings.redis, block, 1) {
+        Ok(store) => store.conn().await,
+        Err(e) => Err(e),
+    };
+    let mut conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            report.fail(
+                format!("Redis at {url}: {}", error_chain(&e)),
+                "start redis-server (7 or later), or point --redis-url / REDIS_URL / redis.url at it",
+            );
+            return Vec::new();
+        }
+    };
+    let config = |key: &'static str| redis::cmd("CONFIG").arg("GET").arg(key).to_owned();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    report.ok(format!("Redis at {url} answers (version {version})"));
+    let get = |v: Vec<String>| v.get(1).cloned().unwrap_or_default();
+    let aof: Vec<String> = config("appendonly")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    match get(aof).as_str() {
+        "yes" => report.ok("Redis keeps an append-only file (appendonly yes)"),
+        "" => report.warn(
+            "cannot read Redis's appendonly setting (CONFIG GET refused)",
+            "make sure Redis persists with AOF, or a restart loses queued and running jobs",
+        ),
+        _ => report.warn(
+            "Redis runs without AOF (appendonly no): a restart loses queued and running jobs",
+            "set appendonly yes (redis-cli CONFIG SET appendonly yes, and in redis.conf)",
+        ),
+    }
+    let policy: Vec<String> = config("maxmemory-policy")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    match get(policy).as_str() {
+        "noeviction" => report.ok("Redis never evicts keys (maxmemory-policy noeviction)"),
+        "" => report.warn(
+            "cannot read Redis's maxmemory-policy",
+            "make sure it is noeviction, or Redis may drop jobs when full",
+        ),
+        other => report.warn(
+            format!("Redis may evict keys when full (maxmemory-policy {other}), and so lose jobs"),
+            "set maxmemory-policy noeviction",
+        ),
+    }
+    let keys = Keys::new(&settings.redis.prefix);
+    let mut profiles = Vec::new();
+    match crate::profile::list(&mut conn, &keys).await {
+        Ok(all) => {
+            for (name, spec) in all {
+                let v: serde_json::Value = serde_json::from_str(&spec).unwrap_or_default();
+                if let Some(image) = v["image"].as_str() {
+                    profiles.push((name, image.to_string()));
+                }
+            }
+        }
+        Err(e) => report.warn(
+            format!("cannot read the registered profiles: {}", error_chain(&e)),
+            "check them with `dockhand profile list`",
+        ),
+    }
+    if let Ok(files) = crate::profile::load_dir(&settings.worker.profiles_dir) {
+        for (name, v) in files {
+            if let Some(image) = v["image"].as_str() {
+                profiles.push((name, image.to_string()));
+            }
+        }
+    }
+    profiles
+}
+
+/// The Docker engine reachable, the profiles' images present, and the network
+/// the result URLs are served on usable.
+async fn docker(settings: &Arc<Settings>, profiles: &[(String, String)], report: &mut Report) {
+    let executor = match Executor::connect(settings.clone(), "doctor").await {
+        Ok(e) => e,
+        Err(e) => {
+            report.fail(
+                format!("the Docker engine: {}", error_chain(&e)),
+                "start dockerd, or set worker.docker_host (DOCKHAND__WORKER__DOCKER_HOST) to where it listens",
+            );
+            return;
+        }
+    };
+    match executor.docker().version().await {
+        Ok(v) => report.ok(format!(
+            "the Docker engine answers (version {}, API {})",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        )),
+        Err(e) => {
+            report.fail(
+                format!("the Docker engine does not answer: {e}"),
+                "check that dockerd runs and that this user may use its socket",
+            );
+            return;
+        }
+    }
+    for (profile, image) in profiles {
+        match executor.docker().inspect_image(image).await {
+            Ok(_) => report.ok(format!("image {image} (profile {profile}) is on this host")),
+            Err(_) if settings.worker.pull != PullPolicy::Never => report.warn(
+                format!("image {image} (profile {profile}) is not on this host"),
+                "the first job pulls it (worker.pull), within its time limit",
+            ),
+            Err(_) => report.warn(
+                format!("image {image} (profile {profile}) is not on this host, and worker.pull = \"never\""),
+                format!("build or load it (docker build -t {image} ...), or `dockhand profile build {profile}` for a git profile; its jobs end image_not_found until then"),
+            ),
+        }
+    }
+    if settings.policy.networks.iter().all(|n| n == "none") {
+        report.ok("no job may have a network (policy.networks), so no result URLs are served");
+    } else if !settings.results.bind.is_empty() {
+        report.ok(format!(
+            "result URLs are served on {} (results.bind)",
+            settings.results.bind
+        ));
+    } else {
+        match executor.results_network().await {
+            Ok((_, gateway)) => report.ok(format!(
+                "result URLs can be served on {gateway}, the gateway of the dockhand-results network"
+            )),
+            Err(e) => report.warn(
+                format!("no result URLs: {}", error_chain(&e)),
+                "jobs still run, but cannot POST to RESPONSE_URL; set results.bind to an address containers reach",
+            ),
+        }
+    }
+}
+
+/// What the SSRF guards let through besides public addresses.
+fn guards(settings: &Settings, report: &mut Report) {
+    for (setting, allowed) in [
+        ("webhooks.allow_networks", &settings.webhooks.allow_networks),
+        (
+            "policy.git_allow_networks",
+            &settings.policy.git_allow_networks,
+        ),
+    ] {
+        let nets: Vec<String> = allowed.iter().map(|n| n.0.to_string()).collect();
+        let wide = allowed.iter().any(|n| n.0.prefix_len() == 0);
+        if nets.is_empty() {
+            report.ok(format!("{setting}: only public addresses are reached"));
+        } else if wide {
+            report.warn(
+                format!("{setting} allows every address ({})", nets.join(", ")),
+                "list only the networks that receivers or git servers are on",
+            );
+        } else {
+            report.ok(format!("{setting} also lets through {}", nets.join(", ")));
+        }
+    }
+}
