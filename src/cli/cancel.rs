@@ -18,11 +18,11 @@ pub async fn run(settings: &Settings, id: &str) -> CliResult {
             "job {id} already ended {s}; nothing to cancel"
         ))),
         Some(s) => {
-            println!("cancel requested for job {id} ({s})");
+            outln!("cancel requested for job {id} ({s})");
             Ok(())
         }
         None => {
-            println!("cancel requested for job {id} (not seen by a worker yet: it will not run)");
+            outln!("cancel requested for job {id} (not seen by a worker yet: it will not run)");
             Ok(())
         }
     }

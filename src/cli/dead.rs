@@ -97,7 +97,7 @@ pub async fn run(settings: &Settings, args: Args) -> CliResult {
                     "{target} left the dead stream meanwhile"
                 )));
             }
-            println!(
+            outln!(
                 "deleted dead entry {} ({}) of queue {}",
                 dead.id,
                 dead.get("id"),
@@ -115,9 +115,13 @@ async fn list(conn: &mut Conn, keys: &Keys, args: ListArgs) -> CliResult {
     };
     let mut shown = 0;
     if !args.json {
-        println!(
+        outln!(
             "{:<20} {:<24} {:<16} {:<26} {:<14} ERROR",
-            "DEAD ENTRY", "AT", "QUEUE", "JOB", "REASON"
+            "DEAD ENTRY",
+            "AT",
+            "QUEUE",
+            "JOB",
+            "REASON"
         );
     }
     for q in queues {
@@ -128,11 +132,11 @@ async fn list(conn: &mut Conn, keys: &Keys, args: ListArgs) -> CliResult {
                 for (k, val) in &d.fields {
                     v[k] = serde_json::Value::String(val.clone());
                 }
-                println!("{v}");
+                outln!("{v}");
             } else {
                 let at = crate::time::from_stream_id(&d.id).unwrap_or_default();
                 let error = d.get("error").lines().next().unwrap_or("");
-                println!(
+                outln!(
                     "{:<20} {:<24} {:<16} {:<26} {:<14} {error}",
                     d.id,
                     at,
@@ -144,7 +148,7 @@ async fn list(conn: &mut Conn, keys: &Keys, args: ListArgs) -> CliResult {
         }
     }
     if shown == 0 && !args.json {
-        println!("(no dead entries)");
+        outln!("(no dead entries)");
     }
     Ok(())
 }
@@ -292,7 +296,7 @@ async fn retry(conn: &mut Conn, keys: &Keys, dead: &Dead) -> CliResult {
         .await
         .map_err(|e| Failure::failed(format!("dead entry {} not retried: {e}", dead.id)))?;
     let shown = job_id.map(str::to_string).unwrap_or_else(|| entry.clone());
-    println!(
+    outln!(
         "job {shown} queued again on {} (entry {entry}); was {}: {}",
         dead.queue,
         dead.get("reason"),

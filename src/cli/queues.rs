@@ -29,9 +29,13 @@ pub async fn run(settings: &Settings) -> CliResult {
                 .map(str::to_string),
         );
     }
-    println!(
+    outln!(
         "{:<24} {:>8} {:>8} {:>8} {:>8}",
-        "QUEUE", "WAITING", "RUNNING", "INBOX", "DEAD"
+        "QUEUE",
+        "WAITING",
+        "RUNNING",
+        "INBOX",
+        "DEAD"
     );
     for q in queues {
         let (stream_len, inbox, dead): (u64, u64, u64) = redis::pipe()
@@ -45,7 +49,7 @@ pub async fn run(settings: &Settings) -> CliResult {
         // (delivered, not yet acknowledged) entries.
         let running = pending(&mut conn, &keys.jobs(&q)).await;
         let waiting = stream_len.saturating_sub(running);
-        println!("{q:<24} {waiting:>8} {running:>8} {inbox:>8} {dead:>8}");
+        outln!("{q:<24} {waiting:>8} {running:>8} {inbox:>8} {dead:>8}");
     }
     Ok(())
 }

@@ -44,12 +44,12 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
-        println!("{}", serde_json::Value::Object(obj));
+        outln!("{}", serde_json::Value::Object(obj));
         return Ok(());
     }
     for field in ORDER {
         if let Some(value) = hash.get(*field).filter(|v| !v.is_empty() && *v != "[]") {
-            println!("{field:<13} {value}");
+            outln!("{field:<13} {value}");
         }
     }
     Ok(())

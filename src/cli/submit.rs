@@ -50,7 +50,7 @@ pub async fn run(settings: &Settings, args: Args) -> CliResult {
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .unwrap_or(entry);
-    println!("{id}");
+    outln!("{id}");
     if args.follow {
         super::logs::run(settings, &id, true, false).await?;
         let status = super::logs::final_status(settings, &id).await?;

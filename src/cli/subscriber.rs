@@ -74,7 +74,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             };
             subscribers::check(&sub).map_err(Failure::usage)?;
             save(&mut conn, &keys, &name, &sub).await?;
-            println!(
+            outln!(
                 "subscriber {name} -> {} ({})",
                 sub.url,
                 sub.events.join(",")
@@ -92,7 +92,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                 );
             }
             if generated {
-                println!("secret: {secret}");
+                outln!("secret: {secret}");
             }
             Ok(())
         }
@@ -103,7 +103,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                 .map_err(StoreError::from)?;
             for (name, raw) in all {
                 match serde_json::from_str::<Subscriber>(&raw) {
-                    Ok(s) => println!(
+                    Ok(s) => outln!(
                         "{name:<20} {:<40} events={} queues={} secret={}{}",
                         s.url,
                         s.events.join(","),
@@ -114,7 +114,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                             .map(|d| format!(" DISABLED: {d}"))
                             .unwrap_or_default()
                     ),
-                    Err(e) => println!("{name:<20} unreadable: {e}"),
+                    Err(e) => outln!("{name:<20} unreadable: {e}"),
                 }
             }
             Ok(())
@@ -127,7 +127,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             if removed == 0 {
                 return Err(Failure::failed(format!("no subscriber named {name}")));
             }
-            println!("subscriber {name} removed");
+            outln!("subscriber {name} removed");
             Ok(())
         }
         Action::Rotate { name, secret } => {
@@ -149,8 +149,8 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             sub.previous_until = Some(chrono::Utc::now().timestamp_millis() + overlap);
             subscribers::check(&sub).map_err(Failure::usage)?;
             save(&mut conn, &keys, &name, &sub).await?;
-            println!("subscriber {name}: new secret {new}");
-            println!(
+            outln!("subscriber {name}: new secret {new}");
+            outln!(
                 "the old secret also signs for {} s",
                 settings.webhooks.rotation_overlap_seconds
             );

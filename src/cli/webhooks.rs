@@ -35,7 +35,7 @@ pub async fn run(
             if !outbox::replay(&mut conn, &keys, &id).await? {
                 return Err(Failure::failed(format!("no delivery {id}")));
             }
-            println!("delivery {id} will be sent again");
+            outln!("delivery {id} will be sent again");
             Ok(())
         }
         Action::Replay {
@@ -49,7 +49,7 @@ pub async fn run(
                 }
                 outbox::forget_dead_letter(&mut conn, &keys, &entry).await?;
             }
-            println!("{n} dead-lettered deliveries will be sent again");
+            outln!("{n} dead-lettered deliveries will be sent again");
             Ok(())
         }
         Action::Replay { .. } => Err(Failure::usage("give a delivery id or --dead (not both)")),
@@ -61,12 +61,16 @@ pub async fn run(
                 )));
             }
             for (d, attempts) in deliveries {
-                println!(
+                outln!(
                     "{} {} -> {} [{}] {} attempt(s)",
-                    d.id, d.event, d.subscriber, d.status, d.attempts
+                    d.id,
+                    d.event,
+                    d.subscriber,
+                    d.status,
+                    d.attempts
                 );
                 for a in attempts {
-                    println!("  {a}");
+                    outln!("  {a}");
                 }
             }
             Ok(())
