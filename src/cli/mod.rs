@@ -16,6 +16,7 @@ macro_rules! outln {
 pub mod cancel;
 pub mod dead;
 pub mod logs;
+mod lookup;
 pub mod profile;
 pub mod queues;
 pub mod status;

@@ -2,7 +2,7 @@
 
 use crate::common::Env;
 use deadpool_redis::redis::AsyncCommands;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use tokio::process::Command;
 
 /// The binary with this test's Redis and prefix, plus `env` variables.
@@ -22,8 +22,31 @@ fn command(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Command {
     cmd
 }
 
+async fn run(env: &Env, args: &[&str], stdin: Option<&str>, vars: &[(&str, &str)]) -> Output {
+    let mut child = command(env, args, vars).spawn().expect("the binary runs");
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().await.unwrap()
+}
+
+async fn dockhand(env: &Env, args: &[&str], stdin: Option<&str>) -> Output {
+    run(env, args, stdin, &[]).await
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The row of `queue` in `dockhand queues`, split on whitespace.
+fn row(out: &str, queue: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|cols| cols.first().map(String::as_str) == Some(queue))
+        .unwrap_or_else(|| panic!("no row for {queue}: {out}"))
 }
 
 /// A reader that stops early (`| head -1`) ends the command quietly: no panic.
@@ -56,6 +79,47 @@ async fn a_closed_stdout_ends_commands_quietly() {
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_status_of_an_unknown_id_fail_and_leave_no_trap() {
+    let env = Env::new();
+    let typo = format!("{}-typo", env.prefix);
+    let out = dockhand(&env, &["cancel", &typo], None).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("no job {typo}")),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut c = env.conn().await;
+    let exists: bool = c.exists(env.keys.job(&typo)).await.unwrap();
+    assert!(!exists, "nothing written");
+    let out = dockhand(&env, &["status", &typo], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A job waiting in its queue, unread by any worker, can be cancelled...
+    let waiting = format!("{}-waiting", env.prefix);
+    let spec = crate::common::spec(&waiting, serde_json::json!({"command": "echo ran"}));
+    env.xadd("default", &spec).await;
+    let out = dockhand(&env, &["cancel", &waiting], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = dockhand(&env, &["status", &waiting], None).await;
+    assert!(row(&text(&out.stdout), "cancel").contains(&"requested:".to_string()));
+
+    // ...and the id the first cancel mistyped runs when a job takes it.
+    let worker = env.worker(&["default"], 1);
+    let spec = crate::common::spec(&typo, serde_json::json!({"command": "echo ran"}));
+    env.xadd("default", &spec).await;
+    assert_eq!(env.finished(&typo).await["status"], "completed");
+    let cancelled = env.finished(&waiting).await;
+    assert_eq!(cancelled["reason"], "cancelled", "{cancelled:?}");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
