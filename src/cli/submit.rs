@@ -1,7 +1,7 @@
 //! `dockhand submit`: builds a job spec from a file and/or flags and `XADD`s it,
 //! exactly as any producer would. Prints the job id.
 
-use super::{connect, CliResult, Failure};
+use super::{connect, lookup, CliResult, Failure};
 use crate::config::Settings;
 use crate::queue::Keys;
 use deadpool_redis::redis::AsyncCommands;
@@ -51,6 +51,9 @@ pub async fn run(settings: &Settings, args: Args) -> CliResult {
         .map(str::to_string)
         .unwrap_or(entry);
     outln!("{id}");
+    if let Some(hint) = lookup::unserved_hint(&mut conn, &keys, &args.queue).await? {
+        eprintln!("dockhand: {hint}");
+    }
     if args.follow {
         super::logs::run(settings, &id, true, false).await?;
         let status = super::logs::final_status(settings, &id).await?;

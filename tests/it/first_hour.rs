@@ -1,8 +1,9 @@
 //! A new user's first hour with the `dockhand` binary.
 
-use crate::common::Env;
+use crate::common::{image, Env};
 use deadpool_redis::redis::AsyncCommands;
 use std::process::{Output, Stdio};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
 /// The binary with this test's Redis and prefix, plus `env` variables.
@@ -79,6 +80,110 @@ async fn a_closed_stdout_ends_commands_quietly() {
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_status_and_submit_say_when_no_worker_serves_a_queue() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    env.wait_until_worker_ready(&env.prefix, None).await;
+    let id = format!("{}-lonely", env.prefix);
+    let out = dockhand(
+        &env,
+        &[
+            "submit",
+            "--image",
+            &image(),
+            "--cmd",
+            "true",
+            "--id",
+            &id,
+            "-q",
+            "lonely",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no live worker serves queue \"lonely\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A job scheduled for later in a queue of its own shows too.
+    let mut c = env.conn().await;
+    let _: i64 = c
+        .zadd(
+            env.keys.scheduled("later"),
+            r#"{"job":"{}","token":"t"}"#,
+            i64::MAX / 2,
+        )
+        .await
+        .unwrap();
+
+    let out = dockhand(&env, &["queues"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let header = row(&table, "QUEUE");
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    assert_eq!(row(&table, "lonely")[col("WAITING")], "1", "{table}");
+    assert_eq!(row(&table, "lonely")[col("WORKERS")], "none", "{table}");
+    assert_eq!(row(&table, "later")[col("SCHEDULED")], "1", "{table}");
+    assert_eq!(row(&table, "default")[col("WORKERS")], "1", "{table}");
+    assert!(
+        text(&out.stderr).contains("lonely"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // `status` of the waiting job says what it is, not "not found".
+    let out = dockhand(&env, &["status", &id], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert_eq!(row(&shown, "status"), ["status", "queued"], "{shown}");
+    assert_eq!(row(&shown, "queue"), ["queue", "lonely"], "{shown}");
+    assert!(
+        row(&shown, "claimed").contains(&"not".to_string()),
+        "{shown}"
+    );
+    assert!(text(&out.stderr).contains("no live worker serves"));
+    let json = dockhand(&env, &["status", &id, "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["queue"], "lonely");
+
+    // `submit --follow` says why nothing happens, and keeps waiting.
+    let mut follow = command(
+        &env,
+        &[
+            "submit",
+            "--image",
+            &image(),
+            "--cmd",
+            "true",
+            "-q",
+            "lonely",
+            "--follow",
+        ],
+        &[],
+    )
+    .spawn()
+    .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stderr.take().unwrap()).lines();
+    let hint = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("no live worker serves queue \"lonely\"") {
+                return line;
+            }
+        }
+        panic!("stderr ended without the hint");
+    })
+    .await
+    .expect("a hint on stderr");
+    assert!(hint.contains("dockhand worker --queue lonely"), "{hint}");
+    follow.kill().await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
