@@ -42,12 +42,111 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+async fn stream_len(env: &Env, queue: &str) -> u64 {
+    let mut c = env.conn().await;
+    c.xlen(env.keys.jobs(queue)).await.unwrap()
+}
+
 /// The row of `queue` in `dockhand queues`, split on whitespace.
 fn row(out: &str, queue: &str) -> Vec<String> {
     out.lines()
         .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
         .find(|cols| cols.first().map(String::as_str) == Some(queue))
         .unwrap_or_else(|| panic!("no row for {queue}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_accepts_jobs_from_a_profile_or_from_git() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let mut c = env.conn().await;
+    let profile = serde_json::json!({"image": image(), "command": "echo from $WHO"});
+    let _: i64 = c
+        .hset(env.keys.profiles(), "greet", profile.to_string())
+        .await
+        .unwrap();
+    let id = format!("{}-profile", env.prefix);
+    let spec = serde_json::json!({"id": id, "profile": "greet", "env": {"WHO": "profile"}});
+    let out = dockhand(&env, &["submit", "-"], Some(&spec.to_string())).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), id);
+    assert_eq!(env.finished(&id).await["status"], "completed");
+    assert_eq!(env.lines(&id, "stdout").await, vec!["from profile"]);
+    worker.stop().await;
+
+    // A job built from git: accepted and queued (no worker serves `builds`, and
+    // nothing is fetched by `submit`).
+    let id = format!("{}-git", env.prefix);
+    let spec = serde_json::json!({"id": id, "git": {"url": "https://git.example.invalid/app.git", "branch": "main"}});
+    let out = dockhand(
+        &env,
+        &["submit", "-", "--queue", "builds"],
+        Some(&spec.to_string()),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), id);
+    assert_eq!(stream_len(&env, "builds").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_refuses_what_no_worker_would_run_and_warns_of_policy() {
+    let env = Env::new();
+    let img = image();
+    for (spec, field) in [
+        (
+            serde_json::json!({"image": img, "comand": "echo typo"}),
+            "comand",
+        ),
+        (
+            serde_json::json!({"image": img, "limits": {"pids": "many"}}),
+            "`limits.pids`",
+        ),
+        (serde_json::json!({"image": img, "id": "a:b"}), "`id`"),
+        (
+            serde_json::json!({"image": img, "command": []}),
+            "`command`",
+        ),
+    ] {
+        let out = dockhand(&env, &["submit", "-"], Some(&spec.to_string())).await;
+        assert_eq!(out.status.code(), Some(2), "{spec}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(field),
+            "{spec}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stdout).is_empty(), "no id printed for {spec}");
+    }
+    let out = dockhand(
+        &env,
+        &["submit", "--image", &img, "--cmd", "true", "--id", "bad id"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("`id`"), "{}", text(&out.stderr));
+    assert_eq!(
+        stream_len(&env, "default").await,
+        0,
+        "nothing was submitted"
+    );
+
+    // What only this machine's policy refuses is submitted, with a warning: the
+    // worker that claims the job has its own policy.
+    let out = run(
+        &env,
+        &["submit", "--image", &img, "--cmd", "true"],
+        None,
+        &[("DOCKHAND__POLICY__IMAGES", "only-this-image")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("policy.images"),
+        "{stderr}"
+    );
+    assert_eq!(stream_len(&env, "default").await, 1);
 }
 
 /// A reader that stops early (`| head -1`) ends the command quietly: no panic.
