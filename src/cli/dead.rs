@@ -49,13 +49,19 @@ pub enum Action {
     List(ListArgs),
     /// Run a dead job again: by its job id or its dead entry id.
     Retry {
+        /// The job id, or the dead entry id (as `dead` lists them).
+        #[arg(value_name = "ID")]
         target: String,
+        /// The queue whose dead stream holds it (needed when a job id is in several).
         #[arg(long)]
         queue: Option<String>,
     },
     /// Delete a dead entry: by its job id or its dead entry id.
     Rm {
+        /// The job id, or the dead entry id (as `dead` lists them).
+        #[arg(value_name = "ID")]
         target: String,
+        /// The queue whose dead stream holds it (needed when a job id is in several).
         #[arg(long)]
         queue: Option<String>,
     },

@@ -22,15 +22,27 @@ const BROADCAST_MAX_LEN: usize = 1000;
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Register or replace a profile: a JSON spec file (TOML when it ends in .toml), or `-` for JSON on stdin.
-    Add { name: String, file: String },
+    Add {
+        /// The profile's name: [A-Za-z0-9_.-], 1 to 64 characters.
+        name: String,
+        /// The spec file (JSON, or TOML when it ends in .toml), or `-` for JSON on stdin.
+        file: String,
+    },
     /// List the registered profiles.
     List,
     /// Print a profile's spec as JSON.
-    Show { name: String },
+    Show {
+        /// The profile's name.
+        name: String,
+    },
     /// Remove a profile.
-    Rm { name: String },
+    Rm {
+        /// The profile's name.
+        name: String,
+    },
     /// Build the profile's image on every live worker host; prints each host's answer.
     Build {
+        /// The profile's name.
         name: String,
         /// Seconds to wait for every worker's answer.
         #[arg(long, default_value_t = 300)]

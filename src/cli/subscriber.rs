@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 pub enum Action {
     /// Register (or replace) a subscriber; a secret is generated and printed once when none is given.
     Add {
+        /// The subscriber's name, for `list`, `rm` and `rotate`.
         name: String,
+        /// Where to POST the signed webhooks (http or https).
         url: String,
         /// Event types, comma-separated (default job.completed,job.aborted; `*` for all).
         /// Only job.completed and job.aborted are delivered; naming another warns.
@@ -28,10 +30,15 @@ pub enum Action {
     /// List subscribers (secrets masked).
     List,
     /// Remove a subscriber; its pending deliveries are dead-lettered when next tried.
-    Rm { name: String },
+    Rm {
+        /// The subscriber's name.
+        name: String,
+    },
     /// Give a subscriber a new secret; the old one keeps signing for webhooks.rotation_overlap_seconds.
     Rotate {
+        /// The subscriber's name.
         name: String,
+        /// A `whsec_...` secret to use instead of a generated one.
         #[arg(long)]
         secret: Option<String>,
     },

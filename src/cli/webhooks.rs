@@ -10,12 +10,17 @@ use std::sync::Arc;
 pub enum Action {
     /// Send a delivery again (by its id, the webhook-id), or every dead-lettered one with --dead.
     Replay {
+        /// The delivery id (the `webhook-id` header it was sent with).
         id: Option<String>,
+        /// Every dead-lettered delivery instead of one.
         #[arg(long)]
         dead: bool,
     },
     /// List a job's deliveries and every attempt of each.
-    Attempts { job: String },
+    Attempts {
+        /// The job id.
+        job: String,
+    },
     /// Only deliver webhooks (no jobs), until SIGINT/SIGTERM.
     Deliver,
 }

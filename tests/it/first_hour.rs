@@ -1,4 +1,6 @@
-//! A new user's first hour with the `dockhand` binary.
+//! A new user's first hour with the `dockhand` binary: what `submit` accepts and
+//! refuses, what `queues`, `status` and `cancel` say about jobs no worker has read,
+//! a closed stdout, a Redis URL without a scheme, and the help text.
 
 use crate::common::{image, Env};
 use deadpool_redis::redis::AsyncCommands;
@@ -336,4 +338,47 @@ async fn a_redis_url_without_a_scheme_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("redis://host:port/"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_gives_examples_and_exit_codes() {
+    let help = |args: &'static [&'static str]| async move {
+        let out = Command::new(env!("CARGO_BIN_EXE_dockhand"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        text(&out.stdout)
+    };
+    let main = help(&["--help"]).await;
+    assert!(main.contains("Exit codes:"), "{main}");
+    for code in ["0 ", "1 ", "2 "] {
+        assert!(
+            main.lines().any(|l| l.trim_start().starts_with(code)),
+            "{main}"
+        );
+    }
+    for args in [
+        &["--help"][..],
+        &["submit", "--help"],
+        &["status", "--help"],
+        &["logs", "--help"],
+    ] {
+        let shown = help(args).await;
+        assert!(shown.contains("Examples:"), "{args:?}: {shown}");
+    }
+    // Every positional has a description (clap leaves the line bare otherwise).
+    for args in [
+        &["status", "--help"][..],
+        &["logs", "--help"],
+        &["cancel", "--help"],
+    ] {
+        let shown = help(args).await;
+        let id = shown
+            .lines()
+            .find(|l| l.trim_start().starts_with("<ID>"))
+            .unwrap();
+        assert!(id.trim().len() > "<ID>".len(), "{args:?}: {shown}");
+    }
 }
