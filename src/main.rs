@@ -9,11 +9,47 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+const MAIN_AFTER_HELP: &str = "\
+Examples:
+  dockhand worker --queue default --concurrency 4
+  dockhand submit --image dockhand-busybox:latest --cmd 'echo hi' --follow
+  dockhand submit job.json --queue builds
+  dockhand status <id>
+  dockhand logs <id> --follow
+  dockhand queues
+  dockhand --redis-url redis://10.0.0.5:6379/ workers
+
+Redis: --redis-url, else REDIS_URL, else redis.url (redis://127.0.0.1:6379/).
+Write it as redis://host:port/ (rediss:// for TLS, unix:///path for a socket).
+
+Exit codes:
+  0    ok
+  1    the thing asked for failed (for `submit --follow`: the job did not complete)
+  2    bad usage: unknown arguments, an invalid job spec or id, a bad config or URL
+  141  stdout was closed before everything was written (`dockhand queues | head -1`)";
+
+const STATUS_AFTER_HELP: &str = "\
+Examples:
+  dockhand status report-42
+  dockhand status report-42 --json | jq -r .status
+
+A job that waits in its queue unread by any worker has no state yet: status says
+so (`claimed  not yet`). An id found nowhere exits 1.";
+
+const LOGS_AFTER_HELP: &str = "\
+Examples:
+  dockhand logs report-42
+  dockhand logs report-42 --follow
+  dockhand logs report-42 --json | jq -r .line
+
+stdout lines go to stdout; stderr and Dockhand's own lines to stderr.";
+
 #[derive(Parser)]
 #[command(
     name = "dockhand",
     version,
-    about = "A Redis-backed task queue whose jobs are containers"
+    about = "A Redis-backed task queue whose jobs are containers",
+    after_help = MAIN_AFTER_HELP
 )]
 struct Cli {
     /// A TOML file overriding config/default.toml.
@@ -31,40 +67,48 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Claim and run jobs from one or more queues.
+    /// Claim and run jobs from one or more queues (until SIGINT/SIGTERM).
     Worker {
         /// A queue to serve (repeat for several); default from worker.queues.
         #[arg(long = "queue", value_name = "QUEUE")]
         queues: Vec<String>,
-        /// Jobs run at the same time.
-        #[arg(long)]
+        /// Jobs run at the same time; default worker.concurrency.
+        #[arg(long, value_name = "N")]
         concurrency: Option<usize>,
         /// This worker host's stable id (labels its containers); default the host name.
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         id: Option<String>,
     },
     /// Submit a job: a JSON spec from a file or `-` (stdin), and/or flags.
     Submit(cli::submit::Args),
     /// Show a job's state.
+    #[command(after_help = STATUS_AFTER_HELP)]
     Status {
+        /// The job id (the spec's `id`, or the stream entry id `submit` printed).
         id: String,
         /// Print the whole job hash as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print a job's log lines; with --follow, keep printing until the job ends.
+    #[command(after_help = LOGS_AFTER_HELP)]
     Logs {
+        /// The job id.
         id: String,
+        /// Keep printing new lines until the job ends (waits for a job not started yet).
         #[arg(long, short)]
         follow: bool,
         /// Print each line as its JSON message.
         #[arg(long)]
         json: bool,
     },
-    /// List queues with their waiting, running, inbox and dead counts.
+    /// List queues: waiting, running, scheduled, inbox and dead counts, and live workers.
     Queues,
     /// Cancel a job: a queued or scheduled one never starts, a running one is stopped.
-    Cancel { id: String },
+    Cancel {
+        /// The job id; an id no worker and no queue knows exits 1.
+        id: String,
+    },
     /// List worker processes and whether they are alive.
     Workers,
     /// Check what a worker needs with this configuration (Redis, Docker, images,
@@ -205,5 +249,37 @@ impl Signals {
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every positional and flag of every command says what it is.
+    #[test]
+    fn every_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "dockhand", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:#?}");
+        Cli::command().debug_assert();
     }
 }

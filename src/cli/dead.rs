@@ -49,13 +49,19 @@ pub enum Action {
     List(ListArgs),
     /// Run a dead job again: by its job id or its dead entry id.
     Retry {
+        /// The job id, or the dead entry id (as `dead` lists them).
+        #[arg(value_name = "ID")]
         target: String,
+        /// The queue whose dead stream holds it (needed when a job id is in several).
         #[arg(long)]
         queue: Option<String>,
     },
     /// Delete a dead entry: by its job id or its dead entry id.
     Rm {
+        /// The job id, or the dead entry id (as `dead` lists them).
+        #[arg(value_name = "ID")]
         target: String,
+        /// The queue whose dead stream holds it (needed when a job id is in several).
         #[arg(long)]
         queue: Option<String>,
     },
@@ -97,7 +103,7 @@ pub async fn run(settings: &Settings, args: Args) -> CliResult {
                     "{target} left the dead stream meanwhile"
                 )));
             }
-            println!(
+            outln!(
                 "deleted dead entry {} ({}) of queue {}",
                 dead.id,
                 dead.get("id"),
@@ -115,9 +121,13 @@ async fn list(conn: &mut Conn, keys: &Keys, args: ListArgs) -> CliResult {
     };
     let mut shown = 0;
     if !args.json {
-        println!(
+        outln!(
             "{:<20} {:<24} {:<16} {:<26} {:<14} ERROR",
-            "DEAD ENTRY", "AT", "QUEUE", "JOB", "REASON"
+            "DEAD ENTRY",
+            "AT",
+            "QUEUE",
+            "JOB",
+            "REASON"
         );
     }
     for q in queues {
@@ -128,11 +138,11 @@ async fn list(conn: &mut Conn, keys: &Keys, args: ListArgs) -> CliResult {
                 for (k, val) in &d.fields {
                     v[k] = serde_json::Value::String(val.clone());
                 }
-                println!("{v}");
+                outln!("{v}");
             } else {
                 let at = crate::time::from_stream_id(&d.id).unwrap_or_default();
                 let error = d.get("error").lines().next().unwrap_or("");
-                println!(
+                outln!(
                     "{:<20} {:<24} {:<16} {:<26} {:<14} {error}",
                     d.id,
                     at,
@@ -144,7 +154,7 @@ async fn list(conn: &mut Conn, keys: &Keys, args: ListArgs) -> CliResult {
         }
     }
     if shown == 0 && !args.json {
-        println!("(no dead entries)");
+        outln!("(no dead entries)");
     }
     Ok(())
 }
@@ -292,7 +302,7 @@ async fn retry(conn: &mut Conn, keys: &Keys, dead: &Dead) -> CliResult {
         .await
         .map_err(|e| Failure::failed(format!("dead entry {} not retried: {e}", dead.id)))?;
     let shown = job_id.map(str::to_string).unwrap_or_else(|| entry.clone());
-    println!(
+    outln!(
         "job {shown} queued again on {} (entry {entry}); was {}: {}",
         dead.queue,
         dead.get("reason"),

@@ -15,7 +15,6 @@ use crate::queue::Keys;
 use crate::store::{Conn, Store, StoreError};
 use deadpool_redis::redis::{self, AsyncCommands};
 use futures_util::StreamExt;
-use std::io::Write;
 use std::time::Duration;
 
 pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> CliResult {
@@ -175,17 +174,14 @@ impl Printer {
 
     fn print(&self, line: &serde_json::Value, raw: &str) {
         if self.json {
-            println!("{raw}");
+            outln!("{raw}");
             return;
         }
         let text = line["line"].as_str().unwrap_or_default();
         match line["stream"].as_str() {
             Some("stderr") => eprintln!("{text}"),
             Some("system") => eprintln!("[dockhand] {text}"),
-            _ => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{text}");
-            }
+            _ => outln!("{text}"),
         }
     }
 }

@@ -1,11 +1,23 @@
 //! The `dockhand` commands other than `worker`. Each returns `Ok(())` or a
 //! [`Failure`] carrying the command's exit code: 1 when the thing asked
 //! for failed, 2 for bad usage.
+//!
+//! Everything meant for stdout goes through [`outln!`]: when the reader has gone
+//! (`dockhand queues | head -1`), the command ends at once with code 141, as a
+//! program stopped by SIGPIPE would, instead of a panic.
+
+/// `println!` for the commands: see [`write_out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
 
 pub mod cancel;
 pub mod dead;
 pub mod doctor;
 pub mod logs;
+mod lookup;
 pub mod profile;
 pub mod queues;
 pub mod status;
@@ -52,6 +64,32 @@ impl From<StoreError> for Failure {
 }
 
 pub type CliResult = Result<(), Failure>;
+
+/// The exit code of a command whose stdout reader went away: 128 + SIGPIPE, what a
+/// shell reports for a program that signal stopped.
+pub const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writes one line to stdout. A closed pipe ends the process with
+/// [`BROKEN_PIPE_EXIT`] and nothing on stderr (the reader asked for no more); any
+/// other write error ends it with 1, saying why.
+pub fn write_out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(BROKEN_PIPE_EXIT)
+        }
+        Err(e) => {
+            eprintln!("dockhand: cannot write to stdout: {e}");
+            std::process::exit(1)
+        }
+    }
+}
 
 /// A connection for a one-shot command.
 pub(crate) async fn connect(settings: &crate::config::Settings) -> Result<(Store, Conn), Failure> {

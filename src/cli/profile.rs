@@ -22,15 +22,27 @@ const BROADCAST_MAX_LEN: usize = 1000;
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Register or replace a profile: a JSON spec file (TOML when it ends in .toml), or `-` for JSON on stdin.
-    Add { name: String, file: String },
+    Add {
+        /// The profile's name: [A-Za-z0-9_.-], 1 to 64 characters.
+        name: String,
+        /// The spec file (JSON, or TOML when it ends in .toml), or `-` for JSON on stdin.
+        file: String,
+    },
     /// List the registered profiles.
     List,
     /// Print a profile's spec as JSON.
-    Show { name: String },
+    Show {
+        /// The profile's name.
+        name: String,
+    },
     /// Remove a profile.
-    Rm { name: String },
+    Rm {
+        /// The profile's name.
+        name: String,
+    },
     /// Build the profile's image on every live worker host; prints each host's answer.
     Build {
+        /// The profile's name.
         name: String,
         /// Seconds to wait for every worker's answer.
         #[arg(long, default_value_t = 300)]
@@ -48,15 +60,15 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                 .map_err(|e| Failure::usage(format!("{file} is not a valid profile: {e}")))?;
             let (_store, mut conn) = connect(settings).await?;
             profile::put(&mut conn, &keys, &name, &spec).await?;
-            println!("profile {name} registered");
+            outln!("profile {name} registered");
             Ok(())
         }
         Action::List => {
             let (_store, mut conn) = connect(settings).await?;
             let all = profile::list(&mut conn, &keys).await?;
-            println!("{:<32} SOURCE", "NAME");
+            outln!("{:<32} SOURCE", "NAME");
             for (name, spec) in all {
-                println!("{name:<32} {}", source_of(&spec));
+                outln!("{name:<32} {}", source_of(&spec));
             }
             Ok(())
         }
@@ -72,7 +84,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                     serde_json::to_string_pretty(&v)
                 })
                 .unwrap_or_else(|_| "(the stored profile is not valid JSON)".to_string());
-            println!("{pretty}");
+            outln!("{pretty}");
             Ok(())
         }
         Action::Rm { name } => {
@@ -80,7 +92,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             if !profile::remove(&mut conn, &keys, &name).await? {
                 return Err(Failure::failed(format!("no profile named {name:?}")));
             }
-            println!("profile {name} removed");
+            outln!("profile {name} removed");
             Ok(())
         }
         Action::Build { name, timeout } => build(settings, &keys, &name, timeout).await,
@@ -184,7 +196,7 @@ async fn build(settings: &Settings, keys: &Keys, name: &str, timeout: u64) -> Cl
         )
         .await
         .map_err(StoreError::from)?;
-    println!(
+    outln!(
         "building profile {name} on {} worker(s); waiting up to {timeout} s",
         waiting.len()
     );
@@ -219,15 +231,15 @@ async fn build(settings: &Settings, keys: &Keys, name: &str, timeout: u64) -> Cl
             match status.as_str() {
                 "failed" => {
                     failed += 1;
-                    println!("{worker:<24} failed  {}", field("error"));
+                    outln!("{worker:<24} failed  {}", field("error"));
                 }
-                _ => println!("{worker:<24} {status:<7} {}", field("image")),
+                _ => outln!("{worker:<24} {status:<7} {}", field("image")),
             }
         }
     }
     let _: Result<i64, redis::RedisError> = conn.del(&reply).await;
     for worker in waiting.values() {
-        println!("{worker:<24} no answer within {timeout} s");
+        outln!("{worker:<24} no answer within {timeout} s");
     }
     match (failed, waiting.len()) {
         (0, 0) => Ok(()),

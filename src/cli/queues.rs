@@ -1,41 +1,32 @@
-//! `dockhand queues`: every queue found in Redis, with what waits and runs in it.
+//! `dockhand queues`: every queue found in Redis, with what waits and runs in it,
+//! what is scheduled for later, and how many live workers serve it.
 
+use super::lookup::{live_workers, serving};
 use super::{connect, CliResult};
 use crate::config::Settings;
 use crate::queue::{Keys, GROUP};
 use deadpool_redis::redis::{self, AsyncCommands};
-use std::collections::BTreeSet;
 
 pub async fn run(settings: &Settings) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
-    let mut queues: BTreeSet<String> = settings.worker.queues.iter().cloned().collect();
-    for pattern in [keys.jobs_pattern(), keys.inbox_pattern()] {
-        let found: Vec<String> = {
-            let mut iter = conn
-                .scan_match::<_, String>(&pattern)
-                .await
-                .map_err(crate::store::StoreError::from)?;
-            let mut v = Vec::new();
-            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                v.push(k.map_err(crate::store::StoreError::from)?);
-            }
-            v
-        };
-        queues.extend(
-            found
-                .iter()
-                .filter_map(|k| keys.queue_of(k))
-                .map(str::to_string),
-        );
-    }
-    println!(
-        "{:<24} {:>8} {:>8} {:>8} {:>8}",
-        "QUEUE", "WAITING", "RUNNING", "INBOX", "DEAD"
+    let queues = super::lookup::queues(&mut conn, &keys, settings).await?;
+    let workers = live_workers(&mut conn, &keys).await?;
+    outln!(
+        "{:<24} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "QUEUE",
+        "WAITING",
+        "RUNNING",
+        "SCHEDULED",
+        "INBOX",
+        "DEAD",
+        "WORKERS"
     );
+    let mut unserved = Vec::new();
     for q in queues {
-        let (stream_len, inbox, dead): (u64, u64, u64) = redis::pipe()
+        let (stream_len, scheduled, inbox, dead): (u64, u64, u64, u64) = redis::pipe()
             .xlen(keys.jobs(&q))
+            .zcard(keys.scheduled(&q))
             .llen(keys.inbox(&q))
             .xlen(keys.dead(&q))
             .query_async(&mut *conn)
@@ -45,7 +36,24 @@ pub async fn run(settings: &Settings) -> CliResult {
         // (delivered, not yet acknowledged) entries.
         let running = pending(&mut conn, &keys.jobs(&q)).await;
         let waiting = stream_len.saturating_sub(running);
-        println!("{q:<24} {waiting:>8} {running:>8} {inbox:>8} {dead:>8}");
+        let served = serving(&workers, &q);
+        let workers_col = if served == 0 {
+            "none".to_string()
+        } else {
+            served.to_string()
+        };
+        outln!(
+            "{q:<24} {waiting:>8} {running:>8} {scheduled:>9} {inbox:>8} {dead:>8} {workers_col:>8}"
+        );
+        if served == 0 && waiting + scheduled + inbox > 0 {
+            unserved.push(q);
+        }
+    }
+    if !unserved.is_empty() {
+        eprintln!(
+            "dockhand: no live worker serves {}: their jobs wait until one does (`dockhand worker --queue <name>`)",
+            unserved.join(", ")
+        );
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! `dockhand status <id>`: the job hash, readable, or as JSON with `--json`.
+//! `dockhand status <id>`: the job hash, readable, or as JSON with `--json`; for a
+//! job still waiting in its queue unread by any worker, what the queue says.
 
+use super::lookup::{self, Unclaimed};
 use super::{connect, job_hash, CliResult, Failure};
 use crate::config::Settings;
 use crate::queue::Keys;
@@ -33,10 +35,26 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
     }
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
-    let hash = job_hash(&mut conn, &keys.job(id)).await?;
-    if hash.is_empty() {
+    let mut hash = job_hash(&mut conn, &keys.job(id)).await?;
+    // A hash without `status` is at most a cancel request waiting for the job:
+    // no worker has read the job yet, so look for it in the queues.
+    if !hash.contains_key("status") {
+        if let Some(found) = lookup::unclaimed(&mut conn, &keys, settings, id).await? {
+            let cancel = hash.contains_key("cancel_requested");
+            let hint = lookup::unserved_hint(&mut conn, &keys, &found.queue).await?;
+            print_unclaimed(id, &found, cancel, json);
+            if let Some(hint) = hint {
+                eprintln!("dockhand: {hint}");
+            }
+            return Ok(());
+        }
+        // A worker may have claimed it (and even finished it) while we looked.
+        hash = job_hash(&mut conn, &keys.job(id)).await?;
+    }
+    if !hash.contains_key("status") {
         return Err(Failure::failed(format!(
-            "job {id} not found (not yet picked up by a worker, or expired after jobs.retention_seconds)"
+            "job {id} not found: no worker has recorded it and no queue holds it \
+             (a finished job's state expires after jobs.retention_seconds)"
         )));
     }
     if json {
@@ -44,13 +62,46 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
-        println!("{}", serde_json::Value::Object(obj));
+        outln!("{}", serde_json::Value::Object(obj));
         return Ok(());
     }
     for field in ORDER {
         if let Some(value) = hash.get(*field).filter(|v| !v.is_empty() && *v != "[]") {
-            println!("{field:<13} {value}");
+            outln!("{field:<13} {value}");
         }
     }
     Ok(())
+}
+
+/// A job waiting in its queue that no worker has read yet: it has no hash, so
+/// only what the queue says is shown (`status` is `queued`, as the hash will say).
+fn print_unclaimed(id: &str, found: &Unclaimed, cancel: bool, json: bool) {
+    let claimed = match &found.entry {
+        Some(_) => "not yet (waiting in the queue's stream)",
+        None => "not yet (waiting in the queue's inbox)",
+    };
+    if json {
+        let mut v = serde_json::json!({
+            "id": id,
+            "queue": found.queue,
+            "status": "queued",
+            "entry": found.entry.clone().unwrap_or_default(),
+            "claimed": "false",
+        });
+        if cancel {
+            v["cancel_requested"] = "1".into();
+        }
+        outln!("{v}");
+        return;
+    }
+    outln!("{:<13} {id}", "id");
+    outln!("{:<13} {}", "queue", found.queue);
+    outln!("{:<13} queued", "status");
+    outln!("{:<13} {claimed}", "claimed");
+    if let Some(entry) = &found.entry {
+        outln!("{:<13} {entry}", "entry");
+    }
+    if cancel {
+        outln!("{:<13} requested: it will not run", "cancel");
+    }
 }

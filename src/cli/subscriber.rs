@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 pub enum Action {
     /// Register (or replace) a subscriber; a secret is generated and printed once when none is given.
     Add {
+        /// The subscriber's name, for `list`, `rm` and `rotate`.
         name: String,
+        /// Where to POST the signed webhooks (http or https).
         url: String,
         /// Event types, comma-separated (default job.completed,job.aborted; `*` for all).
         /// Only job.completed and job.aborted are delivered; naming another warns.
@@ -28,10 +30,15 @@ pub enum Action {
     /// List subscribers (secrets masked).
     List,
     /// Remove a subscriber; its pending deliveries are dead-lettered when next tried.
-    Rm { name: String },
+    Rm {
+        /// The subscriber's name.
+        name: String,
+    },
     /// Give a subscriber a new secret; the old one keeps signing for webhooks.rotation_overlap_seconds.
     Rotate {
+        /// The subscriber's name.
         name: String,
+        /// A `whsec_...` secret to use instead of a generated one.
         #[arg(long)]
         secret: Option<String>,
     },
@@ -104,7 +111,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             };
             subscribers::check(&sub).map_err(Failure::usage)?;
             save(&mut conn, &keys, &name, &sub).await?;
-            println!(
+            outln!(
                 "subscriber {name} -> {} ({})",
                 sub.url,
                 sub.events.join(",")
@@ -128,7 +135,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                 );
             }
             if generated {
-                println!("secret: {secret}");
+                outln!("secret: {secret}");
             }
             Ok(())
         }
@@ -139,7 +146,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                 .map_err(StoreError::from)?;
             for (name, raw) in all {
                 match serde_json::from_str::<Subscriber>(&raw) {
-                    Ok(s) => println!(
+                    Ok(s) => outln!(
                         "{name:<20} {:<40} events={} queues={} secret={}{}",
                         s.url,
                         s.events.join(","),
@@ -150,7 +157,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
                             .map(|d| format!(" DISABLED: {d}"))
                             .unwrap_or_default()
                     ),
-                    Err(e) => println!("{name:<20} unreadable: {e}"),
+                    Err(e) => outln!("{name:<20} unreadable: {e}"),
                 }
             }
             Ok(())
@@ -163,7 +170,7 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             if removed == 0 {
                 return Err(Failure::failed(format!("no subscriber named {name}")));
             }
-            println!("subscriber {name} removed");
+            outln!("subscriber {name} removed");
             Ok(())
         }
         Action::Rotate { name, secret } => {
@@ -185,8 +192,8 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             sub.previous_until = Some(chrono::Utc::now().timestamp_millis() + overlap);
             subscribers::check(&sub).map_err(Failure::usage)?;
             save(&mut conn, &keys, &name, &sub).await?;
-            println!("subscriber {name}: new secret {new}");
-            println!(
+            outln!("subscriber {name}: new secret {new}");
+            outln!(
                 "the old secret also signs for {} s",
                 settings.webhooks.rotation_overlap_seconds
             );

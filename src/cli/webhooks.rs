@@ -10,12 +10,17 @@ use std::sync::Arc;
 pub enum Action {
     /// Send a delivery again (by its id, the webhook-id), or every dead-lettered one with --dead.
     Replay {
+        /// The delivery id (the `webhook-id` header it was sent with).
         id: Option<String>,
+        /// Every dead-lettered delivery instead of one.
         #[arg(long)]
         dead: bool,
     },
     /// List a job's deliveries and every attempt of each.
-    Attempts { job: String },
+    Attempts {
+        /// The job id.
+        job: String,
+    },
     /// Only deliver webhooks (no jobs), until SIGINT/SIGTERM.
     Deliver,
 }
@@ -35,7 +40,7 @@ pub async fn run(
             if !outbox::replay(&mut conn, &keys, &id).await? {
                 return Err(Failure::failed(format!("no delivery {id}")));
             }
-            println!("delivery {id} will be sent again");
+            outln!("delivery {id} will be sent again");
             Ok(())
         }
         Action::Replay {
@@ -49,7 +54,7 @@ pub async fn run(
                 }
                 outbox::forget_dead_letter(&mut conn, &keys, &entry).await?;
             }
-            println!("{n} dead-lettered deliveries will be sent again");
+            outln!("{n} dead-lettered deliveries will be sent again");
             Ok(())
         }
         Action::Replay { .. } => Err(Failure::usage("give a delivery id or --dead (not both)")),
@@ -61,12 +66,16 @@ pub async fn run(
                 )));
             }
             for (d, attempts) in deliveries {
-                println!(
+                outln!(
                     "{} {} -> {} [{}] {} attempt(s)",
-                    d.id, d.event, d.subscriber, d.status, d.attempts
+                    d.id,
+                    d.event,
+                    d.subscriber,
+                    d.status,
+                    d.attempts
                 );
                 for a in attempts {
-                    println!("  {a}");
+                    outln!("  {a}");
                 }
             }
             Ok(())

@@ -14,9 +14,14 @@ pub async fn run(settings: &Settings) -> CliResult {
         .hgetall(keys.workers())
         .await
         .map_err(crate::store::StoreError::from)?;
-    println!(
+    outln!(
         "{:<48} {:<6} {:<11} {:>7} {:<24} {:<24}",
-        "CONSUMER", "ALIVE", "DOCKER", "RUNNING", "QUEUES", "STARTED"
+        "CONSUMER",
+        "ALIVE",
+        "DOCKER",
+        "RUNNING",
+        "QUEUES",
+        "STARTED"
     );
     for (consumer, info) in workers {
         let alive: bool = conn
@@ -34,7 +39,7 @@ pub async fn run(settings: &Settings) -> CliResult {
             })
             .unwrap_or_default();
         let running = v["running"].as_array().map(Vec::len).unwrap_or(0);
-        println!(
+        outln!(
             "{consumer:<48} {:<6} {:<11} {:>7} {queues:<24} {:<24}",
             if alive { "yes" } else { "gone" },
             v["docker"].as_str().unwrap_or("?"),

@@ -329,6 +329,18 @@ impl Settings {
         if self.worker.block_ms == 0 || self.worker.block_ms > 60_000 {
             return bad("worker.block_ms", "must be between 1 and 60000");
         }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.url.as_str()) {
+            // What comes before an `@` may be a password: never echo it.
+            let shown = match self.redis.url.rsplit_once('@') {
+                Some((_, host)) => format!("…@{host}"),
+                None => self.redis.url.clone(),
+            };
+            let why = format!(
+                "{shown:?} is not a Redis URL ({e}); write it as redis://host:port/ \
+                 (rediss:// for TLS, unix:///path/to/socket for a socket)"
+            );
+            return bad("redis.url", &why);
+        }
         if self.redis.pool_size == 0 {
             return bad("redis.pool_size", "must be at least 1");
         }
@@ -450,6 +462,21 @@ mod tests {
         .unwrap();
         assert_eq!(s.worker.queues, vec!["solo".to_string()]);
         assert_eq!(s.webhooks.retry_schedule_seconds, vec![2]);
+    }
+
+    #[test]
+    fn a_redis_url_without_a_scheme_is_refused_with_the_form_to_use() {
+        for (url, shown) in [
+            ("localhost:6379", "localhost:6379"),
+            ("user:hunter2@db:6379", "…@db:6379"),
+        ] {
+            let err = Settings::load_from(None, &env(&[("REDIS_URL", url)]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`redis.url`"), "{err}");
+            assert!(err.contains(shown) && !err.contains("hunter2"), "{err}");
+            assert!(err.contains("redis://host:port/"), "{err}");
+        }
     }
 
     #[test]

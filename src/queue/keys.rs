@@ -146,7 +146,13 @@ impl Keys {
         format!("{}:{{*}}:inbox", self.prefix)
     }
 
-    /// The queue name inside a key made by [`Keys::jobs`], [`Keys::inbox`] or [`Keys::dead`].
+    /// The pattern matching every queue's scheduled set.
+    pub fn scheduled_pattern(&self) -> String {
+        format!("{}:{{*}}:scheduled", self.prefix)
+    }
+
+    /// The queue name inside a key made by [`Keys::jobs`], [`Keys::inbox`],
+    /// [`Keys::dead`] or [`Keys::scheduled`].
     pub fn queue_of<'a>(&self, key: &'a str) -> Option<&'a str> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
         Some(&rest[..rest.find('}')?])

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod examples;
 mod files;
+mod first_hour;
 mod git_jobs;
 mod git_source;
 mod intake;

@@ -1,0 +1,159 @@
+//! What the commands look up beside a job's hash: the queues Redis holds, the
+//! worker processes alive now, and a job waiting in a queue that no worker has
+//! claimed yet (a job has a hash only once a worker has read its entry).
+
+use crate::config::Settings;
+use crate::queue::Keys;
+use crate::store::{Conn, StoreError};
+use deadpool_redis::redis::{self, AsyncCommands};
+use std::collections::BTreeSet;
+
+/// Entries read per round trip when searching a queue.
+const PAGE: usize = 100;
+
+/// Every queue the settings name or Redis holds (a job stream, an inbox or a
+/// scheduled set), in name order.
+pub(crate) async fn queues(
+    conn: &mut Conn,
+    keys: &Keys,
+    settings: &Settings,
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut queues: BTreeSet<String> = settings.worker.queues.iter().cloned().collect();
+    for pattern in [
+        keys.jobs_pattern(),
+        keys.inbox_pattern(),
+        keys.scheduled_pattern(),
+    ] {
+        let found: Vec<String> = {
+            let mut iter = conn.scan_match::<_, String>(&pattern).await?;
+            let mut v = Vec::new();
+            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                v.push(k?);
+            }
+            v
+        };
+        queues.extend(
+            found
+                .iter()
+                .filter_map(|k| keys.queue_of(k))
+                .map(str::to_string),
+        );
+    }
+    Ok(queues)
+}
+
+/// The queues each live worker process serves (its lease key has not expired).
+pub(crate) async fn live_workers(
+    conn: &mut Conn,
+    keys: &Keys,
+) -> Result<Vec<Vec<String>>, StoreError> {
+    let workers: Vec<(String, String)> = conn.hgetall(keys.workers()).await?;
+    let mut live = Vec::new();
+    for (consumer, info) in workers {
+        let alive: bool = conn.exists(keys.alive(&consumer)).await?;
+        if !alive {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        live.push(
+            v["queues"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|q| q.as_str().map(str::to_string))
+                .collect(),
+        );
+    }
+    Ok(live)
+}
+
+/// How many of `workers` serve `queue`.
+pub(crate) fn serving(workers: &[Vec<String>], queue: &str) -> usize {
+    workers
+        .iter()
+        .filter(|qs| qs.iter().any(|q| q == queue))
+        .count()
+}
+
+/// What to tell someone waiting on `queue` when no live worker serves it.
+pub(crate) async fn unserved_hint(
+    conn: &mut Conn,
+    keys: &Keys,
+    queue: &str,
+) -> Result<Option<String>, StoreError> {
+    let workers = live_workers(conn, keys).await?;
+    Ok((serving(&workers, queue) == 0).then(|| {
+        format!(
+            "no live worker serves queue {queue:?}: the job waits until one does \
+             (`dockhand worker --queue {queue}`; `dockhand workers` lists them)"
+        )
+    }))
+}
+
+/// A job found in a queue before any worker claimed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unclaimed {
+    pub queue: String,
+    /// Its stream entry; `None` while it is still in the queue's inbox list.
+    pub entry: Option<String>,
+}
+
+/// The entry of job `id` in some queue's stream or inbox, if one is there. The id
+/// of an entry is read as the worker reads it: the spec's `id` when valid, else the
+/// stream entry id. Reads every waiting entry, a page at a time: only for a job
+/// without a hash, which is rare.
+pub(crate) async fn unclaimed(
+    conn: &mut Conn,
+    keys: &Keys,
+    settings: &Settings,
+    id: &str,
+) -> Result<Option<Unclaimed>, StoreError> {
+    for queue in queues(conn, keys, settings).await? {
+        if let Some(entry) = in_stream(conn, &keys.jobs(&queue), id).await? {
+            return Ok(Some(Unclaimed {
+                queue,
+                entry: Some(entry),
+            }));
+        }
+        if in_inbox(conn, &keys.inbox(&queue), id).await? {
+            return Ok(Some(Unclaimed { queue, entry: None }));
+        }
+    }
+    Ok(None)
+}
+
+async fn in_stream(conn: &mut Conn, key: &str, id: &str) -> Result<Option<String>, StoreError> {
+    let mut start = "-".to_string();
+    loop {
+        let page: redis::streams::StreamRangeReply =
+            conn.xrange_count(key, &start, "+", PAGE).await?;
+        for e in &page.ids {
+            let raw: Option<Vec<u8>> = e.get("job");
+            let job_id = raw.as_deref().and_then(crate::job::requested_id);
+            if job_id.as_deref().unwrap_or(&e.id) == id {
+                return Ok(Some(e.id.clone()));
+            }
+        }
+        match page.ids.last() {
+            Some(last) if page.ids.len() == PAGE => start = format!("({}", last.id),
+            _ => return Ok(None),
+        }
+    }
+}
+
+async fn in_inbox(conn: &mut Conn, key: &str, id: &str) -> Result<bool, StoreError> {
+    let mut from = 0isize;
+    loop {
+        let page: Vec<Vec<u8>> = conn.lrange(key, from, from + PAGE as isize - 1).await?;
+        if page
+            .iter()
+            .any(|raw| crate::job::requested_id(raw).as_deref() == Some(id))
+        {
+            return Ok(true);
+        }
+        if page.len() < PAGE {
+            return Ok(false);
+        }
+        from += PAGE as isize;
+    }
+}
