@@ -394,7 +394,12 @@ async fn subscribing_to_events_never_delivered_warns_and_only_the_terminal_one_a
         args.extend_from_slice(extra);
         let out = dockhand(&env, &args).await;
         assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{extra:?}");
+        // (The loopback URL draws the SSRF guard's warning; that is another test's.)
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !said.contains("no webhook is ever delivered"),
+            "{extra:?}: {said}"
+        );
     }
     assert!(dockhand(&env, &["subscriber", "rm", "quiet"])
         .await
