@@ -71,8 +71,10 @@ pub enum GitError {
     },
     #[error("the submodule path `{0}` leads out of its repository")]
     UnsafePath(String),
-    #[error("submodules nest deeper than {0} levels")]
+    #[error("submodules nest deeper than {0} levels (the limit on submodule depth)")]
     TooDeep(usize),
+    #[error("the repository has more than {0} submodules, all levels together (the limit on submodules)")]
+    TooManySubmodules(usize),
     #[error("git failed to {action} ({url})")]
     Git {
         action: &'static str,

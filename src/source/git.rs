@@ -31,7 +31,9 @@
 //!   through the same cache (so they are cached, take the same credentials and may
 //!   be `file://` when the policy allows local repositories), and checked out
 //!   recursively at the commit the superproject records. A submodule with
-//!   `update = none` is skipped. A local submodule (a path or `file://`) is only
+//!   `update = none` is skipped. At most [`MAX_SUBMODULES`] are checked out, all
+//!   levels together, nested at most [`MAX_SUBMODULE_DEPTH`] deep; past either the
+//!   checkout fails naming the limit. A local submodule (a path or `file://`) is only
 //!   followed from a local superproject: a repository from the network may not
 //!   read this host's repositories.
 
@@ -52,7 +54,11 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// Deeper nesting than this is refused: it is almost surely a loop of repositories.
-const MAX_SUBMODULE_DEPTH: usize = 8;
+pub const MAX_SUBMODULE_DEPTH: usize = 8;
+
+/// More submodules than this, all levels together, are refused: each is a fetch
+/// and a checkout, and a repository could list thousands.
+pub const MAX_SUBMODULES: usize = 64;
 
 /// What to check out.
 #[derive(Clone, PartialEq, Eq)]
@@ -407,6 +413,9 @@ impl Inner {
             };
             if depth > MAX_SUBMODULE_DEPTH {
                 return Err(fail(raw, GitError::TooDeep(MAX_SUBMODULE_DEPTH)));
+            }
+            if out.len() >= MAX_SUBMODULES {
+                return Err(fail(raw, GitError::TooManySubmodules(MAX_SUBMODULES)));
             }
             if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
                 return Err(fail(raw, GitError::UnsafePath(shown.clone())));

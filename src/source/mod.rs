@@ -22,6 +22,9 @@ mod url;
 
 pub use credentials::Credentials;
 pub use error::GitError;
-pub use git::{Checkout, GitCache, GitSource, Reference, DEFAULT_NETWORK_TIMEOUT};
+pub use git::{
+    Checkout, GitCache, GitSource, Reference, DEFAULT_NETWORK_TIMEOUT, MAX_SUBMODULES,
+    MAX_SUBMODULE_DEPTH,
+};
 pub use policy::{SourcePolicy, ALLOW_NETWORKS_KEY, FILE_URLS_KEY};
 pub use url::{RepoUrl, Transport};
