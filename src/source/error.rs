@@ -91,6 +91,10 @@ pub enum GitError {
     },
     #[error("the checkout destination {} is not empty", .0.display())]
     DestinationNotEmpty(PathBuf),
+    #[error("the git work was stopped: its job timed out or was cancelled")]
+    Stopped,
+    #[error("cannot open a loopback relay for a git connection")]
+    Relay(#[source] std::io::Error),
     #[error("the git task stopped unexpectedly")]
     Task(#[from] tokio::task::JoinError),
 }

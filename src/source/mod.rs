@@ -17,6 +17,8 @@ mod credentials;
 mod error;
 mod git;
 mod policy;
+mod relay;
+mod stop;
 mod timeout;
 mod url;
 
