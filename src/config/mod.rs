@@ -92,6 +92,7 @@ pub struct WorkerSettings {
     pub cache_dir: std::path::PathBuf,
     pub profiles_dir: std::path::PathBuf,
     pub git_timeout_seconds: u64,
+    pub build_context_bytes: ByteSize,
     pub docker_retries: u32,
     #[serde(default)]
     pub git_tokens: GitTokens,
@@ -386,6 +387,9 @@ impl Settings {
                 "webhooks",
                 "concurrency and timeout_seconds must be at least 1",
             );
+        }
+        if self.worker.build_context_bytes.0 == 0 {
+            return bad("worker.build_context_bytes", "must be at least 1");
         }
         if !self.worker.cache_dir.is_absolute() {
             return bad("worker.cache_dir", "must be an absolute path");

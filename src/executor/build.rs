@@ -9,6 +9,10 @@
 //!   line, in order, before [`build`] returns, also when the build fails.
 //! - A failing build is [`BuildError::Failed`] carrying the builder's own message;
 //!   Docker being unreachable or failing otherwise is [`BuildError::Docker`].
+//! - The context is archived in memory up to `max_context_bytes`
+//!   (`worker.build_context_bytes`) and refused past it; when the caller stops
+//!   waiting for [`build`] (the job's deadline, a cancel), the blocking archiving
+//!   stops at its next file.
 //! - Images are named by what made them ([`image_tag`]): the same repository,
 //!   commit, Dockerfile, context and build args give the same tag, so a tag that
 //!   exists ([`cached_image`]) need not be built again.
@@ -28,6 +32,11 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The default of `worker.build_context_bytes`: the most a build context may hold.
+pub const DEFAULT_CONTEXT_BYTES: u64 = 256 << 20;
 
 /// One image to build from a folder on this host.
 #[derive(Debug, Clone)]
@@ -41,10 +50,13 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     pub tag: String,
     pub labels: BTreeMap<String, String>,
+    /// The most the archived context may hold (`worker.build_context_bytes`).
+    pub max_context_bytes: u64,
 }
 
 impl BuildRequest {
-    /// A request with the defaults: context `.`, `Dockerfile`, no args, no labels.
+    /// A request with the defaults: context `.`, `Dockerfile`, no args, no labels,
+    /// a context of at most [`DEFAULT_CONTEXT_BYTES`].
     pub fn new(checkout: impl Into<PathBuf>, tag: impl Into<String>) -> BuildRequest {
         BuildRequest {
             checkout: checkout.into(),
@@ -53,6 +65,7 @@ impl BuildRequest {
             build_args: BTreeMap::new(),
             tag: tag.into(),
             labels: BTreeMap::new(),
+            max_context_bytes: DEFAULT_CONTEXT_BYTES,
         }
     }
 }
@@ -93,6 +106,10 @@ pub async fn build(
     // Labels ride in the Dockerfile as one step when they can (see `context`);
     // otherwise the engine adds them, a step each.
     let label_line = context::label_line(&req.labels);
+    let limit = req.max_context_bytes;
+    // Set when this future is dropped, so the blocking walk does not outlive it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
     // Walking and reading the context is blocking file work.
     let (dockerfile, archive, labelled) = tokio::task::spawn_blocking(move || {
         let mut located = context::locate(&checkout, &ctx, &file)?;
@@ -100,7 +117,7 @@ pub async fn build(
         if let Some(line) = &label_line {
             (located, labelled) = located.with_line(line)?;
         }
-        let archive = context::archive(&located)?;
+        let archive = context::archive(&located, limit, &stop)?;
         Ok::<_, BuildError>((located.dockerfile, archive, labelled))
     })
     .await??;
@@ -193,6 +210,15 @@ pub async fn build(
             .ok_or_else(|| BuildError::Failed {
                 message: format!("the builder ended without producing {}", req.tag),
             }),
+    }
+}
+
+/// Sets its flag when dropped: when [`build`] ends or its caller stops waiting.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -71,8 +71,10 @@ pub enum GitError {
     },
     #[error("the submodule path `{0}` leads out of its repository")]
     UnsafePath(String),
-    #[error("submodules nest deeper than {0} levels")]
+    #[error("submodules nest deeper than {0} levels (the limit on submodule depth)")]
     TooDeep(usize),
+    #[error("the repository has more than {0} submodules, all levels together (the limit on submodules)")]
+    TooManySubmodules(usize),
     #[error("git failed to {action} ({url})")]
     Git {
         action: &'static str,
@@ -89,6 +91,10 @@ pub enum GitError {
     },
     #[error("the checkout destination {} is not empty", .0.display())]
     DestinationNotEmpty(PathBuf),
+    #[error("the git work was stopped: its job timed out or was cancelled")]
+    Stopped,
+    #[error("cannot open a loopback relay for a git connection")]
+    Relay(#[source] std::io::Error),
     #[error("the git task stopped unexpectedly")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -9,7 +9,16 @@
 //! else.
 //!
 //! Invariants:
-//! - All git2 work runs in `spawn_blocking`; the public API is async.
+//! - All git2 work runs in `spawn_blocking`; the public API is async. Dropping
+//!   the future of [`GitCache::resolve`] or [`GitCache::checkout`] (the job's
+//!   deadline passed, the job was cancelled) sets a stop flag that ends the
+//!   blocking work soon after: it is checked between steps, by libgit2's transfer,
+//!   sideband and checkout callbacks, while waiting for a mirror lock, and by the
+//!   loopback relay every plain-http step goes through ([`super::relay`]), which
+//!   cuts the connection even when a server drips a byte at a time. The mirror
+//!   lock is released as the blocking work ends. (An https step connects
+//!   directly: a server dripping into it is bounded by the job's deadline for the
+//!   job, but its blocking thread ends only with the drip; see the relay.)
 //! - One process never writes a mirror from two threads at once: a std Mutex per
 //!   mirror path, taken inside the blocking task (nothing is awaited while it is
 //!   held). Reading objects through alternates needs no lock: a fetch only adds
@@ -31,28 +40,36 @@
 //!   through the same cache (so they are cached, take the same credentials and may
 //!   be `file://` when the policy allows local repositories), and checked out
 //!   recursively at the commit the superproject records. A submodule with
-//!   `update = none` is skipped. A local submodule (a path or `file://`) is only
+//!   `update = none` is skipped. At most [`MAX_SUBMODULES`] are checked out, all
+//!   levels together, nested at most [`MAX_SUBMODULE_DEPTH`] deep; past either the
+//!   checkout fails naming the limit. A local submodule (a path or `file://`) is only
 //!   followed from a local superproject: a repository from the network may not
 //!   read this host's repositories.
 
 use super::credentials::Credentials;
 use super::error::GitError;
 use super::policy::SourcePolicy;
-use super::url::RepoUrl;
+use super::relay::Relay;
+use super::stop::Stop;
+use super::url::{RepoUrl, Transport};
 use git2::build::CheckoutBuilder;
 use git2::{
-    AutotagOption, Direction, FetchOptions, ObjectType, Oid, RemoteRedirect, Repository,
-    SubmoduleUpdate,
+    AutotagOption, CheckoutNotificationType, Direction, FetchOptions, ObjectType, Oid,
+    RemoteCallbacks, RemoteRedirect, Repository, SubmoduleUpdate,
 };
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
 
 /// Deeper nesting than this is refused: it is almost surely a loop of repositories.
-const MAX_SUBMODULE_DEPTH: usize = 8;
+pub const MAX_SUBMODULE_DEPTH: usize = 8;
+
+/// More submodules than this, all levels together, are refused: each is a fetch
+/// and a checkout, and a repository could list thousands.
+pub const MAX_SUBMODULES: usize = 64;
 
 /// What to check out.
 #[derive(Clone, PartialEq, Eq)]
@@ -181,7 +198,9 @@ impl GitCache {
     pub async fn resolve(&self, source: &GitSource) -> Result<String, GitError> {
         let inner = self.inner.clone();
         let source = source.clone();
-        tokio::task::spawn_blocking(move || inner.resolve(&source)).await?
+        let stop = Stop::default();
+        let _stop_when_dropped = stop.on_drop();
+        tokio::task::spawn_blocking(move || inner.resolve(&source, &stop)).await?
     }
 
     /// Checks `commit` of `source.url` out into `dest` (created; must be empty),
@@ -196,7 +215,9 @@ impl GitCache {
         let source = source.clone();
         let commit = commit.to_string();
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || inner.checkout(&source, &commit, &dest)).await?
+        let stop = Stop::default();
+        let _stop_when_dropped = stop.on_drop();
+        tokio::task::spawn_blocking(move || inner.checkout(&source, &commit, &dest, &stop)).await?
     }
 }
 
@@ -207,9 +228,11 @@ impl Inner {
     }
 
     /// What libgit2 is handed for `url`, checked by the policy right before it
-    /// connects: a local repository's canonical folder, or an http(s) URL whose
-    /// host resolved to addresses the guard passed. Blocking.
-    fn target(&self, url: &RepoUrl) -> Result<String, GitError> {
+    /// connects: a local repository's canonical folder, an https URL whose host
+    /// resolved to addresses the guard passed, or for http the URL of a relay to
+    /// those addresses only, which `stop` cuts off (keep it while the step runs).
+    /// Blocking.
+    fn target(&self, url: &RepoUrl, stop: &Stop) -> Result<(String, Option<Relay>), GitError> {
         if url.is_local() {
             let Some(folder) = self.policy.local_source(url)? else {
                 return Err(GitError::RepositoryNotFound {
@@ -219,16 +242,23 @@ impl Inner {
             };
             // A folder whose name is not UTF-8 cannot have come from a URL; keep
             // the URL's own path then (it was checked all the same).
-            return Ok(folder
+            let folder = folder
                 .into_os_string()
                 .into_string()
-                .unwrap_or_else(|_| url.local_path().unwrap_or_default().display().to_string()));
+                .unwrap_or_else(|_| url.local_path().unwrap_or_default().display().to_string());
+            return Ok((folder, None));
         }
-        self.policy.check_addresses(url)?;
-        Ok(url.raw().to_string())
+        let addresses = self.policy.check_addresses(url)?;
+        if url.transport() != Transport::Http {
+            return Ok((url.raw().to_string(), None));
+        }
+        let authority = url.authority().unwrap_or_default();
+        let relay = Relay::start(addresses, authority, stop, self.network_timeout)
+            .map_err(GitError::Relay)?;
+        Ok((relay.url_for(url.raw()), Some(relay)))
     }
 
-    fn resolve(&self, source: &GitSource) -> Result<String, GitError> {
+    fn resolve(&self, source: &GitSource, stop: &Stop) -> Result<String, GitError> {
         let url = RepoUrl::parse(&source.url)?;
         // Even a commit, which needs no connection here, is refused now rather
         // than at checkout.
@@ -253,7 +283,8 @@ impl Inner {
                 ("tag", t, vec![peeled, plain])
             }
         };
-        let target = self.target(&url)?;
+        stop.check()?;
+        let (target, _relay) = self.target(&url, stop)?;
         let probe = Repository::open_bare(&self.probe)
             .map_err(|e| url.git_error("open the cache's probe repository", e))?;
         let found = super::timeout::with(self.network_timeout, || {
@@ -261,13 +292,13 @@ impl Inner {
                 .remote_anonymous(&target)
                 .map_err(|e| url.git_error("open the remote", e))?;
             let attempts = Cell::new(0);
-            let callbacks = self.credentials.callbacks(&url, &attempts);
+            let callbacks = watched(self.credentials.callbacks(&url, &attempts), stop);
             let connection = remote
                 .connect_auth(Direction::Fetch, Some(callbacks), None)
-                .map_err(|e| url.git_error("connect", e))?;
+                .map_err(|e| stop.or(url.git_error("connect", e)))?;
             let heads = connection
                 .list()
-                .map_err(|e| url.git_error("list the remote's refs", e))?;
+                .map_err(|e| stop.or(url.git_error("list the remote's refs", e)))?;
             Ok::<_, GitError>(
                 wanted
                     .iter()
@@ -289,16 +320,21 @@ impl Inner {
         source: &GitSource,
         commit: &str,
         dest: &Path,
+        stop: &Stop,
     ) -> Result<Checkout, GitError> {
         let url = RepoUrl::parse(&source.url)?;
         let wanted = parse_commit(commit)?;
         prepare_dest(dest)?;
-        let (mirror, oid) = self.fetch_commit(&url, wanted)?;
-        populate(&mirror, &url, oid, dest)?;
-        let mut submodules = Vec::new();
+        let (mirror, oid) = self.fetch_commit(&url, wanted, stop)?;
+        populate(&mirror, &url, oid, dest, stop)?;
+        let mut found = Found {
+            paths: Vec::new(),
+            stop,
+        };
         if source.submodules {
-            self.update_submodules(dest, &url, oid, "", 1, &mut submodules)?;
+            self.update_submodules(dest, &url, oid, "", 1, &mut found)?;
         }
+        let submodules = found.paths;
         tracing::info!(url = %url, commit = %oid, submodules = submodules.len(), "checked out");
         Ok(Checkout {
             commit: oid.to_string(),
@@ -308,24 +344,31 @@ impl Inner {
 
     /// Makes sure the mirror of `url` has `wanted`; returns the mirror and the
     /// commit (`wanted` itself, or the commit a tag object points at).
-    fn fetch_commit(&self, url: &RepoUrl, wanted: Oid) -> Result<(PathBuf, Oid), GitError> {
+    fn fetch_commit(
+        &self,
+        url: &RepoUrl,
+        wanted: Oid,
+        stop: &Stop,
+    ) -> Result<(PathBuf, Oid), GitError> {
         // Before the cache is looked at: what the policy refuses is not served
         // from a mirror made under another policy either.
         self.policy.local_source(url)?;
         let path = self.mirror_path(url.raw());
         let lock = mirror_lock(&path);
-        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _held = lock_unless_stopped(&lock, stop)?;
         let repo = open_mirror(&path, url)?;
         if let Some(commit) = peel_commit(&repo, wanted) {
             tracing::debug!(url = %url, commit = %commit, "commit already in the cache");
             return Ok((path, commit));
         }
-        match self.fetch(&repo, url, &[wanted.to_string().as_str()]) {
+        match self.fetch(&repo, url, &[wanted.to_string().as_str()], stop) {
             Ok(()) => {}
             // The same would happen again below.
-            Err(e @ (GitError::Auth { .. } | GitError::RepositoryNotFound { .. })) => {
-                return Err(e)
-            }
+            Err(
+                e @ (GitError::Auth { .. }
+                | GitError::RepositoryNotFound { .. }
+                | GitError::Stopped),
+            ) => return Err(e),
             Err(e) if e.is_policy() => return Err(e),
             // Servers may refuse a commit by id that is no ref tip (git does by default).
             Err(e) => {
@@ -339,6 +382,7 @@ impl Inner {
             &repo,
             url,
             &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            stop,
         )?;
         match peel_commit(&repo, wanted) {
             Some(commit) => Ok((path, commit)),
@@ -349,26 +393,33 @@ impl Inner {
         }
     }
 
-    fn fetch(&self, repo: &Repository, url: &RepoUrl, refspecs: &[&str]) -> Result<(), GitError> {
-        let target = self.target(url)?;
+    fn fetch(
+        &self,
+        repo: &Repository,
+        url: &RepoUrl,
+        refspecs: &[&str],
+        stop: &Stop,
+    ) -> Result<(), GitError> {
+        stop.check()?;
+        let (target, _relay) = self.target(url, stop)?;
         let mut remote = repo
             .remote_anonymous(&target)
             .map_err(|e| url.git_error("open the remote", e))?;
         let attempts = Cell::new(0);
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(self.credentials.callbacks(url, &attempts))
+        opts.remote_callbacks(watched(self.credentials.callbacks(url, &attempts), stop))
             .download_tags(AutotagOption::None)
             .follow_redirects(RemoteRedirect::None)
             .update_fetchhead(false);
         super::timeout::with(self.network_timeout, || {
             remote
                 .fetch(refspecs, Some(&mut opts), None)
-                .map_err(|e| url.git_error("fetch", e))
+                .map_err(|e| stop.or(url.git_error("fetch", e)))
         })
     }
 
     /// Checks out, recursively, the submodules `commit` records in the
-    /// repository at `dir`.
+    /// repository at `dir`, adding their paths to `out.paths`.
     fn update_submodules(
         &self,
         dir: &Path,
@@ -376,8 +427,9 @@ impl Inner {
         commit: Oid,
         prefix: &str,
         depth: usize,
-        out: &mut Vec<String>,
+        out: &mut Found<'_>,
     ) -> Result<(), GitError> {
+        let stop = out.stop;
         let git = |action| move |e| parent.git_error(action, e);
         let repo = Repository::open(dir).map_err(git("open the checkout"))?;
         let tree = repo
@@ -386,6 +438,7 @@ impl Inner {
             .map_err(git("read the commit's tree"))?;
         let submodules = repo.submodules().map_err(git("read .gitmodules"))?;
         for sub in &submodules {
+            stop.check()?;
             if sub.update_strategy() == SubmoduleUpdate::None {
                 continue;
             }
@@ -407,6 +460,9 @@ impl Inner {
             };
             if depth > MAX_SUBMODULE_DEPTH {
                 return Err(fail(raw, GitError::TooDeep(MAX_SUBMODULE_DEPTH)));
+            }
+            if out.paths.len() >= MAX_SUBMODULES {
+                return Err(fail(raw, GitError::TooManySubmodules(MAX_SUBMODULES)));
             }
             if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
                 return Err(fail(raw, GitError::UnsafePath(shown.clone())));
@@ -434,18 +490,24 @@ impl Inner {
                 ));
             }
             let (mirror, oid) = self
-                .fetch_commit(&url, gitlink.id())
-                .map_err(|e| fail(url.public().to_string(), e))?;
+                .fetch_commit(&url, gitlink.id(), stop)
+                .map_err(|e| stop.or(fail(url.public().to_string(), e)))?;
             let sub_dir = dir.join(&rel);
             // The superproject's checkout left an empty folder for the gitlink.
-            populate(&mirror, &url, oid, &sub_dir)
-                .map_err(|e| fail(url.public().to_string(), e))?;
-            out.push(shown.clone());
+            populate(&mirror, &url, oid, &sub_dir, stop)
+                .map_err(|e| stop.or(fail(url.public().to_string(), e)))?;
+            out.paths.push(shown.clone());
             // Errors below already name their own, longer, path.
             self.update_submodules(&sub_dir, &url, oid, &format!("{shown}/"), depth + 1, out)?;
         }
         Ok(())
     }
+}
+
+/// The submodules checked out so far, all levels together, and the step's stop.
+struct Found<'a> {
+    paths: Vec<String>,
+    stop: &'a Stop,
 }
 
 /// Creates `dest` if needed; refuses one with anything in it.
@@ -461,8 +523,15 @@ fn prepare_dest(dest: &Path) -> Result<(), GitError> {
 /// A fresh repository at `dest` borrowing the mirror's objects, with `oid`
 /// checked out on a detached HEAD and `origin` set to the URL (without
 /// credentials), so that tools run in the checkout see where it came from.
-fn populate(mirror: &Path, url: &RepoUrl, oid: Oid, dest: &Path) -> Result<(), GitError> {
-    let git = |action| move |e| url.git_error(action, e);
+fn populate(
+    mirror: &Path,
+    url: &RepoUrl,
+    oid: Oid,
+    dest: &Path,
+    stop: &Stop,
+) -> Result<(), GitError> {
+    let git = |action| move |e| stop.or(url.git_error(action, e));
+    stop.check()?;
     prepare_dest(dest)?;
     let repo = Repository::init(dest).map_err(git("create the checkout"))?;
     let info = repo.path().join("objects").join("info");
@@ -480,6 +549,10 @@ fn populate(mirror: &Path, url: &RepoUrl, oid: Oid, dest: &Path) -> Result<(), G
     let commit = repo.find_commit(oid).map_err(git("read the commit"))?;
     let mut files = CheckoutBuilder::new();
     files.force();
+    // Called for each file written: answering false aborts the checkout.
+    files
+        .notify_on(CheckoutNotificationType::UPDATED)
+        .notify(|_, _, _, _, _| !stop.is_set());
     repo.checkout_tree(commit.as_object(), Some(&mut files))
         .map_err(git("check the files out"))?;
     repo.set_head_detached(oid).map_err(git("set HEAD"))?;
@@ -571,6 +644,34 @@ fn ref_name(kind: &'static str, name: &str, prefix: &str) -> Result<String, GitE
         });
     }
     Ok(short.to_string())
+}
+
+/// `callbacks` that also abort the transfer once `stop` is set (libgit2 calls
+/// them as objects arrive, and for each progress message of the server).
+fn watched<'a>(mut callbacks: RemoteCallbacks<'a>, stop: &Stop) -> RemoteCallbacks<'a> {
+    let (on_transfer, on_sideband) = (stop.clone(), stop.clone());
+    callbacks
+        .transfer_progress(move |_| !on_transfer.is_set())
+        .sideband_progress(move |_| !on_sideband.is_set());
+    callbacks
+}
+
+/// Takes `lock`, giving up once `stop` is set: a job whose deadline passed does
+/// not go on waiting behind another job's fetch.
+fn lock_unless_stopped<'a>(
+    lock: &'a Mutex<()>,
+    stop: &Stop,
+) -> Result<std::sync::MutexGuard<'a, ()>, GitError> {
+    loop {
+        match lock.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(TryLockError::Poisoned(poisoned)) => return Ok(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                stop.check()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// The process-wide lock of one mirror. Process-wide, not per [`GitCache`],

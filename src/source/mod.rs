@@ -17,6 +17,8 @@ mod credentials;
 mod error;
 mod git;
 mod policy;
+mod relay;
+mod stop;
 mod timeout;
 mod url;
 
@@ -25,6 +27,9 @@ pub use url::redact as redact_url;
 
 pub use credentials::Credentials;
 pub use error::GitError;
-pub use git::{Checkout, GitCache, GitSource, Reference, DEFAULT_NETWORK_TIMEOUT};
+pub use git::{
+    Checkout, GitCache, GitSource, Reference, DEFAULT_NETWORK_TIMEOUT, MAX_SUBMODULES,
+    MAX_SUBMODULE_DEPTH,
+};
 pub use policy::{SourcePolicy, ALLOW_NETWORKS_KEY, FILE_URLS_KEY};
 pub use url::{RepoUrl, Transport};

@@ -26,7 +26,7 @@ use super::url::{RepoUrl, Transport};
 use crate::config::Network;
 use crate::ssrf::{Guard, Refused};
 use git2::Repository;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 
 /// The setting that allows local repositories, named in refusals.
@@ -109,10 +109,12 @@ impl SourcePolicy {
     }
 
     /// For git over http(s): resolves the host and checks every address with the
-    /// guard. Blocking (it resolves the name): call it where libgit2 is called.
-    pub(super) fn check_addresses(&self, url: &RepoUrl) -> Result<(), GitError> {
+    /// guard; returns them with the URL's port (none for a local URL), the only
+    /// addresses a connection for this URL may then go to. Blocking (it resolves
+    /// the name): call it where libgit2 is called.
+    pub(super) fn check_addresses(&self, url: &RepoUrl) -> Result<Vec<SocketAddr>, GitError> {
         let Some((host, port)) = host_and_port(url) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
@@ -135,7 +137,11 @@ impl SourcePolicy {
             url: url.public().to_string(),
             host,
             source,
-        })
+        })?;
+        Ok(addrs
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
     }
 
     /// The forbidden folders, canonicalized when they exist.

@@ -72,6 +72,8 @@ pub(crate) struct Images {
     work: PathBuf,
     docker: Docker,
     max_line: usize,
+    /// `worker.build_context_bytes`.
+    max_context: u64,
     /// `worker.git_timeout_seconds`: how long a git server may stall.
     git_timeout: std::time::Duration,
     /// Tag → the lock its build holds. A std Mutex: nothing is awaited while it is held.
@@ -104,6 +106,7 @@ impl Images {
             work,
             docker,
             max_line: settings.jobs.max_line_bytes,
+            max_context: settings.worker.build_context_bytes.0,
             git_timeout: std::time::Duration::from_secs(settings.worker.git_timeout_seconds),
             building: Arc::default(),
         })
@@ -205,6 +208,7 @@ impl Images {
         req.context = PathBuf::from(&git.context);
         req.dockerfile = PathBuf::from(&git.dockerfile);
         req.build_args = git.build_args.clone();
+        req.max_context_bytes = self.max_context;
         // Two labels only: the classic builder adds each as a step of its own (a
         // container each, about a second on a small host). The Dockerfile, the
         // context and the build args are in the tag's hash.

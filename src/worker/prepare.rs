@@ -3,9 +3,11 @@
 //! it as it is.
 //!
 //! Invariants:
-//! - The ref is resolved first, outside the job's time limit (it is bounded by
-//!   `worker.git_timeout_seconds`); checking out and building together get
-//!   `limits.timeout_seconds`.
+//! - Resolving the ref, fetching, checking out and building together get the
+//!   job's `limits.timeout_seconds` (a stalled git server fails a step sooner, after
+//!   `worker.git_timeout_seconds`). Past the deadline, or on a cancel, the future
+//!   is dropped, which stops the blocking git work and the context archiving too
+//!   (see `source::git` and `executor::build`), and releases the mirror lock.
 //! - A failure says why in the job's terms (a [`Failure`]), and whether the
 //!   Docker engine did not answer, in which case nothing of the job ran.
 
@@ -40,13 +42,18 @@ pub(super) async fn git_image(
         message: error_chain(&e),
         docker_unreachable: e.docker_unreachable(),
     };
-    let commit = images.resolve(&git).await.map_err(|e| fail(e.into()))?;
-    record.commit = Some(commit.clone());
-    // A build that never ends must not hold the job (and its permit) for ever: it
-    // gets the same time limit as the run that follows.
+    // Git work and a build that never end must not hold the job (and its permit)
+    // for ever: they get the same time limit as the run that follows.
     let limit = job.limits.timeout;
-    let ready = match tokio::time::timeout(limit, images.ensure(&git, &commit, log)).await {
-        Ok(ready) => ready.map_err(fail)?,
+    let prepared = async {
+        let commit = images.resolve(&git).await.map_err(PrepareError::from)?;
+        // Recorded at once: a cancel or the deadline may come during the build.
+        record.commit = Some(commit.clone());
+        let ready = images.ensure(&git, &commit, log).await?;
+        Ok::<_, PrepareError>((commit, ready))
+    };
+    let (commit, ready) = match tokio::time::timeout(limit, prepared).await {
+        Ok(prepared) => prepared.map_err(fail)?,
         Err(_) => {
             return Err(Failure {
                 reason: Reason::Timeout,

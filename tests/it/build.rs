@@ -256,3 +256,64 @@ async fn a_dockerfile_outside_the_context_is_used_but_not_copied() {
     let copied = docker_run(&tag, &["ls", "-A", "/ctx"]);
     assert_eq!(copied.lines().collect::<Vec<_>>(), vec!["main.sh"]);
 }
+
+#[tokio::test]
+async fn a_hostile_dockerignore_is_matched_quickly_and_honoured() {
+    // Each pattern backtracks exponentially in a naive matcher against the long
+    // names below; the build must still go through, honouring them.
+    let tmp = tempfile::tempdir().unwrap();
+    let stars = format!("{}b", "*a".repeat(24));
+    let spans = format!("{}b", "**/a/".repeat(16));
+    let mut rules = String::new();
+    for _ in 0..20 {
+        rules.push_str(&format!("{stars}\n{spans}\n"));
+    }
+    rules.push_str("*.secret\n");
+    write(tmp.path(), ".dockerignore", &rules);
+    write(
+        tmp.path(),
+        "Dockerfile",
+        &format!("FROM {}\nCOPY . /ctx/\n", image()),
+    );
+    let long = "a".repeat(200);
+    write(tmp.path(), &long, "kept\n");
+    write(tmp.path(), &format!("{long}b"), "ignored\n");
+    write(tmp.path(), &vec!["a"; 60].join("/"), "kept too\n");
+    write(tmp.path(), "x.secret", "ignored\n");
+    let tag = unique_tag("hostile-ignore");
+    let _cleanup = Cleanup(tag.clone());
+    let (result, _) = run_build(&BuildRequest::new(tmp.path(), &tag)).await;
+    result.unwrap();
+    let listed = docker_run(&tag, &["sh", "-c", "cd /ctx && find . -type f | sort"]);
+    let files: Vec<&str> = listed.lines().collect();
+    let deep = format!("./{}", vec!["a"; 60].join("/"));
+    let kept = format!("./{long}");
+    assert!(files.contains(&kept.as_str()), "{files:?}");
+    assert!(files.contains(&deep.as_str()), "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.ends_with('b') || f.ends_with(".secret")),
+        "{files:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_context_over_the_cap_is_refused_naming_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "Dockerfile", &format!("FROM {}\n", image()));
+    write(tmp.path(), "big.bin", &"x".repeat(300 * 1024));
+    let mut req = BuildRequest::new(tmp.path(), unique_tag("too-big"));
+    req.max_context_bytes = 256 * 1024;
+    let (result, lines) = run_build(&req).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, BuildError::ContextTooLarge { limit: 262144 }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("worker.build_context_bytes"),
+        "{err}"
+    );
+    assert!(lines.is_empty(), "the engine is never asked: {lines:?}");
+}

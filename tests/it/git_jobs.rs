@@ -754,3 +754,112 @@ async fn a_git_url_at_a_non_public_address_is_refused_before_connecting() {
     assert_eq!(stdout(&env, &fetched).await, vec!["B", "lib file"]);
     worker.stop().await;
 }
+
+/// A git server on loopback that serves the repositories under `root`, except
+/// that its first `drips` connections get an answer of one byte a second, for
+/// ever: a read timeout never fires. The counter says how many of those the
+/// client has cut off (the next byte could not be written).
+fn dripping_server(
+    root: &Path,
+    drips: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cut = std::sync::Arc::new(AtomicUsize::new(0));
+    let (root, counter) = (root.to_path_buf(), cut.clone());
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let (root, cut) = (root.clone(), counter.clone());
+            std::thread::spawn(move || {
+                if n >= drips {
+                    let _ = crate::git_source::http::handle(conn, &root, None);
+                    return;
+                }
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nContent-Length: 100000\r\n\r\n";
+                let body = b"001e# service=git-upload-pack\n0000"
+                    .iter()
+                    .chain(std::iter::repeat(&b'0'));
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for byte in body {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    let r = conn.write_all(&[*byte]).and_then(|()| conn.flush());
+                    if r.is_err() {
+                        cut.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (base, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_git_server_is_cut_off_at_the_jobs_deadline() {
+    let env = Env::new();
+    let repo = Repo::new();
+    let (base, cut) = dripping_server(&repo.root, 2);
+    let url = format!("{base}/app");
+    let worker = worker(
+        &env,
+        &repo,
+        1,
+        &[("DOCKHAND__POLICY__GIT_ALLOW_NETWORKS", "127.0.0.1/32")],
+    );
+    let submit = |id: String, git: serde_json::Value, timeout: u64| {
+        let spec = serde_json::json!({
+            "id": id, "git": git, "command": "cat /app/app.txt",
+            "limits": {"timeout_seconds": timeout},
+        });
+        let env = &env;
+        async move { env.xadd("default", &spec.to_string()).await }
+    };
+
+    // Resolving the branch meets the drip: the deadline covers it.
+    let resolving = format!("{}-drip-resolve", env.prefix);
+    submit(
+        resolving.clone(),
+        serde_json::json!({"url": url, "branch": "main"}),
+        3,
+    )
+    .await;
+    let done = env.finished(&resolving).await;
+    assert_eq!(done["reason"], "timeout", "{done:?}");
+    assert!(done["error"].contains("limits.timeout_seconds"), "{done:?}");
+
+    // Fetching the commit meets the drip, holding the repository's mirror lock.
+    let fetching = format!("{}-drip-fetch", env.prefix);
+    let git = serde_json::json!({"url": url, "commit": repo.a});
+    submit(fetching.clone(), git.clone(), 3).await;
+    let done = env.finished(&fetching).await;
+    assert_eq!(done["reason"], "timeout", "{done:?}");
+
+    // Both dripping connections were cut by the worker, not left to drip on.
+    for _ in 0..200 {
+        if cut.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(cut.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // The lock was released with them: the same repository is fetched and built
+    // now, well before the drip could have ended.
+    let after = format!("{}-drip-after", env.prefix);
+    submit(after.clone(), git, 300).await;
+    let done = env.finished(&after).await;
+    assert_eq!(done["status"], "completed", "{done:?}");
+    assert_eq!(stdout(&env, &after).await, vec!["A"]);
+    worker.stop().await;
+    remove_images_of(&url);
+}

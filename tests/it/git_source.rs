@@ -572,3 +572,47 @@ async fn a_remote_repository_may_not_pull_in_a_local_submodule() {
         "lib itself came over http"
     );
 }
+
+#[tokio::test]
+async fn more_submodules_than_the_limit_are_refused_naming_it() {
+    let fx = fixture();
+    let deep = fx.root.join("deep");
+    let d1 = git(&deep, &["rev-parse", "HEAD"]);
+    let deep_url = format!("file://{}", deep.display());
+    let many = new_repo(&fx.root, "many");
+    let count = dockhand::source::MAX_SUBMODULES + 1;
+    let mut modules = String::new();
+    let mut args = vec!["update-index".to_string(), "--add".to_string()];
+    for i in 0..count {
+        modules.push_str(&format!(
+            "[submodule \"m{i:03}\"]\n\tpath = m{i:03}\n\turl = {deep_url}\n"
+        ));
+        args.push("--cacheinfo".into());
+        args.push(format!("160000,{d1},m{i:03}"));
+    }
+    std::fs::write(many.join(".gitmodules"), modules).unwrap();
+    git(&many, &["add", ".gitmodules"]);
+    git(&many, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    git(&many, &["commit", "-q", "-m", "many submodules"]);
+    let commit = git(&many, &["rev-parse", "HEAD"]);
+    let source = GitSource {
+        url: many.display().to_string(),
+        reference: Reference::Default,
+        submodules: true,
+    };
+    let err = fx
+        .cache()
+        .checkout(&source, &commit, &fx.dest("many"))
+        .await
+        .unwrap_err();
+    match &err {
+        GitError::Submodule { source, .. } => assert!(
+            matches!(**source, GitError::TooManySubmodules(64)),
+            "{source:?}"
+        ),
+        other => panic!("expected a submodule error, got {other:?}"),
+    }
+    let chain = format!("{err} / {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("more than 64 submodules"), "{chain}");
+    assert!(chain.contains("limit"), "{chain}");
+}

@@ -10,6 +10,11 @@
 //!   Dockerfile and `.dockerignore` are sent even when listed there (the engine
 //!   needs them and leaves them out of `COPY` itself).
 //! - Owners and times are normalised, so the same files make the same archive.
+//! - The archive is held in memory, so it is capped: past the request's
+//!   `max_context_bytes` (`worker.build_context_bytes`) archiving stops at once,
+//!   before the file that would cross it is read, with
+//!   [`BuildError::ContextTooLarge`]. It also stops at the next entry once the
+//!   caller's stop flag is set (the job timed out or was cancelled).
 //! - Image labels go in as one `LABEL` line appended to a generated copy of the
 //!   Dockerfile (kept out of `COPY` like the CLI's own generated file), not as the
 //!   engine's `labels` option: the classic builder makes each of those a step of
@@ -19,8 +24,9 @@ use super::dockerignore::DockerIgnore;
 use super::error::BuildError;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const IGNORE_FILE: &str = ".dockerignore";
 
@@ -181,8 +187,63 @@ fn inside(root: &Path, base: &Path, rel: &Path, what: &'static str) -> Result<Pa
     Ok(resolved)
 }
 
-/// The context as a tar archive.
-pub fn archive(located: &Located) -> Result<Vec<u8>, BuildError> {
+/// The archive in memory, refusing to grow past `limit` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    limit: u64,
+}
+
+/// The error [`Capped`] writes fail with, told apart from other I/O errors.
+#[derive(Debug)]
+struct OverLimit;
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the build context is over its limit")
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+impl Capped {
+    fn fits(&self, more: u64) -> bool {
+        (self.buf.len() as u64).saturating_add(more) <= self.limit
+    }
+}
+
+impl Write for Capped {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.fits(data.len() as u64) {
+            return Err(io::Error::other(OverLimit));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An archiving failure: [`BuildError::ContextTooLarge`] when the cap was hit.
+fn archive_error(path: &Path, limit: u64) -> impl FnOnce(io::Error) -> BuildError {
+    let path = path.to_path_buf();
+    move |source| {
+        if source.get_ref().is_some_and(|e| e.is::<OverLimit>()) {
+            BuildError::ContextTooLarge { limit }
+        } else {
+            BuildError::Context {
+                action: "archive",
+                path,
+                source,
+            }
+        }
+    }
+}
+
+/// The context as a tar archive of at most `limit` bytes; stops early once `stop`
+/// is set.
+pub fn archive(located: &Located, limit: u64, stop: &AtomicBool) -> Result<Vec<u8>, BuildError> {
     let dir = &located.dir;
     let ignore_path = dir.join(IGNORE_FILE);
     let ignore_text = match fs::read(&ignore_path) {
@@ -197,21 +258,22 @@ pub fn archive(located: &Located) -> Result<Vec<u8>, BuildError> {
         }
     };
     let ignore = DockerIgnore::parse(ignore_text.as_deref().unwrap_or_default());
-    let mut tar = tar::Builder::new(Vec::new());
+    let mut tar = tar::Builder::new(Capped {
+        buf: Vec::new(),
+        limit,
+    });
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
     let mut walk = Walk {
         tar: &mut tar,
         ignore: &ignore,
         dockerfile: &located.dockerfile,
+        limit,
+        stop,
     };
     walk.dir(dir, "")?;
 
-    let io_err = |source| BuildError::Context {
-        action: "archive",
-        path: dir.clone(),
-        source,
-    };
+    let io_err = |source| archive_error(dir, limit)(source);
     let ignore_out = match &located.extra_dockerfile {
         Some(content) => {
             append_bytes(&mut tar, &located.dockerfile, content).map_err(io_err)?;
@@ -226,30 +288,29 @@ pub fn archive(located: &Located) -> Result<Vec<u8>, BuildError> {
     if let Some(text) = ignore_out {
         append_bytes(&mut tar, IGNORE_FILE, text.as_bytes()).map_err(io_err)?;
     }
-    tar.into_inner().map_err(io_err)
+    tar.into_inner().map(|capped| capped.buf).map_err(io_err)
 }
 
 struct Walk<'a> {
-    tar: &'a mut tar::Builder<Vec<u8>>,
+    tar: &'a mut tar::Builder<Capped>,
     ignore: &'a DockerIgnore,
     dockerfile: &'a str,
+    limit: u64,
+    stop: &'a AtomicBool,
 }
 
 impl Walk<'_> {
     fn dir(&mut self, abs: &Path, prefix: &str) -> Result<(), BuildError> {
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BuildError::Context {
-                action: "archive",
-                path,
-                source,
-            }
-        };
+        let limit = self.limit;
+        let io_err = |path: &Path| archive_error(path, limit);
         let mut entries = fs::read_dir(abs)
             .and_then(|d| d.collect::<io::Result<Vec<_>>>())
             .map_err(io_err(abs))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(BuildError::Stopped);
+            }
             let path = entry.path();
             let name = entry.file_name();
             let rel = match prefix {
@@ -274,6 +335,14 @@ impl Walk<'_> {
                 }
                 self.dir(&path, &rel)?;
             } else if (kind.is_file() || kind.is_symlink()) && !excluded {
+                // A file that cannot fit is refused before it is read: its header
+                // and its content padded to 512-byte blocks.
+                if kind.is_file() {
+                    let size = entry.metadata().map_err(io_err(&path))?.len();
+                    if !self.tar.get_ref().fits(512 + size.div_ceil(512) * 512) {
+                        return Err(BuildError::ContextTooLarge { limit });
+                    }
+                }
                 self.tar
                     .append_path_with_name(&path, &tar_name)
                     .map_err(io_err(&path))?;
@@ -284,7 +353,7 @@ impl Walk<'_> {
     }
 }
 
-fn append_bytes(tar: &mut tar::Builder<Vec<u8>>, name: &str, content: &[u8]) -> io::Result<()> {
+fn append_bytes(tar: &mut tar::Builder<Capped>, name: &str, content: &[u8]) -> io::Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(0o644);
@@ -320,6 +389,41 @@ mod tests {
     }
 
     #[test]
+    fn a_context_over_the_cap_is_refused_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "Dockerfile", "FROM x\n");
+        write(root, "big.bin", &"x".repeat(100_000));
+        let loc = locate(root, Path::new("."), Path::new("Dockerfile")).unwrap();
+        let all = archive(&loc, u64::MAX, &AtomicBool::new(false)).unwrap();
+        let fits = all.len() as u64;
+        assert_eq!(archive(&loc, fits, &AtomicBool::new(false)).unwrap(), all);
+        for limit in [fits - 1, 64 * 1024, 0] {
+            let err = archive(&loc, limit, &AtomicBool::new(false)).unwrap_err();
+            assert!(
+                matches!(err, BuildError::ContextTooLarge { limit: l } if l == limit),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("worker.build_context_bytes"), "{message}");
+            assert!(message.contains(&limit.to_string()), "{message}");
+        }
+        // Ignored files do not count.
+        write(root, ".dockerignore", "big.bin\n");
+        archive(&loc, 64 * 1024, &AtomicBool::new(false)).unwrap();
+    }
+
+    #[test]
+    fn a_stopped_build_stops_archiving() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "Dockerfile", "FROM x\n");
+        let loc = locate(root, Path::new("."), Path::new("Dockerfile")).unwrap();
+        let err = archive(&loc, u64::MAX, &AtomicBool::new(true)).unwrap_err();
+        assert!(matches!(err, BuildError::Stopped), "{err:?}");
+    }
+
+    #[test]
     fn honours_dockerignore_but_keeps_dockerfile_and_ignore_file() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -337,7 +441,7 @@ mod tests {
         write(root, "src/main.rs", "yes");
         let loc = locate(root, Path::new("."), Path::new("Dockerfile")).unwrap();
         assert_eq!(loc.dockerfile, "Dockerfile");
-        let got = names(&archive(&loc).unwrap());
+        let got = names(&archive(&loc, u64::MAX, &AtomicBool::new(false)).unwrap());
         let want: BTreeSet<String> = [
             ".dockerignore",
             "Dockerfile",
@@ -387,7 +491,7 @@ mod tests {
             "{}",
             loc.dockerfile
         );
-        let archive = archive(&loc).unwrap();
+        let archive = archive(&loc, u64::MAX, &AtomicBool::new(false)).unwrap();
         let mut files = std::collections::BTreeMap::new();
         for e in tar::Archive::new(archive.as_slice()).entries().unwrap() {
             let mut e = e.unwrap();
@@ -429,7 +533,7 @@ mod tests {
         write(root, "Dockerfile", "FROM x\n");
         std::os::unix::fs::symlink("/etc/hostname", root.join("link")).unwrap();
         let loc = locate(root, Path::new("."), Path::new("Dockerfile")).unwrap();
-        let bytes = archive(&loc).unwrap();
+        let bytes = archive(&loc, u64::MAX, &AtomicBool::new(false)).unwrap();
         let mut ar = tar::Archive::new(bytes.as_slice());
         let link = ar
             .entries()
@@ -492,7 +596,7 @@ mod tests {
         )
         .unwrap();
         assert!(loc.dockerfile.starts_with(".dockhand-dockerfile-"));
-        let got = names(&archive(&loc).unwrap());
+        let got = names(&archive(&loc, u64::MAX, &AtomicBool::new(false)).unwrap());
         assert!(got.contains(&loc.dockerfile));
         assert!(got.contains("main.sh"));
         assert!(got.contains(".dockerignore"));

@@ -8,6 +8,11 @@
 //!   class, `\` escapes; a whole `**` segment matches any number of segments.
 //! - A path is excluded when a pattern matches it or one of its parent folders.
 //! - `!pattern` re-includes; the last pattern that matches decides.
+//!
+//! Invariant: matching takes time polynomial in the pattern and the path (at most
+//! pattern length × path length byte comparisons per segment pair, and segments ×
+//! path segments per pattern), never exponential: a `.dockerignore` comes from the
+//! job's repository, and a pattern like `*a*a*a*…b` must not hold the worker.
 
 /// The parsed patterns of one `.dockerignore`.
 #[derive(Debug, Clone, Default)]
@@ -17,8 +22,48 @@ pub struct DockerIgnore {
 
 #[derive(Debug, Clone)]
 struct Pattern {
-    segments: Vec<String>,
+    segments: Vec<Segment>,
     exception: bool,
+}
+
+/// One `/`-separated part of a pattern.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    /// A whole `**`: any number of path segments, none included.
+    AnyDepth,
+    /// Matches exactly one path segment.
+    Glob(Vec<Token>),
+    /// A malformed class (`[` never closed): matches no path segment.
+    Never,
+}
+
+/// One element of a segment's glob.
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Byte(u8),
+    /// `?`: any one byte.
+    One,
+    /// `*`: any run of bytes within the segment.
+    Star,
+    /// `[...]`: ranges (a single byte is `(c, c)`), negated by a leading `^`.
+    Class {
+        negated: bool,
+        ranges: Vec<(u8, u8)>,
+    },
+}
+
+impl Token {
+    /// Whether this one-byte token (anything but `*`) matches `c`.
+    fn matches(&self, c: u8) -> bool {
+        match self {
+            Token::Byte(b) => *b == c,
+            Token::One => true,
+            Token::Star => false,
+            Token::Class { negated, ranges } => {
+                ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
+            }
+        }
+    }
 }
 
 impl DockerIgnore {
@@ -38,7 +83,7 @@ impl DockerIgnore {
                 continue;
             }
             patterns.push(Pattern {
-                segments,
+                segments: segments.iter().map(|s| compile(s)).collect(),
                 exception,
             });
         }
@@ -53,7 +98,11 @@ impl DockerIgnore {
 
     /// Whether `path` (relative to the context, `/`-separated) is left out.
     pub fn is_excluded(&self, path: &str) -> bool {
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let parts: Vec<&[u8]> = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(str::as_bytes)
+            .collect();
         let mut excluded = false;
         for pattern in &self.patterns {
             // Only a pattern that could change the answer needs matching.
@@ -88,59 +137,60 @@ fn clean(pattern: &str) -> Vec<String> {
     out
 }
 
-fn match_segments(pattern: &[String], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
-        }
-        Some((first, rest)) => match path.split_first() {
-            Some((p, path_rest)) => {
-                glob(first.as_bytes(), p.as_bytes()) && match_segments(rest, path_rest)
-            }
-            None => false,
-        },
+/// One pattern segment: `**`, or a glob of `*`, `?`, `[...]`, `\x` and bytes.
+fn compile(segment: &str) -> Segment {
+    if segment == "**" {
+        return Segment::AnyDepth;
     }
+    let pat = segment.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < pat.len() {
+        match pat[i] {
+            b'*' => {
+                // `**` inside a segment is the same as `*`.
+                if tokens.last() != Some(&Token::Star) {
+                    tokens.push(Token::Star);
+                }
+                i += 1;
+            }
+            b'?' => {
+                tokens.push(Token::One);
+                i += 1;
+            }
+            b'[' => match class(&pat[i + 1..]) {
+                Some((token, used)) => {
+                    tokens.push(token);
+                    i += 1 + used;
+                }
+                None => return Segment::Never,
+            },
+            b'\\' if i + 1 < pat.len() => {
+                tokens.push(Token::Byte(pat[i + 1]));
+                i += 2;
+            }
+            c => {
+                tokens.push(Token::Byte(c));
+                i += 1;
+            }
+        }
+    }
+    Segment::Glob(tokens)
 }
 
-/// Matches one segment: `*`, `?`, `[...]`, `\x`. A malformed class matches nothing.
-fn glob(pat: &[u8], name: &[u8]) -> bool {
-    match pat.first() {
-        None => name.is_empty(),
-        Some(b'*') => {
-            let rest = &pat[1..];
-            (0..=name.len()).any(|skip| glob(rest, &name[skip..]))
-        }
-        Some(b'?') => !name.is_empty() && glob(&pat[1..], &name[1..]),
-        Some(b'[') => {
-            let Some((&c, name_rest)) = name.split_first() else {
-                return false;
-            };
-            match class(&pat[1..], c) {
-                Some((true, pat_rest)) => glob(pat_rest, name_rest),
-                _ => false,
-            }
-        }
-        Some(b'\\') if pat.len() > 1 => {
-            name.first() == Some(&pat[1]) && glob(&pat[2..], &name[1..])
-        }
-        Some(&c) => name.first() == Some(&c) && glob(&pat[1..], &name[1..]),
-    }
-}
-
-/// Matches `c` against a class body (after `[`); returns whether it matched and
-/// the pattern after `]`, or `None` when the class never closes.
-fn class(pat: &[u8], c: u8) -> Option<(bool, &[u8])> {
+/// A class body (after `[`): the token and how many bytes it took, `]` included;
+/// `None` when the class never closes. A `]` first in the class is a byte of it.
+fn class(pat: &[u8]) -> Option<(Token, usize)> {
     let (negated, mut i) = match pat.first() {
         Some(b'^') => (true, 1),
         _ => (false, 0),
     };
-    let mut matched = false;
+    let mut ranges = Vec::new();
     let mut first = true;
     loop {
         let lo = *pat.get(i)?;
         if lo == b']' && !first {
-            return Some((matched != negated, &pat[i + 1..]));
+            return Some((Token::Class { negated, ranges }, i + 1));
         }
         first = false;
         let lo = if lo == b'\\' {
@@ -151,13 +201,73 @@ fn class(pat: &[u8], c: u8) -> Option<(bool, &[u8])> {
         };
         i += 1;
         if pat.get(i) == Some(&b'-') && pat.get(i + 1).is_some_and(|&h| h != b']') {
-            let hi = pat[i + 1];
-            matched |= lo <= c && c <= hi;
+            ranges.push((lo, pat[i + 1]));
             i += 2;
         } else {
-            matched |= lo == c;
+            ranges.push((lo, lo));
         }
     }
+}
+
+/// Whether the pattern's segments match the path's, `**` spanning any number.
+///
+/// Linear-time wildcard matching (no backtracking beyond the last `**`): on a
+/// mismatch, only the most recent `**` takes one more segment. That is enough
+/// because a later `**` can absorb whatever an earlier one would have, so
+/// hostile patterns cost at most `segments × path segments` comparisons.
+fn match_segments(pattern: &[Segment], path: &[&[u8]]) -> bool {
+    wildcard(
+        pattern,
+        path,
+        |s| *s == Segment::AnyDepth,
+        |s, part| match s {
+            Segment::Glob(tokens) => glob(tokens, part),
+            Segment::AnyDepth | Segment::Never => false,
+        },
+    )
+}
+
+/// Matches one segment, the same way as [`match_segments`] with `*` for `**`.
+fn glob(tokens: &[Token], name: &[u8]) -> bool {
+    wildcard(tokens, name, |t| *t == Token::Star, |t, c| t.matches(*c))
+}
+
+/// The classic two-pointer wildcard match: `is_star` items match any run of
+/// items of `text`, every other item exactly one that `one` accepts. At most
+/// `pattern.len() × text.len()` calls of `one`.
+fn wildcard<P, T>(
+    pattern: &[P],
+    text: &[T],
+    is_star: impl Fn(&P) -> bool,
+    one: impl Fn(&P, &T) -> bool,
+) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // The last star seen, and where in the text the run it matches would end.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if let Some(item) = pattern.get(p) {
+            if is_star(item) {
+                star = Some((p, t));
+                p += 1;
+                continue;
+            }
+            if one(item, &text[t]) {
+                p += 1;
+                t += 1;
+                continue;
+            }
+        }
+        match star {
+            // Let the star take one more item and try the rest again.
+            Some((sp, st)) => {
+                star = Some((sp, st + 1));
+                p = sp + 1;
+                t = st + 1;
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(is_star)
 }
 
 #[cfg(test)]
@@ -233,6 +343,47 @@ mod tests {
         assert!(excluded(rules, "README.md"), "a later exclusion wins");
         assert!(DockerIgnore::parse(rules).has_exceptions());
         assert!(!DockerIgnore::parse("*.md").has_exceptions());
+    }
+
+    #[test]
+    fn hostile_patterns_are_matched_without_backtracking() {
+        // With backtracking, each `*` retried at every position: ~C(200, 20) tries.
+        let stars = format!("{}b", "*a".repeat(20));
+        let long = "a".repeat(200);
+        assert!(!excluded(&stars, &long));
+        assert!(excluded(&stars, &format!("{long}b")));
+        assert!(!excluded(
+            &format!("{stars}\n{stars}\n{stars}"),
+            &format!("x/{long}")
+        ));
+        // The same across folders: many `**` against a deep path that misses at the end.
+        let deep = vec!["a"; 200].join("/");
+        let spans = format!("{}b", "**/a/".repeat(20));
+        assert!(!excluded(&spans, &deep));
+        assert!(excluded(&spans, &format!("{deep}/b")));
+        let ig = DockerIgnore::parse(&format!("{stars}\n!{stars}\n{spans}"));
+        assert!(!ig.is_excluded(&deep));
+    }
+
+    #[test]
+    fn the_matcher_agrees_with_docker_on_stars() {
+        assert!(excluded("*", "anything"));
+        assert!(excluded("a*", "a"));
+        assert!(excluded("*a*b*", "xxaxxbxx"));
+        assert!(!excluded("*a*b", "xxaxxbxx"));
+        assert!(excluded("a**b", "axyzb"), "`**` inside a segment is `*`");
+        assert!(!excluded("a**b", "ax/yb"), "and stays inside the segment");
+        assert!(excluded("**/x/**/y", "x/y"));
+        assert!(excluded("**/x/**/y", "p/x/q/r/y"));
+        assert!(!excluded("**/x/**/y", "p/x/q/r/z"));
+        assert!(excluded("x/**", "x/a"));
+        assert!(excluded("[]a]", "]"), "a `]` first is part of the class");
+        assert!(excluded("[\\]]", "]"));
+        assert!(!excluded("*[", "a["), "a class that never closes");
+        assert!(
+            excluded("a\\", "a\\"),
+            "a lone trailing backslash is itself"
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the build context is larger than {limit} bytes (worker.build_context_bytes)")]
+    ContextTooLarge { limit: u64 },
+    #[error("the build was stopped: its job timed out or was cancelled")]
+    Stopped,
     #[error("the image build failed: {message}")]
     Failed { message: String },
     #[error("Docker failed to {action}")]

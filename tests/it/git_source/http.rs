@@ -35,7 +35,8 @@ pub fn serve_on(listener: TcpListener, root: &Path, token: Option<&str>) -> Stri
     base
 }
 
-fn handle(mut stream: TcpStream, root: &PathBuf, expected: Option<&str>) -> io::Result<()> {
+/// Answers one request on `stream` like [`serve`] does.
+pub fn handle(mut stream: TcpStream, root: &PathBuf, expected: Option<&str>) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;
