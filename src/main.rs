@@ -103,14 +103,22 @@ enum Command {
         json: bool,
     },
     /// List queues: waiting, running, scheduled, inbox and dead counts, and live workers.
-    Queues,
+    Queues {
+        /// One JSON object per queue and line, with numbers as numbers.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job: a queued or scheduled one never starts, a running one is stopped.
     Cancel {
         /// The job id; an id no worker and no queue knows exits 1.
         id: String,
     },
     /// List worker processes and whether they are alive.
-    Workers,
+    Workers {
+        /// One JSON object per worker process and line: what it announced, and `alive`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check what a worker needs with this configuration (Redis, Docker, images,
     /// result URLs, the SSRF guards) and say what to do about what is missing.
     Doctor,
@@ -177,9 +185,9 @@ fn main() -> ExitCode {
             Command::Logs { id, follow, json } => {
                 cli::logs::run(&settings, &id, follow, json).await
             }
-            Command::Queues => cli::queues::run(&settings).await,
+            Command::Queues { json } => cli::queues::run(&settings, json).await,
             Command::Cancel { id } => cli::cancel::run(&settings, &id).await,
-            Command::Workers => cli::workers::run(&settings).await,
+            Command::Workers { json } => cli::workers::run(&settings, json).await,
             Command::Doctor => cli::doctor::run(settings.clone()).await,
             Command::Dead(args) => cli::dead::run(&settings, args).await,
             Command::Profile { action } => cli::profile::run(&settings, action).await,

@@ -7,21 +7,25 @@ use crate::config::Settings;
 use crate::queue::{Keys, GROUP};
 use deadpool_redis::redis::{self, AsyncCommands};
 
-pub async fn run(settings: &Settings) -> CliResult {
+/// With `json`, one JSON object per queue and line (`queue`, `waiting`, `running`,
+/// `scheduled`, `inbox`, `dead`, `workers`), for scripts.
+pub async fn run(settings: &Settings, json: bool) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
     let queues = super::lookup::queues(&mut conn, &keys, settings).await?;
     let workers = live_workers(&mut conn, &keys).await?;
-    outln!(
-        "{:<24} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
-        "QUEUE",
-        "WAITING",
-        "RUNNING",
-        "SCHEDULED",
-        "INBOX",
-        "DEAD",
-        "WORKERS"
-    );
+    if !json {
+        outln!(
+            "{:<24} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            "QUEUE",
+            "WAITING",
+            "RUNNING",
+            "SCHEDULED",
+            "INBOX",
+            "DEAD",
+            "WORKERS"
+        );
+    }
     let mut unserved = Vec::new();
     for q in queues {
         let (stream_len, scheduled, inbox, dead): (u64, u64, u64, u64) = redis::pipe()
@@ -42,9 +46,17 @@ pub async fn run(settings: &Settings) -> CliResult {
         } else {
             served.to_string()
         };
-        outln!(
-            "{q:<24} {waiting:>8} {running:>8} {scheduled:>9} {inbox:>8} {dead:>8} {workers_col:>8}"
-        );
+        if json {
+            let row = serde_json::json!({
+                "queue": q, "waiting": waiting, "running": running, "scheduled": scheduled,
+                "inbox": inbox, "dead": dead, "workers": served,
+            });
+            outln!("{row}");
+        } else {
+            outln!(
+                "{q:<24} {waiting:>8} {running:>8} {scheduled:>9} {inbox:>8} {dead:>8} {workers_col:>8}"
+            );
+        }
         if served == 0 && waiting + scheduled + inbox > 0 {
             unserved.push(q);
         }

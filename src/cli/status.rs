@@ -58,11 +58,7 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
         )));
     }
     if json {
-        let obj: serde_json::Map<String, serde_json::Value> = hash
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
-            .collect();
-        outln!("{}", serde_json::Value::Object(obj));
+        outln!("{}", typed(hash));
         return Ok(());
     }
     for field in ORDER {
@@ -71,6 +67,33 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// The job hash as JSON with the types its fields hold: counts and the exit code
+/// as numbers, JSON fields (`result_data`, `files`, `files_dropped`, `metadata`)
+/// as JSON, an empty field as `null`, the rest as strings.
+fn typed(hash: std::collections::HashMap<String, String>) -> serde_json::Value {
+    use serde_json::Value;
+    const NUMBERS: &[&str] = &["attempt", "exit_code", "deliveries", "docker_retries"];
+    const JSON: &[&str] = &["result_data", "files", "files_dropped", "metadata"];
+    let obj: serde_json::Map<String, Value> = hash
+        .into_iter()
+        .map(|(k, v)| {
+            let value = if v.is_empty() {
+                Value::Null
+            } else if NUMBERS.contains(&k.as_str()) {
+                v.parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::String(v))
+            } else if JSON.contains(&k.as_str()) {
+                serde_json::from_str(&v).unwrap_or(Value::String(v))
+            } else {
+                Value::String(v)
+            };
+            (k, value)
+        })
+        .collect();
+    Value::Object(obj)
 }
 
 /// A job waiting in its queue that no worker has read yet: it has no hash, so
@@ -86,10 +109,10 @@ fn print_unclaimed(id: &str, found: &Unclaimed, cancel: bool, json: bool) {
             "queue": found.queue,
             "status": "queued",
             "entry": found.entry.clone().unwrap_or_default(),
-            "claimed": "false",
+            "claimed": false,
         });
         if cancel {
-            v["cancel_requested"] = "1".into();
+            v["cancel_requested"] = true.into();
         }
         outln!("{v}");
         return;

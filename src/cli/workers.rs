@@ -7,13 +7,31 @@ use crate::queue::Keys;
 use deadpool_redis::redis::AsyncCommands;
 use std::collections::BTreeMap;
 
-pub async fn run(settings: &Settings) -> CliResult {
+/// With `json`, one JSON object per worker process and line: what it announced
+/// in its heartbeat, with `consumer` and `alive` added.
+pub async fn run(settings: &Settings, json: bool) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
     let workers: BTreeMap<String, String> = conn
         .hgetall(keys.workers())
         .await
         .map_err(crate::store::StoreError::from)?;
+    if json {
+        for (consumer, info) in workers {
+            let alive: bool = conn
+                .exists(keys.alive(&consumer))
+                .await
+                .map_err(crate::store::StoreError::from)?;
+            let mut v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+            if !v.is_object() {
+                v = serde_json::json!({});
+            }
+            v["consumer"] = consumer.into();
+            v["alive"] = alive.into();
+            outln!("{v}");
+        }
+        return Ok(());
+    }
     outln!(
         "{:<48} {:<6} {:<11} {:>7} {:<24} {:<24}",
         "CONSUMER",

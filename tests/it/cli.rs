@@ -68,6 +68,33 @@ async fn submit_status_and_logs_from_the_command_line() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["status"], "completed");
     assert!(v["spec"].as_str().unwrap().contains("WHO"));
+    // Typed: numbers as numbers, JSON fields as JSON, empty fields as null.
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["attempt"], 1);
+    assert!(v["files"].is_array(), "{v}");
+    assert!(v["reason"].is_null(), "{v}");
+
+    let queues = dockhand(&env, &["queues", "--json"], None).await;
+    let row: serde_json::Value = serde_json::from_str(
+        text(&queues.stdout)
+            .lines()
+            .find(|l| l.contains("\"default\""))
+            .expect("the default queue is listed"),
+    )
+    .unwrap();
+    assert_eq!(row["waiting"], 0, "{row}");
+    assert!(row["workers"].is_u64(), "{row}");
+    let workers = dockhand(&env, &["workers", "--json"], None).await;
+    let listed: Vec<serde_json::Value> = text(&workers.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        listed
+            .iter()
+            .any(|w| w["alive"] == true && w["consumer"].is_string()),
+        "{listed:?}"
+    );
 
     let logs = dockhand(&env, &["logs", &id], None).await;
     assert!(logs.status.success());
