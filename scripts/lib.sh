@@ -76,6 +76,8 @@ dh_install_missing() {
     dpkg -s libssl-dev >/dev/null 2>&1 || pkgs+=(libssl-dev)
     command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
     command -v git >/dev/null 2>&1 || pkgs+=(git)
+    # `docker-compose config` checks docker-compose.yml in the suite.
+    command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
     # Used by dh_free_port; present on the dev machines, but cheap to make sure of.
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 

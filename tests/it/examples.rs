@@ -81,3 +81,31 @@ async fn the_sample_spec_submits_and_completes() {
     assert!(text.contains("hello from job.json"), "{text}");
     worker.stop().await;
 }
+
+/// docker-compose.yml is a valid Compose file (no registry is reachable here to
+/// bring it up; `docker-compose config` checks its shape and references), and
+/// its example job names the one image Compose is sure to have pulled.
+#[tokio::test]
+async fn the_compose_file_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let file = format!("{root}/docker-compose.yml");
+    let out = Command::new("docker-compose")
+        .args(["-f", &file, "config"])
+        .output()
+        .await
+        .expect("docker-compose is installed (scripts/lib.sh installs it)");
+    let config = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(config.contains("condition: service_healthy"), "{config}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let example = text
+        .lines()
+        .find(|l| l.contains("XADD"))
+        .expect("the file shows a producer");
+    assert!(example.contains(r#""image":"redis:7""#), "{example}");
+    assert!(config.contains("image: redis:7"), "{config}");
+}
