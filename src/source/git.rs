@@ -14,11 +14,10 @@
 //!   deadline passed, the job was cancelled) sets a stop flag that ends the
 //!   blocking work soon after: it is checked between steps, by libgit2's transfer,
 //!   sideband and checkout callbacks, while waiting for a mirror lock, and by the
-//!   loopback relay every plain-http step goes through ([`super::relay`]), which
-//!   cuts the connection even when a server drips a byte at a time. The mirror
-//!   lock is released as the blocking work ends. (An https step connects
-//!   directly: a server dripping into it is bounded by the job's deadline for the
-//!   job, but its blocking thread ends only with the drip; see the relay.)
+//!   loopback relay every network step goes through ([`super::relay`]: a relay for
+//!   http, a `CONNECT` tunnel for https), which cuts the connection even when a
+//!   server drips a byte at a time. The mirror lock is released as the blocking
+//!   work ends.
 //! - One process never writes a mirror from two threads at once: a std Mutex per
 //!   mirror path, taken inside the blocking task (nothing is awaited while it is
 //!   held). Reading objects through alternates needs no lock: a fetch only adds
@@ -55,7 +54,7 @@ use super::url::{RepoUrl, Transport};
 use git2::build::CheckoutBuilder;
 use git2::{
     AutotagOption, CheckoutNotificationType, Direction, FetchOptions, ObjectType, Oid,
-    RemoteCallbacks, RemoteRedirect, Repository, SubmoduleUpdate,
+    ProxyOptions, RemoteCallbacks, RemoteRedirect, Repository, SubmoduleUpdate,
 };
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
@@ -228,9 +227,10 @@ impl Inner {
     }
 
     /// What libgit2 is handed for `url`, checked by the policy right before it
-    /// connects: a local repository's canonical folder, an https URL whose host
-    /// resolved to addresses the guard passed, or for http the URL of a relay to
-    /// those addresses only, which `stop` cuts off (keep it while the step runs).
+    /// connects: a local repository's canonical folder; for http the URL of a relay
+    /// to the addresses the guard passed, which `stop` cuts off; for https the URL
+    /// itself, with a tunnel to those addresses that the stop cuts, to be given to
+    /// libgit2 as its proxy ([`proxy`]). Keep the relay while the step runs.
     /// Blocking.
     fn target(&self, url: &RepoUrl, stop: &Stop) -> Result<(String, Option<Relay>), GitError> {
         if url.is_local() {
@@ -250,7 +250,12 @@ impl Inner {
         }
         let addresses = self.policy.check_addresses(url)?;
         if url.transport() != Transport::Http {
-            return Ok((url.raw().to_string(), None));
+            // https: the URL stays (the certificate names the server); libgit2
+            // reaches it through a tunnel on loopback (see `proxy`), to the
+            // addresses checked, which the stop cuts.
+            let relay =
+                Relay::tunnel(addresses, stop, self.network_timeout).map_err(GitError::Relay)?;
+            return Ok((url.raw().to_string(), Some(relay)));
         }
         let authority = url.authority().unwrap_or_default();
         let relay = Relay::start(addresses, authority, stop, self.network_timeout)
@@ -284,7 +289,7 @@ impl Inner {
             }
         };
         stop.check()?;
-        let (target, _relay) = self.target(&url, stop)?;
+        let (target, relay) = self.target(&url, stop)?;
         let probe = Repository::open_bare(&self.probe)
             .map_err(|e| url.git_error("open the cache's probe repository", e))?;
         let found = super::timeout::with(self.network_timeout, || {
@@ -294,7 +299,7 @@ impl Inner {
             let attempts = Cell::new(0);
             let callbacks = watched(self.credentials.callbacks(&url, &attempts), stop);
             let connection = remote
-                .connect_auth(Direction::Fetch, Some(callbacks), None)
+                .connect_auth(Direction::Fetch, Some(callbacks), proxy(relay.as_ref()))
                 .map_err(|e| stop.or(url.git_error("connect", e)))?;
             let heads = connection
                 .list()
@@ -401,12 +406,15 @@ impl Inner {
         stop: &Stop,
     ) -> Result<(), GitError> {
         stop.check()?;
-        let (target, _relay) = self.target(url, stop)?;
+        let (target, relay) = self.target(url, stop)?;
         let mut remote = repo
             .remote_anonymous(&target)
             .map_err(|e| url.git_error("open the remote", e))?;
         let attempts = Cell::new(0);
         let mut opts = FetchOptions::new();
+        if let Some(proxy) = proxy(relay.as_ref()) {
+            opts.proxy_options(proxy);
+        }
         opts.remote_callbacks(watched(self.credentials.callbacks(url, &attempts), stop))
             .download_tags(AutotagOption::None)
             .follow_redirects(RemoteRedirect::None)
@@ -672,6 +680,14 @@ fn lock_unless_stopped<'a>(
             }
         }
     }
+}
+
+/// The proxy options for a step whose relay is a tunnel (https); none otherwise.
+fn proxy(relay: Option<&Relay>) -> Option<ProxyOptions<'static>> {
+    let relay = relay.filter(|r| r.is_tunnel())?;
+    let mut opts = ProxyOptions::new();
+    opts.url(&relay.proxy_url());
+    Some(opts)
 }
 
 /// The process-wide lock of one mirror. Process-wide, not per [`GitCache`],

@@ -10,9 +10,12 @@
 //! step's [`Stop`] is set or the relay is dropped: the read in libgit2 then fails
 //! at once and the step ends.
 //!
-//! (A configured proxy cannot do this: libgit2 1.9 sends only https through one,
-//! as a `CONNECT` tunnel, and connects to an http server itself. https steps do
-//! not go through a relay yet.)
+//! An https step cannot be handed another URL (the certificate names the
+//! server), so its relay is a proxy instead: libgit2 1.9 sends https through a
+//! proxy as a `CONNECT` tunnel ([`Relay::tunnel`], handed to libgit2 as its
+//! proxy), the relay answers `200` and pipes the encrypted bytes both ways, and
+//! the stop cuts the tunnel the same way. (libgit2 connects to an http server
+//! itself even with a proxy set, hence the rewritten URL for http.)
 //!
 //! Invariants:
 //! - Listens on 127.0.0.1, on a port of its own, for the life of one step.
@@ -41,6 +44,7 @@ const MAX_LINE: usize = 64 * 1024;
 pub(super) struct Relay {
     port: u16,
     done: Arc<AtomicBool>,
+    tunnel: bool,
 }
 
 /// When the relay's connections must end: its step's stop, or its drop.
@@ -67,9 +71,11 @@ impl Ends {
 /// Where a relay's connections go.
 struct Route {
     targets: Vec<SocketAddr>,
-    /// The `Host` header line to send.
+    /// The `Host` header line to send; empty for a tunnel.
     host: Vec<u8>,
     timeout: Duration,
+    /// A `CONNECT` proxy (https) rather than an http relay.
+    tunnel: bool,
 }
 
 impl Relay {
@@ -83,6 +89,29 @@ impl Relay {
         timeout: Duration,
     ) -> io::Result<Relay> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let route = Route {
+            targets,
+            host: format!("Host: {authority}\r\n").into_bytes(),
+            timeout,
+            tunnel: false,
+        };
+        Self::run(listener, route, stop)
+    }
+
+    /// A `CONNECT` proxy for an https step: whatever host a `CONNECT` names, the
+    /// tunnel goes to `targets` (tried in order), and the stop cuts it.
+    pub fn tunnel(targets: Vec<SocketAddr>, stop: &Stop, timeout: Duration) -> io::Result<Relay> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let route = Route {
+            targets,
+            host: Vec::new(),
+            timeout,
+            tunnel: true,
+        };
+        Self::run(listener, route, stop)
+    }
+
+    fn run(listener: TcpListener, route: Route, stop: &Stop) -> io::Result<Relay> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let done = Arc::new(AtomicBool::new(false));
@@ -90,15 +119,22 @@ impl Relay {
             done: done.clone(),
             stop: stop.clone(),
         };
-        let route = Arc::new(Route {
-            targets,
-            host: format!("Host: {authority}\r\n").into_bytes(),
-            timeout,
-        });
+        let tunnel = route.tunnel;
+        let route = Arc::new(route);
         std::thread::Builder::new()
             .name("git-relay".into())
             .spawn(move || accept(listener, route, ends))?;
-        Ok(Relay { port, done })
+        Ok(Relay { port, done, tunnel })
+    }
+
+    /// Whether this relay is a `CONNECT` tunnel (to be given as a proxy).
+    pub fn is_tunnel(&self) -> bool {
+        self.tunnel
+    }
+
+    /// The relay as libgit2's proxy (`http://127.0.0.1:<port>`), for a tunnel.
+    pub fn proxy_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// `url` (an `http://` URL) with its host and port replaced by the relay's.
@@ -146,6 +182,9 @@ fn serve(client: TcpStream, route: &Route, ends: &Ends) -> io::Result<()> {
     client.set_nonblocking(false)?;
     client.set_read_timeout(Some(POLL))?;
     client.set_write_timeout(Some(route.timeout))?;
+    if route.tunnel {
+        return tunnel(client, route, ends);
+    }
     let server = match connect(&route.targets, route.timeout, ends) {
         Ok(server) => server,
         Err(e) => {
@@ -173,6 +212,48 @@ fn serve(client: TcpStream, route: &Route, ends: &Ends) -> io::Result<()> {
     let _ = server.shutdown(Shutdown::Both);
     let _ = back.join();
     sent
+}
+
+/// A `CONNECT` tunnel: the request head is read (and its target ignored: the
+/// tunnel goes to the checked addresses), `200` answered, then bytes piped both
+/// ways until either side ends or the stop.
+fn tunnel(client: TcpStream, route: &Route, ends: &Ends) -> io::Result<()> {
+    let mut head = Reader {
+        stream: client.try_clone()?,
+        buf: Vec::new(),
+        ends,
+    };
+    let first = head.line()?.unwrap_or_default();
+    if !first.starts_with(b"CONNECT ") {
+        let _ = (&client).write_all(
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return Err(io::Error::other("a tunnel takes only CONNECT"));
+    }
+    while !is_blank(&head.line()?.unwrap_or_else(|| b"\r\n".to_vec())) {}
+    let server = match connect(&route.targets, route.timeout, ends) {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = (&client).write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            let _ = client.shutdown(Shutdown::Both);
+            return Err(e);
+        }
+    };
+    server.set_read_timeout(Some(POLL))?;
+    server.set_write_timeout(Some(route.timeout))?;
+    (&client).write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    // What the client sent after the head (the start of its TLS handshake).
+    (&server).write_all(&head.buf)?;
+    let (from_server, to_client) = (server.try_clone()?, client.try_clone()?);
+    let back_ends = ends.clone();
+    let back = std::thread::Builder::new()
+        .name("git-relay-back".into())
+        .spawn(move || pump(from_server, to_client, &back_ends))?;
+    pump(client, server, ends);
+    let _ = back.join();
+    Ok(())
 }
 
 fn connect(targets: &[SocketAddr], timeout: Duration, ends: &Ends) -> io::Result<TcpStream> {

@@ -863,3 +863,69 @@ async fn a_dripping_git_server_is_cut_off_at_the_jobs_deadline() {
     worker.stop().await;
     remove_images_of(&url);
 }
+
+/// An https git server that drips its TLS handshake a byte a second (so libgit2's
+/// read timeout, which restarts with each byte, never fires): the job ends
+/// `timeout` at its own deadline, and the worker cuts the connection then rather
+/// than leave its blocking thread (and the repository's mirror lock) to the drip.
+/// libgit2 reaches an https server through a `CONNECT` tunnel on loopback that
+/// the deadline closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_https_server_is_cut_off_at_the_jobs_deadline() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let env = Env::new();
+    let repo = Repo::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, cut) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let (seen, counter) = (accepted.clone(), cut.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                // Read the client's hello, then answer one byte a second: the
+                // header of a 16 KiB handshake record, then its body, slowly.
+                let mut hello = [0u8; 1024];
+                let _ = conn.read(&mut hello);
+                let record = [0x16u8, 0x03, 0x03, 0x40, 0x00]
+                    .into_iter()
+                    .chain(std::iter::repeat(0));
+                for byte in record {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    if conn.write_all(&[byte]).and_then(|()| conn.flush()).is_err() {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let worker = worker(
+        &env,
+        &repo,
+        1,
+        &[("DOCKHAND__POLICY__GIT_ALLOW_NETWORKS", "127.0.0.1/32")],
+    );
+    let id = format!("{}-drip-tls", env.prefix);
+    let spec = serde_json::json!({
+        "id": id, "git": {"url": format!("https://127.0.0.1:{port}/app"), "branch": "main"},
+        "command": "true", "limits": {"timeout_seconds": 3},
+    });
+    env.xadd("default", &spec.to_string()).await;
+    let done = env.finished(&id).await;
+    assert_eq!(done["reason"], "timeout", "{done:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the server was reached");
+    // The worker cut the dripping connection (a write failed), not the drip ending.
+    crate::common::wait_until("the dripping https connection to be cut", || {
+        let cut = cut.clone();
+        async move { (cut.load(Ordering::SeqCst) == 1).then_some(()) }
+    })
+    .await;
+    worker.stop().await;
+}
