@@ -109,3 +109,50 @@ async fn the_compose_file_is_valid() {
     assert!(example.contains(r#""image":"redis:7""#), "{example}");
     assert!(config.contains("image: redis:7"), "{config}");
 }
+
+/// The README's Python snippet runs as written, but for where Redis is and the
+/// key prefix (each test has its own): it sees its job complete, and run a second
+/// time with the same id it ends on the duplicate instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_snippet_runs_as_written() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let from = readme
+        .find("From Python")
+        .expect("the README has the Python snippet");
+    let start = readme[from..].find("```python\n").unwrap() + from + "```python\n".len();
+    let end = readme[start..].find("```").unwrap() + start;
+    let snippet = readme[start..end]
+        .replace(
+            "redis.Redis(decode_responses=True)",
+            "redis.Redis.from_url(__import__('os').environ['REDIS_URL'], decode_responses=True)",
+        )
+        .replace("\"dockhand:", &format!("\"{}:", env.prefix))
+        .replace("dockhand-busybox:latest", &image());
+    assert!(
+        snippet.contains("REDIS_URL") && snippet.contains(&env.prefix),
+        "{snippet}"
+    );
+    for run in ["first", "again"] {
+        // A guard, not a speed limit: a snippet that waits for ever must fail.
+        let ran = Command::new("python3")
+            .args(["-c", &snippet])
+            .env("REDIS_URL", &env.url)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(120), ran)
+            .await
+            .unwrap_or_else(|_| panic!("{run}: the snippet never ended"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{run}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("'status': 'completed'"), "{run}: {text}");
+    }
+    worker.stop().await;
+}
