@@ -130,6 +130,12 @@ impl Guard {
         &self.allow
     }
 
+    /// `Ok` when every one of a name's addresses passes: one refused address
+    /// refuses the name (a resolver may answer with any of them).
+    pub fn check_all(&self, addrs: impl IntoIterator<Item = IpAddr>) -> Result<(), Refused> {
+        addrs.into_iter().try_for_each(|addr| self.check(addr))
+    }
+
     /// `Ok` when a delivery may connect to `addr`.
     pub fn check(&self, addr: IpAddr) -> Result<(), Refused> {
         let Some(rule) = classify(addr) else {

@@ -4,7 +4,7 @@ use super::{connect, CliResult, Failure};
 use crate::config::Settings;
 use crate::queue::Keys;
 use crate::store::StoreError;
-use crate::webhook::{subscribers, Secret, Subscriber};
+use crate::webhook::{subscribers, Secret, SendError, Subscriber};
 use deadpool_redis::redis::AsyncCommands;
 use std::collections::BTreeMap;
 
@@ -47,31 +47,13 @@ pub enum Action {
 /// Why the SSRF guard, set as this configuration sets it, would refuse every
 /// delivery to `url` (the message names the setting that allows it). Workers read
 /// their own configuration, so this is a warning, not a refusal. `None` when the
-/// URL's host resolves only to addresses the guard lets through, or not at all.
+/// guard lets the URL's addresses through, or the URL cannot be checked here.
 async fn refused_by_guard(settings: &Settings, url: &str) -> Option<String> {
-    let uri: hyper::Uri = url.parse().ok()?;
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .ok()?
-        .collect();
     let guard = crate::webhook::Guard::new(&settings.webhooks.allow_networks);
-    addrs
-        .into_iter()
-        .filter_map(|a| guard.check(a.ip()).err())
-        .map(|refused| refused.to_string())
-        .next()
+    match crate::webhook::send::precheck(url, &guard).await {
+        Err(SendError::Refused { source, .. }) => Some(source.to_string()),
+        _ => None,
+    }
 }
 
 pub async fn run(settings: &Settings, action: Action) -> CliResult {

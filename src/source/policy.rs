@@ -24,7 +24,7 @@
 use super::error::GitError;
 use super::url::{RepoUrl, Transport};
 use crate::config::Network;
-use crate::ssrf::{Guard, Refused};
+use crate::ssrf::Guard;
 use git2::Repository;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
@@ -133,11 +133,13 @@ impl SourcePolicy {
                 source: std::io::Error::other("the name has no address"),
             });
         }
-        check_all(&self.guard, &addrs).map_err(|source| GitError::AddressRefused {
-            url: url.public().to_string(),
-            host,
-            source,
-        })?;
+        self.guard
+            .check_all(addrs.iter().copied())
+            .map_err(|source| GitError::AddressRefused {
+                url: url.public().to_string(),
+                host,
+                source,
+            })?;
         Ok(addrs
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
@@ -151,11 +153,6 @@ impl SourcePolicy {
             .map(|dir| dir.canonicalize().unwrap_or_else(|_| lexical(dir)))
             .collect()
     }
-}
-
-/// Passes only when every address does: one refused address refuses the name.
-fn check_all(guard: &Guard, addrs: &[IpAddr]) -> Result<(), Refused> {
-    addrs.iter().try_for_each(|addr| guard.check(*addr))
 }
 
 /// The host (without brackets) and port an http(s) URL connects to.

@@ -439,15 +439,21 @@ async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, SendError> {
 
 /// Passes only when every address does: one refused address refuses the name.
 fn check_all(guard: &Guard, host: &str, addrs: &[SocketAddr]) -> Result<(), SendError> {
-    for addr in addrs {
-        guard
-            .check(addr.ip())
-            .map_err(|source| SendError::Refused {
-                host: host.to_string(),
-                source,
-            })?;
-    }
-    Ok(())
+    guard
+        .check_all(addrs.iter().map(SocketAddr::ip))
+        .map_err(|source| SendError::Refused {
+            host: host.to_string(),
+            source,
+        })
+}
+
+/// Whether a delivery to `url` would pass the guard: the URL is one Dockhand
+/// sends to, and every address its host resolves to is allowed. What an attempt
+/// checks before it connects, without connecting (`subscriber add` warns with it).
+pub async fn precheck(url: &str, guard: &Guard) -> Result<(), SendError> {
+    let endpoint = Endpoint::parse(url)?;
+    let addrs = resolve(&endpoint).await?;
+    check_all(guard, &endpoint.host, &addrs)
 }
 
 /// A connected stream and the checked address it goes to. For https, `io` is
