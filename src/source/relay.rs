@@ -185,23 +185,8 @@ fn serve(client: TcpStream, route: &Route, ends: &Ends) -> io::Result<()> {
     if route.tunnel {
         return tunnel(client, route, ends);
     }
-    let server = match connect(&route.targets, route.timeout, ends) {
-        Ok(server) => server,
-        Err(e) => {
-            let _ = (&client).write_all(
-                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-            let _ = client.shutdown(Shutdown::Both);
-            return Err(e);
-        }
-    };
-    server.set_read_timeout(Some(POLL))?;
-    server.set_write_timeout(Some(route.timeout))?;
-    let (from_server, to_client) = (server.try_clone()?, client.try_clone()?);
-    let back_ends = ends.clone();
-    let back = std::thread::Builder::new()
-        .name("git-relay-back".into())
-        .spawn(move || pump(from_server, to_client, &back_ends))?;
+    let server = connect_for(&client, route, ends)?;
+    let back = answers_back(&server, &client, ends)?;
     let mut requests = Reader {
         stream: client.try_clone()?,
         buf: Vec::new(),
@@ -231,10 +216,23 @@ fn tunnel(client: TcpStream, route: &Route, ends: &Ends) -> io::Result<()> {
         return Err(io::Error::other("a tunnel takes only CONNECT"));
     }
     while !is_blank(&head.line()?.unwrap_or_else(|| b"\r\n".to_vec())) {}
+    let server = connect_for(&client, route, ends)?;
+    (&client).write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    // What the client sent after the head (the start of its TLS handshake).
+    (&server).write_all(&head.buf)?;
+    let back = answers_back(&server, &client, ends)?;
+    pump(client, server, ends);
+    let _ = back.join();
+    Ok(())
+}
+
+/// The connection to the server for `client`, set to wait in [`POLL`] steps; when
+/// no target answers, `client` is told `502` and closed.
+fn connect_for(client: &TcpStream, route: &Route, ends: &Ends) -> io::Result<TcpStream> {
     let server = match connect(&route.targets, route.timeout, ends) {
         Ok(server) => server,
         Err(e) => {
-            let _ = (&client).write_all(
+            let _ = (&*client).write_all(
                 b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
             let _ = client.shutdown(Shutdown::Both);
@@ -243,17 +241,20 @@ fn tunnel(client: TcpStream, route: &Route, ends: &Ends) -> io::Result<()> {
     };
     server.set_read_timeout(Some(POLL))?;
     server.set_write_timeout(Some(route.timeout))?;
-    (&client).write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
-    // What the client sent after the head (the start of its TLS handshake).
-    (&server).write_all(&head.buf)?;
+    Ok(server)
+}
+
+/// A thread copying the server's answers to the client until either ends or the stop.
+fn answers_back(
+    server: &TcpStream,
+    client: &TcpStream,
+    ends: &Ends,
+) -> io::Result<std::thread::JoinHandle<()>> {
     let (from_server, to_client) = (server.try_clone()?, client.try_clone()?);
-    let back_ends = ends.clone();
-    let back = std::thread::Builder::new()
+    let ends = ends.clone();
+    std::thread::Builder::new()
         .name("git-relay-back".into())
-        .spawn(move || pump(from_server, to_client, &back_ends))?;
-    pump(client, server, ends);
-    let _ = back.join();
-    Ok(())
+        .spawn(move || pump(from_server, to_client, &ends))
 }
 
 fn connect(targets: &[SocketAddr], timeout: Duration, ends: &Ends) -> io::Result<TcpStream> {
