@@ -160,19 +160,10 @@ async fn read_loop(
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = token.cancelled() => return,
         };
-        match read(ctx, permits.available_permits() + 1).await {
-            Ok(requests) => {
+        match read(ctx).await {
+            Ok(request) => {
                 backoff.reset();
-                let mut permit = Some(permit);
-                for (id, fields) in requests {
-                    let permit = match permit.take() {
-                        Some(p) => p,
-                        None => permits
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed"),
-                    };
+                if let Some((id, fields)) = request {
                     let ctx = ctx.clone();
                     answers.spawn(async move {
                         answer(ctx, id, fields).await;
@@ -204,38 +195,39 @@ async fn read_loop(
 
 type Fields = std::collections::HashMap<String, String>;
 
-/// New requests, acknowledged at once: an answer is best effort, and a request
-/// is never answered twice by one process.
-async fn read(ctx: &Ctx, count: usize) -> Result<Vec<(String, Fields)>, StoreError> {
+/// The next request, acknowledged at once: an answer is best effort, and a
+/// request is never answered twice by one process. One at a time, so that each
+/// is read with the permit its answer holds.
+async fn read(ctx: &Ctx) -> Result<Option<(String, Fields)>, StoreError> {
     let key = ctx.keys.broadcast();
     let mut conn = ctx.store.blocking_conn().await?;
     let opts = StreamReadOptions::default()
         .group(&ctx.consumer, &ctx.consumer)
-        .count(count)
+        .count(1)
         .block(ctx.settings.worker.block_ms as usize);
     let reply: Option<StreamReadReply> = conn.xread_options(&[&key], &[">"], &opts).await?;
     drop(conn);
-    let mut requests = Vec::new();
-    for stream in reply.map(|r| r.keys).unwrap_or_default() {
-        for entry in stream.ids {
-            let fields: Fields = entry
-                .map
-                .iter()
-                .filter_map(|(k, v)| {
-                    redis::from_redis_value::<String>(v.clone())
-                        .ok()
-                        .map(|v| (k.clone(), v))
-                })
-                .collect();
-            requests.push((entry.id, fields));
-        }
-    }
-    if !requests.is_empty() {
-        let ids: Vec<&str> = requests.iter().map(|(id, _)| id.as_str()).collect();
-        let mut conn = ctx.store.conn().await?;
-        let _: i64 = conn.xack(&key, &ctx.consumer, &ids).await?;
-    }
-    Ok(requests)
+    let Some(entry) = reply
+        .map(|r| r.keys)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|stream| stream.ids)
+        .next()
+    else {
+        return Ok(None);
+    };
+    let fields: Fields = entry
+        .map
+        .iter()
+        .filter_map(|(k, v)| {
+            redis::from_redis_value::<String>(v.clone())
+                .ok()
+                .map(|v| (k.clone(), v))
+        })
+        .collect();
+    let mut conn = ctx.store.conn().await?;
+    let _: i64 = conn.xack(&key, &ctx.consumer, &[&entry.id]).await?;
+    Ok(Some((entry.id, fields)))
 }
 
 /// What one worker says about one request.
