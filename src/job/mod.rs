@@ -21,7 +21,8 @@ pub use retry::{RetryOn, RetryPolicy};
 pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Service};
 pub use status::{Reason, Status};
 pub use validate::{
-    validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile, MAX_METADATA_BYTES,
+    metadata_bytes, validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile,
+    MAX_METADATA_BYTES,
 };
 
 /// The folder the worker manages in every job container.

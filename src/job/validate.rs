@@ -195,9 +195,14 @@ fn network(spec: &JobSpec, policy: &PolicySettings) -> Result<String, Rejection>
     Ok(network)
 }
 
+/// The size of `metadata` as JSON, which [`MAX_METADATA_BYTES`] bounds.
+pub fn metadata_bytes(metadata: &serde_json::Value) -> usize {
+    metadata.to_string().len()
+}
+
 /// `metadata`, within [`MAX_METADATA_BYTES`] as JSON.
 fn metadata(spec: &JobSpec) -> Result<(), Rejection> {
-    let size = spec.metadata.as_ref().map_or(0, |m| m.to_string().len());
+    let size = spec.metadata.as_ref().map_or(0, metadata_bytes);
     if size > MAX_METADATA_BYTES {
         return Err(Rejection::invalid(
             "metadata",

@@ -77,7 +77,7 @@ pub(super) async fn admit(
 /// must not carry it either).
 fn metadata(spec: &JobSpec) -> Option<serde_json::Value> {
     let m = spec.metadata.as_ref()?;
-    (m.to_string().len() <= job::MAX_METADATA_BYTES).then(|| m.clone())
+    (job::metadata_bytes(m) <= job::MAX_METADATA_BYTES).then(|| m.clone())
 }
 
 /// The job's id and its parsed spec. The id is the spec's `id` if it is valid,

@@ -75,12 +75,7 @@ pub(super) async fn attempt(
     }
     let mask = log.mask.clone();
     let summary = log.close().await;
-    record::close(
-        &mut record,
-        &summary,
-        &mask,
-        ctx.settings.webhooks.log_tail_lines,
-    );
+    record::close(&mut record, &summary, &mask);
 
     match cause {
         // Fenced: if another worker has taken the job over, every write and the

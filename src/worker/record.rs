@@ -18,15 +18,11 @@ pub(super) fn why_stopped(cause: StopCause) -> &'static str {
     }
 }
 
-/// Adds what the closed log says (its last `tail` lines, lines lost) to the
-/// record, and masks the secrets in what the job returned.
-pub(super) fn close(record: &mut JobRecord, summary: &LogSummary, mask: &Mask, tail: usize) {
-    record.log_tail = summary
-        .tail
-        .iter()
-        .skip(summary.tail.len().saturating_sub(tail))
-        .cloned()
-        .collect();
+/// Adds what the closed log says (its last lines, as many as the writer was told
+/// to keep; lines lost) to the record, and masks the secrets in what the job
+/// returned.
+pub(super) fn close(record: &mut JobRecord, summary: &LogSummary, mask: &Mask) {
+    record.log_tail = summary.tail.iter().cloned().collect();
     if !mask.is_empty() {
         record.result_text = record.result_text.as_deref().map(|t| mask.apply(t));
         record.error = record.error.as_deref().map(|t| mask.apply(t));
@@ -76,7 +72,7 @@ mod tests {
         record.abort(Reason::ExitCode, "token hunter2 refused");
         record.result_data = Some(serde_json::json!({"token": "hunter2"}));
         let summary = LogSummary {
-            tail: ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),
+            tail: ["b", "c"].iter().map(|s| s.to_string()).collect(),
             lines_lost: 4,
             ..Default::default()
         };
@@ -84,7 +80,6 @@ mod tests {
             &mut record,
             &summary,
             &Mask::new(["hunter2".to_string()].iter()),
-            2,
         );
         assert_eq!(record.log_tail, ["b", "c"]);
         assert_eq!(
