@@ -6,6 +6,8 @@
 //! it in this list (and the leaves at the end), never one below.
 //!
 //! - [`cli`]: the `dockhand` commands other than `worker`, each a thin use of the rest.
+//! - [`api`]: `dockhand serve`: the HTTP API, SSE, metrics and the dashboard.
+//! - [`admin`]: what an operator reads and does, as data (the CLI prints it, the API serves it).
 //! - [`worker`]: the loop that holds permits and takes each claimed entry through
 //!   its turn: admit → prepare the image → run → conclude → record → end.
 //! - [`executor`]: Docker via bollard: build, create, stage files, start, wait, collect, remove.
@@ -13,6 +15,7 @@
 //! - [`logs`]: container output split into lines, numbered, published and stored.
 //! - [`profile`]: named job templates a job's fields override.
 //! - [`state`]: the job hash, its transitions and the events they publish.
+//! - [`listing`]: the indexes that list jobs newest first, and paged reads over them.
 //! - [`job`]: the job spec a producer writes, and its validation.
 //! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
 //! - [`webhook`]: subscribers, signing, and durable delivery with retries.
@@ -27,11 +30,14 @@
 //! (tracing set-up, error chains), [`time`] (timestamps as Dockhand writes them).
 //! `docs/architecture.md` draws the graph and says what each module owns.
 
+pub mod admin;
+pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod job;
+pub mod listing;
 pub mod logs;
 pub mod profile;
 pub mod queue;

@@ -17,6 +17,8 @@ Examples:
   dockhand status <id>
   dockhand logs <id> --follow
   dockhand queues
+  dockhand jobs --status aborted
+  dockhand serve --listen 127.0.0.1:8080
   dockhand --redis-url redis://10.0.0.5:6379/ workers
 
 Redis: --redis-url, else REDIS_URL, else redis.url (redis://127.0.0.1:6379/).
@@ -119,6 +121,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List recorded jobs, newest first, filtered by queue, status, reason, time.
+    Jobs(cli::jobs::Args),
+    /// Run a finished job again: the same id, as its next attempt.
+    Retry {
+        /// The job id (it must have ended: completed or aborted).
+        id: String,
+    },
+    /// Pause or resume a queue: workers claim nothing from a paused queue.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Serve the HTTP API, live logs and events (SSE), metrics and the dashboard.
+    Serve {
+        /// Where to listen (overrides api.listen), e.g. 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// Check what a worker needs with this configuration (Redis, Docker, images,
     /// result URLs, the SSRF guards) and say what to do about what is missing.
     Doctor,
@@ -138,6 +158,20 @@ enum Command {
     Webhooks {
         #[command(subcommand)]
         action: cli::webhooks::Action,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Stop claiming from the queue (running jobs finish; nothing is lost).
+    Pause {
+        /// The queue name.
+        queue: String,
+    },
+    /// Claim from the queue again.
+    Resume {
+        /// The queue name.
+        queue: String,
     },
 }
 
@@ -189,6 +223,20 @@ fn main() -> ExitCode {
             Command::Cancel { id } => cli::cancel::run(&settings, &id).await,
             Command::Workers { json } => cli::workers::run(&settings, json).await,
             Command::Doctor => cli::doctor::run(settings.clone()).await,
+            Command::Jobs(args) => cli::jobs::run(&settings, args).await,
+            Command::Retry { id } => cli::jobs::retry(&settings, &id).await,
+            Command::Queue { action } => match action {
+                QueueAction::Pause { queue } => {
+                    cli::queues::set_paused(&settings, &queue, true).await
+                }
+                QueueAction::Resume { queue } => {
+                    cli::queues::set_paused(&settings, &queue, false).await
+                }
+            },
+            Command::Serve { listen } => {
+                let (shutdown, _) = shutdown_signals();
+                cli::serve::run(settings, listen, shutdown).await
+            }
             Command::Dead(args) => cli::dead::run(&settings, args).await,
             Command::Profile { action } => cli::profile::run(&settings, action).await,
             Command::Subscriber { action } => cli::subscriber::run(&settings, action).await,

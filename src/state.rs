@@ -285,6 +285,12 @@ pub async fn claim(
         .arg(events_max_len)
         .invoke_async(conn)
         .await?;
+    if kind == "new" {
+        let mut pipe = redis::pipe();
+        let created = crate::listing::millis(&record.created_at);
+        crate::listing::on_recorded(&mut pipe, keys, &record.id, &record.queue, created);
+        pipe.query_async::<()>(conn).await?;
+    }
     let claim = match kind.as_str() {
         "new" => Claim::New,
         "duplicate" => Claim::Duplicate { status },
@@ -370,13 +376,24 @@ pub async fn write(
     }
     let written: i64 = inv.invoke_async(conn).await?;
     if written == 1 && ttl > 0 {
-        redis::pipe()
-            .expire(keys.files(&record.id), ttl as i64)
+        let mut pipe = redis::pipe();
+        pipe.expire(keys.files(&record.id), ttl as i64)
             .ignore()
             .expire(keys.log(&record.id), ttl as i64)
-            .ignore()
-            .query_async::<()>(conn)
-            .await?;
+            .ignore();
+        let created = crate::listing::millis(&record.created_at);
+        crate::listing::on_finished(
+            &mut pipe,
+            keys,
+            &record.id,
+            record.status,
+            record.reason,
+            created,
+        );
+        // Throughput: a counter per queue and 10-second window, kept ten minutes.
+        let bucket = keys.finished_bucket(&record.queue, chrono::Utc::now().timestamp() / 10);
+        pipe.incr(&bucket, 1).ignore().expire(&bucket, 600).ignore();
+        pipe.query_async::<()>(conn).await?;
     }
     Ok(written == 1)
 }

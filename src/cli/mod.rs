@@ -16,10 +16,11 @@ macro_rules! outln {
 pub mod cancel;
 pub mod dead;
 pub mod doctor;
+pub mod jobs;
 pub mod logs;
-mod lookup;
 pub mod profile;
 pub mod queues;
+pub mod serve;
 pub mod status;
 pub mod submit;
 pub mod subscriber;
@@ -54,6 +55,17 @@ impl Failure {
 
     pub fn from_error(e: &(dyn std::error::Error + 'static)) -> Self {
         Failure::failed(crate::telemetry::error_chain(e))
+    }
+}
+
+impl From<crate::admin::AdminError> for Failure {
+    fn from(e: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError;
+        match e {
+            AdminError::Invalid(m) => Failure::usage(m),
+            AdminError::NotFound(m) | AdminError::Conflict(m) => Failure::failed(m),
+            AdminError::Store(e) => Failure::from(e),
+        }
     }
 }
 

@@ -1,64 +1,57 @@
 //! `dockhand queues`: every queue found in Redis, with what waits and runs in it,
-//! what is scheduled for later, and how many live workers serve it.
+//! what is scheduled for later, how many live workers serve it, and whether it is
+//! paused ([`admin::queues`]); `dockhand queue pause|resume <q>`.
 
-use super::lookup::{live_workers, serving};
 use super::{connect, CliResult};
+use crate::admin;
 use crate::config::Settings;
-use crate::queue::{Keys, GROUP};
-use deadpool_redis::redis::{self, AsyncCommands};
+use crate::queue::Keys;
 
 /// With `json`, one JSON object per queue and line (`queue`, `waiting`, `running`,
-/// `scheduled`, `inbox`, `dead`, `workers`), for scripts.
+/// `scheduled`, `inbox`, `dead`, `oldest_waiting_seconds`, `finished_last_minute`,
+/// `workers`, `paused`), for scripts.
 pub async fn run(settings: &Settings, json: bool) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
-    let queues = super::lookup::queues(&mut conn, &keys, settings).await?;
-    let workers = live_workers(&mut conn, &keys).await?;
+    let stats = admin::queues::stats(&mut conn, &keys, settings).await?;
     if !json {
         outln!(
-            "{:<24} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            "{:<24} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>10} {:>8}",
             "QUEUE",
             "WAITING",
             "RUNNING",
             "SCHEDULED",
             "INBOX",
             "DEAD",
-            "WORKERS"
+            "WORKERS",
+            "DONE/MIN",
+            "STATE"
         );
     }
     let mut unserved = Vec::new();
-    for q in queues {
-        let (stream_len, scheduled, inbox, dead): (u64, u64, u64, u64) = redis::pipe()
-            .xlen(keys.jobs(&q))
-            .zcard(keys.scheduled(&q))
-            .llen(keys.inbox(&q))
-            .xlen(keys.dead(&q))
-            .query_async(&mut *conn)
-            .await
-            .map_err(crate::store::StoreError::from)?;
-        // Finished entries are deleted, so the stream holds waiting plus running
-        // (delivered, not yet acknowledged) entries.
-        let running = pending(&mut conn, &keys.jobs(&q)).await;
-        let waiting = stream_len.saturating_sub(running);
-        let served = serving(&workers, &q);
-        let workers_col = if served == 0 {
-            "none".to_string()
-        } else {
-            served.to_string()
-        };
+    for s in stats {
         if json {
-            let row = serde_json::json!({
-                "queue": q, "waiting": waiting, "running": running, "scheduled": scheduled,
-                "inbox": inbox, "dead": dead, "workers": served,
-            });
-            outln!("{row}");
+            outln!("{}", serde_json::to_value(&s).unwrap_or_default());
         } else {
+            let workers = if s.workers == 0 {
+                "none".to_string()
+            } else {
+                s.workers.to_string()
+            };
             outln!(
-                "{q:<24} {waiting:>8} {running:>8} {scheduled:>9} {inbox:>8} {dead:>8} {workers_col:>8}"
+                "{:<24} {:>8} {:>8} {:>9} {:>8} {:>8} {workers:>8} {:>10} {:>8}",
+                s.queue,
+                s.waiting,
+                s.running,
+                s.scheduled,
+                s.inbox,
+                s.dead,
+                s.finished_last_minute,
+                if s.paused { "paused" } else { "active" }
             );
         }
-        if served == 0 && waiting + scheduled + inbox > 0 {
-            unserved.push(q);
+        if s.workers == 0 && s.waiting + s.scheduled + s.inbox > 0 {
+            unserved.push(s.queue);
         }
     }
     if !unserved.is_empty() {
@@ -70,11 +63,24 @@ pub async fn run(settings: &Settings, json: bool) -> CliResult {
     Ok(())
 }
 
-async fn pending(conn: &mut crate::store::Conn, stream: &str) -> u64 {
-    let reply: redis::RedisResult<redis::streams::StreamPendingReply> =
-        conn.xpending(stream, GROUP).await;
-    match reply {
-        Ok(redis::streams::StreamPendingReply::Data(d)) => d.count as u64,
-        _ => 0,
+/// `dockhand queue pause|resume <q>`.
+pub async fn set_paused(settings: &Settings, queue: &str, pause: bool) -> CliResult {
+    admin::queue_name(queue)?;
+    let keys = Keys::new(&settings.redis.prefix);
+    let (_store, mut conn) = connect(settings).await?;
+    let changed = admin::queues::set_paused(&mut conn, &keys, queue, pause).await?;
+    let (now, already) = if pause {
+        (
+            "paused: workers claim nothing more from it (running jobs finish)",
+            "was paused already",
+        )
+    } else {
+        ("resumed: workers claim from it again", "was not paused")
+    };
+    if changed {
+        outln!("queue {queue} {now}");
+    } else {
+        outln!("queue {queue} {already}");
     }
+    Ok(())
 }

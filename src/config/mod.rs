@@ -6,8 +6,11 @@
 //! the Redis URL from `REDIS_URL` / `--redis-url`. [`Settings::validate`] rejects
 //! values that would only fail later, so a bad config stops the process at start.
 
+mod api;
 mod network;
 mod size;
+
+pub use api::{ApiSettings, Scope, Token};
 
 pub use network::{Network, NetworkError};
 use serde::Deserialize;
@@ -46,6 +49,7 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub webhooks: WebhookSettings,
     pub results: ResultSettings,
+    pub api: ApiSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +286,7 @@ impl Settings {
                 .with_list_parse_key("policy.volumes_allow")
                 .with_list_parse_key("webhooks.retry_schedule_seconds")
                 .with_list_parse_key("webhooks.allow_networks")
+                .with_list_parse_key("api.tokens")
                 .try_parsing(true)
                 .source(Some(vars)),
         );

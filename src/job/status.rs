@@ -95,6 +95,23 @@ impl Reason {
             Reason::DockerError => "docker_error",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        [
+            Reason::ExitCode,
+            Reason::AbortedByJob,
+            Reason::Timeout,
+            Reason::Cancelled,
+            Reason::BuildError,
+            Reason::InvalidSpec,
+            Reason::WorkerLost,
+            Reason::PolicyDenied,
+            Reason::ImageNotFound,
+            Reason::DockerError,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
 }
 
 impl fmt::Display for Reason {
@@ -120,6 +137,8 @@ mod tests {
             assert_eq!(Status::parse(s).unwrap().as_str(), s);
         }
         assert!(Status::parse("done").is_none());
+        assert_eq!(Reason::parse("worker_lost"), Some(Reason::WorkerLost));
+        assert!(Reason::parse("oops").is_none());
         assert!(Status::Completed.is_terminal() && Status::Aborted.is_terminal());
         assert!(!Status::Running.is_terminal());
     }

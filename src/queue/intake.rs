@@ -172,6 +172,21 @@ pub async fn read(
     Ok(entries)
 }
 
+/// Which of `queues` are paused (named in the set [`Keys::paused`]): a worker
+/// claims nothing from them until they are resumed.
+pub async fn paused(
+    conn: &mut Conn,
+    keys: &Keys,
+    queues: &[String],
+) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    let all: std::collections::BTreeSet<String> = conn.smembers(keys.paused()).await?;
+    Ok(queues
+        .iter()
+        .filter(|q| all.contains(*q))
+        .cloned()
+        .collect())
+}
+
 /// Acknowledges and deletes an entry, if `consumer` still holds it: a worker that
 /// lost its lease cannot acknowledge the entry from under its new owner.
 /// KEYS[1] stream. ARGV: group, entry, consumer.

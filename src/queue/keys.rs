@@ -136,6 +136,32 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
+    /// A listing index of job ids scored by creation time (ms): `all`, or a
+    /// dimension and its value (`queue`, `status`, `reason`). See `listing`.
+    pub fn index(&self, dimension: &str, value: &str) -> String {
+        if dimension == "all" {
+            format!("{}:index:all", self.prefix)
+        } else {
+            format!("{}:index:{dimension}:{value}", self.prefix)
+        }
+    }
+
+    /// The pattern matching every listing index.
+    pub fn index_pattern(&self) -> String {
+        format!("{}:index:*", self.prefix)
+    }
+
+    /// The queues that workers do not claim from now: a set of queue names.
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+
+    /// Jobs of `queue` that ended in one 10-second window (`bucket` = epoch
+    /// seconds / 10): a counter that expires after ten minutes.
+    pub fn finished_bucket(&self, queue: &str, bucket: i64) -> String {
+        format!("{}:{{{queue}}}:finished:{bucket}", self.prefix)
+    }
+
     /// The pattern matching every queue's job stream, for discovery with `SCAN`.
     pub fn jobs_pattern(&self) -> String {
         format!("{}:{{*}}:jobs", self.prefix)

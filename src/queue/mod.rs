@@ -15,6 +15,9 @@
 //!   without persistence).
 //! - Acknowledging checks that this consumer still holds the entry ([`lease`] says
 //!   how entries move between workers).
+//! - A queue named in the set `dockhand:paused` is not read by any worker; its
+//!   entries stay where they are until it is resumed (an entry read in the moment
+//!   of the pause still runs).
 //! - Acknowledged entries are deleted from the stream, so the stream holds only work
 //!   not yet finished and a re-created group cannot replay finished jobs.
 
@@ -23,7 +26,7 @@ mod keys;
 pub mod lease;
 pub mod schedule;
 
-pub use intake::{ack, ensure_groups, move_inbox, read, wait_inbox, Entry, ReadError};
+pub use intake::{ack, ensure_groups, move_inbox, paused, read, wait_inbox, Entry, ReadError};
 pub use keys::Keys;
 pub use schedule::{move_due, new_token, requeue};
 

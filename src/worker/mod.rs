@@ -45,6 +45,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::error_chain;
 use context::{reconnect_backoff, sleep_or_cancel, Ctx};
 use running::{Running, StopCause};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +203,11 @@ pub async fn run_with(
         token.clone(),
     ));
     chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
+    chores.spawn(upkeep::prune_listings(
+        ctx.clone(),
+        SWEEP_EVERY,
+        token.clone(),
+    ));
     chores.spawn(takeover::run(
         ctx.clone(),
         permits.clone(),
@@ -257,7 +263,8 @@ async fn claim_loop(
 ) {
     let mut backoff = reconnect_backoff(&ctx.settings);
     let mut groups_ready = false;
-    let queues = ctx.settings.worker.queues.clone();
+    let served = ctx.settings.worker.queues.clone();
+    let mut paused = std::collections::BTreeSet::new();
     while !token.is_cancelled() {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -271,8 +278,21 @@ async fn claim_loop(
         let result: Result<Vec<queue::Entry>, ReadError> = async {
             let mut conn = ctx.store.blocking_conn().await?;
             if !groups_ready {
-                queue::ensure_groups(&mut conn, &ctx.keys, &queues).await?;
+                queue::ensure_groups(&mut conn, &ctx.keys, &served).await?;
                 groups_ready = true;
+            }
+            let now_paused = queue::paused(&mut conn, &ctx.keys, &served).await?;
+            report_paused(&paused, &now_paused);
+            paused = now_paused;
+            let queues: Vec<String> = served
+                .iter()
+                .filter(|q| !paused.contains(*q))
+                .cloned()
+                .collect();
+            if queues.is_empty() {
+                // Every queue is paused: look again after a read's time.
+                sleep_or_cancel(Duration::from_millis(ctx.settings.worker.block_ms), &token).await;
+                return Ok(Vec::new());
             }
             queue::read(
                 &mut conn,
@@ -317,6 +337,16 @@ async fn claim_loop(
                 sleep_or_cancel(delay, &token).await;
             }
         }
+    }
+}
+
+/// Says which served queues were paused or resumed since the last read.
+fn report_paused(before: &BTreeSet<String>, now: &BTreeSet<String>) {
+    for q in now.difference(before) {
+        tracing::info!(queue = %q, "queue paused: claiming nothing from it until it is resumed");
+    }
+    for q in before.difference(now) {
+        tracing::info!(queue = %q, "queue resumed: claiming from it again");
     }
 }
 

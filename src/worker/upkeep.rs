@@ -1,5 +1,6 @@
 //! Background chores of a worker: moving due scheduled jobs, listening for cancel
-//! requests, sweeping orphaned containers, and checking Redis's settings.
+//! requests, sweeping orphaned containers, pruning the listing indexes of expired
+//! jobs, and checking Redis's settings.
 
 use super::context::Ctx;
 use super::running::StopCause;
@@ -38,6 +39,25 @@ pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken)
             _ = tokio::time::sleep(every) => {}
             _ = token.cancelled() => return,
         }
+    }
+}
+
+/// Removes expired jobs from the listing indexes, now and then. Every worker does
+/// it (removing what another removed already is harmless), so the indexes stay
+/// bounded while any worker runs.
+pub(super) async fn prune_listings(ctx: Ctx, every: Duration, token: CancellationToken) {
+    while !token.is_cancelled() {
+        let pruned = async {
+            let mut conn = ctx.store.conn().await?;
+            crate::listing::prune(&mut conn, &ctx.keys, 1000).await
+        }
+        .await;
+        match pruned {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned expired jobs from the listings"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %error_chain(&e), "pruning the listings failed"),
+        }
+        super::context::sleep_or_cancel(every, &token).await;
     }
 }
 

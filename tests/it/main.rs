@@ -1,6 +1,7 @@
 //! Integration tests: real `redis-server`, the real Docker engine, the real binary.
 //! One test binary; fixtures in `common`.
 
+mod api;
 mod build;
 mod cli;
 mod common;

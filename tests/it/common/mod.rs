@@ -593,3 +593,17 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Runs the `dockhand` binary with this test's Redis and prefix; stdin is empty.
+pub async fn cli(env: &Env, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
+        .arg("--redis-url")
+        .arg(&env.url)
+        .args(args)
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .env_remove("REDIS_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("the dockhand binary runs")
+}

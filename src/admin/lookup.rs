@@ -13,7 +13,7 @@ const PAGE: usize = 100;
 
 /// Every queue the settings name or Redis holds (a job stream, an inbox or a
 /// scheduled set), in name order.
-pub(crate) async fn queues(
+pub async fn queues(
     conn: &mut Conn,
     keys: &Keys,
     settings: &Settings,
@@ -43,10 +43,7 @@ pub(crate) async fn queues(
 }
 
 /// The queues each live worker process serves (its lease key has not expired).
-pub(crate) async fn live_workers(
-    conn: &mut Conn,
-    keys: &Keys,
-) -> Result<Vec<Vec<String>>, StoreError> {
+pub async fn live_workers(conn: &mut Conn, keys: &Keys) -> Result<Vec<Vec<String>>, StoreError> {
     let workers: Vec<(String, String)> = conn.hgetall(keys.workers()).await?;
     let mut live = Vec::new();
     for (consumer, info) in workers {
@@ -68,7 +65,7 @@ pub(crate) async fn live_workers(
 }
 
 /// How many of `workers` serve `queue`.
-pub(crate) fn serving(workers: &[Vec<String>], queue: &str) -> usize {
+pub fn serving(workers: &[Vec<String>], queue: &str) -> usize {
     workers
         .iter()
         .filter(|qs| qs.iter().any(|q| q == queue))
@@ -76,7 +73,7 @@ pub(crate) fn serving(workers: &[Vec<String>], queue: &str) -> usize {
 }
 
 /// What to tell someone waiting on `queue` when no live worker serves it.
-pub(crate) async fn unserved_hint(
+pub async fn unserved_hint(
     conn: &mut Conn,
     keys: &Keys,
     queue: &str,
@@ -92,7 +89,7 @@ pub(crate) async fn unserved_hint(
 
 /// A job found in a queue before any worker claimed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unclaimed {
+pub struct Unclaimed {
     pub queue: String,
     /// Its stream entry; `None` while it is still in the queue's inbox list.
     pub entry: Option<String>,
@@ -102,7 +99,7 @@ pub(crate) struct Unclaimed {
 /// of an entry is read as the worker reads it: the spec's `id` when valid, else the
 /// stream entry id. Reads every waiting entry, a page at a time: only for a job
 /// without a hash, which is rare.
-pub(crate) async fn unclaimed(
+pub async fn unclaimed(
     conn: &mut Conn,
     keys: &Keys,
     settings: &Settings,
