@@ -160,6 +160,16 @@ pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<BTreeMap<String, Strin
     Ok(conn.hgetall(keys.profiles()).await?)
 }
 
+/// A stored profile as it may be shown: its `secret_env` values masked (what is
+/// shown ends up in terminals, tickets and logs). `None` when it is not JSON.
+pub fn shown(stored: &str) -> Option<Value> {
+    let mut v: Value = serde_json::from_str(stored).ok()?;
+    if let Some(secrets) = v.get_mut("secret_env").and_then(Value::as_object_mut) {
+        secrets.values_mut().for_each(|s| *s = Value::from("***"));
+    }
+    Some(v)
+}
+
 /// Removes profile `name`; false when there was none.
 pub async fn remove(conn: &mut Conn, keys: &Keys, name: &str) -> Result<bool, StoreError> {
     let removed: i64 = conn.hdel(keys.profiles(), name).await?;

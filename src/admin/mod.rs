@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod lookup;
 pub mod queues;
 pub mod submit;
+pub mod subscribers;
 pub mod workers;
 
 use crate::store::StoreError;

@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 /// `alive` added; in consumer name order.
 pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<Vec<serde_json::Value>, AdminError> {
     let workers: BTreeMap<String, String> = conn.hgetall(keys.workers()).await?;
+    if workers.is_empty() {
+        return Ok(Vec::new()); // (an empty pipeline is an error to Redis)
+    }
     let mut pipe = redis::pipe();
     for consumer in workers.keys() {
         pipe.exists(keys.alive(consumer));

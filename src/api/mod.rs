@@ -13,6 +13,7 @@ mod auth;
 mod error;
 mod jobs;
 mod queues;
+mod registry;
 mod state;
 
 pub use error::{ApiError, ApiResult};
@@ -50,6 +51,27 @@ pub fn router(state: AppState) -> Router {
             post(queues::dead_retry),
         )
         .route("/workers", get(queues::workers))
+        .route(
+            "/subscribers",
+            get(registry::subscribers).post(registry::add_subscriber),
+        )
+        .route(
+            "/subscribers/{name}",
+            axum::routing::delete(registry::remove_subscriber),
+        )
+        .route(
+            "/subscribers/{name}/rotate",
+            post(registry::rotate_subscriber),
+        )
+        .route("/profiles", get(registry::profiles))
+        .route(
+            "/profiles/{name}",
+            get(registry::profile)
+                .put(registry::put_profile)
+                .delete(registry::remove_profile),
+        )
+        .route("/jobs/{id}/webhooks", get(registry::deliveries))
+        .route("/webhooks/{delivery}/replay", post(registry::replay))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

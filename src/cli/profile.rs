@@ -75,15 +75,9 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
         Action::Show { name } => {
             let (_store, mut conn) = connect(settings).await?;
             let spec = registered(&mut conn, &keys, &name).await?;
-            let pretty = serde_json::from_str::<Value>(&spec)
-                .and_then(|mut v| {
-                    // Printed output ends up in terminals, tickets and logs.
-                    if let Some(secrets) = v.get_mut("secret_env").and_then(Value::as_object_mut) {
-                        secrets.values_mut().for_each(|s| *s = Value::from("***"));
-                    }
-                    serde_json::to_string_pretty(&v)
-                })
-                .unwrap_or_else(|_| "(the stored profile is not valid JSON)".to_string());
+            let pretty = crate::profile::shown(&spec)
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| "(the stored profile is not valid JSON)".to_string());
             outln!("{pretty}");
             Ok(())
         }

@@ -474,3 +474,98 @@ async fn serve_refuses_to_listen_off_loopback_without_a_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("api.tokens"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_profiles_and_deliveries_are_managed_through_the_api() {
+    let env = Env::new();
+    let settings = env.settings(&["default"], 1, &[]);
+    let api = Api::new(settings.clone());
+    let receiver = crate::common::receiver::Receiver::start(&[200]).await;
+
+    // A subscriber: its generated secret is in the creation's answer only.
+    let (code, v) = api
+        .post(
+            "/subscribers",
+            Some(json!({"name": "ops", "url": receiver.url()})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let secret = v["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"), "{v}");
+    let (_, v) = api.get("/subscribers").await;
+    let listed = v["subscribers"][0].clone();
+    assert_eq!(listed["name"], "ops");
+    assert!(
+        !listed.to_string().contains(&secret[6..]),
+        "a listing shows no secret: {listed}"
+    );
+    let (code, v) = api
+        .post(
+            "/subscribers",
+            Some(json!({"name": "bad name", "url": "http://x"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let (code, v) = api.post("/subscribers/ops/rotate", None).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_ne!(v["secret"].as_str().unwrap(), secret);
+
+    // A job's deliveries and their attempts.
+    let worker = dockhand_worker(&settings);
+    let id = format!("{}-hook", env.prefix);
+    env.xadd("default", &spec(&id, json!({"command": "true"})))
+        .await;
+    receiver.wait_for(1).await;
+    let v = wait_until("the delivery is recorded as delivered", || async {
+        let (_, v) = api.get(&format!("/jobs/{id}/webhooks")).await;
+        (v["deliveries"][0]["status"] == "delivered").then_some(v)
+    })
+    .await;
+    assert!(
+        !v["deliveries"][0]["attempts"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("whsec_"), "{v}");
+    let delivery = v["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let (code, _) = api
+        .post(&format!("/webhooks/{delivery}/replay"), None)
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    receiver.wait_for(2).await;
+    let (code, _) = api
+        .call(Method::DELETE, "/subscribers/ops", None, None)
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, _) = api
+        .call(Method::DELETE, "/subscribers/ops", None, None)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // A profile: registered, shown with its secrets masked, removed.
+    let profile = json!({"image": image(), "command": "true", "secret_env": {"TOKEN": "hunter2"}});
+    let (code, v) = api
+        .call(Method::PUT, "/profiles/render", None, Some(profile))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let (_, v) = api.get("/profiles/render").await;
+    assert_eq!(v["spec"]["secret_env"]["TOKEN"], "***", "{v}");
+    let (code, _) = api
+        .call(
+            Method::PUT,
+            "/profiles/render",
+            None,
+            Some(json!({"comand": 1})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, _) = api
+        .call(Method::DELETE, "/profiles/render", None, None)
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, _) = api.get("/profiles/render").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    worker.stop().await;
+}

@@ -67,7 +67,11 @@ async fn submit_status_and_logs_from_the_command_line() {
     let json = dockhand(&env, &["status", &id, "--json"], None).await;
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["status"], "completed");
-    assert!(v["spec"].as_str().unwrap().contains("WHO"));
+    assert!(
+        v["spec"].is_object(),
+        "the spec is JSON, not a string of it: {v}"
+    );
+    assert!(v["spec"].to_string().contains("WHO"));
     // Typed: numbers as numbers, JSON fields as JSON, empty fields as null.
     assert_eq!(v["exit_code"], 0);
     assert_eq!(v["attempt"], 1);
