@@ -80,6 +80,8 @@ dh_install_missing() {
     command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
     # Used by dh_free_port; present on the dev machines, but cheap to make sure of.
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+    # The demo shows the HTTP API with curl.
+    command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 
     if ((${#pkgs[@]} > 0)); then
         local -a sudo=()
@@ -221,6 +223,10 @@ dh_kill_wait() {
 # the trap would replace the script's exit status); bash keeps the original
 # exit status after the trap since this never calls `exit`.
 dh_cleanup() {
+    if [[ -n "${DH_SERVE_PID:-}" ]]; then
+        dh_kill_wait "$DH_SERVE_PID" 10
+        DH_SERVE_PID=
+    fi
     if [[ -n "${DH_WORKER_PID:-}" ]]; then
         dh_kill_wait "$DH_WORKER_PID" 30
         DH_WORKER_PID=
