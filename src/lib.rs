@@ -16,6 +16,7 @@
 //! - [`profile`]: named job templates a job's fields override.
 //! - [`state`]: the job hash, its transitions and the events they publish.
 //! - [`listing`]: the indexes that list jobs newest first, and paged reads over them.
+//! - [`limits`]: fleet-wide concurrency and rate limits on a job's `concurrency_key`.
 //! - [`job`]: the job spec a producer writes, and its validation.
 //! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
 //! - [`webhook`]: subscribers, signing, and durable delivery with retries.
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod job;
+pub mod limits;
 pub mod listing;
 pub mod logs;
 pub mod profile;

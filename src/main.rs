@@ -133,6 +133,11 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Fleet-wide limits on a job's `concurrency_key`: set, remove, list.
+    Limit {
+        #[command(subcommand)]
+        action: cli::limit::Action,
+    },
     /// Serve the HTTP API, live logs and events (SSE), metrics and the dashboard.
     Serve {
         /// Where to listen (overrides api.listen), e.g. 127.0.0.1:8080.
@@ -233,6 +238,7 @@ fn main() -> ExitCode {
                     cli::queues::set_paused(&settings, &queue, false).await
                 }
             },
+            Command::Limit { action } => cli::limit::run(&settings, action).await,
             Command::Serve { listen } => {
                 let (shutdown, _) = shutdown_signals();
                 cli::serve::run(settings, listen, shutdown).await

@@ -17,6 +17,7 @@ pub mod cancel;
 pub mod dead;
 pub mod doctor;
 pub mod jobs;
+pub mod limit;
 pub mod logs;
 pub mod profile;
 pub mod queues;

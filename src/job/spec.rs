@@ -42,6 +42,9 @@ pub struct JobSpec {
     #[serde(default)]
     pub webhooks: Vec<serde_json::Value>,
     pub metadata: Option<serde_json::Value>,
+    /// A fleet-wide key whose concurrency or rate limit (`dockhand limit set`)
+    /// this job counts against.
+    pub concurrency_key: Option<String>,
 }
 
 /// Where to build the job's image from: a repository, one ref, and the build's inputs.

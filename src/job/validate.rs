@@ -117,6 +117,7 @@ pub fn validate_at(
     let limits = resolve_limits(&spec, limits)?;
     environment(&spec)?;
     metadata(&spec)?;
+    concurrency_key(&spec)?;
     let mut files = stage_inputs(&spec)?;
     let entrypoint = entrypoint(&spec)?;
     let mut workdir = workdir(&spec)?;
@@ -144,6 +145,18 @@ pub fn validate_at(
         not_before,
         spec,
     })
+}
+
+/// A `concurrency_key` names a key as queue names are written, so that it can sit
+/// in a Redis key and a CLI argument as it is.
+fn concurrency_key(spec: &JobSpec) -> Result<(), Rejection> {
+    match &spec.concurrency_key {
+        Some(k) if !crate::config::is_valid_queue_name(k) => Err(Rejection::invalid(
+            "concurrency_key",
+            format!("{k:?} is not a key name ([A-Za-z0-9_.-], 1 to 64 characters)"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The image to run (allowed by `policy.images`), or the `git` build to make it

@@ -162,6 +162,21 @@ impl Keys {
         format!("{}:{{{queue}}}:finished:{bucket}", self.prefix)
     }
 
+    /// Fleet-wide limits: key name → JSON `{"concurrency": n, "rate": n, "per_seconds": s}`.
+    pub fn limits(&self) -> String {
+        format!("{}:limits", self.prefix)
+    }
+
+    /// The jobs holding a slot of limit `key`: a sorted set, job id → lease expiry (ms).
+    pub fn limit_running(&self, key: &str) -> String {
+        format!("{}:limit:{{{key}}}:running", self.prefix)
+    }
+
+    /// When jobs of limit `key` started, for its rate: a sorted set by start time (ms).
+    pub fn limit_starts(&self, key: &str) -> String {
+        format!("{}:limit:{{{key}}}:starts", self.prefix)
+    }
+
     /// The pattern matching every queue's job stream, for discovery with `SCAN`.
     pub fn jobs_pattern(&self) -> String {
         format!("{}:{{*}}:jobs", self.prefix)

@@ -108,6 +108,9 @@ async fn beat(ctx: &Ctx, info: &str) -> Result<(), StoreError> {
             }
         }
     }
+    // Limit slots lapse with the lease unless renewed, so a dead worker leaks none.
+    let slots = ctx.running.limit_slots();
+    crate::limits::renew(&mut conn, &ctx.keys, &slots, super::limit::slot_lease(ctx)).await?;
     // Cancel requests are announced on pub/sub, but one sent while we were away is
     // only in the job hash: look there too.
     let ids = ctx.running.job_ids();

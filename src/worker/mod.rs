@@ -23,6 +23,7 @@
 mod admit;
 mod attempt;
 mod ending;
+mod limit;
 mod outcome;
 mod pipeline;
 mod posted;

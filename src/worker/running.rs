@@ -22,6 +22,8 @@ pub enum StopCause {
 struct Job {
     queue: String,
     job_id: Option<String>,
+    /// The limit key whose slot the job holds while it runs (see `crate::limits`).
+    limit: Option<String>,
     stop: CancellationToken,
     cause: Option<StopCause>,
 }
@@ -43,6 +45,14 @@ impl Registration {
     pub fn set_job(&self, id: &str) {
         if let Some(job) = self.running.lock().get_mut(&self.entry) {
             job.job_id = Some(id.to_string());
+        }
+    }
+
+    /// Records (or, with `None`, forgets) the limit slot the job holds, so the
+    /// heartbeat renews it.
+    pub fn set_limit(&self, key: Option<&str>) {
+        if let Some(job) = self.running.lock().get_mut(&self.entry) {
+            job.limit = key.map(str::to_string);
         }
     }
 
@@ -71,6 +81,7 @@ impl Running {
             Job {
                 queue: queue.to_string(),
                 job_id: None,
+                limit: None,
                 stop: stop.clone(),
                 cause: None,
             },
@@ -99,6 +110,14 @@ impl Running {
                 .push(entry.clone());
         }
         map
+    }
+
+    /// The limit slots held now: `(key, job id)`.
+    pub fn limit_slots(&self) -> Vec<(String, String)> {
+        self.lock()
+            .values()
+            .filter_map(|j| Some((j.limit.clone()?, j.job_id.clone()?)))
+            .collect()
     }
 
     pub fn job_ids(&self) -> Vec<String> {

@@ -24,13 +24,14 @@ pub(super) async fn run(
 ) {
     let lease_ms = ctx.lease().as_millis() as u64;
     let every = (ctx.lease() / 2).max(Duration::from_millis(200));
+    let mut fenced = std::collections::HashSet::new();
     while !token.is_cancelled() {
         // Taking a dead worker's job while Docker does not answer could only fail it.
         tokio::select! {
             _ = ctx.executor.until_reachable() => {}
             _ = token.cancelled() => return,
         }
-        if let Err(e) = reclaim_once(&ctx, &permits, &tracker, lease_ms).await {
+        if let Err(e) = reclaim_once(&ctx, &permits, &tracker, lease_ms, &mut fenced).await {
             tracing::debug!(error = %error_chain(&e), "reclaim pass failed");
         }
         tokio::select! {
@@ -45,11 +46,12 @@ async fn reclaim_once(
     permits: &Arc<Semaphore>,
     tracker: &TaskTracker,
     lease_ms: u64,
+    fenced: &mut std::collections::HashSet<String>,
 ) -> Result<(), StoreError> {
     let mut conn = ctx.store.conn().await?;
     for queue in &ctx.settings.worker.queues {
         let running = |id: &str| ctx.running.is_running(id);
-        for orphan in lease::orphans(
+        let orphans = lease::orphans(
             &mut conn,
             &ctx.keys,
             queue,
@@ -58,8 +60,25 @@ async fn reclaim_once(
             &ctx.consumer,
             running,
         )
-        .await?
+        .await?;
+        // A dead worker's containers may still run on this host: remove them now,
+        // not at the next minute's sweep, so that a job never runs twice at once
+        // and the limit slots of its jobs stand for no container (see `limit`).
+        // Once per dead worker, whether or not a permit is free to take its jobs.
+        if orphans
+            .iter()
+            .any(|o| o.owner != ctx.consumer && fenced.insert(o.owner.clone()))
         {
+            match super::upkeep::sweep(ctx).await {
+                Ok(n) if n > 0 => tracing::info!(
+                    removed = n,
+                    "removed the containers of a worker that is gone"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "container sweep failed"),
+            }
+        }
+        for orphan in orphans {
             // Wait for a permit: an idle worker's claim loop holds one while it blocks
             // on a read, and hands it over (the semaphore is fair) within worker.block_ms.
             let Ok(permit) = permits.clone().acquire_owned().await else {

@@ -12,6 +12,7 @@ mod git_jobs;
 mod git_source;
 mod intake;
 mod jobs;
+mod limits;
 mod logs;
 mod policy;
 mod profiles;
