@@ -18,19 +18,33 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("invalid Redis URL")]
     Url(#[source] redis::RedisError),
-    #[error("cannot get a Redis connection")]
-    Pool(#[from] deadpool_redis::PoolError),
+    /// No connection could be made: Redis is down, refuses, or cannot be resolved.
+    /// (Taken out of the pool's error, whose own words are about its "objects".)
+    #[error("cannot connect to Redis")]
+    Connect(#[source] redis::RedisError),
+    /// The pool gave no connection in time (all busy, or its own timeouts).
+    #[error("no Redis connection came free in time")]
+    Pool(#[source] deadpool_redis::PoolError),
     #[error("Redis command failed")]
     Redis(#[from] redis::RedisError),
     #[error("cannot build the connection pool")]
     Build(#[from] deadpool_redis::BuildError),
 }
 
+impl From<deadpool_redis::PoolError> for StoreError {
+    fn from(e: deadpool_redis::PoolError) -> StoreError {
+        match e {
+            deadpool_redis::PoolError::Backend(e) => StoreError::Connect(e),
+            other => StoreError::Pool(other),
+        }
+    }
+}
+
 impl StoreError {
     /// True when the error is about reaching Redis rather than about the command.
     pub fn is_connection(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
+            StoreError::Connect(_) | StoreError::Pool(_) => true,
             StoreError::Redis(e) => {
                 e.is_io_error()
                     || e.is_connection_dropped()

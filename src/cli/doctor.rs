@@ -7,6 +7,8 @@
 
 use super::{CliResult, Failure};
 use crate::config::{PullPolicy, Settings};
+use crate::executor::network::RESULTS_NETWORK;
+use crate::executor::placement::Placement;
 use crate::executor::Executor;
 use crate::queue::Keys;
 use crate::store::Store;
@@ -185,15 +187,37 @@ async fn docker(settings: &Arc<Settings>, profiles: &[(String, String)], report:
             settings.results.bind
         ));
     } else {
-        match executor.results_network().await {
-            Ok((_, gateway)) => report.ok(format!(
-                "result URLs can be served on {gateway}, the gateway of the dockhand-results network"
-            )),
-            Err(e) => report.warn(
+        results_address(&executor, report).await;
+    }
+}
+
+/// Where a worker here would serve result URLs, found as the worker finds it
+/// (`executor::placement`), but without connecting any container to the network.
+async fn results_address(executor: &Executor, report: &mut Report) {
+    const STILL: &str = "jobs still run, but cannot POST to RESPONSE_URL (result.json still works)";
+    let net = match executor.results_network().await {
+        Ok(net) => net,
+        Err(e) => {
+            return report.warn(
                 format!("no result URLs: {}", error_chain(&e)),
-                "jobs still run, but cannot POST to RESPONSE_URL; set results.bind to an address containers reach",
-            ),
+                format!("{STILL}; check that this user may manage Docker networks, or set results.bind to an address containers reach"),
+            )
         }
+    };
+    match executor.place_on(&net, false).await {
+        Ok(Placement::Host { ip }) => report.ok(format!(
+            "result URLs can be served on {ip}, the gateway of {RESULTS_NETWORK}: this runs on the Docker host"
+        )),
+        Ok(Placement::OnNetwork { ip, .. }) => report.ok(format!(
+            "result URLs can be served on {ip}: this runs in a container that is on {RESULTS_NETWORK}"
+        )),
+        Ok(Placement::WouldJoin(c)) => report.ok(format!(
+            "result URLs can be served from this container ({}, found in {}): a worker connects it to {RESULTS_NETWORK} ({}) as it starts",
+            c.short_id(),
+            c.found_by,
+            net.subnet
+        )),
+        Err(e) => report.warn(format!("no result URLs: {}", error_chain(&e)), format!("{STILL}; {}", e.advice())),
     }
 }
 

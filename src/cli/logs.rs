@@ -33,7 +33,10 @@ pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> Cli
     if !follow {
         printer.print_stored(&mut conn, &keys).await?;
         if printer.last_seq == 0 && job_hash(&mut conn, &keys.job(id)).await?.is_empty() {
-            return Err(Failure::failed(format!("job {id} not found")));
+            return Err(Failure::failed(format!(
+                "job {id} not found: no worker has recorded it (a finished job's log expires \
+                 after jobs.retention_seconds); `dockhand status {id}` also finds one still waiting in its queue"
+            )));
         }
         return Ok(());
     }

@@ -110,7 +110,7 @@ pub(crate) async fn connect(settings: &crate::config::Settings) -> Result<(Store
     let store = Store::new(&settings.redis, block, settings.worker.queues.len())?;
     let conn = store.conn().await.map_err(|e| {
         Failure::failed(format!(
-            "cannot reach Redis at {}: {}",
+            "cannot reach Redis at {}: {}; start it, or point --redis-url (REDIS_URL, redis.url) at yours",
             settings.redis.url,
             crate::telemetry::error_chain(&e)
         ))

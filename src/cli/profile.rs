@@ -84,7 +84,9 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
         Action::Rm { name } => {
             let (_store, mut conn) = connect(settings).await?;
             if !profile::remove(&mut conn, &keys, &name).await? {
-                return Err(Failure::failed(format!("no profile named {name:?}")));
+                return Err(Failure::failed(format!(
+                    "no profile named {name:?} (`dockhand profile list` shows those registered)"
+                )));
             }
             outln!("profile {name} removed");
             Ok(())
@@ -130,7 +132,11 @@ async fn registered(
     profile::get(conn, keys, name)
         .await?
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .ok_or_else(|| Failure::failed(format!("no profile named {name:?}")))
+        .ok_or_else(|| {
+            Failure::failed(format!(
+                "no profile named {name:?} (`dockhand profile list` shows those registered)"
+            ))
+        })
 }
 
 /// `image busybox`, `git https://h/x (branch main)`, for the list.
@@ -172,7 +178,9 @@ async fn build(settings: &Settings, keys: &Keys, name: &str, timeout: u64) -> Cl
         }
     }
     if waiting.is_empty() {
-        return Err(Failure::failed("no live worker to build on"));
+        return Err(Failure::failed(
+            "no live worker to build on: start one (`dockhand worker`), then build again",
+        ));
     }
     let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
     let reply = keys.broadcast_reply(&id);

@@ -38,7 +38,9 @@ pub async fn run(
             dead: false,
         } => {
             if !outbox::replay(&mut conn, &keys, &id).await? {
-                return Err(Failure::failed(format!("no delivery {id}")));
+                return Err(Failure::failed(format!(
+                    "no webhook delivery {id} (`dockhand webhooks attempts <job id>` lists a job's deliveries)"
+                )));
             }
             outln!("delivery {id} will be sent again");
             Ok(())
@@ -62,7 +64,8 @@ pub async fn run(
             let deliveries = outbox::for_job(&mut conn, &keys, &job).await?;
             if deliveries.is_empty() {
                 return Err(Failure::failed(format!(
-                    "no webhook deliveries for job {job}"
+                    "no webhook deliveries for job {job}: no subscriber (`dockhand subscriber list`) \
+                     and none of its own webhooks took its events, or it has not finished"
                 )));
             }
             for (d, attempts) in deliveries {

@@ -34,7 +34,9 @@ pub fn is_valid_queue_name(name: &str) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot load configuration")]
+    /// The compiled-in defaults, `--config FILE` and `DOCKHAND__...` variables,
+    /// merged: the source names the key or file at fault.
+    #[error("cannot load the configuration (config/default.toml lists every key; --config FILE and DOCKHAND__SECTION__KEY variables override it)")]
     Load(#[from] config::ConfigError),
     #[error("invalid configuration: {0}")]
     Invalid(String),

@@ -9,7 +9,7 @@ pub enum ExecError {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("image {0:?} is not on this host (worker.pull = \"never\")")]
+    #[error("image {0:?} is not on this host (worker.pull = \"never\"): build or load it there, or set worker.pull = \"missing\"")]
     ImageNotFound(String),
     #[error("image {image:?} could not be pulled")]
     Pull {

@@ -17,6 +17,7 @@ mod files;
 mod follow;
 mod health;
 pub mod network;
+pub mod placement;
 mod run;
 mod services;
 pub mod sweep;

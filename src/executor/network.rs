@@ -1,8 +1,10 @@
 //! The Docker network that `network: bridge` jobs run on: one per host, made by
 //! Dockhand (`dockhand-results`, label `dockhand.network=results`) and shared by
 //! every worker there, never removed (jobs come and go on it). Its gateway address
-//! is where a worker serves the jobs' result URLs, so a container reaches them
-//! without the worker listening on any other interface.
+//! is where a worker on the Docker host serves the jobs' result URLs, so a
+//! container reaches them without the worker listening on any other interface; a
+//! worker in a container joins the network and serves them on its own address
+//! there (`placement.rs`).
 //!
 //! Docker (before API 1.44) lets two networks share a name, and workers starting
 //! together could both create it. So finding-or-making holds a lock file shared
@@ -13,6 +15,7 @@
 
 use super::{ExecError, Executor};
 use bollard::models::NetworkCreateRequest;
+use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -20,9 +23,20 @@ use std::net::IpAddr;
 pub const RESULTS_NETWORK: &str = "dockhand-results";
 const LABEL: &str = "dockhand.network=results";
 
+/// The shared network as Docker describes it.
+#[derive(Debug, Clone)]
+pub struct ResultsNetwork {
+    pub id: String,
+    /// Its IPv4 gateway: an address of the Docker host.
+    pub gateway: IpAddr,
+    /// The IPv4 subnet the gateway is in (from IPAM): every container on the
+    /// network has an address in it.
+    pub subnet: IpNet,
+}
+
 impl Executor {
-    /// Finds or makes the shared network; returns its id and gateway address.
-    pub async fn results_network(&self) -> Result<(String, IpAddr), ExecError> {
+    /// Finds or makes the shared network.
+    pub async fn results_network(&self) -> Result<ResultsNetwork, ExecError> {
         let path = std::env::temp_dir().join("dockhand-results-network.lock");
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             let file = std::fs::OpenOptions::new()
@@ -45,7 +59,7 @@ impl Executor {
         found
     }
 
-    async fn find_or_make(&self) -> Result<(String, IpAddr), ExecError> {
+    async fn find_or_make(&self) -> Result<ResultsNetwork, ExecError> {
         let mut ids = self.results_networks().await?;
         if ids.is_empty() {
             let request = NetworkCreateRequest {
@@ -78,15 +92,24 @@ impl Executor {
                 action: "inspect the results network",
                 source,
             })?;
-        let gateway = net
+        let (gateway, subnet) = net
             .ipam
             .and_then(|ipam| ipam.config)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|c| c.gateway?.parse::<IpAddr>().ok())
-            .find(IpAddr::is_ipv4)
-            .ok_or_else(|| no_gateway("the results network has no IPv4 gateway"))?;
-        Ok((chosen, gateway))
+            .find_map(|c| {
+                let gateway = c.gateway?.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4)?;
+                let subnet = c.subnet?.parse::<IpNet>().ok()?;
+                subnet.contains(&gateway).then_some((gateway, subnet))
+            })
+            .ok_or_else(|| {
+                no_gateway("the results network has no IPv4 gateway and subnet (docker network inspect dockhand-results)")
+            })?;
+        Ok(ResultsNetwork {
+            id: chosen,
+            gateway,
+            subnet,
+        })
     }
 
     async fn results_networks(&self) -> Result<Vec<String>, ExecError> {

@@ -39,7 +39,7 @@ pub async fn run(
     token: CancellationToken,
 ) {
     let tls = super::tls::client_config(&settings.webhooks.ca_file).unwrap_or_else(|e| {
-        tracing::error!(error = %error_chain(&e), "webhooks.ca_file is unusable; https deliveries trust the public roots only");
+        tracing::error!(error = %error_chain(&e), "webhooks.ca_file is unusable; https deliveries trust the public roots only. Give it PEM certificates, or set it empty");
         super::tls::public_roots()
     });
     let outbound = Arc::new(Outbound {
@@ -125,7 +125,7 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
     let target = match target(&mut conn, &ctx.keys, &d).await? {
         Ok(t) => t,
         Err(why) => {
-            tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %why, "webhook dead-lettered");
+            tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %why, "webhook dead-lettered; `dockhand webhooks replay --dead` sends it again");
             return outbox::dead(&mut conn, &ctx.keys, &d, &why, retention).await;
         }
     };
@@ -165,12 +165,12 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
                 "{what}: the receiver asked for no more deliveries; subscriber {} disabled",
                 d.subscriber
             );
-            tracing::warn!(delivery = %id, subscriber = %d.subscriber, "webhook receiver answered 410 Gone; subscriber disabled");
+            tracing::warn!(delivery = %id, subscriber = %d.subscriber, "webhook receiver answered 410 Gone; subscriber disabled (`dockhand subscriber add` it again to deliver to it)");
             disable(&mut conn, &ctx.keys, &d.subscriber, &why).await?;
             outbox::dead(&mut conn, &ctx.keys, &d, &why, retention).await
         }
         Verdict::Refused | Verdict::Invalid => {
-            tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %what, "webhook cannot be sent; dead-lettered");
+            tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %what, "webhook cannot be sent; dead-lettered (fix the URL or the allowances, then `dockhand webhooks replay --dead`)");
             outbox::dead(&mut conn, &ctx.keys, &d, &what, retention).await
         }
         Verdict::Retry => {
@@ -178,7 +178,7 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
             let round = d.round as usize + 1;
             let Some(base) = schedule.get(round - 1) else {
                 let why = format!("gave up after {round} attempts; last: {what}");
-                tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %why, "webhook dead-lettered");
+                tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %why, "webhook dead-lettered; `dockhand webhooks replay --dead` sends it again");
                 return outbox::dead(&mut conn, &ctx.keys, &d, &why, retention).await;
             };
             let jitter = 0.8 + 0.4 * crate::backoff::random_fraction();

@@ -137,7 +137,7 @@ pub async fn enqueue_for_job(
             }),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(subscriber = %name, error = %e, "a subscriber's JSON is unreadable; skipped")
+                tracing::warn!(subscriber = %name, error = %e, "a subscriber's JSON is unreadable; skipped (`dockhand subscriber rm` it and add it again)")
             }
         }
     }

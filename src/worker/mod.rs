@@ -89,7 +89,7 @@ async fn connect_docker(
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
                 if backoff.failures() == 1 || backoff.failures().is_multiple_of(10) {
-                    tracing::warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "the Docker engine does not answer; waiting for it");
+                    tracing::warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "the Docker engine does not answer; waiting for it (start dockerd, or set worker.docker_host to where it listens)");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -1,9 +1,11 @@
-//! What a job posts to its result URLs (contract section 7): the URLs are opened
+//! What a job posts to its result URLs (docs/results.md): the URLs are opened
 //! before its container starts, and what was posted is applied after it exits. A POST to `RESPONSE_URL` completes the job with the posted
 //! result whatever its exit code (which is still recorded); a POST to `ABORT_URL`
 //! aborts it with reason `aborted_by_job`. A timeout or a cancel still wins.
 
 use crate::config::{ResultSettings, Settings};
+use crate::executor::network::RESULTS_NETWORK;
+use crate::executor::placement::Placement;
 use crate::executor::Executor;
 use crate::job::{Job, Reason};
 use crate::logs::LogSender;
@@ -21,23 +23,53 @@ pub(crate) struct ResultsHost {
     pub network: Option<String>,
 }
 
-/// Starts the result server where containers can reach it: the gateway of the
-/// `dockhand-results` network (or `results.bind`). `None`, with a warning, when it
-/// cannot: jobs then run without result URLs.
+/// Starts the result server where containers can reach it: with `results.bind`
+/// empty, the gateway of the `dockhand-results` network when this worker runs on
+/// the Docker host, or its own address on that network when it runs in a
+/// container (which it connects to the network: `executor::placement`); else
+/// `results.bind`. `None`, with a warning saying what was tried and what to do,
+/// when it cannot: jobs then run without result URLs (they can still write
+/// result.json).
 pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<ResultsHost> {
     if settings.policy.networks.iter().all(|n| n == "none") {
         return None; // no job may have a network, so none could reach the URLs
     }
+    const STILL: &str = "jobs still run, and can hand back results in /dockhand/output/result.json";
     let r = &settings.results;
     let mut network = None;
     let ip: IpAddr = if settings.results.bind.is_empty() {
-        match executor.results_network().await {
-            Ok((id, ip)) => {
-                network = Some(id);
-                ip
+        let net = match executor.results_network().await {
+            Ok(net) => net,
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::telemetry::error_chain(&e),
+                    "no result URLs: cannot find or make the Docker network {RESULTS_NETWORK}; {STILL}. \
+                     Check that the worker may manage networks on the Docker engine, or set results.bind"
+                );
+                return None;
+            }
+        };
+        match executor.place_on(&net, true).await {
+            Ok(placement) => {
+                if let Placement::OnNetwork {
+                    joined: Some(c), ..
+                } = &placement
+                {
+                    tracing::info!(
+                        container = %c.short_id(),
+                        found_in = c.found_by,
+                        "this worker runs in a container: connected it to {RESULTS_NETWORK} to serve result URLs"
+                    );
+                }
+                network = Some(net.id);
+                placement.ip()?
             }
             Err(e) => {
-                tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs: cannot make the results network");
+                tracing::warn!(
+                    error = %crate::telemetry::error_chain(&e),
+                    "no result URLs: {STILL}. To serve them: {}",
+                    e.advice()
+                );
                 return None;
             }
         }
@@ -53,7 +85,11 @@ pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<Re
             })
         }
         Err(e) => {
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), "no result URLs: cannot listen");
+            tracing::warn!(
+                error = %crate::telemetry::error_chain(&e),
+                "no result URLs: cannot listen on {ip} port {}; {STILL}. Free the port or change results.port, or set results.bind",
+                r.port
+            );
             None
         }
     }

@@ -208,7 +208,7 @@ pub(super) async fn check_redis_settings(ctx: &Ctx) {
         .await;
     if let Ok(v) = aof {
         if v.get(1).is_some_and(|a| a == "no") {
-            tracing::warn!("Redis runs without AOF (appendonly no): a Redis restart loses queued and running jobs");
+            tracing::warn!("Redis runs without AOF (appendonly no): a Redis restart loses queued and running jobs; set appendonly yes");
         }
     }
 }

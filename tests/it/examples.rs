@@ -1,6 +1,6 @@
 //! The producer examples in the README and `examples/` work as written.
 
-use crate::common::{image, Env};
+use crate::common::{image, wait_until, Env};
 use tokio::process::Command;
 
 async fn run_example(env: &Env, program: &str, script: &str, id: &str) -> (bool, String) {
@@ -155,4 +155,239 @@ async fn the_readme_python_snippet_runs_as_written() {
         assert!(text.contains("'status': 'completed'"), "{run}: {text}");
     }
     worker.stop().await;
+}
+
+/// README lines of ```sh blocks the suite does not run, each with why. Every one
+/// must still be in the README (so this list cannot outlive its lines); any other
+/// line is run, and a new one is run as soon as it is written.
+const NOT_RUN: &[(&str, &str)] = &[
+    (
+        "scripts/demo",
+        "the demo: Redis and a worker of its own, for a person to watch",
+    ),
+    ("scripts/test", "this suite"),
+    (
+        "cargo install --path .",
+        "the suite runs the binary cargo built for it",
+    ),
+    (
+        "redis-server --appendonly yes &",
+        "the test's own Redis stands in (its address is what is substituted)",
+    ),
+    (
+        "dockhand worker --queue default --queue other --concurrency 4",
+        "a second worker; the one of \"Running it yourself\" serves these lines",
+    ),
+    (
+        "dockhand profile add build-docs profile.json",
+        "needs a profile file of your own (profiles: tests/it/profiles.rs)",
+    ),
+    (
+        "dockhand profile build build-docs",
+        "needs that profile, built from git",
+    ),
+    (
+        "dockhand cancel <id>",
+        "names a job of yours (cancel: tests/it/cli.rs)",
+    ),
+    (
+        "dockhand subscriber add billing https://billing.example.com/hooks",
+        "resolves a public name; the suite reaches nothing beyond loopback",
+    ),
+];
+
+/// The ```sh blocks of the README, as lines (comments and blank lines left out).
+fn readme_shell_lines() -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(at) = rest.find("```sh\n") {
+        let body = &rest[at + "```sh\n".len()..];
+        let end = body.find("```").expect("a closed block");
+        blocks.push(
+            body[..end]
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+        );
+        rest = &body[end + 3..];
+    }
+    blocks
+}
+
+/// A README line running in the background: ending in `&`, or a subscriber,
+/// which runs until stopped. Its stdout goes to a file.
+struct Background {
+    line: String,
+    child: tokio::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Background {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+/// Every shell line of the README runs as written, in order, against this test's
+/// Redis: only Redis's address (`redis-cli -h H -p P`, the URL in `--redis-url`,
+/// `REDIS_URL`) and the key prefix (`dockhand:` in keys, `DOCKHAND__REDIS__PREFIX`)
+/// are changed. Between blocks the test waits for the jobs a block submitted, as a
+/// reader would; then it checks what they did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_shell_snippets_run_as_written() {
+    let env = Env::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dockhand"), bin.join("dockhand")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (host, port) = env
+        .url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .expect("REDIS_URL is redis://host:port/");
+    let blocks = readme_shell_lines();
+    let all: Vec<&String> = blocks.iter().flatten().collect();
+    for (skipped, why) in NOT_RUN {
+        assert_eq!(
+            all.iter().filter(|l| l.starts_with(skipped)).count(),
+            1,
+            "{skipped:?} (not run: {why}) must be one line of the README"
+        );
+    }
+    let worker_id = format!(
+        "{}-1",
+        std::fs::read_to_string("/etc/hostname").unwrap().trim()
+    );
+    let mut background: Vec<Background> = Vec::new();
+    let mut ran: Vec<(String, String)> = Vec::new();
+    for (n, block) in blocks.iter().enumerate() {
+        for line in block {
+            if NOT_RUN.iter().any(|(skipped, _)| line.starts_with(skipped)) {
+                continue;
+            }
+            let command = if line.starts_with("redis-cli ") {
+                line.replacen("redis-cli ", &format!("redis-cli -h {host} -p {port} "), 1)
+                    .replace("dockhand:", &format!("{}:", env.prefix))
+            } else {
+                assert!(
+                    line.starts_with("dockhand "),
+                    "a README line the test does not know how to run: {line}"
+                );
+                line.replace("redis://127.0.0.1:6379/", &env.url)
+            }
+            .replace("dockhand-busybox:latest", &image());
+            let code = command.split(" # ").next().unwrap().trim_end();
+            let (code, behind) = match code.strip_suffix('&') {
+                Some(code) => (code.trim_end(), true),
+                None => (code, code.contains("SUBSCRIBE ")),
+            };
+            let mut cmd = Command::new("sh");
+            cmd.current_dir(root)
+                .env("PATH", &path)
+                .env("REDIS_URL", &env.url)
+                .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+                .kill_on_drop(true);
+            if behind {
+                let out = tmp.path().join(format!("bg-{}.out", background.len()));
+                cmd.args(["-c", &format!("exec {code}")])
+                    .stdout(std::fs::File::create(&out).unwrap())
+                    .stderr(std::process::Stdio::inherit());
+                let child = cmd.spawn().unwrap();
+                let bg = Background {
+                    line: line.clone(),
+                    child,
+                    out,
+                };
+                // Running before the next line: a worker ready to claim, a
+                // subscriber subscribed (else it could miss what follows).
+                if code.contains(" worker ") {
+                    env.wait_until_worker_ready(&worker_id, None).await;
+                } else {
+                    wait_until(&format!("{line} to subscribe"), || async {
+                        bg.output().contains("subscribe").then_some(())
+                    })
+                    .await;
+                }
+                background.push(bg);
+                continue;
+            }
+            // A guard, not a speed limit: a line that waits for ever must fail.
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(120),
+                cmd.args(["-c", code]).output(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("block {n}: {line} never ended"))
+            .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "block {n}: {line}\nran as: {code}\n{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ran.push((line.clone(), stdout));
+        }
+        // What this block submitted has finished before the next block looks at it.
+        for (line, stdout) in &ran {
+            if line.starts_with("redis-cli XADD") {
+                env.finished(stdout.trim()).await;
+            }
+            if line.starts_with("redis-cli LPUSH") {
+                env.finished("report-42").await;
+            }
+        }
+    }
+    let said = |start: &str| -> &str {
+        &ran.iter()
+            .find(|(l, _)| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no README line starts with {start:?}"))
+            .1
+    };
+    assert!(
+        said("dockhand --redis-url").contains("hello from job.json"),
+        "{ran:?}"
+    );
+    let xadd = said("redis-cli XADD").trim().to_string();
+    let job = env.finished(&xadd).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(env.lines(&xadd, "stdout").await, vec!["hello"]);
+    let report = env.finished("report-42").await;
+    assert_eq!(
+        (
+            report["status"].as_str(),
+            report["reason"].as_str(),
+            report["exit_code"].as_str()
+        ),
+        ("aborted", "exit_code", "3")
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(said("dockhand status report-42 --json")).unwrap();
+    assert_eq!(status["exit_code"], 3, "{status}");
+    assert!(said("dockhand submit --image").contains("hi"), "{ran:?}");
+    for bg in &mut background {
+        // SIGTERM: the worker drains (it runs nothing now) and exits.
+        if let Some(pid) = bg.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = bg.child.wait().await;
+    }
+    let events = background
+        .iter()
+        .find(|b| b.line.contains("PSUBSCRIBE"))
+        .expect("the README subscribes to everything")
+        .output();
+    assert!(events.contains("job.completed"), "{events}");
 }

@@ -10,6 +10,7 @@ mod files;
 mod first_hour;
 mod git_jobs;
 mod git_source;
+mod in_container;
 mod intake;
 mod jobs;
 mod limits;

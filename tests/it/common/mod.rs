@@ -39,9 +39,11 @@ pub fn image() -> String {
     image
 }
 
-/// A `redis-server` this test owns (killed on drop), on a free loopback port.
+/// A `redis-server` this test owns (killed on drop), on a free loopback port (or
+/// a free port of another address of this host: [`RedisServer::start_on`]).
 pub struct RedisServer {
     pub port: u16,
+    host: std::net::IpAddr,
     child: Option<Child>,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -54,11 +56,27 @@ impl RedisServer {
 
     /// With extra `redis-server` arguments (e.g. AOF on), kept across restarts.
     pub fn start_with(args: &[&str]) -> RedisServer {
-        let port = free_port();
+        RedisServer::start_on_with(std::net::Ipv4Addr::LOCALHOST.into(), args)
+    }
+
+    /// Listening on `host` only, an address of this machine: the gateway of a
+    /// Docker network the test made, so that containers on it reach Redis (which
+    /// protected mode would refuse: it lets only loopback in without a password).
+    pub fn start_on(host: std::net::IpAddr) -> RedisServer {
+        RedisServer::start_on_with(host, &["--appendonly", "no", "--protected-mode", "no"])
+    }
+
+    fn start_on_with(host: std::net::IpAddr, args: &[&str]) -> RedisServer {
+        let port = TcpListener::bind((host, 0))
+            .unwrap_or_else(|e| panic!("no free port on {host}: {e}"))
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = tempfile::tempdir().unwrap();
         let args = args.iter().map(|a| a.to_string()).collect();
         let mut server = RedisServer {
             port,
+            host,
             child: None,
             dir,
             args,
@@ -68,7 +86,7 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://{}:{}/", self.host, self.port)
     }
 
     fn spawn(&mut self) {
@@ -77,7 +95,7 @@ impl RedisServer {
                 "--port",
                 &self.port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                &self.host.to_string(),
                 "--save",
                 "",
             ])
@@ -115,7 +133,7 @@ impl RedisServer {
     /// for instead of keeping Redis down for a guessed while. Call before `restart`.
     pub async fn wait_for_reconnect_attempts(&self, n: usize) {
         assert!(self.child.is_none(), "the server is still up");
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+        let listener = tokio::net::TcpListener::bind((self.host, self.port))
             .await
             .unwrap_or_else(|e| panic!("cannot stand in on port {}: {e}", self.port));
         let deadline = tokio::time::Instant::now() + GUARD;
@@ -179,6 +197,11 @@ impl Env {
     /// A server of its own with AOF on, fsynced on every write.
     pub fn own_server_with_aof() -> Env {
         let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+        Env::with_url(server.url(), Some(server))
+    }
+
+    /// With `server`, a Redis the test started its own way ([`RedisServer::start_on`]).
+    pub fn on(server: RedisServer) -> Env {
         Env::with_url(server.url(), Some(server))
     }
 
