@@ -12,6 +12,7 @@
 mod auth;
 mod error;
 mod jobs;
+mod metrics;
 mod queues;
 mod state;
 
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
             post(queues::dead_retry),
         )
         .route("/workers", get(queues::workers))
+        .route("/metrics", get(metrics::get))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
