@@ -37,6 +37,8 @@ pub(crate) struct Ctx {
     pub deployment: Arc<tokio::sync::OnceCell<String>>,
     /// Wakes this process's webhook delivery loop when a finished job made deliveries.
     pub deliveries_made: Arc<tokio::sync::Notify>,
+    /// Jobs this process ended since it started, for its own `/metrics`.
+    pub finished: super::probe::Finished,
 }
 
 impl Ctx {
