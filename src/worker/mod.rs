@@ -183,7 +183,7 @@ pub async fn run_with(
         images,
         deployment: Arc::default(),
         deliveries_made: Arc::default(),
-        finished: probe::Finished::default(),
+        finished: context::Finished::default(),
     };
     let w = &ctx.settings.worker;
     tracing::info!(worker = %ctx.worker_id, consumer = %ctx.consumer, queues = ?w.queues, concurrency = w.concurrency, "worker started");

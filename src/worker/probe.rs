@@ -19,7 +19,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -27,24 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one look at Redis or Docker may take before it counts as not answering.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Jobs this process finished since it started, by status. Cheap to clone.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Finished {
-    completed: Arc<AtomicU64>,
-    aborted: Arc<AtomicU64>,
-}
-
-impl Finished {
-    /// One more job ended by this process (a terminal state it wrote).
-    pub fn add(&self, status: crate::job::Status) {
-        let n = match status {
-            crate::job::Status::Completed => &self.completed,
-            _ => &self.aborted,
-        };
-        n.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 #[derive(Clone)]
 struct Probe {
@@ -145,16 +126,8 @@ async fn metrics(State(p): State<Probe>) -> Response {
         "counter",
         "Jobs this worker process ended (wrote a terminal state for) since it started, by status.",
     );
-    let f = &ctx.finished;
-    t.sample(
-        name,
-        &[("status", "completed")],
-        f.completed.load(Ordering::Relaxed) as f64,
-    );
-    t.sample(
-        name,
-        &[("status", "aborted")],
-        f.aborted.load(Ordering::Relaxed) as f64,
-    );
+    let (completed, aborted) = ctx.finished.counts();
+    t.sample(name, &[("status", "completed")], completed as f64);
+    t.sample(name, &[("status", "aborted")], aborted as f64);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], t.finish()).into_response()
 }

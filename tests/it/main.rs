@@ -13,6 +13,7 @@ mod git_source;
 mod intake;
 mod jobs;
 mod logs;
+mod metrics;
 mod policy;
 mod profiles;
 mod recovery;
