@@ -125,6 +125,16 @@ dh_install_missing() {
             dh_die "pip install standardwebhooks failed"
     fi
 
+    # The metrics tests parse `/metrics` with the Prometheus client's own text
+    # parser (an implementation independent of ours), pinned so a new release's
+    # stricter or looser parsing does not change what the tests accept.
+    local prometheus_client=0.26.0
+    if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus_client') != '$prometheus_client')" >/dev/null 2>&1; then
+        dh_step "installing prometheus_client $prometheus_client (pip)"
+        python3 -m pip install -q --disable-pip-version-check "prometheus_client==$prometheus_client" >/dev/null 2>&1 ||
+            dh_die "pip install prometheus_client failed"
+    fi
+
     # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
         export PATH="$HOME/.cargo/bin:$PATH"

@@ -20,6 +20,8 @@
 //! - [`job`]: the job spec a producer writes, and its validation.
 //! - [`source`]: jobs from git: refs resolved, commits checked out with submodules, from a mirror cache.
 //! - [`webhook`]: subscribers, signing, and durable delivery with retries.
+//! - [`metrics`]: fleet-wide counters and histograms kept in Redis, and the
+//!   Prometheus text writer (workers add to them; `serve` renders them).
 //! - [`queue`]: key names, the inbox mover, consumer groups, claiming, leases and acking.
 //! - [`store`]: Redis connection pools (ordinary and blocking commands), and retrying a step while Redis is away.
 //! - [`config`]: typed settings, loaded once and passed down; imports nothing of the project.
@@ -41,6 +43,7 @@ pub mod job;
 pub mod limits;
 pub mod listing;
 pub mod logs;
+pub mod metrics;
 pub mod profile;
 pub mod queue;
 pub mod result_server;

@@ -9,8 +9,12 @@
 //!   there is no state without its event, and no event for a state not written.
 //! - A terminal write sets the retention expiry on the hash in the same step; the
 //!   job's files and log stream get the same expiry right after.
+//! - The fleet-wide metrics a state moves (a job finished, its duration, its queue
+//!   wait) are counted in the same script as the state: never for a write that
+//!   was refused, never twice for one write.
 
 use crate::job::{Reason, Status};
+use crate::metrics;
 use crate::queue::Keys;
 use crate::store::{Conn, StoreError};
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -307,17 +311,23 @@ pub async fn claim(
 }
 
 /// Writes the record's fields if `entry` still owns the job and `consumer` still
-/// runs it, publishes the event, and on a terminal state sets the expiry. Returns
-/// false when the job is not ours any more (another worker took it over).
-/// KEYS[1] job hash, KEYS[2] events stream. ARGV: entry, consumer, channel, event,
-/// expire seconds (0 = none), event type, job id, events stream cap, then
-/// field/value pairs.
+/// runs it, publishes the event, counts its metrics, and on a terminal state sets
+/// the expiry. Returns false when the job is not ours any more (another worker
+/// took it over): then nothing is counted either.
+/// KEYS[1] job hash, KEYS[2] events stream, KEYS[3..] one metric hash per
+/// increment. ARGV: entry, consumer, channel, event, expire seconds (0 = none),
+/// event type, job id, events stream cap, the number of increments n, n
+/// field/amount pairs (for KEYS[3..] in order), then field/value pairs.
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
         if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
-        redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+        local n = tonumber(ARGV[9])
+        redis.call('HSET', KEYS[1], unpack(ARGV, 10 + 2 * n))
+        for i = 1, n do
+            redis.call('HINCRBY', KEYS[2 + i], ARGV[8 + 2 * i], ARGV[9 + 2 * i])
+        end
         if ARGV[4] ~= '' then
             redis.call('PUBLISH', ARGV[3], ARGV[4])
             redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', ARGV[6], 'job', ARGV[7], 'event', ARGV[4])
@@ -357,9 +367,13 @@ pub async fn write(
     } else {
         0
     };
+    let incs = observed(record, event);
     let mut inv = WRITE.key(keys.job(&record.id));
-    inv.key(keys.events())
-        .arg(owner.entry)
+    inv.key(keys.events());
+    for inc in &incs {
+        inv.key(keys.metric(inc.metric));
+    }
+    inv.arg(owner.entry)
         .arg(owner.consumer)
         .arg(keys.events_channel())
         .arg(if event.is_empty() {
@@ -370,7 +384,11 @@ pub async fn write(
         .arg(ttl)
         .arg(event)
         .arg(&record.id)
-        .arg(events_max_len);
+        .arg(events_max_len)
+        .arg(incs.len());
+    for inc in &incs {
+        inv.arg(&inc.field).arg(inc.by);
+    }
     for (field, value) in record.fields().iter().chain(extra.iter()) {
         inv.arg(*field).arg(value);
     }
@@ -396,6 +414,31 @@ pub async fn write(
         pipe.query_async::<()>(conn).await?;
     }
     Ok(written == 1)
+}
+
+/// The metrics a write of `record` moves, counted in the same step as the state
+/// (so a job is counted once, by the write that ended it): a terminal state is a
+/// finished job and its duration (from its last start); the first `job.started`
+/// is the job's queue wait (from its submission).
+fn observed(record: &JobRecord, event: &str) -> Vec<metrics::Inc> {
+    let mut incs = Vec::new();
+    let queue = record.queue.as_str();
+    if record.is_terminal() {
+        let reason = record.reason.map(Reason::as_str).unwrap_or_default();
+        incs.push(metrics::JOBS_FINISHED.inc(&[queue, record.status.as_str(), reason]));
+        if let (Some(start), Some(end)) = (&record.started_at, &record.finished_at) {
+            if let Some(s) = metrics::seconds_between(start, end) {
+                incs.extend(metrics::JOB_DURATION.observe(&[queue], s));
+            }
+        }
+    } else if event == "job.started" && record.attempt == 1 {
+        if let Some(start) = &record.started_at {
+            if let Some(s) = metrics::seconds_between(&record.created_at, start) {
+                incs.extend(metrics::QUEUE_WAIT.observe(&[queue], s));
+            }
+        }
+    }
+    incs
 }
 
 /// Records a cancel request for a job that has not finished. Returns the job's

@@ -12,6 +12,7 @@
 mod auth;
 mod error;
 mod jobs;
+mod metrics;
 mod queues;
 mod registry;
 mod state;
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/jobs/{id}/webhooks", get(registry::deliveries))
         .route("/webhooks/{delivery}/replay", post(registry::replay))
+        .route("/metrics", get(metrics::get))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

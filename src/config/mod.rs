@@ -100,8 +100,25 @@ pub struct WorkerSettings {
     pub git_timeout_seconds: u64,
     pub build_context_bytes: ByteSize,
     pub docker_retries: u32,
+    /// `host:port` of this worker's own `/metrics` and `/healthz`; empty: none.
+    pub metrics_listen: String,
     #[serde(default)]
     pub git_tokens: GitTokens,
+}
+
+impl WorkerSettings {
+    /// Where the worker's own `/metrics` and `/healthz` listen, if anywhere.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.metrics_listen.is_empty() {
+            return Ok(None);
+        }
+        self.metrics_listen.parse().map(Some).map_err(|_| {
+            format!(
+                "`worker.metrics_listen` {:?} is not host:port (e.g. 0.0.0.0:9187), or empty for none",
+                self.metrics_listen
+            )
+        })
+    }
 }
 
 /// Host (or `host:port`) → token for fetching private repositories. `Debug`
@@ -401,6 +418,9 @@ impl Settings {
         if !self.worker.cache_dir.is_absolute() {
             return bad("worker.cache_dir", "must be an absolute path");
         }
+        if let Err(why) = self.worker.metrics_addr() {
+            return Err(ConfigError::Invalid(why));
+        }
         if self.policy.networks.iter().any(|n| n == "host") {
             return bad("policy.networks", "may not allow the host network");
         }
@@ -516,6 +536,20 @@ mod tests {
         let s = Settings::load_from(Some(&path), &[], &Overrides::default()).unwrap();
         assert_eq!(s.worker.concurrency, 9);
         assert_eq!(s.worker.queues, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn the_worker_metrics_address_is_off_by_default_and_must_be_host_port() {
+        let s = Settings::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(s.worker.metrics_addr(), Ok(None));
+        let on = env(&[("DOCKHAND__WORKER__METRICS_LISTEN", "127.0.0.1:9187")]);
+        let s = Settings::load_from(None, &on, &Overrides::default()).unwrap();
+        assert_eq!(s.worker.metrics_addr().unwrap().unwrap().port(), 9187);
+        let bad = env(&[("DOCKHAND__WORKER__METRICS_LISTEN", "localhost")]);
+        let err = Settings::load_from(None, &bad, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`worker.metrics_listen`"), "{err}");
     }
 
     #[test]

@@ -177,6 +177,12 @@ impl Keys {
         format!("{}:limit:{{{key}}}:starts", self.prefix)
     }
 
+    /// One fleet-wide metric: a hash of label values (and buckets) → count, kept
+    /// for good (see `metrics`).
+    pub fn metric(&self, name: &str) -> String {
+        format!("{}:metrics:{name}", self.prefix)
+    }
+
     /// The pattern matching every queue's job stream, for discovery with `SCAN`.
     pub fn jobs_pattern(&self) -> String {
         format!("{}:{{*}}:jobs", self.prefix)

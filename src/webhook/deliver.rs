@@ -5,6 +5,7 @@
 use super::outbox::{self, Delivery};
 use super::{attempt, Guard, Message, Outbound, Subscriber, Target, Verdict};
 use crate::config::Settings;
+use crate::metrics::{Inc, WEBHOOK_ATTEMPTS, WEBHOOK_LATENCY};
 use crate::queue::Keys;
 use crate::store::{Store, StoreError};
 use crate::telemetry::error_chain;
@@ -148,7 +149,10 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
         "error": outcome.error,
         "verdict": format!("{:?}", outcome.verdict).to_lowercase(),
     });
-    outbox::record_attempt(&mut conn, &ctx.keys, id, &record).await?;
+    let schedule = &ctx.settings.webhooks.retry_schedule_seconds;
+    let last_round = schedule.get(d.round as usize).is_none();
+    let metrics = attempt_metrics(&outcome.verdict, last_round, &d.created_at);
+    outbox::record_attempt(&mut conn, &ctx.keys, id, &record, &metrics).await?;
     let what = outcome.error.clone().unwrap_or_else(|| {
         format!(
             "HTTP {}",
@@ -191,6 +195,25 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
             outbox::retry_at(&mut conn, &ctx.keys, id, at).await
         }
     }
+}
+
+/// What one attempt adds to the fleet-wide metrics: its verdict as an operator
+/// reads it (`delivered`; `failed`, to be tried again; `dead`, no more tries: the
+/// receiver refused it for good, or this was the last try of the schedule), and
+/// for a delivery, how long after its creation it arrived.
+fn attempt_metrics(verdict: &Verdict, last_round: bool, created_at: &str) -> Vec<Inc> {
+    let kind = match verdict {
+        Verdict::Delivered => "delivered",
+        Verdict::Retry if !last_round => "failed",
+        Verdict::Retry | Verdict::Gone | Verdict::Refused | Verdict::Invalid => "dead",
+    };
+    let mut incs = vec![WEBHOOK_ATTEMPTS.inc(&[kind])];
+    if matches!(verdict, Verdict::Delivered) {
+        if let Some(s) = crate::metrics::seconds_between(created_at, &crate::time::now()) {
+            incs.extend(WEBHOOK_LATENCY.observe(&[], s));
+        }
+    }
+    incs
 }
 
 /// Where to send `d` now: the job's own target, or the subscriber as registered

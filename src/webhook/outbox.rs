@@ -38,6 +38,8 @@ pub struct Delivery {
     /// Attempts in the current round (a replay starts a new round).
     pub round: u32,
     pub attempts: u32,
+    /// When it was made (RFC 3339): where its delivery latency starts.
+    pub created_at: String,
 }
 
 impl Delivery {
@@ -58,6 +60,7 @@ impl Delivery {
             status: get("status"),
             round: get("round").parse().unwrap_or(0),
             attempts: get("attempts").parse().unwrap_or(0),
+            created_at: get("created_at"),
         })
     }
 }
@@ -228,22 +231,24 @@ pub async fn load(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Option<Deliv
     Ok(Delivery::from_hash(id, h))
 }
 
-/// Appends one attempt's record and counts it.
+/// Appends one attempt's record and counts it, with the fleet-wide metrics it
+/// moves (`metrics`) in the same round trip.
 pub async fn record_attempt(
     conn: &mut Conn,
     keys: &Keys,
     id: &str,
     attempt: &serde_json::Value,
+    metrics: &[crate::metrics::Inc],
 ) -> Result<(), StoreError> {
-    redis::pipe()
-        .rpush(keys.delivery_attempts(id), attempt.to_string())
+    let mut pipe = redis::pipe();
+    pipe.rpush(keys.delivery_attempts(id), attempt.to_string())
         .ignore()
         .hincr(keys.delivery(id), "attempts", 1)
         .ignore()
         .hincr(keys.delivery(id), "round", 1)
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
+        .ignore();
+    crate::metrics::add_to(&mut pipe, keys, metrics);
+    pipe.query_async::<()>(conn).await?;
     Ok(())
 }
 

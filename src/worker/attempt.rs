@@ -114,10 +114,18 @@ async fn image(
     if !turn.write(&record, "", &[]).await? {
         return Ok(Err(Ending::NotOwned));
     }
+    let mut observed = Vec::new();
     let prepared = tokio::select! {
-        prepared = prepare::git_image(&ctx.images, &mut job, &mut record, log) => Some(prepared),
+        prepared = prepare::git_image(&ctx.images, &mut job, &mut record, log, &mut observed) => Some(prepared),
         _ = registration.stop.cancelled() => None,
     };
+    // A step of its own: the next state write may be seconds away, or never come
+    // (a drain), and one round trip is nothing beside a git fetch and a build.
+    if !observed.is_empty() {
+        if let Ok(mut conn) = ctx.store.conn().await {
+            crate::metrics::add(&mut conn, &ctx.keys, &observed).await;
+        }
+    }
     let failure = match prepared {
         Some(Ok(())) => return Ok(Ok((record, job))),
         Some(Err(failure)) => failure,

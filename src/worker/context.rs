@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::executor::Executor;
 use crate::queue::Keys;
 use crate::store::{Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,8 @@ pub(crate) struct Ctx {
     pub deployment: Arc<tokio::sync::OnceCell<String>>,
     /// Wakes this process's webhook delivery loop when a finished job made deliveries.
     pub deliveries_made: Arc<tokio::sync::Notify>,
+    /// Jobs this process ended since it started, for its own `/metrics`.
+    pub finished: Finished,
 }
 
 impl Ctx {
@@ -63,6 +66,32 @@ impl Ctx {
 
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_seconds)
+    }
+}
+
+/// Jobs this process finished since it started, by status. Cheap to clone.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Finished {
+    completed: Arc<AtomicU64>,
+    aborted: Arc<AtomicU64>,
+}
+
+impl Finished {
+    /// One more job ended by this process (a terminal state it wrote).
+    pub fn add(&self, status: crate::job::Status) {
+        let n = match status {
+            crate::job::Status::Completed => &self.completed,
+            _ => &self.aborted,
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completed and aborted so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.completed.load(Ordering::Relaxed),
+            self.aborted.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -144,6 +144,9 @@ impl Turn<'_> {
             "job.aborted"
         };
         let written = self.write(&record, event, &[]).await?;
+        if written {
+            self.ctx.finished.add(record.status);
+        }
         tracing::info!(status = %record.status, reason = record.reason.map(Reason::as_str).unwrap_or(""), exit_code = ?record.exit_code, "job finished");
         if written && record.reason == Some(Reason::WorkerLost) {
             self.bury(&record, record.error.as_deref().unwrap_or_default())
@@ -160,6 +163,7 @@ impl Turn<'_> {
         tracing::warn!(reason = %rejection.reason, error = %rejection.message, "job refused");
         record.abort(rejection.reason, rejection.message.clone());
         if self.write(&record, "job.aborted", &[]).await? {
+            self.ctx.finished.add(record.status);
             self.bury(&record, &rejection.message).await?;
             make_deliveries(self.ctx, &record.id, self.raw).await?;
         }

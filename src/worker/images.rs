@@ -56,6 +56,23 @@ pub(crate) struct Ready {
     pub image_id: String,
     /// False when the image was found cached.
     pub built: bool,
+    /// How long its checkout and build took, when it was built.
+    pub build_time: Option<std::time::Duration>,
+}
+
+impl Ready {
+    /// The metrics of making it ready: a cache hit, or a miss and its build time.
+    pub fn observed(&self) -> Vec<crate::metrics::Inc> {
+        use crate::metrics::{BUILD_CACHE, BUILD_TIME};
+        match self.build_time {
+            Some(took) if self.built => {
+                let mut incs = vec![BUILD_CACHE.inc(&["miss"])];
+                incs.extend(BUILD_TIME.observe(&[], took.as_secs_f64()));
+                incs
+            }
+            _ => vec![BUILD_CACHE.inc(&["hit"])],
+        }
+    }
 }
 
 /// This worker's git mirrors, its checkouts, and the builds under way. Cheap to clone.
@@ -158,6 +175,7 @@ impl Images {
                 tag,
                 image_id,
                 built: false,
+                build_time: None,
             });
         }
         let lock = {
@@ -172,13 +190,17 @@ impl Images {
                     tag: tag.clone(),
                     image_id,
                     built: false,
+                    build_time: None,
                 });
             }
+            // Timed from here: waiting for another job's build of the tag is not building.
+            let began = std::time::Instant::now();
             let image_id = self.build(git, commit, &tag, log).await?;
             Ok(Ready {
                 tag: tag.clone(),
                 image_id,
                 built: true,
+                build_time: Some(began.elapsed()),
             })
         }
         .await;

@@ -35,6 +35,7 @@ mod broadcast;
 mod context;
 mod heartbeat;
 mod images;
+mod probe;
 mod running;
 mod takeover;
 mod upkeep;
@@ -64,6 +65,12 @@ pub enum WorkerError {
     GitCache(#[from] crate::source::GitError),
     #[error(transparent)]
     Profiles(#[from] crate::profile::ProfileFileError),
+    #[error("cannot serve this worker's metrics on {listen}; is another process using it? (worker.metrics_listen)")]
+    MetricsListen {
+        listen: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How often the orphan sweep runs after the first one at start.
@@ -152,6 +159,16 @@ pub async fn run_with(
     let Some(executor) = connect_docker(&settings, &consumer, &mut shutdown).await? else {
         return Ok(()); // stopped before the engine ever answered
     };
+    // Validated with the settings; bound before anything runs, so a taken port
+    // stops the worker here, naming the key.
+    let probe = match settings.worker.metrics_addr().ok().flatten() {
+        Some(listen) => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| WorkerError::MetricsListen { listen, source })?,
+        ),
+        None => None,
+    };
     let images = images::Images::open(&settings, &worker_id, executor.docker().clone())?;
     let profiles = crate::profile::load_dir(&settings.worker.profiles_dir)?;
     let results = posted::start(&settings, &executor).await.map(Arc::new);
@@ -167,6 +184,7 @@ pub async fn run_with(
         images,
         deployment: Arc::default(),
         deliveries_made: Arc::default(),
+        finished: context::Finished::default(),
     };
     let w = &ctx.settings.worker;
     tracing::info!(worker = %ctx.worker_id, consumer = %ctx.consumer, queues = ?w.queues, concurrency = w.concurrency, "worker started");
@@ -181,10 +199,19 @@ pub async fn run_with(
     let broadcast_ready = broadcast::setup(&ctx, &profiles).await;
     let beating = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat::run(ctx.clone(), info, beating.clone()));
+    let permits = Arc::new(Semaphore::new(w.concurrency));
+    // Stops with the heartbeat, after the drain: a draining worker is still alive.
+    let probing = probe.map(|listener| {
+        tokio::spawn(probe::serve(
+            listener,
+            ctx.clone(),
+            permits.clone(),
+            beating.clone(),
+        ))
+    });
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(w.concurrency));
     let chores = TaskTracker::new();
     for queue in w.queues.clone() {
         chores.spawn(inbox_loop(ctx.clone(), queue.clone(), token.clone()));
@@ -248,6 +275,9 @@ pub async fn run_with(
     }
     beating.cancel();
     let _ = heartbeat.await;
+    if let Some(probing) = probing {
+        let _ = probing.await;
+    }
     if let Ok(mut conn) = ctx.store.conn().await {
         let _ = queue::lease::depart(&mut conn, &ctx.keys, &ctx.consumer).await;
         broadcast::leave(&ctx, &mut conn).await;

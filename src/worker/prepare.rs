@@ -27,12 +27,14 @@ pub(super) struct Failure {
 }
 
 /// Makes the image of a job from `git` ready and points `job.image` at it; the
-/// commit and image id go into `record`.
+/// commit and image id go into `record`, and the metrics of a cache hit or a
+/// build into `observed`.
 pub(super) async fn git_image(
     images: &Images,
     job: &mut Job,
     record: &mut JobRecord,
     log: &LogSender,
+    observed: &mut Vec<crate::metrics::Inc>,
 ) -> Result<(), Failure> {
     let Some(git) = job.git.clone() else {
         return Ok(());
@@ -65,6 +67,7 @@ pub(super) async fn git_image(
             })
         }
     };
+    observed.extend(ready.observed());
     if ready.built {
         tracing::info!(commit = %commit, image = %ready.tag, "image built for the job");
     } else {

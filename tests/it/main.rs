@@ -15,6 +15,7 @@ mod intake;
 mod jobs;
 mod limits;
 mod logs;
+mod metrics;
 mod policy;
 mod profiles;
 mod recovery;
