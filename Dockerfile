@@ -1,4 +1,5 @@
-# Container image of the Dockhand worker (and CLI), used by docker-compose.yml.
+# Container image of Dockhand: the worker, `dockhand serve` and the CLI, used by
+# docker-compose.yml.
 #
 # Needs an image registry to pull rust:1-bookworm and debian:bookworm-slim; none
 # is reachable on the dev machines or in CI, where scripts/demo runs the worker
@@ -15,10 +16,10 @@ RUN cargo build --release --locked --bin dockhand \
 
 # --- runtime stage -----------------------------------------------------------
 FROM debian:bookworm-slim
-# ca-certificates: HTTPS webhooks and git sources. No git: libgit2 is built into
-# the binary.
+# ca-certificates: HTTPS webhooks and git sources. curl: the health checks of
+# `dockhand serve` (docker-compose.yml). No git: libgit2 is built into the binary.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/dockhand /usr/local/bin/dockhand
 # Runs as root: the worker talks to the host's Docker engine through the mounted

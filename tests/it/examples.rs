@@ -108,6 +108,15 @@ async fn the_compose_file_is_valid() {
         .expect("the file shows a producer");
     assert!(example.contains(r#""image":"redis:7""#), "{example}");
     assert!(config.contains("image: redis:7"), "{config}");
+    // Redis, a worker and `dockhand serve`, each with a health check.
+    for service in ["redis:", "worker:", "api:"] {
+        assert!(
+            config.lines().any(|l| l.trim() == service),
+            "no service {service}\n{config}"
+        );
+    }
+    assert_eq!(config.matches("healthcheck:").count(), 3, "{config}");
+    assert!(config.contains("- serve"), "{config}");
 }
 
 /// The README's Python snippet runs as written, but for where Redis is and the
