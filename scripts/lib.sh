@@ -80,6 +80,8 @@ dh_install_missing() {
     command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
     # Used by dh_free_port; present on the dev machines, but cheap to make sure of.
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+    # The dashboard's test drives a real headless browser (tests/it/dashboard.rs).
+    command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 
     if ((${#pkgs[@]} > 0)); then
         local -a sudo=()
@@ -121,6 +123,14 @@ dh_install_missing() {
         dh_step "installing standardwebhooks (pip)"
         python3 -m pip install -q --disable-pip-version-check standardwebhooks >/dev/null 2>&1 ||
             dh_die "pip install standardwebhooks failed"
+    fi
+
+    # The dashboard's test speaks the DevTools Protocol to Chromium over a
+    # WebSocket (tests/it/cdp.py); pinned, as the protocol client is all it uses.
+    if ! python3 -c 'import websocket, sys; sys.exit(websocket.__version__ != "1.8.0")' >/dev/null 2>&1; then
+        dh_step "installing websocket-client (pip)"
+        python3 -m pip install -q --disable-pip-version-check websocket-client==1.8.0 >/dev/null 2>&1 ||
+            dh_die "pip install websocket-client failed"
     fi
 
     # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
