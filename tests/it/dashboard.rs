@@ -278,6 +278,14 @@ async fn the_dashboard_shows_and_steers_queues_and_jobs_live() {
     let mut conn = env.conn().await;
     let paused: bool = conn.sismember(env.keys.paused(), "default").await.unwrap();
     assert!(paused, "{} holds default", env.keys.paused());
+    // A read the worker began before the pause may still take from the queue (for
+    // up to worker.block_ms). A job of the other queue, submitted now, is taken by
+    // that read or a later one; once it has run, every read knows of the pause (as
+    // in api.rs).
+    let fence = format!("{}-fence", env.prefix);
+    env.xadd("reports", &spec(&fence, json!({"command": "true"})))
+        .await;
+    env.finished(&fence).await;
 
     // A job submitted to the paused queue waits: its page says queued, and why.
     let id = format!("{}-dash", env.prefix);
