@@ -82,6 +82,8 @@ dh_install_missing() {
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
     # The demo shows the HTTP API with curl.
     command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+    # The dashboard's test drives a real headless browser (tests/it/dashboard.rs).
+    command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 
     if ((${#pkgs[@]} > 0)); then
         local -a sudo=()
@@ -133,6 +135,13 @@ dh_install_missing() {
         dh_step "installing prometheus_client $prometheus_client (pip)"
         python3 -m pip install -q --disable-pip-version-check "prometheus_client==$prometheus_client" >/dev/null 2>&1 ||
             dh_die "pip install prometheus_client failed"
+    fi
+    # The dashboard's test speaks the DevTools Protocol to Chromium over a
+    # WebSocket (tests/it/cdp.py); pinned, as the protocol client is all it uses.
+    if ! python3 -c 'import websocket, sys; sys.exit(websocket.__version__ != "1.8.0")' >/dev/null 2>&1; then
+        dh_step "installing websocket-client (pip)"
+        python3 -m pip install -q --disable-pip-version-check websocket-client==1.8.0 >/dev/null 2>&1 ||
+            dh_die "pip install websocket-client failed"
     fi
 
     # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.

@@ -5,10 +5,13 @@
 //!   one whose token lacks the scope 403, before any handler runs.
 //! - With none configured, every request is let through: `serve` then listens on
 //!   loopback only (`ApiSettings::check`), as it says at start.
-//! - `/healthz` is open to all, so a load balancer or Compose can probe it.
+//! - `/healthz` is open to all, so a load balancer or Compose can probe it; so is
+//!   `GET` of the dashboard's page and assets ([`dashboard::is_public`]), which hold
+//!   no data: the page then asks for a token when the API answers 401.
 //! - The browser's EventSource cannot send headers, so a `GET` may carry the token
 //!   as `?token=` instead; the dashboard does so for its live views.
 
+use super::dashboard;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::config::Scope;
@@ -23,7 +26,10 @@ pub async fn require(
     next: Next,
 ) -> Result<Response, ApiError> {
     let api = &app.settings.api;
-    if api.tokens.is_empty() || req.uri().path() == "/healthz" {
+    if api.tokens.is_empty()
+        || req.uri().path() == "/healthz"
+        || dashboard::is_public(req.method(), req.uri().path())
+    {
         return Ok(next.run(req).await);
     }
     let needed = if matches!(*req.method(), Method::GET | Method::HEAD) {

@@ -5,11 +5,13 @@
 //! - Stateless: everything served is read from Redis when asked, and everything
 //!   changed is written there through [`crate::admin`], exactly as the CLI does;
 //!   any number of `serve` processes may run side by side.
-//! - Every route but `/healthz` passes [`auth::require`]; bodies are capped at
+//! - Every route but `/healthz` and the dashboard's files passes
+//!   [`auth::require`]; bodies are capped at
 //!   `api.max_body_bytes`; every error is JSON ([`error::ApiError`]).
 //! - [`router`] is the whole surface, so tests drive it without a socket.
 
 mod auth;
+mod dashboard;
 mod error;
 mod jobs;
 mod metrics;
@@ -74,6 +76,10 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/webhooks", get(registry::deliveries))
         .route("/webhooks/{delivery}/replay", post(registry::replay))
         .route("/metrics", get(metrics::get))
+        // The dashboard (dashboard.rs): the page at `/` and its hashed assets, read
+        // without a token; the page then uses the routes above.
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

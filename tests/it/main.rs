@@ -5,6 +5,7 @@ mod api;
 mod build;
 mod cli;
 mod common;
+mod dashboard;
 mod examples;
 mod files;
 mod first_hour;
