@@ -451,6 +451,7 @@
 
   function jobView(main, id) {
     let job = null;
+    let deliveries = [];
     let logMode = 'connecting';
     let logSource = null;
     let lastSeq = -1;
@@ -632,13 +633,20 @@
           h('span', { class: 'muted' }, fmtBytes(f.size)),
           h('span', { class: 'muted mono', title: 'sha256' }, (f.sha256 || '').slice(0, 12))))) : none('none'));
       if (Array.isArray(j.files_dropped) && j.files_dropped.length) result.append(h('div', { class: 'muted' }, 'Not kept (over the limits): ' + j.files_dropped.join(', ')));
-      // What the job asked for; each attempt and its answer is in
-      // `dockhand webhooks attempts` (the API has no route for them yet).
-      const hooks = j.spec && Array.isArray(j.spec.webhooks) ? j.spec.webhooks : [];
+      // Each delivery of its events, with every attempt and its answer.
+      const list = Array.isArray(deliveries) ? deliveries : [];
       result.append(h('div', { class: 'section-title' }, 'Webhooks'),
         h('div', { id: 'webhooks' },
-          hooks.length ? h('ul', { class: 'plain' }, hooks.map((w) => h('li', { class: 'mono' }, (w && w.url) || String(w)))) : none('none in its spec (subscribers still receive its events)'),
-          h('div', { class: 'muted' }, 'Every attempt and its answer: ', h('code', {}, 'dockhand webhooks attempts ' + id))));
+          list.length ? h('ul', { class: 'plain' }, list.map((d) => {
+            const attempts = Array.isArray(d.attempts) ? d.attempts : [];
+            const last = attempts.length ? attempts[attempts.length - 1] : null;
+            return h('li', { class: 'delivery' },
+              h('span', { class: 'mono' }, d.event + ' → ' + d.subscriber), ' ',
+              badge(d.status, d.status === 'delivered' ? 'completed' : d.status === 'dead' ? 'aborted' : 'running'), ' ',
+              h('span', { class: 'muted' }, attempts.length + ' attempt' + (attempts.length === 1 ? '' : 's') +
+                (last && typeof last === 'object' ? ' · last: ' + (last.status != null ? 'HTTP ' + last.status : (last.error || last.verdict)) + ', ' + last.duration_ms + ' ms' : '')),
+              h('button', { class: 'btn small', onclick: () => act('/webhooks/' + enc(d.id) + '/replay', 'POST', () => 'Delivery ' + d.id + ' will be sent again') }, 'Replay'));
+          })) : none(FINISHED.has(status) ? 'none' : 'not yet (made when the job ends)')));
       if (logMode === 'poll') showTail();
     }
 
@@ -660,6 +668,8 @@
       id,
       async refresh() {
         job = await api('/jobs/' + enc(id));
+        // Deliveries are made when the job ends; before that there are none to ask for.
+        deliveries = FINISHED.has(job.status) ? (await api('/jobs/' + enc(id) + '/webhooks')).deliveries : [];
         // The queue's state only matters while the job waits in it.
         const queues = job.status === 'queued' ? (await api('/queues')).queues : null;
         render(queues);
