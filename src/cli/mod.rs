@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod logs;
 pub mod profile;
 pub mod queues;
+pub mod schedule;
 pub mod serve;
 pub mod status;
 pub mod submit;
