@@ -163,9 +163,8 @@ impl Schedule {
     /// The spec `XADD`ed for one tick: the schedule's job with the tick's id.
     pub fn job_for(&self, tick: i64) -> String {
         let mut job = self.def.job.clone();
+        // `new` made sure it is an object without an `id` of its own.
         if let Some(obj) = job.as_object_mut() {
-            // A hand-written definition may carry an `id`: the tick's id wins, or
-            // every tick would be a duplicate of the first.
             obj.insert("id".to_string(), self.job_id(tick).into());
         }
         job.to_string()
