@@ -479,6 +479,45 @@ mod tests {
         let t = s.next_tick(at("2030-10-26T23:00:00Z")).unwrap();
         let after = s.next_tick(t.with_timezone(&Utc)).unwrap();
         assert_eq!(after.with_timezone(&Utc), at("2030-10-28T01:30:00Z"));
+        // A pass looks back from now: it must see the same ticks, or the gap's
+        // tick would never run and the overlap's would run twice.
+        let back = |now: &str| s.latest_tick(at(now)).unwrap().with_timezone(&Utc);
+        assert_eq!(back("2030-03-31T01:00:00.400Z"), at("2030-03-31T01:00:00Z"));
+        assert_eq!(back("2030-03-31T01:40:00Z"), at("2030-03-31T01:00:00Z"));
+        assert_eq!(back("2030-10-27T00:30:00.400Z"), at("2030-10-27T00:30:00Z"));
+        assert_eq!(back("2030-10-27T01:30:00.400Z"), at("2030-10-27T00:30:00Z"));
+        // Steps match on the wall clock: none in the gap, each in the overlap.
+        let s = Schedule::new("n", def("*/30 * * * *", "Europe/Paris")).unwrap();
+        let mut t = at("2030-03-31T00:40:00Z");
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            t = s.next_tick(t).unwrap().with_timezone(&Utc);
+            seen.push(t);
+        }
+        assert_eq!(
+            seen,
+            [at("2030-03-31T01:00:00Z"), at("2030-03-31T01:30:00Z")]
+        );
+        let mut t = at("2030-10-27T00:10:00Z");
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            t = s.next_tick(t).unwrap().with_timezone(&Utc);
+            seen.push(t);
+        }
+        let every_half_hour =
+            ["00:30", "01:00", "01:30", "02:00"].map(|hm| at(&format!("2030-10-27T{hm}:00Z")));
+        assert_eq!(seen, every_half_hour);
+    }
+
+    #[test]
+    fn names_and_nicknames_are_cron_too() {
+        let s = Schedule::new("n", def("@daily", "UTC")).unwrap();
+        let t = s.next_tick(at("2030-01-01T10:00:00Z")).unwrap();
+        assert_eq!(t.with_timezone(&Utc), at("2030-01-02T00:00:00Z"));
+        let s = Schedule::new("n", def("0 9 * JAN MON", "UTC")).unwrap();
+        // 2030-01-07 is a Monday.
+        let t = s.next_tick(at("2030-01-01T10:00:00Z")).unwrap();
+        assert_eq!(t.with_timezone(&Utc), at("2030-01-07T09:00:00Z"));
     }
 
     #[test]
