@@ -1,7 +1,8 @@
 //! What an operator reads and does, as data: the queues and their numbers, the
 //! workers, a job's state, listings, submitting, cancelling, retrying, pausing,
-//! the dead entries, and periodic schedules. Used by the CLI, which prints it, and by `dockhand
-//! serve`, which answers it as JSON; neither repeats the other's logic.
+//! the dead entries, and periodic schedules. Used by the CLI, which prints it,
+//! and by `dockhand serve`, which answers it as JSON; neither repeats the
+//! other's logic.
 //!
 //! Invariants:
 //! - Nothing here prints, exits or knows HTTP: every outcome is a value or an
