@@ -18,6 +18,7 @@ Examples:
   dockhand logs <id> --follow
   dockhand queues
   dockhand jobs --status aborted
+  dockhand schedule add nightly '0 3 * * *' job.json --tz Europe/Paris
   dockhand serve --listen 127.0.0.1:8080
   dockhand --redis-url redis://10.0.0.5:6379/ workers
 
@@ -138,6 +139,11 @@ enum Command {
         #[command(subcommand)]
         action: cli::limit::Action,
     },
+    /// Periodic jobs: add, list, remove, pause or resume a cron schedule.
+    Schedule {
+        #[command(subcommand)]
+        action: cli::schedule::Action,
+    },
     /// Serve the HTTP API, live logs and events (SSE), metrics and the dashboard.
     Serve {
         /// Where to listen (overrides api.listen), e.g. 127.0.0.1:8080.
@@ -239,6 +245,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Limit { action } => cli::limit::run(&settings, action).await,
+            Command::Schedule { action } => cli::schedule::run(&settings, action).await,
             Command::Serve { listen } => {
                 let (shutdown, _) = shutdown_signals();
                 cli::serve::run(settings, listen, shutdown).await

@@ -21,6 +21,7 @@ pub mod limit;
 pub mod logs;
 pub mod profile;
 pub mod queues;
+pub mod schedule;
 pub mod serve;
 pub mod status;
 pub mod submit;

@@ -52,6 +52,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub results: ResultSettings,
     pub api: ApiSettings,
+    pub schedules: ScheduleSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +220,18 @@ pub struct ResultSettings {
     pub max_fields: usize,
     /// Files in one multipart body; more are answered 413.
     pub max_files: usize,
+}
+
+/// How workers enqueue the ticks of periodic schedules (`queue::cron`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// How often each worker looks for due ticks (at most 1000, so a tick is
+    /// enqueued within a second).
+    pub poll_ms: u64,
+    /// A tick older than this when a worker first sees it due was missed (no
+    /// worker ran): the schedule's `missed` policy decides whether it runs.
+    pub late_seconds: u64,
 }
 
 /// A list, or a single value standing for a list of one. An environment variable
@@ -423,6 +436,12 @@ impl Settings {
         }
         if self.policy.networks.iter().any(|n| n == "host") {
             return bad("policy.networks", "may not allow the host network");
+        }
+        if !(1..=1000).contains(&self.schedules.poll_ms) {
+            return bad("schedules.poll_ms", "must be between 1 and 1000");
+        }
+        if self.schedules.late_seconds == 0 {
+            return bad("schedules.late_seconds", "must be at least 1");
         }
         Ok(())
     }

@@ -156,6 +156,18 @@ impl Keys {
         format!("{}:paused", self.prefix)
     }
 
+    /// Periodic job schedules: name → JSON definition (see `queue::cron`).
+    pub fn schedules(&self) -> String {
+        format!("{}:schedules", self.prefix)
+    }
+
+    /// One schedule's progress: its last handled tick and last enqueued job. It
+    /// carries its queue's hash tag because one Lua step moves it and adds the
+    /// tick's job to that queue's stream.
+    pub fn schedule_state(&self, queue: &str, name: &str) -> String {
+        format!("{}:{{{queue}}}:schedule:{name}", self.prefix)
+    }
+
     /// Jobs of `queue` that ended in one 10-second window (`bucket` = epoch
     /// seconds / 10): a counter that expires after ten minutes.
     pub fn finished_bucket(&self, queue: &str, bucket: i64) -> String {

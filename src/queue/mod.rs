@@ -18,9 +18,12 @@
 //! - A queue named in the set `dockhand:paused` is not read by any worker; its
 //!   entries stay where they are until it is resumed (an entry read in the moment
 //!   of the pause still runs).
+//! - Periodic schedules ([`cron`]) add each tick's job to its queue's stream once,
+//!   as a producer would, whatever number of workers make the pass.
 //! - Acknowledged entries are deleted from the stream, so the stream holds only work
 //!   not yet finished and a re-created group cannot replay finished jobs.
 
+pub mod cron;
 mod intake;
 mod keys;
 pub mod lease;

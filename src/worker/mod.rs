@@ -218,6 +218,7 @@ pub async fn run_with(
         chores.spawn(upkeep::scheduler(ctx.clone(), queue, token.clone()));
     }
     chores.spawn(upkeep::cancel_listener(ctx.clone(), token.clone()));
+    chores.spawn(upkeep::periodic(ctx.clone(), token.clone()));
     chores.spawn(broadcast::listen(
         ctx.clone(),
         profiles,

@@ -1,6 +1,7 @@
-//! Background chores of a worker: moving due scheduled jobs, listening for cancel
-//! requests, sweeping orphaned containers, pruning the listing indexes of expired
-//! jobs, and checking Redis's settings.
+//! Background chores of a worker: moving due scheduled jobs, enqueueing the ticks
+//! of periodic schedules, listening for cancel requests, sweeping orphaned
+//! containers, pruning the listing indexes of expired jobs, and checking Redis's
+//! settings.
 
 use super::context::Ctx;
 use super::running::StopCause;
@@ -40,6 +41,92 @@ pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken)
             _ = token.cancelled() => return,
         }
     }
+}
+
+/// Enqueues the due ticks of the periodic schedules (`queue::cron`), every
+/// `schedules.poll_ms`. Every worker runs it, whatever queues it serves: the
+/// compare-and-set in `queue::cron` lets one worker enqueue each tick, and the
+/// others find nothing to do. A definition that cannot be used is logged once
+/// (until it changes) and skipped; the pass goes on with the others.
+pub(super) async fn periodic(ctx: Ctx, token: CancellationToken) {
+    let every = Duration::from_millis(ctx.settings.schedules.poll_ms);
+    let late = Duration::from_secs(ctx.settings.schedules.late_seconds);
+    let mut backoff = super::context::reconnect_backoff(&ctx.settings);
+    // Bad definitions already logged, with their error: logged again only when it changes.
+    let mut reported: std::collections::BTreeMap<String, String> = Default::default();
+    while !token.is_cancelled() {
+        let pass = async {
+            let mut conn = ctx.store.conn().await?;
+            queue::cron::run_due(&mut conn, &ctx.keys, chrono::Utc::now(), late).await
+        }
+        .await;
+        let delay = match pass {
+            Ok(events) => {
+                backoff.reset();
+                report_ticks(events, &mut reported);
+                every
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if backoff.failures() == 1 {
+                    tracing::warn!(error = %error_chain(&e), "cannot read the periodic schedules; retrying");
+                }
+                delay.max(every)
+            }
+        };
+        super::context::sleep_or_cancel(delay, &token).await;
+    }
+}
+
+/// Logs what a pass of the periodic schedules did.
+fn report_ticks(
+    events: Vec<queue::cron::Event>,
+    reported: &mut std::collections::BTreeMap<String, String>,
+) {
+    use queue::cron::Event;
+    let mut invalid = std::collections::BTreeMap::new();
+    for event in events {
+        match event {
+            Event::Enqueued {
+                name,
+                queue,
+                tick,
+                job,
+                entry,
+                late,
+            } => {
+                tracing::info!(schedule = %name, queue = %queue, tick, job_id = %job, entry = %entry, missed = late, "schedule tick enqueued");
+            }
+            Event::Passed {
+                name,
+                tick,
+                paused: true,
+            } => {
+                tracing::debug!(schedule = %name, tick, "schedule paused: tick passed over");
+            }
+            Event::Passed {
+                name,
+                tick,
+                paused: false,
+            } => {
+                tracing::info!(schedule = %name, tick, "schedule tick missed (no worker ran then); skipped by its policy");
+            }
+            Event::Started { name } => {
+                tracing::info!(schedule = %name, "schedule found; its ticks run from now on");
+            }
+            Event::Failed { name, error } => {
+                tracing::warn!(schedule = %name, error = %error_chain(&error), "schedule tick not handled; trying again");
+            }
+            Event::Invalid { name, error } => {
+                if reported.get(&name) != Some(&error) {
+                    tracing::warn!(schedule = %name, error = %error, "schedule skipped: its definition in the schedules hash cannot be used");
+                }
+                invalid.insert(name, error);
+            }
+        }
+    }
+    // Only those still invalid stay: one fixed and broken again is logged again.
+    *reported = invalid;
 }
 
 /// Removes expired jobs from the listing indexes, now and then. Every worker does

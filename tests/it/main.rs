@@ -23,6 +23,7 @@ mod recovery;
 mod resilience;
 mod result_urls;
 mod results;
+mod schedules;
 mod services;
 mod soak;
 mod webhook_send;
