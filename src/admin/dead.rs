@@ -185,7 +185,7 @@ pub async fn retry(conn: &mut Conn, keys: &Keys, dead: &Dead) -> Result<Retried,
     let hash_id = job_id.unwrap_or("");
     let entry: String = RETRY
         .key(keys.dead(&dead.queue))
-        .key(keys.jobs(&dead.queue))
+        .key(keys.lane(&dead.queue, crate::job::requested_priority(raw.as_bytes())))
         .key(keys.job(hash_id))
         .key(keys.log(hash_id))
         .arg(&dead.id)

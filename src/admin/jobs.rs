@@ -169,7 +169,8 @@ async fn recorded(conn: &mut Conn, keys: &Keys, id: &str) -> Result<bool, AdminE
 }
 
 /// KEYS: job hash, job log, job files. ARGV: requeue token, the jobs stream's
-/// key prefix (`<prefix>:{`), the spec to run (with its `id`). Returns the queue
+/// key prefix (`<prefix>:{`), the spec to run (with its `id`), the lane's suffix
+/// (see [`lane_suffix`]). Returns the queue
 /// and the new entry id, or an error reply saying why not.
 static RETRY: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -187,7 +188,7 @@ static RETRY: LazyLock<redis::Script> = LazyLock::new(|| {
         redis.call('HSET', KEYS[1], 'requeue_token', ARGV[1], 'status', 'queued')
         redis.call('PERSIST', KEYS[1])
         redis.call('PERSIST', KEYS[2])
-        local entry = redis.call('XADD', ARGV[2] .. queue .. '}:jobs', '*', 'job', ARGV[3], 'token', ARGV[1])
+        local entry = redis.call('XADD', ARGV[2] .. queue .. '}:jobs' .. ARGV[4], '*', 'job', ARGV[3], 'token', ARGV[1])
         return {queue, entry}
         ",
     )
@@ -237,6 +238,7 @@ pub async fn retry(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Retried, Ad
         .arg(&token)
         .arg(keys.jobs("").trim_end_matches("}:jobs"))
         .arg(spec.to_string())
+        .arg(lane_suffix(keys, &spec))
         .invoke_async(&mut **conn)
         .await;
     match reply {
@@ -252,6 +254,15 @@ pub async fn retry(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Retried, Ad
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// What follows `…:{<q>}:jobs` in the key of the lane of the spec's priority
+/// (`queue::lanes`): nothing for priority 0.
+fn lane_suffix(keys: &Keys, spec: &serde_json::Value) -> String {
+    let p = crate::job::requested_priority(spec.to_string().as_bytes());
+    keys.lane("q", p)
+        .trim_start_matches(&keys.jobs("q"))
+        .to_string()
 }
 
 /// One of the files job `id` returned.

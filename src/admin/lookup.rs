@@ -106,11 +106,14 @@ pub async fn unclaimed(
     id: &str,
 ) -> Result<Option<Unclaimed>, StoreError> {
     for queue in queues(conn, keys, settings).await? {
-        if let Some(entry) = in_stream(conn, &keys.jobs(&queue), id).await? {
-            return Ok(Some(Unclaimed {
-                queue,
-                entry: Some(entry),
-            }));
+        let lanes = crate::queue::lanes::present(conn, keys, &queue).await?;
+        for stream in std::iter::once(keys.jobs(&queue)).chain(lanes.into_iter().map(|(_, k)| k)) {
+            if let Some(entry) = in_stream(conn, &stream, id).await? {
+                return Ok(Some(Unclaimed {
+                    queue,
+                    entry: Some(entry),
+                }));
+            }
         }
         if in_inbox(conn, &keys.inbox(&queue), id).await? {
             return Ok(Some(Unclaimed { queue, entry: None }));

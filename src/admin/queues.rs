@@ -78,7 +78,24 @@ pub async fn stats(
             ((counts[0], counts[1], counts[2], counts[3]), buckets)
         };
         let (len, scheduled, inbox, dead) = counts;
-        let (running, oldest) = claimed_and_oldest(conn, &keys.jobs(&q)).await?;
+        // The queue's stream and its priority lanes (`queue::lanes`) together.
+        let mut running = 0;
+        let mut oldest: Option<i64> = None;
+        let mut extra = 0;
+        let lanes = crate::queue::lanes::present(conn, keys, &q).await?;
+        for stream in std::iter::once(keys.jobs(&q)).chain(lanes.into_iter().map(|(_, k)| k)) {
+            let (r, o) = claimed_and_oldest(conn, &stream).await?;
+            running += r;
+            oldest = match (oldest, o) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if stream != keys.jobs(&q) {
+                let n: u64 = conn.xlen(&stream).await?;
+                extra += n;
+            }
+        }
+        let len = len + extra;
         let oldest_waiting_seconds = oldest
             .map(|ms| ((now.timestamp_millis() - ms).max(0) as f64 / 1000.0 * 10.0).round() / 10.0);
         out.push(QueueStats {

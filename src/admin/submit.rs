@@ -69,7 +69,8 @@ pub async fn submit(
             )));
         }
     }
-    let entry: String = conn.xadd(keys.jobs(queue), "*", &[("job", &raw)]).await?;
+    let lane = keys.lane(queue, job::requested_priority(raw.as_bytes()));
+    let entry: String = conn.xadd(lane, "*", &[("job", &raw)]).await?;
     Ok(Submitted {
         id: own_id.map(str::to_string).unwrap_or_else(|| entry.clone()),
         entry,

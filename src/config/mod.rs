@@ -85,8 +85,15 @@ pub struct RedisSettings {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub id: String,
+    /// Queue names; written `name` or `name:weight` (the weight is taken out into
+    /// [`WorkerSettings::weights`] when the settings load).
     #[serde(deserialize_with = "one_or_many")]
     pub queues: Vec<String>,
+    /// Each queue's weight, in `queues`' order (1 when none was written).
+    #[serde(skip)]
+    pub weights: Vec<u32>,
+    /// Take the queues strictly in the order written, instead of by weight.
+    pub strict_priority: bool,
     pub concurrency: usize,
     pub block_ms: u64,
     pub lease_seconds: u64,
@@ -234,6 +241,31 @@ pub struct ScheduleSettings {
     pub late_seconds: u64,
 }
 
+impl WorkerSettings {
+    /// Takes `name:weight` apart into `queues` and `weights`.
+    fn split_weights(&mut self) -> Result<(), ConfigError> {
+        let mut names = Vec::new();
+        self.weights.clear();
+        for q in &self.queues {
+            let (name, weight) = match q.rsplit_once(':') {
+                None => (q.as_str(), 1),
+                Some((name, w)) => match w.parse::<u32>() {
+                    Ok(w) if (1..=1000).contains(&w) => (name, w),
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "`worker.queues` entry {q:?}: the weight after `:` must be a whole number from 1 to 1000"
+                        )))
+                    }
+                },
+            };
+            names.push(name.to_string());
+            self.weights.push(weight);
+        }
+        self.queues = names;
+        Ok(())
+    }
+}
+
 /// A list, or a single value standing for a list of one. An environment variable
 /// like `DOCKHAND__WORKER__QUEUES=default` (no comma) reaches us as one value.
 fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
@@ -339,7 +371,8 @@ impl Settings {
         if let Some(id) = &overrides.worker_id {
             builder = builder.set_override("worker.id", id.clone())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.worker.split_weights()?;
         settings.validate()?;
         Ok(settings)
     }

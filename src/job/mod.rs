@@ -170,9 +170,35 @@ pub fn requested_id(raw: &[u8]) -> Option<String> {
     is_valid_job_id(id).then(|| id.to_string())
 }
 
+/// The priority a raw spec asks for (its lane, see `queue::lanes`): its
+/// `priority` if that is an integer in range, else 0 (validation refuses anything
+/// else, naming the field). Cheap for the common spec without one.
+pub fn requested_priority(raw: &[u8]) -> i64 {
+    let needle = b"\"priority\"";
+    if raw.len() > MAX_ENTRY_BYTES || !raw.windows(needle.len()).any(|w| w == needle) {
+        return 0;
+    }
+    serde_json::from_slice::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| v.get("priority")?.as_i64())
+        .filter(|p| (crate::queue::lanes::MIN..=crate::queue::lanes::MAX).contains(p))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_priority_is_read_only_when_it_is_an_integer_in_range() {
+        assert_eq!(requested_priority(br#"{"image":"x","priority":5}"#), 5);
+        assert_eq!(requested_priority(br#"{"priority":-9}"#), -9);
+        assert_eq!(requested_priority(br#"{"image":"x"}"#), 0);
+        assert_eq!(requested_priority(br#"{"priority":10}"#), 0);
+        assert_eq!(requested_priority(br#"{"priority":"high"}"#), 0);
+        assert_eq!(requested_priority(br#"{"priority":1.5}"#), 0);
+        assert_eq!(requested_priority(b"not json \"priority\""), 0);
+    }
 
     #[test]
     fn malformed_json_is_named_as_such() {

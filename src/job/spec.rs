@@ -45,6 +45,9 @@ pub struct JobSpec {
     /// A fleet-wide key whose concurrency or rate limit (`dockhand limit set`)
     /// this job counts against.
     pub concurrency_key: Option<String>,
+    /// Higher runs first within its queue: an integer from -9 to 9 (default 0),
+    /// which picks the queue's stream it goes to (`queue::lanes`).
+    pub priority: Option<i64>,
 }
 
 /// Where to build the job's image from: a repository, one ref, and the build's inputs.

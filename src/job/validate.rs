@@ -118,6 +118,7 @@ pub fn validate_at(
     environment(&spec)?;
     metadata(&spec)?;
     concurrency_key(&spec)?;
+    priority(&spec)?;
     let mut files = stage_inputs(&spec)?;
     let entrypoint = entrypoint(&spec)?;
     let mut workdir = workdir(&spec)?;
@@ -154,6 +155,18 @@ fn concurrency_key(spec: &JobSpec) -> Result<(), Rejection> {
         Some(k) if !crate::config::is_valid_queue_name(k) => Err(Rejection::invalid(
             "concurrency_key",
             format!("{k:?} is not a key name ([A-Za-z0-9_.-], 1 to 64 characters)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A priority is a whole number within the lanes a queue has.
+fn priority(spec: &JobSpec) -> Result<(), Rejection> {
+    use crate::queue::lanes::{MAX, MIN};
+    match spec.priority {
+        Some(p) if !(MIN..=MAX).contains(&p) => Err(Rejection::invalid(
+            "priority",
+            format!("{p} is out of range: a priority is a whole number from {MIN} to {MAX} (higher runs first)"),
         )),
         _ => Ok(()),
     }

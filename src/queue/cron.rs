@@ -160,6 +160,16 @@ impl Schedule {
         format!("{}-{tick}", self.name)
     }
 
+    /// The lane its jobs go to: the spec's `priority` when it is one (see `lanes`).
+    fn priority(&self) -> i64 {
+        self.def
+            .job
+            .get("priority")
+            .and_then(|p| p.as_i64())
+            .filter(|p| (super::lanes::MIN..=super::lanes::MAX).contains(p))
+            .unwrap_or(0)
+    }
+
     /// The spec `XADD`ed for one tick: the schedule's job with the tick's id.
     pub fn job_for(&self, tick: i64) -> String {
         let mut job = self.def.job.clone();
@@ -368,7 +378,7 @@ async fn step(
     let job = s.job_id(tick_s);
     let entry: Option<String> = ADVANCE
         .key(&state)
-        .key(keys.jobs(&s.def.queue))
+        .key(keys.lane(&s.def.queue, s.priority()))
         .arg(&cursor)
         .arg(tick_s)
         .arg(if enqueue { "1" } else { "0" })

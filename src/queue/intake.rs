@@ -1,58 +1,11 @@
 //! Claiming and releasing entries: the consumer group, the inbox mover, reads, acks.
 
-use super::{Keys, GROUP};
+use super::{Entry, Keys, GROUP};
 use crate::store::{Conn, StoreError};
 use deadpool_redis::redis::{
     self, streams::StreamReadOptions, streams::StreamReadReply, AsyncCommands,
 };
 use std::sync::LazyLock;
-
-/// One stream entry claimed by this worker.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub queue: String,
-    pub id: String,
-    /// The `job` field, raw; `None` when the producer left it out.
-    pub job: Option<Vec<u8>>,
-    /// Set on entries Dockhand itself adds to run a job again (see [`super::requeue`]).
-    pub token: String,
-    /// When there is no `job` field: every field the producer sent, as a JSON
-    /// object, so that the refused entry keeps what was sent.
-    pub fields: Option<Vec<u8>>,
-}
-
-impl Entry {
-    /// Builds an entry from a stream reply's id and fields.
-    pub(crate) fn from_stream(queue: &str, id: redis::streams::StreamId) -> Entry {
-        // A `job` field that is not a string reads as empty, and so as invalid JSON.
-        let job = id
-            .map
-            .get("job")
-            .map(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default());
-        let token = id.get::<String>("token").unwrap_or_default();
-        let fields = job.is_none().then(|| {
-            let all: serde_json::Map<String, serde_json::Value> = id
-                .map
-                .iter()
-                .map(|(k, v)| {
-                    let bytes = redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default();
-                    (
-                        k.clone(),
-                        String::from_utf8_lossy(&bytes).into_owned().into(),
-                    )
-                })
-                .collect();
-            serde_json::Value::Object(all).to_string().into_bytes()
-        });
-        Entry {
-            queue: queue.to_string(),
-            id: id.id,
-            job,
-            token,
-            fields,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -90,21 +43,25 @@ pub async fn ensure_groups(
     Ok(())
 }
 
-/// Atomically moves up to `max` entries from the inbox list to the job stream,
-/// oldest first. `RPOP` and `XADD` run in one script, so nothing is lost or doubled.
+/// Atomically moves up to `max` entries from the inbox list to the job streams,
+/// oldest first, each to the lane of its spec's priority. `RPOP` and `XADD` run in
+/// one script, so nothing is lost or doubled. KEYS: inbox, the 19 lanes (highest
+/// first). ARGV: max.
 static MOVE_INBOX: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{}{}",
+        super::lanes::LUA_LANE_OF,
         r"
         local moved = 0
         for _ = 1, tonumber(ARGV[1]) do
             local job = redis.call('RPOP', KEYS[1])
             if not job then break end
-            redis.call('XADD', KEYS[2], '*', 'job', job)
+            redis.call('XADD', lane_of(job, 2), '*', 'job', job)
             moved = moved + 1
         end
         return moved
-        ",
-    )
+        "
+    ))
 });
 
 pub async fn move_inbox(
@@ -113,12 +70,11 @@ pub async fn move_inbox(
     queue: &str,
     max: usize,
 ) -> Result<usize, StoreError> {
-    let moved: usize = MOVE_INBOX
-        .key(keys.inbox(queue))
-        .key(keys.jobs(queue))
-        .arg(max)
-        .invoke_async(conn)
-        .await?;
+    let mut inv = MOVE_INBOX.key(keys.inbox(queue));
+    for (_, lane) in super::lanes::all(keys, queue) {
+        inv.key(lane);
+    }
+    let moved: usize = inv.arg(max).invoke_async(conn).await?;
     Ok(moved)
 }
 
@@ -166,7 +122,7 @@ pub async fn read(
             continue;
         };
         for id in stream.ids {
-            entries.push(Entry::from_stream(queue, id));
+            entries.push(Entry::from_stream(queue, 0, id));
         }
     }
     Ok(entries)
@@ -206,14 +162,13 @@ static ACK: LazyLock<redis::Script> = LazyLock::new(|| {
 pub async fn ack(
     conn: &mut Conn,
     keys: &Keys,
-    queue: &str,
-    entry: &str,
+    entry: &Entry,
     consumer: &str,
 ) -> Result<bool, StoreError> {
     let done: i64 = ACK
-        .key(keys.jobs(queue))
+        .key(entry.stream(keys))
         .arg(GROUP)
-        .arg(entry)
+        .arg(&entry.id)
         .arg(consumer)
         .invoke_async(conn)
         .await?;

@@ -25,6 +25,16 @@ impl Keys {
         format!("{}:{{{queue}}}:inbox", self.prefix)
     }
 
+    /// The stream of `queue`'s jobs of priority `p`: the queue's stream itself
+    /// for 0 (see `lanes`).
+    pub fn lane(&self, queue: &str, p: i64) -> String {
+        if p == 0 {
+            self.jobs(queue)
+        } else {
+            format!("{}:{{{queue}}}:jobs:p{p}", self.prefix)
+        }
+    }
+
     /// Raw entries that could not be run, with why.
     pub fn dead(&self, queue: &str) -> String {
         format!("{}:{{{queue}}}:dead", self.prefix)

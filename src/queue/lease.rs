@@ -36,17 +36,17 @@ static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// `stream` is the entries' stream (a queue's lane, see `lanes`).
 pub async fn renew(
     conn: &mut Conn,
-    keys: &Keys,
-    queue: &str,
+    stream: &str,
     consumer: &str,
     entries: &[String],
 ) -> Result<Vec<String>, StoreError> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let mut inv = RENEW.key(keys.jobs(queue));
+    let mut inv = RENEW.key(stream);
     inv.arg(GROUP).arg(consumer);
     for e in entries {
         inv.arg(e);
@@ -99,17 +99,19 @@ pub struct Orphan {
 /// An entry of this worker's own (`me`) is an orphan too when it is idle past the
 /// lease and `running` says no pipeline has it: its pipeline gave up (say, Redis
 /// answered with an error it could not retry), and nobody else would ever take it.
+#[allow(clippy::too_many_arguments)]
 pub async fn orphans(
     conn: &mut Conn,
     keys: &Keys,
     queue: &str,
+    lane: i64,
     lease_ms: u64,
     count: usize,
     me: &str,
     running: impl Fn(&str) -> bool,
 ) -> Result<Vec<Orphan>, StoreError> {
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(keys.jobs(queue))
+    let reply: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+        .arg(keys.lane(queue, lane))
         .arg(GROUP)
         .arg("IDLE")
         .arg(lease_ms)
@@ -117,7 +119,13 @@ pub async fn orphans(
         .arg("+")
         .arg(count)
         .query_async(conn)
-        .await?;
+        .await;
+    let pending = match reply {
+        Ok(p) => p,
+        // A lane nobody has claimed from yet has no group, so nothing pending.
+        Err(e) if e.code() == Some("NOGROUP") => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let mut found = Vec::new();
     for (id, owner, _idle, _deliveries) in pending {
         let abandoned = if owner == me {
@@ -138,16 +146,23 @@ pub async fn take_over(
     conn: &mut Conn,
     keys: &Keys,
     queue: &str,
+    lane: i64,
     consumer: &str,
     lease_ms: u64,
     orphan: &Orphan,
 ) -> Result<Option<Entry>, StoreError> {
     let reply: redis::streams::StreamClaimReply = conn
-        .xclaim(keys.jobs(queue), GROUP, consumer, lease_ms, &[&orphan.id])
+        .xclaim(
+            keys.lane(queue, lane),
+            GROUP,
+            consumer,
+            lease_ms,
+            &[&orphan.id],
+        )
         .await?;
     Ok(reply
         .ids
         .into_iter()
         .next()
-        .map(|id| Entry::from_stream(queue, id)))
+        .map(|id| Entry::from_stream(queue, lane, id)))
 }

@@ -24,12 +24,15 @@
 //!   not yet finished and a re-created group cannot replay finished jobs.
 
 pub mod cron;
+mod entry;
 mod intake;
 mod keys;
+pub mod lanes;
 pub mod lease;
 pub mod schedule;
 
-pub use intake::{ack, ensure_groups, move_inbox, paused, read, wait_inbox, Entry, ReadError};
+pub use entry::Entry;
+pub use intake::{ack, ensure_groups, move_inbox, paused, read, wait_inbox, ReadError};
 pub use keys::Keys;
 pub use schedule::{move_due, new_token, requeue};
 

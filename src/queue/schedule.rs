@@ -18,17 +18,18 @@ pub fn new_token() -> String {
     ulid::Ulid::new().to_string()
 }
 
-/// Adds a new entry for the job now.
+/// Adds a new entry for the job now, in the lane of its `priority`.
 pub async fn requeue(
     conn: &mut Conn,
     keys: &Keys,
     queue: &str,
+    priority: i64,
     spec: &[u8],
     token: &str,
 ) -> Result<String, StoreError> {
     let id: String = conn
         .xadd(
-            keys.jobs(queue),
+            keys.lane(queue, priority),
             "*",
             &[("job", spec), ("token", token.as_bytes())],
         )
@@ -51,24 +52,26 @@ pub async fn schedule(
     Ok(())
 }
 
-/// KEYS[1] scheduled set, KEYS[2] stream. ARGV: now (ms), max.
+/// KEYS[1] scheduled set, then the 19 lanes (highest first). ARGV: now (ms), max.
 static MOVE_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{}{}",
+        super::lanes::LUA_LANE_OF,
         r"
         local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
         for _, member in ipairs(due) do
             local ok, entry = pcall(cjson.decode, member)
             if ok and type(entry) == 'table' and entry.job and entry.token then
-                redis.call('XADD', KEYS[2], '*', 'job', entry.job, 'token', entry.token)
+                redis.call('XADD', lane_of(entry.job, 2), '*', 'job', entry.job, 'token', entry.token)
             end
             redis.call('ZREM', KEYS[1], member)
         end
         return #due
-        ",
-    )
+        "
+    ))
 });
 
-/// Moves up to `max` due entries into the stream; returns how many.
+/// Moves up to `max` due entries into the queue's lanes; returns how many.
 pub async fn move_due(
     conn: &mut Conn,
     keys: &Keys,
@@ -76,11 +79,9 @@ pub async fn move_due(
     now_ms: i64,
     max: usize,
 ) -> Result<usize, StoreError> {
-    Ok(MOVE_DUE
-        .key(keys.scheduled(queue))
-        .key(keys.jobs(queue))
-        .arg(now_ms)
-        .arg(max)
-        .invoke_async(conn)
-        .await?)
+    let mut inv = MOVE_DUE.key(keys.scheduled(queue));
+    for (_, lane) in super::lanes::all(keys, queue) {
+        inv.key(lane);
+    }
+    Ok(inv.arg(now_ms).arg(max).invoke_async(conn).await?)
 }

@@ -324,7 +324,15 @@ impl Turn<'_> {
             let (ctx, entry, raw, token) = (self.ctx, self.entry, self.raw, &token);
             ctx.store
                 .persist(|mut conn| async move {
-                    queue::requeue(&mut conn, &ctx.keys, &entry.queue, raw, token).await
+                    queue::requeue(
+                        &mut conn,
+                        &ctx.keys,
+                        &entry.queue,
+                        crate::job::requested_priority(raw),
+                        raw,
+                        token,
+                    )
+                    .await
                 })
                 .await?;
             tracing::info!("job put back in its queue");
@@ -354,9 +362,9 @@ async fn make_deliveries(ctx: &Ctx, job: &str, spec: &[u8]) -> Result<(), StoreE
 async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
     let held = ctx
         .store
-        .persist(|mut conn| async move {
-            queue::ack(&mut conn, &ctx.keys, &entry.queue, &entry.id, &ctx.consumer).await
-        })
+        .persist(
+            |mut conn| async move { queue::ack(&mut conn, &ctx.keys, entry, &ctx.consumer).await },
+        )
         .await?;
     if !held {
         tracing::warn!("another worker holds this entry now; not acknowledged");

@@ -100,10 +100,10 @@ async fn beat(ctx: &Ctx, info: &str) -> Result<(), StoreError> {
         ctx.lease().as_millis() as u64,
     )
     .await?;
-    for (queue, entries) in ctx.running.by_queue() {
-        for lost in lease::renew(&mut conn, &ctx.keys, &queue, &ctx.consumer, &entries).await? {
+    for (stream, entries) in ctx.running.by_stream() {
+        for lost in lease::renew(&mut conn, &stream, &ctx.consumer, &entries).await? {
             if ctx.running.is_running(&lost) {
-                tracing::warn!(entry = %lost, queue = %queue, "another worker holds this entry now; stopping its container");
+                tracing::warn!(entry = %lost, stream = %stream, "another worker holds this entry now; stopping its container");
                 ctx.running.stop_entry(&lost, StopCause::Fenced);
             }
         }

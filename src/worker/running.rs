@@ -20,7 +20,8 @@ pub enum StopCause {
 }
 
 struct Job {
-    queue: String,
+    /// The stream the entry is in (its queue's lane).
+    stream: String,
     job_id: Option<String>,
     /// The limit key whose slot the job holds while it runs (see `crate::limits`).
     limit: Option<String>,
@@ -74,12 +75,12 @@ impl Running {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn register(&self, queue: &str, entry: &str) -> Registration {
+    pub fn register(&self, stream: &str, entry: &str) -> Registration {
         let stop = CancellationToken::new();
         self.lock().insert(
             entry.to_string(),
             Job {
-                queue: queue.to_string(),
+                stream: stream.to_string(),
                 job_id: None,
                 limit: None,
                 stop: stop.clone(),
@@ -101,11 +102,11 @@ impl Running {
         self.lock().is_empty()
     }
 
-    /// Entries per queue, for renewing their leases.
-    pub fn by_queue(&self) -> HashMap<String, Vec<String>> {
+    /// Entries per stream, for renewing their leases.
+    pub fn by_stream(&self) -> HashMap<String, Vec<String>> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for (entry, job) in self.lock().iter() {
-            map.entry(job.queue.clone())
+            map.entry(job.stream.clone())
                 .or_default()
                 .push(entry.clone());
         }
@@ -165,7 +166,7 @@ mod tests {
         let running = Running::default();
         let reg = running.register("q", "1-0");
         reg.set_job("j1");
-        assert_eq!(running.by_queue()["q"], vec!["1-0".to_string()]);
+        assert_eq!(running.by_stream()["q"], vec!["1-0".to_string()]);
         assert!(running.stop_job("j1", StopCause::Cancelled));
         running.stop_all(StopCause::Drain);
         assert_eq!(reg.cause(), Some(StopCause::Cancelled));

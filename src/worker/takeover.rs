@@ -41,6 +41,76 @@ pub(super) async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn reclaim_lane(
+    ctx: &Ctx,
+    conn: &mut crate::store::Conn,
+    permits: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    lease_ms: u64,
+    fenced: &mut std::collections::HashSet<String>,
+    queue: &str,
+    lane: i64,
+) -> Result<(), StoreError> {
+    let running = |id: &str| ctx.running.is_running(id);
+    let orphans = lease::orphans(
+        conn,
+        &ctx.keys,
+        queue,
+        lane,
+        lease_ms,
+        16,
+        &ctx.consumer,
+        running,
+    )
+    .await?;
+    // A dead worker's containers may still run on this host: remove them now,
+    // not at the next minute's sweep, so that a job never runs twice at once
+    // and the limit slots of its jobs stand for no container (see `limit`).
+    // Once per dead worker, whether or not a permit is free to take its jobs.
+    if orphans
+        .iter()
+        .any(|o| o.owner != ctx.consumer && fenced.insert(o.owner.clone()))
+    {
+        match super::upkeep::sweep(ctx).await {
+            Ok(n) if n > 0 => tracing::info!(
+                removed = n,
+                "removed the containers of a worker that is gone"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "container sweep failed"),
+        }
+    }
+    for orphan in orphans {
+        // Wait for a permit: an idle worker's claim loop holds one while it blocks
+        // on a read, and hands it over (the semaphore is fair) within worker.block_ms.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        if let Some(entry) = lease::take_over(
+            conn,
+            &ctx.keys,
+            queue,
+            lane,
+            &ctx.consumer,
+            lease_ms,
+            &orphan,
+        )
+        .await?
+        {
+            tracing::warn!(entry = %entry.id, queue = %queue, dead_worker = %orphan.owner, "taking over a job whose worker is gone");
+            let registration = ctx.running.register(&entry.stream(&ctx.keys), &entry.id);
+            tracker.spawn(super::pipeline::run(
+                ctx.clone(),
+                entry,
+                registration,
+                permit,
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn reclaim_once(
     ctx: &Ctx,
     permits: &Arc<Semaphore>,
@@ -50,59 +120,19 @@ async fn reclaim_once(
 ) -> Result<(), StoreError> {
     let mut conn = ctx.store.conn().await?;
     for queue in &ctx.settings.worker.queues {
-        let running = |id: &str| ctx.running.is_running(id);
-        let orphans = lease::orphans(
-            &mut conn,
-            &ctx.keys,
-            queue,
-            lease_ms,
-            16,
-            &ctx.consumer,
-            running,
-        )
-        .await?;
-        // A dead worker's containers may still run on this host: remove them now,
-        // not at the next minute's sweep, so that a job never runs twice at once
-        // and the limit slots of its jobs stand for no container (see `limit`).
-        // Once per dead worker, whether or not a permit is free to take its jobs.
-        if orphans
-            .iter()
-            .any(|o| o.owner != ctx.consumer && fenced.insert(o.owner.clone()))
-        {
-            match super::upkeep::sweep(ctx).await {
-                Ok(n) if n > 0 => tracing::info!(
-                    removed = n,
-                    "removed the containers of a worker that is gone"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "container sweep failed"),
-            }
-        }
-        for orphan in orphans {
-            // Wait for a permit: an idle worker's claim loop holds one while it blocks
-            // on a read, and hands it over (the semaphore is fair) within worker.block_ms.
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            if let Some(entry) = lease::take_over(
-                &mut conn,
-                &ctx.keys,
-                queue,
-                &ctx.consumer,
-                lease_ms,
-                &orphan,
+        // The queue's stream and each of its priority lanes that exists.
+        let mut lanes = vec![0];
+        lanes.extend(
+            crate::queue::lanes::present(&mut conn, &ctx.keys, queue)
+                .await?
+                .into_iter()
+                .map(|(p, _)| p),
+        );
+        for lane in lanes {
+            reclaim_lane(
+                ctx, &mut conn, permits, tracker, lease_ms, fenced, queue, lane,
             )
-            .await?
-            {
-                tracing::warn!(entry = %entry.id, queue = %queue, dead_worker = %orphan.owner, "taking over a job whose worker is gone");
-                let registration = ctx.running.register(queue, &entry.id);
-                tracker.spawn(super::pipeline::run(
-                    ctx.clone(),
-                    entry,
-                    registration,
-                    permit,
-                ));
-            }
+            .await?;
         }
     }
     Ok(())

@@ -18,6 +18,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod policy;
+mod priorities;
 mod profiles;
 mod recovery;
 mod resilience;
