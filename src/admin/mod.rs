@@ -1,6 +1,6 @@
 //! What an operator reads and does, as data: the queues and their numbers, the
-//! workers, a job's state, listings, submitting, cancelling, retrying, pausing,
-//! and the dead entries. Used by the CLI, which prints it, and by `dockhand
+//! workers, a job's state and its log, listings, submitting, cancelling,
+//! retrying, pausing, and the dead entries. Used by the CLI, which prints it, and by `dockhand
 //! serve`, which answers it as JSON; neither repeats the other's logic.
 //!
 //! Invariants:
@@ -12,6 +12,7 @@
 
 pub mod dead;
 pub mod jobs;
+pub mod logs;
 pub mod lookup;
 pub mod queues;
 pub mod submit;
