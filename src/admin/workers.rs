@@ -15,6 +15,10 @@ use std::collections::BTreeMap;
 /// `alive` added; in consumer name order.
 pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<Vec<serde_json::Value>, AdminError> {
     let workers: BTreeMap<String, String> = conn.hgetall(keys.workers()).await?;
+    if workers.is_empty() {
+        // An empty pipeline is refused by the client ("empty command").
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for consumer in workers.keys() {
         pipe.exists(keys.alive(consumer));
