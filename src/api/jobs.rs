@@ -69,9 +69,9 @@ pub async fn list(
         q.since.as_deref().filter(|s| !s.is_empty()),
     )?;
     let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
+    if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request(format!(
-            "limit {limit} is not between 1 and 1000"
+            "limit {limit} is not between 1 and 500"
         )));
     }
     let mut conn = app.conn().await?;
