@@ -356,9 +356,12 @@ async fn schemathesis_finds_no_failure_against_a_real_serve() {
     })
     .await;
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schemathesis.toml");
+    // It keeps a cache (`.schemathesis/`) in its working directory: not in the repo.
+    let scratch = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
         GUARD * 5,
         tokio::process::Command::new("schemathesis")
+            .current_dir(scratch.path())
             .args(["--config-file", config, "--no-color", "run"])
             .arg(format!("http://127.0.0.1:{port}/openapi.json"))
             .args(["-H", &format!("Authorization: Bearer {admin}")])
