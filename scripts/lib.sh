@@ -143,6 +143,14 @@ dh_install_missing() {
         python3 -m pip install -q --disable-pip-version-check websocket-client==1.8.0 >/dev/null 2>&1 ||
             dh_die "pip install websocket-client failed"
     fi
+    # The API test runs schemathesis (property-based requests generated from the
+    # served /openapi.json) against a real `dockhand serve`.  Pinned: its checks
+    # change between releases, and the suite must not start failing on its own.
+    if ! python3 -c 'import schemathesis, sys; sys.exit(schemathesis.__version__ != "4.32.5")' >/dev/null 2>&1; then
+        dh_step "installing schemathesis 4.32.5 (pip)"
+        python3 -m pip install -q --disable-pip-version-check "schemathesis==4.32.5" >/dev/null 2>&1 ||
+            dh_die "pip install schemathesis failed"
+    fi
 
     # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then

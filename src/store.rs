@@ -80,6 +80,7 @@ pub struct Store {
     pool: Pool,
     blocking: Pool,
     client: redis::Client,
+    command_timeout: Duration,
 }
 
 impl Store {
@@ -101,6 +102,7 @@ impl Store {
             pool,
             blocking,
             client,
+            command_timeout,
         })
     }
 
@@ -136,6 +138,23 @@ impl Store {
                 },
             )
             .await
+    }
+
+    /// A connection of its own, outside the pools, whose replies may take up to
+    /// `wait` longer than a command's: for a long-lived blocking reader (an
+    /// `/events` client's `XREAD BLOCK`), which would otherwise hold a pooled
+    /// connection for as long as the client stays.
+    pub async fn dedicated(
+        &self,
+        wait: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(self.command_timeout + wait));
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     /// A dedicated pub/sub connection.

@@ -1,8 +1,8 @@
 //! What an operator reads and does, as data: the queues and their numbers, the
-//! workers, a job's state, listings, submitting, cancelling, retrying, pausing,
-//! the dead entries, and periodic schedules. Used by the CLI, which prints it,
-//! and by `dockhand serve`, which answers it as JSON; neither repeats the
-//! other's logic.
+//! workers, a job's state and its log, listings, submitting, cancelling,
+//! retrying, pausing, the dead entries, and periodic schedules. Used by the CLI,
+//! which prints it, and by `dockhand serve`, which answers it as JSON; neither
+//! repeats the other's logic.
 //!
 //! Invariants:
 //! - Nothing here prints, exits or knows HTTP: every outcome is a value or an
@@ -13,6 +13,7 @@
 
 pub mod dead;
 pub mod jobs;
+pub mod logs;
 pub mod lookup;
 pub mod queues;
 pub mod schedules;

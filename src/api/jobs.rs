@@ -68,13 +68,19 @@ pub async fn list(
         q.reason.as_deref().filter(|s| !s.is_empty()),
         q.since.as_deref().filter(|s| !s.is_empty()),
     )?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is not between 1 and 500"
+        )));
+    }
     let mut conn = app.conn().await?;
     let (jobs, next) = admin::jobs::list(
         &mut conn,
         &app.keys,
         &filter,
-        q.cursor.as_deref(),
-        q.limit.unwrap_or(50),
+        q.cursor.as_deref().filter(|s| !s.is_empty()),
+        limit,
     )
     .await?;
     Ok(Json(json!({"jobs": jobs, "next": next})))

@@ -8,15 +8,21 @@
 //! - Every route but `/healthz` and the dashboard's files passes
 //!   [`auth::require`]; bodies are capped at
 //!   `api.max_body_bytes`; every error is JSON ([`error::ApiError`]).
-//! - [`router`] is the whole surface, so tests drive it without a socket.
+//! - [`router`] is the whole surface, so tests drive it without a socket; its
+//!   routes are added in one place ([`routes`]), which [`paths`] lists and
+//!   `openapi.json` documents, no more and no fewer (a test checks both ways).
 
 mod auth;
 mod dashboard;
 mod error;
+mod events;
 mod jobs;
+mod logs;
 mod metrics;
+mod openapi;
 mod queues;
 mod registry;
+mod sse;
 mod state;
 
 pub use error::{ApiError, ApiResult};
@@ -24,14 +30,50 @@ pub use state::AppState;
 
 use crate::config::Settings;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use std::sync::Arc;
 
 /// Every route.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.api.max_body_bytes.0 as usize;
-    Router::new()
+    routes()
+        .router
+        .fallback(|| async { ApiError::not_found("no such route") })
+        // Innermost, so it also sees the answers of the body limit, the
+        // extractors' rejections and of an unknown method.
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The path of every route served, as `router()` serves it (`/jobs/{id}`); the
+/// OpenAPI document names the same ones (a test holds the two to each other).
+pub fn paths() -> Vec<&'static str> {
+    routes().paths
+}
+
+/// The routes, and their paths as they are added.
+#[derive(Default)]
+struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn route(mut self, path: &'static str, handlers: MethodRouter<AppState>) -> Routes {
+        self.router = self.router.route(path, handlers);
+        self.paths.push(path);
+        self
+    }
+}
+
+fn routes() -> Routes {
+    Routes::default()
         .route("/healthz", get(queues::healthz))
         .route("/jobs", post(jobs::submit).get(jobs::list))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
@@ -75,18 +117,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/jobs/{id}/webhooks", get(registry::deliveries))
         .route("/webhooks/{delivery}/replay", post(registry::replay))
+        .route("/limits", get(registry::limits))
+        .route(
+            "/limits/{key}",
+            axum::routing::put(registry::put_limit).delete(registry::remove_limit),
+        )
         .route("/metrics", get(metrics::get))
         // The dashboard (dashboard.rs): the page at `/` and its hashed assets, read
         // without a token; the page then uses the routes above.
         .route("/", get(dashboard::index))
         .route("/assets/{name}", get(dashboard::asset))
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require,
-        ))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        // Live logs and events (Server-Sent Events), and the API's own description.
+        .route("/jobs/{id}/logs", get(logs::follow))
+        .route("/events", get(events::stream))
+        .route("/openapi.json", get(openapi::document))
 }
 
 /// Serves until `shutdown` completes.

@@ -55,14 +55,14 @@ pub async fn dead(
     Query(q): Query<DeadQuery>,
 ) -> ApiResult<Json<Value>> {
     admin::queue_name(&queue)?;
+    let count = q.count.unwrap_or(100);
+    if !(1..=1000).contains(&count) {
+        return Err(super::error::ApiError::bad_request(format!(
+            "count {count} is not between 1 and 1000"
+        )));
+    }
     let mut conn = app.conn().await?;
-    let entries = admin::dead::read(
-        &mut conn,
-        &app.keys,
-        &queue,
-        Some(q.count.unwrap_or(100).clamp(1, 1000)),
-    )
-    .await?;
+    let entries = admin::dead::read(&mut conn, &app.keys, &queue, Some(count)).await?;
     let entries: Vec<Value> = entries.iter().map(|d| d.to_json()).collect();
     Ok(Json(json!({ "dead": entries })))
 }

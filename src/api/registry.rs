@@ -197,3 +197,55 @@ pub async fn replay(
     )
         .into_response())
 }
+
+fn check_limit_key(key: &str) -> ApiResult<()> {
+    if crate::config::is_valid_queue_name(key) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{key:?} is not a key name ([A-Za-z0-9_.-], 1 to 64 characters)"
+        )))
+    }
+}
+
+/// `GET /limits`: every fleet-wide limit, with how many jobs hold a slot now.
+pub async fn limits(State(app): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut conn = app.conn().await?;
+    let all = crate::limits::list(&mut conn, &app.keys).await?;
+    let list: Vec<Value> = all
+        .into_iter()
+        .map(|(key, limit, running)| json!({"key": key, "limit": limit, "running": running}))
+        .collect();
+    Ok(Json(json!({ "limits": list })))
+}
+
+/// `PUT /limits/{key}`: `{"concurrency"?, "rate"?, "per_seconds"?}`.
+pub async fn put_limit(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    check_limit_key(&key)?;
+    let limit: crate::limits::Limit = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be {{\"concurrency\"?, \"rate\"?, \"per_seconds\"?}}: {e}"
+        ))
+    })?;
+    limit.check().map_err(ApiError::bad_request)?;
+    let mut conn = app.conn().await?;
+    crate::limits::set(&mut conn, &app.keys, &key, &limit).await?;
+    Ok(Json(json!({"key": key, "limit": limit})))
+}
+
+/// `DELETE /limits/{key}`.
+pub async fn remove_limit(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
+    check_limit_key(&key)?;
+    let mut conn = app.conn().await?;
+    if !crate::limits::remove(&mut conn, &app.keys, &key).await? {
+        return Err(ApiError::not_found(format!("no limit is set on {key}")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -2,6 +2,7 @@
 //! One test binary; fixtures in `common`.
 
 mod api;
+mod api_sse;
 mod build;
 mod cli;
 mod common;
