@@ -261,8 +261,7 @@ async fn progress(
         Ok(f @ (parse::Format::Json | parse::Format::Form)) => f,
         Ok(_) => {
             let refusal = Refusal::BadRequest(
-                "a progress report is application/json or application/x-www-form-urlencoded"
-                    .into(),
+                "a progress report is application/json or application/x-www-form-urlencoded".into(),
             );
             return (refusal_at(&job_id, URL, refusal), entered);
         }

@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(p.message.as_deref(), Some("frame 84/200"));
         let p = Progress::from_json(br#"{"progress":1,"message":null}"#).unwrap();
         assert_eq!((p.progress, p.message), (1.0, None));
-        assert_eq!(Progress::from_json(br#"{"progress":0}"#).unwrap().progress, 0.0);
+        assert_eq!(
+            Progress::from_json(br#"{"progress":0}"#).unwrap().progress,
+            0.0
+        );
     }
 
     #[test]
@@ -146,7 +149,9 @@ mod tests {
     fn form_reports() {
         let p = Progress::from_form(b"progress=0.5&message=half+way").unwrap();
         assert_eq!((p.progress, p.message.as_deref()), (0.5, Some("half way")));
-        assert!(Progress::from_form(b"progress=x").unwrap_err().contains("number"));
+        assert!(Progress::from_form(b"progress=x")
+            .unwrap_err()
+            .contains("number"));
         assert!(Progress::from_form(b"progress=NaN").is_err());
         assert!(Progress::from_form(b"progress=0.1&progress=0.2")
             .unwrap_err()

@@ -13,8 +13,8 @@
 //! timeout (an idle keep-alive connection is closed after it too).
 
 use super::handler::{parse_slots, router, Shared};
-use super::registry::Registry;
 use super::progress::Progress;
+use super::registry::Registry;
 use super::{Limits, Posted, ResultsError};
 use axum::Router;
 use hyper::server::conn::http1;
