@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod policy;
 mod profiles;
+mod progress;
 mod recovery;
 mod resilience;
 mod result_urls;
