@@ -138,7 +138,7 @@ impl Task {
                 _ = finish.cancelled() => break,
                 changed = changed(&mut url) => changed.and_then(|()| posted(&mut url)),
                 changed = changed(&mut file) => match changed {
-                    Some(()) => self.from_file(&mut file).await,
+                    Some(()) => self.file_report(&mut file).await,
                     None => None,
                 },
                 _ = tokio::time::sleep_until(due), if self.unpublished.is_some() => {
@@ -156,7 +156,7 @@ impl Task {
         let last = if new(&url) {
             posted(&mut url)
         } else if new(&file) {
-            self.from_file(&mut file).await
+            self.file_report(&mut file).await
         } else {
             None
         };
@@ -166,7 +166,7 @@ impl Task {
     }
 
     /// The report in a change of `progress.json`; `None` for an odd or bad file.
-    async fn from_file(
+    async fn file_report(
         &mut self,
         file: &mut Option<watch::Receiver<Option<FileReport>>>,
     ) -> Option<serde_json::Value> {
