@@ -21,6 +21,8 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use serde::Serialize;
 use std::sync::LazyLock;
 
+pub mod progress;
+
 /// A returned file, as listed in the job state and its events.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FileInfo {

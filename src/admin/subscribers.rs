@@ -102,7 +102,7 @@ pub async fn add(
             "no webhook is ever delivered for {}; only for {}. Every event is published on {} \
              (pub/sub, and kept in the stream of that name)",
             never.join(", "),
-            subscribers::DELIVERED_EVENTS.join(" and "),
+            delivered_list(),
             keys.events_channel()
         ));
     }
@@ -117,6 +117,15 @@ pub async fn add(
         generated_secret: generated.then_some(secret),
         warnings,
     })
+}
+
+/// The delivered event types in words: `a, b and c`.
+fn delivered_list() -> String {
+    match subscribers::DELIVERED_EVENTS.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// Why the SSRF guard, set as this configuration sets it, would refuse every

@@ -24,6 +24,7 @@ const ORDER: &[&str] = &[
     "worker",
     "image",
     "image_id",
+    "progress",
     "result_text",
     "result_data",
     "files",

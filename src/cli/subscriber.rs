@@ -15,7 +15,8 @@ pub enum Action {
         /// Where to POST the signed webhooks (http or https).
         url: String,
         /// Event types, comma-separated (default job.completed,job.aborted; `*` for all).
-        /// Only job.completed and job.aborted are delivered; naming another warns.
+        /// Only job.completed, job.aborted and job.progress (named, not by `*`) are
+        /// delivered; naming another warns.
         #[arg(long, value_delimiter = ',')]
         events: Vec<String>,
         /// Queues, comma-separated (default every queue).

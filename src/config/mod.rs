@@ -157,6 +157,9 @@ pub struct JobSettings {
     pub max_line_bytes: usize,
     pub dead_max_len: usize,
     pub events_max_len: usize,
+    /// At most one `job.progress` event (and webhook) per job this often; the
+    /// job hash always gets the latest report.
+    pub progress_interval_ms: u64,
     pub limits: LimitSettings,
 }
 

@@ -221,7 +221,8 @@ fn read_outputs(reader: impl Read, budget: u64, keep_files: bool) -> std::io::Re
             });
             continue;
         }
-        if !keep_files {
+        // Read while the job ran (`executor::progress`); like result.json, not a result file.
+        if !keep_files || name == super::progress::PROGRESS_FILE {
             continue;
         }
         // A hard link is a second name for a file met earlier in the archive.

@@ -18,6 +18,7 @@ mod follow;
 mod health;
 pub mod network;
 pub mod placement;
+pub mod progress;
 mod run;
 mod services;
 pub mod sweep;
@@ -59,6 +60,8 @@ pub struct RunContext<'a> {
     pub entry: &'a str,
     /// The deployment's id (a container label, for the orphan sweep).
     pub deployment: &'a str,
+    /// Where `progress.json` is sent while the container runs; `None`: not read.
+    pub progress: Option<&'a progress::ProgressFile>,
 }
 
 #[derive(Clone)]

@@ -6,7 +6,9 @@
 //! the container and the job's services are removed before [`Executor::run`]
 //! returns; a failure to reach the engine marks it unreachable.
 
-use super::{container, files, follow, services, ExecError, Executor, RunContext, RunOutcome};
+use super::{
+    container, files, follow, progress, services, ExecError, Executor, RunContext, RunOutcome,
+};
 use crate::job::Job;
 use bollard::query_parameters::StopContainerOptionsBuilder;
 use futures_util::StreamExt;
@@ -104,9 +106,17 @@ impl Executor {
             self.settings.jobs.max_line_bytes,
         ));
 
+        let polling = async {
+            match ctx.progress {
+                Some(to) => progress::poll(&self.docker, id, to).await,
+                None => std::future::pending().await,
+            }
+        };
         let (timed_out, stopped) = tokio::select! {
             waited = timeout(job.limits.timeout, self.wait(id)) => (waited.is_err(), false),
             _ = ctx.stop.cancelled() => (false, true),
+            // Never ends: it stops when the container does.
+            () = polling => (false, false),
         };
         if timed_out {
             ctx.logs
@@ -145,6 +155,10 @@ impl Executor {
         let mut oom_killed = state.oom_killed.unwrap_or(false);
         if exit_code == 137 && !oom_killed {
             oom_killed = self.oom_noticed_late(id).await;
+        }
+        if let Some(to) = ctx.progress {
+            // What the job wrote last, between the last poll and its exit.
+            progress::read_and_send(&self.docker, id, to).await;
         }
         let output = files::collect(&self.docker, id, job).await?;
         Ok(RunOutcome {

@@ -11,6 +11,7 @@
 //! body that timed out (its client is too slow to be waited for again).
 
 use super::parse::{self, body_too_large, BoxError, PostLimits, Refusal};
+use super::progress::{Progress, PROGRESS_MAX_BYTES};
 use super::registry::{Entered, Lookup, Registry};
 use super::{Limits, PostKind};
 use axum::body::Body as AxumBody;
@@ -44,7 +45,7 @@ pub(crate) struct Shared {
     pub parsing: Semaphore,
 }
 
-/// The routes: the two URLs of every job, and 404 for anything else.
+/// The routes: the three URLs of every job, and 404 for anything else.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/results/{token}/{kind}", any(result_url))
@@ -63,8 +64,9 @@ async fn result_url(
     request: Request,
 ) -> Response {
     let kind = match kind.as_str() {
-        "response" => PostKind::Response,
-        "abort" => PostKind::Abort,
+        "response" => Some(PostKind::Response),
+        "abort" => Some(PostKind::Abort),
+        "progress" => None,
         _ => return refuse(StatusCode::NOT_FOUND, "no such result URL"),
     };
     let (parts, body) = request.into_parts();
@@ -73,7 +75,10 @@ async fn result_url(
     let mut body_read = false;
     // Held until the answer is drained, so that the job's share counts the
     // connection for as long as this request holds it.
-    let (answer, _entered) = answer(&shared, &token, kind, &parts, &mut body, &mut body_read).await;
+    let (answer, _entered) = match kind {
+        Some(kind) => answer(&shared, &token, kind, &parts, &mut body, &mut body_read).await,
+        None => progress(&shared, &token, &parts, &mut body, &mut body_read).await,
+    };
     let waits_for_continue = parts
         .headers
         .get(EXPECT)
@@ -202,6 +207,110 @@ async fn answer(
     (r, entered)
 }
 
+/// A POST to `PROGRESS_URL`: the same method, token and per-job checks as a
+/// result, a body of at most [`PROGRESS_MAX_BYTES`] in JSON or form encoding,
+/// parsed here (it is small) and handed to the job's registration.
+async fn progress(
+    shared: &Shared,
+    token: &str,
+    parts: &Parts,
+    body: &mut Body,
+    body_read: &mut bool,
+) -> (Response, Option<Entered>) {
+    const URL: &str = "PROGRESS_URL";
+    let limits = &shared.limits;
+    if parts.method != Method::POST {
+        let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST is allowed");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return (r, None);
+    }
+    let Some(job_id) = shared.registry.job_of(token) else {
+        return (not_open(Lookup::Missing), None);
+    };
+    let Some(entered) = shared.registry.enter(token, limits.max_connections_per_job) else {
+        let max = limits.max_connections_per_job;
+        warn!(job_id = %job_id, max, "a job holds too many requests to its result URLs at once");
+        let reason = format!(
+            "more than {max} requests to this job's result URLs at once \
+             (results.max_connections_per_job)"
+        );
+        return (
+            refused_at(&job_id, URL, StatusCode::TOO_MANY_REQUESTS, reason),
+            None,
+        );
+    };
+    let entered = Some(entered);
+    let too_large = || {
+        Refusal::TooLarge(format!(
+            "a progress report is at most {PROGRESS_MAX_BYTES} bytes"
+        ))
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > PROGRESS_MAX_BYTES) {
+        return (refusal_at(&job_id, URL, too_large()), entered);
+    }
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = match parse::format(content_type) {
+        Ok(f @ (parse::Format::Json | parse::Format::Form)) => f,
+        Ok(_) => {
+            let refusal = Refusal::BadRequest(
+                "a progress report is application/json or application/x-www-form-urlencoded".into(),
+            );
+            return (refusal_at(&job_id, URL, refusal), entered);
+        }
+        Err(refusal) => return (refusal_at(&job_id, URL, refusal), entered),
+    };
+    *body_read = true;
+    let post_limits = PostLimits {
+        limit_bytes: 0,
+        max_body: PROGRESS_MAX_BYTES,
+        max_fields: limits.max_fields,
+        max_files: 0,
+    };
+    let read = tokio::time::timeout(limits.read_timeout, parse::read_body(body, &post_limits));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(Refusal::TooLarge(_))) => return (refusal_at(&job_id, URL, too_large()), entered),
+        Ok(Err(refusal)) => return (refusal_at(&job_id, URL, refusal), entered),
+        Err(_) => {
+            let reason = format!(
+                "the body did not arrive within {} s (results.read_timeout_seconds)",
+                limits.read_timeout.as_secs_f64()
+            );
+            let r = refused_at(&job_id, URL, StatusCode::REQUEST_TIMEOUT, reason);
+            return (r, entered);
+        }
+    };
+    // At most a few KiB: parsing it on the runtime's thread costs less than
+    // handing it to a blocking one.
+    let parsed = match format {
+        parse::Format::Json => Progress::from_json(&bytes),
+        _ => Progress::from_form(&bytes),
+    };
+    let report = match parsed {
+        Ok(report) => report,
+        Err(reason) => {
+            let refusal = Refusal::BadRequest(reason);
+            return (refusal_at(&job_id, URL, refusal), entered);
+        }
+    };
+    if !shared.registry.report(token, report) {
+        return (not_open(Lookup::Missing), entered);
+    }
+    debug!(job_id = %job_id, "progress reported");
+    let mut r = Response::new(AxumBody::from(r#"{"ok":true}"#));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (r, entered)
+}
+
 fn not_open(lookup: Lookup) -> Response {
     match lookup {
         Lookup::Answered => refuse(
@@ -216,14 +325,22 @@ fn not_open(lookup: Lookup) -> Response {
 }
 
 fn refusal_answer(job_id: &str, kind: PostKind, refusal: Refusal) -> Response {
+    refusal_at(job_id, kind.url_name(), refusal)
+}
+
+fn refusal_at(job_id: &str, url: &str, refusal: Refusal) -> Response {
     match refusal {
-        Refusal::BadRequest(reason) => refused(job_id, kind, StatusCode::BAD_REQUEST, reason),
-        Refusal::TooLarge(reason) => refused(job_id, kind, StatusCode::PAYLOAD_TOO_LARGE, reason),
+        Refusal::BadRequest(reason) => refused_at(job_id, url, StatusCode::BAD_REQUEST, reason),
+        Refusal::TooLarge(reason) => refused_at(job_id, url, StatusCode::PAYLOAD_TOO_LARGE, reason),
     }
 }
 
 fn refused(job_id: &str, kind: PostKind, status: StatusCode, reason: String) -> Response {
-    debug!(job_id = %job_id, kind = kind.url_name(), status = status.as_u16(), reason = %reason, "result refused");
+    refused_at(job_id, kind.url_name(), status, reason)
+}
+
+fn refused_at(job_id: &str, url: &str, status: StatusCode, reason: String) -> Response {
+    debug!(job_id = %job_id, kind = url, status = status.as_u16(), reason = %reason, "result refused");
     refuse(status, &reason)
 }
 

@@ -1,9 +1,11 @@
-//! The result URLs of contract §7: per job, an unguessable `RESPONSE_URL` and
-//! `ABORT_URL` on the worker, where the job's container POSTs its result.
+//! The result URLs: per job, an unguessable `RESPONSE_URL` and `ABORT_URL` on
+//! the worker, where the job's container POSTs its result, and `PROGRESS_URL`,
+//! where it reports its progress as often as it likes.
 //!
-//! [`ResultServer::start`] listens (HTTP/1); [`ResultServer::register`] opens the two
+//! [`ResultServer::start`] listens (HTTP/1); [`ResultServer::register`] opens the three
 //! URLs of one job and returns a [`Registration`]; the worker reads what was posted
-//! with [`Registration::take`] once the container exited. This module only serves
+//! with [`Registration::take`] once the container exited, and follows progress
+//! reports with [`Registration::progress`] while it runs. This module only serves
 //! and keeps posts; deciding what a post means for the job is the worker's part.
 //!
 //! Invariants:
@@ -13,9 +15,13 @@
 //!   tells nothing about another's, and the token is never logged.
 //! - The URLs live exactly as long as their [`Registration`]: dropping it answers
 //!   404 from then on (the job is over).
-//! - One post per registration: the first valid POST to either URL is kept, and
+//! - One result per registration: the first valid POST to either result URL is kept, and
 //!   any POST after it is 409 Conflict. A refused POST (400, 413) keeps nothing, so
 //!   the job may fix its request and try again.
+//! - `PROGRESS_URL` takes any number of reports ([`Progress`], checked by
+//!   [`progress`]'s rules, bodies of at most [`PROGRESS_MAX_BYTES`]) until the
+//!   registration is dropped, also after a result; only the latest is kept for the
+//!   worker to read. It counts against the same per-job connection cap.
 //! - Result files (multipart parts with a file name) total at most the registered
 //!   `limit_bytes` (the job's `limits.output_bytes`), and the whole body at most
 //!   that plus [`Limits::fields_bytes`]; the body cap is enforced while the body is
@@ -36,9 +42,11 @@
 
 mod handler;
 mod parse;
+pub mod progress;
 mod registry;
 mod server;
 
+pub use progress::{Progress, PROGRESS_MAX_BYTES};
 pub use server::{Registration, ResultServer};
 
 use std::time::Duration;

@@ -8,9 +8,11 @@
 //! hands out at most `max` [`Entered`] guards at once per token, so one job
 //! cannot hold more than that many of the server's connections with its token.
 
+use super::progress::Progress;
 use super::{Posted, ResultsError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -24,6 +26,10 @@ struct Slot {
     answer: Option<Option<Posted>>,
     /// Requests to this job's URLs in progress (live [`Entered`] guards).
     active: usize,
+    /// The job's last progress report; the registration holds the receiver.
+    /// A watch keeps only the latest, so a job posting faster than the worker
+    /// writes costs no memory.
+    progress: watch::Sender<Option<Progress>>,
 }
 
 /// One request in progress on a job's URLs; dropping it frees its place.
@@ -54,20 +60,45 @@ pub(crate) enum Lookup {
 }
 
 impl Registry {
-    /// Registers a job and returns its new token: 128 random bits, in hex.
-    pub(crate) fn insert(&self, job_id: &str, limit_bytes: u64) -> Result<String, ResultsError> {
+    /// Registers a job and returns its new token (128 random bits, in hex) and
+    /// where its progress reports arrive.
+    pub(crate) fn insert(
+        &self,
+        job_id: &str,
+        limit_bytes: u64,
+    ) -> Result<(String, watch::Receiver<Option<Progress>>), ResultsError> {
         let mut bits = [0u8; 16];
         getrandom::fill(&mut bits)
             .map_err(|e| ResultsError::Random(std::io::Error::other(e.to_string())))?;
         let token = hex::encode(bits);
+        let (progress, reports) = watch::channel(None);
         let slot = Slot {
             job_id: job_id.to_string(),
             limit_bytes,
             answer: None,
             active: 0,
+            progress,
         };
         self.lock().insert(token.clone(), slot);
-        Ok(token)
+        Ok((token, reports))
+    }
+
+    /// The job a token belongs to while it is registered, answered or not:
+    /// progress may be reported until the job is over.
+    pub(crate) fn job_of(&self, token: &str) -> Option<String> {
+        self.lock().get(token).map(|slot| slot.job_id.clone())
+    }
+
+    /// Hands a progress report to the job's registration; false when the token
+    /// is not registered (any more).
+    pub(crate) fn report(&self, token: &str, progress: Progress) -> bool {
+        match self.lock().get(token) {
+            Some(slot) => {
+                slot.progress.send_replace(Some(progress));
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn lookup(&self, token: &str) -> Lookup {
@@ -152,7 +183,7 @@ mod tests {
     #[test]
     fn the_first_post_wins_and_is_taken_once() {
         let r = Registry::default();
-        let t = r.insert("j1", 10).unwrap();
+        let (t, _) = r.insert("j1", 10).unwrap();
         assert_eq!(t.len(), 32);
         assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(
@@ -177,8 +208,8 @@ mod tests {
     #[test]
     fn at_most_max_requests_per_token_at_once() {
         let r = Arc::new(Registry::default());
-        let t = r.insert("j", 1).unwrap();
-        let other = r.insert("k", 1).unwrap();
+        let (t, _) = r.insert("j", 1).unwrap();
+        let (other, _) = r.insert("k", 1).unwrap();
         let a = r.enter(&t, 2).unwrap();
         let _b = r.enter(&t, 2).unwrap();
         assert!(r.enter(&t, 2).is_none(), "a third at once");
@@ -192,10 +223,28 @@ mod tests {
     }
 
     #[test]
+    fn progress_is_reported_until_unregistered_even_after_a_result() {
+        let r = Registry::default();
+        let (t, reports) = r.insert("j", 1).unwrap();
+        let p = |n| Progress {
+            progress: n,
+            message: None,
+        };
+        assert!(r.report(&t, p(0.1)));
+        r.commit(&t, posted("done")).unwrap();
+        assert_eq!(r.job_of(&t).as_deref(), Some("j"));
+        assert!(r.report(&t, p(0.9)));
+        assert_eq!(reports.borrow().as_ref().map(|p| p.progress), Some(0.9));
+        r.remove(&t);
+        assert!(!r.report(&t, p(1.0)));
+        assert_eq!(r.job_of(&t), None);
+    }
+
+    #[test]
     fn tokens_differ() {
         let r = Registry::default();
-        let a = r.insert("j", 1).unwrap();
-        let b = r.insert("j", 1).unwrap();
+        let (a, _) = r.insert("j", 1).unwrap();
+        let (b, _) = r.insert("j", 1).unwrap();
         assert_ne!(a, b);
     }
 }

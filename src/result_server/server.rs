@@ -13,6 +13,7 @@
 //! timeout (an idle keep-alive connection is closed after it too).
 
 use super::handler::{parse_slots, router, Shared};
+use super::progress::Progress;
 use super::registry::Registry;
 use super::{Limits, Posted, ResultsError};
 use axum::Router;
@@ -23,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -119,12 +120,14 @@ impl ResultServer {
         self.local_addr
     }
 
-    /// Opens the two URLs of one job, whose result files may total `limit_bytes`.
+    /// Opens the three URLs of one job, whose result files may total `limit_bytes`.
     pub fn register(&self, job_id: &str, limit_bytes: u64) -> Result<Registration, ResultsError> {
-        let token = self.registry.insert(job_id, limit_bytes)?;
+        let (token, progress) = self.registry.insert(job_id, limit_bytes)?;
         Ok(Registration {
             response_url: format!("{}/results/{token}/response", self.base_url),
             abort_url: format!("{}/results/{token}/abort", self.base_url),
+            progress_url: format!("{}/results/{token}/progress", self.base_url),
+            progress,
             job_id: job_id.to_string(),
             registry: self.registry.clone(),
             token,
@@ -230,13 +233,16 @@ async fn serve(
     }
 }
 
-/// One job's `RESPONSE_URL` and `ABORT_URL`; dropping it closes both (404).
+/// One job's `RESPONSE_URL`, `ABORT_URL` and `PROGRESS_URL`; dropping it closes
+/// them (404).
 pub struct Registration {
     registry: Arc<Registry>,
     token: String,
     job_id: String,
     response_url: String,
     abort_url: String,
+    progress_url: String,
+    progress: watch::Receiver<Option<Progress>>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -257,6 +263,17 @@ impl Registration {
     /// The value of `ABORT_URL` in the job's container.
     pub fn abort_url(&self) -> &str {
         &self.abort_url
+    }
+
+    /// The value of `PROGRESS_URL` in the job's container.
+    pub fn progress_url(&self) -> &str {
+        &self.progress_url
+    }
+
+    /// The job's progress reports: the last one posted (a watch keeps only the
+    /// latest), changed with each valid POST to `PROGRESS_URL`.
+    pub fn progress(&self) -> watch::Receiver<Option<Progress>> {
+        self.progress.clone()
     }
 
     /// What the job posted, once: later calls return `None`, and the URLs keep

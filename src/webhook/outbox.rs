@@ -79,21 +79,32 @@ pub struct NewDelivery {
     pub secret: Option<String>,
 }
 
+/// The Lua function that makes one delivery unless it exists: the one layout of
+/// a delivery hash, shared by [`CREATE`] and the step that publishes a job's
+/// progress (`state::progress`), which makes its deliveries with its event.
+/// Arguments: delivery hash, due set, job's delivery set, id, job, event,
+/// subscriber, url, secret, body, now (ms), created_at, retention.
+pub const CREATE_FN: &str = r"
+        local function create(dkey, due, jobset, id, job, event, sub, url, secret, body, now, created, retention)
+            if redis.call('EXISTS', dkey) == 1 then return 0 end
+            redis.call('HSET', dkey, 'id', id, 'job', job, 'event', event, 'subscriber', sub,
+                'url', url, 'secret', secret, 'body', body, 'status', 'pending', 'round', 0, 'attempts', 0,
+                'created_at', created)
+            redis.call('ZADD', due, now, id)
+            redis.call('SADD', jobset, id)
+            redis.call('EXPIRE', jobset, tonumber(retention))
+            return 1
+        end
+";
+
 /// KEYS: delivery hash, due set, job's delivery set. ARGV: id, job, event, subscriber,
 /// url, secret, body, now (ms), created_at, retention.
 static CREATE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-        redis.call('HSET', KEYS[1], 'id', ARGV[1], 'job', ARGV[2], 'event', ARGV[3], 'subscriber', ARGV[4],
-            'url', ARGV[5], 'secret', ARGV[6], 'body', ARGV[7], 'status', 'pending', 'round', 0, 'attempts', 0,
-            'created_at', ARGV[9])
-        redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
-        redis.call('SADD', KEYS[3], ARGV[1])
-        redis.call('EXPIRE', KEYS[3], tonumber(ARGV[10]))
-        return 1
-        ",
-    )
+    redis::Script::new(&format!(
+        "{CREATE_FN}
+        return create(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+            ARGV[7], ARGV[8], ARGV[9], ARGV[10])"
+    ))
 });
 
 /// Makes the deliveries of a finished job's terminal event (idempotent). Returns how
@@ -124,27 +135,7 @@ pub async fn enqueue_for_job(
         .unwrap_or_default();
     let (queue, entry) = (queue.unwrap_or_default(), entry.unwrap_or_default());
 
-    let mut targets = Vec::new();
-    // Anyone can HSET the registry: a name or value that is not UTF-8 JSON is
-    // skipped with a warning, and never keeps the other subscribers' deliveries
-    // (or the entry's acknowledgement) from being made.
-    let mut subscribers: Vec<(Vec<u8>, Vec<u8>)> = conn.hgetall(keys.subscribers()).await?;
-    subscribers.sort();
-    for (name, value) in subscribers {
-        let name = String::from_utf8_lossy(&name).into_owned();
-        match serde_json::from_slice::<super::Subscriber>(&value) {
-            Ok(sub) if sub.wants(&event, &queue) => targets.push(NewDelivery {
-                subscriber: name,
-                url: None,
-                secret: None,
-            }),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(subscriber = %name, error = %e, "a subscriber's JSON is unreadable; skipped (`dockhand subscriber rm` it and add it again)")
-            }
-        }
-    }
-    targets.extend(job_targets(spec, &event));
+    let targets = targets(conn, keys, &event, &queue, spec).await?;
 
     let now = chrono::Utc::now();
     let mut made = 0;
@@ -171,6 +162,39 @@ pub async fn enqueue_for_job(
     Ok(made)
 }
 
+/// Every target that wants `event` of a job in `queue`: the registered
+/// subscribers (by name, in order) and the job's own `webhooks` in `spec`.
+pub async fn targets(
+    conn: &mut Conn,
+    keys: &Keys,
+    event: &str,
+    queue: &str,
+    spec: &[u8],
+) -> Result<Vec<NewDelivery>, StoreError> {
+    let mut targets = Vec::new();
+    // Anyone can HSET the registry: a name or value that is not UTF-8 JSON is
+    // skipped with a warning, and never keeps the other subscribers' deliveries
+    // (or the entry's acknowledgement) from being made.
+    let mut subscribers: Vec<(Vec<u8>, Vec<u8>)> = conn.hgetall(keys.subscribers()).await?;
+    subscribers.sort();
+    for (name, value) in subscribers {
+        let name = String::from_utf8_lossy(&name).into_owned();
+        match serde_json::from_slice::<super::Subscriber>(&value) {
+            Ok(sub) if sub.wants(event, queue) => targets.push(NewDelivery {
+                subscriber: name,
+                url: None,
+                secret: None,
+            }),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(subscriber = %name, error = %e, "a subscriber's JSON is unreadable; skipped (`dockhand subscriber rm` it and add it again)")
+            }
+        }
+    }
+    targets.extend(job_targets(spec, event));
+    Ok(targets)
+}
+
 /// The job's own `webhooks: [{url, secret, events}]` that want `event`.
 fn job_targets(spec: &[u8], event: &str) -> Vec<NewDelivery> {
     let spec: serde_json::Value = serde_json::from_slice(spec).unwrap_or_default();
@@ -181,9 +205,10 @@ fn job_targets(spec: &[u8], event: &str) -> Vec<NewDelivery> {
         .iter()
         .enumerate()
         .filter(|(_, h)| match h["events"].as_array() {
-            Some(events) => events
-                .iter()
-                .any(|e| e.as_str() == Some(event) || e.as_str() == Some("*")),
+            Some(events) => events.iter().any(|e| {
+                e.as_str()
+                    .is_some_and(|e| super::subscribers::names(e, event))
+            }),
             None => super::subscribers::default_events()
                 .iter()
                 .any(|e| e == event),

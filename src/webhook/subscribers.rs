@@ -18,12 +18,24 @@ pub const EVENT_TYPES: &[&str] = &[
     "job.completed",
     "job.aborted",
     "job.duplicate",
+    "job.progress",
 ];
 
 /// The event types this version makes webhook deliveries for: a job's terminal
-/// event, the one stored with its terminal state (see `outbox::enqueue_for_job`).
-/// The other types are published on `dockhand:events` only.
-pub const DELIVERED_EVENTS: &[&str] = &["job.completed", "job.aborted"];
+/// event, the one stored with its terminal state (see `outbox::enqueue_for_job`),
+/// and its progress, made with each (rate-limited) `job.progress` event in the
+/// same step (see `state::progress`). The other types are published on
+/// `dockhand:events` only.
+pub const DELIVERED_EVENTS: &[&str] = &["job.completed", "job.aborted", "job.progress"];
+
+/// Delivered only to a target that names them: `*` does not include them, so a
+/// subscriber made for the terminal events is not flooded by a new type.
+pub const OPT_IN_EVENTS: &[&str] = &["job.progress"];
+
+/// Whether `named`, one entry of a target's `events`, asks for `event`.
+pub fn names(named: &str, event: &str) -> bool {
+    named == event || (named == "*" && !OPT_IN_EVENTS.contains(&event))
+}
 
 /// The event types in `events` that a subscriber may name but never gets as a
 /// webhook, in the order given. `*` names none: it asks for whatever is delivered.
@@ -67,7 +79,7 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn wants(&self, event: &str, queue: &str) -> bool {
         self.disabled.is_none()
-            && self.events.iter().any(|e| e == event || e == "*")
+            && self.events.iter().any(|e| names(e, event))
             && self.queues.iter().any(|q| q == queue || q == "*")
     }
 
@@ -175,7 +187,17 @@ mod tests {
     }
 
     #[test]
-    fn only_terminal_events_are_delivered() {
+    fn progress_is_delivered_only_when_named() {
+        let mut s = sub();
+        s.events = vec!["*".into()];
+        assert!(s.wants("job.completed", "q") && !s.wants("job.progress", "q"));
+        s.events = vec!["job.progress".into()];
+        assert!(s.wants("job.progress", "q") && !s.wants("job.completed", "q"));
+        assert!(check(&s).is_ok());
+    }
+
+    #[test]
+    fn only_terminal_and_progress_events_are_delivered() {
         let events = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(never_delivered(&default_events()).is_empty());
         assert!(never_delivered(&events(&["*"])).is_empty());

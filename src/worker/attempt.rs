@@ -15,6 +15,7 @@ use super::context::Ctx;
 use super::ending::{Ending, Turn};
 use super::outcome::conclude;
 use super::prepare::{self, Failure};
+use super::progress;
 use super::record;
 use super::running::{Registration, StopCause};
 use crate::executor::{ExecError, RunContext, RunOutcome};
@@ -56,7 +57,28 @@ pub(super) async fn attempt(
     tracing::info!(image = %job.image, attempt = record.attempt, "job started");
     // Result URLs, for a job that has a network to reach them on.
     let urls = ctx.results.as_ref().and_then(|host| host.open(&mut job));
-    let outcome = run(ctx, turn, registration, &job, &record, &log.sender).await?;
+    // Its progress, from PROGRESS_URL or (without it) progress.json; written
+    // beside the run, and flushed once the container is gone, before any end.
+    let about = progress::About {
+        job: record.id.clone(),
+        queue: record.queue.clone(),
+        attempt: record.attempt,
+        entry: turn.entry.id.clone(),
+        spec: turn.raw.to_vec(),
+    };
+    let reports = urls.as_ref().map(|u| u.progress());
+    let progress = progress::Reporter::start(ctx, about, reports, log.sender.clone());
+    let outcome = run(
+        ctx,
+        turn,
+        registration,
+        &job,
+        &record,
+        &log.sender,
+        progress.file(),
+    )
+    .await?;
+    progress.finish().await;
     if let Some(error) = not_started(&outcome, registration) {
         log.sender
             .system(format!("{error}; nothing of the job ran"))
@@ -164,6 +186,7 @@ async fn run(
     job: &Job,
     record: &JobRecord,
     log: &LogSender,
+    progress: Option<&crate::executor::progress::ProgressFile>,
 ) -> Result<Result<RunOutcome, ExecError>, StoreError> {
     let deployment = ctx.deployment().await?;
     let context = RunContext {
@@ -172,6 +195,7 @@ async fn run(
         stop: &registration.stop,
         entry: &turn.entry.id,
         deployment,
+        progress,
     };
     Ok(ctx.executor.run(job, context).await)
 }

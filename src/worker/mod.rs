@@ -28,6 +28,7 @@ mod outcome;
 mod pipeline;
 mod posted;
 mod prepare;
+mod progress;
 mod record;
 
 // What the turns share, and the loops beside them.

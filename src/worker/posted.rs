@@ -109,7 +109,7 @@ fn limits(r: &ResultSettings) -> Limits {
 
 impl ResultsHost {
     /// For a job with a network: moves it onto the results network (for `bridge`),
-    /// opens its two URLs and puts them in its environment.
+    /// opens its three URLs and puts them in its environment.
     pub(super) fn open(&self, job: &mut Job) -> Option<Registration> {
         let host = self;
         if job.network == "none" {
@@ -129,6 +129,8 @@ impl ResultsHost {
             .insert("RESPONSE_URL".into(), urls.response_url().to_string());
         job.env
             .insert("ABORT_URL".into(), urls.abort_url().to_string());
+        job.env
+            .insert("PROGRESS_URL".into(), urls.progress_url().to_string());
         Some(urls)
     }
 }

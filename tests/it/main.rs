@@ -21,6 +21,7 @@ mod metrics;
 mod policy;
 mod priorities;
 mod profiles;
+mod progress;
 mod recovery;
 mod resilience;
 mod result_urls;
