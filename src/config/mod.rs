@@ -149,6 +149,9 @@ pub struct JobSettings {
     pub max_line_bytes: usize,
     pub dead_max_len: usize,
     pub events_max_len: usize,
+    /// How long a job waits for a parent named in `after` to end (or to arrive)
+    /// before it is aborted `dependency_failed`.
+    pub dependency_wait_seconds: u64,
     pub limits: LimitSettings,
 }
 

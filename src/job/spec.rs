@@ -45,6 +45,17 @@ pub struct JobSpec {
     /// A fleet-wide key whose concurrency or rate limit (`dockhand limit set`)
     /// this job counts against.
     pub concurrency_key: Option<String>,
+    /// Jobs this one waits for (their ids); see `crate::deps`.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// `all_completed` (the default: every parent completed) or `all_finished`
+    /// (every parent ended, however).
+    pub after_policy: Option<String>,
+    /// The batch this job counts in; see `crate::batch`.
+    pub batch: Option<String>,
+    /// How many jobs the batch has, given by at least one of them (or by
+    /// `dockhand batch open`), so that it knows when it is whole.
+    pub batch_size: Option<u64>,
 }
 
 /// Where to build the job's image from: a repository, one ref, and the build's inputs.
