@@ -10,20 +10,23 @@
 use super::{Secret, Target};
 use serde::{Deserialize, Serialize};
 
-/// The event types a job produces.
+/// The event types a job (or a batch) produces.
 pub const EVENT_TYPES: &[&str] = &[
     "job.queued",
+    "job.waiting",
     "job.started",
     "job.retrying",
     "job.completed",
     "job.aborted",
     "job.duplicate",
+    "batch.completed",
 ];
 
 /// The event types this version makes webhook deliveries for: a job's terminal
-/// event, the one stored with its terminal state (see `outbox::enqueue_for_job`).
-/// The other types are published on `dockhand:events` only.
-pub const DELIVERED_EVENTS: &[&str] = &["job.completed", "job.aborted"];
+/// event, the one stored with its terminal state (see `outbox::enqueue_for_job`),
+/// and a batch's `batch.completed`, stored with the batch's last count (see
+/// `batch`). The other types are published on `dockhand:events` only.
+pub const DELIVERED_EVENTS: &[&str] = &["job.completed", "job.aborted", "batch.completed"];
 
 /// The event types in `events` that a subscriber may name but never gets as a
 /// webhook, in the order given. `*` names none: it asks for whatever is delivered.

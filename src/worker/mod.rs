@@ -29,6 +29,8 @@ mod pipeline;
 mod posted;
 mod prepare;
 mod record;
+mod release;
+mod waiting;
 
 // What the turns share, and the loops beside them.
 mod broadcast;
@@ -231,6 +233,7 @@ pub async fn run_with(
         token.clone(),
     ));
     chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
+    chores.spawn(upkeep::dependency_deadlines(ctx.clone(), token.clone()));
     chores.spawn(upkeep::prune_listings(
         ctx.clone(),
         SWEEP_EVERY,
