@@ -2,10 +2,12 @@
 //! One test binary; fixtures in `common`.
 
 mod api;
+mod batches;
 mod build;
 mod cli;
 mod common;
 mod dashboard;
+mod dependencies;
 mod examples;
 mod files;
 mod first_hour;
