@@ -102,7 +102,12 @@ pub async fn add(
             "no webhook is ever delivered for {}; only for {}. Every event is published on {} \
              (pub/sub, and kept in the stream of that name)",
             never.join(", "),
-            subscribers::DELIVERED_EVENTS.join(" and "),
+            {
+                let (last, rest) = subscribers::DELIVERED_EVENTS
+                    .split_last()
+                    .unwrap_or((&"", &[]));
+                format!("{} and {last}", rest.join(", "))
+            },
             keys.events_channel()
         ));
     }
