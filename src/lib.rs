@@ -14,6 +14,8 @@
 //! - [`result_server`]: the per-job `RESPONSE_URL` / `ABORT_URL` server a container posts its result to.
 //! - [`logs`]: container output split into lines, numbered, published and stored.
 //! - [`profile`]: named job templates a job's fields override.
+//! - [`deps`]: jobs waiting for others (`after`): the wait, its release, its timeout.
+//! - [`batch`]: jobs counted by batch, and the one `batch.completed` of each.
 //! - [`state`]: the job hash, its transitions and the events they publish.
 //! - [`listing`]: the indexes that list jobs newest first, and paged reads over them.
 //! - [`limits`]: fleet-wide concurrency and rate limits on a job's `concurrency_key`.
@@ -36,8 +38,10 @@
 pub mod admin;
 pub mod api;
 pub mod backoff;
+pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod deps;
 pub mod executor;
 pub mod job;
 pub mod limits;

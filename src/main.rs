@@ -144,6 +144,11 @@ enum Command {
         #[command(subcommand)]
         action: cli::schedule::Action,
     },
+    /// Batches: give one its size, or see how many of its jobs ended.
+    Batch {
+        #[command(subcommand)]
+        action: cli::batch::Action,
+    },
     /// Serve the HTTP API, live logs and events (SSE), metrics and the dashboard.
     Serve {
         /// Where to listen (overrides api.listen), e.g. 127.0.0.1:8080.
@@ -246,6 +251,7 @@ fn main() -> ExitCode {
             },
             Command::Limit { action } => cli::limit::run(&settings, action).await,
             Command::Schedule { action } => cli::schedule::run(&settings, action).await,
+            Command::Batch { action } => cli::batch::run(&settings, action).await,
             Command::Serve { listen } => {
                 let (shutdown, _) = shutdown_signals();
                 cli::serve::run(settings, listen, shutdown).await

@@ -13,6 +13,7 @@ macro_rules! outln {
     };
 }
 
+pub mod batch;
 pub mod cancel;
 pub mod dead;
 pub mod doctor;

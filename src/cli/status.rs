@@ -38,8 +38,17 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
     let found = admin::jobs::find(&mut conn, &keys, settings, id).await?;
+    // What a job with `after` waits for (or waited for), from its wait hash.
+    let wait = match &found {
+        Found::Recorded(_) => crate::deps::wait_state(&mut conn, &keys, id).await?,
+        Found::Unclaimed { .. } => None,
+    };
     if json {
-        outln!("{}", found.to_json(id));
+        let mut value = found.to_json(id);
+        if let (Some(w), Some(obj)) = (&wait, value.as_object_mut()) {
+            obj.insert("after".into(), serde_json::to_value(w).unwrap_or_default());
+        }
+        outln!("{value}");
     }
     match found {
         Found::Recorded(hash) if !json => {
@@ -47,6 +56,9 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
                 if let Some(value) = hash.get(*field).filter(|v| !v.is_empty() && *v != "[]") {
                     outln!("{field:<13} {value}");
                 }
+            }
+            if let Some(w) = wait {
+                print_wait(&w);
             }
         }
         Found::Recorded(_) => {}
@@ -60,6 +72,23 @@ pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// The parents of a job with `after`, each with how it ended or `waiting`.
+fn print_wait(w: &crate::deps::WaitState) {
+    let deadline = w.deadline.as_deref().unwrap_or("?");
+    match w.state.as_str() {
+        "waiting" => outln!("{:<13} waiting ({}), until {deadline}", "after", w.policy),
+        _ => outln!(
+            "{:<13} released ({}): {}",
+            "after",
+            w.policy,
+            w.why.as_deref().or(w.outcome.as_deref()).unwrap_or("")
+        ),
+    }
+    for (parent, how) in &w.parents {
+        outln!("{:<13}   {parent}: {how}", "");
+    }
 }
 
 /// A job waiting in its queue that no worker has read yet: it has no hash, so

@@ -160,6 +160,9 @@ pub struct JobSettings {
     /// At most one `job.progress` event (and webhook) per job this often; the
     /// job hash always gets the latest report.
     pub progress_interval_ms: u64,
+    /// How long a job waits for a parent named in `after` to end (or to arrive)
+    /// before it is aborted `dependency_failed`.
+    pub dependency_wait_seconds: u64,
     pub limits: LimitSettings,
 }
 

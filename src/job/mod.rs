@@ -7,6 +7,7 @@
 //!   in range and allowed by the worker's policy; nothing runs before that.
 //! - No I/O here: these are plain types, testable without Redis or Docker.
 
+mod after;
 mod attach;
 mod checks;
 mod redact;
@@ -15,6 +16,7 @@ mod spec;
 mod status;
 mod validate;
 
+pub use after::{After, AfterPolicy, MAX_PARENTS};
 pub use attach::{Mount, Publish, ServiceRun};
 pub use redact::{masked_fields, redact, MASK};
 pub use retry::{RetryOn, RetryPolicy};
@@ -22,7 +24,7 @@ pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Se
 pub use status::{Reason, Status};
 pub use validate::{
     metadata_bytes, validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile,
-    MAX_METADATA_BYTES,
+    MAX_METADATA_BYTES, MAX_STAGED_BYTES,
 };
 
 /// The folder the worker manages in every job container.

@@ -48,6 +48,17 @@ pub struct JobSpec {
     /// Higher runs first within its queue: an integer from -9 to 9 (default 0),
     /// which picks the queue's stream it goes to (`queue::lanes`).
     pub priority: Option<i64>,
+    /// Jobs this one waits for (their ids); see `crate::deps`.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// `all_completed` (the default: every parent completed) or `all_finished`
+    /// (every parent ended, however).
+    pub after_policy: Option<String>,
+    /// The batch this job counts in; see `crate::batch`.
+    pub batch: Option<String>,
+    /// How many jobs the batch has, given by at least one of them (or by
+    /// `dockhand batch open`), so that it knows when it is whole.
+    pub batch_size: Option<u64>,
 }
 
 /// Where to build the job's image from: a repository, one ref, and the build's inputs.

@@ -10,6 +10,8 @@ use std::fmt;
 pub enum Status {
     Queued,
     Scheduled,
+    /// Waits for its parents (`after`) to end.
+    Waiting,
     Building,
     Running,
     Completed,
@@ -21,6 +23,7 @@ impl Status {
         match self {
             Status::Queued => "queued",
             Status::Scheduled => "scheduled",
+            Status::Waiting => "waiting",
             Status::Building => "building",
             Status::Running => "running",
             Status::Completed => "completed",
@@ -32,6 +35,7 @@ impl Status {
         [
             Status::Queued,
             Status::Scheduled,
+            Status::Waiting,
             Status::Building,
             Status::Running,
             Status::Completed,
@@ -78,6 +82,9 @@ pub enum Reason {
     ImageNotFound,
     /// The Docker daemon refused or failed an operation that was not the job's fault.
     DockerError,
+    /// A parent named in `after` ended so that the job's `after_policy` cannot be
+    /// met, or did not end in time (`jobs.dependency_wait_seconds`).
+    DependencyFailed,
 }
 
 impl Reason {
@@ -93,6 +100,7 @@ impl Reason {
             Reason::PolicyDenied => "policy_denied",
             Reason::ImageNotFound => "image_not_found",
             Reason::DockerError => "docker_error",
+            Reason::DependencyFailed => "dependency_failed",
         }
     }
 
@@ -108,6 +116,7 @@ impl Reason {
             Reason::PolicyDenied,
             Reason::ImageNotFound,
             Reason::DockerError,
+            Reason::DependencyFailed,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -129,6 +138,7 @@ mod tests {
         for s in [
             "queued",
             "scheduled",
+            "waiting",
             "building",
             "running",
             "completed",
@@ -139,6 +149,11 @@ mod tests {
         assert!(Status::parse("done").is_none());
         assert_eq!(Reason::parse("worker_lost"), Some(Reason::WorkerLost));
         assert!(Reason::parse("oops").is_none());
+        assert_eq!(
+            Reason::parse("dependency_failed"),
+            Some(Reason::DependencyFailed)
+        );
+        assert!(!Status::Waiting.is_terminal());
         assert!(Status::Completed.is_terminal() && Status::Aborted.is_terminal());
         assert!(!Status::Running.is_terminal());
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 const MIN_MEMORY: u64 = 6 << 20;
 /// Inputs travel inside the job entry; keep one job's staged files (inputs and
 /// the script) reasonable.
-const MAX_STAGED_BYTES: usize = 64 << 20;
+pub const MAX_STAGED_BYTES: usize = 64 << 20;
 /// `metadata` is copied into the job hash, every event and every webhook body.
 pub const MAX_METADATA_BYTES: usize = 64 << 10;
 /// Variables in `env` and `secret_env` together, and their names and values' bytes.
@@ -119,6 +119,8 @@ pub fn validate_at(
     metadata(&spec)?;
     concurrency_key(&spec)?;
     priority(&spec)?;
+    super::after::after(&spec, &id)?;
+    super::after::batch(&spec)?;
     let mut files = stage_inputs(&spec)?;
     let entrypoint = entrypoint(&spec)?;
     let mut workdir = workdir(&spec)?;

@@ -205,6 +205,38 @@ impl Keys {
         format!("{}:metrics:{name}", self.prefix)
     }
 
+    /// What a job with `after` waits for (see `deps`): its state
+    /// (`waiting` | `released`), policy, queue, deadline, `remaining`, and one
+    /// field `parent:<id>` per parent (`waiting`, or how that parent ended).
+    pub fn wait(&self, id: &str) -> String {
+        format!("{}:job:{id}:after", self.prefix)
+    }
+
+    /// The jobs waiting for job `id` to end: a set of job ids.
+    pub fn dependents(&self, id: &str) -> String {
+        format!("{}:job:{id}:dependents", self.prefix)
+    }
+
+    /// Waiting jobs by the time their wait runs out (ms): a sorted set of job ids.
+    pub fn wait_deadlines(&self) -> String {
+        format!("{}:after:deadlines", self.prefix)
+    }
+
+    /// A batch: its size, and how many of its jobs ended, by status and reason.
+    pub fn batch(&self, id: &str) -> String {
+        format!("{}:batch:{id}", self.prefix)
+    }
+
+    /// The ids of a batch's jobs that ended, so each is counted once.
+    pub fn batch_ended(&self, id: &str) -> String {
+        format!("{}:batch:{id}:ended", self.prefix)
+    }
+
+    /// The webhook deliveries made for a batch's `batch.completed`.
+    pub fn batch_deliveries(&self, id: &str) -> String {
+        format!("{}:batch:{id}:webhooks", self.prefix)
+    }
+
     /// The pattern matching every queue's job stream, for discovery with `SCAN`.
     pub fn jobs_pattern(&self) -> String {
         format!("{}:{{*}}:jobs", self.prefix)

@@ -195,6 +195,53 @@ pub async fn targets(
     Ok(targets)
 }
 
+/// Makes the deliveries of a batch's `batch.completed` (idempotent) to the
+/// registered subscribers that want it for one of the batch's `queues`. The
+/// delivery's `job` is `batch:<id>`, which no job id can be (ids have no `:`).
+pub async fn enqueue_for_batch(
+    conn: &mut Conn,
+    keys: &Keys,
+    batch: &str,
+    body: &str,
+    queues: &[String],
+    retention: u64,
+) -> Result<usize, StoreError> {
+    const EVENT: &str = "batch.completed";
+    let subject = format!("batch:{batch}");
+    let mut subscribers: Vec<(Vec<u8>, Vec<u8>)> = conn.hgetall(keys.subscribers()).await?;
+    subscribers.sort();
+    let now = chrono::Utc::now();
+    let mut made = 0;
+    for (name, value) in subscribers {
+        let Ok(sub) = serde_json::from_slice::<super::Subscriber>(&value) else {
+            continue; // reported by the job deliveries, which read the same registry
+        };
+        if !queues.iter().any(|q| sub.wants(EVENT, q)) {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let id = delivery_id(&subject, "", EVENT, &name);
+        let created: i64 = CREATE
+            .key(keys.delivery(&id))
+            .key(keys.deliveries_due())
+            .key(keys.batch_deliveries(batch))
+            .arg(&id)
+            .arg(&subject)
+            .arg(EVENT)
+            .arg(&name)
+            .arg("")
+            .arg("")
+            .arg(body)
+            .arg(now.timestamp_millis())
+            .arg(crate::time::now())
+            .arg(retention)
+            .invoke_async(conn)
+            .await?;
+        made += created as usize;
+    }
+    Ok(made)
+}
+
 /// The job's own `webhooks: [{url, secret, events}]` that want `event`.
 fn job_targets(spec: &[u8], event: &str) -> Vec<NewDelivery> {
     let spec: serde_json::Value = serde_json::from_slice(spec).unwrap_or_default();

@@ -10,23 +10,31 @@
 use super::{Secret, Target};
 use serde::{Deserialize, Serialize};
 
-/// The event types a job produces.
+/// The event types a job (or a batch) produces.
 pub const EVENT_TYPES: &[&str] = &[
     "job.queued",
+    "job.waiting",
     "job.started",
     "job.retrying",
     "job.completed",
     "job.aborted",
     "job.duplicate",
     "job.progress",
+    "batch.completed",
 ];
 
 /// The event types this version makes webhook deliveries for: a job's terminal
 /// event, the one stored with its terminal state (see `outbox::enqueue_for_job`),
 /// and its progress, made with each (rate-limited) `job.progress` event in the
-/// same step (see `state::progress`). The other types are published on
+/// same step (see `state::progress`), and a batch's `batch.completed`, stored with
+/// the batch's last count (see `batch`). The other types are published on
 /// `dockhand:events` only.
-pub const DELIVERED_EVENTS: &[&str] = &["job.completed", "job.aborted", "job.progress"];
+pub const DELIVERED_EVENTS: &[&str] = &[
+    "job.completed",
+    "job.aborted",
+    "job.progress",
+    "batch.completed",
+];
 
 /// Delivered only to a target that names them: `*` does not include them, so a
 /// subscriber made for the terminal events is not flooded by a new type.

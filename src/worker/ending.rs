@@ -45,6 +45,9 @@ pub(super) enum Ending {
     AlreadyFinished { id: String },
     /// Another worker owns the job now: write nothing, acknowledge nothing.
     NotOwned,
+    /// The job's state is written already (it waits for its parents; see
+    /// `waiting`): only acknowledge the entry.
+    LetGo,
 }
 
 /// One claimed entry that this worker owns, and the steps that end its turn.
@@ -82,10 +85,12 @@ impl Turn<'_> {
                 ack(ctx, self.entry).await
             }
             Ending::AlreadyFinished { id } => {
+                super::release::ended_before(self.ctx, &id, self.raw).await?;
                 make_deliveries(self.ctx, &id, self.raw).await?;
                 ack(self.ctx, self.entry).await
             }
             Ending::NotOwned => Ok(()),
+            Ending::LetGo => ack(self.ctx, self.entry).await,
         }
     }
 
@@ -153,9 +158,21 @@ impl Turn<'_> {
                 .await?;
         }
         if written {
+            self.followers(&record).await?;
             make_deliveries(self.ctx, &record.id, self.raw).await?;
         }
         ack(self.ctx, self.entry).await
+    }
+
+    /// After a terminal write: the jobs waiting for this one, and its batch.
+    async fn followers(&self, record: &JobRecord) -> Result<(), StoreError> {
+        let end = super::release::Ended {
+            id: &record.id,
+            queue: &record.queue,
+            status: record.status,
+            reason: record.reason,
+        };
+        super::release::ended(self.ctx, &end, self.raw).await
     }
 
     /// Records a job refused before running, and keeps its raw entry in the dead stream.
@@ -165,6 +182,7 @@ impl Turn<'_> {
         if self.write(&record, "job.aborted", &[]).await? {
             self.ctx.finished.add(record.status);
             self.bury(&record, &rejection.message).await?;
+            self.followers(&record).await?;
             make_deliveries(self.ctx, &record.id, self.raw).await?;
         }
         ack(self.ctx, self.entry).await

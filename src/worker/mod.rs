@@ -30,6 +30,8 @@ mod posted;
 mod prepare;
 mod progress;
 mod record;
+mod release;
+mod waiting;
 
 // What the turns share, and the loops beside them.
 mod broadcast;
@@ -233,6 +235,7 @@ pub async fn run_with(
         token.clone(),
     ));
     chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
+    chores.spawn(upkeep::dependency_deadlines(ctx.clone(), token.clone()));
     chores.spawn(upkeep::prune_listings(
         ctx.clone(),
         SWEEP_EVERY,

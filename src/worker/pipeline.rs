@@ -22,6 +22,7 @@ use super::context::Ctx;
 use super::ending::Turn;
 use super::limit::{self, Gate};
 use super::running::Registration;
+use super::waiting::{self, Wait};
 use crate::backoff::Backoff;
 use crate::job;
 use crate::queue::Entry;
@@ -81,14 +82,19 @@ pub(super) async fn run(
 async fn take(turn: &Turn<'_>, registration: &Registration) -> Result<(), StoreError> {
     let (ctx, entry) = (turn.ctx, turn.entry);
     let ending = match admit(ctx, entry, registration, turn.stored).await? {
-        Admission::Run(record, job) => match limit::gate(ctx, registration, record, job).await? {
-            Gate::Pass(record, job) => {
-                let (id, key) = (record.id.clone(), job.spec.concurrency_key.clone());
-                let ending = attempt(turn, registration, record, job).await;
-                limit::release(ctx, registration, &ctx.keys, key.as_deref(), &id).await;
-                ending?
-            }
-            Gate::Wait(ending) => ending,
+        Admission::Run(record, job) => match waiting::gate(ctx, entry, turn.raw, record, job)
+            .await?
+        {
+            Wait::Run(record, job) => match limit::gate(ctx, registration, record, job).await? {
+                Gate::Pass(record, job) => {
+                    let (id, key) = (record.id.clone(), job.spec.concurrency_key.clone());
+                    let ending = attempt(turn, registration, record, job).await;
+                    limit::release(ctx, registration, &ctx.keys, key.as_deref(), &id).await;
+                    ending?
+                }
+                Gate::Wait(ending) => ending,
+            },
+            Wait::End(ending) => ending,
         },
         Admission::End(ending) => ending,
     };

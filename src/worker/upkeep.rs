@@ -1,7 +1,7 @@
 //! Background chores of a worker: moving due scheduled jobs, enqueueing the ticks
 //! of periodic schedules, listening for cancel requests, sweeping orphaned
-//! containers, pruning the listing indexes of expired jobs, and checking Redis's
-//! settings.
+//! containers, pruning the listing indexes of expired jobs, ending waits for
+//! parents that ran out, and checking Redis's settings.
 
 use super::context::Ctx;
 use super::running::StopCause;
@@ -127,6 +127,28 @@ fn report_ticks(
     }
     // Only those still invalid stay: one fixed and broken again is logged again.
     *reported = invalid;
+}
+
+/// Ends the waits of jobs whose parents did not end in time
+/// (`jobs.dependency_wait_seconds`; see `crate::deps`). Every worker does it:
+/// the step that ends a wait checks it still waits, so two workers end it once.
+pub(super) async fn dependency_deadlines(ctx: Ctx, token: CancellationToken) {
+    let every = Duration::from_secs(1);
+    while !token.is_cancelled() {
+        let ended = async {
+            let mut conn = ctx.store.conn().await?;
+            let wait = ctx.settings.jobs.dependency_wait_seconds;
+            let now = chrono::Utc::now().timestamp_millis();
+            crate::deps::expire_due(&mut conn, &ctx.keys, now, wait, 100).await
+        }
+        .await;
+        match ended {
+            Ok(n) if n > 0 => tracing::info!(ended = n, "waits for parents ran out"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %error_chain(&e), "ending waits that ran out failed"),
+        }
+        super::context::sleep_or_cancel(every, &token).await;
+    }
 }
 
 /// Removes expired jobs from the listing indexes, now and then. Every worker does

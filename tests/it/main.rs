@@ -3,10 +3,12 @@
 
 mod api;
 mod api_sse;
+mod batches;
 mod build;
 mod cli;
 mod common;
 mod dashboard;
+mod dependencies;
 mod examples;
 mod files;
 mod first_hour;

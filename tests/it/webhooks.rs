@@ -369,7 +369,7 @@ async fn subscribing_to_events_never_delivered_warns_and_only_the_terminal_one_a
     assert!(
         stderr.contains(
             "warning: no webhook is ever delivered for job.started, job.queued; \
-             only for job.completed, job.aborted and job.progress."
+             only for job.completed, job.aborted, job.progress and batch.completed."
         ),
         "{stderr}"
     );
