@@ -222,9 +222,10 @@ pub struct Claimed {
 }
 
 /// Creates or takes over the job hash for `entry`, and makes `consumer` its owner.
-/// KEYS[1] job hash, KEYS[2] events stream. ARGV: entry, id, queue, created_at,
-/// spec, events channel, queued event, consumer, requeue token ('' when the entry
-/// has none), events stream cap.
+/// KEYS[1] job hash, KEYS[2] events stream, KEYS[3] job log, KEYS[4] job files.
+/// ARGV: entry, id, queue, created_at, spec, events channel, queued event,
+/// consumer, requeue token ('' when the entry has none), events stream cap, the
+/// spec's unique_for_seconds (0: none), now (ms).
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -241,7 +242,17 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
                 redis.call('HDEL', key, 'requeue_token')
                 return reply('requeued')
             end
-            return reply('duplicate')
+            -- unique_for_seconds: past the window, a finished job's id is free again;
+            -- the new entry starts the job afresh (its last run's state, log and
+            -- files are dropped).
+            local window, now = tonumber(ARGV[11]), tonumber(ARGV[12])
+            local status = redis.call('HGET', key, 'status')
+            local since = tonumber(redis.call('HGET', key, 'created_ms') or '0') or 0
+            if not (window > 0 and (status == 'completed' or status == 'aborted') and since + window * 1000 <= now) then
+                return reply('duplicate')
+            end
+            redis.call('DEL', key, KEYS[3], KEYS[4])
+            owner = nil
         end
         if owner then
             redis.call('HINCRBY', key, 'deliveries', 1)
@@ -255,7 +266,7 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
         redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'id', ARGV[2], 'queue', ARGV[3],
             'spec', ARGV[5], 'deliveries', 1)
         if redis.call('HEXISTS', key, 'status') == 0 then
-            redis.call('HSET', key, 'status', 'queued', 'created_at', ARGV[4], 'attempt', '0')
+            redis.call('HSET', key, 'status', 'queued', 'created_at', ARGV[4], 'created_ms', ARGV[12], 'attempt', '0')
         end
         redis.call('PUBLISH', ARGV[6], ARGV[7])
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'job.queued', 'job', ARGV[2], 'event', ARGV[7])
@@ -274,11 +285,14 @@ pub async fn claim(
     consumer: &str,
     token: &str,
     events_max_len: usize,
+    unique_for_seconds: u64,
 ) -> Result<Claimed, StoreError> {
     type Reply = (String, String, String, String, String, String);
     let (kind, status, attempt, deliveries, cancel, created_at): Reply = CLAIM
         .key(keys.job(&record.id))
         .key(keys.events())
+        .key(keys.log(&record.id))
+        .key(keys.files(&record.id))
         .arg(entry)
         .arg(&record.id)
         .arg(&record.queue)
@@ -289,6 +303,8 @@ pub async fn claim(
         .arg(consumer)
         .arg(token)
         .arg(events_max_len)
+        .arg(unique_for_seconds)
+        .arg(chrono::Utc::now().timestamp_millis())
         .invoke_async(conn)
         .await?;
     if kind == "new" {

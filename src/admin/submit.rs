@@ -56,7 +56,7 @@ pub async fn submit(
     let warnings = check(raw.as_bytes(), queue, profile, settings).map_err(AdminError::Invalid)?;
     let own_id = spec.get("id").and_then(|v| v.as_str());
     if let Some(id) = own_id {
-        let recorded: bool = conn.hexists(keys.job(id), "status").await?;
+        let recorded = recorded(conn, keys, id, spec).await?;
         let waiting = if recorded {
             None
         } else {
@@ -65,7 +65,8 @@ pub async fn submit(
         if recorded || waiting.is_some() {
             return Err(AdminError::Conflict(format!(
                 "a job with id {id} exists already (it is not run twice); \
-                 to run it again use retry, or submit with another id"
+                 to run it again use retry, submit with another id, or give the spec \
+                 `unique_for_seconds` so the id frees once that long has passed"
             )));
         }
     }
@@ -77,6 +78,35 @@ pub async fn submit(
         queue: queue.to_string(),
         warnings,
     })
+}
+
+/// Whether a job holds `id` now: recorded and, if the spec has a
+/// `unique_for_seconds` window, not yet free again (finished, and the window
+/// since its first submission over; the worker's claim applies the same rule).
+async fn recorded(
+    conn: &mut Conn,
+    keys: &Keys,
+    id: &str,
+    spec: &serde_json::Value,
+) -> Result<bool, AdminError> {
+    let (status, created_ms): (Option<String>, Option<i64>) = deadpool_redis::redis::cmd("HMGET")
+        .arg(keys.job(id))
+        .arg("status")
+        .arg("created_ms")
+        .query_async(&mut **conn)
+        .await?;
+    let Some(status) = status else {
+        return Ok(false);
+    };
+    let window = spec.get("unique_for_seconds").and_then(|w| w.as_u64());
+    let finished = status == "completed" || status == "aborted";
+    let free = match window {
+        Some(w) if finished => {
+            created_ms.unwrap_or(0) + w as i64 * 1000 <= chrono::Utc::now().timestamp_millis()
+        }
+        _ => false,
+    };
+    Ok(!free)
 }
 
 /// Checks the entry `raw` as a worker serving `queue` would. `profile` is the

@@ -48,6 +48,9 @@ pub struct JobSpec {
     /// Higher runs first within its queue: an integer from -9 to 9 (default 0),
     /// which picks the queue's stream it goes to (`queue::lanes`).
     pub priority: Option<i64>,
+    /// Within this many seconds of the first submission, a job with the same `id`
+    /// is a duplicate; after it, once the job has ended, the id runs afresh.
+    pub unique_for_seconds: Option<u64>,
     /// Jobs this one waits for (their ids); see `crate::deps`.
     #[serde(default)]
     pub after: Vec<String>,

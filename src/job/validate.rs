@@ -119,6 +119,7 @@ pub fn validate_at(
     metadata(&spec)?;
     concurrency_key(&spec)?;
     priority(&spec)?;
+    unique(&spec)?;
     super::after::after(&spec, &id)?;
     super::after::batch(&spec)?;
     let mut files = stage_inputs(&spec)?;
@@ -157,6 +158,21 @@ fn concurrency_key(spec: &JobSpec) -> Result<(), Rejection> {
         Some(k) if !crate::config::is_valid_queue_name(k) => Err(Rejection::invalid(
             "concurrency_key",
             format!("{k:?} is not a key name ([A-Za-z0-9_.-], 1 to 64 characters)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A uniqueness window is about an id the producer chose, and is at most a year.
+fn unique(spec: &JobSpec) -> Result<(), Rejection> {
+    match spec.unique_for_seconds {
+        Some(_) if spec.id.is_none() => Err(Rejection::invalid(
+            "unique_for_seconds",
+            "needs an `id`: the window is about jobs submitted again with the same id",
+        )),
+        Some(w) if !(1..=31_536_000).contains(&w) => Err(Rejection::invalid(
+            "unique_for_seconds",
+            format!("{w} is out of range: 1 to 31536000 (a year)"),
         )),
         _ => Ok(()),
     }

@@ -43,7 +43,12 @@ pub(super) async fn admit(
         record.metadata = metadata(spec);
         record.image = spec.image.clone();
     }
-    let claimed = claim(ctx, entry, &record, stored).await?;
+    let unique = parsed
+        .as_ref()
+        .ok()
+        .and_then(|s| s.unique_for_seconds)
+        .unwrap_or(0);
+    let claimed = claim(ctx, entry, &record, stored, unique).await?;
     match &claimed.claim {
         Claim::Duplicate { status } => {
             tracing::info!(existing_status = %status, "duplicate job id; not run again");
@@ -122,6 +127,7 @@ async fn claim(
     entry: &Entry,
     record: &JobRecord,
     stored: &[u8],
+    unique_for_seconds: u64,
 ) -> Result<Claimed, StoreError> {
     let spec = String::from_utf8_lossy(stored);
     let stored = spec.as_bytes();
@@ -136,6 +142,7 @@ async fn claim(
                 &ctx.consumer,
                 &entry.token,
                 ctx.settings.jobs.events_max_len,
+                unique_for_seconds,
             )
             .await
         })

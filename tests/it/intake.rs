@@ -38,8 +38,17 @@ async fn malformed_json_is_recorded_kept_and_the_next_job_still_runs() {
     );
     assert_eq!(kept.get::<String>("reason").unwrap(), "invalid_spec");
     assert_eq!(kept.get::<String>("id").unwrap(), entry);
-    let left: usize = c.xlen(env.keys.jobs("default")).await.unwrap();
-    assert_eq!(left, 0, "finished entries are acknowledged and deleted");
+    // The entry is acknowledged (and deleted) just after the job's state is written.
+    wait_until("finished entries are acknowledged and deleted", || async {
+        let left: usize = env
+            .conn()
+            .await
+            .xlen(env.keys.jobs("default"))
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
     worker.stop().await;
 }
 
@@ -423,5 +432,68 @@ async fn an_entry_whose_redis_steps_keep_failing_ends_in_the_dead_stream() {
         kept.get::<String>("error")
     );
     assert!(kept.get::<String>("job").unwrap().contains("echo never"));
+    worker.stop().await;
+}
+
+/// `unique_for_seconds`: inside the window the same id is a duplicate (not run,
+/// and refused by `submit`); once the window since the first submission is over
+/// and the job has ended, the id runs afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_window_refuses_the_id_inside_it_and_frees_it_after() {
+    let env = Env::new();
+    let worker = env.worker(&["default"], 1);
+    let id = format!("{}-unique", env.prefix);
+    let body = serde_json::json!({"id": id, "image": image(), "command": "echo run", "unique_for_seconds": 3600})
+        .to_string();
+    let first_entry = env.xadd("default", &body).await;
+    assert_eq!(env.finished(&id).await["status"], "completed");
+
+    // Inside the window: a duplicate, acknowledged without a run.
+    env.xadd("default", &body).await;
+    wait_until("the duplicate is acknowledged", || async {
+        let left: usize = env
+            .conn()
+            .await
+            .xlen(env.keys.jobs("default"))
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let h = env.job(&id).await;
+    assert_eq!(h["entry"], first_entry, "the first run's record stands");
+    let out = crate::common::cli(
+        &env,
+        &["submit", "--id", &id, "--image", &image(), "--cmd", "true"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "submit refuses an id a job holds"
+    );
+
+    // The window over (its start brought back an hour, as time passing would):
+    // the same id runs afresh, with a log of its own.
+    let mut c = env.conn().await;
+    let long_ago = chrono::Utc::now().timestamp_millis() - 3_601_000;
+    let _: () = c
+        .hset(env.keys.job(&id), "created_ms", long_ago)
+        .await
+        .unwrap();
+    let second_entry = env.xadd("default", &body).await;
+    let h = wait_until("the id runs afresh", || async {
+        let h = env.job(&id).await;
+        (h.get("entry") == Some(&second_entry)
+            && h.get("status").map(String::as_str) == Some("completed"))
+        .then_some(h)
+    })
+    .await;
+    assert_eq!(h["attempt"], "1", "a fresh job, not a retry: {h:?}");
+    assert_eq!(
+        env.lines(&id, "stdout").await,
+        vec!["run"],
+        "the old run's log was dropped"
+    );
     worker.stop().await;
 }
