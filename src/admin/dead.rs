@@ -41,6 +41,14 @@ impl Dead {
         for (k, val) in &self.fields {
             v[k] = serde_json::Value::String(val.clone());
         }
+        // The raw entry as JSON when it is JSON (a malformed one stays the text it was).
+        if let Some(job) = self
+            .fields
+            .get("job")
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        {
+            v["job"] = job;
+        }
         v
     }
 }

@@ -29,7 +29,11 @@ pub enum Action {
         file: String,
     },
     /// List the registered profiles.
-    List,
+    List {
+        /// One JSON object per profile and line: its name and spec (secrets masked).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a profile's spec as JSON.
     Show {
         /// The profile's name.
@@ -63,12 +67,21 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             outln!("profile {name} registered");
             Ok(())
         }
-        Action::List => {
+        Action::List { json } => {
             let (_store, mut conn) = connect(settings).await?;
             let all = profile::list(&mut conn, &keys).await?;
-            outln!("{:<32} SOURCE", "NAME");
+            if !json {
+                outln!("{:<32} SOURCE", "NAME");
+            }
             for (name, spec) in all {
-                outln!("{name:<32} {}", source_of(&spec));
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"name": name, "spec": crate::profile::shown(&spec)})
+                    );
+                } else {
+                    outln!("{name:<32} {}", source_of(&spec));
+                }
             }
             Ok(())
         }

@@ -27,7 +27,11 @@ pub enum Action {
         secret: Option<String>,
     },
     /// List subscribers (secrets masked).
-    List,
+    List {
+        /// One JSON object per subscriber and line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a subscriber; its pending deliveries are dead-lettered when next tried.
     Rm {
         /// The subscriber's name.
@@ -75,8 +79,12 @@ pub async fn run(settings: &Settings, action: Action) -> CliResult {
             }
             Ok(())
         }
-        Action::List => {
+        Action::List { json } => {
             for s in subscribers::list(&mut conn, &keys).await? {
+                if json {
+                    outln!("{s}");
+                    continue;
+                }
                 let name = s["name"].as_str().unwrap_or("");
                 if let Some(e) = s["error"].as_str() {
                     outln!("{name:<20} {e}");

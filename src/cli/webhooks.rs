@@ -20,6 +20,9 @@ pub enum Action {
     Attempts {
         /// The job id.
         job: String,
+        /// One JSON object per delivery and line, with its attempts as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Only deliver webhooks (no jobs), until SIGINT/SIGTERM.
     Deliver,
@@ -60,7 +63,7 @@ pub async fn run(
             Ok(())
         }
         Action::Replay { .. } => Err(Failure::usage("give a delivery id or --dead (not both)")),
-        Action::Attempts { job } => {
+        Action::Attempts { job, json } => {
             let deliveries = outbox::for_job(&mut conn, &keys, &job).await?;
             if deliveries.is_empty() {
                 return Err(Failure::failed(format!(
@@ -69,6 +72,18 @@ pub async fn run(
                 )));
             }
             for (d, attempts) in deliveries {
+                if json {
+                    let attempts: Vec<serde_json::Value> = attempts
+                        .iter()
+                        .map(|a| serde_json::from_str(a).unwrap_or_else(|_| a.clone().into()))
+                        .collect();
+                    outln!(
+                        "{}",
+                        serde_json::json!({"id": d.id, "event": d.event, "subscriber": d.subscriber,
+                            "status": d.status, "attempts": attempts})
+                    );
+                    continue;
+                }
                 outln!(
                     "{} {} -> {} [{}] {} attempt(s)",
                     d.id,

@@ -571,3 +571,63 @@ async fn subscribers_profiles_and_deliveries_are_managed_through_the_api() {
     assert_eq!(code, StatusCode::NOT_FOUND);
     worker.stop().await;
 }
+
+/// Every listing command takes `--json`: one object a line, with typed values
+/// (embedded JSON as JSON, numbers as numbers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listing_command_speaks_typed_json() {
+    let env = Env::new();
+    let lines = |out: &std::process::Output| -> Vec<Value> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    };
+    let cli = |args: &'static [&'static str]| crate::common::cli(&env, args);
+    assert!(
+        cli(&["subscriber", "add", "ops", "https://example.invalid/hook"])
+            .await
+            .status
+            .success()
+    );
+    let subs = lines(&cli(&["subscriber", "list", "--json"]).await);
+    assert_eq!(subs[0]["name"], "ops");
+    assert!(subs[0]["events"].is_array(), "{subs:?}");
+    let mut c = env.conn().await;
+    let _: () = c
+        .hset(
+            env.keys.profiles(),
+            "p",
+            json!({"image": image(), "secret_env": {"K": "v"}}).to_string(),
+        )
+        .await
+        .unwrap();
+    let profiles = lines(&cli(&["profile", "list", "--json"]).await);
+    assert_eq!(
+        profiles[0]["spec"]["secret_env"]["K"], "***",
+        "{profiles:?}"
+    );
+    // A dead entry: its raw job is JSON again when it was JSON.
+    let worker = dockhand_worker(&env.settings(&["default"], 1, &[]));
+    let id = format!("{}-dead", env.prefix);
+    env.xadd(
+        "default",
+        &json!({"id": id, "image": image(), "comand": "x"}).to_string(),
+    )
+    .await;
+    env.finished(&id).await;
+    let dead = lines(&cli(&["dead", "--json"]).await);
+    assert_eq!(dead[0]["job"]["comand"], "x", "{dead:?}");
+    let queues = lines(&cli(&["queues", "--json"]).await);
+    assert!(queues[0]["dead"].is_number(), "{queues:?}");
+    let workers = lines(&cli(&["workers", "--json"]).await);
+    assert_eq!(workers[0]["alive"], true, "{workers:?}");
+    let jobs = lines(&cli(&["jobs", "--json"]).await);
+    assert!(jobs[0]["attempt"].is_number(), "{jobs:?}");
+    worker.stop().await;
+}
