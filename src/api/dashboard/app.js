@@ -513,7 +513,7 @@
         const t = parseTime(d.ts);
         frag.append(h('div', { class: 'line s-' + stream, 'data-seq': d.seq, 'data-stream': stream },
           h('span', { class: 'seq' }, d.seq == null ? '' : d.seq),
-          h('span', { class: 'ts', title: d.ts || '' }, t == null ? '' : new Date(t).toLocaleTimeString()),
+          h('span', { class: 'ts', title: d.ts || '' }, t == null ? '' : new Date(t).toLocaleTimeString([], { hour12: false })),
           h('span', { class: 'st' }, stream === 'stdout' ? '' : stream),
           h('span', { class: 'text' }, d.line)));
       }
@@ -616,6 +616,11 @@
         fact('Finished', j.finished_at ? ago(j.finished_at) : null),
         fact('Took', j.started_at ? duration(j) : null),
         fact('Exit code', j.exit_code),
+        // The last progress report (PROGRESS_URL or progress.json), as a bar and its message.
+        j.progress && typeof j.progress.progress === 'number' ? fact('Progress', [
+          h('progress', { id: 'progress', max: '1', value: String(j.progress.progress) }),
+          h('span', { class: 'muted' }, ' ' + Math.round(j.progress.progress * 100) + '%' + (j.progress.message ? ' · ' + j.progress.message : '')),
+        ]) : null,
         // How often its queue entry went to a worker (more than once: a worker was lost).
         j.deliveries != null ? fact('Deliveries', j.deliveries) : null,
         j.metadata ? fact('Metadata', h('pre', { class: 'block' }, JSON.stringify(j.metadata, null, 2))) : null,
