@@ -74,11 +74,16 @@ async fn past_max_deliveries_a_job_is_worker_lost_and_dead_lettered() {
     assert_eq!(job["status"], "aborted");
     assert_eq!(job["reason"], "worker_lost");
     assert!(job["error"].contains("lost 1 times"), "{}", job["error"]);
-    let mut c = env.conn().await;
-    let dead: usize = deadpool_redis::redis::AsyncCommands::xlen(&mut c, env.keys.dead("default"))
-        .await
-        .unwrap();
-    assert_eq!(dead, 1);
+    // Its entry goes to the dead stream in the step after the state is written.
+    crate::common::wait_until("the entry is in the dead stream", || async {
+        let mut c = env.conn().await;
+        let dead: usize =
+            deadpool_redis::redis::AsyncCommands::xlen(&mut c, env.keys.dead("default"))
+                .await
+                .unwrap();
+        (dead == 1).then_some(())
+    })
+    .await;
     second.stop().await;
     // Clean up the container the killed worker left running.
     for c in containers_with_label(&format!("dockhand.job={id}")) {
