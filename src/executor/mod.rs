@@ -76,6 +76,13 @@ pub struct Executor {
 
 impl Executor {
     /// Connects to the Docker engine and agrees on an API version with it.
+    /// Names the worker process this executor labels its containers with, once
+    /// its id is known (it may come from the engine: see `own_container_name`).
+    pub fn set_identity(&mut self, worker_id: &str, consumer: &str) {
+        self.worker_id = worker_id.to_string();
+        self.consumer = consumer.to_string();
+    }
+
     pub async fn connect(
         settings: std::sync::Arc<Settings>,
         consumer: &str,

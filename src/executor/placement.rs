@@ -158,6 +158,20 @@ impl Executor {
         }
     }
 
+    /// The name of the container this process runs in, when `/proc` names the
+    /// container (not merely the hostname): under Compose, `<project>-worker-<n>`,
+    /// which stays the same when the container is made again. `None` on the host.
+    pub async fn own_container_name(&self) -> Option<String> {
+        let own = self.own_container().await.ok()?;
+        if own.found_by == "the hostname" {
+            return None; // a guess that another container's hostname could match
+        }
+        let c = self.docker.inspect_container(&own.id, None).await.ok()?;
+        c.name
+            .map(|n| n.trim_start_matches('/').to_string())
+            .filter(|n| !n.is_empty())
+    }
+
     /// The container this process runs in, tried in the order of the module doc;
     /// else what was tried, and why each failed.
     async fn own_container(&self) -> Result<OwnContainer, String> {

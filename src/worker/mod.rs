@@ -156,12 +156,22 @@ pub async fn run_with(
     raise_open_file_limit();
     let block = Duration::from_millis(settings.worker.block_ms);
     let store = Store::new(&settings.redis, block, settings.worker.queues.len())?;
-    let worker_id = settings.worker_id();
-    let consumer = format!("{worker_id}:{}:{}", std::process::id(), ulid::Ulid::new());
+    let mut worker_id = settings.worker_id();
+    let mut consumer = format!("{worker_id}:{}:{}", std::process::id(), ulid::Ulid::new());
     tokio::pin!(shutdown);
-    let Some(executor) = connect_docker(&settings, &consumer, &mut shutdown).await? else {
+    let Some(mut executor) = connect_docker(&settings, &consumer, &mut shutdown).await? else {
         return Ok(()); // stopped before the engine ever answered
     };
+    // With no worker.id, a worker in a container is named after its container
+    // (under Compose `<project>-worker-<n>`: one per replica of `--scale`, and the
+    // same when the container is made again), not after its random hostname.
+    if settings.worker.id.is_empty() {
+        if let Some(name) = executor.own_container_name().await {
+            worker_id = name;
+            consumer = format!("{worker_id}:{}:{}", std::process::id(), ulid::Ulid::new());
+            executor.set_identity(&worker_id, &consumer);
+        }
+    }
     // Validated with the settings; bound before anything runs, so a taken port
     // stops the worker here, naming the key.
     let probe = match settings.worker.metrics_addr().ok().flatten() {

@@ -261,5 +261,22 @@ async fn a_worker_in_a_container_serves_result_urls_on_the_results_network() {
         )),
         "{report}"
     );
+    // A second worker with no --id (as under `docker compose up --scale worker=N`)
+    // is named after its container, not its (shared) hostname.
+    let second = format!("{network}-w2");
+    let (ok, out) = run(&second, true, &["worker", "--queue", "default"]);
+    assert!(ok, "docker run of the second worker failed: {out}");
+    wait_until(
+        "the second worker announces itself by its container's name",
+        || async {
+            env.beats()
+                .await
+                .iter()
+                .any(|b| b["worker"] == second.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    docker(&["rm", "-f", &second]);
     drop(made);
 }
