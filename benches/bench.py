@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Dockhand benchmark: cost per container job, log throughput, worker memory,
 webhooks, jobs from git, lease takeover, Redis memory per finished job, read-only
-root.
+root, the queue controls' cost, the listing with many finished jobs.
 
 Run it through `scripts/bench`, which starts Redis and a release worker with
 --concurrency 4 and passes --redis-url, --worker-pid and --bin. Directly:
@@ -22,7 +22,7 @@ sets the exit code. Each phase is a module of dockhand_bench/ (next to this
 file), whose docstring says what it measures and how; what they share is in
 dockhand_bench/harness.py.
 
-Phases (printed in this order; run in the order idle, a, c, b, d, e, f, g, h so
+Phases (printed in this order; run in the order idle, a, c, b, d, e, f, g, h, i, j so
 that the memory peak of c is not inflated by what the log phase leaves in the
 allocator):
 
@@ -37,8 +37,13 @@ allocator):
      used_memory before, at the peak, all terminal, after retention.
   h. Read-only root (readonly.py): `true` on a read_only_rootfs worker against
      a default one.
+  i. Queue controls (controls.py): a backlog of jobs drained by one worker,
+     plain and with priority, concurrency_key, batch, after, unique_for_seconds;
+     time and Redis commands per job, against plain in the same run.
+  j. Listing and dashboard (listing.py): GET /jobs, /queues, /workers and / of
+     `dockhand serve` over 100,000 finished jobs against 1,000.
 
-Phases d (subscriber add/rm, cancel), f, g and h need --bin, the dockhand binary.
+Phases d (subscriber add/rm, cancel), f, g, h, i and j need --bin, the dockhand binary.
 
 Exit code: 0 when every check passed, 1 when one failed (the figures are still
 printed and written), 2 for bad usage or when the set-up is not usable.
@@ -50,11 +55,11 @@ import os
 import sys
 import time
 
-from dockhand_bench import cost, git, logs, memory, readonly, redis_memory, takeover, webhooks
+from dockhand_bench import controls, cost, git, listing, logs, memory, readonly, redis_memory, takeover, webhooks
 from dockhand_bench.harness import Bench, Fatal, RssSampler, idle_rss, machine, read_status_kib, step
 
 # In the order of the summary.
-PHASES = (cost, logs, memory, webhooks, git, takeover, redis_memory, readonly)
+PHASES = (cost, logs, memory, webhooks, git, takeover, redis_memory, readonly, controls, listing)
 
 
 def run(bench):
@@ -101,6 +106,8 @@ def run(bench):
             ("f", f"f. lease takeover after SIGKILL (default lease), {a.lease_trials} trial(s)", takeover),
             ("g", f"g. Redis memory per finished job: {a.retention_jobs:,} invalid_spec entries, retention {a.retention_seconds} s", redis_memory),
             ("h", f"h. read-only root: {a.ro_jobs} x `true` on a read_only_rootfs worker vs a default one, interleaved", readonly),
+            ("i", f"i. queue controls: {a.control_reps} x {a.control_jobs} jobs per variant as a backlog, one worker each", controls),
+            ("j", f"j. listing: {a.listing_jobs:,} vs {a.listing_small:,} finished jobs, {a.listing_reps} requests each", listing),
         ):
             if ph in phases:
                 step(title)
@@ -199,7 +206,20 @@ def main():
     p.add_argument("--bin", default=os.environ.get("DOCKHAND_BIN"),
                    help="the dockhand binary (d: subscriber add; f, g: workers of their own)")
     p.add_argument("--ro-jobs", type=int, default=30, help="h: jobs on each of the two workers")
-    p.add_argument("--phases", default="a,b,c,d,e,f,g,h", help="which phases to run, comma-separated")
+    p.add_argument("--control-jobs", type=int, default=200, help="i: jobs per repetition of a variant")
+    p.add_argument("--control-reps", type=int, default=5, help="i: timed repetitions of each variant (interleaved)")
+    p.add_argument("--control-concurrency", type=int, default=1, help="i: --concurrency of each variant's worker")
+    p.add_argument("--control-idle", type=float, default=3.0, help="i: seconds of idle workers, for their background commands")
+    p.add_argument("--control-docker", action="store_true",
+                   help="i: jobs run `true` in --image (default: an image not on the host, so no container starts)")
+    p.add_argument("--no-control-monitor", dest="control_monitor", action="store_false",
+                   help="i: no extra repetition under MONITOR (round trips vs commands inside scripts)")
+    p.add_argument("--listing-jobs", type=int, default=100_000, help="j: finished jobs in the large database")
+    p.add_argument("--listing-small", type=int, default=1_000, help="j: finished jobs in the small database")
+    p.add_argument("--listing-reps", type=int, default=15, help="j: timed requests of each kind on each")
+    p.add_argument("--listing-dbs", default="1,2", help="j: the two (empty) Redis databases to fill, large,small")
+    p.add_argument("--listing-interval-ms", type=int, default=600, help="j: ms between two jobs' created_at")
+    p.add_argument("--phases", default="a,b,c,d,e,f,g,h,i,j", help="which phases to run, comma-separated")
     p.add_argument("--keep-log", action="store_true", help="b: keep the stored log stream (default: deleted after the check)")
     p.add_argument("--json", metavar="PATH", help="also write every raw figure to PATH as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress counter on stderr")
@@ -208,9 +228,9 @@ def main():
         p.error("--redis-url (or REDIS_URL) is required")
     if args.jobs < 1 or args.lines < 1 or args.sleep_jobs < 1:
         p.error("--jobs, --lines and --sleep-jobs must be at least 1")
-    bad = set(args.phases.split(",")) - set("abcdefgh")
+    bad = set(args.phases.split(",")) - set("abcdefghij")
     if bad:
-        p.error(f"unknown phase(s) {sorted(bad)}; use a, b, c, d, e, f, g, h")
+        p.error(f"unknown phase(s) {sorted(bad)}; use a, b, c, d, e, f, g, h, i, j")
 
     try:
         import redis
