@@ -11,33 +11,37 @@ use std::collections::BTreeSet;
 /// Entries read per round trip when searching a queue.
 const PAGE: usize = 100;
 
-/// Every queue the settings name or Redis holds (a job stream, an inbox or a
-/// scheduled set), in name order.
+/// Keys looked at per `SCAN` call when finding queues: with the default of 10,
+/// 100,000 finished jobs (each a few keys) cost tens of thousands of round trips.
+const SCAN_COUNT: usize = 1000;
+
+/// Every queue the settings name or Redis holds (a job stream or a priority lane,
+/// an inbox or a scheduled set), in name order. One pass over the keys that carry
+/// a queue's hash tag, a thousand at a time.
 pub async fn queues(
     conn: &mut Conn,
     keys: &Keys,
     settings: &Settings,
 ) -> Result<BTreeSet<String>, StoreError> {
     let mut queues: BTreeSet<String> = settings.worker.queues.iter().cloned().collect();
-    for pattern in [
-        keys.jobs_pattern(),
-        keys.inbox_pattern(),
-        keys.scheduled_pattern(),
-    ] {
-        let found: Vec<String> = {
-            let mut iter = conn.scan_match::<_, String>(&pattern).await?;
-            let mut v = Vec::new();
-            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                v.push(k?);
-            }
-            v
-        };
-        queues.extend(
-            found
-                .iter()
-                .filter_map(|k| keys.queue_of(k))
-                .map(str::to_string),
-        );
+    let opts = redis::ScanOptions::default()
+        .with_pattern(keys.queue_keys_pattern())
+        .with_count(SCAN_COUNT);
+    let found: Vec<String> = {
+        let mut iter = conn.scan_options::<String>(opts).await?;
+        let mut v = Vec::new();
+        while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+            v.push(k?);
+        }
+        v
+    };
+    for key in &found {
+        let Some(q) = keys.queue_of(key) else { continue };
+        let kind = &key[key.find("}:").map(|i| i + 2).unwrap_or(key.len())..];
+        let lane = kind.strip_prefix("jobs:p").is_some_and(|p| p.parse::<i64>().is_ok());
+        if matches!(kind, "jobs" | "inbox" | "scheduled") || lane {
+            queues.insert(q.to_string());
+        }
     }
     Ok(queues)
 }

@@ -237,6 +237,11 @@ impl Keys {
         format!("{}:batch:{id}:webhooks", self.prefix)
     }
 
+    /// The pattern matching every key that carries a queue's hash tag.
+    pub fn queue_keys_pattern(&self) -> String {
+        format!("{}:{{*}}:*", self.prefix)
+    }
+
     /// The pattern matching every queue's job stream, for discovery with `SCAN`.
     pub fn jobs_pattern(&self) -> String {
         format!("{}:{{*}}:jobs", self.prefix)
