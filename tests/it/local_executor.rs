@@ -5,6 +5,7 @@
 use crate::common::{wait_until, Env, Worker};
 use deadpool_redis::redis::AsyncCommands;
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 /// A job spec for the local executor with this `id`, plus the fields of `extra`.
@@ -309,5 +310,39 @@ async fn refused_where_not_enabled_and_for_what_only_docker_gives() {
     let job = env.finished(&imaged).await;
     assert_eq!(job["reason"], "policy_denied", "{job:?}");
     assert!(job["error"].starts_with("`image`"), "{job:?}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_stops_and_removes_what_a_dead_worker_left() {
+    let env = Env::new();
+    let base = tempfile::tempdir().unwrap();
+    let deployment = "dep-of-this-test";
+    let mut c = env.conn().await;
+    let _: () = c.set(env.keys.deployment(), deployment).await.unwrap();
+    // A run of a worker process that is gone (no liveness key): its directory,
+    // its record, and its process group still running.
+    let dir = base.path().join("gone-worker").join("job-1");
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("1000")
+        .env("DOCKHAND_WORK", dir.join("work"))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let record = serde_json::json!({
+        "job": "job", "worker": "gone-worker", "consumer": "gone-worker:1:x",
+        "entry": "1-0", "deployment": deployment, "pgid": orphan.id(),
+    });
+    let record_path = base.path().join("gone-worker").join("job-1.json");
+    std::fs::write(&record_path, record.to_string()).unwrap();
+
+    let worker = local_worker(&env, base.path());
+    wait_until("the orphaned run stopped and removed", || {
+        let stopped = orphan.try_wait().unwrap().is_some();
+        let done = stopped && !dir.exists() && !record_path.exists();
+        async move { done.then_some(()) }
+    })
+    .await;
     worker.stop().await;
 }
