@@ -53,6 +53,25 @@ pub struct Settings {
     pub results: ResultSettings,
     pub api: ApiSettings,
     pub schedules: ScheduleSettings,
+    /// The places a worker may run jobs besides Docker (`[executors.*]`).
+    pub executors: ExecutorSettings,
+}
+
+/// `[executors]`: which executors this worker offers. Docker is always offered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSettings {
+    pub local: LocalExecutorSettings,
+}
+
+/// `[executors.local]`: jobs run as host processes, with no isolation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalExecutorSettings {
+    /// Off by default: a local job runs as the worker's user and sees the host.
+    pub enabled: bool,
+    /// Where each run gets its working directory (`<base_dir>/<worker id>/...`).
+    pub base_dir: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,6 +418,9 @@ impl Settings {
             if !is_valid_queue_name(q) {
                 return bad("worker.queues", &format!("has an invalid queue name {q:?}"));
             }
+        }
+        if self.executors.local.enabled && !self.executors.local.base_dir.starts_with('/') {
+            return bad("executors.local.base_dir", "must be an absolute path");
         }
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1");

@@ -1,5 +1,6 @@
-//! What can go wrong when Docker runs a job, and which failures are the engine not
-//! answering (worth trying again) rather than refusing.
+//! What can go wrong when an executor runs a job, and which failures are the
+//! Docker engine not answering (worth trying again) rather than refusing. A
+//! failure on the worker's own host (the local executor) is never transient.
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -39,6 +40,14 @@ pub enum ExecError {
     #[error("cannot {action}")]
     Local {
         action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local executor could not start the job's program (not found, not
+    /// executable, or a limit refused).
+    #[error("cannot start {program:?} on the worker's host")]
+    Spawn {
+        program: String,
         #[source]
         source: std::io::Error,
     },

@@ -191,7 +191,11 @@ pub async fn collect(docker: &Docker, container: &str, job: &Job) -> Result<JobO
         })
 }
 
-fn read_outputs(reader: impl Read, budget: u64, keep_files: bool) -> std::io::Result<JobOutput> {
+pub(super) fn read_outputs(
+    reader: impl Read,
+    budget: u64,
+    keep_files: bool,
+) -> std::io::Result<JobOutput> {
     let mut out = JobOutput::default();
     let mut drops = Drops::default();
     // A file's name counts against the budget with its bytes: many small files

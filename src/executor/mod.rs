@@ -1,6 +1,11 @@
-//! Runs one job's container with Docker, through bollard.
+//! The places that run jobs, behind one interface ([`JobExecutor`], driven by
+//! [`runner::drive`]): Docker through bollard ([`Executor`], the default), and
+//! the worker's own host ([`local::LocalExecutor`], `executors.local`). What
+//! only Docker gives (image builds, services, volumes, ports, networks, the
+//! results network) stays behind [`Executor`]; a job asking a worker for an
+//! executor it does not offer is refused ([`offered`]).
 //!
-//! Invariants:
+//! Invariants of the Docker executor:
 //! - Every container is created with the labels `dockhand.job` and `dockhand.worker`,
 //!   all capabilities dropped (but the policy's), `no-new-privileges`, memory and
 //!   pids limits, and no network unless the job asked and the policy allowed.
@@ -16,16 +21,19 @@ mod error;
 mod files;
 mod follow;
 mod health;
+pub mod local;
 pub mod network;
 pub mod placement;
 pub mod progress;
 mod run;
+pub mod runner;
 mod services;
 pub mod sweep;
 
 pub use container::{LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
 pub use error::{unreachable, ExecError};
 pub use files::{JobOutput, ResultFile};
+pub use runner::{Ended, JobExecutor};
 
 use crate::config::{PullPolicy, Settings};
 use crate::logs::LogSender;
@@ -37,7 +45,21 @@ use futures_util::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How a container run ended.
+/// Refuses a job for an executor this worker's config does not offer, naming
+/// the key that would.
+pub fn offered(settings: &Settings, job: &crate::job::Job) -> Result<(), crate::job::Rejection> {
+    use crate::job::ExecutorKind;
+    match job.executor {
+        ExecutorKind::Docker => Ok(()),
+        ExecutorKind::Local if settings.executors.local.enabled => Ok(()),
+        ExecutorKind::Local => Err(crate::job::Rejection::denied(
+            "executor",
+            "\"local\" is not offered: executors.local.enabled is false on this worker",
+        )),
+    }
+}
+
+/// How a run ended.
 #[derive(Debug)]
 pub struct RunOutcome {
     pub exit_code: i64,

@@ -1,6 +1,7 @@
 //! `/dockhand/output/progress.json` read from a running container, for jobs that
 //! report progress without a network: copied out through the Docker API (the same
-//! means as the outputs after exit), every [`POLL`], and once more after exit.
+//! means as the outputs after exit), every [`POLL`], and once more after exit
+//! (`executor::runner` polls; this reads one copy).
 //!
 //! Invariants:
 //! - What the job wrote is untrusted. At most [`PROGRESS_MAX_BYTES`] of content and
@@ -40,29 +41,8 @@ pub enum FileReport {
 /// Where a run sends what it reads of `progress.json`.
 pub type ProgressFile = watch::Sender<Option<FileReport>>;
 
-/// Copies the file out every [`POLL`] and sends each change; never returns.
-pub(super) async fn poll(docker: &Docker, container: &str, to: &ProgressFile) {
-    loop {
-        tokio::time::sleep(POLL).await;
-        read_and_send(docker, container, to).await;
-    }
-}
-
-/// One copy; a change is sent.
-pub(super) async fn read_and_send(docker: &Docker, container: &str, to: &ProgressFile) {
-    if let Some(found) = read(docker, container).await {
-        to.send_if_modified(|last| {
-            let changed = last.as_ref() != Some(&found);
-            if changed {
-                *last = Some(found);
-            }
-            changed
-        });
-    }
-}
-
 /// The file as it is now; `None` when absent or unreadable.
-async fn read(docker: &Docker, container: &str) -> Option<FileReport> {
+pub(super) async fn read(docker: &Docker, container: &str) -> Option<FileReport> {
     let opts = DownloadFromContainerOptionsBuilder::default()
         .path(&format!("{OUTPUT_DIR}/{PROGRESS_FILE}"))
         .build();

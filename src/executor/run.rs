@@ -1,11 +1,15 @@
-//! One run of a job's container, from create to remove: its services first, the
-//! staged files, start, the log follower, the wait with its time limit (or a
-//! stop), the outcome read from the engine, and the output files.
+//! One run of a job's container, as the steps of [`JobExecutor`]: its services
+//! first, the container created and the files staged (prepare), start, the log
+//! follower, the wait, the stop, the outcome read from the engine and the output
+//! files (collect), and the container and services removed (clean up).
 //!
 //! Invariant: whatever happens (exit, timeout, stop, a Docker error half-way),
 //! the container and the job's services are removed before [`Executor::run`]
 //! returns; a failure to reach the engine marks it unreachable.
 
+use super::progress::FileReport;
+use super::runner::{self, Ended, JobExecutor};
+use super::sweep::Labelled;
 use super::{
     container, files, follow, progress, services, ExecError, Executor, RunContext, RunOutcome,
 };
@@ -13,25 +17,21 @@ use crate::job::Job;
 use bollard::query_parameters::StopContainerOptionsBuilder;
 use futures_util::StreamExt;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
+
+/// A job's container and its services, between the steps of a run.
+pub struct DockerRun {
+    id: String,
+    sidecars: services::Sidecars,
+}
 
 impl Executor {
     /// Creates, stages, starts and waits for the job's container, collects its
     /// output, and removes it. A failure to reach the engine marks it unreachable
     /// (see [`Executor::until_reachable`]).
     pub async fn run(&self, job: &Job, ctx: RunContext<'_>) -> Result<RunOutcome, ExecError> {
-        // Removed below whatever happens, also after a failure half-way through.
-        let mut sidecars = services::Sidecars::default();
-        let result = async {
-            self.ensure_image(&job.image, job.limits.timeout).await?;
-            if !job.services.is_empty() {
-                self.start_services(job, &ctx, &mut sidecars).await?;
-            }
-            let network = sidecars.network.as_deref().unwrap_or(&job.network);
-            self.run_container(job, &ctx, network).await
-        }
-        .await;
-        self.remove_sidecars(sidecars).await;
+        let result = runner::drive(self, job, &ctx).await;
         if let Err(e) = &result {
             if e.is_transient() {
                 let why = crate::telemetry::error_chain(e);
@@ -41,12 +41,19 @@ impl Executor {
         result
     }
 
-    async fn run_container(
+    /// The image, the services, the container: what [`JobExecutor::prepare`]
+    /// makes before staging. The sidecars made are in `sidecars` also on failure.
+    async fn make(
         &self,
         job: &Job,
         ctx: &RunContext<'_>,
-        network: &str,
-    ) -> Result<RunOutcome, ExecError> {
+        sidecars: &mut services::Sidecars,
+    ) -> Result<String, ExecError> {
+        self.ensure_image(&job.image, job.limits.timeout).await?;
+        if !job.services.is_empty() {
+            self.start_services(job, ctx, sidecars).await?;
+        }
+        let network = sidecars.network.as_deref().unwrap_or(&job.network);
         let name = container::name(&job.id, ctx.attempt);
         let labels = container::Labels {
             worker: &self.worker_id,
@@ -55,28 +62,44 @@ impl Executor {
             deployment: ctx.deployment,
         };
         let body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
-        let id = self
-            .create(&name, body, &job.image, "create the container")
-            .await?;
-        let result = self.run_created(&id, job, ctx).await;
-        self.remove(&id).await;
-        result
+        self.create(&name, body, &job.image, "create the container")
+            .await
+    }
+}
+
+impl JobExecutor for Executor {
+    type Run = DockerRun;
+
+    fn what(&self) -> &'static str {
+        "the container"
     }
 
-    async fn run_created(
-        &self,
-        id: &str,
-        job: &Job,
-        ctx: &RunContext<'_>,
-    ) -> Result<RunOutcome, ExecError> {
+    async fn prepare(&self, job: &Job, ctx: &RunContext<'_>) -> Result<DockerRun, ExecError> {
+        // Removed here on a failure half-way; after it, by `clean_up`.
+        let mut sidecars = services::Sidecars::default();
+        let id = match self.make(job, ctx, &mut sidecars).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.remove_sidecars(sidecars).await;
+                return Err(e);
+            }
+        };
+        let run = DockerRun { id, sidecars };
         let into = if self.settings.policy.read_only_rootfs {
             files::StageInto::DockhandVolume
         } else {
             files::StageInto::Root
         };
-        files::stage(&self.docker, id, &job.files, into).await?;
+        if let Err(e) = files::stage(&self.docker, &run.id, &job.files, into).await {
+            self.clean_up(run).await;
+            return Err(e);
+        }
+        Ok(run)
+    }
+
+    async fn start(&self, run: &DockerRun, _: &Job, _: &RunContext<'_>) -> Result<(), ExecError> {
         self.docker
-            .start_container(id, None)
+            .start_container(&run.id, None)
             .await
             .map_err(|e| match e {
                 bollard::errors::Error::DockerResponseServerError { message, .. } => {
@@ -86,62 +109,37 @@ impl Executor {
                     action: "start the container",
                     source,
                 },
-            })?;
-        self.after_start(id, job, ctx)
-            .await
-            .map_err(|e| ExecError::AfterStart(Box::new(e)))
+            })
     }
 
-    /// Follows the started container to its end, and reads what it left.
-    async fn after_start(
-        &self,
-        id: &str,
-        job: &Job,
-        ctx: &RunContext<'_>,
-    ) -> Result<RunOutcome, ExecError> {
-        let follower = tokio::spawn(follow::follow_logs(
+    fn stream_logs(&self, run: &DockerRun, ctx: &RunContext<'_>) -> JoinHandle<()> {
+        tokio::spawn(follow::follow_logs(
             self.docker.clone(),
-            id.to_string(),
+            run.id.clone(),
             ctx.logs.clone(),
             self.settings.jobs.max_line_bytes,
-        ));
+        ))
+    }
 
-        let polling = async {
-            match ctx.progress {
-                Some(to) => progress::poll(&self.docker, id, to).await,
-                None => std::future::pending().await,
-            }
-        };
-        let (timed_out, stopped) = tokio::select! {
-            waited = timeout(job.limits.timeout, self.wait(id)) => (waited.is_err(), false),
-            _ = ctx.stop.cancelled() => (false, true),
-            // Never ends: it stops when the container does.
-            () = polling => (false, false),
-        };
-        if timed_out {
-            ctx.logs
-                .system(format!(
-                    "timed out after {} s (limits.timeout_seconds); stopping the container",
-                    job.limits.timeout.as_secs()
-                ))
-                .await;
-        }
-        if timed_out || stopped {
-            self.stop(id).await?;
-        }
-        // The log stream ends when the container does, but a chatty job can leave
-        // much of its output still to read: Docker keeps it until the container is
-        // removed, so wait for all of it (bounded by the job's own time limit, in
-        // case Docker never closes the stream).
-        let reading = job.limits.timeout.max(Duration::from_secs(60));
-        let mut follower = follower;
-        if timeout(reading, &mut follower).await.is_err() {
-            follower.abort();
-            ctx.logs
-                .system("the container's log did not close; some output may be missing")
-                .await;
-        }
+    async fn wait(&self, run: &DockerRun) {
+        self.wait_container(&run.id).await
+    }
 
+    async fn cancel(&self, run: &DockerRun) -> Result<(), ExecError> {
+        self.stop(&run.id).await
+    }
+
+    async fn read_progress(&self, run: &DockerRun) -> Option<FileReport> {
+        progress::read(&self.docker, &run.id).await
+    }
+
+    async fn collect(
+        &self,
+        run: &DockerRun,
+        job: &Job,
+        ended: Ended,
+    ) -> Result<RunOutcome, ExecError> {
+        let id = &run.id;
         let inspect = self
             .docker
             .inspect_container(id, None)
@@ -156,26 +154,39 @@ impl Executor {
         if exit_code == 137 && !oom_killed {
             oom_killed = self.oom_noticed_late(id).await;
         }
-        if let Some(to) = ctx.progress {
-            // What the job wrote last, between the last poll and its exit.
-            progress::read_and_send(&self.docker, id, to).await;
-        }
         let output = files::collect(&self.docker, id, job).await?;
         Ok(RunOutcome {
             exit_code,
             oom_killed,
-            timed_out,
-            stopped,
+            timed_out: ended.timed_out,
+            stopped: ended.stopped,
             image_id: inspect.image,
             output,
         })
     }
 
+    async fn clean_up(&self, run: DockerRun) {
+        self.remove(&run.id).await;
+        self.remove_sidecars(run.sidecars).await;
+    }
+
+    async fn leftovers(&self) -> Result<Vec<Labelled>, ExecError> {
+        self.labelled_containers().await
+    }
+
+    async fn remove_leftover(&self, leftover: &Labelled) {
+        self.remove(&leftover.id).await;
+    }
+}
+
+impl Executor {
     /// Docker handles a container's exit and its OOM kill as two events, and may
     /// record the exit first (seen under load: exit 137, `OOMKilled` false, then
-    /// true a moment later). So a SIGKILLed container is looked at again, briefly.
+    /// true a moment later; on a loaded host more than a second later). So a
+    /// SIGKILLed container is looked at again, for up to three seconds: only a job
+    /// killed by SIGKILL pays it, and its record then says why.
     async fn oom_noticed_late(&self, id: &str) -> bool {
-        for _ in 0..10 {
+        for _ in 0..30 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let Ok(inspect) = self.docker.inspect_container(id, None).await else {
                 return false;
@@ -189,7 +200,7 @@ impl Executor {
 
     /// Waits until the container is not running. A non-zero exit is reported by
     /// bollard as an error; that is an outcome, read later from `inspect`.
-    async fn wait(&self, id: &str) {
+    async fn wait_container(&self, id: &str) {
         let mut wait = self.docker.wait_container(id, None);
         while let Some(item) = wait.next().await {
             if let Err(e) = item {
@@ -222,7 +233,7 @@ impl Executor {
                 })
             }
         }
-        timeout(Duration::from_secs(grace + 30), self.wait(id))
+        timeout(Duration::from_secs(grace + 30), self.wait_container(id))
             .await
             .ok();
         Ok(())

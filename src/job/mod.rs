@@ -10,6 +10,7 @@
 mod after;
 mod attach;
 mod checks;
+mod executor;
 mod redact;
 mod retry;
 mod spec;
@@ -18,6 +19,7 @@ mod validate;
 
 pub use after::{After, AfterPolicy, MAX_PARENTS};
 pub use attach::{Mount, Publish, ServiceRun};
+pub use executor::ExecutorKind;
 pub use redact::{masked_fields, redact, MASK};
 pub use retry::{RetryOn, RetryPolicy};
 pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Service};

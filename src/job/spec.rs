@@ -11,6 +11,8 @@ use std::fmt;
 pub struct JobSpec {
     pub id: Option<String>,
     pub profile: Option<String>,
+    /// Where the job runs: `docker` (the default) or `local` (a host process).
+    pub executor: Option<String>,
     pub image: Option<String>,
     pub git: Option<GitSpec>,
     pub command: Option<Command>,

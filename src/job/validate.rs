@@ -32,6 +32,8 @@ pub struct Job {
     pub image: String,
     /// Where to build the image from, for a job from `git`.
     pub git: Option<GitBuild>,
+    /// Where it runs; a local job has no image, network or attachments.
+    pub executor: super::ExecutorKind,
     /// The container's command; `None` keeps the image's default.
     pub command: Option<Vec<String>>,
     pub entrypoint: Option<Vec<String>>,
@@ -109,8 +111,15 @@ pub fn validate_at(
     job_webhooks(&spec)?;
     let retry = super::retry::policy(&spec)?;
     let not_before = super::retry::first_run(&spec, created)?;
-    let (image, git) = image_source(&spec, policy)?;
-    let network = network(&spec, policy)?;
+    let executor = super::executor::choose(&spec)?;
+    let (image, git, network) = match executor {
+        super::ExecutorKind::Docker => {
+            let (image, git) = image_source(&spec, policy)?;
+            (image, git, network(&spec, policy)?)
+        }
+        // No container: nothing to pull, and no network of its own to give.
+        super::ExecutorKind::Local => (String::new(), None, "none".to_string()),
+    };
     let services = super::attach::services(&spec, policy)?;
     let mounts = super::attach::volumes(&spec, policy)?;
     let ports = super::attach::ports(&spec, &network, policy)?;
@@ -132,6 +141,7 @@ pub fn validate_at(
         queue: queue.to_string(),
         image,
         git,
+        executor,
         command,
         entrypoint,
         workdir,

@@ -177,6 +177,7 @@ async fn validate(
             &ctx.settings.policy,
             created,
         )
+        .and_then(|job| crate::executor::offered(&ctx.settings, &job).map(|()| job))
     }))
 }
 

@@ -19,7 +19,7 @@ use super::progress;
 use super::record;
 use super::running::{Registration, StopCause};
 use crate::executor::{ExecError, RunContext, RunOutcome};
-use crate::job::{Job, Reason, Status};
+use crate::job::{ExecutorKind, Job, Reason, Status};
 use crate::logs::{self, LogSender, LogSummary, Mask};
 use crate::state::{self, JobRecord};
 use crate::store::StoreError;
@@ -49,14 +49,20 @@ pub(super) async fn attempt(
     };
 
     record.set_status(Status::Running);
-    record.image = Some(job.image.clone());
+    // A local job runs no image.
+    record.image = (!job.image.is_empty()).then(|| job.image.clone());
     if !turn.write(&record, "job.started", &[]).await? {
         log.close().await;
         return Ok(Ending::NotOwned);
     }
     tracing::info!(image = %job.image, attempt = record.attempt, "job started");
-    // Result URLs, for a job that has a network to reach them on.
-    let urls = ctx.results.as_ref().and_then(|host| host.open(&mut job));
+    // Result URLs, for a job that has a network to reach them on (a local job
+    // reaches them on loopback).
+    let results = match job.executor {
+        ExecutorKind::Docker => ctx.results.as_ref(),
+        ExecutorKind::Local => ctx.local_results.as_ref(),
+    };
+    let urls = results.and_then(|host| host.open(&mut job));
     // Its progress, from PROGRESS_URL or (without it) progress.json; written
     // beside the run, and flushed once the container is gone, before any end.
     let about = progress::About {
@@ -178,7 +184,8 @@ async fn image(
     Ok(Err(Ending::Finish(record, job)))
 }
 
-/// Step three: the container, from create to remove.
+/// Step three: the run on the job's executor (a container, from create to
+/// remove; or a host process), from prepare to clean up.
 async fn run(
     ctx: &Ctx,
     turn: &Turn<'_>,
@@ -197,7 +204,14 @@ async fn run(
         deployment,
         progress,
     };
-    Ok(ctx.executor.run(job, context).await)
+    Ok(match (job.executor, &ctx.local) {
+        (ExecutorKind::Docker, _) => ctx.executor.run(job, context).await,
+        (ExecutorKind::Local, Some(local)) => local.run(job, context).await,
+        // Refused at admission (`executor::offered`); kept an error, not a panic.
+        (ExecutorKind::Local, None) => Err(ExecError::Unusable(
+            "\"local\" is not offered: executors.local.enabled is false on this worker".into(),
+        )),
+    })
 }
 
 /// Why the container never started, when the reason is that Docker did not

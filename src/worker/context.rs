@@ -1,5 +1,5 @@
-//! What every part of a worker shares: the settings, the Redis store, the Docker
-//! executor, the running jobs, and a few helpers for the loops that retry.
+//! What every part of a worker shares: the settings, the Redis store, the
+//! executors (Docker, and the local one when enabled), the running jobs, and a few helpers for the loops that retry.
 //!
 //! Invariant: everything here is made once by `worker::run` and passed down by
 //! clone (each field is cheap to clone); no part of the worker reaches for a
@@ -10,6 +10,7 @@ use super::posted::ResultsHost;
 use super::running::Running;
 use crate::backoff::Backoff;
 use crate::config::Settings;
+use crate::executor::local::LocalExecutor;
 use crate::executor::Executor;
 use crate::queue::Keys;
 use crate::store::{Store, StoreError};
@@ -25,6 +26,8 @@ pub(crate) struct Ctx {
     pub store: Store,
     pub keys: Keys,
     pub executor: Executor,
+    /// Runs `"executor": "local"` jobs; `None` unless `executors.local.enabled`.
+    pub local: Option<LocalExecutor>,
     pub worker_id: String,
     /// This process's consumer name: unique, so two workers never share entries.
     pub consumer: String,
@@ -33,6 +36,8 @@ pub(crate) struct Ctx {
     pub images: Images,
     /// Serves running jobs' RESPONSE_URL and ABORT_URL (none if it could not start).
     pub results: Option<Arc<ResultsHost>>,
+    /// Serves local jobs' result URLs on loopback (with `local`, if it could start).
+    pub local_results: Option<Arc<ResultsHost>>,
     /// This deployment's id (`Keys::deployment`), read from Redis when first needed:
     /// the worker may start before Redis does.
     pub deployment: Arc<tokio::sync::OnceCell<String>>,

@@ -64,6 +64,8 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("cannot set up Docker")]
     Docker(#[from] ExecError),
+    #[error("cannot set up the local executor's folder (executors.local.base_dir)")]
+    LocalExecutor(#[source] std::io::Error),
     #[error("cannot set up the git cache (worker.cache_dir)")]
     GitCache(#[from] crate::source::GitError),
     #[error(transparent)]
@@ -185,15 +187,28 @@ pub async fn run_with(
     let images = images::Images::open(&settings, &worker_id, executor.docker().clone())?;
     let profiles = crate::profile::load_dir(&settings.worker.profiles_dir)?;
     let results = posted::start(&settings, &executor).await.map(Arc::new);
+    let (local, local_results) = if settings.executors.local.enabled {
+        let local = crate::executor::local::LocalExecutor::new(settings.clone(), &consumer)
+            .map_err(WorkerError::LocalExecutor)?;
+        tracing::warn!("executors.local.enabled: jobs with \"executor\": \"local\" run on this host as this worker's user, without isolation");
+        (
+            Some(local),
+            posted::start_local(&settings).await.map(Arc::new),
+        )
+    } else {
+        (None, None)
+    };
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
         store,
         executor,
+        local,
         worker_id,
         consumer,
         running: Running::default(),
         results,
+        local_results,
         images,
         deployment: Arc::default(),
         deliveries_made: Arc::default(),

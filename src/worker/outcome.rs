@@ -90,7 +90,13 @@ pub(super) async fn conclude(
         record.complete();
         record.error = (!notes.is_empty()).then(|| notes.join("; "));
     } else {
-        notes.insert(0, exit_message(&run, job.limits.memory));
+        let exited = match job.executor {
+            crate::job::ExecutorKind::Docker => exit_message(&run, job.limits.memory),
+            crate::job::ExecutorKind::Local => {
+                format!("the process exited with code {}", run.exit_code)
+            }
+        };
+        notes.insert(0, exited);
         record.abort(Reason::ExitCode, notes.join("; "));
     }
     run.output.files
@@ -112,6 +118,12 @@ pub(super) fn classify(e: &ExecError) -> (Reason, Option<i64>) {
             }
         }
         ExecError::Pull { .. } => (Reason::ImageNotFound, None),
+        // As a shell reports them: not found 127, not executable 126.
+        ExecError::Spawn { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => (Reason::ExitCode, Some(127)),
+            std::io::ErrorKind::PermissionDenied => (Reason::ExitCode, Some(126)),
+            _ => (Reason::DockerError, None),
+        },
         ExecError::PullTimedOut { .. } => (Reason::Timeout, None),
         ExecError::Connect { .. }
         | ExecError::Docker { .. }

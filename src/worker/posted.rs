@@ -95,6 +95,30 @@ pub(super) async fn start(settings: &Settings, executor: &Executor) -> Option<Re
     }
 }
 
+/// For local jobs (`executors.local`): a second server on loopback, a free
+/// port, with the same limits. A local job runs on this host, so loopback is
+/// where it reaches the worker; nothing outside the host can. `None`, with a
+/// warning, when it cannot listen (local jobs can still write result.json).
+pub(super) async fn start_local(settings: &Settings) -> Option<ResultsHost> {
+    let ip = IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    match ResultServer::start_with(ip, 0, ip.to_string(), limits(&settings.results)).await {
+        Ok(server) => {
+            tracing::info!(address = %server.local_addr(), "serving result URLs to local jobs");
+            Some(ResultsHost {
+                server: Arc::new(server),
+                network: None,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %crate::telemetry::error_chain(&e),
+                "no result URLs for local jobs: cannot listen on loopback; they can still write result.json"
+            );
+            None
+        }
+    }
+}
+
 /// The server's limits, from `[results]`.
 fn limits(r: &ResultSettings) -> Limits {
     Limits {
@@ -112,7 +136,8 @@ impl ResultsHost {
     /// opens its three URLs and puts them in its environment.
     pub(super) fn open(&self, job: &mut Job) -> Option<Registration> {
         let host = self;
-        if job.network == "none" {
+        // A local job has no network of its own: it shares the host's loopback.
+        if job.network == "none" && job.executor != crate::job::ExecutorKind::Local {
             return None;
         }
         if let (true, Some(id)) = (job.network == "bridge", &host.network) {

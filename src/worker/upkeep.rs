@@ -1,11 +1,12 @@
 //! Background chores of a worker: moving due scheduled jobs, enqueueing the ticks
 //! of periodic schedules, listening for cancel requests, sweeping orphaned
-//! containers, pruning the listing indexes of expired jobs, ending waits for
+//! containers (and the local executor's orphaned runs), pruning the listing indexes of expired jobs, ending waits for
 //! parents that ran out, and checking Redis's settings.
 
 use super::context::Ctx;
 use super::running::StopCause;
 use crate::executor::sweep::Labelled;
+use crate::executor::JobExecutor;
 use crate::job::Status;
 use crate::queue;
 use crate::store::StoreError;
@@ -240,6 +241,20 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
         tracing::info!(container = %c.id, job_id = %c.job, consumer = %c.consumer, "removing an orphaned container");
         ctx.executor.remove_orphan(&c.id).await;
         removed += 1;
+    }
+    // The local executor's working directories and process groups, judged alike.
+    if let Some(local) = &ctx.local {
+        for run in local.leftovers().await.map_err(|e| error_chain(&e))? {
+            if is_live(ctx, deployment, &mut conn, &run)
+                .await
+                .map_err(|e| error_chain(&e))?
+            {
+                continue;
+            }
+            tracing::info!(dir = %run.id, job_id = %run.job, consumer = %run.consumer, "removing an orphaned local run");
+            local.remove_leftover(&run).await;
+            removed += 1;
+        }
     }
     // Networks of jobs' services, after their containers (a network in use stays).
     let networks = ctx

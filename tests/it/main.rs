@@ -18,6 +18,7 @@ mod in_container;
 mod intake;
 mod jobs;
 mod limits;
+mod local_executor;
 mod logs;
 mod metrics;
 mod policy;

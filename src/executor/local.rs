@@ -1,0 +1,677 @@
+//! The local executor (`"executor": "local"`, `executors.local.enabled`): a job
+//! runs as a process of the worker's host, as the worker's user, in a fresh
+//! working directory `<base_dir>/<worker id>/<job id>-<attempt>` laid out like a
+//! container's `/dockhand` (`input/`, `work/`, `output/`, passed to the job as
+//! `DOCKHAND_INPUT`, `DOCKHAND_WORK`, `DOCKHAND_OUTPUT`). It isolates nothing;
+//! see docs/executors.md.
+//!
+//! Invariants:
+//! - The job's process leads a process group of its own, and every signal goes
+//!   to the whole group: a timeout or cancel sends SIGTERM, then SIGKILL after
+//!   `worker.stop_grace_seconds`; when the leader exits, what is left of its
+//!   group is killed, as a container's processes end with it.
+//! - The job gets a clean environment (`PATH`, `HOME`/`TMPDIR` in its work dir,
+//!   its own variables): the worker's variables hold its credentials.
+//! - Limits that cannot be applied on this host are said in the job's log, never
+//!   silently skipped.
+//! - Beside each working directory a record (`<name>.json`) names the job, the
+//!   worker process and its process group, so that the sweep of a later worker can
+//!   stop and remove what a killed one left; the record and the directory are
+//!   removed after the run.
+
+use super::files::read_outputs;
+use super::progress::FileReport;
+use super::runner::{Ended, JobExecutor};
+use super::sweep::Labelled;
+use super::{ExecError, JobOutput, RunContext, RunOutcome};
+use crate::config::Settings;
+use crate::job::{Job, DOCKHAND_DIR};
+use crate::logs::{LineSplitter, LogSender, LogStream};
+use crate::result_server::PROGRESS_MAX_BYTES;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::{ChildStderr, ChildStdout};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The folders of a run, as inside a container.
+const FOLDERS: [&str; 3] = ["input", "work", "output"];
+/// What a run's record file ends with.
+const RECORD: &str = ".json";
+
+/// Runs jobs as host processes. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalExecutor {
+    settings: Arc<Settings>,
+    /// `executors.local.base_dir`: the sweep looks at every worker's folder here.
+    base: PathBuf,
+    /// This worker's folder in it.
+    root: PathBuf,
+    worker_id: String,
+    consumer: String,
+    /// The worker's effective uid: root is not bound by RLIMIT_NPROC.
+    uid: u32,
+}
+
+/// Who made a run, written beside its directory for the sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    job: String,
+    worker: String,
+    consumer: String,
+    entry: String,
+    deployment: String,
+    /// The job's process group, once started.
+    pgid: Option<i32>,
+}
+
+/// One run: its directory and, once started, its process group.
+pub struct LocalRun {
+    dir: PathBuf,
+    record_path: PathBuf,
+    record: Record,
+    /// The process group (the leader's pid), once started.
+    pgid: Mutex<Option<i32>>,
+    /// The leader's output pipes, until the log streamer takes them.
+    pipes: Mutex<Option<(ChildStdout, ChildStderr)>>,
+    /// The leader's exit, once reaped.
+    exit: watch::Sender<Option<ExitStatus>>,
+}
+
+impl LocalExecutor {
+    /// Makes this worker's folder under `executors.local.base_dir`.
+    pub fn new(settings: Arc<Settings>, consumer: &str) -> std::io::Result<LocalExecutor> {
+        let base = PathBuf::from(&settings.executors.local.base_dir);
+        let worker_id = settings.worker_id();
+        let root = base.join(&worker_id);
+        std::fs::create_dir_all(&root)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        Ok(LocalExecutor {
+            settings,
+            base,
+            root,
+            worker_id,
+            consumer: consumer.to_string(),
+            uid,
+        })
+    }
+
+    /// Runs the job from prepare to clean up (see [`super::runner::drive`]).
+    pub async fn run(&self, job: &Job, ctx: RunContext<'_>) -> Result<RunOutcome, ExecError> {
+        super::runner::drive(self, job, &ctx).await
+    }
+
+    /// The system log lines saying which limits apply, and how.
+    fn limit_lines(&self, job: &Job) -> Vec<String> {
+        let l = &job.limits;
+        let mut lines = vec![format!(
+            "local executor: running on the worker's host as uid {}, without isolation",
+            self.uid
+        )];
+        lines.push(format!(
+            "limits.memory = {} applied as RLIMIT_AS (address space: virtual memory counts, \
+             so it binds sooner than a container's limit)",
+            crate::config::ByteSize(l.memory)
+        ));
+        if self.uid == 0 {
+            lines.push(format!(
+                "limits.pids = {} is not applied: RLIMIT_NPROC does not bind root",
+                l.pids
+            ));
+        } else if l.pids > 0 {
+            lines.push(format!(
+                "limits.pids = {} applied as RLIMIT_NPROC, which counts every process of uid {}, not only this job's",
+                l.pids, self.uid
+            ));
+        }
+        if let Some(cpus) = l.cpus {
+            lines.push(format!(
+                "limits.cpus = {cpus} is not applied by the local executor"
+            ));
+        }
+        lines
+    }
+}
+
+/// `path` (absolute inside a container, under `/dockhand`) in the run's directory.
+fn on_host(dir: &Path, path: &str) -> Option<PathBuf> {
+    let rel = path.strip_prefix(DOCKHAND_DIR)?.strip_prefix('/')?;
+    Some(dir.join(rel))
+}
+
+fn local(action: &'static str) -> impl FnOnce(std::io::Error) -> ExecError {
+    move |source| ExecError::Local { action, source }
+}
+
+/// Sends `signal` to the process group `pgid`; a group already gone is fine.
+fn signal_group(pgid: i32, signal: libc::c_int) {
+    if pgid <= 1 {
+        return; // never the worker's own group, nor every process
+    }
+    // SAFETY: killpg only sends a signal; a wrong group is ESRCH, reported below.
+    let sent = unsafe { libc::killpg(pgid, signal) };
+    if sent != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            tracing::warn!(pgid, signal, error = %e, "cannot signal the job's process group");
+        }
+    }
+}
+
+impl LocalRun {
+    fn pgid(&self) -> Option<i32> {
+        *self.pgid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    async fn wait_exit(&self) {
+        let mut rx = self.exit.subscribe();
+        // The sender lives in `self`, so the wait ends only with an exit.
+        let _ = rx.wait_for(|s| s.is_some()).await;
+    }
+}
+
+impl JobExecutor for LocalExecutor {
+    type Run = LocalRun;
+
+    fn what(&self) -> &'static str {
+        "the process group"
+    }
+
+    async fn prepare(&self, job: &Job, ctx: &RunContext<'_>) -> Result<LocalRun, ExecError> {
+        let name = format!("{}-{}", job.id, ctx.attempt);
+        let dir = self.root.join(&name);
+        let record_path = self.root.join(format!("{name}{RECORD}"));
+        let record = Record {
+            job: job.id.clone(),
+            worker: self.worker_id.clone(),
+            consumer: self.consumer.clone(),
+            entry: ctx.entry.to_string(),
+            deployment: ctx.deployment.to_string(),
+            pgid: None,
+        };
+        let run = LocalRun {
+            dir: dir.clone(),
+            record_path: record_path.clone(),
+            record: record.clone(),
+            pgid: Mutex::new(None),
+            pipes: Mutex::new(None),
+            exit: watch::Sender::new(None),
+        };
+        let files = job.files.clone();
+        let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            // A directory of the same name is what a killed attempt left: start afresh.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            write_record(&record_path, &record)?;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+            for folder in FOLDERS {
+                std::fs::create_dir(dir.join(folder))?;
+            }
+            for f in &files {
+                let path = on_host(&dir, &f.path).ok_or_else(|| {
+                    std::io::Error::other(format!("{} is outside {DOCKHAND_DIR}", f.path))
+                })?;
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&path, &f.content)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        if let Err(e) = made {
+            self.clean_up(run).await;
+            return Err(local("make the job's working directory")(e));
+        }
+        Ok(run)
+    }
+
+    async fn start(
+        &self,
+        run: &LocalRun,
+        job: &Job,
+        ctx: &RunContext<'_>,
+    ) -> Result<(), ExecError> {
+        // Validation gives a local job a command (or its script's).
+        let argv: Vec<String> = job
+            .command
+            .iter()
+            .flatten()
+            .map(|arg| {
+                // A script is staged under /dockhand/work and named by that path.
+                match job.files.iter().find(|f| f.path == *arg) {
+                    Some(f) => on_host(&run.dir, &f.path)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| arg.clone()),
+                    None => arg.clone(),
+                }
+            })
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err(ExecError::Unusable(
+                "a local job needs a `command` or a `script`".into(),
+            ));
+        };
+        for line in self.limit_lines(job) {
+            ctx.logs.system(line).await;
+        }
+        let folder = |f: &str| run.dir.join(f).to_string_lossy().into_owned();
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .current_dir(run.dir.join("work"))
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .env("HOME", folder("work"))
+            .env("TMPDIR", folder("work"))
+            .envs(&job.env)
+            .envs(&job.secret_env)
+            .env("DOCKHAND_JOB_ID", &job.id)
+            .env("DOCKHAND_ATTEMPT", ctx.attempt.to_string())
+            .env("DOCKHAND_INPUT", folder("input"))
+            .env("DOCKHAND_WORK", folder("work"))
+            .env("DOCKHAND_OUTPUT", folder("output"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let memory = job.limits.memory;
+        let pids = (self.uid != 0 && job.limits.pids > 0).then_some(job.limits.pids as u64);
+        // SAFETY: between fork and exec only setrlimit runs, a plain system call
+        // that neither allocates nor takes locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                if memory > 0 {
+                    rlimit::setrlimit(rlimit::Resource::AS, memory, memory)?;
+                }
+                if let Some(n) = pids {
+                    rlimit::setrlimit(rlimit::Resource::NPROC, n, n)?;
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let pgid = child.id().map(|pid| pid as i32);
+        *run.pgid.lock().unwrap_or_else(|e| e.into_inner()) = pgid;
+        let mut record = run.record.clone();
+        record.pgid = pgid;
+        let path = run.record_path.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || write_record(&path, &record))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+        {
+            tracing::warn!(error = %e, "cannot record the job's process group for the sweep");
+        }
+        if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
+            *run.pipes.lock().unwrap_or_else(|e| e.into_inner()) = Some((out, err));
+        }
+        let exit = run.exit.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            // The leader is gone: so is the rest of its group, as in a container.
+            if let Some(pgid) = pgid {
+                signal_group(pgid, libc::SIGKILL);
+            }
+            let status = status.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot wait for the job's process");
+                std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
+            });
+            exit.send_replace(Some(status));
+        });
+        Ok(())
+    }
+
+    fn stream_logs(&self, run: &LocalRun, ctx: &RunContext<'_>) -> JoinHandle<()> {
+        let pipes = run.pipes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let logs = ctx.logs.clone();
+        let max = self.settings.jobs.max_line_bytes;
+        tokio::spawn(async move {
+            if let Some((out, err)) = pipes {
+                stream(out, err, logs, max).await;
+            }
+        })
+    }
+
+    async fn wait(&self, run: &LocalRun) {
+        run.wait_exit().await
+    }
+
+    async fn cancel(&self, run: &LocalRun) -> Result<(), ExecError> {
+        let Some(pgid) = run.pgid() else {
+            return Ok(());
+        };
+        if run.exited() {
+            return Ok(());
+        }
+        signal_group(pgid, libc::SIGTERM);
+        let grace = Duration::from_secs(self.settings.worker.stop_grace_seconds);
+        if tokio::time::timeout(grace, run.wait_exit()).await.is_err() {
+            signal_group(pgid, libc::SIGKILL);
+            tokio::time::timeout(Duration::from_secs(30), run.wait_exit())
+                .await
+                .ok();
+        }
+        Ok(())
+    }
+
+    async fn read_progress(&self, run: &LocalRun) -> Option<FileReport> {
+        let path = run.dir.join("output").join(super::progress::PROGRESS_FILE);
+        tokio::task::spawn_blocking(move || read_progress_file(&path))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn collect(
+        &self,
+        run: &LocalRun,
+        job: &Job,
+        ended: Ended,
+    ) -> Result<RunOutcome, ExecError> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = *run.exit.borrow();
+        // As a shell reports a death by signal: 128 + its number.
+        let exit_code = match status {
+            Some(s) => s
+                .code()
+                .map(i64::from)
+                .or(s.signal().map(|n| 128 + i64::from(n)))
+                .unwrap_or(-1),
+            None => -1,
+        };
+        let output = collect_dir(run.dir.join("output"), job).await?;
+        Ok(RunOutcome {
+            exit_code,
+            oom_killed: false,
+            timed_out: ended.timed_out,
+            stopped: ended.stopped,
+            image_id: None,
+            output,
+        })
+    }
+
+    async fn clean_up(&self, run: LocalRun) {
+        // A leader never reaped (a start that failed half-way) may still lead its
+        // group; once reaped, its group was killed then, and the id may be reused.
+        if let (Some(pgid), false) = (run.pgid(), run.exited()) {
+            signal_group(pgid, libc::SIGKILL);
+            tokio::time::timeout(Duration::from_secs(30), run.wait_exit())
+                .await
+                .ok();
+        }
+        remove_run(run.dir, run.record_path).await;
+    }
+
+    async fn leftovers(&self) -> Result<Vec<Labelled>, ExecError> {
+        let base = self.base.clone();
+        tokio::task::spawn_blocking(move || list_records(&base))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(local("list the local executor's working directories"))
+    }
+
+    async fn remove_leftover(&self, leftover: &Labelled) {
+        let record_path = PathBuf::from(&leftover.id);
+        let Some(dir) = leftover.id.strip_suffix(RECORD).map(PathBuf::from) else {
+            return;
+        };
+        let work = dir.join("work");
+        let found = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+        if let Some(pgid) = found.and_then(|r| r.pgid) {
+            // Only a group that is still this run's: its id may have been reused.
+            let group = tokio::task::spawn_blocking(move || group_is_run(pgid, &work))
+                .await
+                .unwrap_or(false);
+            if group {
+                signal_group(pgid, libc::SIGKILL);
+            }
+        }
+        remove_run(dir, record_path).await;
+    }
+}
+
+/// Writes a run's record (whole, then renamed into place).
+fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(record).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes a run's directory and its record; failure is logged (the sweep retries).
+async fn remove_run(dir: PathBuf, record: PathBuf) {
+    let removed = tokio::task::spawn_blocking(move || {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    if let Ok(Err(e)) = removed {
+        tracing::warn!(error = %e, "could not remove a local job's working directory");
+    }
+}
+
+/// Every run record under `base` (`<base>/<worker id>/<name>.json`).
+fn list_records(base: &Path) -> std::io::Result<Vec<Labelled>> {
+    let mut found = Vec::new();
+    let workers = match std::fs::read_dir(base) {
+        Ok(w) => w,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for worker in workers.flatten() {
+        let Ok(runs) = std::fs::read_dir(worker.path()) else {
+            continue;
+        };
+        for run in runs.flatten() {
+            let path = run.path();
+            let name = path.to_string_lossy().into_owned();
+            if !name.ends_with(RECORD) {
+                continue;
+            }
+            let Some(r) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            else {
+                continue;
+            };
+            found.push(Labelled {
+                id: name,
+                job: r.job,
+                worker: r.worker,
+                consumer: r.consumer,
+                entry: r.entry,
+                deployment: r.deployment,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Whether a process of group `pgid` still runs in the run whose work dir is
+/// `work` (its environment says so): a recorded group id may be another's now.
+fn group_is_run(pgid: i32, work: &Path) -> bool {
+    let needle = format!("DOCKHAND_WORK={}", work.to_string_lossy());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let path = p.path();
+        let in_group = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+            })
+            == Some(pgid);
+        in_group
+            && std::fs::read(path.join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+    })
+}
+
+/// `progress.json` in the output folder, by the rules of the Docker copy: only a
+/// regular file within [`PROGRESS_MAX_BYTES`] is content.
+fn read_progress_file(path: &Path) -> Option<FileReport> {
+    use std::io::Read;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_symlink() {
+            "a symlink"
+        } else if kind.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file"
+        };
+        return Some(FileReport::Odd(what.into()));
+    }
+    if meta.len() > PROGRESS_MAX_BYTES {
+        return Some(FileReport::Odd(format!("over {PROGRESS_MAX_BYTES} bytes")));
+    }
+    let mut content = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(PROGRESS_MAX_BYTES)
+        .read_to_end(&mut content)
+        .ok()?;
+    Some(FileReport::Content(content))
+}
+
+/// The output folder by the same rules as a container's: it is written as a tar
+/// stream into a pipe and read by the reader of container archives, so that
+/// nothing more than `limits.output_bytes` is held, whatever the folder holds.
+async fn collect_dir(output: PathBuf, job: &Job) -> Result<JobOutput, ExecError> {
+    let budget = job.limits.output_bytes;
+    let keep_files = job.collect_outputs;
+    tokio::task::spawn_blocking(move || -> std::io::Result<JobOutput> {
+        let (reader, writer) = std::io::pipe()?;
+        std::thread::scope(|s| {
+            let writing = s.spawn(move || -> std::io::Result<()> {
+                let mut tar = tar::Builder::new(writer);
+                tar.follow_symlinks(false);
+                tar.append_dir_all("output", &output)?;
+                tar.into_inner().map(drop)
+            });
+            let read = read_outputs(reader, budget, keep_files);
+            // A reader that stopped early makes the writer fail (a closed pipe):
+            // the reader's error is the one that says what happened.
+            let written = writing
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the archive writer panicked")));
+            let out = read?;
+            written?;
+            Ok(out)
+        })
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r)
+    .map_err(local("read the job's output files"))
+}
+
+/// Reads stdout and stderr as they come, into the job's log, line by line.
+async fn stream(mut out: ChildStdout, mut err: ChildStderr, logs: LogSender, max: usize) {
+    let mut splitters = [
+        LineSplitter::new(LogStream::Stdout, max),
+        LineSplitter::new(LogStream::Stderr, max),
+    ];
+    let (mut out_open, mut err_open) = (true, true);
+    let mut out_buf = vec![0u8; 16 << 10];
+    let mut err_buf = vec![0u8; 16 << 10];
+    let mut lines = Vec::new();
+    while out_open || err_open {
+        let (index, read) = tokio::select! {
+            n = out.read(&mut out_buf), if out_open => (0, n),
+            n = err.read(&mut err_buf), if err_open => (1, n),
+        };
+        match read {
+            Ok(0) | Err(_) => {
+                if index == 0 {
+                    out_open = false
+                } else {
+                    err_open = false
+                }
+            }
+            Ok(n) => {
+                let buf = if index == 0 { &out_buf } else { &err_buf };
+                splitters[index].push(&buf[..n], &mut lines);
+            }
+        }
+        for line in lines.drain(..) {
+            logs.send(line).await;
+        }
+    }
+    for s in &mut splitters {
+        s.finish(&mut lines);
+    }
+    for line in lines.drain(..) {
+        logs.send(line).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_paths_map_into_the_run_directory() {
+        let dir = Path::new("/base/w/j-1");
+        assert_eq!(
+            on_host(dir, "/dockhand/work/job"),
+            Some(PathBuf::from("/base/w/j-1/work/job"))
+        );
+        assert_eq!(on_host(dir, "/etc/passwd"), None);
+        assert_eq!(on_host(dir, "/dockhandx/a"), None);
+    }
+
+    #[test]
+    fn progress_file_rules_match_the_container_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("progress.json");
+        assert_eq!(read_progress_file(&p), None);
+        std::fs::write(&p, b"{\"progress\":0.5}").unwrap();
+        assert_eq!(
+            read_progress_file(&p),
+            Some(FileReport::Content(b"{\"progress\":0.5}".to_vec()))
+        );
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+        assert_eq!(
+            read_progress_file(&p),
+            Some(FileReport::Odd("a symlink".into()))
+        );
+    }
+}
