@@ -48,7 +48,11 @@ pub struct Job {
     pub limits: ResolvedLimits,
     /// Files written into the container before it starts (inputs and the script).
     pub files: Vec<StagedFile>,
+    /// Inputs the worker fetches by URL (`crate::transfer`).
+    pub remote_inputs: Vec<super::RemoteInput>,
     pub collect_outputs: bool,
+    /// Output files sent to upload URLs instead of Redis (`crate::transfer`).
+    pub uploads: Vec<super::UploadRule>,
     pub retry: super::RetryPolicy,
     /// When the first run may start (`delay_seconds`, `run_at`); `None` is now.
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
@@ -122,7 +126,8 @@ pub fn validate_at(
     unique(&spec)?;
     super::after::after(&spec, &id)?;
     super::after::batch(&spec)?;
-    let mut files = stage_inputs(&spec)?;
+    let (mut files, remote_inputs) = stage_inputs(&spec)?;
+    let (collect_outputs, uploads) = super::transfer::outputs(&spec.outputs)?;
     let entrypoint = entrypoint(&spec)?;
     let mut workdir = workdir(&spec)?;
     user(&spec)?;
@@ -144,7 +149,9 @@ pub fn validate_at(
         ports,
         limits,
         files,
-        collect_outputs: spec.outputs.unwrap_or(true),
+        remote_inputs,
+        collect_outputs,
+        uploads,
         retry,
         not_before,
         spec,
@@ -377,8 +384,7 @@ fn command(
 }
 
 /// The job's own `webhooks[]`, checked here rather than at delivery, so a producer
-/// hears of a bad one at once. (`inputs[].url`, which this version does not fetch
-/// yet, is refused by name in `stage_inputs`.)
+/// hears of a bad one at once.
 fn job_webhooks(spec: &JobSpec) -> Result<(), Rejection> {
     for (i, hook) in spec.webhooks.iter().enumerate() {
         crate::webhook::subscribers::check_job_webhook(hook)
@@ -554,11 +560,15 @@ fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, R
     })
 }
 
-/// The inputs, decoded, within [`MAX_STAGED_BYTES`] together with the script.
+/// The inline inputs, decoded, within [`MAX_STAGED_BYTES`] together with the
+/// script, and the URL inputs, checked (their sizes are bounded when fetched).
 /// A size is checked before anything is decoded, and no input may sit inside
 /// another (`a` and `a/b`: one would silently replace the other).
-fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
+fn stage_inputs(
+    spec: &JobSpec,
+) -> Result<(Vec<StagedFile>, Vec<super::RemoteInput>), Rejection> {
     let mut files = Vec::new();
+    let mut remote = Vec::new();
     let mut seen = BTreeSet::new();
     let mut total = spec.script.as_ref().map_or(0, |s| s.content.len());
     let over = || {
@@ -609,11 +619,9 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
                         )
                     })?
             }
-            (None, None, Some(_)) => {
-                return Err(Rejection::invalid(
-                    &format!("{field}.url"),
-                    "is not supported by this worker version yet",
-                ))
+            (None, None, Some(url)) => {
+                remote.push(super::transfer::remote(i, rel, url, input)?);
+                continue;
             }
             _ => {
                 return Err(Rejection::invalid(
@@ -622,6 +630,7 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
                 ))
             }
         };
+        super::transfer::inline(i, input, &content)?;
         total += content.len();
         if total > MAX_STAGED_BYTES {
             return Err(over());
@@ -632,7 +641,7 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
             mode: 0o644,
         });
     }
-    Ok(files)
+    Ok((files, remote))
 }
 
 #[cfg(test)]
