@@ -53,6 +53,7 @@ pub mod queue;
 pub mod result_server;
 pub mod source;
 pub mod ssrf;
+pub mod transfer;
 pub mod state;
 pub mod store;
 pub mod telemetry;

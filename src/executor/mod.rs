@@ -22,6 +22,7 @@ pub mod progress;
 mod run;
 mod services;
 pub mod sweep;
+mod transfers;
 
 pub use container::{LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
 pub use error::{unreachable, ExecError};

@@ -54,11 +54,15 @@ impl Executor {
             entry: ctx.entry,
             deployment: ctx.deployment,
         };
-        let body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
+        let mut body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
+        // Hosts checked (and pipes made) before anything is created; removed on drop.
+        let mut transfers =
+            crate::transfer::Transfers::prepare(job, ctx.attempt, &self.settings).await?;
+        super::transfers::add_mounts(&mut body, &transfers);
         let id = self
             .create(&name, body, &job.image, "create the container")
             .await?;
-        let result = self.run_created(&id, job, ctx).await;
+        let result = self.run_created(&id, job, ctx, &mut transfers).await;
         self.remove(&id).await;
         result
     }
@@ -68,6 +72,7 @@ impl Executor {
         id: &str,
         job: &Job,
         ctx: &RunContext<'_>,
+        transfers: &mut crate::transfer::Transfers,
     ) -> Result<RunOutcome, ExecError> {
         let into = if self.settings.policy.read_only_rootfs {
             files::StageInto::DockhandVolume
@@ -75,6 +80,10 @@ impl Executor {
             files::StageInto::Root
         };
         files::stage(&self.docker, id, &job.files, into).await?;
+        let deadline = tokio::time::Instant::now() + job.limits.timeout;
+        transfers
+            .before_start(&self.docker, id, into.path(), deadline)
+            .await?;
         self.docker
             .start_container(id, None)
             .await
@@ -87,7 +96,7 @@ impl Executor {
                     source,
                 },
             })?;
-        self.after_start(id, job, ctx)
+        self.after_start(id, job, ctx, transfers)
             .await
             .map_err(|e| ExecError::AfterStart(Box::new(e)))
     }
@@ -98,6 +107,7 @@ impl Executor {
         id: &str,
         job: &Job,
         ctx: &RunContext<'_>,
+        transfers: &mut crate::transfer::Transfers,
     ) -> Result<RunOutcome, ExecError> {
         let follower = tokio::spawn(follow::follow_logs(
             self.docker.clone(),
@@ -112,11 +122,17 @@ impl Executor {
                 None => std::future::pending().await,
             }
         };
+        let mut feed_failed = None;
         let (timed_out, stopped) = tokio::select! {
             waited = timeout(job.limits.timeout, self.wait(id)) => (waited.is_err(), false),
             _ = ctx.stop.cancelled() => (false, true),
             // Never ends: it stops when the container does.
             () = polling => (false, false),
+            // A streamed input that failed (a digest mismatch, say) ends the run.
+            e = transfers.failed() => {
+                feed_failed = Some(e);
+                (false, true)
+            }
         };
         if timed_out {
             ctx.logs
@@ -160,7 +176,11 @@ impl Executor {
             // What the job wrote last, between the last poll and its exit.
             progress::read_and_send(&self.docker, id, to).await;
         }
-        let output = files::collect(&self.docker, id, job).await?;
+        if let Some(e) = feed_failed {
+            return Err(e.into());
+        }
+        transfers.after_exit().await?;
+        let output = files::collect(&self.docker, id, job, transfers.uploader()).await?;
         Ok(RunOutcome {
             exit_code,
             oom_killed,
