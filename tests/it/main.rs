@@ -31,5 +31,6 @@ mod results;
 mod schedules;
 mod services;
 mod soak;
+mod streams;
 mod webhook_send;
 mod webhooks;
