@@ -7,10 +7,10 @@
 
 use super::ExecError;
 use crate::job::{Job, StagedFile, DOCKHAND_DIR, OUTPUT_DIR};
+use crate::transfer::Uploader;
 use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
-use crate::transfer::Uploader;
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::io::Read;

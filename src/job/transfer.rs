@@ -309,7 +309,10 @@ pub(super) fn outputs(outputs: &Option<Outputs>) -> Result<(bool, Vec<UploadRule
         if let Some(b) = pipes[..n].iter().find(|b| b.pattern == a.pattern) {
             return Err(Rejection::invalid(
                 &format!("outputs[{}].path", a.index),
-                format!("{:?} is already the pipe of outputs[{}]", a.pattern, b.index),
+                format!(
+                    "{:?} is already the pipe of outputs[{}]",
+                    a.pattern, b.index
+                ),
             ));
         }
     }
@@ -428,7 +431,10 @@ fn headers(field: &str, headers: &BTreeMap<String, String>) -> Result<(), Reject
             return Err(Rejection::invalid(&here, "is not a header name"));
         }
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            return Err(Rejection::invalid(&here, "is set by the worker, not by a job"));
+            return Err(Rejection::invalid(
+                &here,
+                "is set by the worker, not by a job",
+            ));
         }
         if value.chars().any(|c| c.is_control() && c != '\t') {
             return Err(Rejection::invalid(

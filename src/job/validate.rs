@@ -564,9 +564,7 @@ fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, R
 /// script, and the URL inputs, checked (their sizes are bounded when fetched).
 /// A size is checked before anything is decoded, and no input may sit inside
 /// another (`a` and `a/b`: one would silently replace the other).
-fn stage_inputs(
-    spec: &JobSpec,
-) -> Result<(Vec<StagedFile>, Vec<super::RemoteInput>), Rejection> {
+fn stage_inputs(spec: &JobSpec) -> Result<(Vec<StagedFile>, Vec<super::RemoteInput>), Rejection> {
     let mut files = Vec::new();
     let mut remote = Vec::new();
     let mut seen = BTreeSet::new();

@@ -12,7 +12,7 @@
 //!   pace is the caller's to bound (see `Body`).
 //! - URLs appear in errors only as `job::public_url` gives them (no query).
 
-use super::TransferError;
+use super::outbound::TransferError;
 use crate::ssrf::Guard;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -49,7 +49,9 @@ impl Checked {
         };
         let uri: Uri = url.parse().map_err(|_| bad())?;
         let authority = uri.authority().ok_or_else(bad)?;
-        let tls = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        let tls = uri
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         if authority.host() != self.host || port != self.port || tls != self.tls {
             return Err(bad());
@@ -211,15 +213,14 @@ pub async fn send(
         .await
         .map_err(|_| late("waiting for the response"))?
         .map_err(|e| fail(Box::new(e)))?;
-    Ok(Exchange {
-        response,
-        driver,
-    })
+    Ok(Exchange { response, driver })
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<BoxBody<Bytes, std::io::Error>>;
 
-async fn handshake<S>(io: S) -> Result<(Sender, AbortOnDrop), Box<dyn std::error::Error + Send + Sync>>
+async fn handshake<S>(
+    io: S,
+) -> Result<(Sender, AbortOnDrop), Box<dyn std::error::Error + Send + Sync>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

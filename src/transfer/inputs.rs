@@ -13,7 +13,7 @@
 //! - A feed runs only while its run does: [`Inputs::finish`] stops it.
 
 use super::http::{self, Checked};
-use super::{Outbound, TransferError};
+use super::outbound::{Outbound, TransferError};
 use crate::job::{Job, RemoteInput};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -252,20 +252,17 @@ impl Inputs {
             let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::default()
                 .path(root)
                 .build();
-            let upload = docker.upload_to_container(
-                container,
-                Some(opts),
-                bollard::body_try_stream(body),
-            );
+            let upload =
+                docker.upload_to_container(container, Some(opts), bollard::body_try_stream(body));
             let both = async { tokio::join!(pump, upload) };
             let (pumped, uploaded) =
-                tokio::time::timeout_at(deadline, both)
-                    .await
-                    .map_err(|_| TransferError::Timeout {
+                tokio::time::timeout_at(deadline, both).await.map_err(|_| {
+                    TransferError::Timeout {
                         what: what.clone(),
                         url: item.to.public.clone(),
                         phase: "before the job's time limit (limits.timeout_seconds)",
-                    })?;
+                    }
+                })?;
             pumped?;
             uploaded.map_err(|source| TransferError::Docker { what, source })?;
         }
@@ -364,7 +361,10 @@ async fn feed(
     to: mpsc::Sender<Bytes>,
     mut over: impl FnMut(u64) -> bool,
 ) -> Result<(), TransferError> {
-    let http::Exchange { response, driver: _driver } = ex;
+    let http::Exchange {
+        response,
+        driver: _driver,
+    } = ex;
     let mut body = response.into_body().into_data_stream();
     let mut hasher = Sha256::new();
     let mut got = 0u64;
@@ -375,13 +375,14 @@ async fn feed(
         source: std::io::Error::other("its reader is gone"),
     };
     loop {
-        let next = tokio::time::timeout(idle, body.next())
-            .await
-            .map_err(|_| TransferError::Timeout {
-                what: what.to_string(),
-                url: String::from("its server"),
-                phase: "with no data (policy.transfer_idle_seconds)",
-            })?;
+        let next =
+            tokio::time::timeout(idle, body.next())
+                .await
+                .map_err(|_| TransferError::Timeout {
+                    what: what.to_string(),
+                    url: String::from("its server"),
+                    phase: "with no data (policy.transfer_idle_seconds)",
+                })?;
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| TransferError::Http {
             what: what.to_string(),

@@ -12,7 +12,7 @@
 //! - A failed upload (refused, timed out, not 2xx) is an error naming the file.
 
 use super::http::{self, Checked};
-use super::{Outbound, TransferError};
+use super::outbound::{Outbound, TransferError};
 use crate::job::{Job, UploadRule, UploadWhen};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
@@ -108,7 +108,8 @@ impl Uploader {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let method = hyper::Method::from_bytes(rule.method.as_bytes()).unwrap_or(hyper::Method::PUT);
+        let method =
+            hyper::Method::from_bytes(rule.method.as_bytes()).unwrap_or(hyper::Method::PUT);
         let task_what = what.clone();
         let request = rt.spawn(async move {
             let ex = http::send(
@@ -173,13 +174,11 @@ impl Uploader {
                 phase: "with no data accepted (policy.transfer_idle_seconds)",
             });
         }
-        let location = rt
-            .block_on(request)
-            .map_err(|e| TransferError::Local {
-                what: what.clone(),
-                action: "finish the upload",
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let location = rt.block_on(request).map_err(|e| TransferError::Local {
+            what: what.clone(),
+            action: "finish the upload",
+            source: std::io::Error::other(e.to_string()),
+        })??;
         if sent < size {
             return Err(TransferError::Short {
                 what,

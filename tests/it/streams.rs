@@ -61,12 +61,18 @@ async fn source(bind: &str, size: u64, hold_last: bool) -> Source {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let hdr = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n");
+                let hdr = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                );
                 if sock.write_all(hdr.as_bytes()).await.is_err() {
                     return;
                 }
                 let chunks = size / CHUNK as u64;
-                let held_from = if hold_last { chunks - MB / CHUNK as u64 } else { chunks };
+                let held_from = if hold_last {
+                    chunks - MB / CHUNK as u64
+                } else {
+                    chunks
+                };
                 for i in 0..chunks {
                     if i == held_from {
                         held.notified().await;
@@ -148,7 +154,7 @@ async fn a_200_mb_input_streams_through_a_named_pipe_while_the_job_runs() {
     assert!(!job["spec"].contains("secret"), "{}", job["spec"]);
     assert_eq!(src.accepted.load(Ordering::SeqCst), 1);
     // The run's folder of pipes is gone with the run.
-    let left = wait_until("the pipes' folder removed", || async {
+    wait_until("the pipes' folder removed", || async {
         let streams = cache.path().join(&env.prefix).join("streams");
         std::fs::read_dir(&streams)
             .map(|d| d.count() == 0)
@@ -156,7 +162,6 @@ async fn a_200_mb_input_streams_through_a_named_pipe_while_the_job_runs() {
             .then_some(())
     })
     .await;
-    let _ = left;
     worker.stop().await;
 }
 
@@ -192,7 +197,11 @@ async fn a_url_input_resolving_to_a_refused_address_is_refused_before_any_connec
         let job = env.finished(&id).await;
         assert_eq!(job["status"], "aborted", "{job:?}");
         assert_eq!(job["reason"], "policy_denied", "{job:?}");
-        assert!(job["error"].contains("inputs[1] (x.bin)"), "{}", job["error"]);
+        assert!(
+            job["error"].contains("inputs[1] (x.bin)"),
+            "{}",
+            job["error"]
+        );
         assert!(
             job["error"].contains("policy.input_allow_networks"),
             "{}",
@@ -314,7 +323,14 @@ else:
 async fn moto() -> Moto {
     let port = crate::common::free_port();
     let child = std::process::Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -367,7 +383,10 @@ async fn a_200_mb_output_streams_to_a_presigned_url_with_flat_rss() {
         if let Some(rss) = vm_rss_kib(pid) {
             peak = peak.max(rss);
         }
-        if matches!(job.get("status").map(String::as_str), Some("completed" | "aborted")) {
+        if matches!(
+            job.get("status").map(String::as_str),
+            Some("completed" | "aborted")
+        ) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -387,7 +406,10 @@ async fn a_200_mb_output_streams_to_a_presigned_url_with_flat_rss() {
     let stored = python(S3, &[&s3.endpoint, "sha256", "big.bin"]);
     assert_eq!(big["sha256"], stored, "the object's sha256");
     let everything = format!("{job:?}");
-    assert!(!everything.contains("X-Amz-Signature="), "a presigned query was stored: {everything}");
+    assert!(
+        !everything.contains("X-Amz-Signature="),
+        "a presigned query was stored: {everything}"
+    );
     let growth_mib = peak.saturating_sub(base) / 1024;
     assert!(
         growth_mib < 64,
