@@ -922,6 +922,96 @@ mod tests {
     }
 
     #[test]
+    fn url_inputs_and_upload_rules_are_checked_naming_the_field() {
+        let job = check(r#"{"image":"x","inputs":[{"path":"a","content":"1"},{"path":"d/big.bin","url":"https://h.example/big?sig=1","sha256":"AB00000000000000000000000000000000000000000000000000000000000000","stream":true}],
+            "outputs":[{"path":"big.bin","upload":{"url":"https://s3.example/b/big.bin?X-Amz-Signature=1"}},{"glob":"**/*.log","when":"overflow","upload":{"url":"https://s3.example/b/{name}","method":"post","headers":{"x-amz-acl":"private"}}}]}"#).unwrap();
+        assert_eq!(job.files.len(), 1);
+        let input = &job.remote_inputs[0];
+        assert_eq!(
+            (input.index, input.path.as_str(), input.stream),
+            (1, "d/big.bin", true)
+        );
+        assert!(input.sha256.as_deref().unwrap().starts_with("ab00"));
+        assert!(job.collect_outputs);
+        assert_eq!(job.uploads.len(), 2);
+        assert_eq!(job.uploads[1].method, "POST");
+        assert!(job.uploads[1].matches("x/y.log") && !job.uploads[1].matches("y.txt"));
+
+        for (json, field) in [
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"ftp://h/x"}]}"#,
+                "`inputs[0].url`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","content":"1"},{"path":"b","url":"http://u:p@h/x"}]}"#,
+                "`inputs[1].url`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"/relative"}]}"#,
+                "`inputs[0].url`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"http://h/x","sha256":"abc"}]}"#,
+                "`inputs[0].sha256`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","content":"1","stream":true}]}"#,
+                "`inputs[0].stream`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","content":"1","sha256":"0000000000000000000000000000000000000000000000000000000000000000"}]}"#,
+                "`inputs[0].sha256`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"http://h/x","content":"1"}]}"#,
+                "`inputs[0]`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"glob":"*.bin","upload":{"url":"http://h/one"}}]}"#,
+                "`outputs[0].upload.url`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","glob":"*","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0]`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"../a","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0].path`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{"url":"http://h/a","method":"DELETE"}}]}"#,
+                "`outputs[0].upload.method`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{"url":"http://h/a","headers":{"Host":"evil"}}}]}"#,
+                "`outputs[0].upload.headers.Host`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{"url":"http://h/a","headers":{"x":"a\r\nb: c"}}}]}"#,
+                "`outputs[0].upload.headers.x`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","when":"later","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0].when`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"result.json","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0].path`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{}}]}"#,
+                "`outputs[0].upload`",
+            ),
+            (r#"{"image":"x","outputs":"yes"}"#, "`outputs`"),
+        ] {
+            let err = refused(json);
+            assert_eq!(err.reason, Reason::InvalidSpec, "{json}");
+            assert!(err.message.starts_with(field), "{json}: {}", err.message);
+            assert!(!err.message.contains("u:p@"), "{}", err.message);
+        }
+    }
+
+    #[test]
     fn inputs_and_paths_that_would_be_lost_or_leak_are_named() {
         let err = refused(
             r#"{"image":"x","inputs":[{"path":"a","content":"1"},{"path":"a/b","content":"2"}]}"#,
