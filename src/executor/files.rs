@@ -278,6 +278,9 @@ fn read_outputs(
                 .map(|(_, content)| content.clone()),
             _ => None,
         };
+        if sink.as_ref().is_some_and(|s| s.uploader.is_pipe(&name)) {
+            continue; // streamed while the job ran
+        }
         if !kind.is_file() && linked.is_none() {
             drops.add(&name, "not a regular file");
             continue;

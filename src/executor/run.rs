@@ -179,8 +179,9 @@ impl Executor {
         if let Some(e) = feed_failed {
             return Err(e.into());
         }
-        transfers.after_exit().await?;
-        let output = files::collect(&self.docker, id, job, transfers.uploader()).await?;
+        let piped = transfers.after_exit().await?;
+        let mut output = files::collect(&self.docker, id, job, transfers.uploader()).await?;
+        output.uploaded.extend(piped);
         Ok(RunOutcome {
             exit_code,
             oom_killed,

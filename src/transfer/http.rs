@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// A URL whose host resolved to addresses that all passed the guard.
+#[derive(Clone)]
 pub struct Checked {
     host: String,
     port: u16,

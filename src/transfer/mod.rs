@@ -22,6 +22,7 @@
 pub mod http;
 mod inputs;
 mod outbound;
+mod pipes;
 mod uploads;
 
 pub use outbound::{Outbound, TransferError};
@@ -37,6 +38,7 @@ pub struct Transfers {
     dir: Option<PathBuf>,
     inputs: inputs::Inputs,
     uploader: Uploader,
+    pipes: pipes::Pipes,
 }
 
 impl Transfers {
@@ -49,7 +51,9 @@ impl Transfers {
         settings: &Settings,
     ) -> Result<Transfers, TransferError> {
         let out = Outbound::from_settings(settings)?;
-        let dir = (job.remote_inputs.iter().any(|i| i.stream)).then(|| {
+        let any_pipe =
+            job.remote_inputs.iter().any(|i| i.stream) || job.uploads.iter().any(|u| u.pipe);
+        let dir = any_pipe.then(|| {
             settings
                 .worker
                 .cache_dir
@@ -64,11 +68,16 @@ impl Transfers {
             dir,
             inputs: inputs::Inputs::default(),
             uploader: Uploader::default(),
+            pipes: pipes::Pipes::default(),
         };
         // Assigned before the checks' results are looked at, so that the
         // folder is removed (on drop) whichever failed.
         t.inputs = inputs?;
         t.uploader = uploader?;
+        let pipe_rules = t.uploader.pipe_rules();
+        if let (false, Some(dir)) = (pipe_rules.is_empty(), t.dir.as_deref()) {
+            t.pipes = pipes::Pipes::prepare(pipe_rules, dir)?;
+        }
         Ok(t)
     }
 
@@ -78,9 +87,12 @@ impl Transfers {
     }
 
     /// Bind mounts for the container: each streamed input's pipe, read-only,
-    /// at `/dockhand/input/<path>`.
+    /// at `/dockhand/input/<path>`, and each output pipe at
+    /// `/dockhand/output/<path>`.
     pub fn mounts(&self) -> Vec<bollard::models::Mount> {
-        self.inputs.mounts()
+        let mut mounts = self.inputs.mounts();
+        mounts.extend(self.pipes.mounts());
+        mounts
     }
 
     /// Downloads the inputs that are not streamed into the created container
@@ -96,7 +108,9 @@ impl Transfers {
         self.inputs
             .download_into(docker, container, root, &self.out, deadline)
             .await?;
-        self.inputs.start_streams(&self.out).await
+        self.inputs.start_streams(&self.out).await?;
+        self.pipes.start(&self.out);
+        Ok(())
     }
 
     /// Resolves when a streamed input fails (the container is then stopped);
@@ -107,9 +121,13 @@ impl Transfers {
 
     /// After the container stopped: a feed still running is stopped (the job
     /// did not read all of its input, its own business), and a feed that
-    /// failed is the run's error.
-    pub async fn after_exit(&mut self) -> Result<(), TransferError> {
-        self.inputs.finish().await
+    /// failed is the run's error; the output pipes' uploads are waited for,
+    /// and returned.
+    pub async fn after_exit(&mut self) -> Result<Vec<Uploaded>, TransferError> {
+        let fed = self.inputs.finish().await;
+        let piped = self.pipes.finish().await;
+        fed?;
+        piped
     }
 
     /// What output collection uses to send files to their uploads.

@@ -72,6 +72,21 @@ impl Uploader {
         self.inner.is_none()
     }
 
+    /// The rules whose file is a named pipe, with their checked hosts.
+    pub(super) fn pipe_rules(&self) -> Vec<(UploadRule, Checked)> {
+        self.inner.as_ref().map_or_else(Vec::new, |i| {
+            i.rules.iter().filter(|(r, _)| r.pipe).cloned().collect()
+        })
+    }
+
+    /// Whether `name` is a named output pipe (streamed while the job ran; its
+    /// mount point in the output archive is no file).
+    pub fn is_pipe(&self, name: &str) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|i| i.rules.iter().any(|(r, _)| r.pipe && r.pattern == name))
+    }
+
     /// The first rule for the output file `name`: an `always` rule, or, when the
     /// file does not fit in `limits.output_bytes`, an `overflow` one.
     pub fn rule_for(&self, name: &str, fits: bool) -> Option<usize> {

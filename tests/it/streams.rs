@@ -419,3 +419,110 @@ async fn a_200_mb_output_streams_to_a_presigned_url_with_flat_rss() {
     crate::common::signal(&worker, "TERM");
     let _ = worker.wait();
 }
+
+/// An HTTP server on loopback keeping what each PUT sends (as it arrives) and
+/// answering 200 at the body's end.
+struct Sink {
+    addr: SocketAddr,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
+    path: Arc<std::sync::Mutex<String>>,
+}
+
+async fn sink() -> Sink {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let path = Arc::new(std::sync::Mutex::new(String::new()));
+    let (rx, p) = (received.clone(), path.clone());
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (rx, p) = (rx.clone(), p.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (rx, p) = (rx.clone(), p.clone());
+                        async move {
+                            *p.lock().unwrap() = req.uri().to_string();
+                            let mut body = req.into_body();
+                            while let Some(frame) = body.frame().await {
+                                if let Some(data) = frame?.data_ref() {
+                                    rx.lock().unwrap().extend_from_slice(data);
+                                }
+                            }
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<
+                                bytes::Bytes,
+                            >::new(
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                    .await;
+            });
+        }
+    });
+    Sink {
+        addr,
+        received,
+        path,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_output_pipe_is_uploaded_while_the_job_runs() {
+    let env = Env::new();
+    let up = sink().await;
+    // The job waits on this streamed input between its two halves: the test
+    // lets it go only once the first half has reached the upload server.
+    let gate = source("127.0.0.1:0", 2 * MB, true).await;
+    let worker = dockhand_worker(
+        &env,
+        &[
+            ("DOCKHAND__POLICY__INPUT_ALLOW_NETWORKS", "127.0.0.1/32"),
+            ("DOCKHAND__POLICY__UPLOAD_ALLOW_NETWORKS", "127.0.0.1/32"),
+        ],
+    );
+    let id = format!("{}-outpipe", env.prefix);
+    let half = 100_000;
+    let command = format!(
+        "exec 3> /dockhand/output/live.log; yes part1 | head -c {half} >&3; cat /dockhand/input/gate > /dev/null; yes part2 | head -c {half} >&3; exec 3>&-; echo done"
+    );
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({
+                "command": command,
+                "inputs": [{"path": "gate", "url": format!("http://{}/gate", gate.addr), "stream": true}],
+                "outputs": [{"path": "live.log", "pipe": true, "upload": {"url": format!("http://{}/bucket/live.log?token=secret", up.addr), "headers": {"x-test": "1"}}}],
+            }),
+        ),
+    )
+    .await;
+    wait_until("the first half at the upload server", || async {
+        (up.received.lock().unwrap().len() >= half).then_some(())
+    })
+    .await;
+    assert_eq!(env.job(&id).await["status"], "running");
+    gate.hold.notify_one();
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    let got = up.received.lock().unwrap().clone();
+    let mut want: Vec<u8> = b"part1\n".iter().copied().cycle().take(half).collect();
+    want.extend(b"part2\n".iter().copied().cycle().take(half));
+    assert!(got == want, "the upload server got {} bytes", got.len());
+    assert_eq!(*up.path.lock().unwrap(), "/bucket/live.log?token=secret");
+    let files: Vec<serde_json::Value> = serde_json::from_str(&job["files"]).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0]["name"], "live.log");
+    assert_eq!(files[0]["size"], 2 * half);
+    assert_eq!(files[0]["sha256"], hex::encode(Sha256::digest(&want)));
+    assert_eq!(
+        files[0]["location"],
+        format!("http://{}/bucket/live.log", up.addr)
+    );
+    assert_eq!(job["files_dropped"], "[]");
+    worker.stop().await;
+}
