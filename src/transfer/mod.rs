@@ -32,6 +32,42 @@ use crate::config::Settings;
 use crate::job::Job;
 use std::path::PathBuf;
 
+/// `<worker.cache_dir>/<worker id>/streams`: the runs' folders of named pipes
+/// (the worker id made safe as a folder name, as the git cache makes it).
+pub fn streams_root(settings: &Settings) -> PathBuf {
+    let id: String = settings
+        .worker_id()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let id = if id.is_empty() || id.starts_with('.') {
+        format!("w{id}")
+    } else {
+        id
+    };
+    settings.worker.cache_dir.join(id).join("streams")
+}
+
+/// Removes the folders of pipes that an earlier run of this worker, killed
+/// mid-job, left behind (they hold no data, only FIFOs). Called at start,
+/// before any job runs; a worker id is one process's, so nothing in use is hit.
+pub fn clear_leftovers(settings: &Settings) {
+    let root = streams_root(settings);
+    match std::fs::remove_dir_all(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %root.display(), error = %e, "could not remove leftover pipes")
+        }
+    }
+}
+
 /// One run's transfers, from before the container is made to after it is gone.
 pub struct Transfers {
     out: Outbound,
@@ -54,12 +90,7 @@ impl Transfers {
         let any_pipe =
             job.remote_inputs.iter().any(|i| i.stream) || job.uploads.iter().any(|u| u.pipe);
         let dir = any_pipe.then(|| {
-            settings
-                .worker
-                .cache_dir
-                .join(&settings.worker.id)
-                .join("streams")
-                .join(format!("{}-{attempt}-{}", job.id, ulid::Ulid::new()))
+            streams_root(settings).join(format!("{}-{attempt}-{}", job.id, ulid::Ulid::new()))
         });
         let inputs = inputs::Inputs::prepare(job, &out, dir.as_deref()).await;
         let uploader = Uploader::prepare(job, &out).await;

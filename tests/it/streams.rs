@@ -526,3 +526,40 @@ async fn a_named_output_pipe_is_uploaded_while_the_job_runs() {
     assert_eq!(job["files_dropped"], "[]");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_inputs_work_with_a_read_only_root() {
+    let env = Env::new();
+    let src = source("127.0.0.1:0", MB, false).await;
+    let worker = dockhand_worker(
+        &env,
+        &[
+            ("DOCKHAND__POLICY__INPUT_ALLOW_NETWORKS", "127.0.0.1/32"),
+            ("DOCKHAND__POLICY__READ_ONLY_ROOTFS", "true"),
+        ],
+    );
+    let id = format!("{}-ro", env.prefix);
+    let want = generated_sha256(MB);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({
+                "command": "sha256sum < /dockhand/input/a/got.bin; sha256sum < /dockhand/input/b/piped.bin; echo x > /dockhand/output/o.txt",
+                "inputs": [
+                    {"path": "a/got.bin", "url": format!("http://{}/a", src.addr)},
+                    {"path": "b/piped.bin", "url": format!("http://{}/b", src.addr), "stream": true},
+                ],
+            }),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    let out = env.lines(&id, "stdout").await;
+    assert!(
+        out.len() == 2 && out.iter().all(|l| l.starts_with(&want)),
+        "{out:?}"
+    );
+    worker.stop().await;
+}
