@@ -199,26 +199,17 @@ impl Inputs {
                     .map(|n| n.trim_start_matches('/').to_string())
                     .unwrap_or(name),
             };
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_mode(0o644);
-            header.set_size(size);
-            header
-                .set_path(&name)
-                .map_err(|source| TransferError::Local {
-                    what: what.clone(),
-                    action: "name the file in the archive",
-                    source,
-                })?;
-            header.set_cksum();
+            let header = entry_header(&name, size).map_err(|source| TransferError::Local {
+                what: what.clone(),
+                action: "name the file in the archive",
+                source,
+            })?;
             let digest = item.input.sha256.clone();
             let idle = out.idle;
             let pump_what = what.clone();
             // The archive: the header, the body as it comes, padding, the end.
             let pump = async move {
-                tx.send(Ok(Bytes::copy_from_slice(header.as_bytes())))
-                    .await
-                    .ok();
+                tx.send(Ok(Bytes::from(header))).await.ok();
                 let (chunks, mut from) = mpsc::channel::<Bytes>(IN_FLIGHT);
                 let forward = async {
                     while let Some(c) = from.recv().await {
@@ -342,6 +333,22 @@ impl Inputs {
     }
 }
 
+/// The archive's header blocks for a regular file `name` of `size` bytes, whose
+/// content follows: tar's builder writes them (with a GNU long-name entry
+/// first for a name over 100 bytes), given no content and no end blocks.
+fn entry_header(name: &str, size: u64) -> std::io::Result<Vec<u8>> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(size);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_data(&mut header, name, std::io::empty())?;
+    let mut bytes = builder.into_inner()?;
+    // `into_inner` ends the archive with two zero blocks; the content comes next.
+    bytes.truncate(bytes.len().saturating_sub(1024));
+    Ok(bytes)
+}
+
 fn tokio_stream_from(
     rx: mpsc::Receiver<std::io::Result<Bytes>>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
@@ -424,4 +431,29 @@ async fn feed(
         to.send(last).await.map_err(|_| gone())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_entry_reads_back_whatever_the_name_length() {
+        for name in [
+            "dockhand/input/a.bin".to_string(),
+            format!("dockhand/input/{}", "n".repeat(300)),
+        ] {
+            let mut archive = entry_header(&name, 3).unwrap();
+            archive.extend_from_slice(b"abc");
+            archive.extend_from_slice(&[0u8; 509 + 1024]);
+            let mut read = tar::Archive::new(archive.as_slice());
+            let mut entries = read.entries().unwrap();
+            let mut e = entries.next().unwrap().unwrap();
+            assert_eq!(e.path().unwrap().to_str().unwrap(), name);
+            let mut content = String::new();
+            std::io::Read::read_to_string(&mut e, &mut content).unwrap();
+            assert_eq!(content, "abc");
+            assert!(entries.next().is_none());
+        }
+    }
 }

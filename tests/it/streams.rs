@@ -540,14 +540,16 @@ async fn url_inputs_work_with_a_read_only_root() {
     );
     let id = format!("{}-ro", env.prefix);
     let want = generated_sha256(MB);
+    let long = format!("{}.bin", "n".repeat(150));
     env.xadd(
         "default",
         &spec(
             &id,
             serde_json::json!({
-                "command": "sha256sum < /dockhand/input/a/got.bin; sha256sum < /dockhand/input/b/piped.bin; echo x > /dockhand/output/o.txt",
+                "command": format!("sha256sum < /dockhand/input/a/{long}; sha256sum < /dockhand/input/b/piped.bin"),
                 "inputs": [
-                    {"path": "a/got.bin", "url": format!("http://{}/a", src.addr)},
+                    // A name over tar's 100 bytes: staged with a long-name entry.
+                    {"path": format!("a/{long}"), "url": format!("http://{}/a", src.addr)},
                     {"path": "b/piped.bin", "url": format!("http://{}/b", src.addr), "stream": true},
                 ],
             }),
