@@ -420,34 +420,45 @@ async fn a_200_mb_output_streams_to_a_presigned_url_with_flat_rss() {
     let _ = worker.wait();
 }
 
-/// An HTTP server on loopback keeping what each PUT sends (as it arrives) and
-/// answering 200 at the body's end.
+/// An HTTP server on loopback keeping what each request sends, by path and
+/// query, as it arrives, and answering 200 at the body's end.
 struct Sink {
     addr: SocketAddr,
-    received: Arc<std::sync::Mutex<Vec<u8>>>,
-    path: Arc<std::sync::Mutex<String>>,
+    received: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+}
+
+impl Sink {
+    fn got(&self, path: &str) -> Vec<u8> {
+        self.received
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 async fn sink() -> Sink {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let path = Arc::new(std::sync::Mutex::new(String::new()));
-    let (rx, p) = (received.clone(), path.clone());
+    let received = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let rx = received.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
-            let (rx, p) = (rx.clone(), p.clone());
+            let rx = rx.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (rx, p) = (rx.clone(), p.clone());
+                        let rx = rx.clone();
                         async move {
-                            *p.lock().unwrap() = req.uri().to_string();
+                            let key = req.uri().to_string();
+                            rx.lock().unwrap().insert(key.clone(), Vec::new());
                             let mut body = req.into_body();
                             while let Some(frame) = body.frame().await {
                                 if let Some(data) = frame?.data_ref() {
-                                    rx.lock().unwrap().extend_from_slice(data);
+                                    let mut all = rx.lock().unwrap();
+                                    all.get_mut(&key).unwrap().extend_from_slice(data);
                                 }
                             }
                             Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<
@@ -463,11 +474,7 @@ async fn sink() -> Sink {
             });
         }
     });
-    Sink {
-        addr,
-        received,
-        path,
-    }
+    Sink { addr, received }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,19 +508,19 @@ async fn a_named_output_pipe_is_uploaded_while_the_job_runs() {
         ),
     )
     .await;
+    let key = "/bucket/live.log?token=secret";
     wait_until("the first half at the upload server", || async {
-        (up.received.lock().unwrap().len() >= half).then_some(())
+        (up.got(key).len() >= half).then_some(())
     })
     .await;
     assert_eq!(env.job(&id).await["status"], "running");
     gate.hold.notify_one();
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "completed", "{job:?}");
-    let got = up.received.lock().unwrap().clone();
+    let got = up.got(key);
     let mut want: Vec<u8> = b"part1\n".iter().copied().cycle().take(half).collect();
     want.extend(b"part2\n".iter().copied().cycle().take(half));
     assert!(got == want, "the upload server got {} bytes", got.len());
-    assert_eq!(*up.path.lock().unwrap(), "/bucket/live.log?token=secret");
     let files: Vec<serde_json::Value> = serde_json::from_str(&job["files"]).unwrap();
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(files[0]["name"], "live.log");
@@ -563,5 +570,47 @@ async fn url_inputs_work_with_a_read_only_root() {
         out.len() == 2 && out.iter().all(|l| l.starts_with(&want)),
         "{out:?}"
     );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_over_output_bytes_go_to_an_overflow_upload_instead_of_being_dropped() {
+    let env = Env::new();
+    let up = sink().await;
+    let worker = dockhand_worker(
+        &env,
+        &[("DOCKHAND__POLICY__UPLOAD_ALLOW_NETWORKS", "127.0.0.1/32")],
+    );
+    let id = format!("{}-overflow", env.prefix);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({
+                "command": "mkdir -p /dockhand/output/sub; echo small > /dockhand/output/a.txt; yes big | head -c 3000000 > '/dockhand/output/sub/big one.bin'",
+                "limits": {"output_bytes": "1m"},
+                "outputs": [{"glob": "**", "when": "overflow", "upload": {"url": format!("http://{}/spill/{{name}}?sig=s", up.addr)}}],
+            }),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(job["files_dropped"], "[]", "{job:?}");
+    let files: Vec<serde_json::Value> = serde_json::from_str(&job["files"]).unwrap();
+    let small = files.iter().find(|f| f["name"] == "a.txt").unwrap();
+    assert_eq!(small["location"], "redis");
+    let big = files
+        .iter()
+        .find(|f| f["name"] == "sub/big one.bin")
+        .unwrap();
+    assert_eq!(big["size"], 3_000_000);
+    assert_eq!(
+        big["location"],
+        format!("http://{}/spill/sub/big%20one.bin", up.addr)
+    );
+    let sent = up.got("/spill/sub/big%20one.bin?sig=s");
+    assert_eq!(sent.len(), 3_000_000);
+    assert_eq!(big["sha256"], hex::encode(Sha256::digest(&sent)));
     worker.stop().await;
 }
