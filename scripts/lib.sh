@@ -152,6 +152,15 @@ dh_install_missing() {
             dh_die "pip install schemathesis failed"
     fi
 
+    # The upload test (tests/it/streams.rs) runs moto's S3 server and presigns its
+    # URL with boto3 (a dependency of moto). Pinned: the server's behaviour is
+    # what the test checks against.
+    if ! python3 -c "import importlib.metadata as m, sys, flask; sys.exit(m.version('moto') != '5.2.1')" >/dev/null 2>&1; then
+        dh_step "installing moto[server] 5.2.1 (pip)"
+        python3 -m pip install -q --disable-pip-version-check "moto[server]==5.2.1" >/dev/null 2>&1 ||
+            dh_die "pip install moto[server] failed"
+    fi
+
     # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on PATH.
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
         export PATH="$HOME/.cargo/bin:$PATH"

@@ -57,5 +57,6 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod transfer;
 pub mod webhook;
 pub mod worker;

@@ -29,7 +29,13 @@ pub struct FileInfo {
     pub name: String,
     pub size: u64,
     pub sha256: String,
+    /// Where the file went: `redis` (`dockhand:job:<id>:files`), or the upload
+    /// URL without its query (a presigned query is a credential: never stored).
+    pub location: String,
 }
+
+/// Where a file kept in the job's files hash is said to be.
+pub const IN_REDIS: &str = "redis";
 
 /// The job state as Dockhand knows it: what the hash holds and what events carry.
 #[derive(Debug, Clone, Serialize)]

@@ -230,6 +230,18 @@ pub struct PolicySettings {
     /// Job and service containers get a read-only root filesystem; `/dockhand`
     /// (one volume per container) and `/tmp` (tmpfs) stay writable.
     pub read_only_rootfs: bool,
+    /// Non-public networks that `inputs[].url` may reach all the same.
+    #[serde(deserialize_with = "one_or_many")]
+    pub input_allow_networks: Vec<Network>,
+    /// Non-public networks that output uploads may reach all the same.
+    #[serde(deserialize_with = "one_or_many")]
+    pub upload_allow_networks: Vec<Network>,
+    /// One URL input at most, and all of a job's together.
+    pub input_max_bytes: ByteSize,
+    pub input_total_bytes: ByteSize,
+    /// Connect and response headers; then the longest a transfer may stall.
+    pub transfer_connect_seconds: u64,
+    pub transfer_idle_seconds: u64,
 }
 
 /// Where the server of the jobs' result URLs (`RESPONSE_URL`, `ABORT_URL`) listens.
@@ -371,6 +383,8 @@ impl Settings {
                 .with_list_parse_key("policy.images")
                 .with_list_parse_key("policy.git_hosts")
                 .with_list_parse_key("policy.git_allow_networks")
+                .with_list_parse_key("policy.input_allow_networks")
+                .with_list_parse_key("policy.upload_allow_networks")
                 .with_list_parse_key("policy.bind_allow")
                 .with_list_parse_key("policy.volumes_allow")
                 .with_list_parse_key("webhooks.retry_schedule_seconds")
@@ -424,6 +438,12 @@ impl Settings {
         }
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1");
+        }
+        if self.policy.transfer_connect_seconds == 0 || self.policy.transfer_idle_seconds == 0 {
+            return bad(
+                "policy.transfer_connect_seconds / policy.transfer_idle_seconds",
+                "must be at least 1",
+            );
         }
         if self.worker.block_ms == 0 || self.worker.block_ms > 60_000 {
             return bad("worker.block_ms", "must be between 1 and 60000");

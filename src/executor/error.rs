@@ -55,6 +55,9 @@ pub enum ExecError {
     /// gateway address, say).
     #[error("{0}")]
     Unusable(String),
+    /// An input could not be fetched, or an output not uploaded (`crate::transfer`).
+    #[error(transparent)]
+    Transfer(#[from] crate::transfer::TransferError),
     /// Docker failed after the container had started: the job may have done part
     /// of its work.
     #[error(transparent)]

@@ -7,6 +7,7 @@
 
 use super::ExecError;
 use crate::job::{Job, StagedFile, DOCKHAND_DIR, OUTPUT_DIR};
+use crate::transfer::Uploader;
 use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
@@ -44,6 +45,8 @@ pub enum ResultFile {
 #[derive(Debug, Default)]
 pub struct JobOutput {
     pub files: Vec<(String, Vec<u8>)>,
+    /// Files sent to their upload URLs instead (`outputs` rules).
+    pub uploaded: Vec<crate::transfer::Uploaded>,
     /// Files not kept, each with why (`big.bin (20971520 bytes, over limits.output_bytes)`):
     /// the first [`NAMED_DROPS`] by name, then one entry that counts the rest.
     pub dropped: Vec<String>,
@@ -60,7 +63,7 @@ pub enum StageInto {
 }
 
 impl StageInto {
-    fn path(self) -> &'static str {
+    pub(super) fn path(self) -> &'static str {
         match self {
             StageInto::Root => "/",
             StageInto::DockhandVolume => DOCKHAND_DIR,
@@ -155,7 +158,12 @@ fn relative<'a>(path: &'a str, root: &str) -> Option<&'a str> {
 
 /// Reads `/dockhand/output` from the stopped container: the files (when the job
 /// collects outputs) within `limits.output_bytes`, and `result.json`.
-pub async fn collect(docker: &Docker, container: &str, job: &Job) -> Result<JobOutput, ExecError> {
+pub async fn collect(
+    docker: &Docker,
+    container: &str,
+    job: &Job,
+    uploader: Uploader,
+) -> Result<JobOutput, ExecError> {
     let opts = DownloadFromContainerOptionsBuilder::default()
         .path(OUTPUT_DIR)
         .build();
@@ -181,21 +189,65 @@ pub async fn collect(docker: &Docker, container: &str, job: &Job) -> Result<JobO
     ));
     let budget = job.limits.output_bytes;
     let keep_files = job.collect_outputs;
-    tokio::task::spawn_blocking(move || read_outputs(reader, budget, keep_files))
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(|source| ExecError::Local {
+    let rt = tokio::runtime::Handle::current();
+    let read = tokio::task::spawn_blocking(move || {
+        let sink = Sink {
+            uploader: &uploader,
+            rt: &rt,
+        };
+        read_outputs_to(reader, budget, keep_files, Some(sink))
+    })
+    .await
+    .map_err(|e| ExecError::Local {
+        action: "read the job's output files",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    read.map_err(|e| match e {
+        Failed::Read(source) => ExecError::Local {
             action: "read the job's output files",
             source,
-        })
+        },
+        Failed::Upload(e) => ExecError::Transfer(e),
+    })
 }
 
+/// The output archive read with no upload rules (the local executor's).
 pub(super) fn read_outputs(
     reader: impl Read,
     budget: u64,
     keep_files: bool,
 ) -> std::io::Result<JobOutput> {
+    read_outputs_to(reader, budget, keep_files, None).map_err(|e| match e {
+        Failed::Read(e) => e,
+        Failed::Upload(e) => std::io::Error::other(crate::telemetry::error_chain(&e)),
+    })
+}
+
+/// Where files with an upload rule go (`crate::transfer`), on the runtime `rt`.
+struct Sink<'a> {
+    uploader: &'a Uploader,
+    rt: &'a tokio::runtime::Handle,
+}
+
+/// Reading the archive failed, or an upload did.
+#[derive(Debug)]
+enum Failed {
+    Read(std::io::Error),
+    Upload(crate::transfer::TransferError),
+}
+
+impl From<std::io::Error> for Failed {
+    fn from(e: std::io::Error) -> Failed {
+        Failed::Read(e)
+    }
+}
+
+fn read_outputs_to(
+    reader: impl Read,
+    budget: u64,
+    keep_files: bool,
+    sink: Option<Sink<'_>>,
+) -> Result<JobOutput, Failed> {
     let mut out = JobOutput::default();
     let mut drops = Drops::default();
     // A file's name counts against the budget with its bytes: many small files
@@ -238,17 +290,33 @@ pub(super) fn read_outputs(
                 .map(|(_, content)| content.clone()),
             _ => None,
         };
+        if sink.as_ref().is_some_and(|s| s.uploader.is_pipe(&name)) {
+            continue; // streamed while the job ran
+        }
         if !kind.is_file() && linked.is_none() {
             drops.add(&name, "not a regular file");
             continue;
         }
         let size = linked.as_ref().map_or(size, |c| c.len() as u64);
-        if out.files.len() >= MAX_OUTPUT_FILES {
+        if out.files.len() + out.uploaded.len() >= MAX_OUTPUT_FILES {
             drops.add(&name, &format!("over {MAX_OUTPUT_FILES} files"));
             continue;
         }
         let cost = size + name.len() as u64;
-        if used + cost > budget {
+        // A file with an upload rule is streamed there as it is read (an
+        // `overflow` rule only takes what does not fit in the budget).
+        let fits = used + cost <= budget;
+        if let Some(sink) = sink.as_ref().filter(|_| linked.is_none()) {
+            if let Some(rule) = sink.uploader.rule_for(&name, fits) {
+                let sent = sink
+                    .uploader
+                    .upload_blocking(rule, &name, size, &mut entry, sink.rt)
+                    .map_err(Failed::Upload)?;
+                out.uploaded.push(sent);
+                continue;
+            }
+        }
+        if !fits {
             let why = format!("{size} bytes, over limits.output_bytes = {budget}");
             drops.add(&name, &why);
             continue;
@@ -364,7 +432,7 @@ mod tests {
             .iter()
             .map(|(n, c)| (n.as_str(), c.as_slice()))
             .collect();
-        let out = read_outputs(archive(&entries).as_slice(), 1000, true).unwrap();
+        let out = read_outputs_to(archive(&entries).as_slice(), 1000, true, None).unwrap();
         assert_eq!(out.files.len(), 5, "200-byte names, a 1000-byte budget");
         assert_eq!(out.dropped.len(), NAMED_DROPS + 1);
         assert_eq!(out.dropped.last().unwrap(), "and 25 more files not kept");
@@ -382,7 +450,7 @@ mod tests {
             .iter()
             .map(|(n, c)| (n.as_str(), c.as_slice()))
             .collect();
-        let out = read_outputs(archive(&entries).as_slice(), 1 << 30, true).unwrap();
+        let out = read_outputs_to(archive(&entries).as_slice(), 1 << 30, true, None).unwrap();
         assert_eq!(out.files.len(), MAX_OUTPUT_FILES);
         assert_eq!(out.dropped.len(), 7);
         assert!(
@@ -405,7 +473,7 @@ mod tests {
         link.set_size(0);
         tar.append_link(&mut link, "output/b.txt", "output/a.txt")
             .unwrap();
-        let out = read_outputs(tar.into_inner().unwrap().as_slice(), 100, true).unwrap();
+        let out = read_outputs_to(tar.into_inner().unwrap().as_slice(), 100, true, None).unwrap();
         assert_eq!(
             out.files,
             vec![
@@ -427,7 +495,7 @@ mod tests {
                 br#"{"result_text":"ok","result_data":{"n":1}}"#,
             ),
         ]);
-        let out = read_outputs(tar.as_slice(), 50, true).unwrap();
+        let out = read_outputs_to(tar.as_slice(), 50, true, None).unwrap();
         let names: Vec<&str> = out.files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["a.txt", "sub/b.txt"]);
         assert_eq!(out.dropped.len(), 1);
@@ -451,7 +519,7 @@ mod tests {
             ("output/a.txt", b"x"),
             ("output/result.json", br#"{"error_text":"no"}"#),
         ]);
-        let out = read_outputs(tar.as_slice(), 50, false).unwrap();
+        let out = read_outputs_to(tar.as_slice(), 50, false, None).unwrap();
         assert!(out.files.is_empty() && out.dropped.is_empty());
         assert_eq!(
             out.result,

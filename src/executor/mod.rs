@@ -29,6 +29,7 @@ mod run;
 pub mod runner;
 mod services;
 pub mod sweep;
+mod transfers;
 
 pub use container::{LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
 pub use error::{unreachable, ExecError};

@@ -24,6 +24,10 @@ use tokio::time::timeout;
 pub struct DockerRun {
     id: String,
     sidecars: services::Sidecars,
+    /// Its inputs and uploads by URL (`crate::transfer`); their pipes' folder goes
+    /// when this is dropped. Behind a lock: the wait watches a streamed input's
+    /// failure while the other steps share the run.
+    transfers: tokio::sync::Mutex<crate::transfer::Transfers>,
 }
 
 impl Executor {
@@ -48,6 +52,7 @@ impl Executor {
         job: &Job,
         ctx: &RunContext<'_>,
         sidecars: &mut services::Sidecars,
+        transfers: &crate::transfer::Transfers,
     ) -> Result<String, ExecError> {
         self.ensure_image(&job.image, job.limits.timeout).await?;
         if !job.services.is_empty() {
@@ -61,7 +66,8 @@ impl Executor {
             entry: ctx.entry,
             deployment: ctx.deployment,
         };
-        let body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
+        let mut body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
+        super::transfers::add_mounts(&mut body, transfers);
         self.create(&name, body, &job.image, "create the container")
             .await
     }
@@ -75,16 +81,23 @@ impl JobExecutor for Executor {
     }
 
     async fn prepare(&self, job: &Job, ctx: &RunContext<'_>) -> Result<DockerRun, ExecError> {
+        // Hosts checked (and pipes made) before anything is created.
+        let transfers =
+            crate::transfer::Transfers::prepare(job, ctx.attempt, &self.settings).await?;
         // Removed here on a failure half-way; after it, by `clean_up`.
         let mut sidecars = services::Sidecars::default();
-        let id = match self.make(job, ctx, &mut sidecars).await {
+        let id = match self.make(job, ctx, &mut sidecars, &transfers).await {
             Ok(id) => id,
             Err(e) => {
                 self.remove_sidecars(sidecars).await;
                 return Err(e);
             }
         };
-        let run = DockerRun { id, sidecars };
+        let run = DockerRun {
+            id,
+            sidecars,
+            transfers: tokio::sync::Mutex::new(transfers),
+        };
         let into = if self.settings.policy.read_only_rootfs {
             files::StageInto::DockhandVolume
         } else {
@@ -93,6 +106,18 @@ impl JobExecutor for Executor {
         if let Err(e) = files::stage(&self.docker, &run.id, &job.files, into).await {
             self.clean_up(run).await;
             return Err(e);
+        }
+        // Downloads into the created container; streamed inputs start feeding.
+        let deadline = tokio::time::Instant::now() + job.limits.timeout;
+        let fed = run
+            .transfers
+            .lock()
+            .await
+            .before_start(&self.docker, &run.id, into.path(), deadline)
+            .await;
+        if let Err(e) = fed {
+            self.clean_up(run).await;
+            return Err(e.into());
         }
         Ok(run)
     }
@@ -129,6 +154,10 @@ impl JobExecutor for Executor {
         self.stop(&run.id).await
     }
 
+    async fn failed(&self, run: &DockerRun) -> ExecError {
+        run.transfers.lock().await.failed().await.into()
+    }
+
     async fn read_progress(&self, run: &DockerRun) -> Option<FileReport> {
         progress::read(&self.docker, &run.id).await
     }
@@ -154,7 +183,10 @@ impl JobExecutor for Executor {
         if exit_code == 137 && !oom_killed {
             oom_killed = self.oom_noticed_late(id).await;
         }
-        let output = files::collect(&self.docker, id, job).await?;
+        let mut transfers = run.transfers.lock().await;
+        let piped = transfers.after_exit().await?;
+        let mut output = files::collect(&self.docker, id, job, transfers.uploader()).await?;
+        output.uploaded.extend(piped);
         Ok(RunOutcome {
             exit_code,
             oom_killed,

@@ -68,6 +68,13 @@ pub trait JobExecutor: Sync {
     /// Stops the job: gracefully, then after `worker.stop_grace_seconds` hard.
     fn cancel(&self, run: &Self::Run) -> impl Future<Output = Result<(), ExecError>> + Send;
 
+    /// Resolves when something the run feeds the job fails while it runs (a
+    /// streamed input whose digest does not match, say): the job is stopped and
+    /// the run ends with that error. Never, by default.
+    fn failed(&self, _run: &Self::Run) -> impl Future<Output = ExecError> + Send {
+        std::future::pending()
+    }
+
     /// `progress.json` as it is now; `None` when absent or unreadable.
     fn read_progress(&self, run: &Self::Run) -> impl Future<Output = Option<FileReport>> + Send;
 
@@ -126,11 +133,16 @@ async fn follow<E: JobExecutor>(
             None => std::future::pending().await,
         }
     };
+    let mut fed_failed = None;
     let (timed_out, stopped) = tokio::select! {
         waited = timeout(job.limits.timeout, exec.wait(run)) => (waited.is_err(), false),
         _ = ctx.stop.cancelled() => (false, true),
         // Never ends: it stops when the job does.
         () = polling => (false, false),
+        e = exec.failed(run) => {
+            fed_failed = Some(e);
+            (false, true)
+        }
     };
     if timed_out {
         ctx.logs
@@ -161,6 +173,9 @@ async fn follow<E: JobExecutor>(
     if let Some(to) = ctx.progress {
         // What the job wrote last, between the last poll and its exit.
         offer(to, exec.read_progress(run).await);
+    }
+    if let Some(e) = fed_failed {
+        return Err(e);
     }
     exec.collect(run, job, Ended { timed_out, stopped }).await
 }

@@ -15,6 +15,7 @@ mod redact;
 mod retry;
 mod spec;
 mod status;
+mod transfer;
 mod validate;
 
 pub use after::{After, AfterPolicy, MAX_PARENTS};
@@ -22,8 +23,12 @@ pub use attach::{Mount, Publish, ServiceRun};
 pub use executor::ExecutorKind;
 pub use redact::{masked_fields, redact, MASK};
 pub use retry::{RetryOn, RetryPolicy};
-pub use spec::{Command, GitSpec, Input, JobSpec, Limits, Port, Retry, Script, Service};
+pub use spec::{
+    Command, GitSpec, Input, JobSpec, Limits, OutputRule, Outputs, Port, Retry, Script, Service,
+    Upload,
+};
 pub use status::{Reason, Status};
+pub use transfer::{glob_match, public_url, RemoteInput, UploadRule, UploadWhen, MAX_URL_BYTES};
 pub use validate::{
     metadata_bytes, validate, validate_at, GitBuild, Job, ResolvedLimits, StagedFile,
     MAX_METADATA_BYTES, MAX_STAGED_BYTES,

@@ -5,7 +5,9 @@
 //! - Whatever the shape of the input, no credential is kept: `secret_env` of any
 //!   shape (an object's values, or the whole value when it is a list, a string or
 //!   anything else), every `webhooks[].secret`, and the password or token in a
-//!   `git.url` (`https://user:***@host`, `https://***@host`).
+//!   `git.url` (`https://user:***@host`, `https://***@host`), the query of every
+//!   `inputs[].url` and `outputs[].upload.url` (a presigned URL's signature:
+//!   `https://host/key?***`), and every `outputs[].upload.headers` value.
 //! - An entry that is not JSON cannot be redacted field by field: it is kept as
 //!   it came only when it names none of those fields and holds no URL credential;
 //!   otherwise only its size is kept.
@@ -55,11 +57,57 @@ pub fn redact(raw: &[u8]) -> Cow<'_, [u8]> {
             }
         }
     }
+    changed |= transfer_urls(obj);
     if changed {
         v.to_string().into_bytes().into()
     } else {
         raw.into()
     }
+}
+
+/// Masks the queries of input and upload URLs and the upload headers' values;
+/// whether anything was masked.
+fn transfer_urls(obj: &mut serde_json::Map<String, Value>) -> bool {
+    let mut changed = false;
+    let mut mask_query = |url: &mut Value| {
+        if let Some(text) = url.as_str() {
+            if text.contains(['?', '#']) {
+                *url = format!("{}?{MASK}", super::public_url(text)).into();
+                changed = true;
+            }
+        }
+    };
+    for input in obj
+        .get_mut("inputs")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(url) = input.get_mut("url") {
+            mask_query(url);
+        }
+    }
+    let mut headers_masked = false;
+    for rule in obj
+        .get_mut("outputs")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let Some(upload) = rule.get_mut("upload") else {
+            continue;
+        };
+        if let Some(url) = upload.get_mut("url") {
+            mask_query(url);
+        }
+        if let Some(Value::Object(headers)) = upload.get_mut("headers") {
+            for value in headers.values_mut() {
+                *value = MASK.into();
+                headers_masked = true;
+            }
+        }
+    }
+    changed || headers_masked
 }
 
 /// The fields of a stored spec whose values were masked by [`redact`].
@@ -81,6 +129,39 @@ pub fn masked_fields(spec: &Value) -> Vec<String> {
     {
         if hook.get("secret").is_some_and(|s| s == MASK) {
             out.push(format!("webhooks[{i}].secret"));
+        }
+    }
+    let masked_url = |u: Option<&Value>| {
+        u.and_then(Value::as_str)
+            .is_some_and(|u| u.ends_with(&format!("?{MASK}")))
+    };
+    for (i, input) in spec
+        .get("inputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if masked_url(input.get("url")) {
+            out.push(format!("inputs[{i}].url"));
+        }
+    }
+    for (i, rule) in spec
+        .get("outputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if masked_url(rule.pointer("/upload/url")) {
+            out.push(format!("outputs[{i}].upload.url"));
+        }
+        if rule
+            .pointer("/upload/headers")
+            .and_then(Value::as_object)
+            .is_some_and(|h| h.values().any(|v| v == MASK))
+        {
+            out.push(format!("outputs[{i}].upload.headers"));
         }
     }
     if spec
@@ -134,6 +215,8 @@ mod tests {
             r#"{"git":{"url":"https://hunter22@h.example/x.git"}}"#,
             r#"{"image": 7, "secret_env": {"T": "hunter22"}"#,
             r#"{"git":{"url":"https://bot:hunter22@h/x"#,
+            r#"{"image":"x","inputs":[{"path":"a","url":"https://s3/b/k?X-Amz-Signature=hunter22"}]}"#,
+            r#"{"image":"x","outputs":[{"path":"a","upload":{"url":"https://s3/b/k?sig=hunter22","headers":{"Authorization":"Bearer hunter22"}}}]}"#,
         ] {
             let kept = stored(raw);
             assert!(!kept.contains("hunter22"), "{raw} -> {kept}");

@@ -28,7 +28,9 @@ pub struct JobSpec {
     pub secret_env: BTreeMap<String, String>,
     #[serde(default)]
     pub inputs: Vec<Input>,
-    pub outputs: Option<bool>,
+    /// `true`/`false` (collect `/dockhand/output` into Redis or not), or rules
+    /// sending some files to upload URLs instead (the rest still collected).
+    pub outputs: Option<Outputs>,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -151,7 +153,72 @@ pub struct Input {
     pub path: String,
     pub content: Option<String>,
     pub content_base64: Option<String>,
+    /// http(s) URL fetched by the worker (see `crate::transfer`).
     pub url: Option<String>,
+    /// Lowercase hex sha256 the input must have; a mismatch aborts the job.
+    pub sha256: Option<String>,
+    /// A `url` input fed through a named pipe while the job runs, instead of
+    /// being downloaded before it starts.
+    pub stream: Option<bool>,
+}
+
+/// What becomes of `/dockhand/output`: collected or not, or collected with some
+/// files sent elsewhere (upload rules).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outputs {
+    Collect(bool),
+    Rules(Vec<OutputRule>),
+}
+
+impl<'de> Deserialize<'de> for Outputs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Outputs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false, or a list of output rules ({path | glob, upload})")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Outputs, E> {
+                Ok(Outputs::Collect(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Outputs, A::Error> {
+                let mut rules = Vec::new();
+                while let Some(rule) = seq.next_element::<OutputRule>()? {
+                    rules.push(rule);
+                }
+                Ok(Outputs::Rules(rules))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Output files (one `path`, or those matching a `glob`) sent to `upload`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRule {
+    pub path: Option<String>,
+    pub glob: Option<String>,
+    pub upload: Upload,
+    /// `always` (default): matching files go to the upload; `overflow`: only
+    /// those that do not fit within `limits.output_bytes`.
+    pub when: Option<String>,
+    /// `path` is a named pipe the job writes while it runs, streamed to the upload.
+    pub pipe: Option<bool>,
+}
+
+/// Where an output file is sent: an http(s) URL (a presigned object-store URL,
+/// typically) with its method and headers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    pub url: String,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

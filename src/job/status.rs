@@ -85,6 +85,9 @@ pub enum Reason {
     /// A parent named in `after` ended so that the job's `after_policy` cannot be
     /// met, or did not end in time (`jobs.dependency_wait_seconds`).
     DependencyFailed,
+    /// An input could not be fetched or did not verify (size, sha256), or an
+    /// output could not be uploaded; `error` names the input or file.
+    TransferError,
 }
 
 impl Reason {
@@ -101,6 +104,7 @@ impl Reason {
             Reason::ImageNotFound => "image_not_found",
             Reason::DockerError => "docker_error",
             Reason::DependencyFailed => "dependency_failed",
+            Reason::TransferError => "transfer_error",
         }
     }
 
@@ -117,6 +121,7 @@ impl Reason {
             Reason::ImageNotFound,
             Reason::DockerError,
             Reason::DependencyFailed,
+            Reason::TransferError,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)

@@ -50,7 +50,11 @@ pub struct Job {
     pub limits: ResolvedLimits,
     /// Files written into the container before it starts (inputs and the script).
     pub files: Vec<StagedFile>,
+    /// Inputs the worker fetches by URL (`crate::transfer`).
+    pub remote_inputs: Vec<super::RemoteInput>,
     pub collect_outputs: bool,
+    /// Output files sent to upload URLs instead of Redis (`crate::transfer`).
+    pub uploads: Vec<super::UploadRule>,
     pub retry: super::RetryPolicy,
     /// When the first run may start (`delay_seconds`, `run_at`); `None` is now.
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
@@ -131,7 +135,8 @@ pub fn validate_at(
     unique(&spec)?;
     super::after::after(&spec, &id)?;
     super::after::batch(&spec)?;
-    let mut files = stage_inputs(&spec)?;
+    let (mut files, remote_inputs) = stage_inputs(&spec)?;
+    let (collect_outputs, uploads) = super::transfer::outputs(&spec.outputs)?;
     let entrypoint = entrypoint(&spec)?;
     let mut workdir = workdir(&spec)?;
     user(&spec)?;
@@ -154,7 +159,9 @@ pub fn validate_at(
         ports,
         limits,
         files,
-        collect_outputs: spec.outputs.unwrap_or(true),
+        remote_inputs,
+        collect_outputs,
+        uploads,
         retry,
         not_before,
         spec,
@@ -387,8 +394,7 @@ fn command(
 }
 
 /// The job's own `webhooks[]`, checked here rather than at delivery, so a producer
-/// hears of a bad one at once. (`inputs[].url`, which this version does not fetch
-/// yet, is refused by name in `stage_inputs`.)
+/// hears of a bad one at once.
 fn job_webhooks(spec: &JobSpec) -> Result<(), Rejection> {
     for (i, hook) in spec.webhooks.iter().enumerate() {
         crate::webhook::subscribers::check_job_webhook(hook)
@@ -564,11 +570,13 @@ fn resolve_limits(spec: &JobSpec, d: &LimitSettings) -> Result<ResolvedLimits, R
     })
 }
 
-/// The inputs, decoded, within [`MAX_STAGED_BYTES`] together with the script.
+/// The inline inputs, decoded, within [`MAX_STAGED_BYTES`] together with the
+/// script, and the URL inputs, checked (their sizes are bounded when fetched).
 /// A size is checked before anything is decoded, and no input may sit inside
 /// another (`a` and `a/b`: one would silently replace the other).
-fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
+fn stage_inputs(spec: &JobSpec) -> Result<(Vec<StagedFile>, Vec<super::RemoteInput>), Rejection> {
     let mut files = Vec::new();
+    let mut remote = Vec::new();
     let mut seen = BTreeSet::new();
     let mut total = spec.script.as_ref().map_or(0, |s| s.content.len());
     let over = || {
@@ -619,11 +627,9 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
                         )
                     })?
             }
-            (None, None, Some(_)) => {
-                return Err(Rejection::invalid(
-                    &format!("{field}.url"),
-                    "is not supported by this worker version yet",
-                ))
+            (None, None, Some(url)) => {
+                remote.push(super::transfer::remote(i, rel, url, input)?);
+                continue;
             }
             _ => {
                 return Err(Rejection::invalid(
@@ -632,6 +638,7 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
                 ))
             }
         };
+        super::transfer::inline(i, input, &content)?;
         total += content.len();
         if total > MAX_STAGED_BYTES {
             return Err(over());
@@ -642,7 +649,7 @@ fn stage_inputs(spec: &JobSpec) -> Result<Vec<StagedFile>, Rejection> {
             mode: 0o644,
         });
     }
-    Ok(files)
+    Ok((files, remote))
 }
 
 #[cfg(test)]
@@ -922,6 +929,96 @@ mod tests {
             r#"{{"image":"x","inputs":[{{"path":"in","content_base64":"{b64}"}}]}}"#
         ));
         assert!(err.message.contains("more than 64 MiB"), "{}", err.message);
+    }
+
+    #[test]
+    fn url_inputs_and_upload_rules_are_checked_naming_the_field() {
+        let job = check(r#"{"image":"x","inputs":[{"path":"a","content":"1"},{"path":"d/big.bin","url":"https://h.example/big?sig=1","sha256":"AB00000000000000000000000000000000000000000000000000000000000000","stream":true}],
+            "outputs":[{"path":"big.bin","upload":{"url":"https://s3.example/b/big.bin?X-Amz-Signature=1"}},{"glob":"**/*.log","when":"overflow","upload":{"url":"https://s3.example/b/{name}","method":"post","headers":{"x-amz-acl":"private"}}}]}"#).unwrap();
+        assert_eq!(job.files.len(), 1);
+        let input = &job.remote_inputs[0];
+        assert_eq!(
+            (input.index, input.path.as_str(), input.stream),
+            (1, "d/big.bin", true)
+        );
+        assert!(input.sha256.as_deref().unwrap().starts_with("ab00"));
+        assert!(job.collect_outputs);
+        assert_eq!(job.uploads.len(), 2);
+        assert_eq!(job.uploads[1].method, "POST");
+        assert!(job.uploads[1].matches("x/y.log") && !job.uploads[1].matches("y.txt"));
+
+        for (json, field) in [
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"ftp://h/x"}]}"#,
+                "`inputs[0].url`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","content":"1"},{"path":"b","url":"http://u:p@h/x"}]}"#,
+                "`inputs[1].url`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"/relative"}]}"#,
+                "`inputs[0].url`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"http://h/x","sha256":"abc"}]}"#,
+                "`inputs[0].sha256`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","content":"1","stream":true}]}"#,
+                "`inputs[0].stream`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","content":"1","sha256":"0000000000000000000000000000000000000000000000000000000000000000"}]}"#,
+                "`inputs[0].sha256`",
+            ),
+            (
+                r#"{"image":"x","inputs":[{"path":"a","url":"http://h/x","content":"1"}]}"#,
+                "`inputs[0]`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"glob":"*.bin","upload":{"url":"http://h/one"}}]}"#,
+                "`outputs[0].upload.url`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","glob":"*","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0]`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"../a","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0].path`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{"url":"http://h/a","method":"DELETE"}}]}"#,
+                "`outputs[0].upload.method`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{"url":"http://h/a","headers":{"Host":"evil"}}}]}"#,
+                "`outputs[0].upload.headers.Host`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{"url":"http://h/a","headers":{"x":"a\r\nb: c"}}}]}"#,
+                "`outputs[0].upload.headers.x`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","when":"later","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0].when`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"result.json","upload":{"url":"http://h/a"}}]}"#,
+                "`outputs[0].path`",
+            ),
+            (
+                r#"{"image":"x","outputs":[{"path":"a","upload":{}}]}"#,
+                "`outputs[0].upload`",
+            ),
+            (r#"{"image":"x","outputs":"yes"}"#, "`outputs`"),
+        ] {
+            let err = refused(json);
+            assert_eq!(err.reason, Reason::InvalidSpec, "{json}");
+            assert!(err.message.starts_with(field), "{json}: {}", err.message);
+            assert!(!err.message.contains("u:p@"), "{}", err.message);
+        }
     }
 
     #[test]

@@ -38,7 +38,14 @@ pub(super) async fn conclude(
             name: name.clone(),
             size: content.len() as u64,
             sha256: hex::encode(Sha256::digest(content)),
+            location: crate::state::IN_REDIS.to_string(),
         })
+        .chain(run.output.uploaded.iter().map(|u| FileInfo {
+            name: u.name.clone(),
+            size: u.size,
+            sha256: u.sha256.clone(),
+            location: u.location.clone(),
+        }))
         .collect();
     record.files_dropped = run.output.dropped.clone();
     if !run.output.dropped.is_empty() {
@@ -118,6 +125,8 @@ pub(super) fn classify(e: &ExecError) -> (Reason, Option<i64>) {
             }
         }
         ExecError::Pull { .. } => (Reason::ImageNotFound, None),
+        ExecError::Transfer(t) if t.is_denied() => (Reason::PolicyDenied, None),
+        ExecError::Transfer(_) => (Reason::TransferError, None),
         // As a shell reports them: not found 127, not executable 126.
         ExecError::Spawn { source, .. } => match source.kind() {
             std::io::ErrorKind::NotFound => (Reason::ExitCode, Some(127)),

@@ -182,6 +182,7 @@ pub(super) async fn apply(
             name: name.clone(),
             size: content.len() as u64,
             sha256: hex::encode(Sha256::digest(&content)),
+            location: crate::state::IN_REDIS.to_string(),
         });
         files.push((name, content));
     }

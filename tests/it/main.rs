@@ -32,5 +32,6 @@ mod results;
 mod schedules;
 mod services;
 mod soak;
+mod streams;
 mod webhook_send;
 mod webhooks;

@@ -19,7 +19,7 @@
   const LOG_KEEP = 5000; // log lines kept in the page; older ones are dropped from view
   const STATUSES = ['queued', 'scheduled', 'waiting', 'building', 'running', 'completed', 'aborted'];
   const REASONS = ['exit_code', 'aborted_by_job', 'timeout', 'cancelled', 'build_error',
-    'invalid_spec', 'worker_lost', 'policy_denied', 'image_not_found', 'docker_error', 'dependency_failed'];
+    'invalid_spec', 'worker_lost', 'policy_denied', 'image_not_found', 'docker_error', 'dependency_failed', 'transfer_error'];
   const FINISHED = new Set(['completed', 'aborted']);
   const TOKEN_KEY = 'dockhand.token';
 
