@@ -477,6 +477,7 @@ async fn no_credential_is_stored_in_clear_whatever_its_shape() {
         stored.extend(hash.into_iter().flat_map(|(k, v)| [k, v]));
         stored.extend(stream_values(&mut c, &env.keys.log(id)).await);
     }
+    crate::common::dead_entries_become(&env, "default", 2).await;
     let dead = stream_values(&mut c, &env.keys.dead("default")).await;
     // The list and the broken entry are refused at validation (the two git ones
     // when their host is checked; `secret_env` given twice runs with the last).

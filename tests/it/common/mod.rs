@@ -630,3 +630,16 @@ pub async fn cli(env: &Env, args: &[&str]) -> std::process::Output {
         .await
         .expect("the dockhand binary runs")
 }
+
+/// Waits until the queue's dead stream holds `n` entries: an entry is moved there
+/// in a step after its job's state is written, so it may lag the state a moment.
+pub async fn dead_entries_become(env: &Env, queue: &str, n: usize) {
+    wait_until(
+        &format!("{n} entries in the dead stream of {queue}"),
+        || async {
+            let len: usize = env.conn().await.xlen(env.keys.dead(queue)).await.unwrap();
+            (len == n).then_some(())
+        },
+    )
+    .await;
+}
