@@ -98,6 +98,8 @@ pub(super) async fn attempt(
     let mask = log.mask.clone();
     let summary = log.close().await;
     record::close(&mut record, &summary, &mask);
+    // Spares the terminal write an EXPIRE of each key that cannot exist.
+    record.absent.log = summary.last_seq == 0;
 
     match cause {
         // Fenced: if another worker has taken the job over, every write and the
@@ -115,6 +117,7 @@ pub(super) async fn attempt(
             async move { state::store_files(&mut conn, keys, id, files).await }
         })
         .await?;
+    record.absent.files = files.is_empty() && record.attempt == 1;
     Ok(Ending::Finish(record, job))
 }
 
