@@ -4,7 +4,10 @@
 //!
 //! Invariant: whatever happens (exit, timeout, stop, a Docker error half-way),
 //! the container and the job's services are removed before [`Executor::run`]
-//! returns; a failure to reach the engine marks it unreachable.
+//! returns, or its removal is started on a task of its own that the caller
+//! waits for ([`super::RunContext::remove_later`]: the removal decides nothing,
+//! so the outcome is written and the slot freed without waiting for it); a
+//! failure to reach the engine marks it unreachable.
 
 use super::{
     container, files, follow, progress, services, ExecError, Executor, RunContext, RunOutcome,
@@ -59,7 +62,17 @@ impl Executor {
             .create(&name, body, &job.image, "create the container")
             .await?;
         let result = self.run_created(&id, job, ctx).await;
-        self.remove(&id).await;
+        match ctx.remove_later.filter(|_| job.services.is_empty()) {
+            Some(later) => {
+                let executor = self.clone();
+                let removal = tokio::spawn(async move { executor.remove(&id).await });
+                later
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(removal);
+            }
+            None => self.remove(&id).await,
+        }
         result
     }
 

@@ -199,6 +199,7 @@ async fn run(
         entry: &turn.entry.id,
         deployment,
         progress,
+        remove_later: Some(turn.remove_later),
     };
     Ok(ctx.executor.run(job, context).await)
 }

@@ -58,6 +58,9 @@ pub(super) struct Turn<'a> {
     pub raw: &'a [u8],
     /// The entry with secrets redacted: what is kept for people to read.
     pub stored: &'a [u8],
+    /// The removals of the turn's containers, under way; waited for once the
+    /// turn is over and its permit is free.
+    pub remove_later: &'a std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Turn<'_> {
