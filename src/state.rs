@@ -7,8 +7,10 @@
 //!   second entry with the same `id` is recognised as a duplicate.
 //! - Each state change and its event on `dockhand:events` happen in one script:
 //!   there is no state without its event, and no event for a state not written.
-//! - A terminal write sets the retention expiry on the hash in the same step; the
-//!   job's files and log stream get the same expiry right after.
+//! - A terminal write sets the retention expiry on the hash, and on the job's
+//!   files, log and wait when they may exist, in the same step; it adds the job
+//!   to the listing indexes there too, and acknowledges its entry there when
+//!   nothing has to come between (see [`write_with`]).
 //! - The fleet-wide metrics a state moves (a job finished, its duration, its queue
 //!   wait) are counted in the same script as the state: never for a write that
 //!   was refused, never twice for one write.
