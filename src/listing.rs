@@ -5,8 +5,9 @@
 //! time in milliseconds:
 //!
 //! - `index:all` and `index:queue:<q>`: added once (`NX`) when a worker first
-//!   records the job;
-//! - `index:status:<completed|aborted>` and `index:reason:<r>`: added when it ends.
+//!   records the job (in the claim's own Lua step, `state::claim`);
+//! - `index:status:<completed|aborted>` and `index:reason:<r>`: added when it ends
+//!   (in the terminal write's own step, `state::write_with`).
 //!
 //! Invariants:
 //! - An index may hold a stale member (the job expired, or was run again and is
@@ -46,45 +47,6 @@ pub const ROW_FIELDS: &[&str] = &[
     "image",
     "error",
 ];
-
-/// Adds a job that a worker has just recorded for the first time.
-pub fn on_recorded(
-    pipe: &mut redis::Pipeline,
-    keys: &Keys,
-    id: &str,
-    queue: &str,
-    created_ms: i64,
-) {
-    pipe.cmd("ZADD")
-        .arg(keys.index("all", ""))
-        .arg("NX")
-        .arg(created_ms)
-        .arg(id)
-        .ignore()
-        .cmd("ZADD")
-        .arg(keys.index("queue", queue))
-        .arg("NX")
-        .arg(created_ms)
-        .arg(id)
-        .ignore();
-}
-
-/// Adds a job that has just ended.
-pub fn on_finished(
-    pipe: &mut redis::Pipeline,
-    keys: &Keys,
-    id: &str,
-    status: Status,
-    reason: Option<Reason>,
-    created_ms: i64,
-) {
-    pipe.zadd(keys.index("status", status.as_str()), id, created_ms)
-        .ignore();
-    if let Some(r) = reason {
-        pipe.zadd(keys.index("reason", r.as_str()), id, created_ms)
-            .ignore();
-    }
-}
 
 /// Milliseconds since the epoch of a time Dockhand wrote (RFC 3339); 0 if unreadable.
 pub fn millis(rfc3339: &str) -> i64 {

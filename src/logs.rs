@@ -210,6 +210,9 @@ struct Message<'a> {
 /// Starts the writer task for one job. Drop every [`LogSender`] clone, then await the
 /// handle to be sure every line is stored and published.
 /// The summary remembers the last `tail_lines` lines kept (for the job's webhook).
+/// `fresh`: the job was first recorded by this run, so no log of it exists yet
+/// (its last `seq` is 0 without asking Redis).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_writer(
     store: Store,
     keys: Keys,
@@ -217,14 +220,16 @@ pub fn spawn_writer(
     cap_bytes: u64,
     tail_lines: usize,
     mask: Mask,
+    fresh: bool,
 ) -> (LogSender, JoinHandle<LogSummary>) {
     let (tx, rx) = mpsc::channel(CHANNEL_LINES);
     let handle = tokio::spawn(write_lines(
-        store, keys, job_id, cap_bytes, tail_lines, mask, rx,
+        store, keys, job_id, cap_bytes, tail_lines, mask, fresh, rx,
     ));
     (LogSender { tx }, handle)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_lines(
     store: Store,
     keys: Keys,
@@ -232,12 +237,19 @@ async fn write_lines(
     cap_bytes: u64,
     tail_lines: usize,
     mask: Mask,
+    fresh: bool,
     mut rx: mpsc::Receiver<LogLine>,
 ) -> LogSummary {
     let stream_key = keys.log(&job_id);
     let channel = keys.log_channel(&job_id);
+    // A job seen for the first time has no log yet: nothing to continue.
+    let last_seq = if fresh {
+        0
+    } else {
+        last_stored_seq(&store, &stream_key).await
+    };
     let mut summary = LogSummary {
-        last_seq: last_stored_seq(&store, &stream_key).await,
+        last_seq,
         ..Default::default()
     };
     let mut capped = false;

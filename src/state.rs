@@ -7,8 +7,10 @@
 //!   second entry with the same `id` is recognised as a duplicate.
 //! - Each state change and its event on `dockhand:events` happen in one script:
 //!   there is no state without its event, and no event for a state not written.
-//! - A terminal write sets the retention expiry on the hash in the same step; the
-//!   job's files and log stream get the same expiry right after.
+//! - A terminal write sets the retention expiry on the hash, and on the job's
+//!   files, log and wait when they may exist, in the same step; it adds the job
+//!   to the listing indexes there too, and acknowledges its entry there when
+//!   nothing has to come between (see [`write_with`]).
 //! - The fleet-wide metrics a state moves (a job finished, its duration, its queue
 //!   wait) are counted in the same script as the state: never for a write that
 //!   was refused, never twice for one write.
@@ -64,6 +66,19 @@ pub struct JobRecord {
     /// the log stream has them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// What this run knows to be absent from Redis (never stored: it only
+    /// spares the terminal write an `EXPIRE` of a key that does not exist).
+    #[serde(skip)]
+    pub absent: Absent,
+}
+
+/// Keys of a job that its run knows do not exist.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Absent {
+    /// No files: a first attempt that returned none.
+    pub files: bool,
+    /// No log: not a line stored, by this run or an earlier one.
+    pub log: bool,
 }
 
 impl JobRecord {
@@ -89,6 +104,7 @@ impl JobRecord {
             files_dropped: Vec::new(),
             metadata: None,
             log_tail: Vec::new(),
+            absent: Absent::default(),
         }
     }
 
@@ -228,54 +244,65 @@ pub struct Claimed {
 }
 
 /// Creates or takes over the job hash for `entry`, and makes `consumer` its owner.
-/// KEYS[1] job hash, KEYS[2] events stream, KEYS[3] job log, KEYS[4] job files.
+/// KEYS[1] job hash, KEYS[2] events stream, KEYS[3] job log, KEYS[4] job files,
+/// KEYS[5] and KEYS[6] the listing indexes `all` and `queue:<q>`.
 /// ARGV: entry, id, queue, created_at, spec, events channel, queued event,
 /// consumer, requeue token ('' when the entry has none), events stream cap, the
-/// spec's unique_for_seconds (0: none), now (ms).
+/// spec's unique_for_seconds (0: none), now (ms), created_at in ms (the score).
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         local key, entry, consumer, token = KEYS[1], ARGV[1], ARGV[8], ARGV[9]
+        -- Every field this step looks at, in one read.
+        local h = redis.call('HMGET', key, 'entry', 'status', 'attempt', 'deliveries',
+            'cancel_requested', 'created_at', 'created_ms', 'requeue_token')
+        local owner, status, attempt, deliveries, cancel, created =
+            h[1], h[2], h[3] or '0', h[4] or '0', h[5] or '', h[6] or ''
         local function reply(kind)
-            return {kind, redis.call('HGET', key, 'status') or '', redis.call('HGET', key, 'attempt') or '0',
-                redis.call('HGET', key, 'deliveries') or '0', redis.call('HGET', key, 'cancel_requested') or '',
-                redis.call('HGET', key, 'created_at') or ''}
+            return {kind, status or '', attempt, deliveries, cancel, created}
         end
-        local owner = redis.call('HGET', key, 'entry')
         if owner and owner ~= entry then
-            if token ~= '' and redis.call('HGET', key, 'requeue_token') == token then
+            if token ~= '' and h[8] == token then
                 redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'deliveries', 1)
                 redis.call('HDEL', key, 'requeue_token')
+                deliveries = '1'
                 return reply('requeued')
             end
             -- unique_for_seconds: past the window, a finished job's id is free again;
             -- the new entry starts the job afresh (its last run's state, log and
             -- files are dropped).
             local window, now = tonumber(ARGV[11]), tonumber(ARGV[12])
-            local status = redis.call('HGET', key, 'status')
-            local since = tonumber(redis.call('HGET', key, 'created_ms') or '0') or 0
+            local since = tonumber(h[7] or '0') or 0
             if not (window > 0 and (status == 'completed' or status == 'aborted') and since + window * 1000 <= now) then
                 return reply('duplicate')
             end
             redis.call('DEL', key, KEYS[3], KEYS[4])
-            owner = nil
+            owner, status, attempt, deliveries, cancel, created = nil, nil, '0', '0', '', ''
         end
         if owner then
-            redis.call('HINCRBY', key, 'deliveries', 1)
-            local status = redis.call('HGET', key, 'status')
+            deliveries = tostring(redis.call('HINCRBY', key, 'deliveries', 1))
             if status ~= 'completed' and status ~= 'aborted' then
                 redis.call('HSET', key, 'owner', consumer)
-                redis.call('HDEL', key, 'requeue_token')
+                if h[8] then redis.call('HDEL', key, 'requeue_token') end
             end
             return reply('redelivered')
         end
-        redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'id', ARGV[2], 'queue', ARGV[3],
-            'spec', ARGV[5], 'deliveries', 1)
-        if redis.call('HEXISTS', key, 'status') == 0 then
-            redis.call('HSET', key, 'status', 'queued', 'created_at', ARGV[4], 'created_ms', ARGV[12], 'attempt', '0')
+        if status then
+            redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'id', ARGV[2], 'queue', ARGV[3],
+                'spec', ARGV[5], 'deliveries', 1)
+        else
+            status, attempt, created = 'queued', '0', ARGV[4]
+            redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'id', ARGV[2], 'queue', ARGV[3],
+                'spec', ARGV[5], 'deliveries', 1, 'status', status, 'created_at', created,
+                'created_ms', ARGV[12], 'attempt', attempt)
         end
+        deliveries = '1'
         redis.call('PUBLISH', ARGV[6], ARGV[7])
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'job.queued', 'job', ARGV[2], 'event', ARGV[7])
+        -- The listing indexes (see `listing`). Cluster: these and the events
+        -- stream are not in the job hash's slot (no key here has a hash tag).
+        redis.call('ZADD', KEYS[5], 'NX', ARGV[13], ARGV[2])
+        redis.call('ZADD', KEYS[6], 'NX', ARGV[13], ARGV[2])
         return reply('new')
         ",
     )
@@ -299,6 +326,8 @@ pub async fn claim(
         .key(keys.events())
         .key(keys.log(&record.id))
         .key(keys.files(&record.id))
+        .key(keys.index("all", ""))
+        .key(keys.index("queue", &record.queue))
         .arg(entry)
         .arg(&record.id)
         .arg(&record.queue)
@@ -311,14 +340,9 @@ pub async fn claim(
         .arg(events_max_len)
         .arg(unique_for_seconds)
         .arg(chrono::Utc::now().timestamp_millis())
+        .arg(crate::listing::millis(&record.created_at))
         .invoke_async(conn)
         .await?;
-    if kind == "new" {
-        let mut pipe = redis::pipe();
-        let created = crate::listing::millis(&record.created_at);
-        crate::listing::on_recorded(&mut pipe, keys, &record.id, &record.queue, created);
-        pipe.query_async::<()>(conn).await?;
-    }
     let claim = match kind.as_str() {
         "new" => Claim::New,
         "duplicate" => Claim::Duplicate { status },
@@ -336,31 +360,66 @@ pub async fn claim(
 
 /// Writes the record's fields if `entry` still owns the job and `consumer` still
 /// runs it, publishes the event, counts its metrics, and on a terminal state sets
-/// the expiry. Returns false when the job is not ours any more (another worker
-/// took it over): then nothing is counted either.
-/// KEYS[1] job hash, KEYS[2] events stream, KEYS[3..] one metric hash per
-/// increment. ARGV: entry, consumer, channel, event, expire seconds (0 = none),
-/// event type, job id, events stream cap, the number of increments n, n
-/// field/amount pairs (for KEYS[3..] in order), then field/value pairs.
+/// the expiry of the hash and of the job's other keys, adds it to the listing
+/// indexes and the throughput bucket, looks for jobs waiting for it, and (when
+/// asked, and nobody waits for it) acknowledges its entry: one step.
+/// Returns 0 when the job is not ours any more (another worker took it over):
+/// then nothing is written or counted. Otherwise 1, plus 2 when the entry was
+/// acknowledged, plus 4 when jobs wait for this one (then it was not).
+///
+/// Cluster: the job's keys, the events stream, the indexes, the metric hashes
+/// and the queue's stream and bucket are in different slots (only the last two
+/// carry the queue's hash tag); this step will have to be split, or the keys
+/// given one tag, before Redis Cluster.
+///
+/// KEYS: 1 job hash, 2 events stream, 3 files, 4 log, 5 status index, 6 reason
+/// index, 7 finished bucket, 8 dependents, 9 the job's own wait, 10 the entry's
+/// stream, 11.. one metric hash per increment. ARGV: 1 entry, 2 consumer, 3
+/// channel, 4 event ('' none), 5 expire seconds (0 = not terminal), 6 event
+/// type, 7 job id, 8 events stream cap, 9 the number of increments n, 10 flags
+/// (f: files may exist, l: the log may exist, w: the job has a wait, r: it has
+/// a reason, a: acknowledge), 11 created (ms), 12 group, 13 the entry's id in
+/// its stream, then n field/amount pairs, then field/value pairs.
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
-        if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+        local own = redis.call('HMGET', KEYS[1], 'entry', 'owner')
+        if own[1] ~= ARGV[1] or own[2] ~= ARGV[2] then return 0 end
         local n = tonumber(ARGV[9])
-        redis.call('HSET', KEYS[1], unpack(ARGV, 10 + 2 * n))
+        local ttl = tonumber(ARGV[5])
+        local flags = ARGV[10]
+        local function has(f) return string.find(flags, f, 1, true) ~= nil end
+        if ttl > 0 then
+            -- The terminal event's body, kept for its webhook deliveries (see webhook::outbox).
+            redis.call('HSET', KEYS[1], 'event', ARGV[4], unpack(ARGV, 14 + 2 * n))
+            redis.call('EXPIRE', KEYS[1], ttl)
+        else
+            redis.call('HSET', KEYS[1], unpack(ARGV, 14 + 2 * n))
+        end
         for i = 1, n do
-            redis.call('HINCRBY', KEYS[2 + i], ARGV[8 + 2 * i], ARGV[9 + 2 * i])
+            redis.call('HINCRBY', KEYS[10 + i], ARGV[12 + 2 * i], ARGV[13 + 2 * i])
         end
         if ARGV[4] ~= '' then
             redis.call('PUBLISH', ARGV[3], ARGV[4])
             redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', ARGV[6], 'job', ARGV[7], 'event', ARGV[4])
         end
-        local ttl = tonumber(ARGV[5])
-        if ttl > 0 then
-            -- The terminal event's body, kept for its webhook deliveries (see webhook::outbox).
-            redis.call('HSET', KEYS[1], 'event', ARGV[4])
-            redis.call('EXPIRE', KEYS[1], ttl)
+        if ttl == 0 then return 1 end
+        -- Keys the caller knows to be absent are left alone: an EXPIRE each otherwise.
+        if has('f') then redis.call('EXPIRE', KEYS[3], ttl) end
+        if has('l') then redis.call('EXPIRE', KEYS[4], ttl) end
+        if has('w') then redis.call('EXPIRE', KEYS[9], ttl) end
+        redis.call('ZADD', KEYS[5], ARGV[11], ARGV[7])
+        if has('r') then redis.call('ZADD', KEYS[6], ARGV[11], ARGV[7]) end
+        -- Throughput: a counter per queue and 10-second window, kept ten minutes.
+        if redis.call('INCRBY', KEYS[7], 1) == 1 then redis.call('EXPIRE', KEYS[7], 600) end
+        -- Jobs waiting for this one: their release (`deps`) comes before the ack.
+        if redis.call('EXISTS', KEYS[8]) == 1 then return 5 end
+        if has('a') then
+            local p = redis.call('XPENDING', KEYS[10], ARGV[12], ARGV[13], ARGV[13], 1)
+            if p[1] and p[1][2] ~= ARGV[2] then return 1 end
+            redis.call('XACK', KEYS[10], ARGV[12], ARGV[13])
+            redis.call('XDEL', KEYS[10], ARGV[13])
+            return 3
         end
         return 1
         ",
@@ -372,6 +431,45 @@ static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
 pub struct Owner<'a> {
     pub entry: &'a str,
     pub consumer: &'a str,
+}
+
+/// What the writer of a terminal state knows of the job's other keys, and
+/// whether the same step may acknowledge the entry.
+#[derive(Debug, Clone)]
+pub struct Terminal {
+    /// The job's files (`dockhand:job:<id>:files`) may exist.
+    pub files: bool,
+    /// Its log stream may exist.
+    pub log: bool,
+    /// It had `after` (its wait hash may exist).
+    pub wait: bool,
+    /// Acknowledge the entry (this stream, this id) in the same step, unless
+    /// jobs wait for this one. Only when nothing else must come between the
+    /// terminal write and the ack (deliveries, a batch, the dead stream).
+    pub ack: Option<(String, String)>,
+}
+
+impl Default for Terminal {
+    /// Knows nothing: every key may exist, no ack.
+    fn default() -> Self {
+        Terminal {
+            files: true,
+            log: true,
+            wait: true,
+            ack: None,
+        }
+    }
+}
+
+/// What [`write_with`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Written {
+    /// The state was written (this entry owns the job).
+    pub written: bool,
+    /// The entry was acknowledged in the same step.
+    pub acked: bool,
+    /// Jobs wait for this one (a terminal write only): their release is due.
+    pub dependents: bool,
 }
 
 /// Writes `record` (plus `extra` fields), publishing `event` (e.g. `job.started`).
@@ -386,58 +484,132 @@ pub async fn write(
     retention_seconds: u64,
     events_max_len: usize,
 ) -> Result<bool, StoreError> {
+    let w = write_with(
+        conn,
+        keys,
+        owner,
+        record,
+        event,
+        extra,
+        retention_seconds,
+        events_max_len,
+        &Terminal::default(),
+    )
+    .await?;
+    Ok(w.written)
+}
+
+/// [`write`], with what the caller knows for a terminal write.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_with(
+    conn: &mut Conn,
+    keys: &Keys,
+    owner: Owner<'_>,
+    record: &JobRecord,
+    event: &str,
+    extra: &[(&str, String)],
+    retention_seconds: u64,
+    events_max_len: usize,
+    terminal: &Terminal,
+) -> Result<Written, StoreError> {
+    let body = if event.is_empty() {
+        String::new()
+    } else {
+        record.event(event)
+    };
+    write_prepared(
+        conn,
+        keys,
+        owner,
+        record,
+        (event, &body),
+        extra,
+        retention_seconds,
+        events_max_len,
+        terminal,
+    )
+    .await
+}
+
+/// [`write_with`], with the event's body made by the caller (`''` for none).
+#[allow(clippy::too_many_arguments)]
+pub async fn write_prepared(
+    conn: &mut Conn,
+    keys: &Keys,
+    owner: Owner<'_>,
+    record: &JobRecord,
+    (event, body): (&str, &str),
+    extra: &[(&str, String)],
+    retention_seconds: u64,
+    events_max_len: usize,
+    terminal: &Terminal,
+) -> Result<Written, StoreError> {
     let ttl = if record.is_terminal() {
         retention_seconds
     } else {
         0
     };
     let incs = observed(record, event);
+    let status_index = keys.index("status", record.status.as_str());
+    let reason_index = match record.reason {
+        Some(r) => keys.index("reason", r.as_str()),
+        None => status_index.clone(),
+    };
+    let bucket = keys.finished_bucket(&record.queue, chrono::Utc::now().timestamp() / 10);
+    let (stream, entry_id) = terminal
+        .ack
+        .clone()
+        .unwrap_or_else(|| (keys.jobs(&record.queue), String::new()));
+    let mut flags = String::new();
+    for (on, f) in [
+        (terminal.files, 'f'),
+        (terminal.log, 'l'),
+        (terminal.wait, 'w'),
+        (record.reason.is_some(), 'r'),
+        (terminal.ack.is_some(), 'a'),
+    ] {
+        if on {
+            flags.push(f);
+        }
+    }
     let mut inv = WRITE.key(keys.job(&record.id));
-    inv.key(keys.events());
+    inv.key(keys.events())
+        .key(keys.files(&record.id))
+        .key(keys.log(&record.id))
+        .key(status_index)
+        .key(reason_index)
+        .key(bucket)
+        .key(keys.dependents(&record.id))
+        .key(keys.wait(&record.id))
+        .key(stream);
     for inc in &incs {
         inv.key(keys.metric(inc.metric));
     }
     inv.arg(owner.entry)
         .arg(owner.consumer)
         .arg(keys.events_channel())
-        .arg(if event.is_empty() {
-            String::new()
-        } else {
-            record.event(event)
-        })
+        .arg(body)
         .arg(ttl)
         .arg(event)
         .arg(&record.id)
         .arg(events_max_len)
-        .arg(incs.len());
+        .arg(incs.len())
+        .arg(flags)
+        .arg(crate::listing::millis(&record.created_at))
+        .arg(crate::queue::GROUP)
+        .arg(entry_id);
     for inc in &incs {
         inv.arg(&inc.field).arg(inc.by);
     }
     for (field, value) in record.fields().iter().chain(extra.iter()) {
         inv.arg(*field).arg(value);
     }
-    let written: i64 = inv.invoke_async(conn).await?;
-    if written == 1 && ttl > 0 {
-        let mut pipe = redis::pipe();
-        pipe.expire(keys.files(&record.id), ttl as i64)
-            .ignore()
-            .expire(keys.log(&record.id), ttl as i64)
-            .ignore();
-        let created = crate::listing::millis(&record.created_at);
-        crate::listing::on_finished(
-            &mut pipe,
-            keys,
-            &record.id,
-            record.status,
-            record.reason,
-            created,
-        );
-        // Throughput: a counter per queue and 10-second window, kept ten minutes.
-        let bucket = keys.finished_bucket(&record.queue, chrono::Utc::now().timestamp() / 10);
-        pipe.incr(&bucket, 1).ignore().expire(&bucket, 600).ignore();
-        pipe.query_async::<()>(conn).await?;
-    }
-    Ok(written == 1)
+    let code: i64 = inv.invoke_async(conn).await?;
+    Ok(Written {
+        written: code & 1 == 1,
+        acked: code & 2 == 2,
+        dependents: code & 4 == 4,
+    })
 }
 
 /// The metrics a write of `record` moves, counted in the same step as the state

@@ -85,6 +85,12 @@ pub struct RunContext<'a> {
     pub deployment: &'a str,
     /// Where `progress.json` is sent while the container runs; `None`: not read.
     pub progress: Option<&'a progress::ProgressFile>,
+    /// Where the removal of the job's container goes once its outcome is read:
+    /// it runs on its own task, beside the writing of the outcome, and the
+    /// caller waits for it after the job's slot is free. `None`: removed before
+    /// [`Executor::run`] returns. A job with services has its container removed
+    /// before them either way (their network needs it).
+    pub remove_later: Option<&'a std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 #[derive(Clone)]

@@ -5,7 +5,10 @@
 //!
 //! Invariant: whatever happens (exit, timeout, stop, a Docker error half-way),
 //! the container and the job's services are removed before [`Executor::run`]
-//! returns; a failure to reach the engine marks it unreachable.
+//! returns, or its removal is started on a task of its own that the caller
+//! waits for ([`super::RunContext::remove_later`]: the removal decides nothing,
+//! so the outcome is written and the slot freed without waiting for it); a
+//! failure to reach the engine marks it unreachable.
 
 use super::progress::FileReport;
 use super::runner::{self, Ended, JobExecutor};
@@ -195,6 +198,19 @@ impl JobExecutor for Executor {
             image_id: inspect.image,
             output,
         })
+    }
+
+    async fn clean_up_later(&self, run: DockerRun, later: &std::sync::Mutex<Vec<JoinHandle<()>>>) {
+        if !run.sidecars.is_empty() {
+            // Its network needs the container gone before the services go.
+            return self.clean_up(run).await;
+        }
+        let executor = self.clone();
+        let removal = tokio::spawn(async move { executor.clean_up(run).await });
+        later
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(removal);
     }
 
     async fn clean_up(&self, run: DockerRun) {

@@ -91,6 +91,19 @@ pub trait JobExecutor: Sync {
     /// outcome is known already, and the sweep tries again.
     fn clean_up(&self, run: Self::Run) -> impl Future<Output = ()> + Send;
 
+    /// Like [`JobExecutor::clean_up`], but may start the removal on a task of its
+    /// own, pushed to `later` for the caller to wait for once the job's outcome
+    /// is written and its slot free (the removal decides nothing). By default it
+    /// cleans up at once.
+    fn clean_up_later(
+        &self,
+        run: Self::Run,
+        later: &std::sync::Mutex<Vec<JoinHandle<()>>>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = later;
+        self.clean_up(run)
+    }
+
     /// What runs of any worker left on this executor (for the sweep to judge).
     fn leftovers(&self) -> impl Future<Output = Result<Vec<Labelled>, ExecError>> + Send;
 
@@ -112,7 +125,10 @@ pub async fn drive<E: JobExecutor>(
             .map_err(|e| ExecError::AfterStart(Box::new(e)))
     }
     .await;
-    exec.clean_up(run).await;
+    match ctx.remove_later {
+        Some(later) => exec.clean_up_later(run, later).await,
+        None => exec.clean_up(run).await,
+    }
     result
 }
 

@@ -23,6 +23,13 @@ pub(super) struct Sidecars {
     containers: Vec<String>,
 }
 
+impl Sidecars {
+    /// Whether the job had no services (nothing but its container to remove).
+    pub fn is_empty(&self) -> bool {
+        self.network.is_none() && self.containers.is_empty()
+    }
+}
+
 impl Executor {
     /// Makes the job's network, then starts each service on it and waits until
     /// all of them run. What was made goes into `sidecars` as it is made.

@@ -55,7 +55,7 @@ local function lane_of(job, first)
 end
 "#;
 
-/// KEYS: the 19 lanes, highest first. ARGV: group, consumer, '1' for a fair
+/// KEYS: the 19 lanes, highest first (so KEYS[10] is the main stream). ARGV: group, consumer, '1' for a fair
 /// claim. Returns {lane index (1-based), id, fields} or nil.
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -94,8 +94,15 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
             if #e > 0 then return e[1][1] end
             return nil
         end
-        local present = {}
-        for i = 1, #KEYS do present[i] = redis.call('EXISTS', KEYS[i]) == 1 end
+        -- Which lanes exist. Usually only the main stream (KEYS[10], priority 0)
+        -- does: one EXISTS over the 18 others says so, instead of one per lane.
+        local present, others = {}, {}
+        for i = 1, #KEYS do if i ~= 10 then others[#others + 1] = KEYS[i] end end
+        if redis.call('EXISTS', unpack(others)) == 0 then
+            for i = 1, #KEYS do present[i] = (i == 10) end
+        else
+            for i = 1, #KEYS do present[i] = redis.call('EXISTS', KEYS[i]) == 1 end
+        end
         if ARGV[3] == '1' then
             local best, best_id = nil, nil
             for i = 1, #KEYS do

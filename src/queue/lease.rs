@@ -18,18 +18,23 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use std::sync::LazyLock;
 
 /// Resets the idle time of `entries` still held by `consumer`; returns those it lost.
-/// KEYS[1] stream. ARGV: group, consumer, entry ids.
+/// Two commands whatever the number of entries: one `XPENDING` over the span of
+/// the ids, for this consumer only, says which it still holds, and one `XCLAIM`
+/// renews them all. KEYS[1] stream. ARGV: group, consumer, the entries' lowest
+/// id, highest id, then the entry ids.
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        local lost = {}
-        for i = 3, #ARGV do
-            local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-            if p[1] and p[1][2] == ARGV[2] then
-                redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-            else
-                table.insert(lost, ARGV[i])
-            end
+        local held = {}
+        local span = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[4], 10000, ARGV[2])
+        for _, p in ipairs(span) do held[p[1]] = true end
+        local keep, lost = {}, {}
+        for i = 5, #ARGV do
+            if held[ARGV[i]] then table.insert(keep, ARGV[i]) else table.insert(lost, ARGV[i]) end
+        end
+        if #keep > 0 then
+            table.insert(keep, 'JUSTID')
+            redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(keep))
         end
         return lost
         ",
@@ -46,12 +51,33 @@ pub async fn renew(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
+    let (low, high) = span(entries);
     let mut inv = RENEW.key(stream);
-    inv.arg(GROUP).arg(consumer);
+    inv.arg(GROUP).arg(consumer).arg(low).arg(high);
     for e in entries {
         inv.arg(e);
     }
     Ok(inv.invoke_async(conn).await?)
+}
+
+/// The lowest and highest of stream entry ids (`<ms>-<seq>`, compared as numbers).
+fn span(entries: &[String]) -> (&str, &str) {
+    let key = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    let low = entries
+        .iter()
+        .min_by_key(|e| key(e))
+        .map_or("-", |e| e.as_str());
+    let high = entries
+        .iter()
+        .max_by_key(|e| key(e))
+        .map_or("+", |e| e.as_str());
+    (low, high)
 }
 
 /// Sets this worker's liveness key and its line in the workers hash.
@@ -165,4 +191,18 @@ pub async fn take_over(
         .into_iter()
         .next()
         .map(|id| Entry::from_stream(queue, lane, id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span;
+
+    #[test]
+    fn the_span_compares_ids_as_numbers() {
+        let ids: Vec<String> = ["9-1", "10-0", "9-10"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(span(&ids), ("9-1", "10-0"));
+    }
 }

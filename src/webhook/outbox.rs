@@ -136,7 +136,24 @@ pub async fn enqueue_for_job(
     let (queue, entry) = (queue.unwrap_or_default(), entry.unwrap_or_default());
 
     let targets = targets(conn, keys, &event, &queue, spec).await?;
+    make(conn, keys, job, &entry, &event, &body, targets, retention).await
+}
 
+/// Makes the deliveries of one job event to `targets` (idempotent), for a
+/// caller that knows the body and has the targets already (the worker that
+/// has just written the terminal state): no read of the job hash.
+#[allow(clippy::too_many_arguments)]
+pub async fn make(
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+    entry: &str,
+    event: &str,
+    body: &str,
+    targets: Vec<NewDelivery>,
+    retention: u64,
+) -> Result<usize, StoreError> {
+    let (entry, event, body) = (entry.to_string(), event.to_string(), body.to_string());
     let now = chrono::Utc::now();
     let mut made = 0;
     for t in targets {

@@ -67,6 +67,8 @@ pub(super) async fn admit(
     }
     // From here this worker owns the job; every write checks that it still does.
     record.attempt = claimed.attempt;
+    // A hash this claim made (or started afresh) has no log beside it yet.
+    record.absent.log = claimed.claim == Claim::New;
     if !claimed.created_at.is_empty() {
         record.created_at = claimed.created_at.clone();
     }

@@ -38,7 +38,8 @@ pub(super) async fn attempt(
     record.started_at = Some(crate::time::now());
     record.finished_at = None;
     record.worker = Some(ctx.worker_id.clone());
-    let log = JobLog::start(ctx, &job);
+    // `absent.log` here: the claim made the job's hash, so it has no log yet.
+    let log = JobLog::start(ctx, &job, record.absent.log);
     let prepared = image(turn, registration, record, job, &log.sender).await?;
     let (mut record, mut job) = match prepared {
         Ok(ready) => ready,
@@ -104,6 +105,9 @@ pub(super) async fn attempt(
     let mask = log.mask.clone();
     let summary = log.close().await;
     record::close(&mut record, &summary, &mask);
+    // Spares the terminal write an EXPIRE of each key that cannot exist: the
+    // log of a job first recorded by this run, which stored no line.
+    record.absent.log = record.absent.log && summary.last_seq == 0;
 
     match cause {
         // Fenced: if another worker has taken the job over, every write and the
@@ -121,6 +125,7 @@ pub(super) async fn attempt(
             async move { state::store_files(&mut conn, keys, id, files).await }
         })
         .await?;
+    record.absent.files = files.is_empty() && record.attempt == 1;
     Ok(Ending::Finish(record, job))
 }
 
@@ -203,6 +208,7 @@ async fn run(
         entry: &turn.entry.id,
         deployment,
         progress,
+        remove_later: Some(turn.remove_later),
     };
     Ok(match (job.executor, &ctx.local) {
         (ExecutorKind::Docker, _) => ctx.executor.run(job, context).await,
@@ -236,7 +242,7 @@ struct JobLog {
 }
 
 impl JobLog {
-    fn start(ctx: &Ctx, job: &Job) -> JobLog {
+    fn start(ctx: &Ctx, job: &Job, fresh: bool) -> JobLog {
         let mask = logs::Mask::new(job.secret_env.values());
         let (sender, writer) = logs::spawn_writer(
             ctx.store.clone(),
@@ -245,6 +251,7 @@ impl JobLog {
             job.limits.log_bytes,
             ctx.settings.webhooks.log_tail_lines,
             mask.clone(),
+            fresh,
         );
         JobLog {
             sender,

@@ -58,6 +58,9 @@ pub(super) struct Turn<'a> {
     pub raw: &'a [u8],
     /// The entry with secrets redacted: what is kept for people to read.
     pub stored: &'a [u8],
+    /// The removals of the turn's containers, under way; waited for once the
+    /// turn is over and its permit is free.
+    pub remove_later: &'a std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Turn<'_> {
@@ -148,44 +151,134 @@ impl Turn<'_> {
         } else {
             "job.aborted"
         };
-        let written = self.write(&record, event, &[]).await?;
-        if written {
+        let bury = record.reason == Some(Reason::WorkerLost);
+        let has_after = !job.spec.after.is_empty();
+        let written = self.terminal(&record, event, bury, has_after).await?;
+        if written.written {
             self.ctx.finished.add(record.status);
         }
         tracing::info!(status = %record.status, reason = record.reason.map(Reason::as_str).unwrap_or(""), exit_code = ?record.exit_code, "job finished");
-        if written && record.reason == Some(Reason::WorkerLost) {
-            self.bury(&record, record.error.as_deref().unwrap_or_default())
-                .await?;
-        }
-        if written {
-            self.followers(&record).await?;
-            make_deliveries(self.ctx, &record.id, self.raw).await?;
-        }
-        ack(self.ctx, self.entry).await
+        Ok(())
     }
 
-    /// After a terminal write: the jobs waiting for this one, and its batch.
-    async fn followers(&self, record: &JobRecord) -> Result<(), StoreError> {
+    /// The terminal write and what must follow it before the entry is
+    /// acknowledged (the dead stream, the jobs waiting for this one, its batch,
+    /// its webhook deliveries), then the ack. When nothing needs to follow
+    /// (the usual job), the ack is made in the terminal write's own step.
+    /// The webhook targets are read first, so that the step knows whether
+    /// deliveries follow; a subscriber registered in between is one registered
+    /// after the job ended.
+    async fn terminal(
+        &self,
+        record: &JobRecord,
+        event: &str,
+        bury: bool,
+        has_after: bool,
+    ) -> Result<state::Written, StoreError> {
+        let ctx = self.ctx;
+        let (raw, queue) = (self.raw, &record.queue);
+        let targets = ctx
+            .store
+            .persist(|mut conn| async move {
+                crate::webhook::outbox::targets(&mut conn, &ctx.keys, event, queue, raw).await
+            })
+            .await?;
+        let batch = crate::batch::of_entry(self.raw).is_some();
+        let at_once = targets.is_empty() && !batch && !bury;
+        let terminal = state::Terminal {
+            files: !record.absent.files,
+            log: !record.absent.log,
+            wait: has_after,
+            ack: at_once.then(|| (self.entry.stream(&ctx.keys), self.entry.id.clone())),
+        };
+        // The body as the hash keeps it (`event`), which the deliveries carry.
+        let body = record.event(event);
+        let owner = self.owner();
+        let written = ctx
+            .store
+            .persist(|mut conn| {
+                let (body, terminal) = (&body, &terminal);
+                async move {
+                    let (retention, max) = (
+                        ctx.settings.jobs.retention_seconds,
+                        ctx.settings.jobs.events_max_len,
+                    );
+                    state::write_prepared(
+                        &mut conn,
+                        &ctx.keys,
+                        owner,
+                        record,
+                        (event, body),
+                        &[],
+                        retention,
+                        max,
+                        terminal,
+                    )
+                    .await
+                }
+            })
+            .await?;
+        if !written.written {
+            tracing::warn!("another worker owns this job now; this run's state was not written");
+        }
+        if written.acked {
+            return Ok(written);
+        }
+        if written.written {
+            if bury {
+                self.bury(record, record.error.as_deref().unwrap_or_default())
+                    .await?;
+            }
+            self.followers(record, written.dependents).await?;
+            if !targets.is_empty() {
+                let retention = ctx.settings.jobs.retention_seconds;
+                let (id, entry, body) = (&record.id, &self.entry.id, &body);
+                let made = ctx
+                    .store
+                    .persist(|mut conn| {
+                        let targets = targets.clone();
+                        async move {
+                            crate::webhook::outbox::make(
+                                &mut conn, &ctx.keys, id, entry, event, body, targets, retention,
+                            )
+                            .await
+                        }
+                    })
+                    .await?;
+                if made > 0 {
+                    ctx.deliveries_made.notify_one();
+                }
+            }
+        }
+        ack(ctx, self.entry).await?;
+        Ok(written)
+    }
+
+    /// After a terminal write: the jobs waiting for this one (when the write
+    /// found some: `dependents`), and its batch.
+    async fn followers(&self, record: &JobRecord, dependents: bool) -> Result<(), StoreError> {
         let end = super::release::Ended {
             id: &record.id,
             queue: &record.queue,
             status: record.status,
             reason: record.reason,
         };
-        super::release::ended(self.ctx, &end, self.raw).await
+        super::release::ended(self.ctx, &end, self.raw, dependents).await
     }
 
     /// Records a job refused before running, and keeps its raw entry in the dead stream.
     async fn reject(&self, mut record: JobRecord, rejection: Rejection) -> Result<(), StoreError> {
         tracing::warn!(reason = %rejection.reason, error = %rejection.message, "job refused");
         record.abort(rejection.reason, rejection.message.clone());
-        if self.write(&record, "job.aborted", &[]).await? {
+        // `bury` is true: the raw entry goes to the dead stream before the ack.
+        if self
+            .terminal(&record, "job.aborted", true, true)
+            .await?
+            .written
+        {
             self.ctx.finished.add(record.status);
-            self.bury(&record, &rejection.message).await?;
-            self.followers(&record).await?;
-            make_deliveries(self.ctx, &record.id, self.raw).await?;
         }
-        ack(self.ctx, self.entry).await
+        Ok(())
     }
 
     /// The turn failed on a Redis error over and over (not Redis being away): the

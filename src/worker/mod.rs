@@ -327,6 +327,7 @@ async fn claim_loop(
     let mut groups_ready = false;
     let served = ctx.settings.worker.queues.clone();
     let mut paused = std::collections::BTreeSet::new();
+    let mut paused_at = None;
     let mut claims: u64 = 0;
     while !token.is_cancelled() {
         let permit = tokio::select! {
@@ -344,9 +345,16 @@ async fn claim_loop(
                 queue::ensure_groups(&mut conn, &ctx.keys, &served).await?;
                 groups_ready = true;
             }
-            let now_paused = queue::paused(&mut conn, &ctx.keys, &served).await?;
-            report_paused(&paused, &now_paused);
-            paused = now_paused;
+            // The paused set is read at most once per `block_ms` (the time within
+            // which a pause takes effect), not on every claim: a busy worker
+            // would otherwise ask it once per job.
+            let block = Duration::from_millis(ctx.settings.worker.block_ms);
+            if paused_at.is_none_or(|at: std::time::Instant| at.elapsed() >= block) {
+                let now_paused = queue::paused(&mut conn, &ctx.keys, &served).await?;
+                report_paused(&paused, &now_paused);
+                paused = now_paused;
+                paused_at = Some(std::time::Instant::now());
+            }
             let queues: Vec<String> = served
                 .iter()
                 .filter(|q| !paused.contains(*q))
@@ -407,6 +415,7 @@ async fn claim_loop(
             }
             Err(ReadError::Store(e)) => {
                 groups_ready = false;
+                paused_at = None;
                 let delay = backoff.next_delay();
                 report_unreachable(&e, backoff.failures(), delay);
                 sleep_or_cancel(delay, &token).await;

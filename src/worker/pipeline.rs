@@ -6,6 +6,10 @@
 //! Invariants:
 //! - The entry is acknowledged only after the job's terminal state is written (or
 //!   the entry is found to be a duplicate or an already-finished redelivery).
+//! - The permit is given back as soon as the turn's outcome is written; the
+//!   container's removal runs beside that write, and the turn waits for it
+//!   after the permit is free (inside the tracked task, so a draining worker
+//!   waits for it too).
 //! - A job that cannot be parsed or validated is recorded `aborted` with reason
 //!   `invalid_spec` (or `policy_denied`) and its raw entry kept in the dead stream.
 //! - If Redis is unreachable when the outcome must be written, the write is retried
@@ -47,11 +51,13 @@ pub(super) async fn run(
         Some(fields) => job::for_storage(fields),
         None => job::for_storage(raw),
     };
+    let remove_later = std::sync::Mutex::new(Vec::new());
     let turn = Turn {
         ctx: &ctx,
         entry: &entry,
         raw,
         stored: &stored,
+        remove_later: &remove_later,
     };
     let tries = ctx.settings.worker.max_deliveries.max(1);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -74,8 +80,16 @@ pub(super) async fn run(
             tracing::error!(parent: &span, error = %error_chain(&e), "could not move the entry to the dead stream; it stays pending");
         }
     }
-    drop(registration);
+    // The outcome is written: the slot is free for the next job whether or not
+    // the container's removal (started when the run ended, and deciding
+    // nothing) is done. The registration stays until it is, so the orphan
+    // sweep leaves the container to us, and a drain waits for its removal.
     drop(permit);
+    let removals = std::mem::take(&mut *remove_later.lock().unwrap_or_else(|e| e.into_inner()));
+    for removal in removals {
+        let _ = removal.await;
+    }
+    drop(registration);
 }
 
 /// One try at the entry's turn, from admission to its end.

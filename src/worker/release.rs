@@ -22,23 +22,33 @@ pub(super) struct Ended<'a> {
 }
 
 /// Releases the job's dependents and counts it in its batch. `raw` is its
-/// entry as submitted (which names the batch).
-pub(super) async fn ended(ctx: &Ctx, end: &Ended<'_>, raw: &[u8]) -> Result<(), StoreError> {
+/// entry as submitted (which names the batch). `dependents`: the terminal
+/// write found jobs waiting for this one (it looks in the same step, and
+/// expires the job's own wait), so without them there is nothing to release.
+pub(super) async fn ended(
+    ctx: &Ctx,
+    end: &Ended<'_>,
+    raw: &[u8],
+    dependents: bool,
+) -> Result<(), StoreError> {
     let retention = ctx.settings.jobs.retention_seconds;
     let reason = end.reason.map(Reason::as_str).unwrap_or_default();
-    let released = ctx
-        .store
-        .persist(|mut conn| async move {
-            let n = crate::deps::parent_ended(
-                &mut conn, &ctx.keys, end.id, end.status, reason, retention,
-            )
-            .await?;
-            let mut pipe = redis::pipe();
-            crate::deps::expire_with_job(&mut pipe, &ctx.keys, end.id, retention);
-            pipe.query_async::<()>(&mut conn).await?;
-            Ok(n)
-        })
-        .await?;
+    let released = if !dependents {
+        0
+    } else {
+        ctx.store
+            .persist(|mut conn| async move {
+                let n = crate::deps::parent_ended(
+                    &mut conn, &ctx.keys, end.id, end.status, reason, retention,
+                )
+                .await?;
+                let mut pipe = redis::pipe();
+                crate::deps::expire_with_job(&mut pipe, &ctx.keys, end.id, retention);
+                pipe.query_async::<()>(&mut conn).await?;
+                Ok(n)
+            })
+            .await?
+    };
     if released > 0 {
         tracing::info!(released, "jobs waiting for this one were released");
     }
@@ -97,5 +107,5 @@ pub(super) async fn ended_before(ctx: &Ctx, id: &str, raw: &[u8]) -> Result<(), 
         status,
         reason: reason.as_deref().and_then(Reason::parse),
     };
-    ended(ctx, &end, raw).await
+    ended(ctx, &end, raw, true).await
 }

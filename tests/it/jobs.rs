@@ -132,10 +132,12 @@ async fn a_timeout_stops_the_container_and_removes_it() {
     );
     assert_eq!(env.lines(&id, "stdout").await, vec!["started"]);
     assert!(env.lines(&id, "system").await[0].contains("timed out"));
-    assert!(
-        containers_with_label(&format!("dockhand.job={id}")).is_empty(),
-        "the container is gone"
-    );
+    // Removed beside the outcome's write, not before it: wait for it.
+    let label = format!("dockhand.job={id}");
+    crate::common::eventually("the container is gone", || {
+        containers_with_label(&label).is_empty()
+    })
+    .await;
     worker.stop().await;
 }
 
@@ -154,7 +156,12 @@ async fn a_missing_image_is_named() {
     assert_eq!(job["status"], "aborted");
     assert_eq!(job["reason"], "image_not_found");
     assert!(job["error"].contains(missing), "{}", job["error"]);
-    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    // Removed beside the outcome's write, not before it: wait for it.
+    let label = format!("dockhand.job={id}");
+    crate::common::eventually("the job's container is removed", || {
+        containers_with_label(&label).is_empty()
+    })
+    .await;
     worker.stop().await;
 }
 
@@ -235,7 +242,12 @@ async fn a_command_that_does_not_exist_exits_127() {
     assert_eq!(job["reason"], "exit_code");
     assert_eq!(job["exit_code"], "127");
     assert!(job["error"].contains("no-such-program"), "{}", job["error"]);
-    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    // Removed beside the outcome's write, not before it: wait for it.
+    let label = format!("dockhand.job={id}");
+    crate::common::eventually("the job's container is removed", || {
+        containers_with_label(&label).is_empty()
+    })
+    .await;
     worker.stop().await;
 }
 
@@ -256,7 +268,12 @@ async fn a_docker_refusal_is_reported_with_the_daemons_message() {
     assert_eq!(job["status"], "aborted");
     assert_eq!(job["reason"], "docker_error");
     assert!(job["error"].contains("nosuchuser"), "{}", job["error"]);
-    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    // Removed beside the outcome's write, not before it: wait for it.
+    let label = format!("dockhand.job={id}");
+    crate::common::eventually("the job's container is removed", || {
+        containers_with_label(&label).is_empty()
+    })
+    .await;
     worker.stop().await;
 }
 

@@ -131,10 +131,14 @@ echo '{"result_text":"ro ok"}' > /dockhand/output/result.json
     let mut c = env.conn().await;
     let made: Vec<u8> = c.hget(env.keys.files(&id), "made.txt").await.unwrap();
     assert_eq!(made, b"made\n");
-    // The /dockhand volume went with its container.
+    // The /dockhand volume went with its container (removed beside the
+    // outcome's write, not before it: wait for it).
     let label = format!("dockhand.job={id}");
-    assert!(crate::common::containers_with_label(&label).is_empty());
-    assert!(crate::common::volumes_with_label(&label).is_empty());
+    crate::common::eventually("the container and its volume are removed", || {
+        crate::common::containers_with_label(&label).is_empty()
+            && crate::common::volumes_with_label(&label).is_empty()
+    })
+    .await;
 
     // Services run read-only too, with a /tmp of their own: this one serves what
     // it found.

@@ -284,7 +284,12 @@ async fn cancel_stops_queued_scheduled_and_running_jobs() {
         (job["status"].as_str(), job["reason"].as_str()),
         ("aborted", "cancelled")
     );
-    assert!(containers_with_label(&format!("dockhand.job={running}")).is_empty());
+    // Removed beside the outcome's write, not before it: wait for it.
+    let label = format!("dockhand.job={running}");
+    crate::common::eventually("the running job's container is removed", || {
+        containers_with_label(&label).is_empty()
+    })
+    .await;
     assert!(env
         .lines(&running, "system")
         .await
@@ -490,7 +495,12 @@ async fn a_cancel_missed_on_pub_sub_is_found_in_the_job_hash() {
         (job["status"].as_str(), job["reason"].as_str()),
         ("aborted", "cancelled")
     );
-    assert!(containers_with_label(&format!("dockhand.job={id}")).is_empty());
+    // Removed beside the outcome's write, not before it: wait for it.
+    let label = format!("dockhand.job={id}");
+    crate::common::eventually("the job's container is removed", || {
+        containers_with_label(&label).is_empty()
+    })
+    .await;
     worker.stop().await;
 }
 

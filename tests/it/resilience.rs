@@ -116,7 +116,10 @@ async fn an_outage_longer_than_the_lease_fences_then_requeues() {
     let job = env.finished(&id).await;
     assert_eq!(job["status"], "completed", "{job:?}");
     assert_eq!(job["attempt"], "2");
-    assert!(crate::common::containers_with_label(&label).is_empty());
+    crate::common::eventually("the second run's container is removed", || {
+        crate::common::containers_with_label(&label).is_empty()
+    })
+    .await;
     worker.stop().await;
 }
 
