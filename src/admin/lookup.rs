@@ -36,9 +36,13 @@ pub async fn queues(
         v
     };
     for key in &found {
-        let Some(q) = keys.queue_of(key) else { continue };
+        let Some(q) = keys.queue_of(key) else {
+            continue;
+        };
         let kind = &key[key.find("}:").map(|i| i + 2).unwrap_or(key.len())..];
-        let lane = kind.strip_prefix("jobs:p").is_some_and(|p| p.parse::<i64>().is_ok());
+        let lane = kind
+            .strip_prefix("jobs:p")
+            .is_some_and(|p| p.parse::<i64>().is_ok());
         if matches!(kind, "jobs" | "inbox" | "scheduled") || lane {
             queues.insert(q.to_string());
         }

@@ -32,5 +32,6 @@ mod results;
 mod schedules;
 mod services;
 mod soak;
+mod ssh_executor;
 mod webhook_send;
 mod webhooks;
