@@ -803,12 +803,9 @@ async fn collect_output(run: &SshRun, job: &Job) -> Result<JobOutput, ExecError>
     let mut closed = false;
     while let Some(msg) = ch.wait().await {
         match msg {
-            ChannelMsg::Data { data } => {
-                // A reader that stopped early (over budget) has dropped its end.
-                if tx.send(data).await.is_err() {
-                    break;
-                }
-            }
+            // A reader that stopped early (over budget) has dropped its end
+            // (a clone of `Bytes` is a reference count, not a copy).
+            ChannelMsg::Data { data } if tx.send(data.clone()).await.is_err() => break,
             ChannelMsg::Close => {
                 closed = true;
                 break;

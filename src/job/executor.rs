@@ -66,9 +66,7 @@ pub(super) fn choose(spec: &JobSpec) -> Result<ExecutorKind, Rejection> {
                     "host",
                     "is required with the ssh executor: one of the worker's executors.ssh.hosts",
                 )),
-                Some(h) if h.is_empty() => {
-                    return Err(Rejection::invalid("host", "must not be empty"))
-                }
+                Some("") => return Err(Rejection::invalid("host", "must not be empty")),
                 Some(_) => {}
             }
             // A host's interpreters are named, and looked up in the worker's config.
