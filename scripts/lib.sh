@@ -84,6 +84,10 @@ dh_install_missing() {
     command -v curl >/dev/null 2>&1 || pkgs+=(curl)
     # The dashboard's test drives a real headless browser (tests/it/dashboard.rs).
     command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+    # The SSH executor's tests start a real OpenSSH server on loopback
+    # (tests/it/ssh_executor.rs); its python3 is the "remote" interpreter.
+    [[ -x /usr/sbin/sshd ]] || pkgs+=(openssh-server)
+    command -v ssh-keygen >/dev/null 2>&1 || pkgs+=(openssh-client)
 
     if ((${#pkgs[@]} > 0)); then
         local -a sudo=()

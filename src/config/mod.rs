@@ -62,6 +62,91 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ExecutorSettings {
     pub local: LocalExecutorSettings,
+    /// `[executors.ssh.hosts.<name>]`; no hosts (the default) offers no SSH.
+    #[serde(default)]
+    pub ssh: SshExecutorSettings,
+}
+
+/// `[executors.ssh]`: the hosts that `"executor": "ssh"` jobs may name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshExecutorSettings {
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, SshHost>,
+}
+
+/// One host of `[executors.ssh.hosts.<name>]`. It holds paths, never key
+/// material: the key is read when a run connects, so `Debug` prints nothing secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshHost {
+    pub address: String,
+    #[serde(default = "ssh_port")]
+    pub port: u16,
+    pub user: String,
+    /// The private key (OpenSSH format, unencrypted) the worker logs in with.
+    pub key_file: String,
+    /// The host's keys, in OpenSSH `known_hosts` format: a key not listed is refused.
+    pub known_hosts: String,
+    /// Interpreter names a job's `script.interpreter` may give, and the command
+    /// line (words split on whitespace) each runs as on the host.
+    #[serde(default)]
+    pub interpreters: std::collections::BTreeMap<String, String>,
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+
+impl SshExecutorSettings {
+    /// Names the first key of a host that cannot work.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, host) in &self.hosts {
+            let key = |k: &str| format!("executors.ssh.hosts.{name}.{k}");
+            let bad = |k: &str, why: &str| Err(ConfigError::Invalid(format!("`{}` {why}", key(k))));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "`executors.ssh.hosts.{name}`: a host name is letters, digits, _ . -"
+                )));
+            }
+            if host.address.trim().is_empty() {
+                return bad("address", "must name the host (a name or an IP address)");
+            }
+            if host.port == 0 {
+                return bad("port", "must be between 1 and 65535");
+            }
+            if host.user.trim().is_empty() {
+                return bad("user", "must name the remote user");
+            }
+            for (k, path) in [
+                ("key_file", &host.key_file),
+                ("known_hosts", &host.known_hosts),
+            ] {
+                if !path.starts_with('/') {
+                    return bad(k, "must be an absolute path");
+                }
+                if let Err(e) = std::fs::metadata(path) {
+                    return bad(k, &format!("cannot be read ({path}: {e})"));
+                }
+            }
+            for (interp, line) in &host.interpreters {
+                if line.trim().is_empty() {
+                    return bad(&format!("interpreters.{interp}"), "must not be empty");
+                }
+                if !line.trim_start().starts_with('/') {
+                    return bad(
+                        &format!("interpreters.{interp}"),
+                        "must start with the interpreter's absolute path",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[executors.local]`: jobs run as host processes, with no isolation.
@@ -436,6 +521,7 @@ impl Settings {
         if self.executors.local.enabled && !self.executors.local.base_dir.starts_with('/') {
             return bad("executors.local.base_dir", "must be an absolute path");
         }
+        self.executors.ssh.validate()?;
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1");
         }

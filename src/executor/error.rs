@@ -1,6 +1,16 @@
 //! What can go wrong when an executor runs a job, and which failures are the
-//! Docker engine not answering (worth trying again) rather than refusing. A
-//! failure on the worker's own host (the local executor) is never transient.
+//! Docker engine (or an SSH host) not answering (worth trying again) rather than
+//! refusing. A failure on the worker's own host (the local executor) is never
+//! transient.
+
+/// Why a step on an SSH host failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshFailure {
+    /// No answer, or the connection dropped: worth trying again.
+    Unreachable,
+    /// The host answered and said no (its key, the login, a command failed).
+    Refused,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -51,6 +61,17 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
+    /// A step on an SSH host failed: it could not be reached or the connection
+    /// dropped ([`SshFailure::Unreachable`], worth trying again), or
+    /// it refused (its key, the login, a command).
+    #[error("SSH host {host:?}: cannot {action}")]
+    Ssh {
+        host: String,
+        action: &'static str,
+        kind: SshFailure,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The engine answered, but not with what Dockhand needs (a network without a
     /// gateway address, say).
     #[error("{0}")]
@@ -73,6 +94,7 @@ impl ExecError {
             | ExecError::Docker { source, .. }
             | ExecError::Pull { source, .. } => unreachable(source),
             ExecError::AfterStart(inner) => inner.is_transient(),
+            ExecError::Ssh { kind, .. } => *kind == SshFailure::Unreachable,
             _ => false,
         }
     }

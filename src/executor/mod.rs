@@ -1,6 +1,7 @@
 //! The places that run jobs, behind one interface ([`JobExecutor`], driven by
 //! [`runner::drive`]): Docker through bollard ([`Executor`], the default), and
-//! the worker's own host ([`local::LocalExecutor`], `executors.local`). What
+//! the worker's own host ([`local::LocalExecutor`], `executors.local`), and
+//! the hosts of `executors.ssh.hosts` ([`ssh::SshExecutor`]). What
 //! only Docker gives (image builds, services, volumes, ports, networks, the
 //! results network) stays behind [`Executor`]; a job asking a worker for an
 //! executor it does not offer is refused ([`offered`]).
@@ -28,11 +29,12 @@ pub mod progress;
 mod run;
 pub mod runner;
 mod services;
+pub mod ssh;
 pub mod sweep;
 mod transfers;
 
 pub use container::{LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
-pub use error::{unreachable, ExecError};
+pub use error::{unreachable, ExecError, SshFailure};
 pub use files::{JobOutput, ResultFile};
 pub use runner::{Ended, JobExecutor};
 
@@ -57,6 +59,33 @@ pub fn offered(settings: &Settings, job: &crate::job::Job) -> Result<(), crate::
             "executor",
             "\"local\" is not offered: executors.local.enabled is false on this worker",
         )),
+        ExecutorKind::Ssh => {
+            let hosts = &settings.executors.ssh.hosts;
+            if hosts.is_empty() {
+                return Err(crate::job::Rejection::denied(
+                    "executor",
+                    "\"ssh\" is not offered: this worker has no executors.ssh.hosts",
+                ));
+            }
+            let name = job.spec.host.as_deref().unwrap_or_default();
+            let Some(host) = hosts.get(name) else {
+                return Err(crate::job::Rejection::denied(
+                    "host",
+                    format!("{name:?} is not one of this worker's executors.ssh.hosts"),
+                ));
+            };
+            match job.spec.script.as_ref().and_then(|s| s.interpreter.as_deref()) {
+                Some(i) if !host.interpreters.contains_key(i) => {
+                    Err(crate::job::Rejection::denied(
+                        "script.interpreter",
+                        format!(
+                            "{i:?} is not offered by host {name:?} (executors.ssh.hosts.{name}.interpreters)"
+                        ),
+                    ))
+                }
+                _ => Ok(()),
+            }
+        }
     }
 }
 

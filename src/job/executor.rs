@@ -16,6 +16,8 @@ pub enum ExecutorKind {
     Docker,
     /// A process on the worker's host, with no isolation (`executors.local`).
     Local,
+    /// A process on a host the worker's config names (`executors.ssh.hosts`).
+    Ssh,
 }
 
 impl ExecutorKind {
@@ -24,6 +26,7 @@ impl ExecutorKind {
         match self {
             ExecutorKind::Docker => "docker",
             ExecutorKind::Local => "local",
+            ExecutorKind::Ssh => "ssh",
         }
     }
 }
@@ -33,23 +36,57 @@ pub(super) fn choose(spec: &JobSpec) -> Result<ExecutorKind, Rejection> {
     let kind = match spec.executor.as_deref() {
         None | Some("docker") => ExecutorKind::Docker,
         Some("local") => ExecutorKind::Local,
+        Some("ssh") => ExecutorKind::Ssh,
         Some(other) => {
             return Err(Rejection::invalid(
                 "executor",
-                format!("{other:?} is not an executor (\"docker\" or \"local\")"),
+                format!("{other:?} is not an executor (\"docker\", \"local\" or \"ssh\")"),
             ))
         }
     };
-    if kind == ExecutorKind::Local {
-        local_can_give(spec)?;
+    match kind {
+        ExecutorKind::Docker if spec.host.is_some() => {
+            return Err(Rejection::invalid(
+                "host",
+                "is for \"executor\": \"ssh\" (the SSH host to run on)",
+            ))
+        }
+        ExecutorKind::Docker => {}
+        ExecutorKind::Local if spec.host.is_some() => {
+            return Err(Rejection::invalid(
+                "host",
+                "is for \"executor\": \"ssh\" (the SSH host to run on)",
+            ))
+        }
+        ExecutorKind::Local => host_process_can_give(spec, "local")?,
+        ExecutorKind::Ssh => {
+            host_process_can_give(spec, "ssh")?;
+            match spec.host.as_deref() {
+                None => return Err(Rejection::invalid(
+                    "host",
+                    "is required with the ssh executor: one of the worker's executors.ssh.hosts",
+                )),
+                Some("") => return Err(Rejection::invalid("host", "must not be empty")),
+                Some(_) => {}
+            }
+            // A host's interpreters are named, and looked up in the worker's config.
+            if let Some(script) = &spec.script {
+                if script.interpreter.is_none() {
+                    return Err(Rejection::invalid(
+                        "script.interpreter",
+                        "is required with the ssh executor: the name of one of the host's interpreters",
+                    ));
+                }
+            }
+        }
     }
     Ok(kind)
 }
 
-/// A local job runs a host process: images, containers' users and entrypoints,
-/// networks, sidecars, volumes and published ports are Docker's, and a host
-/// process cannot be given them.
-fn local_can_give(spec: &JobSpec) -> Result<(), Rejection> {
+/// A local or SSH job runs a host process: images, containers' users and
+/// entrypoints, networks, sidecars, volumes and published ports are Docker's,
+/// and a host process cannot be given them.
+fn host_process_can_give(spec: &JobSpec, name: &str) -> Result<(), Rejection> {
     let docker_only: [(&str, bool); 9] = [
         ("image", spec.image.is_some()),
         ("git", spec.git.is_some()),
@@ -64,14 +101,18 @@ fn local_can_give(spec: &JobSpec) -> Result<(), Rejection> {
     if let Some((field, _)) = docker_only.iter().find(|(_, given)| *given) {
         return Err(Rejection::denied(
             field,
-            "the local executor cannot give this (it runs a host process, not a container); \
-             use \"executor\": \"docker\"",
+            format!(
+                "the {name} executor cannot give this (it runs a host process, not a container); \
+                 use \"executor\": \"docker\""
+            ),
         ));
     }
     if spec.script.is_none() && spec.command.is_none() {
         return Err(Rejection::invalid(
             "command",
-            "is required with the local executor (or a `script`): there is no image default",
+            format!(
+                "is required with the {name} executor (or a `script`): there is no image default"
+            ),
         ));
     }
     Ok(())
@@ -102,6 +143,25 @@ mod tests {
         assert!(e.message.starts_with("`services`"), "{}", e.message);
         let e = choose_raw(r#"{"executor":"local"}"#).unwrap_err();
         assert!(e.message.starts_with("`command`"), "{}", e.message);
+        assert_eq!(
+            choose_raw(
+                r#"{"executor":"ssh","host":"lab1","script":{"content":"","interpreter":"python3"}}"#
+            ),
+            Ok(ExecutorKind::Ssh)
+        );
+        let e = choose_raw(r#"{"executor":"ssh","command":"true"}"#).unwrap_err();
+        assert!(e.message.starts_with("`host`"), "{}", e.message);
+        let e = choose_raw(r#"{"executor":"ssh","host":"h","script":{"content":""}}"#).unwrap_err();
+        assert!(
+            e.message.starts_with("`script.interpreter`"),
+            "{}",
+            e.message
+        );
+        let e = choose_raw(r#"{"executor":"ssh","host":"h","image":"i","command":"true"}"#)
+            .unwrap_err();
+        assert_eq!(e.reason, super::super::Reason::PolicyDenied);
+        let e = choose_raw(r#"{"image":"i","host":"h"}"#).unwrap_err();
+        assert!(e.message.starts_with("`host`"), "{}", e.message);
         let e = choose_raw(r#"{"executor":"vm","image":"i"}"#).unwrap_err();
         assert_eq!(e.reason, super::super::Reason::InvalidSpec);
     }

@@ -13,6 +13,8 @@ pub struct JobSpec {
     pub profile: Option<String>,
     /// Where the job runs: `docker` (the default) or `local` (a host process).
     pub executor: Option<String>,
+    /// With `"executor": "ssh"`: the name of one of the worker's SSH hosts.
+    pub host: Option<String>,
     pub image: Option<String>,
     pub git: Option<GitSpec>,
     pub command: Option<Command>,

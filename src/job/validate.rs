@@ -122,7 +122,9 @@ pub fn validate_at(
             (image, git, network(&spec, policy)?)
         }
         // No container: nothing to pull, and no network of its own to give.
-        super::ExecutorKind::Local => (String::new(), None, "none".to_string()),
+        super::ExecutorKind::Local | super::ExecutorKind::Ssh => {
+            (String::new(), None, "none".to_string())
+        }
     };
     let services = super::attach::services(&spec, policy)?;
     let mounts = super::attach::volumes(&spec, policy)?;

@@ -62,6 +62,8 @@ pub(super) async fn attempt(
     let results = match job.executor {
         ExecutorKind::Docker => ctx.results.as_ref(),
         ExecutorKind::Local => ctx.local_results.as_ref(),
+        // The host is elsewhere: the worker's loopback is not its loopback.
+        ExecutorKind::Ssh => None,
     };
     let urls = results.and_then(|host| host.open(&mut job));
     // Its progress, from PROGRESS_URL or (without it) progress.json; written
@@ -210,12 +212,16 @@ async fn run(
         progress,
         remove_later: Some(turn.remove_later),
     };
-    Ok(match (job.executor, &ctx.local) {
-        (ExecutorKind::Docker, _) => ctx.executor.run(job, context).await,
-        (ExecutorKind::Local, Some(local)) => local.run(job, context).await,
+    Ok(match (job.executor, &ctx.local, &ctx.ssh) {
+        (ExecutorKind::Docker, _, _) => ctx.executor.run(job, context).await,
+        (ExecutorKind::Local, Some(local), _) => local.run(job, context).await,
+        (ExecutorKind::Ssh, _, Some(ssh)) => ssh.run(job, context).await,
         // Refused at admission (`executor::offered`); kept an error, not a panic.
-        (ExecutorKind::Local, None) => Err(ExecError::Unusable(
+        (ExecutorKind::Local, None, _) => Err(ExecError::Unusable(
             "\"local\" is not offered: executors.local.enabled is false on this worker".into(),
+        )),
+        (ExecutorKind::Ssh, _, None) => Err(ExecError::Unusable(
+            "\"ssh\" is not offered: this worker has no executors.ssh.hosts".into(),
         )),
     })
 }

@@ -28,6 +28,8 @@ pub(crate) struct Ctx {
     pub executor: Executor,
     /// Runs `"executor": "local"` jobs; `None` unless `executors.local.enabled`.
     pub local: Option<LocalExecutor>,
+    /// Runs `"executor": "ssh"` jobs; `None` without `executors.ssh.hosts`.
+    pub ssh: Option<crate::executor::ssh::SshExecutor>,
     pub worker_id: String,
     /// This process's consumer name: unique, so two workers never share entries.
     pub consumer: String,

@@ -199,12 +199,20 @@ pub async fn run_with(
     } else {
         (None, None)
     };
+    let ssh = (!settings.executors.ssh.hosts.is_empty()).then(|| {
+        tracing::info!(
+            hosts = settings.executors.ssh.hosts.len(),
+            "offering the ssh executor"
+        );
+        crate::executor::ssh::SshExecutor::new(settings.clone(), &worker_id, &consumer)
+    });
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
         store,
         executor,
         local,
+        ssh,
         worker_id,
         consumer,
         running: Running::default(),

@@ -99,7 +99,7 @@ pub(super) async fn conclude(
     } else {
         let exited = match job.executor {
             crate::job::ExecutorKind::Docker => exit_message(&run, job.limits.memory),
-            crate::job::ExecutorKind::Local => {
+            crate::job::ExecutorKind::Local | crate::job::ExecutorKind::Ssh => {
                 format!("the process exited with code {}", run.exit_code)
             }
         };
@@ -134,6 +134,15 @@ pub(super) fn classify(e: &ExecError) -> (Reason, Option<i64>) {
             _ => (Reason::DockerError, None),
         },
         ExecError::PullTimedOut { .. } => (Reason::Timeout, None),
+        // The host went away with the job (before it started, the worker runs it
+        // again without using up an attempt: see `attempt::not_started`). It may
+        // have done part of its work: as when a worker dies, `retry.on`
+        // `worker_lost` decides whether it runs again.
+        ExecError::Ssh {
+            kind: crate::executor::SshFailure::Unreachable,
+            ..
+        } => (Reason::WorkerLost, None),
+        ExecError::Ssh { .. } => (Reason::DockerError, None),
         ExecError::Connect { .. }
         | ExecError::Docker { .. }
         | ExecError::Service { .. }

@@ -256,6 +256,20 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
             removed += 1;
         }
     }
+    // Runs on SSH hosts, judged alike (a host that is away is skipped this pass).
+    if let Some(ssh) = &ctx.ssh {
+        for run in ssh.leftovers().await.map_err(|e| error_chain(&e))? {
+            if is_live(ctx, deployment, &mut conn, &run)
+                .await
+                .map_err(|e| error_chain(&e))?
+            {
+                continue;
+            }
+            tracing::info!(run = %run.id.replace('\n', ":"), job_id = %run.job, consumer = %run.consumer, "removing an orphaned SSH run");
+            ssh.remove_leftover(&run).await;
+            removed += 1;
+        }
+    }
     // Networks of jobs' services, after their containers (a network in use stays).
     let networks = ctx
         .executor

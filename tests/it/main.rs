@@ -32,6 +32,7 @@ mod results;
 mod schedules;
 mod services;
 mod soak;
+mod ssh_executor;
 mod streams;
 mod webhook_send;
 mod webhooks;
