@@ -314,7 +314,7 @@ pub fn filter(
         .map(|s| {
             Status::parse(s).ok_or_else(|| {
                 AdminError::Invalid(format!(
-                    "status {s:?} is none of queued, scheduled, building, running, completed, aborted"
+                    "status {s:?} is none of queued, scheduled, waiting, building, running, completed, aborted"
                 ))
             })
         })
