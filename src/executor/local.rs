@@ -548,18 +548,10 @@ fn read_progress_file(path: &Path) -> Option<FileReport> {
     use std::io::Read;
     let meta = std::fs::symlink_metadata(path).ok()?;
     let kind = meta.file_type();
-    if !kind.is_file() {
-        let what = if kind.is_symlink() {
-            "a symlink"
-        } else if kind.is_dir() {
-            "a folder"
-        } else {
-            "not a regular file"
-        };
-        return Some(FileReport::Odd(what.into()));
-    }
-    if meta.len() > PROGRESS_MAX_BYTES {
-        return Some(FileReport::Odd(format!("over {PROGRESS_MAX_BYTES} bytes")));
+    if let Some(odd) =
+        super::progress::odd_file(kind.is_file(), kind.is_symlink(), kind.is_dir(), meta.len())
+    {
+        return Some(odd);
     }
     let mut content = Vec::new();
     std::fs::File::open(path)

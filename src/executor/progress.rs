@@ -41,6 +41,28 @@ pub enum FileReport {
 /// Where a run sends what it reads of `progress.json`.
 pub type ProgressFile = watch::Sender<Option<FileReport>>;
 
+/// What a `progress.json` that is not a regular file within [`PROGRESS_MAX_BYTES`]
+/// says instead of a report (`None`: it is one, to be read). Shared by the
+/// executors that look at the file in place (local, SSH).
+pub(super) fn odd_file(
+    is_file: bool,
+    is_symlink: bool,
+    is_dir: bool,
+    len: u64,
+) -> Option<FileReport> {
+    if !is_file {
+        let what = if is_symlink {
+            "a symlink"
+        } else if is_dir {
+            "a folder"
+        } else {
+            "not a regular file"
+        };
+        return Some(FileReport::Odd(what.into()));
+    }
+    (len > PROGRESS_MAX_BYTES).then(|| FileReport::Odd(format!("over {PROGRESS_MAX_BYTES} bytes")))
+}
+
 /// The file as it is now; `None` when absent or unreadable.
 pub(super) async fn read(docker: &Docker, container: &str) -> Option<FileReport> {
     let opts = DownloadFromContainerOptionsBuilder::default()

@@ -644,18 +644,13 @@ impl JobExecutor for SshExecutor {
     async fn read_progress(&self, run: &SshRun) -> Option<FileReport> {
         let path = format!("{}/output/{}", run.dir, super::progress::PROGRESS_FILE);
         let meta = run.sftp.symlink_metadata(path.clone()).await.ok()?;
-        if !meta.is_regular() {
-            let what = if meta.is_symlink() {
-                "a symlink"
-            } else if meta.is_dir() {
-                "a folder"
-            } else {
-                "not a regular file"
-            };
-            return Some(FileReport::Odd(what.into()));
-        }
-        if meta.len() > PROGRESS_MAX_BYTES {
-            return Some(FileReport::Odd(format!("over {PROGRESS_MAX_BYTES} bytes")));
+        if let Some(odd) = super::progress::odd_file(
+            meta.is_regular(),
+            meta.is_symlink(),
+            meta.is_dir(),
+            meta.len(),
+        ) {
+            return Some(odd);
         }
         let mut content = run.sftp.read(path).await.ok()?;
         content.truncate(PROGRESS_MAX_BYTES as usize);
