@@ -32,6 +32,27 @@ pub fn is_valid_queue_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// A worker id made safe as one path component (its cache folder and the like):
+/// characters outside `[A-Za-z0-9._-]` become `_`, and a name that is empty or
+/// starts with a dot gets a `w` in front, so it is never `.`, `..` or hidden.
+pub fn path_component(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe.starts_with('.') {
+        format!("w{safe}")
+    } else {
+        safe
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The compiled-in defaults, `--config FILE` and `DOCKHAND__...` variables,

@@ -113,12 +113,7 @@ async fn answer(
         other => return (not_open(other), None),
     };
     let Some(entered) = shared.registry.enter(token, limits.max_connections_per_job) else {
-        let max = limits.max_connections_per_job;
-        warn!(job_id = %job_id, max, "a job holds too many requests to its result URLs at once");
-        let reason = format!(
-            "more than {max} requests to this job's result URLs at once \
-             (results.max_connections_per_job)"
-        );
+        let reason = too_many(&job_id, limits.max_connections_per_job);
         return (
             refused(&job_id, kind, StatusCode::TOO_MANY_REQUESTS, reason),
             None,
@@ -229,12 +224,7 @@ async fn progress(
         return (not_open(Lookup::Missing), None);
     };
     let Some(entered) = shared.registry.enter(token, limits.max_connections_per_job) else {
-        let max = limits.max_connections_per_job;
-        warn!(job_id = %job_id, max, "a job holds too many requests to its result URLs at once");
-        let reason = format!(
-            "more than {max} requests to this job's result URLs at once \
-             (results.max_connections_per_job)"
-        );
+        let reason = too_many(&job_id, limits.max_connections_per_job);
         return (
             refused_at(&job_id, URL, StatusCode::TOO_MANY_REQUESTS, reason),
             None,
@@ -333,6 +323,12 @@ fn refusal_at(job_id: &str, url: &str, refusal: Refusal) -> Response {
         Refusal::BadRequest(reason) => refused_at(job_id, url, StatusCode::BAD_REQUEST, reason),
         Refusal::TooLarge(reason) => refused_at(job_id, url, StatusCode::PAYLOAD_TOO_LARGE, reason),
     }
+}
+
+/// Why one more request to a job's URLs is refused (and the worker's log line).
+fn too_many(job_id: &str, max: usize) -> String {
+    warn!(job_id = %job_id, max, "a job holds too many requests to its result URLs at once");
+    format!("more than {max} requests to this job's result URLs at once (results.max_connections_per_job)")
 }
 
 fn refused(job_id: &str, kind: PostKind, status: StatusCode, reason: String) -> Response {

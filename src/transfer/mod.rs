@@ -35,22 +35,7 @@ use std::path::PathBuf;
 /// `<worker.cache_dir>/<worker id>/streams`: the runs' folders of named pipes
 /// (the worker id made safe as a folder name, as the git cache makes it).
 pub fn streams_root(settings: &Settings) -> PathBuf {
-    let id: String = settings
-        .worker_id()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let id = if id.is_empty() || id.starts_with('.') {
-        format!("w{id}")
-    } else {
-        id
-    };
+    let id = crate::config::path_component(&settings.worker_id());
     settings.worker.cache_dir.join(id).join("streams")
 }
 

@@ -246,22 +246,7 @@ impl Images {
 
 /// `<cache_dir>/<worker id>`, the id made safe as one path component.
 fn cache_root(dir: &Path, worker_id: &str) -> PathBuf {
-    let safe: String = worker_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let safe = if safe.is_empty() || safe.starts_with('.') {
-        format!("w{safe}")
-    } else {
-        safe
-    };
-    dir.join(safe)
+    dir.join(crate::config::path_component(worker_id))
 }
 
 /// A checkout folder, removed when dropped.
