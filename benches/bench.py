@@ -22,7 +22,7 @@ sets the exit code. Each phase is a module of dockhand_bench/ (next to this
 file), whose docstring says what it measures and how; what they share is in
 dockhand_bench/harness.py.
 
-Phases (printed in this order; run in the order idle, a, c, b, d, e, f, g, h, i, j so
+Phases (printed in this order; run in the order idle, a, c, b, d, e, ..., n so
 that the memory peak of c is not inflated by what the log phase leaves in the
 allocator):
 
@@ -42,8 +42,20 @@ allocator):
      time and Redis commands per job, against plain in the same run.
   j. Listing and dashboard (listing.py): GET /jobs, /queues, /workers and / of
      `dockhand serve` over 100,000 finished jobs against 1,000.
+  k. Containers against the peers (containers.py): jobs/s of Dockhand, Celery,
+     RQ, `docker run` and the engine floor at concurrency 1, 2, 4, 8.
+  l. Queue path (queuepath.py): local-executor jobs against Celery and RQ
+     running a process; the worker's memory.
+  m. Webhooks under load (hookload.py): 10,000 local jobs, one subscriber.
+  n. Scaling (scaling.py): jobs/s against worker processes, Redis's CPU.
 
-Phases d (subscriber add/rm, cancel), f, g, h, i and j need --bin, the dockhand binary.
+The peers (Celery, RQ, docker-py) and matplotlib come from the virtualenv
+scripts/bench makes (benches/requirements-peers.txt); with --plots-dir and
+--docs-md the plots and the generated section of docs/benchmarks.md are written
+(report.py). --smoke: every size at its smallest.
+
+Phases d (subscriber add/rm, cancel) and f to n need --bin, the dockhand binary; k
+needs --floor-bin too.
 
 Exit code: 0 when every check passed, 1 when one failed (the figures are still
 printed and written), 2 for bad usage or when the set-up is not usable.
