@@ -181,7 +181,9 @@ class Dockhand(Runner):
                 pipe.xadd(self.stream, {"job": json.dumps(self.spec(i))})
             pipe.execute()
         self.sent += n
-        self.base = self.sent
+        # drain() enqueues only once the stream is empty (the last batch done),
+        # so what is left of this batch is the stream's length.
+        self.base = n
 
     def done(self):
         return self.base - self.bench.r.xlen(self.stream)
