@@ -221,6 +221,7 @@ pub struct WorkerSettings {
     pub strict_priority: bool,
     pub concurrency: usize,
     pub block_ms: u64,
+    pub metrics_flush_ms: u64,
     pub lease_seconds: u64,
     pub drain_seconds: u64,
     pub max_deliveries: u32,
@@ -554,6 +555,9 @@ impl Settings {
         }
         if self.worker.block_ms == 0 || self.worker.block_ms > 60_000 {
             return bad("worker.block_ms", "must be between 1 and 60000");
+        }
+        if self.worker.metrics_flush_ms == 0 || self.worker.metrics_flush_ms > 60_000 {
+            return bad("worker.metrics_flush_ms", "must be between 1 and 60000");
         }
         if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.url.as_str()) {
             // What comes before an `@` may be a password: never echo it.

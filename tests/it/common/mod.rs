@@ -227,6 +227,7 @@ impl Env {
         let mut env: Vec<(String, String)> = vec![
             ("DOCKHAND__REDIS__PREFIX".into(), self.prefix.clone()),
             ("DOCKHAND__WORKER__BLOCK_MS".into(), "300".into()),
+            ("DOCKHAND__WORKER__METRICS_FLUSH_MS".into(), "200".into()),
             ("DOCKHAND__WORKER__STOP_GRACE_SECONDS".into(), "1".into()),
             ("DOCKHAND__WORKER__RECONNECT_MAX_MS".into(), "500".into()),
             ("DOCKHAND__WORKER__DRAIN_SECONDS".into(), "20".into()),
@@ -252,9 +253,15 @@ impl Env {
         Arc::new(Settings::load_from(None, &env, &overrides).expect("test settings are valid"))
     }
 
+    /// A connection for the test's own reads and writes. Its replies may take
+    /// long on a loaded machine (a whole log of 100,000 lines read at once), and
+    /// a test waits on events, not on the clock: the client's default response
+    /// timeout would fail it for being slow, so it gets a generous one.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(60)));
         self.client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap()
     }
@@ -355,6 +362,7 @@ impl Env {
         .env_remove("REDIS_URL")
         .env("DOCKHAND__REDIS__PREFIX", &self.prefix)
         .env("DOCKHAND__WORKER__BLOCK_MS", "300")
+        .env("DOCKHAND__WORKER__METRICS_FLUSH_MS", "200")
         .env("DOCKHAND__WORKER__LEASE_SECONDS", "2")
         .env("DOCKHAND__WORKER__STOP_GRACE_SECONDS", "1")
         .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
