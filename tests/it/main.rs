@@ -30,6 +30,7 @@ mod resilience;
 mod result_urls;
 mod results;
 mod schedules;
+mod sentinel;
 mod services;
 mod soak;
 mod ssh_executor;

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod sentinel;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use dockhand::config::{Overrides, Settings};
@@ -203,6 +204,24 @@ impl Env {
     /// With `server`, a Redis the test started its own way ([`RedisServer::start_on`]).
     pub fn on(server: RedisServer) -> Env {
         Env::with_url(server.url(), Some(server))
+    }
+
+    /// On the server at `url`, which the test started and keeps itself (a
+    /// [`sentinel::SentinelGroup`]'s master, say).
+    pub fn at(url: String) -> Env {
+        Env::with_url(url, None)
+    }
+
+    /// The same prefix, read through the server at `url` (a new master after a
+    /// failover).
+    pub fn moved_to(&self, url: String) -> Env {
+        Env {
+            client: redis::Client::open(url.as_str()).unwrap(),
+            keys: Keys::new(&self.prefix),
+            url,
+            prefix: self.prefix.clone(),
+            server: None,
+        }
     }
 
     fn with_url(url: String, server: Option<RedisServer>) -> Env {
