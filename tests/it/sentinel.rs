@@ -132,10 +132,20 @@ async fn workers_serve_and_the_cli_follow_a_failover_and_no_submitted_job_is_los
 
     // Submitted as a careful producer does: XADD, then WAIT until both
     // replicas have it, so the submission itself survives the failover.
-    let ids: Vec<String> = (0..10).map(|n| format!("{}-f{n}", env.prefix)).collect();
+    // The first job prints across the failover, followed by `dockhand logs
+    // --follow` (a pub/sub subscriber); the others take a moment each.
+    let follow = format!("{}-follow", env.prefix);
+    let ids: Vec<String> = std::iter::once(follow.clone())
+        .chain((0..10).map(|n| format!("{}-f{n}", env.prefix)))
+        .collect();
     let mut producer = env.conn().await;
     for id in &ids {
-        let job = spec(id, serde_json::json!({"command": "sleep 2; echo done"}));
+        let command = if id == &follow {
+            "for i in 1 2 3 4 5 6 7 8; do echo line$i; sleep 1; done"
+        } else {
+            "sleep 2; echo done"
+        };
+        let job = spec(id, serde_json::json!({ "command": command }));
         let _: String = producer
             .xadd(env.keys.jobs("default"), "*", &[("job", job.as_str())])
             .await
@@ -173,6 +183,15 @@ async fn workers_serve_and_the_cli_follow_a_failover_and_no_submitted_job_is_los
     })
     .await;
 
+    let follower = dockhand(&env, &group)
+        .args(["logs", "--follow", &follow])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the dockhand binary runs");
+    env.wait_for_log_line(&follow, "stdout", "line1").await;
+
     // Kill the master while jobs run and more wait.
     wait_until("two jobs to be running", || async {
         let mut running = 0;
@@ -207,6 +226,29 @@ async fn workers_serve_and_the_cli_follow_a_failover_and_no_submitted_job_is_los
     eprintln!(
         "container starts per job: {starts:?} ({twice} of {} ran twice)",
         ids.len()
+    );
+
+    // The follower resubscribed on the new master and printed every line once,
+    // in order, then ended with the job.
+    let followed = tokio::time::timeout(crate::common::GUARD, follower.wait_with_output())
+        .await
+        .expect("`logs --follow` ends with the job")
+        .unwrap();
+    assert!(followed.status.success());
+    let printed: Vec<String> = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .filter(|l| l.contains("line"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("logs --follow printed: {printed:?}");
+    let expected: Vec<String> = (1..=8).map(|i| format!("line{i}")).collect();
+    assert!(
+        printed.len() >= 8
+            && printed[..8]
+                .iter()
+                .zip(&expected)
+                .all(|(p, e)| p.ends_with(e.as_str())),
+        "{printed:?}"
     );
 
     // `serve` and the CLI, which knew only the old master, answer from the new one.
