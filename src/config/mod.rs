@@ -265,6 +265,8 @@ pub struct WorkerSettings {
     pub git_timeout_seconds: u64,
     pub build_context_bytes: ByteSize,
     pub docker_retries: u32,
+    /// How often the orphan sweep runs (after the one at start).
+    pub sweep_seconds: u64,
     /// `host:port` of this worker's own `/metrics` and `/healthz`; empty: none.
     pub metrics_listen: String,
     #[serde(default)]
@@ -584,6 +586,9 @@ impl Settings {
                 "policy.transfer_connect_seconds / policy.transfer_idle_seconds",
                 "must be at least 1",
             );
+        }
+        if self.worker.sweep_seconds == 0 {
+            return bad("worker.sweep_seconds", "must be at least 1");
         }
         if self.worker.block_ms == 0 || self.worker.block_ms > 60_000 {
             return bad("worker.block_ms", "must be between 1 and 60000");

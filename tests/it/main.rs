@@ -20,6 +20,7 @@ mod jobs;
 mod limits;
 mod local_executor;
 mod logs;
+mod many_workers;
 mod metrics;
 mod policy;
 mod priorities;
