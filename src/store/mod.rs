@@ -71,7 +71,9 @@ impl StoreError {
                     || e.is_connection_refusal()
                     || e.is_timeout()
                     // Answers of a Redis that is starting up or failing over: wait and retry.
-                    || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"))
+                    // NOREPLICAS: a master with `min-replicas-to-write` that has too few
+                    // replicas now refuses writes (it may be cut off from the others).
+                    || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "NOREPLICAS"))
             }
             _ => false,
         }
@@ -134,17 +136,42 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    fn note<T>(&mut self, r: &redis::RedisResult<T>) {
-        if let Err(e) = r {
-            if e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.code() == Some("READONLY")
-            {
-                self.broken = true;
+    fn note(&mut self, r: &redis::RedisResult<redis::Value>) {
+        match r {
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.code() == Some("READONLY")
+                {
+                    self.broken = true;
+                }
+            }
+            // A server's error answer comes back as a value here; it becomes an
+            // `Err` only when the caller converts the reply.
+            Ok(value) => {
+                if is_readonly(value) {
+                    self.broken = true;
+                }
             }
         }
     }
+
+    fn note_all(&mut self, r: &redis::RedisResult<Vec<redis::Value>>) {
+        match r {
+            Err(e) => self.note(&Err(e.clone())),
+            Ok(values) => {
+                if values.iter().any(is_readonly) {
+                    self.broken = true;
+                }
+            }
+        }
+    }
+}
+
+/// `READONLY`: the server this connection reached is a replica now.
+fn is_readonly(value: &redis::Value) -> bool {
+    matches!(value, redis::Value::ServerError(e) if e.code() == "READONLY")
 }
 
 impl ConnectionLike for Tracked {
@@ -167,7 +194,7 @@ impl ConnectionLike for Tracked {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
             let r = self.conn.req_packed_commands(cmd, offset, count).await;
-            self.note(&r);
+            self.note_all(&r);
             r
         })
     }

@@ -338,3 +338,51 @@ async fn sentinel_settings_that_cannot_work_get_a_clear_sentence() {
         }
     }
 }
+
+/// A pooled connection that gets `READONLY` (its server became a replica) is not
+/// handed out again: the next checkout makes a new connection, which in
+/// sentinel mode asks for the master again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readonly_answer_retires_the_pooled_connection() {
+    let other = crate::common::RedisServer::start();
+    let env = Env::own_server();
+    let settings = env.settings(&["default"], 1, &[]);
+    let store =
+        dockhand::store::Store::new(&settings.redis, std::time::Duration::from_millis(300), 1)
+            .unwrap();
+    let client_id = |mut conn: dockhand::store::Conn| async move {
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        id
+    };
+    let first = client_id(store.conn().await.unwrap()).await;
+    assert_eq!(
+        client_id(store.conn().await.unwrap()).await,
+        first,
+        "the pool hands the same connection out again"
+    );
+    // The server becomes a replica (as an old master does after a failover).
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other.port)
+        .query_async(&mut env.conn().await)
+        .await
+        .unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let refused: Result<(), redis::RedisError> = conn.set("k", "v").await;
+    let refused = dockhand::store::StoreError::from(refused.unwrap_err());
+    assert_eq!(refused.code(), Some("READONLY"));
+    assert!(
+        refused.is_connection(),
+        "READONLY is retried like a lost connection"
+    );
+    drop(conn);
+    assert_ne!(
+        client_id(store.conn().await.unwrap()).await,
+        first,
+        "the connection that got READONLY was dropped"
+    );
+}
