@@ -386,3 +386,47 @@ async fn a_readonly_answer_retires_the_pooled_connection() {
         "the connection that got READONLY was dropped"
     );
 }
+
+/// A planned failover (`SENTINEL FAILOVER`): the old master stays up and becomes
+/// a replica. A worker that ran a job on it runs the next on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_follows_a_planned_failover_with_the_old_master_still_up() {
+    let group = SentinelGroup::start().await;
+    let old = group.master_port().await;
+    let env = Env::at(SentinelGroup::url_of(old));
+    let sentinel = group.settings();
+    let worker = Worker::start(env.settings(&["default"], 1, &pairs(&sentinel)));
+    let before = format!("{}-before", env.prefix);
+    env.xadd(
+        "default",
+        &spec(&before, serde_json::json!({"command": "echo one"})),
+    )
+    .await;
+    assert_eq!(env.finished(&before).await["status"], "completed");
+
+    let _: String = query(
+        group.sentinel_ports()[0],
+        redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER_NAME),
+    )
+    .await
+    .unwrap();
+    let new = group.wait_for_new_master(old).await;
+    // The old master is up, and a replica now.
+    wait_until("the old master to answer ROLE as a replica", || async {
+        let role: Vec<redis::Value> = query(old, &mut redis::cmd("ROLE")).await.ok()?;
+        matches!(role.first(), Some(redis::Value::BulkString(b)) if b.as_slice() == b"slave")
+            .then_some(())
+    })
+    .await;
+    let env = env.moved_to(SentinelGroup::url_of(new));
+    let after = format!("{}-after", env.prefix);
+    env.xadd(
+        "default",
+        &spec(&after, serde_json::json!({"command": "echo two"})),
+    )
+    .await;
+    let job = env.finished(&after).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    assert_eq!(env.lines(&after, "stdout").await, vec!["two"]);
+    worker.stop().await;
+}
