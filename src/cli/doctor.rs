@@ -86,6 +86,43 @@ async fn sentinel_survey(
     format!("the master {name:?} (sentinel mode)")
 }
 
+/// The master's replicas, against what the settings rely on: in sentinel mode a
+/// master with no replica in sync has nothing to fail over to, and
+/// `redis.wait_replicas` above the replicas in sync makes every WAIT time out.
+async fn replication(settings: &Settings, conn: &mut crate::store::Conn, report: &mut Report) {
+    let sentinel = settings.redis.mode == crate::config::RedisMode::Sentinel;
+    let wanted = settings.redis.wait_replicas as usize;
+    if !sentinel && wanted == 0 {
+        return;
+    }
+    let info: String = match redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+    {
+        Ok(info) => info,
+        Err(_) => return,
+    };
+    let online = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count();
+    if online == 0 && sentinel {
+        report.warn(
+            "the master has no replica in sync: a failover has nothing to promote, and what it holds is on one machine",
+            "start the replicas (replicaof <master> <port>) and check `INFO replication` on the master",
+        );
+    } else if sentinel {
+        report.ok(format!("the master has {online} replica(s) in sync"));
+    }
+    if wanted > online {
+        report.warn(
+            format!("redis.wait_replicas is {wanted} but {online} replica(s) are in sync: every WAIT will wait redis.wait_timeout_ms and fall short"),
+            "lower redis.wait_replicas, or bring the replicas back",
+        );
+    }
+}
+
 /// Redis reachable, and set so that it does not lose jobs. Returns the images the
 /// registered profiles name (profile, image), for the Docker checks.
 async fn redis(settings: &Settings, report: &mut Report) -> Vec<(String, String)> {
@@ -161,6 +198,7 @@ async fn redis(settings: &Settings, report: &mut Report) -> Vec<(String, String)
             "set maxmemory-policy noeviction",
         ),
     }
+    replication(settings, &mut conn, report).await;
     let keys = Keys::new(&settings.redis.prefix);
     let mut profiles = Vec::new();
     match crate::profile::list(&mut conn, &keys).await {

@@ -85,6 +85,28 @@ async fn a_worker_in_sentinel_mode_runs_a_job_end_to_end() {
     })
     .await;
     assert_ne!(replica_view, group.master_port().await);
+    // doctor names the mode, each sentinel's answer and the replicas.
+    let doctor = dockhand(&env, &group).arg("doctor").output().await.unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    let master = group.master_port().await;
+    assert!(
+        said.contains(&format!(
+            "ok    redis.mode = sentinel, master {MASTER_NAME:?}"
+        )),
+        "{said}"
+    );
+    for port in group.sentinel_ports() {
+        assert!(
+            said.contains(&format!(
+                "ok    sentinel redis://127.0.0.1:{port} answers: master {MASTER_NAME:?} is at 127.0.0.1:{master}"
+            )),
+            "{said}"
+        );
+    }
+    assert!(
+        said.contains("ok    the master has 2 replica(s) in sync"),
+        "{said}"
+    );
     worker.stop().await;
 }
 
