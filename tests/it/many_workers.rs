@@ -114,16 +114,7 @@ async fn three_worker_containers_share_one_redis_and_survive_one_killed_mid_job(
 
     // The image, as an operator builds it with no registry.
     let tag = format!("{name}:latest");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/image");
-    let out = Command::new(script)
-        .args(["--bin", env!("CARGO_BIN_EXE_dockhand"), "--tag", &tag])
-        .output()
-        .expect("scripts/image runs");
-    assert!(
-        out.status.success(),
-        "scripts/image failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::build_dockhand_image(&tag);
     made.image = Some(tag.clone());
 
     // Three workers, no worker.id (each is named after its container, as under

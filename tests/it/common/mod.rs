@@ -579,6 +579,21 @@ pub fn spec(id: &str, extra: serde_json::Value) -> String {
     v.to_string()
 }
 
+/// Builds the image `tag` of the test's own `dockhand` binary with
+/// `scripts/image` (FROM scratch: the binary, the libraries it links, the CA
+/// bundle), as an operator with no registry does. The caller removes it.
+pub fn build_dockhand_image(tag: &str) {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/image"))
+        .args(["--bin", env!("CARGO_BIN_EXE_dockhand"), "--tag", tag])
+        .output()
+        .expect("scripts/image runs");
+    assert!(
+        out.status.success(),
+        "scripts/image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Containers that carry `label`, running or not.
 pub fn containers_with_label(label: &str) -> Vec<String> {
     docker_ids(&["ps", "-a", "-q"], label)
