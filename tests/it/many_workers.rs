@@ -161,7 +161,7 @@ async fn three_worker_containers_share_one_redis_and_survive_one_killed_mid_job(
     let ids: Vec<String> = (0..6).map(|n| format!("{}-j{n}", env.prefix)).collect();
     for id in &ids {
         let spec =
-            serde_json::json!({"id": id, "image": job_image, "command": "sleep 3; echo done"});
+            serde_json::json!({"id": id, "image": job_image, "command": "sleep 8; echo done"});
         env.xadd("default", &spec.to_string()).await;
     }
     let running: HashMap<String, String> = wait_until("each worker to run a job", || async {
@@ -178,10 +178,12 @@ async fn three_worker_containers_share_one_redis_and_survive_one_killed_mid_job(
     let victim = &workers[1];
     let orphaned = running[victim].clone();
     docker(&["kill", victim]);
-    let left = containers(&format!("label=dockhand.worker={victim}"));
+    // Its job container outlives it (until swept): the job is still running
+    // (it takes 8 s; the kill came as soon as all three ran).
+    let left = containers(&format!("label=dockhand.job={orphaned}"));
     assert!(
         !left.is_empty(),
-        "the killed worker's job container outlives it (until swept)"
+        "the killed worker's job container is there after the kill"
     );
 
     // Every job completes; the orphaned one on another worker, after the lease.

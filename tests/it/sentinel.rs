@@ -110,25 +110,53 @@ async fn a_worker_in_sentinel_mode_runs_a_job_end_to_end() {
     worker.stop().await;
 }
 
-/// How many times each job's container started since `since` (unix seconds),
-/// as the Docker engine saw it: independent of what Redis kept.
-fn container_starts(since: i64, ids: &[String]) -> HashMap<String, usize> {
-    let until = chrono::Utc::now().timestamp() + 1;
-    let out = Command::new("docker")
-        .args(["events", "--since", &since.to_string()])
-        .args(["--until", &until.to_string()])
-        .args(["--filter", "type=container", "--filter", "event=start"])
-        .args(["--filter", "label=dockhand.job"])
-        .args(["--format", r#"{{index .Actor.Attributes "dockhand.job"}}"#])
-        .output()
-        .expect("docker CLI");
-    let mut starts: HashMap<String, usize> = ids.iter().map(|i| (i.clone(), 0)).collect();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(n) = starts.get_mut(line.trim()) {
-            *n += 1;
-        }
+/// Counts container starts as the Docker engine reports them, live from when
+/// it is made: independent of what Redis kept. (Asking afterwards with
+/// `docker events --since` is not enough: the engine keeps only its last few
+/// hundred events, which a busy host overwrites within seconds.)
+struct StartWatch(Child);
+
+impl StartWatch {
+    fn new() -> StartWatch {
+        let child = Command::new("docker")
+            .args([
+                "events",
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=start",
+            ])
+            .args(["--filter", "label=dockhand.job"])
+            .args(["--format", r#"{{index .Actor.Attributes "dockhand.job"}}"#])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker CLI");
+        StartWatch(child)
     }
-    starts
+
+    /// How many times each of `ids` started so far.
+    fn starts(mut self, ids: &[String]) -> HashMap<String, usize> {
+        let _ = self.0.kill();
+        let mut text = String::new();
+        if let Some(mut out) = self.0.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut text);
+        }
+        let mut starts: HashMap<String, usize> = ids.iter().map(|i| (i.clone(), 0)).collect();
+        for line in text.lines() {
+            if let Some(n) = starts.get_mut(line.trim()) {
+                *n += 1;
+            }
+        }
+        starts
+    }
+}
+
+impl Drop for StartWatch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One HTTP/1.1 GET on loopback; the status code and body.
@@ -150,7 +178,7 @@ async fn workers_serve_and_the_cli_follow_a_failover_and_no_submitted_job_is_los
     let mut group = SentinelGroup::start().await;
     let old = group.master_port().await;
     let env = Env::at(SentinelGroup::url_of(old));
-    let since = chrono::Utc::now().timestamp() - 1;
+    let watch = StartWatch::new();
 
     // Submitted as a careful producer does: XADD, then WAIT until both
     // replicas have it, so the submission itself survives the failover.
@@ -237,7 +265,7 @@ async fn workers_serve_and_the_cli_follow_a_failover_and_no_submitted_job_is_los
     // Every job ran, and none more than once more than a failover may cause
     // (docs/scaling.md: with the lease longer than the failover, at most one
     // extra run, of a job being claimed or ending as the master died).
-    let starts = container_starts(since, &ids);
+    let starts = watch.starts(&ids);
     for (id, n) in &starts {
         assert!(
             (1..=2).contains(n),
