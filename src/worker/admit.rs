@@ -170,7 +170,7 @@ async fn claim(
     let stored = spec.as_bytes();
     ctx.store
         .persist(|mut conn| async move {
-            state::claim(
+            let claimed = state::claim(
                 &mut conn,
                 &ctx.keys,
                 &entry.id,
@@ -182,7 +182,11 @@ async fn claim(
                 unique_for_seconds,
                 start,
             )
-            .await
+            .await?;
+            // Replication is one ordered stream: this also covers the
+            // XREADGROUP that delivered the entry, made before on another connection.
+            ctx.store.replicate(&mut conn, "claim").await;
+            Ok(claimed)
         })
         .await
 }

@@ -213,7 +213,7 @@ impl Turn<'_> {
                         ctx.settings.jobs.retention_seconds,
                         ctx.settings.jobs.events_max_len,
                     );
-                    state::write_prepared(
+                    let written = state::write_prepared(
                         &mut conn,
                         &ctx.keys,
                         owner,
@@ -224,7 +224,9 @@ impl Turn<'_> {
                         max,
                         terminal,
                     )
-                    .await
+                    .await?;
+                    ctx.store.replicate(&mut conn, "terminal write").await;
+                    Ok(written)
                 }
             })
             .await?;
@@ -492,9 +494,11 @@ async fn make_deliveries(ctx: &Ctx, job: &str, spec: &[u8]) -> Result<(), StoreE
 async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
     let held = ctx
         .store
-        .persist(
-            |mut conn| async move { queue::ack(&mut conn, &ctx.keys, entry, &ctx.consumer).await },
-        )
+        .persist(|mut conn| async move {
+            let held = queue::ack(&mut conn, &ctx.keys, entry, &ctx.consumer).await?;
+            ctx.store.replicate(&mut conn, "ack").await;
+            Ok(held)
+        })
         .await?;
     if !held {
         tracing::warn!("another worker holds this entry now; not acknowledged");

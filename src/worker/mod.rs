@@ -78,8 +78,8 @@ pub enum WorkerError {
     },
 }
 
-/// How often the orphan sweep runs after the first one at start.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often the listing prune runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Connects to the Docker engine; an engine that does not answer yet (the host is
 /// still starting it) is waited for, with backoff, like Redis. `None` when
@@ -273,11 +273,13 @@ pub async fn run_with(
         ctx.deliveries_made.clone(),
         token.clone(),
     ));
-    chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
+    // The orphan sweep runs at start, then every `worker.sweep_seconds`.
+    let sweep_every = Duration::from_secs(ctx.settings.worker.sweep_seconds);
+    chores.spawn(upkeep::sweeper(ctx.clone(), sweep_every, token.clone()));
     chores.spawn(upkeep::dependency_deadlines(ctx.clone(), token.clone()));
     chores.spawn(upkeep::prune_listings(
         ctx.clone(),
-        SWEEP_EVERY,
+        PRUNE_EVERY,
         token.clone(),
     ));
     chores.spawn(takeover::run(

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod sentinel;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use dockhand::config::{Overrides, Settings};
@@ -203,6 +204,24 @@ impl Env {
     /// With `server`, a Redis the test started its own way ([`RedisServer::start_on`]).
     pub fn on(server: RedisServer) -> Env {
         Env::with_url(server.url(), Some(server))
+    }
+
+    /// On the server at `url`, which the test started and keeps itself (a
+    /// [`sentinel::SentinelGroup`]'s master, say).
+    pub fn at(url: String) -> Env {
+        Env::with_url(url, None)
+    }
+
+    /// The same prefix, read through the server at `url` (a new master after a
+    /// failover).
+    pub fn moved_to(&self, url: String) -> Env {
+        Env {
+            client: redis::Client::open(url.as_str()).unwrap(),
+            keys: Keys::new(&self.prefix),
+            url,
+            prefix: self.prefix.clone(),
+            server: None,
+        }
     }
 
     fn with_url(url: String, server: Option<RedisServer>) -> Env {
@@ -566,6 +585,21 @@ pub fn spec(id: &str, extra: serde_json::Value) -> String {
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
     v.to_string()
+}
+
+/// Builds the image `tag` of the test's own `dockhand` binary with
+/// `scripts/image` (FROM scratch: the binary, the libraries it links, the CA
+/// bundle), as an operator with no registry does. The caller removes it.
+pub fn build_dockhand_image(tag: &str) {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/image"))
+        .args(["--bin", env!("CARGO_BIN_EXE_dockhand"), "--tag", tag])
+        .output()
+        .expect("scripts/image runs");
+    assert!(
+        out.status.success(),
+        "scripts/image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Containers that carry `label`, running or not.
