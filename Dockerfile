@@ -3,7 +3,8 @@
 #
 # Needs an image registry to pull rust:1-bookworm and debian:bookworm-slim; none
 # is reachable on the dev machines or in CI, where scripts/demo runs the worker
-# straight from `cargo build` instead.
+# straight from `cargo build` instead, and `scripts/image` (Dockerfile.local)
+# builds the same dockhand:latest FROM scratch out of a local binary.
 
 # --- build stage -------------------------------------------------------------
 FROM rust:1-bookworm AS build

@@ -69,6 +69,8 @@ dh_have_static_busybox() {
 # slow and touches the network, so it runs once and only when needed.
 dh_install_missing() {
     local -a pkgs=()
+    # redis-server also runs the Sentinel tests' sentinels (`redis-server
+    # <conf> --sentinel`: the same binary, so no redis-sentinel package).
     command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
     dh_have_static_busybox || pkgs+=(busybox-static)

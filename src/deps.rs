@@ -9,7 +9,11 @@
 //!   `aborted (exit_code)`), and once released `outcome` (`ready` | `failed`)
 //!   with `failed_parent` and `why`. While waiting it also keeps the entry to
 //!   release (`spec`, `token`).
-//! - `<prefix>:job:<pid>:dependents`: the children waiting for `pid`.
+//! - `<prefix>:job:<pid>:dependents`: the children waiting for `pid`; and in the
+//!   parent's hash, the field `dependents` = `1` from the first child on (the
+//!   parent's terminal write reads it instead of looking for the set). A child
+//!   that registers before any worker has seen its parent makes the parent's
+//!   hash with that one field; the parent's claim keeps it.
 //! - `<prefix>:after:deadlines`: waiting children by the end of their wait (ms).
 //!
 //! Invariants:
@@ -106,6 +110,9 @@ static WAIT: LazyLock<redis::Script> = LazyLock::new(|| {
                 record(wait, pid, status, redis.call('HGET', KEYS[4 + i], 'reason') or '')
             elseif redis.call('HGET', wait, 'parent:' .. pid) == 'waiting' then
                 redis.call('SADD', KEYS[4 + n + i], ARGV[5])
+                -- The parent's terminal write reads this flag with the fields it
+                -- reads anyway, instead of looking for the set (see `state`).
+                redis.call('HSET', KEYS[4 + i], 'dependents', '1')
             end
         end
         local outcome = decided(wait)
@@ -158,7 +165,9 @@ static RAN_OUT: LazyLock<redis::Script> = LazyLock::new(|| {
             local pid = ARGV[i]
             if redis.call('HGET', KEYS[1], 'parent:' .. pid) == 'waiting' then
                 who = pid
-                if redis.call('EXISTS', KEYS[i]) == 1 then
+                -- Arrived: a worker claimed it (a hash with only the flag a
+                -- child left there, or a cancel request, is not an arrival).
+                if redis.call('HEXISTS', KEYS[i], 'entry') == 1 then
                     why = 'parent ' .. pid .. ' had not ended after ' .. ARGV[3] .. ' s (jobs.dependency_wait_seconds)'
                 else
                     why = 'parent ' .. pid .. ' never arrived within ' .. ARGV[3] .. ' s (jobs.dependency_wait_seconds)'

@@ -25,7 +25,7 @@
 //! - [`metrics`]: fleet-wide counters and histograms kept in Redis, and the
 //!   Prometheus text writer (workers add to them; `serve` renders them).
 //! - [`queue`]: key names, the inbox mover, consumer groups, claiming, leases and acking.
-//! - [`store`]: Redis connection pools (ordinary and blocking commands), and retrying a step while Redis is away.
+//! - [`store`]: Redis connection pools (ordinary and blocking commands), finding the master through Sentinel, and retrying a step while Redis is away.
 //! - [`config`]: typed settings, loaded once and passed down; imports nothing of the project.
 //!
 //! - [`ssrf`]: the SSRF guard, which addresses a URL from outside may reach (pure;

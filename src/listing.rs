@@ -250,8 +250,20 @@ async fn rows<'a>(
 }
 
 /// Removes, from every index, members at the oldest end whose job hash has expired.
-/// Checks at most `budget` members per index; returns how many it removed.
-pub async fn prune(conn: &mut Conn, keys: &Keys, budget: usize) -> Result<usize, StoreError> {
+/// Looks only at members created before `before_ms`, at most `budget` per index;
+/// returns how many it removed.
+///
+/// A worker passes now minus `jobs.retention_seconds`: a job expires that long
+/// after it ended, so one created since cannot have expired yet, and looking at
+/// it would cost a command per listed job per pass for nothing. (A job deleted
+/// by hand, or started afresh by `unique_for_seconds`, is left out of listings by
+/// the check every read makes, and pruned once it is that old.)
+pub async fn prune(
+    conn: &mut Conn,
+    keys: &Keys,
+    budget: usize,
+    before_ms: i64,
+) -> Result<usize, StoreError> {
     let indexes: Vec<String> = {
         let mut iter = conn.scan_match::<_, String>(keys.index_pattern()).await?;
         let mut v = Vec::new();
@@ -262,7 +274,16 @@ pub async fn prune(conn: &mut Conn, keys: &Keys, budget: usize) -> Result<usize,
     };
     let mut removed = 0;
     for index in indexes {
-        let oldest: Vec<String> = conn.zrange(&index, 0, budget as isize - 1).await?;
+        let oldest: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(budget)
+            .query_async(&mut **conn)
+            .await?;
         if oldest.is_empty() {
             continue;
         }

@@ -16,9 +16,14 @@
 //!   statuses and reasons, image cache results, webhook verdicts. So every hash
 //!   has a bounded number of fields. Label values here never contain `,` `=` or
 //!   `|` (queue names are `[A-Za-z0-9_.-]`).
-//! - Writers never add a step of their own where a write to Redis already happens:
-//!   they hand [`Inc`]s to it (the job's state write, a webhook attempt's record).
-//!   Losing a metric never fails a job.
+//! - A worker adds a job's counts (finished, duration, queue wait, and its queue's
+//!   throughput bucket) up in memory, in a [`Tally`], once the state write that
+//!   moved them has returned: never for a write that was refused, never twice for
+//!   one write. The tally goes to Redis in one pipeline every
+//!   `worker.metrics_flush_ms` and when the worker stops, so these cost a job no
+//!   command of its own; a worker killed outright loses at most one interval.
+//! - Other writers hand their [`Inc`]s to a write that goes to Redis anyway (a
+//!   webhook attempt's record). Losing a metric never fails a job.
 
 use crate::queue::Keys;
 use deadpool_redis::redis;
@@ -192,6 +197,87 @@ pub async fn add(conn: &mut crate::store::Conn, keys: &Keys, incs: &[Inc]) {
     add_to(&mut pipe, keys, incs);
     if let Err(e) = pipe.query_async::<()>(&mut **conn).await {
         tracing::debug!(error = %crate::telemetry::error_chain(&e), "could not count a metric");
+    }
+}
+
+/// Counts not yet in Redis: metric fields and throughput buckets, added up.
+/// Cheap to clone (one shared inside); see the module's invariants.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pending: std::sync::Arc<std::sync::Mutex<Pending>>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// (metric, field) → amount.
+    incs: std::collections::HashMap<(&'static str, String), i64>,
+    /// Throughput bucket key (`Keys::finished_bucket`) → jobs.
+    buckets: std::collections::HashMap<String, i64>,
+}
+
+/// How long a throughput bucket is kept (it covers 10 seconds; readers look at
+/// the last minute).
+pub const BUCKET_TTL_SECONDS: i64 = 600;
+
+impl Tally {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds increments.
+    pub fn add(&self, incs: impl IntoIterator<Item = Inc>) {
+        let mut p = self.lock();
+        for inc in incs {
+            *p.incs.entry((inc.metric, inc.field)).or_default() += inc.by;
+        }
+    }
+
+    /// One more job finished in `queue`, now (its 10-second throughput bucket).
+    pub fn finished(&self, keys: &Keys, queue: &str) {
+        let bucket = keys.finished_bucket(queue, chrono::Utc::now().timestamp() / 10);
+        *self.lock().buckets.entry(bucket).or_default() += 1;
+    }
+
+    /// True when nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        let p = self.lock();
+        p.incs.is_empty() && p.buckets.is_empty()
+    }
+
+    /// Writes what has been added up, in one pipeline. On failure the counts
+    /// are kept, added to whatever comes meanwhile, for the next flush.
+    pub async fn flush(&self, store: &crate::store::Store, keys: &Keys) {
+        let taken = std::mem::take(&mut *self.lock());
+        if taken.incs.is_empty() && taken.buckets.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for ((metric, field), by) in &taken.incs {
+            pipe.hincr(keys.metric(metric), field, *by).ignore();
+        }
+        for (bucket, n) in &taken.buckets {
+            pipe.incr(bucket, *n)
+                .ignore()
+                .expire(bucket, BUCKET_TTL_SECONDS)
+                .ignore();
+        }
+        let sent = match store.conn().await {
+            Ok(mut conn) => pipe
+                .query_async::<()>(&mut *conn)
+                .await
+                .map_err(crate::store::StoreError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %crate::telemetry::error_chain(&e), "could not write the metrics; kept for the next try");
+            let mut p = self.lock();
+            for (k, by) in taken.incs {
+                *p.incs.entry(k).or_default() += by;
+            }
+            for (k, n) in taken.buckets {
+                *p.buckets.entry(k).or_default() += n;
+            }
+        }
     }
 }
 

@@ -12,8 +12,8 @@
 //!   to the listing indexes there too, and acknowledges its entry there when
 //!   nothing has to come between (see [`write_with`]).
 //! - The fleet-wide metrics a state moves (a job finished, its duration, its queue
-//!   wait) are counted in the same script as the state: never for a write that
-//!   was refused, never twice for one write.
+//!   wait: [`observed`]) are counted by the writer once the write has returned
+//!   written: never for a write that was refused, never twice for one write.
 
 use crate::job::{Reason, Status};
 use crate::metrics;
@@ -233,6 +233,8 @@ pub enum Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub claim: Claim,
+    /// The job was started in the claim's own step (see [`claim`]).
+    pub started: bool,
     /// Attempts already started.
     pub attempt: u32,
     /// How many times the current entry has been delivered, this one included.
@@ -248,7 +250,9 @@ pub struct Claimed {
 /// KEYS[5] and KEYS[6] the listing indexes `all` and `queue:<q>`.
 /// ARGV: entry, id, queue, created_at, spec, events channel, queued event,
 /// consumer, requeue token ('' when the entry has none), events stream cap, the
-/// spec's unique_for_seconds (0: none), now (ms), created_at in ms (the score).
+/// spec's unique_for_seconds (0: none), now (ms), created_at in ms (the score),
+/// the `job.started` event ('' for none), then the started record's
+/// field/value pairs.
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -287,9 +291,16 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
             end
             return reply('redelivered')
         end
+        -- A job that runs at once starts in this same step (see `claim`): its
+        -- started record's fields come last in the one HSET, so they win.
+        local start = ARGV[14] ~= '' and cancel == '' and not status
         if status then
             redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'id', ARGV[2], 'queue', ARGV[3],
                 'spec', ARGV[5], 'deliveries', 1)
+        elseif start then
+            status, attempt, created = 'queued', '0', ARGV[4]
+            redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'spec', ARGV[5], 'deliveries', 1,
+                'created_ms', ARGV[12], unpack(ARGV, 15))
         else
             status, attempt, created = 'queued', '0', ARGV[4]
             redis.call('HSET', key, 'entry', entry, 'owner', consumer, 'id', ARGV[2], 'queue', ARGV[3],
@@ -303,11 +314,20 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
         -- stream are not in the job hash's slot (no key here has a hash tag).
         redis.call('ZADD', KEYS[5], 'NX', ARGV[13], ARGV[2])
         redis.call('ZADD', KEYS[6], 'NX', ARGV[13], ARGV[2])
+        if start then
+            redis.call('PUBLISH', ARGV[6], ARGV[14])
+            redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'job.started', 'job', ARGV[2], 'event', ARGV[14])
+            return reply('started')
+        end
         return reply('new')
         ",
     )
 });
 
+/// With `start` (the job's first attempt, `running`, as [`write`] would write
+/// it), a claim that makes a new job with no cancel asked for starts it in the
+/// same step: its fields written and `job.started` published after
+/// `job.queued` ([`Claimed::started`]). The caller counts the start's metrics.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,
@@ -319,11 +339,12 @@ pub async fn claim(
     token: &str,
     events_max_len: usize,
     unique_for_seconds: u64,
+    start: Option<&JobRecord>,
 ) -> Result<Claimed, StoreError> {
     type Reply = (String, String, String, String, String, String);
-    let (kind, status, attempt, deliveries, cancel, created_at): Reply = CLAIM
-        .key(keys.job(&record.id))
-        .key(keys.events())
+    let started_event = start.map(|r| r.event("job.started")).unwrap_or_default();
+    let mut inv = CLAIM.key(keys.job(&record.id));
+    inv.key(keys.events())
         .key(keys.log(&record.id))
         .key(keys.files(&record.id))
         .key(keys.index("all", ""))
@@ -341,16 +362,21 @@ pub async fn claim(
         .arg(unique_for_seconds)
         .arg(chrono::Utc::now().timestamp_millis())
         .arg(crate::listing::millis(&record.created_at))
-        .invoke_async(conn)
-        .await?;
+        .arg(&started_event);
+    for (field, value) in start.map(JobRecord::fields).unwrap_or_default() {
+        inv.arg(field).arg(value);
+    }
+    let (kind, status, attempt, deliveries, cancel, created_at): Reply =
+        inv.invoke_async(conn).await?;
     let claim = match kind.as_str() {
-        "new" => Claim::New,
+        "new" | "started" => Claim::New,
         "duplicate" => Claim::Duplicate { status },
         "requeued" => Claim::Requeued,
         _ => Claim::Redelivered { status },
     };
     Ok(Claimed {
         claim,
+        started: kind == "started",
         attempt: attempt.parse().unwrap_or(0),
         deliveries: deliveries.parse().unwrap_or(1),
         cancel_requested: !cancel.is_empty(),
@@ -359,45 +385,47 @@ pub async fn claim(
 }
 
 /// Writes the record's fields if `entry` still owns the job and `consumer` still
-/// runs it, publishes the event, counts its metrics, and on a terminal state sets
-/// the expiry of the hash and of the job's other keys, adds it to the listing
-/// indexes and the throughput bucket, looks for jobs waiting for it, and (when
-/// asked, and nobody waits for it) acknowledges its entry: one step.
+/// runs it, publishes the event, and on a terminal state sets the expiry of the
+/// hash and of the job's other keys, adds it to the listing indexes, looks for
+/// jobs waiting for it, and (when asked, and nobody waits for it) acknowledges
+/// its entry: one step. (Its metrics are the caller's to count, once this
+/// returns written: see [`observed`].)
 /// Returns 0 when the job is not ours any more (another worker took it over):
-/// then nothing is written or counted. Otherwise 1, plus 2 when the entry was
+/// then nothing is written. Otherwise 1, plus 2 when the entry was
 /// acknowledged, plus 4 when jobs wait for this one (then it was not).
 ///
-/// Cluster: the job's keys, the events stream, the indexes, the metric hashes
-/// and the queue's stream and bucket are in different slots (only the last two
-/// carry the queue's hash tag); this step will have to be split, or the keys
-/// given one tag, before Redis Cluster.
+/// The ack needs no look at the entry's pending owner: the ownership check
+/// above is in the same step, and a takeover makes the new consumer the hash's
+/// owner before it runs anything. In the moment between another consumer's
+/// `XAUTOCLAIM` and its claim of the hash, this owner may still finish the job;
+/// the other then finds it finished and only acknowledges.
+///
+/// Cluster: the job's keys, the events stream and the indexes are in different
+/// slots (only the queue's stream carries the queue's hash tag); this step will
+/// have to be split, or the keys given one tag, before Redis Cluster.
 ///
 /// KEYS: 1 job hash, 2 events stream, 3 files, 4 log, 5 status index, 6 reason
-/// index, 7 finished bucket, 8 dependents, 9 the job's own wait, 10 the entry's
-/// stream, 11.. one metric hash per increment. ARGV: 1 entry, 2 consumer, 3
-/// channel, 4 event ('' none), 5 expire seconds (0 = not terminal), 6 event
-/// type, 7 job id, 8 events stream cap, 9 the number of increments n, 10 flags
-/// (f: files may exist, l: the log may exist, w: the job has a wait, r: it has
-/// a reason, a: acknowledge), 11 created (ms), 12 group, 13 the entry's id in
-/// its stream, then n field/amount pairs, then field/value pairs.
+/// index, 7 dependents (declared, not read: the hash's flag says), 8 the job's
+/// own wait, 9 the entry's stream. ARGV: 1
+/// entry, 2 consumer, 3 channel, 4 event ('' none), 5 expire seconds (0 = not
+/// terminal), 6 event type, 7 job id, 8 events stream cap, 9 flags (f: files
+/// may exist, l: the log may exist, w: the job has a wait, r: it has a reason,
+/// a: acknowledge), 10 created (ms), 11 group, 12 the entry's id in its stream,
+/// then field/value pairs.
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        local own = redis.call('HMGET', KEYS[1], 'entry', 'owner')
+        local own = redis.call('HMGET', KEYS[1], 'entry', 'owner', 'dependents')
         if own[1] ~= ARGV[1] or own[2] ~= ARGV[2] then return 0 end
-        local n = tonumber(ARGV[9])
         local ttl = tonumber(ARGV[5])
-        local flags = ARGV[10]
+        local flags = ARGV[9]
         local function has(f) return string.find(flags, f, 1, true) ~= nil end
         if ttl > 0 then
             -- The terminal event's body, kept for its webhook deliveries (see webhook::outbox).
-            redis.call('HSET', KEYS[1], 'event', ARGV[4], unpack(ARGV, 14 + 2 * n))
+            redis.call('HSET', KEYS[1], 'event', ARGV[4], unpack(ARGV, 13))
             redis.call('EXPIRE', KEYS[1], ttl)
         else
-            redis.call('HSET', KEYS[1], unpack(ARGV, 14 + 2 * n))
-        end
-        for i = 1, n do
-            redis.call('HINCRBY', KEYS[10 + i], ARGV[12 + 2 * i], ARGV[13 + 2 * i])
+            redis.call('HSET', KEYS[1], unpack(ARGV, 13))
         end
         if ARGV[4] ~= '' then
             redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -407,18 +435,15 @@ static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
         -- Keys the caller knows to be absent are left alone: an EXPIRE each otherwise.
         if has('f') then redis.call('EXPIRE', KEYS[3], ttl) end
         if has('l') then redis.call('EXPIRE', KEYS[4], ttl) end
-        if has('w') then redis.call('EXPIRE', KEYS[9], ttl) end
-        redis.call('ZADD', KEYS[5], ARGV[11], ARGV[7])
-        if has('r') then redis.call('ZADD', KEYS[6], ARGV[11], ARGV[7]) end
-        -- Throughput: a counter per queue and 10-second window, kept ten minutes.
-        if redis.call('INCRBY', KEYS[7], 1) == 1 then redis.call('EXPIRE', KEYS[7], 600) end
-        -- Jobs waiting for this one: their release (`deps`) comes before the ack.
-        if redis.call('EXISTS', KEYS[8]) == 1 then return 5 end
+        if has('w') then redis.call('EXPIRE', KEYS[8], ttl) end
+        redis.call('ZADD', KEYS[5], ARGV[10], ARGV[7])
+        if has('r') then redis.call('ZADD', KEYS[6], ARGV[10], ARGV[7]) end
+        -- Jobs waiting for this one (`deps` flags the hash when the first one
+        -- registers): their release comes before the ack.
+        if own[3] then return 5 end
         if has('a') then
-            local p = redis.call('XPENDING', KEYS[10], ARGV[12], ARGV[13], ARGV[13], 1)
-            if p[1] and p[1][2] ~= ARGV[2] then return 1 end
-            redis.call('XACK', KEYS[10], ARGV[12], ARGV[13])
-            redis.call('XDEL', KEYS[10], ARGV[13])
+            redis.call('XACK', KEYS[9], ARGV[11], ARGV[12])
+            redis.call('XDEL', KEYS[9], ARGV[12])
             return 3
         end
         return 1
@@ -549,13 +574,11 @@ pub async fn write_prepared(
     } else {
         0
     };
-    let incs = observed(record, event);
     let status_index = keys.index("status", record.status.as_str());
     let reason_index = match record.reason {
         Some(r) => keys.index("reason", r.as_str()),
         None => status_index.clone(),
     };
-    let bucket = keys.finished_bucket(&record.queue, chrono::Utc::now().timestamp() / 10);
     let (stream, entry_id) = terminal
         .ack
         .clone()
@@ -578,13 +601,9 @@ pub async fn write_prepared(
         .key(keys.log(&record.id))
         .key(status_index)
         .key(reason_index)
-        .key(bucket)
         .key(keys.dependents(&record.id))
         .key(keys.wait(&record.id))
         .key(stream);
-    for inc in &incs {
-        inv.key(keys.metric(inc.metric));
-    }
     inv.arg(owner.entry)
         .arg(owner.consumer)
         .arg(keys.events_channel())
@@ -593,14 +612,10 @@ pub async fn write_prepared(
         .arg(event)
         .arg(&record.id)
         .arg(events_max_len)
-        .arg(incs.len())
         .arg(flags)
         .arg(crate::listing::millis(&record.created_at))
         .arg(crate::queue::GROUP)
         .arg(entry_id);
-    for inc in &incs {
-        inv.arg(&inc.field).arg(inc.by);
-    }
     for (field, value) in record.fields().iter().chain(extra.iter()) {
         inv.arg(*field).arg(value);
     }
@@ -612,11 +627,12 @@ pub async fn write_prepared(
     })
 }
 
-/// The metrics a write of `record` moves, counted in the same step as the state
-/// (so a job is counted once, by the write that ended it): a terminal state is a
-/// finished job and its duration (from its last start); the first `job.started`
-/// is the job's queue wait (from its submission).
-fn observed(record: &JobRecord, event: &str) -> Vec<metrics::Inc> {
+/// The metrics a written state of `record` moves, for the writer to count once
+/// the write returned written (so a job is counted once, by the write that
+/// ended it): a terminal state is a finished job and its duration (from its
+/// last start); the first `job.started` is the job's queue wait (from its
+/// submission).
+pub fn observed(record: &JobRecord, event: &str) -> Vec<metrics::Inc> {
     let mut incs = Vec::new();
     let queue = record.queue.as_str();
     if record.is_terminal() {

@@ -162,6 +162,13 @@ pub async fn remove(conn: &mut Conn, keys: &Keys, name: &str) -> Result<(), Admi
     if removed == 0 {
         return Err(AdminError::NotFound(format!("no subscriber named {name}")));
     }
+    announce(conn, keys, name).await
+}
+
+/// Tells the workers that the registry changed, so that they read it again
+/// (see `webhook::outbox::Registry`).
+async fn announce(conn: &mut Conn, keys: &Keys, name: &str) -> Result<(), AdminError> {
+    let _: i64 = conn.publish(keys.subscribers_channel(), name).await?;
     Ok(())
 }
 
@@ -199,5 +206,5 @@ async fn save(
     let json = serde_json::to_string(sub)
         .map_err(|e| AdminError::Invalid(format!("the subscriber cannot be stored: {e}")))?;
     let _: i64 = conn.hset(keys.subscribers(), name, json).await?;
-    Ok(())
+    announce(conn, keys, name).await
 }

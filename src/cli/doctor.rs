@@ -50,12 +50,93 @@ pub async fn run(settings: Arc<Settings>) -> CliResult {
     Ok(())
 }
 
+/// Sentinel mode: what each sentinel says, one line each. Returns how the
+/// master is named in the lines that follow.
+async fn sentinel_survey(
+    sentinels: &crate::store::sentinel::Sentinels,
+    report: &mut Report,
+) -> String {
+    use crate::store::sentinel::Answer;
+    let name = sentinels.master_name();
+    report.ok(format!("redis.mode = sentinel, master {name:?}"));
+    let mut masters = std::collections::BTreeSet::new();
+    for (sentinel, answer) in sentinels.survey().await {
+        match answer {
+            Answer::Master(host, port) => {
+                report.ok(format!("sentinel {sentinel} answers: master {name:?} is at {host}:{port}"));
+                masters.insert(format!("{host}:{port}"));
+            }
+            Answer::Unknown => report.warn(
+                format!("sentinel {sentinel} answers but monitors no master named {name:?}"),
+                "check redis.master_name against `sentinel monitor <name> ...` in that sentinel's configuration",
+            ),
+            Answer::Unreachable(e) => report.warn(
+                format!("sentinel {sentinel} did not answer ({e})"),
+                "start it, or take it out of redis.nodes: the others still serve, but fewer sentinels may not agree on a failover",
+            ),
+        }
+    }
+    if masters.len() > 1 {
+        let all: Vec<String> = masters.iter().cloned().collect();
+        report.warn(
+            format!("the sentinels name different masters: {}", all.join(", ")),
+            "a failover may be under way; run doctor again in a moment",
+        );
+    }
+    format!("the master {name:?} (sentinel mode)")
+}
+
+/// The master's replicas, against what the settings rely on: in sentinel mode a
+/// master with no replica in sync has nothing to fail over to, and
+/// `redis.wait_replicas` above the replicas in sync makes every WAIT time out.
+async fn replication(settings: &Settings, conn: &mut crate::store::Conn, report: &mut Report) {
+    let sentinel = settings.redis.mode == crate::config::RedisMode::Sentinel;
+    let wanted = settings.redis.wait_replicas as usize;
+    if !sentinel && wanted == 0 {
+        return;
+    }
+    let info: String = match redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+    {
+        Ok(info) => info,
+        Err(_) => return,
+    };
+    let online = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count();
+    if online == 0 && sentinel {
+        report.warn(
+            "the master has no replica in sync: a failover has nothing to promote, and what it holds is on one machine",
+            "start the replicas (replicaof <master> <port>) and check `INFO replication` on the master",
+        );
+    } else if sentinel {
+        report.ok(format!("the master has {online} replica(s) in sync"));
+    }
+    if wanted > online {
+        report.warn(
+            format!("redis.wait_replicas is {wanted} but {online} replica(s) are in sync: every WAIT will wait redis.wait_timeout_ms and fall short"),
+            "lower redis.wait_replicas, or bring the replicas back",
+        );
+    }
+}
+
 /// Redis reachable, and set so that it does not lose jobs. Returns the images the
 /// registered profiles name (profile, image), for the Docker checks.
 async fn redis(settings: &Settings, report: &mut Report) -> Vec<(String, String)> {
-    let url = &settings.redis.url;
     let block = Duration::from_millis(settings.worker.block_ms);
-    let conn = match Store::new(&settings.redis, block, 1) {
+    let store = Store::new(&settings.redis, block, 1);
+    let url = match &store {
+        Ok(store) => match store.sentinels() {
+            Some(sentinels) => sentinel_survey(sentinels, report).await,
+            None => settings.redis.url.clone(),
+        },
+        Err(_) => settings.redis.url.clone(),
+    };
+    let url = &url;
+    let conn = match store {
         Ok(store) => store.conn().await,
         Err(e) => Err(e),
     };
@@ -64,7 +145,11 @@ async fn redis(settings: &Settings, report: &mut Report) -> Vec<(String, String)
         Err(e) => {
             report.fail(
                 format!("Redis at {url}: {}", error_chain(&e)),
-                "start redis-server (7 or later), or point --redis-url / REDIS_URL / redis.url at it",
+                if settings.redis.mode == crate::config::RedisMode::Sentinel {
+                    "check redis.nodes and redis.master_name, and that the master the sentinels name is up"
+                } else {
+                    "start redis-server (7 or later), or point --redis-url / REDIS_URL / redis.url at it"
+                },
             );
             return Vec::new();
         }
@@ -113,6 +198,7 @@ async fn redis(settings: &Settings, report: &mut Report) -> Vec<(String, String)
             "set maxmemory-policy noeviction",
         ),
     }
+    replication(settings, &mut conn, report).await;
     let keys = Keys::new(&settings.redis.prefix);
     let mut profiles = Vec::new();
     match crate::profile::list(&mut conn, &keys).await {

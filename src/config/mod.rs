@@ -200,10 +200,42 @@ pub struct WebhookSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// The server in `standalone` mode; in `sentinel` mode only its user name,
+    /// password and database number are used (for the master).
     pub url: String,
     pub prefix: String,
     pub command_timeout_ms: u64,
     pub pool_size: usize,
+    pub mode: RedisMode,
+    /// The sentinels (`redis://host:port`), asked in turn, in `sentinel` mode.
+    #[serde(deserialize_with = "one_or_many")]
+    pub nodes: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// Replicas a worker waits for (`WAIT`) after a claim, a terminal write and
+    /// an ack; 0: no wait.
+    pub wait_replicas: u32,
+    pub wait_timeout_ms: u64,
+}
+
+/// How Dockhand finds its Redis. `cluster` is a name users may try: it is
+/// recognised only to be refused with a sentence (not supported yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Sentinel => "sentinel",
+            RedisMode::Cluster => "cluster",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +253,7 @@ pub struct WorkerSettings {
     pub strict_priority: bool,
     pub concurrency: usize,
     pub block_ms: u64,
+    pub metrics_flush_ms: u64,
     pub lease_seconds: u64,
     pub drain_seconds: u64,
     pub max_deliveries: u32,
@@ -233,6 +266,8 @@ pub struct WorkerSettings {
     pub git_timeout_seconds: u64,
     pub build_context_bytes: ByteSize,
     pub docker_retries: u32,
+    /// How often the orphan sweep runs (after the one at start).
+    pub sweep_seconds: u64,
     /// `host:port` of this worker's own `/metrics` and `/healthz`; empty: none.
     pub metrics_listen: String,
     #[serde(default)]
@@ -484,6 +519,7 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("worker.queues")
+                .with_list_parse_key("redis.nodes")
                 .with_list_parse_key("policy.networks")
                 .with_list_parse_key("policy.cap_add")
                 .with_list_parse_key("policy.images")
@@ -552,8 +588,14 @@ impl Settings {
                 "must be at least 1",
             );
         }
+        if self.worker.sweep_seconds == 0 {
+            return bad("worker.sweep_seconds", "must be at least 1");
+        }
         if self.worker.block_ms == 0 || self.worker.block_ms > 60_000 {
             return bad("worker.block_ms", "must be between 1 and 60000");
+        }
+        if self.worker.metrics_flush_ms == 0 || self.worker.metrics_flush_ms > 60_000 {
+            return bad("worker.metrics_flush_ms", "must be between 1 and 60000");
         }
         if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.url.as_str()) {
             // What comes before an `@` may be a password: never echo it.
@@ -570,6 +612,7 @@ impl Settings {
         if self.redis.pool_size == 0 {
             return bad("redis.pool_size", "must be at least 1");
         }
+        self.validate_redis_mode()?;
         if self.jobs.max_line_bytes < 64 {
             return bad("jobs.max_line_bytes", "must be at least 64");
         }
@@ -630,6 +673,58 @@ impl Settings {
         }
         if self.schedules.late_seconds == 0 {
             return bad("schedules.late_seconds", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// `redis.mode` and what it needs: each refusal says what to set.
+    fn validate_redis_mode(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        let bad = |why: &str| Err(ConfigError::Invalid(why.to_string()));
+        match r.mode {
+            RedisMode::Standalone => {}
+            RedisMode::Cluster => {
+                return bad(
+                    "`redis.mode` = \"cluster\": Redis Cluster is not supported yet; \
+                     set redis.mode to \"standalone\" (with redis.url) or \"sentinel\" \
+                     (with redis.nodes and redis.master_name)",
+                )
+            }
+            RedisMode::Sentinel => {
+                if r.nodes.is_empty() {
+                    return bad(
+                        "`redis.mode` = \"sentinel\" needs the sentinels: set redis.nodes \
+                         (e.g. [\"redis://10.0.0.1:26379\", \"redis://10.0.0.2:26379\"], \
+                         or DOCKHAND__REDIS__NODES=redis://10.0.0.1:26379,redis://10.0.0.2:26379)",
+                    );
+                }
+                if r.master_name.trim().is_empty() {
+                    return bad("`redis.mode` = \"sentinel\" needs the master's name: set \
+                         redis.master_name to the name the sentinels monitor \
+                         (`sentinel monitor <name> ...` in sentinel.conf)");
+                }
+                for node in &r.nodes {
+                    if redis::IntoConnectionInfo::into_connection_info(node.as_str()).is_err() {
+                        let shown = match node.rsplit_once('@') {
+                            Some((_, host)) => format!("…@{host}"),
+                            None => node.clone(),
+                        };
+                        return bad(&format!(
+                            "`redis.nodes` has {shown:?}, which is not a sentinel's URL: \
+                             write each as redis://host:port"
+                        ));
+                    }
+                }
+            }
+        }
+        if r.wait_replicas > 0
+            && (r.wait_timeout_ms == 0 || r.wait_timeout_ms >= r.command_timeout_ms)
+        {
+            return bad(
+                "`redis.wait_timeout_ms` must be at least 1 (WAIT with timeout 0 blocks for ever) \
+                 and below redis.command_timeout_ms (or the WAIT itself times out) \
+                 when redis.wait_replicas is set",
+            );
         }
         Ok(())
     }
@@ -715,6 +810,74 @@ mod tests {
             assert!(err.contains(shown) && !err.contains("hunter2"), "{err}");
             assert!(err.contains("redis://host:port/"), "{err}");
         }
+    }
+
+    #[test]
+    fn sentinel_mode_comes_from_the_environment_with_its_list_of_nodes() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("DOCKHAND__REDIS__MODE", "sentinel"),
+                (
+                    "DOCKHAND__REDIS__NODES",
+                    "redis://10.0.0.1:26379,redis://10.0.0.2:26379",
+                ),
+                ("DOCKHAND__REDIS__MASTER_NAME", "mymaster"),
+                ("DOCKHAND__REDIS__WAIT_REPLICAS", "1"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Sentinel);
+        assert_eq!(
+            s.redis.nodes,
+            vec!["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+        );
+        assert_eq!(s.redis.master_name, "mymaster");
+        assert_eq!(s.redis.wait_replicas, 1);
+        // One sentinel, no comma: still a list of one.
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("DOCKHAND__REDIS__MODE", "sentinel"),
+                ("DOCKHAND__REDIS__NODES", "redis://10.0.0.1:26379"),
+                ("DOCKHAND__REDIS__MASTER_NAME", "mymaster"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.redis.nodes, vec!["redis://10.0.0.1:26379"]);
+        let s = Settings::load_from(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Standalone);
+    }
+
+    #[test]
+    fn sentinel_mode_without_what_it_needs_and_cluster_mode_are_refused_with_what_to_set() {
+        let refusal = |pairs: &[(&str, &str)]| {
+            Settings::load_from(None, &env(pairs), &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refusal(&[
+            ("DOCKHAND__REDIS__MODE", "sentinel"),
+            ("DOCKHAND__REDIS__MASTER_NAME", "mymaster"),
+        ]);
+        assert!(err.contains("set redis.nodes"), "{err}");
+        let err = refusal(&[
+            ("DOCKHAND__REDIS__MODE", "sentinel"),
+            ("DOCKHAND__REDIS__NODES", "redis://10.0.0.1:26379"),
+        ]);
+        assert!(err.contains("set redis.master_name"), "{err}");
+        let err = refusal(&[
+            ("DOCKHAND__REDIS__MODE", "sentinel"),
+            ("DOCKHAND__REDIS__NODES", "10.0.0.1:26379"),
+            ("DOCKHAND__REDIS__MASTER_NAME", "mymaster"),
+        ]);
+        assert!(err.contains("redis://host:port"), "{err}");
+        let err = refusal(&[("DOCKHAND__REDIS__MODE", "cluster")]);
+        assert!(err.contains("Redis Cluster is not supported yet"), "{err}");
+        let err = refusal(&[("DOCKHAND__REDIS__MODE", "sharded")]);
+        assert!(err.contains("cannot load the configuration"), "{err}");
     }
 
     #[test]

@@ -96,6 +96,13 @@ impl Keys {
         format!("{}:subscribers", self.prefix)
     }
 
+    /// The pub/sub channel on which a change to the subscriber registry made
+    /// through Dockhand is announced (a worker forgets its copy of it). Not the
+    /// registry hash itself, though of the same name: Redis keeps them apart.
+    pub fn subscribers_channel(&self) -> String {
+        format!("{}:subscribers", self.prefix)
+    }
+
     /// One webhook delivery: its target, body and state.
     pub fn delivery(&self, id: &str) -> String {
         format!("{}:webhook:{id}", self.prefix)

@@ -270,6 +270,8 @@ async fn disable(
                 serde_json::to_string(&sub).unwrap_or_default(),
             )
             .await?;
+        // The workers' copies of the registry (`outbox::Registry`) forget it.
+        let _: i64 = conn.publish(keys.subscribers_channel(), name).await?;
     }
     Ok(())
 }

@@ -114,6 +114,7 @@ static CREATE: LazyLock<redis::Script> = LazyLock::new(|| {
 pub async fn enqueue_for_job(
     conn: &mut Conn,
     keys: &Keys,
+    registry: &Registry,
     job: &str,
     spec: &[u8],
     retention: u64,
@@ -135,7 +136,7 @@ pub async fn enqueue_for_job(
         .unwrap_or_default();
     let (queue, entry) = (queue.unwrap_or_default(), entry.unwrap_or_default());
 
-    let targets = targets(conn, keys, &event, &queue, spec).await?;
+    let targets = targets(conn, keys, registry, &event, &queue, spec).await?;
     make(conn, keys, job, &entry, &event, &body, targets, retention).await
 }
 
@@ -179,11 +180,77 @@ pub async fn make(
     Ok(made)
 }
 
+/// The subscriber registry as a worker last read it, kept for a short time
+/// (`fresh`: the worker's `block_ms`), so that a busy worker does not read it
+/// once per finished job. A change made through `dockhand subscriber` or the API
+/// is announced on [`Keys::subscribers_channel`], and the worker forgets its copy
+/// at once ([`Registry::forget`]); one made with a bare `HSET` applies to jobs
+/// that end `fresh` after it at the latest. (Only who gets a delivery is read
+/// from the copy: its URL and secret are read when it is sent.) Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    copy: std::sync::Arc<std::sync::Mutex<Option<Read>>>,
+    /// Counts the times the copy was forgotten: a read that was under way
+    /// meanwhile may hold the old registry, and is not kept.
+    forgotten: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    fresh: std::time::Duration,
+}
+
+type Read = (std::time::Instant, std::sync::Arc<Vec<(Vec<u8>, Vec<u8>)>>);
+
+impl Registry {
+    pub fn new(fresh: std::time::Duration) -> Registry {
+        Registry {
+            copy: Default::default(),
+            forgotten: Default::default(),
+            fresh,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Read>> {
+        self.copy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the copy: the next read goes to Redis.
+    pub fn forget(&self) {
+        let mut copy = self.lock();
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *copy = None;
+    }
+
+    /// Every registered subscriber, name → JSON, sorted by name.
+    async fn read(
+        &self,
+        conn: &mut Conn,
+        keys: &Keys,
+    ) -> Result<std::sync::Arc<Vec<(Vec<u8>, Vec<u8>)>>, StoreError> {
+        if let Some((at, list)) = &*self.lock() {
+            if at.elapsed() < self.fresh {
+                return Ok(list.clone());
+            }
+        }
+        let asked = std::time::Instant::now();
+        let generation = self.forgotten.load(std::sync::atomic::Ordering::SeqCst);
+        let mut list: Vec<(Vec<u8>, Vec<u8>)> = conn.hgetall(keys.subscribers()).await?;
+        list.sort();
+        let list = std::sync::Arc::new(list);
+        // Timed from the question, not the answer; and not kept at all when a
+        // change was announced while it was on its way.
+        let mut copy = self.lock();
+        if self.forgotten.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            *copy = Some((asked, list.clone()));
+        }
+        Ok(list)
+    }
+}
+
 /// Every target that wants `event` of a job in `queue`: the registered
 /// subscribers (by name, in order) and the job's own `webhooks` in `spec`.
 pub async fn targets(
     conn: &mut Conn,
     keys: &Keys,
+    registry: &Registry,
     event: &str,
     queue: &str,
     spec: &[u8],
@@ -192,11 +259,10 @@ pub async fn targets(
     // Anyone can HSET the registry: a name or value that is not UTF-8 JSON is
     // skipped with a warning, and never keeps the other subscribers' deliveries
     // (or the entry's acknowledgement) from being made.
-    let mut subscribers: Vec<(Vec<u8>, Vec<u8>)> = conn.hgetall(keys.subscribers()).await?;
-    subscribers.sort();
-    for (name, value) in subscribers {
-        let name = String::from_utf8_lossy(&name).into_owned();
-        match serde_json::from_slice::<super::Subscriber>(&value) {
+    let subscribers = registry.read(conn, keys).await?;
+    for (name, value) in subscribers.iter() {
+        let name = String::from_utf8_lossy(name).into_owned();
+        match serde_json::from_slice::<super::Subscriber>(value) {
             Ok(sub) if sub.wants(event, queue) => targets.push(NewDelivery {
                 subscriber: name,
                 url: None,

@@ -21,6 +21,9 @@ use crate::store::StoreError;
 pub(super) enum Admission {
     /// The job runs now: its record (attempts so far, creation time) and the job.
     Run(JobRecord, Box<Job>),
+    /// The job was started in the claim's own step: its record as written
+    /// (`running`, this attempt's), and the job.
+    Started(JobRecord, Box<Job>),
     /// The turn ends without a run.
     End(Ending),
 }
@@ -48,7 +51,24 @@ pub(super) async fn admit(
         .ok()
         .and_then(|s| s.unique_for_seconds)
         .unwrap_or(0);
-    let claimed = claim(ctx, entry, &record, stored, unique).await?;
+    // A producer's own entry (no requeue token) is most likely a new job: it is
+    // validated before the claim, and when it can run at once (see
+    // [`at_once`]), claimed and started in one step. Its delays count from the
+    // entry's time, which for a new job is its submission.
+    let mut early = None;
+    if entry.token.is_empty() {
+        if let Ok(spec) = &parsed {
+            early = Some(validate(ctx, entry, &mut record, Ok(spec.clone())).await?);
+        }
+    }
+    let start = match &early {
+        Some(Ok(job)) if at_once(job) => Some(super::attempt::running(
+            super::attempt::begun(ctx, record.clone()),
+            job,
+        )),
+        _ => None,
+    };
+    let claimed = claim(ctx, entry, &record, stored, unique, start.as_ref()).await?;
     match &claimed.claim {
         Claim::Duplicate { status } => {
             tracing::info!(existing_status = %status, "duplicate job id; not run again");
@@ -72,7 +92,21 @@ pub(super) async fn admit(
     if !claimed.created_at.is_empty() {
         record.created_at = claimed.created_at.clone();
     }
-    let job = match validate(ctx, entry, &mut record, parsed).await? {
+    let early = match (claimed.started, start, early) {
+        (true, Some(mut started), Some(Ok(job))) => {
+            started.absent.log = true; // the claim made the hash
+            super::ending::count(ctx, &started, "job.started");
+            return Ok(Admission::Started(started, Box::new(job)));
+        }
+        (_, _, early) => early,
+    };
+    // Validated before the claim only if the claim made the job: else its
+    // delays count from the hash's creation time, read by the claim.
+    let validated = match early {
+        Some(v) if claimed.claim == Claim::New => v,
+        _ => validate(ctx, entry, &mut record, parsed).await?,
+    };
+    let job = match validated {
         Ok(job) => job,
         Err(rejection) => return Ok(Admission::End(Ending::Reject(record, rejection))),
     };
@@ -130,12 +164,13 @@ async fn claim(
     record: &JobRecord,
     stored: &[u8],
     unique_for_seconds: u64,
+    start: Option<&JobRecord>,
 ) -> Result<Claimed, StoreError> {
     let spec = String::from_utf8_lossy(stored);
     let stored = spec.as_bytes();
     ctx.store
         .persist(|mut conn| async move {
-            state::claim(
+            let claimed = state::claim(
                 &mut conn,
                 &ctx.keys,
                 &entry.id,
@@ -145,8 +180,13 @@ async fn claim(
                 &entry.token,
                 ctx.settings.jobs.events_max_len,
                 unique_for_seconds,
+                start,
             )
-            .await
+            .await?;
+            // Replication is one ordered stream: this also covers the
+            // XREADGROUP that delivered the entry, made before on another connection.
+            ctx.store.replicate(&mut conn, "claim").await;
+            Ok(claimed)
         })
         .await
 }
@@ -201,6 +241,17 @@ async fn with_profile(
         })
         .await?;
     Ok(crate::profile::apply(raw, &name, profile.as_deref()))
+}
+
+/// True when nothing comes between a new job's claim and its start: it waits
+/// for no parent, counts against no limit, is not due later, and needs no image
+/// made from git (those write states of their own first).
+fn at_once(job: &Job) -> bool {
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(50);
+    job.spec.after.is_empty()
+        && job.spec.concurrency_key.is_none()
+        && job.git.is_none()
+        && job.not_before.is_none_or(|at| at <= soon)
 }
 
 /// What ends a valid job's turn before it runs: a cancel asked for already, a

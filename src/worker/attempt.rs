@@ -26,36 +26,55 @@ use crate::store::StoreError;
 use crate::telemetry::error_chain;
 use tokio::task::JoinHandle;
 
-/// One attempt of a job this worker owns.
-pub(super) async fn attempt(
-    turn: &Turn<'_>,
-    registration: &Registration,
-    mut record: JobRecord,
-    job: Box<Job>,
-) -> Result<Ending, StoreError> {
-    let ctx = turn.ctx;
+/// The record of a new attempt, before its image is ready.
+pub(super) fn begun(ctx: &Ctx, mut record: JobRecord) -> JobRecord {
     record.attempt += 1;
     record.started_at = Some(crate::time::now());
     record.finished_at = None;
     record.worker = Some(ctx.worker_id.clone());
-    // `absent.log` here: the claim made the job's hash, so it has no log yet.
-    let log = JobLog::start(ctx, &job, record.absent.log);
-    let prepared = image(turn, registration, record, job, &log.sender).await?;
-    let (mut record, mut job) = match prepared {
-        Ok(ready) => ready,
-        Err(ending) => {
-            log.close().await;
-            return Ok(ending);
-        }
-    };
+    record
+}
 
+/// The record of an attempt whose image is ready: `running`.
+pub(super) fn running(mut record: JobRecord, job: &Job) -> JobRecord {
     record.set_status(Status::Running);
     // A local job runs no image.
     record.image = (!job.image.is_empty()).then(|| job.image.clone());
-    if !turn.write(&record, "job.started", &[]).await? {
-        log.close().await;
-        return Ok(Ending::NotOwned);
-    }
+    record
+}
+
+/// One attempt of a job this worker owns. `started`: the claim already wrote
+/// `record` as `running` (see `admit`).
+pub(super) async fn attempt(
+    turn: &Turn<'_>,
+    registration: &Registration,
+    record: JobRecord,
+    job: Box<Job>,
+    started: bool,
+) -> Result<Ending, StoreError> {
+    let ctx = turn.ctx;
+    // `absent.log` here: the claim made the job's hash, so it has no log yet.
+    let log = JobLog::start(ctx, &job, record.absent.log);
+    let (record, mut job) = if started {
+        (record, job)
+    } else {
+        let record = begun(ctx, record);
+        let prepared = image(turn, registration, record, job, &log.sender).await?;
+        let (record, job) = match prepared {
+            Ok(ready) => ready,
+            Err(ending) => {
+                log.close().await;
+                return Ok(ending);
+            }
+        };
+        let record = running(record, &job);
+        if !turn.write(&record, "job.started", &[]).await? {
+            log.close().await;
+            return Ok(Ending::NotOwned);
+        }
+        (record, job)
+    };
+    let mut record = record;
     tracing::info!(image = %job.image, attempt = record.attempt, "job started");
     // Result URLs, for a job that has a network to reach them on (a local job
     // reaches them on loopback).

@@ -47,6 +47,10 @@ pub(crate) struct Ctx {
     pub deliveries_made: Arc<tokio::sync::Notify>,
     /// Jobs this process ended since it started, for its own `/metrics`.
     pub finished: Finished,
+    /// Fleet-wide counts not yet written to Redis (see `metrics::Tally`).
+    pub tally: crate::metrics::Tally,
+    /// The webhook subscribers as last read (see `webhook::outbox::Registry`).
+    pub subscribers: crate::webhook::outbox::Registry,
 }
 
 impl Ctx {

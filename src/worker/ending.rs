@@ -122,7 +122,9 @@ impl Turn<'_> {
                 .await
             })
             .await?;
-        if !written {
+        if written {
+            count(ctx, record, event);
+        } else {
             tracing::warn!("another worker owns this job now; this run's state was not written");
         }
         Ok(written)
@@ -180,7 +182,15 @@ impl Turn<'_> {
         let targets = ctx
             .store
             .persist(|mut conn| async move {
-                crate::webhook::outbox::targets(&mut conn, &ctx.keys, event, queue, raw).await
+                crate::webhook::outbox::targets(
+                    &mut conn,
+                    &ctx.keys,
+                    &ctx.subscribers,
+                    event,
+                    queue,
+                    raw,
+                )
+                .await
             })
             .await?;
         let batch = crate::batch::of_entry(self.raw).is_some();
@@ -203,7 +213,7 @@ impl Turn<'_> {
                         ctx.settings.jobs.retention_seconds,
                         ctx.settings.jobs.events_max_len,
                     );
-                    state::write_prepared(
+                    let written = state::write_prepared(
                         &mut conn,
                         &ctx.keys,
                         owner,
@@ -214,11 +224,15 @@ impl Turn<'_> {
                         max,
                         terminal,
                     )
-                    .await
+                    .await?;
+                    ctx.store.replicate(&mut conn, "terminal write").await;
+                    Ok(written)
                 }
             })
             .await?;
-        if !written.written {
+        if written.written {
+            count(ctx, record, event);
+        } else {
             tracing::warn!("another worker owns this job now; this run's state was not written");
         }
         if written.acked {
@@ -459,8 +473,15 @@ async fn make_deliveries(ctx: &Ctx, job: &str, spec: &[u8]) -> Result<(), StoreE
     let made = ctx
         .store
         .persist(|mut conn| async move {
-            crate::webhook::outbox::enqueue_for_job(&mut conn, &ctx.keys, job, spec, retention)
-                .await
+            crate::webhook::outbox::enqueue_for_job(
+                &mut conn,
+                &ctx.keys,
+                &ctx.subscribers,
+                job,
+                spec,
+                retention,
+            )
+            .await
         })
         .await?;
     if made > 0 {
@@ -473,9 +494,11 @@ async fn make_deliveries(ctx: &Ctx, job: &str, spec: &[u8]) -> Result<(), StoreE
 async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
     let held = ctx
         .store
-        .persist(
-            |mut conn| async move { queue::ack(&mut conn, &ctx.keys, entry, &ctx.consumer).await },
-        )
+        .persist(|mut conn| async move {
+            let held = queue::ack(&mut conn, &ctx.keys, entry, &ctx.consumer).await?;
+            ctx.store.replicate(&mut conn, "ack").await;
+            Ok(held)
+        })
         .await?;
     if !held {
         tracing::warn!("another worker holds this entry now; not acknowledged");
@@ -486,3 +509,12 @@ async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
 /// The wait before a job Docker could not start runs again: doubled per try, capped.
 const DOCKER_RETRY_FIRST: Duration = Duration::from_secs(1);
 const DOCKER_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Counts the metrics a written state moves (in the worker's tally, which goes
+/// to Redis on its own schedule: see `metrics::Tally`).
+pub(super) fn count(ctx: &Ctx, record: &JobRecord, event: &str) {
+    ctx.tally.add(state::observed(record, event));
+    if record.is_terminal() {
+        ctx.tally.finished(&ctx.keys, &record.queue);
+    }
+}

@@ -78,8 +78,8 @@ pub enum WorkerError {
     },
 }
 
-/// How often the orphan sweep runs after the first one at start.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often the listing prune runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Connects to the Docker engine; an engine that does not answer yet (the host is
 /// still starting it) is waited for, with backoff, like Redis. `None` when
@@ -206,6 +206,7 @@ pub async fn run_with(
         );
         crate::executor::ssh::SshExecutor::new(settings.clone(), &worker_id, &consumer)
     });
+    let block = Duration::from_millis(settings.worker.block_ms);
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
@@ -222,6 +223,8 @@ pub async fn run_with(
         deployment: Arc::default(),
         deliveries_made: Arc::default(),
         finished: context::Finished::default(),
+        tally: crate::metrics::Tally::default(),
+        subscribers: crate::webhook::outbox::Registry::new(block),
     };
     let w = &ctx.settings.worker;
     tracing::info!(worker = %ctx.worker_id, consumer = %ctx.consumer, queues = ?w.queues, concurrency = w.concurrency, "worker started");
@@ -236,6 +239,8 @@ pub async fn run_with(
     let broadcast_ready = broadcast::setup(&ctx, &profiles).await;
     let beating = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat::run(ctx.clone(), info, beating.clone()));
+    // Like the heartbeat, it outlives the drain: jobs that end there are counted.
+    let counting = tokio::spawn(upkeep::metrics_flush(ctx.clone(), beating.clone()));
     let permits = Arc::new(Semaphore::new(w.concurrency));
     // Stops with the heartbeat, after the drain: a draining worker is still alive.
     let probing = probe.map(|listener| {
@@ -268,11 +273,13 @@ pub async fn run_with(
         ctx.deliveries_made.clone(),
         token.clone(),
     ));
-    chores.spawn(upkeep::sweeper(ctx.clone(), SWEEP_EVERY, token.clone()));
+    // The orphan sweep runs at start, then every `worker.sweep_seconds`.
+    let sweep_every = Duration::from_secs(ctx.settings.worker.sweep_seconds);
+    chores.spawn(upkeep::sweeper(ctx.clone(), sweep_every, token.clone()));
     chores.spawn(upkeep::dependency_deadlines(ctx.clone(), token.clone()));
     chores.spawn(upkeep::prune_listings(
         ctx.clone(),
-        SWEEP_EVERY,
+        PRUNE_EVERY,
         token.clone(),
     ));
     chores.spawn(takeover::run(
@@ -314,6 +321,7 @@ pub async fn run_with(
     }
     beating.cancel();
     let _ = heartbeat.await;
+    let _ = counting.await;
     if let Some(probing) = probing {
         let _ = probing.await;
     }
@@ -337,6 +345,10 @@ async fn claim_loop(
     let mut paused = std::collections::BTreeSet::new();
     let mut paused_at = None;
     let mut claims: u64 = 0;
+    // What each queue's last claim saw of its priority lanes (see `lanes::claim`).
+    let fresh = Duration::from_millis(ctx.settings.worker.block_ms);
+    let mut lanes_seen: std::collections::HashMap<String, queue::lanes::Seen> =
+        std::collections::HashMap::new();
     while !token.is_cancelled() {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -378,8 +390,11 @@ async fn claim_loop(
             // Every FAIR_EVERY-th claim takes the longest-waiting job of the queue.
             let fair = (claims + 1).is_multiple_of(queue::lanes::FAIR_EVERY);
             for q in claim_order(&queues, &served, &ctx.settings.worker) {
+                let seen = lanes_seen
+                    .entry(q.to_string())
+                    .or_insert_with(|| queue::lanes::Seen::new(fresh));
                 if let Some(entry) =
-                    queue::lanes::claim(&mut conn, &ctx.keys, q, &ctx.consumer, fair).await?
+                    queue::lanes::claim(&mut conn, &ctx.keys, q, &ctx.consumer, fair, seen).await?
                 {
                     claims += 1;
                     return Ok(vec![entry]);

@@ -96,13 +96,15 @@ pub(super) async fn run(
 async fn take(turn: &Turn<'_>, registration: &Registration) -> Result<(), StoreError> {
     let (ctx, entry) = (turn.ctx, turn.entry);
     let ending = match admit(ctx, entry, registration, turn.stored).await? {
+        // Nothing to wait for, no limit: see `admit::at_once`.
+        Admission::Started(record, job) => attempt(turn, registration, record, job, true).await?,
         Admission::Run(record, job) => match waiting::gate(ctx, entry, turn.raw, record, job)
             .await?
         {
             Wait::Run(record, job) => match limit::gate(ctx, registration, record, job).await? {
                 Gate::Pass(record, job) => {
                     let (id, key) = (record.id.clone(), job.spec.concurrency_key.clone());
-                    let ending = attempt(turn, registration, record, job).await;
+                    let ending = attempt(turn, registration, record, job, false).await;
                     limit::release(ctx, registration, &ctx.keys, key.as_deref(), &id).await;
                     ending?
                 }

@@ -226,7 +226,15 @@ impl Task {
         let targets = ctx
             .store
             .persist(|mut conn| async move {
-                outbox::targets(&mut conn, &ctx.keys, "job.progress", &a.queue, &a.spec).await
+                outbox::targets(
+                    &mut conn,
+                    &ctx.keys,
+                    &ctx.subscribers,
+                    "job.progress",
+                    &a.queue,
+                    &a.spec,
+                )
+                .await
             })
             .await?;
         // A fresh id per event: each is its own delivery, and a step retried after

@@ -159,7 +159,11 @@ pub(super) async fn prune_listings(ctx: Ctx, every: Duration, token: Cancellatio
     while !token.is_cancelled() {
         let pruned = async {
             let mut conn = ctx.store.conn().await?;
-            crate::listing::prune(&mut conn, &ctx.keys, 1000).await
+            let retention = ctx.settings.jobs.retention_seconds.saturating_mul(1000);
+            let before = chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
+            crate::listing::prune(&mut conn, &ctx.keys, 1000, before).await
         }
         .await;
         match pruned {
@@ -179,12 +183,20 @@ pub(super) async fn cancel_listener(ctx: Ctx, token: CancellationToken) {
         let listened: Result<(), StoreError> = async {
             let mut pubsub = ctx.store.pubsub().await?;
             pubsub.subscribe(ctx.keys.cancel_channel()).await?;
+            pubsub.subscribe(ctx.keys.subscribers_channel()).await?;
+            // Whatever changed while we were away: read the registry afresh.
+            ctx.subscribers.forget();
             backoff.reset();
+            let registry = ctx.keys.subscribers_channel();
             let mut messages = pubsub.on_message();
             loop {
                 tokio::select! {
                     msg = messages.next() => {
                         let Some(msg) = msg else { return Ok(()) };
+                        if msg.get_channel_name() == registry {
+                            ctx.subscribers.forget();
+                            continue;
+                        }
                         let id: String = msg.get_payload().unwrap_or_default();
                         if ctx.running.stop_job(&id, StopCause::Cancelled) {
                             tracing::info!(job_id = %id, "cancel requested; stopping the container");
@@ -347,6 +359,22 @@ pub(super) async fn check_redis_settings(ctx: &Ctx) {
     if let Ok(v) = aof {
         if v.get(1).is_some_and(|a| a == "no") {
             tracing::warn!("Redis runs without AOF (appendonly no): a Redis restart loses queued and running jobs; set appendonly yes");
+        }
+    }
+}
+
+/// Writes the fleet-wide metrics this worker has counted (`Ctx::tally`) every
+/// `worker.metrics_flush_ms`, and once more when `token` is cancelled.
+pub(super) async fn metrics_flush(ctx: Ctx, token: CancellationToken) {
+    let every = Duration::from_millis(ctx.settings.worker.metrics_flush_ms);
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = token.cancelled() => true,
+        };
+        ctx.tally.flush(&ctx.store, &ctx.keys).await;
+        if stop {
+            return;
         }
     }
 }

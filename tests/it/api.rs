@@ -233,7 +233,9 @@ async fn listings_page_without_repeats_filter_and_forget_expired_jobs() {
             .conn()
             .await
             .unwrap();
-    dockhand::listing::prune(&mut conn, &env.keys, 1000)
+    // Every member, however new (a worker looks only at those older than the
+    // retention: these were made to expire early).
+    dockhand::listing::prune(&mut conn, &env.keys, 1000, i64::MAX)
         .await
         .unwrap();
     let mut c = env.conn().await;
@@ -279,7 +281,18 @@ async fn a_paused_queue_keeps_its_jobs_until_it_is_resumed() {
         env.job(&held).await.is_empty(),
         "a paused queue's job was claimed"
     );
-    let (_, v) = api.get("/queues").await;
+    // The throughput is written with the workers' metrics (every
+    // worker.metrics_flush_ms): waited for.
+    let v = wait_until("the free queue's two jobs to be counted", || async {
+        let (_, v) = api.get("/queues").await;
+        let counted = v["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|q| q["queue"] == "free" && q["finished_last_minute"] == 2);
+        counted.then_some(v)
+    })
+    .await;
     let row = v["queues"]
         .as_array()
         .unwrap()

@@ -2,15 +2,14 @@
 //! socket mounted, a fixed hostname) serves result URLs: it connects its own
 //! container to `dockhand-results` and serves on its address there.
 //!
-//! No registry is reachable, so the worker's image is built here FROM scratch out
-//! of the test's own `dockhand` binary and the shared libraries `ldd` lists. Redis
+//! No registry is reachable, so the worker's image is built FROM scratch out of
+//! the test's own `dockhand` binary by `scripts/image`, as an operator builds it. Redis
 //! listens on the gateway of a Docker network this test makes, the worker's
 //! container is on that network only, and everything the test made (containers,
 //! network, image) is removed when it ends, passed or failed.
 
 use crate::common::{image, wait_until, Env, RedisServer};
 use std::net::IpAddr;
-use std::path::Path;
 use std::process::Command;
 
 /// Runs `docker args...`; its trimmed stdout, or a panic with its stderr.
@@ -75,52 +74,6 @@ impl Drop for Made {
     }
 }
 
-/// Builds `tag`: FROM scratch, the `dockhand` binary as its entrypoint, the
-/// libraries it links (with the dynamic loader) at the paths `ldd` gives, and an
-/// empty /tmp (the worker's lock file for the results network goes there).
-fn build_worker_image(tag: &str) {
-    let binary = env!("CARGO_BIN_EXE_dockhand");
-    let ctx = tempfile::tempdir().unwrap();
-    let root = ctx.path().join("rootfs");
-    let put = |from: &Path, to: &str| {
-        let dest = root.join(to.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {from:?}: {e}"));
-    };
-    put(Path::new(binary), "/bin/dockhand");
-    let ldd = Command::new("ldd").arg(binary).output().expect("ldd runs");
-    assert!(ldd.status.success(), "ldd {binary} failed");
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        // "libssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x...)", or the
-        // loader "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
-        let path = line
-            .split("=>")
-            .last()
-            .and_then(|p| p.split_whitespace().next())
-            .filter(|p| p.starts_with('/'));
-        if let Some(path) = path {
-            put(Path::new(path), path); // copy follows symlinks: the file itself
-        }
-    }
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/bin/dockhand\"]\n",
-    )
-    .unwrap();
-    let out = Command::new("docker")
-        .args(["build", "--pull=false", "-q", "-t", tag])
-        .arg(ctx.path())
-        .env("DOCKER_BUILDKIT", "0") // the classic builder needs no network
-        .output()
-        .expect("docker build runs");
-    assert!(
-        out.status.success(),
-        "docker build of {tag} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The worker's settings, as `docker run -e` arguments.
 fn worker_env(env: &Env) -> Vec<String> {
     [
@@ -163,7 +116,7 @@ async fn a_worker_in_a_container_serves_result_urls_on_the_results_network() {
     .parse()
     .expect("the test network has an IPv4 gateway");
     let env = Env::on(RedisServer::start_on(gateway));
-    build_worker_image(&tag);
+    crate::common::build_dockhand_image(&tag);
     made.image = Some(tag.clone());
 
     // As docker-compose.yml runs it: the socket mounted, a hostname of its own

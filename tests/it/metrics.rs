@@ -205,15 +205,25 @@ async fn counters_and_histograms_move_as_jobs_finish_and_webhooks_are_sent() {
     env.finished(&ok).await;
     env.finished(&bad).await;
 
-    // Counted in the step that wrote the terminal state: there as soon as it is.
-    let after = scrape(&api).await;
-    after.check_histograms();
+    // Counted by the worker once each terminal write returned, and written to
+    // Redis with its next flush (worker.metrics_flush_ms): waited for. Both
+    // jobs' counts come in whole (one job's finished count, duration and queue
+    // wait are added in one pipeline), so nothing is half there.
     let finished = |p: &Parsed, status: &str, reason: &str| {
         p.value(
             "dockhand_jobs_finished_total",
             &[("queue", "default"), ("status", status), ("reason", reason)],
         )
     };
+    let after = wait_until("both jobs to be counted", || async {
+        let p = scrape(&api).await;
+        let done = finished(&p, "completed", "") - finished(&before, "completed", "");
+        let failed =
+            finished(&p, "aborted", "exit_code") - finished(&before, "aborted", "exit_code");
+        (done >= 1.0 && failed >= 1.0).then_some(p)
+    })
+    .await;
+    after.check_histograms();
     assert_eq!(
         finished(&after, "completed", "") - finished(&before, "completed", ""),
         1.0

@@ -2,8 +2,10 @@
 //! (Debian's `openssh-server`), started here on a free loopback port with a host
 //! key and a login key this test makes, running as the current user: a Python
 //! script streams its lines live, its output files come back, a timeout kills
-//! the remote process, a wrong host key is refused, a server stopped mid-job is
-//! a lost worker, and an unknown host or interpreter is refused.
+//! the remote process, a cancel kills its whole process group, a wrong host key
+//! is refused, a server stopped mid-job is a lost worker, what a killed worker
+//! left running on the host is swept by the next one, and an unknown host or
+//! interpreter is refused.
 
 use crate::common::{free_port, wait_until, Env, Worker};
 use std::path::{Path, PathBuf};
@@ -123,32 +125,39 @@ impl Drop for Sshd {
     }
 }
 
+/// The settings that make `sshd` the host `lab1`, checked against `known_hosts`.
+fn ssh_settings(sshd: &Sshd, known_hosts: &str) -> Vec<(&'static str, String)> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    vec![
+        (
+            "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__ADDRESS",
+            "127.0.0.1".into(),
+        ),
+        (
+            "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__PORT",
+            sshd.port.to_string(),
+        ),
+        ("DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__USER", user),
+        (
+            "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__KEY_FILE",
+            sshd.path("client_key"),
+        ),
+        (
+            "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__KNOWN_HOSTS",
+            known_hosts.into(),
+        ),
+        (
+            "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__INTERPRETERS__PYTHON3",
+            "/usr/bin/python3 -u".into(),
+        ),
+    ]
+}
+
 /// A worker whose host `lab1` is `sshd`, checked against `known_hosts`.
 fn ssh_worker(env: &Env, sshd: &Sshd, known_hosts: &str) -> Worker {
-    let port = sshd.port.to_string();
-    let key = sshd.path("client_key");
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    Worker::start(env.settings(
-        &["default"],
-        2,
-        &[
-            (
-                "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__ADDRESS",
-                "127.0.0.1",
-            ),
-            ("DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__PORT", &port),
-            ("DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__USER", &user),
-            ("DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__KEY_FILE", &key),
-            (
-                "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__KNOWN_HOSTS",
-                known_hosts,
-            ),
-            (
-                "DOCKHAND__EXECUTORS__SSH__HOSTS__LAB1__INTERPRETERS__PYTHON3",
-                "/usr/bin/python3 -u",
-            ),
-        ],
-    ))
+    let vars = ssh_settings(sshd, known_hosts);
+    let extra: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Worker::start(env.settings(&["default"], 2, &extra))
 }
 
 fn ssh(id: &str, extra: serde_json::Value) -> String {
@@ -368,4 +377,141 @@ async fn the_server_stopped_mid_job_is_a_lost_worker() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     worker.stop().await;
+}
+
+/// A Python script that starts a child, writes `<own pid> <child pid>` to
+/// `pids`, prints `early`, and sleeps; unless `done` exists, then it prints
+/// `again` and ends at once (so a second attempt finishes).
+fn sleeper(pids: &Path, done: &Path) -> String {
+    format!(
+        "import os, subprocess, time\n\
+         if os.path.exists({done:?}):\n    print('again'); raise SystemExit(0)\n\
+         open({done:?}, 'w').close()\n\
+         child = subprocess.Popen(['sleep', '1000'])\n\
+         open({pids:?}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n\
+         print('early')\n\
+         time.sleep(1000)\n",
+        pids = pids.to_string_lossy(),
+        done = done.to_string_lossy()
+    )
+}
+
+fn read_pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_kills_the_remote_process_group() {
+    let env = Env::new();
+    let mut sshd = Sshd::start();
+    sshd.ready().await;
+    let worker = ssh_worker(&env, &sshd, &sshd.path("known_hosts"));
+    let scratch = tempfile::tempdir().unwrap();
+    let (pids, done) = (scratch.path().join("pids"), scratch.path().join("done"));
+    let id = format!("{}-cancel", env.prefix);
+    env.xadd(
+        "default",
+        &ssh(
+            &id,
+            serde_json::json!({"script": {"content": sleeper(&pids, &done), "interpreter": "python3"}}),
+        ),
+    )
+    .await;
+    env.wait_for_log_line(&id, "stdout", "early").await;
+    let running = read_pids(&pids);
+    assert_eq!(running.len(), 2, "the script and its child: {running:?}");
+    assert!(running.iter().all(|p| alive(*p)));
+    let out = crate::common::cli(&env, &["cancel", &id]).await;
+    assert!(out.status.success(), "{out:?}");
+    let job = env.finished(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["reason"].as_str()),
+        ("aborted", "cancelled"),
+        "{job:?}"
+    );
+    wait_until("the script and its child to be gone", || async {
+        running.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_killed_worker_left_on_the_host_is_swept_by_the_next() {
+    let env = Env::new();
+    let mut sshd = Sshd::start();
+    sshd.ready().await;
+    let vars = ssh_settings(&sshd, &sshd.path("known_hosts"));
+    let extra: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first_id = format!("{}-first", env.prefix);
+    let mut first = env.spawn_worker(&first_id, &extra);
+    let scratch = tempfile::tempdir().unwrap();
+    let (pids, done) = (scratch.path().join("pids"), scratch.path().join("done"));
+    let id = format!("{}-orphan", env.prefix);
+    env.xadd(
+        "default",
+        &ssh(
+            &id,
+            serde_json::json!({"script": {"content": sleeper(&pids, &done), "interpreter": "python3"}}),
+        ),
+    )
+    .await;
+    env.wait_for_log_line(&id, "stdout", "early").await;
+    let orphaned = read_pids(&pids);
+    assert_eq!(orphaned.len(), 2, "{orphaned:?}");
+    let home = std::env::var("HOME").unwrap();
+    let runs = Path::new(&home).join(".dockhand").join(&first_id);
+    let run_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(&runs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let dirs = run_dirs();
+    assert_eq!(
+        dirs.iter().filter(|p| p.is_dir()).count(),
+        1,
+        "the first worker's run directory (and its record beside it): {dirs:?}"
+    );
+
+    // The worker dies outright: its remote job runs on (its own session).
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(orphaned.iter().all(|p| alive(*p)));
+    // Once the dead worker's liveness key has expired, the next worker to start
+    // sweeps what it left, and runs the job again.
+    wait_until("the killed worker's liveness to expire", || async {
+        let mut c = env.conn().await;
+        let left: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+            .arg(format!("{}:worker:{}*", env.prefix, first_id))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        left.is_empty().then_some(())
+    })
+    .await;
+    let second = ssh_worker(&env, &sshd, &sshd.path("known_hosts"));
+    wait_until("the orphaned script and its child to be killed", || async {
+        orphaned.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    wait_until(
+        "the orphaned run directory and its record to be removed",
+        || async { run_dirs().is_empty().then_some(()) },
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_str()),
+        ("completed", "2"),
+        "run again by the second worker: {job:?}"
+    );
+    assert!(env
+        .lines(&id, "stdout")
+        .await
+        .contains(&"again".to_string()));
+    second.stop().await;
 }

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod sentinel;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use dockhand::config::{Overrides, Settings};
@@ -205,6 +206,24 @@ impl Env {
         Env::with_url(server.url(), Some(server))
     }
 
+    /// On the server at `url`, which the test started and keeps itself (a
+    /// [`sentinel::SentinelGroup`]'s master, say).
+    pub fn at(url: String) -> Env {
+        Env::with_url(url, None)
+    }
+
+    /// The same prefix, read through the server at `url` (a new master after a
+    /// failover).
+    pub fn moved_to(&self, url: String) -> Env {
+        Env {
+            client: redis::Client::open(url.as_str()).unwrap(),
+            keys: Keys::new(&self.prefix),
+            url,
+            prefix: self.prefix.clone(),
+            server: None,
+        }
+    }
+
     fn with_url(url: String, server: Option<RedisServer>) -> Env {
         let prefix = format!("t{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
         let client = redis::Client::open(url.as_str()).unwrap();
@@ -227,6 +246,7 @@ impl Env {
         let mut env: Vec<(String, String)> = vec![
             ("DOCKHAND__REDIS__PREFIX".into(), self.prefix.clone()),
             ("DOCKHAND__WORKER__BLOCK_MS".into(), "300".into()),
+            ("DOCKHAND__WORKER__METRICS_FLUSH_MS".into(), "200".into()),
             ("DOCKHAND__WORKER__STOP_GRACE_SECONDS".into(), "1".into()),
             ("DOCKHAND__WORKER__RECONNECT_MAX_MS".into(), "500".into()),
             ("DOCKHAND__WORKER__DRAIN_SECONDS".into(), "20".into()),
@@ -252,9 +272,15 @@ impl Env {
         Arc::new(Settings::load_from(None, &env, &overrides).expect("test settings are valid"))
     }
 
+    /// A connection for the test's own reads and writes. Its replies may take
+    /// long on a loaded machine (a whole log of 100,000 lines read at once), and
+    /// a test waits on events, not on the clock: the client's default response
+    /// timeout would fail it for being slow, so it gets a generous one.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(60)));
         self.client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap()
     }
@@ -355,6 +381,7 @@ impl Env {
         .env_remove("REDIS_URL")
         .env("DOCKHAND__REDIS__PREFIX", &self.prefix)
         .env("DOCKHAND__WORKER__BLOCK_MS", "300")
+        .env("DOCKHAND__WORKER__METRICS_FLUSH_MS", "200")
         .env("DOCKHAND__WORKER__LEASE_SECONDS", "2")
         .env("DOCKHAND__WORKER__STOP_GRACE_SECONDS", "1")
         .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
@@ -558,6 +585,21 @@ pub fn spec(id: &str, extra: serde_json::Value) -> String {
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
     v.to_string()
+}
+
+/// Builds the image `tag` of the test's own `dockhand` binary with
+/// `scripts/image` (FROM scratch: the binary, the libraries it links, the CA
+/// bundle), as an operator with no registry does. The caller removes it.
+pub fn build_dockhand_image(tag: &str) {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/image"))
+        .args(["--bin", env!("CARGO_BIN_EXE_dockhand"), "--tag", tag])
+        .output()
+        .expect("scripts/image runs");
+    assert!(
+        out.status.success(),
+        "scripts/image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Containers that carry `label`, running or not.

@@ -13,14 +13,25 @@
 //! `WATCH`, and a connection that failed with a connection error or a timeout is
 //! marked and dropped at its next checkout instead, so a dead connection costs
 //! the step that found it one retry (every caller retries connection errors).
+//! A `READONLY` reply marks a connection too: it reached a master that has since
+//! become a replica, so the next connection must go to the new master.
+//!
+//! Sentinel mode (`redis.mode = "sentinel"`, [`sentinel`]): every new connection,
+//! pooled, dedicated or pub/sub, asks the sentinels for the master again and
+//! checks its `ROLE`, so a process follows a failover as soon as its old
+//! connections fail; nothing else changes for the callers.
+
+pub mod sentinel;
 
 use crate::backoff::Backoff;
-use crate::config::RedisSettings;
+use crate::config::{RedisMode, RedisSettings};
 use crate::telemetry::error_chain;
 use deadpool::managed::{self, Metrics, RecycleResult};
 use deadpool::Runtime;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::{self, AsyncConnectionConfig};
+use sentinel::Sentinels;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +71,9 @@ impl StoreError {
                     || e.is_connection_refusal()
                     || e.is_timeout()
                     // Answers of a Redis that is starting up or failing over: wait and retry.
-                    || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"))
+                    // NOREPLICAS: a master with `min-replicas-to-write` that has too few
+                    // replicas now refuses writes (it may be cut off from the others).
+                    || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "NOREPLICAS"))
             }
             _ => false,
         }
@@ -123,13 +136,42 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    fn note<T>(&mut self, r: &redis::RedisResult<T>) {
-        if let Err(e) = r {
-            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                self.broken = true;
+    fn note(&mut self, r: &redis::RedisResult<redis::Value>) {
+        match r {
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.code() == Some("READONLY")
+                {
+                    self.broken = true;
+                }
+            }
+            // A server's error answer comes back as a value here; it becomes an
+            // `Err` only when the caller converts the reply.
+            Ok(value) => {
+                if is_readonly(value) {
+                    self.broken = true;
+                }
             }
         }
     }
+
+    fn note_all(&mut self, r: &redis::RedisResult<Vec<redis::Value>>) {
+        match r {
+            Err(e) => self.note(&Err(e.clone())),
+            Ok(values) => {
+                if values.iter().any(is_readonly) {
+                    self.broken = true;
+                }
+            }
+        }
+    }
+}
+
+/// `READONLY`: the server this connection reached is a replica now.
+fn is_readonly(value: &redis::Value) -> bool {
+    matches!(value, redis::Value::ServerError(e) if e.code() == "READONLY")
 }
 
 impl ConnectionLike for Tracked {
@@ -152,7 +194,7 @@ impl ConnectionLike for Tracked {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
             let r = self.conn.req_packed_commands(cmd, offset, count).await;
-            self.note(&r);
+            self.note_all(&r);
             r
         })
     }
@@ -165,8 +207,56 @@ impl ConnectionLike for Tracked {
 /// Makes connections, and hands them out again without asking Redis (see the
 /// module's invariant).
 pub struct Manager {
-    client: redis::Client,
+    target: Target,
     config: AsyncConnectionConfig,
+}
+
+/// Where connections go: one server, or whichever master the sentinels name.
+#[derive(Clone)]
+enum Target {
+    Standalone(redis::Client),
+    Sentinel(Arc<Sentinels>),
+}
+
+impl Target {
+    fn new(r: &RedisSettings) -> Result<Target, StoreError> {
+        Ok(match r.mode {
+            RedisMode::Sentinel => {
+                Target::Sentinel(Arc::new(Sentinels::new(r).map_err(StoreError::Url)?))
+            }
+            // Cluster is refused when the settings load; a Store built from
+            // settings made by hand treats it as one server.
+            RedisMode::Standalone | RedisMode::Cluster => {
+                Target::Standalone(redis::Client::open(r.url.as_str()).map_err(StoreError::Url)?)
+            }
+        })
+    }
+
+    /// A new connection (to the master as of now, in sentinel mode).
+    async fn connect(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, redis::RedisError> {
+        match self {
+            Target::Standalone(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+            }
+            Target::Sentinel(s) => Ok(s.connect(config).await?.0),
+        }
+    }
+
+    /// A client for the server as of now (for a pub/sub connection).
+    async fn client(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> Result<redis::Client, redis::RedisError> {
+        match self {
+            Target::Standalone(client) => Ok(client.clone()),
+            Target::Sentinel(s) => Ok(s.connect(config).await?.1),
+        }
+    }
 }
 
 impl managed::Manager for Manager {
@@ -174,10 +264,7 @@ impl managed::Manager for Manager {
     type Error = redis::RedisError;
 
     async fn create(&self) -> Result<Tracked, redis::RedisError> {
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
+        let conn = self.target.connect(&self.config).await?;
         Ok(Tracked {
             conn,
             broken: false,
@@ -203,8 +290,10 @@ pub const PERSIST_FOR: Duration = Duration::from_secs(600);
 pub struct Store {
     pool: Pool,
     blocking: Pool,
-    client: redis::Client,
+    target: Target,
     command_timeout: Duration,
+    wait_replicas: u32,
+    wait_timeout_ms: u64,
 }
 
 impl Store {
@@ -213,20 +302,22 @@ impl Store {
     /// claim loop's read and a few one-off waits).
     pub fn new(r: &RedisSettings, block: Duration, queues: usize) -> Result<Store, StoreError> {
         let command_timeout = Duration::from_millis(r.command_timeout_ms);
-        let pool = build_pool(&r.url, r.pool_size, command_timeout, command_timeout)?;
+        let target = Target::new(r)?;
+        let pool = build_pool(&target, r.pool_size, command_timeout, command_timeout)?;
         let blocking_size = queues + 4;
         let blocking = build_pool(
-            &r.url,
+            &target,
             blocking_size,
             command_timeout + block,
             command_timeout,
         )?;
-        let client = redis::Client::open(r.url.as_str()).map_err(StoreError::Url)?;
         Ok(Store {
             pool,
             blocking,
-            client,
+            target,
             command_timeout,
+            wait_replicas: r.wait_replicas,
+            wait_timeout_ms: r.wait_timeout_ms,
         })
     }
 
@@ -275,20 +366,75 @@ impl Store {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.command_timeout))
             .set_response_timeout(Some(self.command_timeout + wait));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        self.target
+            .connect(&config)
+            .await
+            .map_err(StoreError::Connect)
     }
 
     /// A dedicated pub/sub connection.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        Ok(self.client.get_async_pubsub().await?)
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        let client = self
+            .target
+            .client(&config)
+            .await
+            .map_err(StoreError::Connect)?;
+        client.get_async_pubsub().await.map_err(StoreError::Connect)
+    }
+
+    /// The sentinels, in sentinel mode (for `dockhand doctor`).
+    pub fn sentinels(&self) -> Option<&Sentinels> {
+        match &self.target {
+            Target::Sentinel(s) => Some(s),
+            Target::Standalone(_) => None,
+        }
+    }
+
+    /// After a write that must survive a failover (a claim, a terminal write, an
+    /// ack), on the connection that made it: `WAIT redis.wait_replicas
+    /// redis.wait_timeout_ms`, when set. Returns how many replicas confirmed
+    /// (`None`: not asked, or the WAIT failed). Fewer than asked, or a failed
+    /// WAIT, is logged, not an error: the write stands on the master either way
+    /// and WAIT cannot undo it, and an error here must not make the caller run
+    /// its step (a claim, say) a second time. A connection error still marks the
+    /// connection, so the next step gets a new one.
+    pub async fn replicate(
+        &self,
+        conn: &mut impl ConnectionLike,
+        step: &'static str,
+    ) -> Option<u32> {
+        if self.wait_replicas == 0 {
+            return None;
+        }
+        let waited: redis::RedisResult<u32> = redis::cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(self.wait_timeout_ms)
+            .query_async(conn)
+            .await;
+        match waited {
+            Ok(acked) if acked < self.wait_replicas => {
+                tracing::warn!(
+                    step,
+                    acked,
+                    wanted = self.wait_replicas,
+                    "fewer replicas than redis.wait_replicas confirmed a write in time"
+                );
+                Some(acked)
+            }
+            Ok(acked) => Some(acked),
+            Err(e) => {
+                tracing::warn!(step, error = %error_chain(&e), "WAIT for replicas failed");
+                None
+            }
+        }
     }
 }
 
 fn build_pool(
-    url: &str,
+    target: &Target,
     size: usize,
     response: Duration,
     connect: Duration,
@@ -296,8 +442,8 @@ fn build_pool(
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(response))
         .set_connection_timeout(Some(connect));
-    let client = redis::Client::open(url).map_err(StoreError::Url)?;
-    Pool::builder(Manager { client, config })
+    let target = target.clone();
+    Pool::builder(Manager { target, config })
         .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(connect))
