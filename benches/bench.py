@@ -22,7 +22,7 @@ sets the exit code. Each phase is a module of dockhand_bench/ (next to this
 file), whose docstring says what it measures and how; what they share is in
 dockhand_bench/harness.py.
 
-Phases (printed in this order; run in the order idle, a, c, b, d, e, f, g, h, i, j so
+Phases (printed in this order; run in the order idle, a, c, b, d, e, ..., n so
 that the memory peak of c is not inflated by what the log phase leaves in the
 allocator):
 
@@ -42,8 +42,20 @@ allocator):
      time and Redis commands per job, against plain in the same run.
   j. Listing and dashboard (listing.py): GET /jobs, /queues, /workers and / of
      `dockhand serve` over 100,000 finished jobs against 1,000.
+  k. Containers against the peers (containers.py): jobs/s of Dockhand, Celery,
+     RQ, `docker run` and the engine floor at concurrency 1, 2, 4, 8.
+  l. Queue path (queuepath.py): local-executor jobs against Celery and RQ
+     running a process; the worker's memory.
+  m. Webhooks under load (hookload.py): 10,000 local jobs, one subscriber.
+  n. Scaling (scaling.py): jobs/s against worker processes, Redis's CPU.
 
-Phases d (subscriber add/rm, cancel), f, g, h, i and j need --bin, the dockhand binary.
+The peers (Celery, RQ, docker-py) and matplotlib come from the virtualenv
+scripts/bench makes (benches/requirements-peers.txt); with --plots-dir and
+--docs-md the plots and the generated section of docs/benchmarks.md are written
+(report.py). --smoke: every size at its smallest.
+
+Phases d (subscriber add/rm, cancel) and f to n need --bin, the dockhand binary; k
+needs --floor-bin too.
 
 Exit code: 0 when every check passed, 1 when one failed (the figures are still
 printed and written), 2 for bad usage or when the set-up is not usable.
@@ -55,11 +67,40 @@ import os
 import sys
 import time
 
-from dockhand_bench import controls, cost, git, listing, logs, memory, readonly, redis_memory, takeover, webhooks
+from dockhand_bench import (
+    containers,
+    controls,
+    cost,
+    git,
+    hookload,
+    listing,
+    logs,
+    memory,
+    queuepath,
+    readonly,
+    redis_memory,
+    report,
+    scaling,
+    takeover,
+    webhooks,
+)
 from dockhand_bench.harness import Bench, Fatal, RssSampler, idle_rss, machine, read_status_kib, step
 
 # In the order of the summary.
-PHASES = (cost, logs, memory, webhooks, git, takeover, redis_memory, readonly, controls, listing)
+PHASES = (cost, logs, memory, webhooks, git, takeover, redis_memory, readonly, controls, listing,
+          containers, queuepath, hookload, scaling)
+
+# --smoke: every size that makes a phase long, at its smallest; the harness runs
+# end to end (the suite does this, tests/it/bench_smoke.rs) without measuring.
+SMOKE = {
+    "jobs": 2, "warmup": 1, "lines": 1000, "sleep_jobs": 2, "sleep_seconds": 1, "hook_jobs": 4,
+    "git_jobs": 1, "git_builds": 1, "lease_trials": 1, "lease_seconds": 3, "retention_jobs": 20, "retention_seconds": 2,
+    "ro_jobs": 2, "control_jobs": 4, "control_reps": 1, "control_idle": 0.5, "listing_jobs": 40,
+    "listing_small": 10, "listing_reps": 1, "k_jobs": 4, "k_reps": 1, "k_concurrency": "1,2",
+    "l_jobs": 4, "l_concurrency": 2, "l_rq_workers": 2, "l_reps": 1, "m_jobs": 4, "m_concurrency": 2,
+    "n_workers": "1,2", "n_container_jobs": 4, "n_container_concurrency": 1, "n_local_jobs": 4,
+    "n_local_concurrency": 2,
+}
 
 
 def run(bench):
@@ -108,6 +149,17 @@ def run(bench):
             ("h", f"h. read-only root: {a.ro_jobs} x `true` on a read_only_rootfs worker vs a default one, interleaved", readonly),
             ("i", f"i. queue controls: {a.control_reps} x {a.control_jobs} jobs per variant as a backlog, one worker each", controls),
             ("j", f"j. listing: {a.listing_jobs:,} vs {a.listing_small:,} finished jobs, {a.listing_reps} requests each", listing),
+        ):
+            if ph in phases:
+                step(title)
+                sampler and sampler.set_phase(ph)
+                out[ph] = module.run(bench)
+        for ph, title, module in (
+            ("k", f"k. containers: {a.k_jobs} x `true` at concurrency {a.k_concurrency}, {a.k_reps} reps;"
+                  " Dockhand, Celery, RQ, docker run, engine floor", containers),
+            ("l", f"l. queue path: {a.l_jobs:,} local jobs at concurrency {a.l_concurrency}; Dockhand, Celery, RQ", queuepath),
+            ("m", f"m. webhooks under load: {a.m_jobs:,} local jobs, one subscriber", hookload),
+            ("n", f"n. scaling: worker processes {a.n_workers}", scaling),
         ):
             if ph in phases:
                 step(title)
@@ -197,6 +249,8 @@ def main():
     p.add_argument("--git-builds", type=int, default=5, help="e: builds of a new commit, and as many docker builds")
     p.add_argument("--build-timeout", type=float, default=300, help="e: longest wait for one build")
     p.add_argument("--lease-trials", type=int, default=3, help="f: worker kills (each waits out the 60 s lease)")
+    p.add_argument("--lease-seconds", type=int, default=None,
+                   help="f: the workers' worker.lease_seconds (default: Dockhand's default, 60)")
     p.add_argument("--lease-timeout", type=float, default=240, help="f: longest wait for the takeover")
     p.add_argument("--retention-jobs", type=int, default=100_000, help="g: invalid_spec entries")
     p.add_argument("--retention-seconds", type=int, default=20, help="g: the g worker's jobs.retention_seconds")
@@ -219,18 +273,48 @@ def main():
     p.add_argument("--listing-reps", type=int, default=15, help="j: timed requests of each kind on each")
     p.add_argument("--listing-dbs", default="1,2", help="j: the two (empty) Redis databases to fill, large,small")
     p.add_argument("--listing-interval-ms", type=int, default=600, help="j: ms between two jobs' created_at")
-    p.add_argument("--phases", default="a,b,c,d,e,f,g,h,i,j", help="which phases to run, comma-separated")
+    p.add_argument("--floor-bin", default=os.environ.get("DOCKHAND_FLOOR_BIN"),
+                   help="k: the engine_floor bench executable (scripts/bench builds it)")
+    p.add_argument("--k-jobs", type=int, default=200, help="k: container jobs per point")
+    p.add_argument("--k-reps", type=int, default=3, help="k: repetitions (interleaved)")
+    p.add_argument("--k-concurrency", default="1,2,4,8", help="k: concurrencies, comma-separated")
+    p.add_argument("--k-timeout", type=float, default=900, help="k, n: longest wait for one point")
+    p.add_argument("--celery-container-pool", default="threads", help="k: Celery's --pool for container jobs")
+    p.add_argument("--celery-process-pool", default="prefork", help="l: Celery's --pool for the process jobs")
+    p.add_argument("--l-jobs", type=int, default=20_000, help="l: jobs of the queue path")
+    p.add_argument("--l-concurrency", type=int, default=50, help="l: Dockhand's and Celery's concurrency")
+    p.add_argument("--l-rq-workers", type=int, default=8, help="l: RQ worker processes")
+    p.add_argument("--l-reps", type=int, default=1, help="l: repetitions (interleaved)")
+    p.add_argument("--l-timeout", type=float, default=1800, help="l, n: longest wait for one drain")
+    p.add_argument("--m-jobs", type=int, default=10_000, help="m: local jobs, one webhook each")
+    p.add_argument("--m-concurrency", type=int, default=50, help="m: the worker's concurrency")
+    p.add_argument("--n-workers", default="1,2,4,8", help="n: worker process counts, comma-separated")
+    p.add_argument("--n-container-jobs", type=int, default=200, help="n: container jobs per point")
+    p.add_argument("--n-container-concurrency", type=int, default=4, help="n: each worker's concurrency, containers")
+    p.add_argument("--n-local-jobs", type=int, default=5_000, help="n: local jobs per point")
+    p.add_argument("--n-local-concurrency", type=int, default=50, help="n: each worker's concurrency, local jobs")
+    p.add_argument("--plots-dir", help="write a PNG per comparison (k, l, n) into this folder")
+    p.add_argument("--docs-md", help="write the summary into the generated section of this file (docs/benchmarks.md)")
+    p.add_argument("--command", default="scripts/bench", help="the command line the docs section names")
+    p.add_argument("--smoke", action="store_true",
+                   help="every size at its smallest (the suite's check that the harness runs); sizes given explicitly still apply")
+    p.add_argument("--phases", default="a,b,c,d,e,f,g,h,i,j,k,l,m,n", help="which phases to run, comma-separated")
     p.add_argument("--keep-log", action="store_true", help="b: keep the stored log stream (default: deleted after the check)")
     p.add_argument("--json", metavar="PATH", help="also write every raw figure to PATH as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress counter on stderr")
     args = p.parse_args()
+    if args.smoke:
+        explicit = {a.split("=")[0][2:].replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+        for k, v in SMOKE.items():
+            if k not in explicit:
+                setattr(args, k, v)
     if not args.redis_url:
         p.error("--redis-url (or REDIS_URL) is required")
     if args.jobs < 1 or args.lines < 1 or args.sleep_jobs < 1:
         p.error("--jobs, --lines and --sleep-jobs must be at least 1")
-    bad = set(args.phases.split(",")) - set("abcdefghij")
+    bad = set(args.phases.split(",")) - set("abcdefghijklmn")
     if bad:
-        p.error(f"unknown phase(s) {sorted(bad)}; use a, b, c, d, e, f, g, h, i, j")
+        p.error(f"unknown phase(s) {sorted(bad)}; use a to n")
 
     try:
         import redis
@@ -243,7 +327,14 @@ def main():
     except (Fatal, redis.RedisError, OSError) as e:
         print(f"bench.py: {e}", file=sys.stderr)
         return 2
-    print(summary(out))
+    text = summary(out)
+    print(text)
+    if args.plots_dir:
+        for path in report.plots(out, args.plots_dir):
+            print(f"plot written to {path}")
+    if args.docs_md:
+        report.update_docs(args.docs_md, report.section(out, text, args.command))
+        print(f"results section of {args.docs_md} updated")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=str)

@@ -145,7 +145,8 @@ def run(bench):
     res["build_ratio"] = (db / kb) if db and kb else None
     if res["failures"]:
         bench.failures.append(f"e: {len(res['failures'])} job(s)/build(s) failed: {res['failures'][:2]}")
-    if res["cache_ratio"] is not None and res["cache_ratio"] > 1.1:
+    # A goal of speed, not of correctness: --smoke (one job each, in the suite) does not check it.
+    if res["cache_ratio"] is not None and res["cache_ratio"] > 1.1 and not a.smoke:
         bench.failures.append(f"e: cached git job / image job = {res['cache_ratio']:.2f} (goal <= 1.1)")
     return res
 

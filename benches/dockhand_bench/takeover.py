@@ -29,8 +29,10 @@ def run(bench):
     queue = f"bench-f-{bench.run_tag}"
     stream = bench.stream_key(queue)
     res = {"trials_asked": a.lease_trials, "queue": queue, "trials": []}
-    # The default lease: whatever the bench's own environment says is dropped.
+    # The default lease (whatever the bench's own environment says is dropped),
+    # unless --lease-seconds names one (--smoke: a short one, to be quick).
     drop = ("DOCKHAND__WORKER__LEASE_SECONDS",)
+    extra = {"DOCKHAND__WORKER__LEASE_SECONDS": str(a.lease_seconds)} if a.lease_seconds else {}
     workers = {}
     k = 0
 
@@ -38,7 +40,7 @@ def run(bench):
         nonlocal k
         k += 1
         wid = f"bench-f-{bench.run_tag}-{k}"
-        p, log = bench.spawn_worker(queue, wid, 1, env_drop=drop)
+        p, log = bench.spawn_worker(queue, wid, 1, env_extra=extra, env_drop=drop)
         workers[wid] = (p, log)
         return wid
 

@@ -4,6 +4,7 @@
 mod api;
 mod api_sse;
 mod batches;
+mod bench_smoke;
 mod build;
 mod cli;
 mod common;

@@ -1,0 +1,96 @@
+//! `scripts/bench --smoke` runs every phase of the benchmark end to end (tiny
+//! sizes, the debug binary, the suite's Redis) and each produces its figures, so
+//! that the harness cannot rot between full runs. Speed is not asserted: only
+//! that every phase measured something.
+
+use crate::common::Env;
+use serde_json::Value;
+use tokio::process::Command;
+
+/// The figure at `path` (keys separated by `/`; a number indexes an array).
+fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('/').fold(v, |v, k| match k.parse::<usize>() {
+        Ok(i) => &v[i],
+        Err(_) => &v[k],
+    })
+}
+
+fn positive(v: &Value, path: &str) {
+    let x = at(v, path);
+    assert!(
+        x.as_f64().is_some_and(|x| x > 0.0),
+        "{path} should be a positive figure, is {x}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_phase_of_the_benchmark_produces_its_figures() {
+    let env = Env::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(format!("{root}/scripts/bench"))
+        .args(["--smoke", "--no-progress", "--json"])
+        .arg(&json)
+        .env("REDIS_URL", &env.url)
+        .env("DOCKHAND_BIN", env!("CARGO_BIN_EXE_dockhand"))
+        .output()
+        .await
+        .expect("scripts/bench runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "scripts/bench --smoke failed:\n{text}"
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["failures"], Value::Array(vec![]), "{text}");
+
+    // The old phases, a to j: one figure each.
+    positive(&v, "a/ratio_median");
+    positive(&v, "b/stored_stdout");
+    positive(&v, "c/peak_rss_kib");
+    positive(&v, "d/deliveries_per_s");
+    positive(&v, "e/git_cached/median");
+    positive(&v, "e/build_ratio");
+    positive(&v, "f/trials/0/seconds");
+    positive(&v, "g/bytes_per_job_at_all_terminal");
+    positive(&v, "h/ratio_median");
+    positive(&v, "i/variants/plain/per_job_s/0");
+    positive(&v, "i/variants/after/ratio_commands");
+    positive(&v, "j/requests/jobs_first/large/median");
+    positive(&v, "j/requests/queues/small/median");
+
+    // k: every system at every concurrency, and the ratios.
+    for row in 0..2 {
+        for s in ["dockhand", "celery", "rq", "docker", "floor"] {
+            positive(&v, &format!("k/table/{row}/{s}/median"));
+        }
+        for s in ["floor", "celery", "rq", "docker"] {
+            positive(&v, &format!("k/table/{row}/ratios/{s}"));
+        }
+    }
+    // l: the three systems, the ratios, the worker's memory.
+    for s in ["dockhand", "celery", "rq"] {
+        positive(&v, &format!("l/median_jobs_per_s/{s}"));
+    }
+    positive(&v, "l/ratios/celery");
+    positive(&v, "l/ratios/rq");
+    positive(&v, "l/dockhand_rss_idle_kib");
+    // m: every job got a verified delivery, with a rate and latencies.
+    assert_eq!(at(&v, "m/bad_signatures"), &Value::from(0), "{text}");
+    assert_eq!(at(&v, "m/jobs_delivered"), at(&v, "m/jobs"), "{text}");
+    positive(&v, "m/deliveries_per_s");
+    assert!(at(&v, "m/latency_p99_s").is_number(), "{text}");
+    // n: both kinds at both worker counts, with Redis's figures.
+    for kind in ["container", "process"] {
+        for i in 0..2 {
+            positive(&v, &format!("n/{kind}/{i}/jobs_per_s"));
+            positive(&v, &format!("n/{kind}/{i}/redis_commands_per_s"));
+            assert!(at(&v, &format!("n/{kind}/{i}/redis_cpu_share")).is_number());
+        }
+    }
+}
