@@ -4,7 +4,8 @@
 //! script streams its lines live, its output files come back, a timeout kills
 //! the remote process, a cancel kills its whole process group, a wrong host key
 //! is refused, a server stopped mid-job is a lost worker, what a killed worker
-//! left running on the host is swept by the next one, and an unknown host or
+//! left running on the host is swept by the next one, a host that does not
+//! answer defers the job (no attempt used) until it does, and an unknown host or
 //! interpreter is refused.
 
 use crate::common::{free_port, wait_until, Env, Worker};
@@ -53,7 +54,12 @@ impl Sshd {
         // sshd refuses to start without its privilege separation directory,
         // which Debian's package makes only through its service unit.
         let _ = std::fs::create_dir_all("/run/sshd");
-        let child = Command::new("/usr/sbin/sshd")
+        let child = Self::spawn(d);
+        Sshd { child, port, dir }
+    }
+
+    fn spawn(d: &Path) -> Child {
+        Command::new("/usr/sbin/sshd")
             .args(["-D", "-f"])
             .arg(d.join("sshd_config"))
             .arg("-E")
@@ -62,8 +68,12 @@ impl Sshd {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("/usr/sbin/sshd (openssh-server) is installed");
-        Sshd { child, port, dir }
+            .expect("/usr/sbin/sshd (openssh-server) is installed")
+    }
+
+    /// Starts the server again, on the same port with the same keys, after `stop`.
+    fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path());
     }
 
     fn path(&self, name: &str) -> String {
@@ -514,4 +524,34 @@ async fn what_a_killed_worker_left_on_the_host_is_swept_by_the_next() {
         .await
         .contains(&"again".to_string()));
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_answer_defers_the_job_until_it_does() {
+    let env = Env::new();
+    let mut sshd = Sshd::start();
+    sshd.ready().await;
+    sshd.stop();
+    let worker = ssh_worker(&env, &sshd, &sshd.path("known_hosts"));
+    let id = format!("{}-deferred", env.prefix);
+    env.xadd(
+        "default",
+        &ssh(&id, serde_json::json!({"command": "echo ran"})),
+    )
+    .await;
+    // Nothing of it ran: it is scheduled to run again, its attempt not used up.
+    env.wait_for_log_line(&id, "system", "nothing of the job ran")
+        .await;
+    let job = env.status_becomes(&id, "scheduled").await;
+    assert_eq!(job["attempt"], "0", "{job:?}");
+    sshd.restart();
+    sshd.ready().await;
+    let job = env.finished(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_str()),
+        ("completed", "1"),
+        "{job:?}"
+    );
+    assert_eq!(env.lines(&id, "stdout").await, vec!["ran"]);
+    worker.stop().await;
 }
