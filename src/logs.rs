@@ -5,11 +5,15 @@
 //!   the job, so `seq` has no gaps across the stored stream and the live channel, and
 //!   a reader joins the two on it.
 //! - Each batch is written with `MULTI`: its `XADD`s and `PUBLISH`es land together.
+//!   One batch is in flight while the next fills (up to [`BATCH_LINES`]); a line
+//!   that comes while none is in flight goes out at once.
 //! - `limits.log_bytes` caps what is kept; reaching it is said in a `system` line, and
 //!   what was dropped is counted. `system` lines are never dropped.
 //! - Secret values (`secret_env`) are masked before a line is stored or published.
-//! - The container is never slowed by a reader: Docker keeps the output in its own
-//!   log file, we read it at our pace, and `PUBLISH` does not wait for subscribers.
+//! - Memory stays bounded: [`CHANNEL_LINES`] lines wait between the reader and the
+//!   writer, plus the batch in flight. When Redis is slower than the job, the
+//!   reader waits (see `executor::attach` for what that does to the container);
+//!   `PUBLISH` does not wait for subscribers.
 
 use crate::backoff::Backoff;
 use crate::queue::Keys;
@@ -186,6 +190,23 @@ impl LogSender {
         let _ = self.tx.send(line).await;
     }
 
+    /// Queues a line unless the writer takes none for `limit`; then hands it back.
+    pub async fn send_within(&self, line: LogLine, limit: Duration) -> Result<(), LogLine> {
+        let line = match self.tx.try_send(line) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(line)) => line,
+        };
+        match tokio::time::timeout(limit, self.tx.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(line);
+                Ok(())
+            }
+            // Closed: as in `send`, the line has nowhere to go.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(line),
+        }
+    }
+
     pub async fn system(&self, text: impl Into<String>) {
         self.send(LogLine {
             stream: LogStream::System,
@@ -229,6 +250,129 @@ pub fn spawn_writer(
     (LogSender { tx }, handle)
 }
 
+/// What the writer keeps of a job's log between batches.
+struct Writer {
+    job_id: String,
+    stream_key: String,
+    channel: String,
+    cap_bytes: u64,
+    tail_lines: usize,
+    mask: Mask,
+    capped: bool,
+    summary: LogSummary,
+    /// One message's JSON, reused.
+    json: Vec<u8>,
+}
+
+impl Writer {
+    /// Masks `lines`, cuts `system` lines, and applies `limits.log_bytes`: what
+    /// is to be written, in order (the cap's `system` line included).
+    fn admit(&mut self, lines: &mut Vec<LogLine>) -> Vec<LogLine> {
+        let mut to_write = Vec::with_capacity(lines.len());
+        for mut line in lines.drain(..) {
+            if !self.mask.is_empty() {
+                line.text = self.mask.apply(&line.text);
+            }
+            if line.stream == LogStream::System {
+                line.text = cut(line.text, SYSTEM_LINE_MAX);
+            } else {
+                let len = line.text.len() as u64;
+                if self.capped || self.summary.bytes_kept + len > self.cap_bytes {
+                    if !self.capped {
+                        self.capped = true;
+                        to_write.push(LogLine {
+                            stream: LogStream::System,
+                            text: format!(
+                                "log limit reached (limits.log_bytes = {}); further output is not kept",
+                                self.cap_bytes
+                            ),
+                            partial: false,
+                        });
+                    }
+                    self.summary.lines_dropped += 1;
+                    self.summary.bytes_dropped += len;
+                    continue;
+                }
+                self.summary.bytes_kept += len;
+            }
+            to_write.push(line);
+        }
+        to_write
+    }
+
+    /// One transaction: for each line, the next `seq` after the last written,
+    /// its `XADD` and its `PUBLISH`.
+    fn commands(&mut self, lines: &[LogLine]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let ts = crate::time::now();
+        let mut seq = self.summary.last_seq;
+        for line in lines {
+            seq += 1;
+            let msg = Message {
+                job: &self.job_id,
+                seq,
+                stream: line.stream.as_str(),
+                ts: &ts,
+                line: &line.text,
+                partial: line.partial,
+            };
+            self.json.clear();
+            serde_json::to_writer(&mut self.json, &msg).expect("a log message always serializes");
+            let xadd = pipe
+                .cmd("XADD")
+                .arg(&self.stream_key)
+                .arg("*")
+                .arg("seq")
+                .arg(seq)
+                .arg("stream")
+                .arg(line.stream.as_str())
+                .arg("ts")
+                .arg(&ts)
+                .arg("line")
+                .arg(&line.text);
+            if line.partial {
+                xadd.arg("partial").arg("1");
+            }
+            xadd.ignore();
+            pipe.cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(&self.json[..])
+                .ignore();
+        }
+        pipe
+    }
+
+    /// Counts a batch that was written (or lost: Redis stayed unreachable).
+    fn record(&mut self, lines: Vec<LogLine>, written: bool) {
+        let summary = &mut self.summary;
+        if !written {
+            summary.lines_lost += lines.len() as u64;
+            tracing::error!(job_id = %self.job_id, lines = lines.len(), "log lines lost: Redis unreachable");
+            return;
+        }
+        summary.last_seq += lines.len() as u64;
+        summary.lines_kept += lines.len() as u64;
+        let older = lines.len().saturating_sub(self.tail_lines);
+        for line in lines.into_iter().skip(older) {
+            if summary.tail.len() == self.tail_lines {
+                summary.tail.pop_front();
+            }
+            summary.tail.push_back(line.text);
+        }
+    }
+}
+
+/// A batch being written: the write, and its lines for [`Writer::record`].
+type InFlight = (
+    std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+    Vec<LogLine>,
+);
+
+/// Writes batches with one in flight while the next fills: a line that comes
+/// while the writer is idle goes out at once; lines that come while a batch is
+/// written wait for it, up to [`BATCH_LINES`]. The next batch gets its `seq`s
+/// once the one before is written (or lost), so they have no gap.
 #[allow(clippy::too_many_arguments)]
 async fn write_lines(
     store: Store,
@@ -241,95 +385,61 @@ async fn write_lines(
     mut rx: mpsc::Receiver<LogLine>,
 ) -> LogSummary {
     let stream_key = keys.log(&job_id);
-    let channel = keys.log_channel(&job_id);
     // A job seen for the first time has no log yet: nothing to continue.
     let last_seq = if fresh {
         0
     } else {
         last_stored_seq(&store, &stream_key).await
     };
-    let mut summary = LogSummary {
-        last_seq,
-        ..Default::default()
+    let mut w = Writer {
+        channel: keys.log_channel(&job_id),
+        stream_key,
+        job_id,
+        cap_bytes,
+        tail_lines,
+        mask,
+        capped: false,
+        summary: LogSummary {
+            last_seq,
+            ..Default::default()
+        },
+        json: Vec::new(),
     };
-    let mut capped = false;
-    let mut batch: Vec<LogLine> = Vec::with_capacity(BATCH_LINES);
-    while rx.recv_many(&mut batch, BATCH_LINES).await > 0 {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let first_seq = summary.last_seq;
-        let mut to_write = Vec::with_capacity(batch.len());
-        for mut line in batch.drain(..) {
-            if !mask.is_empty() {
-                line.text = mask.apply(&line.text);
-            }
-            if line.stream == LogStream::System {
-                line.text = cut(line.text, SYSTEM_LINE_MAX);
-            } else {
-                let len = line.text.len() as u64;
-                if capped || summary.bytes_kept + len > cap_bytes {
-                    if !capped {
-                        capped = true;
-                        to_write.push(LogLine {
-                            stream: LogStream::System,
-                            text: format!(
-                                "log limit reached (limits.log_bytes = {cap_bytes}); further output is not kept"
-                            ),
-                            partial: false,
-                        });
-                    }
-                    summary.lines_dropped += 1;
-                    summary.bytes_dropped += len;
-                    continue;
+    let mut next: Vec<LogLine> = Vec::with_capacity(BATCH_LINES);
+    let mut inflight: Option<InFlight> = None;
+    let mut open = true;
+    loop {
+        if let Some((write, _)) = inflight.as_mut() {
+            let room = BATCH_LINES - next.len();
+            tokio::select! {
+                written = write => {
+                    let (_, lines) = inflight.take().expect("a write is in flight");
+                    w.record(lines, written);
                 }
-                summary.bytes_kept += len;
+                n = rx.recv_many(&mut next, room), if open && room > 0 => open = n > 0,
             }
-            to_write.push(line);
-        }
-        let ts = crate::time::now();
-        let mut seq = first_seq;
-        for line in &to_write {
-            seq += 1;
-            let msg = Message {
-                job: &job_id,
-                seq,
-                stream: line.stream.as_str(),
-                ts: &ts,
-                line: &line.text,
-                partial: line.partial,
-            };
-            let json = serde_json::to_string(&msg).expect("a log message always serializes");
-            let mut fields: Vec<(&str, String)> = vec![
-                ("seq", seq.to_string()),
-                ("stream", line.stream.as_str().to_string()),
-                ("ts", ts.clone()),
-                ("line", line.text.clone()),
-            ];
-            if line.partial {
-                fields.push(("partial", "1".to_string()));
-            }
-            pipe.xadd(&stream_key, "*", &fields).ignore();
-            pipe.publish(&channel, json).ignore();
-        }
-        if to_write.is_empty() {
             continue;
         }
-        if write_with_retry(&store, &pipe).await {
-            summary.last_seq = seq;
-            summary.lines_kept += to_write.len() as u64;
-            let older = to_write.len().saturating_sub(tail_lines);
-            for line in to_write.into_iter().skip(older) {
-                if summary.tail.len() == tail_lines {
-                    summary.tail.pop_front();
-                }
-                summary.tail.push_back(line.text);
-            }
-        } else {
-            summary.lines_lost += to_write.len() as u64;
-            tracing::error!(job_id = %job_id, lines = to_write.len(), "log lines lost: Redis unreachable");
+        if next.is_empty() && (!open || rx.recv_many(&mut next, BATCH_LINES).await == 0) {
+            break;
         }
+        // What else is there already goes in too, without waiting.
+        while next.len() < BATCH_LINES {
+            match rx.try_recv() {
+                Ok(line) => next.push(line),
+                Err(_) => break,
+            }
+        }
+        let lines = w.admit(&mut next);
+        if lines.is_empty() {
+            continue;
+        }
+        let pipe = w.commands(&lines);
+        let store = store.clone();
+        let write = Box::pin(async move { write_with_retry(&store, &pipe).await });
+        inflight = Some((write, lines));
     }
-    summary
+    w.summary
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary), saying how many
