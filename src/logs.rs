@@ -11,7 +11,7 @@
 //!   what was dropped is counted. `system` lines are never dropped.
 //! - Secret values (`secret_env`) are masked before a line is stored or published.
 //! - Memory stays bounded: [`CHANNEL_LINES`] lines wait between the reader and the
-//!   writer, plus the batch in flight. When Redis is slower than the job, the
+//!   writer, plus the batch in flight and the next one. When Redis is slower than the job, the
 //!   reader waits (see `executor::attach` for what that does to the container);
 //!   `PUBLISH` does not wait for subscribers.
 
@@ -83,8 +83,15 @@ impl LineSplitter {
 
     pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<LogLine>) {
         while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
-            self.buf.extend_from_slice(&bytes[..nl]);
+            let whole = &bytes[..nl];
             bytes = &bytes[nl + 1..];
+            // The common case, a whole short line in this chunk: one copy, no buffer.
+            if self.buf.is_empty() && whole.len() <= self.max {
+                let line = whole.strip_suffix(b"\r").unwrap_or(whole);
+                out.push(self.line(line, false));
+                continue;
+            }
+            self.buf.extend_from_slice(whole);
             self.emit_long_parts(out);
             let mut line = std::mem::take(&mut self.buf);
             if line.last() == Some(&b'\r') {
@@ -300,13 +307,13 @@ impl Writer {
         to_write
     }
 
-    /// One transaction: for each line, the next `seq` after the last written,
-    /// its `XADD` and its `PUBLISH`.
-    fn commands(&mut self, lines: &[LogLine]) -> redis::Pipeline {
+    /// One transaction: for each line, the next `seq` after `after`, its `XADD`
+    /// and its `PUBLISH`.
+    fn commands(&mut self, lines: &[LogLine], after: u64) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let ts = crate::time::now();
-        let mut seq = self.summary.last_seq;
+        let mut seq = after;
         for line in lines {
             seq += 1;
             let msg = Message {
@@ -371,8 +378,9 @@ type InFlight = (
 
 /// Writes batches with one in flight while the next fills: a line that comes
 /// while the writer is idle goes out at once; lines that come while a batch is
-/// written wait for it, up to [`BATCH_LINES`]. The next batch gets its `seq`s
-/// once the one before is written (or lost), so they have no gap.
+/// written wait for it, up to [`BATCH_LINES`]. A full next batch has its
+/// commands made while the one before is written, numbered after it; should
+/// that one be lost, they are made again, so `seq` has no gap.
 #[allow(clippy::too_many_arguments)]
 async fn write_lines(
     store: Store,
@@ -406,35 +414,59 @@ async fn write_lines(
         json: Vec::new(),
     };
     let mut next: Vec<LogLine> = Vec::with_capacity(BATCH_LINES);
+    // The next batch, its commands made while the one before is in flight.
+    let mut ready: Option<(Vec<LogLine>, redis::Pipeline)> = None;
     let mut inflight: Option<InFlight> = None;
     let mut open = true;
     loop {
-        if let Some((write, _)) = inflight.as_mut() {
-            let room = BATCH_LINES - next.len();
+        if let Some((write, flying)) = inflight.as_mut() {
+            if ready.is_none() && next.len() == BATCH_LINES {
+                let lines = w.admit(&mut next);
+                let after = w.summary.last_seq + flying.len() as u64;
+                let pipe = w.commands(&lines, after);
+                ready = Some((lines, pipe));
+            }
+            let room = if ready.is_none() {
+                BATCH_LINES - next.len()
+            } else {
+                0
+            };
             tokio::select! {
                 written = write => {
                     let (_, lines) = inflight.take().expect("a write is in flight");
                     w.record(lines, written);
+                    if !written {
+                        // Numbered after the lost batch: number them again.
+                        if let Some((lines, pipe)) = ready.as_mut() {
+                            *pipe = w.commands(lines, w.summary.last_seq);
+                        }
+                    }
                 }
                 n = rx.recv_many(&mut next, room), if open && room > 0 => open = n > 0,
             }
             continue;
         }
-        if next.is_empty() && (!open || rx.recv_many(&mut next, BATCH_LINES).await == 0) {
-            break;
-        }
-        // What else is there already goes in too, without waiting.
-        while next.len() < BATCH_LINES {
-            match rx.try_recv() {
-                Ok(line) => next.push(line),
-                Err(_) => break,
+        let (lines, pipe) = match ready.take() {
+            Some(batch) => batch,
+            None => {
+                if next.is_empty() && (!open || rx.recv_many(&mut next, BATCH_LINES).await == 0) {
+                    break;
+                }
+                // What else is there already goes in too, without waiting.
+                while next.len() < BATCH_LINES {
+                    match rx.try_recv() {
+                        Ok(line) => next.push(line),
+                        Err(_) => break,
+                    }
+                }
+                let lines = w.admit(&mut next);
+                let pipe = w.commands(&lines, w.summary.last_seq);
+                (lines, pipe)
             }
-        }
-        let lines = w.admit(&mut next);
+        };
         if lines.is_empty() {
             continue;
         }
-        let pipe = w.commands(&lines);
         let store = store.clone();
         let write = Box::pin(async move { write_with_retry(&store, &pipe).await });
         inflight = Some((write, lines));
