@@ -4,7 +4,8 @@
 //! - Every line gets the next `seq`, starting after the last one already stored for
 //!   the job, so `seq` has no gaps across the stored stream and the live channel, and
 //!   a reader joins the two on it.
-//! - Each batch is written with `MULTI`: its `XADD`s and `PUBLISH`es land together.
+//! - Each batch is written by one Lua call ([`WRITE`]): its `XADD`s and `PUBLISH`es
+//!   land together, in order.
 //!   One batch is in flight while the next fills (up to [`BATCH_LINES`]); a line
 //!   that comes while none is in flight goes out at once.
 //! - `limits.log_bytes` caps what is kept; reaching it is said in a `system` line, and
@@ -22,6 +23,7 @@ use crate::telemetry::error_chain;
 use deadpool_redis::redis::{self, AsyncCommands};
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -257,6 +259,31 @@ pub fn spawn_writer(
     (LogSender { tx }, handle)
 }
 
+/// Adds one batch's lines to the job's stream and publishes each, in order, in
+/// one call: atomic like `MULTI`, with one reply where `MULTI` has two per line
+/// and their array (parsing those replies was a quarter of the worker's
+/// instructions on a chatty job).
+/// KEYS: 1 the log stream. ARGV: 1 the channel, 2 ts, then five per line: seq,
+/// stream, line, partial ('1' or ''), the published message.
+static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local key, channel, ts = KEYS[1], ARGV[1], ARGV[2]
+        for i = 3, #ARGV, 5 do
+            if ARGV[i + 3] == '1' then
+                redis.call('XADD', key, '*', 'seq', ARGV[i], 'stream', ARGV[i + 1], 'ts', ts,
+                    'line', ARGV[i + 2], 'partial', '1')
+            else
+                redis.call('XADD', key, '*', 'seq', ARGV[i], 'stream', ARGV[i + 1], 'ts', ts,
+                    'line', ARGV[i + 2])
+            end
+            redis.call('PUBLISH', channel, ARGV[i + 4])
+        end
+        return (#ARGV - 2) / 5
+        ",
+    )
+});
+
 /// What the writer keeps of a job's log between batches.
 struct Writer {
     job_id: String,
@@ -307,12 +334,16 @@ impl Writer {
         to_write
     }
 
-    /// One transaction: for each line, the next `seq` after `after`, its `XADD`
-    /// and its `PUBLISH`.
-    fn commands(&mut self, lines: &[LogLine], after: u64) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+    /// One call of [`WRITE`]: for each line, the next `seq` after `after`, its
+    /// stream entry and its message.
+    fn commands(&mut self, lines: &[LogLine], after: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
         let ts = crate::time::now();
+        cmd.arg(WRITE.get_hash())
+            .arg(1)
+            .arg(&self.stream_key)
+            .arg(&self.channel)
+            .arg(&ts);
         let mut seq = after;
         for line in lines {
             seq += 1;
@@ -326,28 +357,13 @@ impl Writer {
             };
             self.json.clear();
             serde_json::to_writer(&mut self.json, &msg).expect("a log message always serializes");
-            let xadd = pipe
-                .cmd("XADD")
-                .arg(&self.stream_key)
-                .arg("*")
-                .arg("seq")
-                .arg(seq)
-                .arg("stream")
+            cmd.arg(seq)
                 .arg(line.stream.as_str())
-                .arg("ts")
-                .arg(&ts)
-                .arg("line")
-                .arg(&line.text);
-            if line.partial {
-                xadd.arg("partial").arg("1");
-            }
-            xadd.ignore();
-            pipe.cmd("PUBLISH")
-                .arg(&self.channel)
-                .arg(&self.json[..])
-                .ignore();
+                .arg(&line.text)
+                .arg(if line.partial { "1" } else { "" })
+                .arg(&self.json[..]);
         }
-        pipe
+        cmd
     }
 
     /// Counts a batch that was written (or lost: Redis stayed unreachable).
@@ -415,7 +431,7 @@ async fn write_lines(
     };
     let mut next: Vec<LogLine> = Vec::with_capacity(BATCH_LINES);
     // The next batch, its commands made while the one before is in flight.
-    let mut ready: Option<(Vec<LogLine>, redis::Pipeline)> = None;
+    let mut ready: Option<(Vec<LogLine>, redis::Cmd)> = None;
     let mut inflight: Option<InFlight> = None;
     let mut open = true;
     loop {
@@ -491,9 +507,10 @@ fn cut(text: String, max: usize) -> String {
     )
 }
 
-/// Writes one batch, retrying through a Redis outage (the container is not held up
-/// meanwhile: Docker keeps its output). Gives up after ten minutes.
-async fn write_with_retry(store: &Store, pipe: &redis::Pipeline) -> bool {
+/// Writes one batch, retrying through a Redis outage (the container waits
+/// meanwhile, or Docker keeps its output: see `executor::attach`). Gives up after
+/// ten minutes.
+async fn write_with_retry(store: &Store, cmd: &redis::Cmd) -> bool {
     Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
         .retry(
             Duration::from_secs(600),
@@ -501,7 +518,14 @@ async fn write_with_retry(store: &Store, pipe: &redis::Pipeline) -> bool {
             |e: &StoreError, _| tracing::warn!(error = %error_chain(e), "writing log lines failed; retrying"),
             || async {
                 let mut conn = store.conn().await?;
-                Ok::<_, StoreError>(pipe.query_async::<()>(&mut conn).await?)
+                match cmd.query_async::<()>(&mut conn).await {
+                    // A server that does not have the script yet (a restart, a new one).
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        WRITE.load_async(&mut conn).await?;
+                        Ok(cmd.query_async::<()>(&mut conn).await?)
+                    }
+                    written => Ok::<_, StoreError>(written?),
+                }
             },
         )
         .await
