@@ -4,12 +4,17 @@
 //! - Every line gets the next `seq`, starting after the last one already stored for
 //!   the job, so `seq` has no gaps across the stored stream and the live channel, and
 //!   a reader joins the two on it.
-//! - Each batch is written with `MULTI`: its `XADD`s and `PUBLISH`es land together.
+//! - Each batch is written by one Lua call ([`WRITE`]): its `XADD`s and `PUBLISH`es
+//!   land together, in order.
+//!   One batch is in flight while the next fills (up to [`BATCH_LINES`]); a line
+//!   that comes while none is in flight goes out at once.
 //! - `limits.log_bytes` caps what is kept; reaching it is said in a `system` line, and
 //!   what was dropped is counted. `system` lines are never dropped.
 //! - Secret values (`secret_env`) are masked before a line is stored or published.
-//! - The container is never slowed by a reader: Docker keeps the output in its own
-//!   log file, we read it at our pace, and `PUBLISH` does not wait for subscribers.
+//! - Memory stays bounded: [`CHANNEL_LINES`] lines wait between the reader and the
+//!   writer, plus the batch in flight and the next one. When Redis is slower than the job, the
+//!   reader waits (see `executor::attach` for what that does to the container);
+//!   `PUBLISH` does not wait for subscribers.
 
 use crate::backoff::Backoff;
 use crate::queue::Keys;
@@ -18,6 +23,7 @@ use crate::telemetry::error_chain;
 use deadpool_redis::redis::{self, AsyncCommands};
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -79,8 +85,15 @@ impl LineSplitter {
 
     pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<LogLine>) {
         while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
-            self.buf.extend_from_slice(&bytes[..nl]);
+            let whole = &bytes[..nl];
             bytes = &bytes[nl + 1..];
+            // The common case, a whole short line in this chunk: one copy, no buffer.
+            if self.buf.is_empty() && whole.len() <= self.max {
+                let line = whole.strip_suffix(b"\r").unwrap_or(whole);
+                out.push(self.line(line, false));
+                continue;
+            }
+            self.buf.extend_from_slice(whole);
             self.emit_long_parts(out);
             let mut line = std::mem::take(&mut self.buf);
             if line.last() == Some(&b'\r') {
@@ -186,6 +199,23 @@ impl LogSender {
         let _ = self.tx.send(line).await;
     }
 
+    /// Queues a line unless the writer takes none for `limit`; then hands it back.
+    pub async fn send_within(&self, line: LogLine, limit: Duration) -> Result<(), LogLine> {
+        let line = match self.tx.try_send(line) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(line)) => line,
+        };
+        match tokio::time::timeout(limit, self.tx.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(line);
+                Ok(())
+            }
+            // Closed: as in `send`, the line has nowhere to go.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(line),
+        }
+    }
+
     pub async fn system(&self, text: impl Into<String>) {
         self.send(LogLine {
             stream: LogStream::System,
@@ -229,6 +259,144 @@ pub fn spawn_writer(
     (LogSender { tx }, handle)
 }
 
+/// Adds one batch's lines to the job's stream and publishes each, in order, in
+/// one call: atomic like `MULTI`, with one reply where `MULTI` has two per line
+/// and their array (parsing those replies was a quarter of the worker's
+/// instructions on a chatty job).
+/// KEYS: 1 the log stream. ARGV: 1 the channel, 2 ts, then five per line: seq,
+/// stream, line, partial ('1' or ''), the published message.
+static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local key, channel, ts = KEYS[1], ARGV[1], ARGV[2]
+        for i = 3, #ARGV, 5 do
+            if ARGV[i + 3] == '1' then
+                redis.call('XADD', key, '*', 'seq', ARGV[i], 'stream', ARGV[i + 1], 'ts', ts,
+                    'line', ARGV[i + 2], 'partial', '1')
+            else
+                redis.call('XADD', key, '*', 'seq', ARGV[i], 'stream', ARGV[i + 1], 'ts', ts,
+                    'line', ARGV[i + 2])
+            end
+            redis.call('PUBLISH', channel, ARGV[i + 4])
+        end
+        return (#ARGV - 2) / 5
+        ",
+    )
+});
+
+/// What the writer keeps of a job's log between batches.
+struct Writer {
+    job_id: String,
+    stream_key: String,
+    channel: String,
+    cap_bytes: u64,
+    tail_lines: usize,
+    mask: Mask,
+    capped: bool,
+    summary: LogSummary,
+    /// One message's JSON, reused.
+    json: Vec<u8>,
+}
+
+impl Writer {
+    /// Masks `lines`, cuts `system` lines, and applies `limits.log_bytes`: what
+    /// is to be written, in order (the cap's `system` line included).
+    fn admit(&mut self, lines: &mut Vec<LogLine>) -> Vec<LogLine> {
+        let mut to_write = Vec::with_capacity(lines.len());
+        for mut line in lines.drain(..) {
+            if !self.mask.is_empty() {
+                line.text = self.mask.apply(&line.text);
+            }
+            if line.stream == LogStream::System {
+                line.text = cut(line.text, SYSTEM_LINE_MAX);
+            } else {
+                let len = line.text.len() as u64;
+                if self.capped || self.summary.bytes_kept + len > self.cap_bytes {
+                    if !self.capped {
+                        self.capped = true;
+                        to_write.push(LogLine {
+                            stream: LogStream::System,
+                            text: format!(
+                                "log limit reached (limits.log_bytes = {}); further output is not kept",
+                                self.cap_bytes
+                            ),
+                            partial: false,
+                        });
+                    }
+                    self.summary.lines_dropped += 1;
+                    self.summary.bytes_dropped += len;
+                    continue;
+                }
+                self.summary.bytes_kept += len;
+            }
+            to_write.push(line);
+        }
+        to_write
+    }
+
+    /// One call of [`WRITE`]: for each line, the next `seq` after `after`, its
+    /// stream entry and its message.
+    fn commands(&mut self, lines: &[LogLine], after: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        let ts = crate::time::now();
+        cmd.arg(WRITE.get_hash())
+            .arg(1)
+            .arg(&self.stream_key)
+            .arg(&self.channel)
+            .arg(&ts);
+        let mut seq = after;
+        for line in lines {
+            seq += 1;
+            let msg = Message {
+                job: &self.job_id,
+                seq,
+                stream: line.stream.as_str(),
+                ts: &ts,
+                line: &line.text,
+                partial: line.partial,
+            };
+            self.json.clear();
+            serde_json::to_writer(&mut self.json, &msg).expect("a log message always serializes");
+            cmd.arg(seq)
+                .arg(line.stream.as_str())
+                .arg(&line.text)
+                .arg(if line.partial { "1" } else { "" })
+                .arg(&self.json[..]);
+        }
+        cmd
+    }
+
+    /// Counts a batch that was written (or lost: Redis stayed unreachable).
+    fn record(&mut self, lines: Vec<LogLine>, written: bool) {
+        let summary = &mut self.summary;
+        if !written {
+            summary.lines_lost += lines.len() as u64;
+            tracing::error!(job_id = %self.job_id, lines = lines.len(), "log lines lost: Redis unreachable");
+            return;
+        }
+        summary.last_seq += lines.len() as u64;
+        summary.lines_kept += lines.len() as u64;
+        let older = lines.len().saturating_sub(self.tail_lines);
+        for line in lines.into_iter().skip(older) {
+            if summary.tail.len() == self.tail_lines {
+                summary.tail.pop_front();
+            }
+            summary.tail.push_back(line.text);
+        }
+    }
+}
+
+/// A batch being written: the write, and its lines for [`Writer::record`].
+type InFlight = (
+    std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+    Vec<LogLine>,
+);
+
+/// Writes batches with one in flight while the next fills: a line that comes
+/// while the writer is idle goes out at once; lines that come while a batch is
+/// written wait for it, up to [`BATCH_LINES`]. A full next batch has its
+/// commands made while the one before is written, numbered after it; should
+/// that one be lost, they are made again, so `seq` has no gap.
 #[allow(clippy::too_many_arguments)]
 async fn write_lines(
     store: Store,
@@ -241,95 +409,85 @@ async fn write_lines(
     mut rx: mpsc::Receiver<LogLine>,
 ) -> LogSummary {
     let stream_key = keys.log(&job_id);
-    let channel = keys.log_channel(&job_id);
     // A job seen for the first time has no log yet: nothing to continue.
     let last_seq = if fresh {
         0
     } else {
         last_stored_seq(&store, &stream_key).await
     };
-    let mut summary = LogSummary {
-        last_seq,
-        ..Default::default()
+    let mut w = Writer {
+        channel: keys.log_channel(&job_id),
+        stream_key,
+        job_id,
+        cap_bytes,
+        tail_lines,
+        mask,
+        capped: false,
+        summary: LogSummary {
+            last_seq,
+            ..Default::default()
+        },
+        json: Vec::new(),
     };
-    let mut capped = false;
-    let mut batch: Vec<LogLine> = Vec::with_capacity(BATCH_LINES);
-    while rx.recv_many(&mut batch, BATCH_LINES).await > 0 {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let first_seq = summary.last_seq;
-        let mut to_write = Vec::with_capacity(batch.len());
-        for mut line in batch.drain(..) {
-            if !mask.is_empty() {
-                line.text = mask.apply(&line.text);
+    let mut next: Vec<LogLine> = Vec::with_capacity(BATCH_LINES);
+    // The next batch, its commands made while the one before is in flight.
+    let mut ready: Option<(Vec<LogLine>, redis::Cmd)> = None;
+    let mut inflight: Option<InFlight> = None;
+    let mut open = true;
+    loop {
+        if let Some((write, flying)) = inflight.as_mut() {
+            if ready.is_none() && next.len() == BATCH_LINES {
+                let lines = w.admit(&mut next);
+                let after = w.summary.last_seq + flying.len() as u64;
+                let pipe = w.commands(&lines, after);
+                ready = Some((lines, pipe));
             }
-            if line.stream == LogStream::System {
-                line.text = cut(line.text, SYSTEM_LINE_MAX);
+            let room = if ready.is_none() {
+                BATCH_LINES - next.len()
             } else {
-                let len = line.text.len() as u64;
-                if capped || summary.bytes_kept + len > cap_bytes {
-                    if !capped {
-                        capped = true;
-                        to_write.push(LogLine {
-                            stream: LogStream::System,
-                            text: format!(
-                                "log limit reached (limits.log_bytes = {cap_bytes}); further output is not kept"
-                            ),
-                            partial: false,
-                        });
-                    }
-                    summary.lines_dropped += 1;
-                    summary.bytes_dropped += len;
-                    continue;
-                }
-                summary.bytes_kept += len;
-            }
-            to_write.push(line);
-        }
-        let ts = crate::time::now();
-        let mut seq = first_seq;
-        for line in &to_write {
-            seq += 1;
-            let msg = Message {
-                job: &job_id,
-                seq,
-                stream: line.stream.as_str(),
-                ts: &ts,
-                line: &line.text,
-                partial: line.partial,
+                0
             };
-            let json = serde_json::to_string(&msg).expect("a log message always serializes");
-            let mut fields: Vec<(&str, String)> = vec![
-                ("seq", seq.to_string()),
-                ("stream", line.stream.as_str().to_string()),
-                ("ts", ts.clone()),
-                ("line", line.text.clone()),
-            ];
-            if line.partial {
-                fields.push(("partial", "1".to_string()));
+            tokio::select! {
+                written = write => {
+                    let (_, lines) = inflight.take().expect("a write is in flight");
+                    w.record(lines, written);
+                    if !written {
+                        // Numbered after the lost batch: number them again.
+                        if let Some((lines, pipe)) = ready.as_mut() {
+                            *pipe = w.commands(lines, w.summary.last_seq);
+                        }
+                    }
+                }
+                n = rx.recv_many(&mut next, room), if open && room > 0 => open = n > 0,
             }
-            pipe.xadd(&stream_key, "*", &fields).ignore();
-            pipe.publish(&channel, json).ignore();
-        }
-        if to_write.is_empty() {
             continue;
         }
-        if write_with_retry(&store, &pipe).await {
-            summary.last_seq = seq;
-            summary.lines_kept += to_write.len() as u64;
-            let older = to_write.len().saturating_sub(tail_lines);
-            for line in to_write.into_iter().skip(older) {
-                if summary.tail.len() == tail_lines {
-                    summary.tail.pop_front();
+        let (lines, pipe) = match ready.take() {
+            Some(batch) => batch,
+            None => {
+                if next.is_empty() && (!open || rx.recv_many(&mut next, BATCH_LINES).await == 0) {
+                    break;
                 }
-                summary.tail.push_back(line.text);
+                // What else is there already goes in too, without waiting.
+                while next.len() < BATCH_LINES {
+                    match rx.try_recv() {
+                        Ok(line) => next.push(line),
+                        Err(_) => break,
+                    }
+                }
+                let lines = w.admit(&mut next);
+                let pipe = w.commands(&lines, w.summary.last_seq);
+                (lines, pipe)
             }
-        } else {
-            summary.lines_lost += to_write.len() as u64;
-            tracing::error!(job_id = %job_id, lines = to_write.len(), "log lines lost: Redis unreachable");
+        };
+        if lines.is_empty() {
+            continue;
         }
+        let store = store.clone();
+        let write = Box::pin(async move { write_with_retry(&store, &pipe).await });
+        inflight = Some((write, lines));
     }
-    summary
+    w.summary
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary), saying how many
@@ -349,9 +507,10 @@ fn cut(text: String, max: usize) -> String {
     )
 }
 
-/// Writes one batch, retrying through a Redis outage (the container is not held up
-/// meanwhile: Docker keeps its output). Gives up after ten minutes.
-async fn write_with_retry(store: &Store, pipe: &redis::Pipeline) -> bool {
+/// Writes one batch, retrying through a Redis outage (the container waits
+/// meanwhile, or Docker keeps its output: see `executor::attach`). Gives up after
+/// ten minutes.
+async fn write_with_retry(store: &Store, cmd: &redis::Cmd) -> bool {
     Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
         .retry(
             Duration::from_secs(600),
@@ -359,7 +518,14 @@ async fn write_with_retry(store: &Store, pipe: &redis::Pipeline) -> bool {
             |e: &StoreError, _| tracing::warn!(error = %error_chain(e), "writing log lines failed; retrying"),
             || async {
                 let mut conn = store.conn().await?;
-                Ok::<_, StoreError>(pipe.query_async::<()>(&mut conn).await?)
+                match cmd.query_async::<()>(&mut conn).await {
+                    // A server that does not have the script yet (a restart, a new one).
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        WRITE.load_async(&mut conn).await?;
+                        Ok(cmd.query_async::<()>(&mut conn).await?)
+                    }
+                    written => Ok::<_, StoreError>(written?),
+                }
             },
         )
         .await

@@ -8,15 +8,34 @@ dockhand:job:<id>:log is read back in pages of 10000 and checked: count, seq
 1..N (numbers skipped or repeated). Live lines/s are from the first to the last
 message the subscriber got; stored lines/s from the ms timestamps of the first
 and last stream entry ids. Also the CPU of the worker and redis-server from
-submit to terminal.
+submit to terminal, and the time from the job's XADD to its terminal state
+(its hash's finished_at, in ms, against the wall clock just before the XADD).
+
+In the same run, two more measures:
+- the baseline: benches/attach_reader.rs, a bare bollard client of Docker's
+  attach stream, runs the same `seq 1 N` container in the same image
+  (BARE_RUNS times, the median counts), and Dockhand's live lines/s are given
+  as a ratio to it;
+- the worker's memory over a job of RSS_FACTOR x N lines (all kept: its
+  limits.log_bytes is large enough): VmRSS sampled every 50 ms, the peak
+  against the idle worker's just before, so that a worker whose memory grows
+  with the output shows.
 """
 
+import json
+import os
 import socket
+import statistics
+import subprocess
 import threading
 import time
 import urllib.parse
 
-from .harness import TERMINAL_STATUSES, CpuMeter, Fatal, fmt_mib, hget_str, parse_ts
+from .harness import TERMINAL_STATUSES, CpuMeter, Fatal, fmt_mib, hget_str, idle_rss, parse_ts, read_status_kib
+
+BARE_RUNS = 3  # runs of the bare attach reader; the median counts
+RSS_FACTOR = 10  # the memory job prints RSS_FACTOR x --lines lines
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PAGE = 10000  # XRANGE page size when reading the stored log back
 
@@ -240,7 +259,115 @@ class LogSubscriber(threading.Thread):
         self.join(timeout=5)
 
 
+def bare_attach(bench, n):
+    """The bare attach reader (benches/attach_reader.rs) on `seq 1 n`, BARE_RUNS
+    times: built first (with the CARGO_TARGET_DIR of scripts/bench), so that the
+    build is not timed."""
+    a = bench.args
+    # $ATTACH_READER_BIN: an attach_reader binary built already (its source does
+    # not use the crate, but cargo builds the crate for it in the bench profile,
+    # which differs from the release one by the dev-dependencies' features).
+    prog = os.environ.get("ATTACH_READER_BIN")
+    if prog:
+        cmd = [prog]
+    else:
+        cmd = ["cargo", "bench", "-q", "--bench", "attach_reader", "--"]
+        build = subprocess.run(
+            ["cargo", "bench", "-q", "--bench", "attach_reader", "--no-run"], cwd=ROOT, capture_output=True, text=True
+        )
+        if build.returncode != 0:
+            raise Fatal("cargo bench --bench attach_reader --no-run failed:\n" + build.stderr[-2000:])
+    runs = []
+    for _ in range(BARE_RUNS):
+        p = subprocess.run(
+            cmd + ["--lines", str(n), "--image", a.image],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if p.returncode != 0:
+            raise Fatal(f"the bare attach reader failed ({p.returncode}): {p.stderr[-2000:]}")
+        runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    rates = [r["lines_per_s"] for r in runs]
+    return {"bare_runs": runs, "bare_lines_per_s": statistics.median(rates)}
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of one process every `interval` s, kept in order."""
+
+    def __init__(self, pid, interval=0.05):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples = []
+        self.stop_flag = threading.Event()
+
+    def run(self):
+        while not self.stop_flag.is_set():
+            v = read_status_kib(self.pid, "VmRSS")
+            if v is not None:
+                self.samples.append(v)
+            self.stop_flag.wait(self.interval)
+
+    def stop(self):
+        self.stop_flag.set()
+        self.join(timeout=2)
+
+
+def rss_job(bench, n):
+    """The worker's VmRSS over one job printing `seq 1 n`, every line kept."""
+    a = bench.args
+    jid = f"bench-{bench.run_tag}-rss-{n}"
+    log_key = f"{bench.prefix}:job:{jid}:log"
+    res = {"rss_lines": n, "rss_job_id": jid}
+    if not a.worker_pid:
+        res["rss_skipped"] = "no --worker-pid"
+        return res
+    res["rss_idle_kib"] = idle_rss(a.worker_pid, 1.0)
+    sampler = RssSampler(a.worker_pid)
+    sampler.start()
+    spec = {
+        "id": jid,
+        "image": a.image,
+        "command": ["seq", "1", str(n)],
+        # seq 1 n prints under 8 bytes a line: everything is kept.
+        "limits": {"log_bytes": str(8 * n), "timeout_seconds": int(a.log_timeout)},
+    }
+    t0 = time.time()
+    bench.submit(spec)
+    h, done = bench.poll_status(jid, TERMINAL_STATUSES, a.log_timeout + 30, 0.2, check_worker=True)
+    sampler.stop()
+    h = h if done else bench.r.hgetall(bench.job_key(jid))
+    res["rss_status"] = hget_str(h, "status")
+    f = parse_ts(hget_str(h, "finished_at"))
+    res["rss_xadd_to_terminal_s"] = (f - t0) if f is not None else None
+    res["rss_stored_xlen"] = bench.r.xlen(log_key)
+    samples = sampler.samples
+    res["rss_samples"] = len(samples)
+    res["rss_peak_kib"] = max(samples) if samples else None
+    # The halves of the job: a worker whose memory follows the output grows
+    # from the first to the second.
+    half = len(samples) // 2
+    res["rss_first_half_median_kib"] = int(statistics.median(samples[:half])) if half else None
+    res["rss_second_half_median_kib"] = int(statistics.median(samples[half:])) if half else None
+    if res["rss_status"] != "completed":
+        bench.failures.append(f"b: the {n:,}-line memory job ended {res['rss_status']}")
+    elif res["rss_stored_xlen"] != n:
+        bench.failures.append(f"b: the {n:,}-line memory job stored {res['rss_stored_xlen']:,} lines")
+    if not a.keep_log:
+        bench.r.delete(log_key)
+    return res
+
+
 def run(bench):
+    res = bare_attach(bench, bench.args.lines)
+    res.update(run_job(bench))
+    bare, live = res["bare_lines_per_s"], res["live_lines_per_s"]
+    res["live_to_bare"] = (live / bare) if bare and live else None
+    res.update(rss_job(bench, RSS_FACTOR * bench.args.lines))
+    return res
+
+
+def run_job(bench):
     a = bench.args
     n = a.lines
     jid = f"bench-{bench.run_tag}-seq-{n}"
@@ -261,6 +388,7 @@ def run(bench):
     }
     cpu = CpuMeter(bench.r, a.worker_pid).start()
     t_submit = time.perf_counter()
+    t_xadd = time.time()
     bench.submit(spec)
     h, done = bench.poll_status(jid, TERMINAL_STATUSES, a.log_timeout + 30, 0.1, check_worker=True)
     h = h if done else None
@@ -294,6 +422,7 @@ def run(bench):
     s, f = parse_ts(hget_str(h, "started_at")), parse_ts(hget_str(h, "finished_at"))
     res["hash_run_s"] = (f - s) if s is not None and f is not None else None
     res["submit_to_terminal_seen_s"] = t_terminal - t_submit
+    res["xadd_to_terminal_s"] = (f - t_xadd) if f is not None else None
 
     res["live_received"] = sub.count
     res["live_by_stream"] = sub.by_stream
@@ -467,6 +596,14 @@ def summary(out):
     lps_s = "n/a" if lps is None else f"{lps:,.0f}"
     span_s = "n/a" if span is None else f"{span:.2f} s"
     L.append(f"  live lines/s (first to last message) {lps_s}  ({b['live_received']:,} in {span_s})")
+    bare = b.get("bare_lines_per_s")
+    if bare:
+        runs = ", ".join(f"{r['lines_per_s']:,.0f}" for r in b["bare_runs"])
+        L.append(f"  bare attach reader lines/s (median)  {bare:,.0f}  (runs: {runs})")
+        ratio = b.get("live_to_bare")
+        L.append(f"  live / bare attach reader            {'n/a' if ratio is None else f'{ratio:.2f}x'}")
+    x2t = b.get("xadd_to_terminal_s")
+    L.append(f"  XADD to terminal (finished_at)       {'n/a' if x2t is None else f'{x2t:.2f} s'}")
     slps = b["stored_lines_per_s"]
     L.append(
         f"  stored lines/s (stream entry ids)    {'n/a' if slps is None else f'{slps:,.0f}'}"
@@ -508,6 +645,16 @@ def summary(out):
             f" ({cpu['worker_cpu_s'] / cpu['wall_s']:.2f} cores), redis-server {cpu['redis_cpu_s']:.1f} s"
             f" ({cpu['redis_cpu_s'] / cpu['wall_s']:.2f} cores)"
         )
+    if b.get("rss_peak_kib") is not None:
+        x2t = b.get("rss_xadd_to_terminal_s")
+        L.append(
+            f"  worker VmRSS over `seq 1 {b['rss_lines']:,}`   idle {fmt_mib(b['rss_idle_kib'])}, peak {fmt_mib(b['rss_peak_kib'])}"
+            f"; median 1st half {fmt_mib(b['rss_first_half_median_kib'])}, 2nd half {fmt_mib(b['rss_second_half_median_kib'])}"
+            f" ({b['rss_samples']} samples; {b['rss_stored_xlen']:,} lines stored"
+            + ("" if x2t is None else f", XADD to terminal {x2t:.1f} s") + ")"
+        )
+    elif b.get("rss_skipped"):
+        L.append(f"  worker VmRSS over the long job       skipped: {b['rss_skipped']}")
     if b.get("peak_rss_kib") is not None:
         L.append(f"  worker peak RSS during this phase    {fmt_mib(b['peak_rss_kib'])}")
     return L

@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - Every `seq` is yielded once, in increasing order, with no gap: the writer
-//!   numbers a job's lines without gaps and stores each line (`XADD`) in the same
-//!   `MULTI` as it publishes it, so whatever is published is already stored.
+//!   numbers a job's lines without gaps and stores each line (`XADD`) just before
+//!   it publishes it, in the same Lua call (atomic), so whatever is published is
+//!   already stored.
 //! - Nothing is missed between the two paths: we subscribe before reading the
 //!   stored stream, so every line is either stored before the read or published
 //!   after the subscription. A live line past the next expected `seq` (lines stored

@@ -13,9 +13,12 @@
 //! - A container this module created is removed before [`Executor::run`] returns,
 //!   whatever happened: exit, timeout, or a Docker error half-way. (Only a killed
 //!   worker process can leave one behind; the orphan sweep is for that.)
-//! - Output is read from Docker's log at our own pace; the container never waits on us.
+//! - Output is read from Docker's attach stream, attached before start (see
+//!   `attach`); the container waits on us for at most a second, then the rest is
+//!   read from Docker's log at our own pace.
 //! - A non-zero exit is an outcome, not an error: errors are Docker failing us.
 
+mod attach;
 pub mod build;
 mod container;
 mod error;

@@ -1,7 +1,8 @@
 //! One run of a job's container, as the steps of [`JobExecutor`]: its services
-//! first, the container created and the files staged (prepare), start, the log
-//! follower, the wait, the stop, the outcome read from the engine and the output
-//! files (collect), and the container and services removed (clean up).
+//! first, the container created and the files staged (prepare), start (attached
+//! to its output just before), the output's reader, the wait, the stop, the
+//! outcome read from the engine and the output files (collect), and the
+//! container and services removed (clean up).
 //!
 //! Invariant: whatever happens (exit, timeout, stop, a Docker error half-way),
 //! the container and the job's services are removed before [`Executor::run`]
@@ -14,7 +15,7 @@ use super::progress::FileReport;
 use super::runner::{self, Ended, JobExecutor};
 use super::sweep::Labelled;
 use super::{
-    container, files, follow, progress, services, ExecError, Executor, RunContext, RunOutcome,
+    attach, container, files, progress, services, ExecError, Executor, RunContext, RunOutcome,
 };
 use crate::job::Job;
 use bollard::query_parameters::StopContainerOptionsBuilder;
@@ -31,6 +32,9 @@ pub struct DockerRun {
     /// when this is dropped. Behind a lock: the wait watches a streamed input's
     /// failure while the other steps share the run.
     transfers: tokio::sync::Mutex<crate::transfer::Transfers>,
+    /// The container's output, attached by `start` before it starts and taken by
+    /// `stream_logs` (or why attaching failed). A std Mutex: never held across an await.
+    attached: std::sync::Mutex<Option<Result<attach::Attached, String>>>,
 }
 
 impl Executor {
@@ -100,6 +104,7 @@ impl JobExecutor for Executor {
             id,
             sidecars,
             transfers: tokio::sync::Mutex::new(transfers),
+            attached: std::sync::Mutex::new(None),
         };
         let into = if self.settings.policy.read_only_rootfs {
             files::StageInto::DockhandVolume
@@ -126,6 +131,11 @@ impl JobExecutor for Executor {
     }
 
     async fn start(&self, run: &DockerRun, _: &Job, _: &RunContext<'_>) -> Result<(), ExecError> {
+        // Before the start, so the stream has the output from its first byte.
+        let attached = attach::attach(&self.docker, &run.id)
+            .await
+            .map_err(|e| e.to_string());
+        *run.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(attached);
         self.docker
             .start_container(&run.id, None)
             .await
@@ -141,9 +151,16 @@ impl JobExecutor for Executor {
     }
 
     fn stream_logs(&self, run: &DockerRun, ctx: &RunContext<'_>) -> JoinHandle<()> {
-        tokio::spawn(follow::follow_logs(
+        let attached = run
+            .attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| Err("the output was taken already".to_string()));
+        tokio::spawn(attach::read_output(
             self.docker.clone(),
             run.id.clone(),
+            attached,
             ctx.logs.clone(),
             self.settings.jobs.max_line_bytes,
         ))

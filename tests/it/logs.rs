@@ -2,6 +2,7 @@
 
 use crate::common::{spec, Env};
 use deadpool_redis::redis::{self, AsyncCommands};
+use futures_util::StreamExt;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,5 +137,130 @@ async fn a_chatty_job_loses_no_line() {
     assert_eq!(first.ids[0].get::<String>("line").unwrap(), "1");
     assert_eq!(last.ids[0].get::<String>("line").unwrap(), n.to_string());
     assert_eq!(last.ids[0].get::<String>("seq").unwrap(), n.to_string());
+    worker.stop().await;
+}
+
+/// A chatty job writing to both streams: a subscriber gets every line once, in
+/// `seq` order without a gap, and exactly what the stored stream holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_job_reaches_a_subscriber_whole_and_as_stored() {
+    let env = Env::new();
+    let id = format!("{}-live", env.prefix);
+    let mut pubsub = env.client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(env.keys.log_channel(&id)).await.unwrap();
+    let worker = env.worker(&["default"], 1);
+    let n = 50_000u64;
+    // stderr lines among the stdout ones, and a last line without a newline.
+    let command = format!(
+        "seq 1 {n} | while read i; do echo $i; case $i in *000) echo e$i >&2;; esac; done; printf end"
+    );
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": command})),
+    )
+    .await;
+    let job = env.finished_within(&id, Duration::from_secs(600)).await;
+    assert_eq!(job["status"], "completed");
+    let stored = env.log(&id).await;
+    let mut live = Vec::new();
+    let mut messages = pubsub.on_message();
+    while live.len() < stored.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(60), messages.next())
+            .await
+            .expect("every stored line is published")
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        live.push((
+            v["seq"].as_u64().unwrap(),
+            v["stream"].as_str().unwrap().to_string(),
+            v["line"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(live, stored, "live and stored are the same lines");
+    let seqs: Vec<u64> = stored.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
+    let mut out: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+    out.push("end".into());
+    let err: Vec<String> = (1..=n / 1000).map(|k| format!("e{}", k * 1000)).collect();
+    let of = |stream: &str| -> Vec<String> {
+        stored
+            .iter()
+            .filter(|(_, s, _)| s == stream)
+            .map(|(_, _, l)| l.clone())
+            .collect()
+    };
+    assert_eq!(of("stdout"), out);
+    assert_eq!(of("stderr"), err);
+    assert_eq!(stored.len(), out.len() + err.len(), "{:?}", of("system"));
+    worker.stop().await;
+}
+
+/// When Redis stops taking writes for a while, the worker lets the container's
+/// attach stream go and reads on from Docker's log: no line is lost or repeated,
+/// `seq` stays gap-free, and a `system` line says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_writer_reads_on_from_the_log_losing_nothing() {
+    // A server of its own: the pause must not hold up other tests' workers.
+    let env = Env::own_server();
+    let id = format!("{}-stall", env.prefix);
+    // A lease that outlasts the pause (the heartbeat cannot write meanwhile).
+    let settings = env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WORKER__LEASE_SECONDS", "60")],
+    );
+    let worker = crate::common::Worker::start(settings);
+    // Far more than Docker and the worker buffer between the job and Redis, so
+    // the job still writes when its first line is stored.
+    let n = 600_000u64;
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": format!("seq 1 {n}"), "limits": {"log_bytes": "64m"}}),
+        ),
+    )
+    .await;
+    let (e, key) = (&env, env.keys.log(&id));
+    crate::common::wait_until("the first line stored", || {
+        let key = key.clone();
+        async move {
+            let len: u64 = e.conn().await.xlen(key).await.unwrap();
+            (len > 0).then_some(())
+        }
+    })
+    .await;
+    // Writes wait 2.5 s: past the reader's 1 s, under the 5 s command timeout.
+    let mut c = env.conn().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2500)
+        .arg("WRITE")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let job = env.finished_within(&id, Duration::from_secs(600)).await;
+    assert_eq!(job["status"], "completed");
+    let log = env.log(&id).await;
+    let seqs: Vec<u64> = log.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>());
+    let system: Vec<&str> = log
+        .iter()
+        .filter(|(_, s, _)| s == "system")
+        .map(|(_, _, l)| l.as_str())
+        .collect();
+    assert_eq!(system.len(), 1, "{system:?}");
+    assert!(
+        system[0].contains("reading the rest of the output from the container's log"),
+        "{system:?}"
+    );
+    let out: Vec<u64> = log
+        .iter()
+        .filter(|(_, s, _)| s == "stdout")
+        .map(|(_, _, l)| l.parse().unwrap())
+        .collect();
+    assert_eq!(out.len() as u64, n, "one stored line per printed line");
+    assert!(out.iter().copied().eq(1..=n), "every number once, in order");
     worker.stop().await;
 }

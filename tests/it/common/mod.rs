@@ -328,22 +328,28 @@ impl Env {
         );
     }
 
-    /// The stored log lines: (seq, stream, line).
+    /// The stored log lines: (seq, stream, line). Read in pages, so that a long
+    /// log is not one reply slower than the connection's response timeout.
     pub async fn log(&self, id: &str) -> Vec<(u64, String, String)> {
         let mut c = self.conn().await;
-        let reply: redis::streams::StreamRangeReply =
-            c.xrange_all(self.keys.log(id)).await.unwrap();
-        reply
-            .ids
-            .iter()
-            .map(|e| {
+        let mut lines = Vec::new();
+        let mut from = "-".to_string();
+        loop {
+            let reply: redis::streams::StreamRangeReply = c
+                .xrange_count(self.keys.log(id), &from, "+", 10_000)
+                .await
+                .unwrap();
+            let Some(last) = reply.ids.last() else { break };
+            from = format!("({}", last.id);
+            lines.extend(reply.ids.iter().map(|e| {
                 (
                     e.get::<String>("seq").unwrap().parse().unwrap(),
                     e.get::<String>("stream").unwrap(),
                     e.get::<String>("line").unwrap(),
                 )
-            })
-            .collect()
+            }));
+        }
+        lines
     }
 
     /// Lines of one stream (stdout, stderr, system), in order.
