@@ -264,9 +264,9 @@ def bare_attach(bench, n):
     times: built first (with the CARGO_TARGET_DIR of scripts/bench), so that the
     build is not timed."""
     a = bench.args
-    # $ATTACH_READER_BIN: an attach_reader binary built already (its source does
-    # not use the crate, but cargo builds the crate for it in the bench profile,
-    # which differs from the release one by the dev-dependencies' features).
+    # $ATTACH_READER_BIN: the attach_reader binary, which scripts/bench builds
+    # with the worker (else `cargo bench` builds it here: the crate and its
+    # dependencies once more, in the bench profile).
     prog = os.environ.get("ATTACH_READER_BIN")
     if prog:
         cmd = [prog]
