@@ -22,7 +22,7 @@
 use super::files::read_outputs;
 use super::progress::FileReport;
 use super::runner::{Ended, JobExecutor};
-use super::sweep::Labelled;
+use super::sweep::{Labelled, RunOwner};
 use super::{ExecError, JobOutput, RunContext, RunOutcome};
 use crate::config::Settings;
 use crate::job::{Job, DOCKHAND_DIR};
@@ -60,11 +60,8 @@ pub struct LocalExecutor {
 /// Who made a run, written beside its directory for the sweep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
-    job: String,
-    worker: String,
-    consumer: String,
-    entry: String,
-    deployment: String,
+    #[serde(flatten)]
+    owner: RunOwner,
     /// The job's process group, once started.
     pgid: Option<i32>,
 }
@@ -191,11 +188,13 @@ impl JobExecutor for LocalExecutor {
         let dir = self.root.join(&name);
         let record_path = self.root.join(format!("{name}{RECORD}"));
         let record = Record {
-            job: job.id.clone(),
-            worker: self.worker_id.clone(),
-            consumer: self.consumer.clone(),
-            entry: ctx.entry.to_string(),
-            deployment: ctx.deployment.to_string(),
+            owner: RunOwner {
+                job: job.id.clone(),
+                worker: self.worker_id.clone(),
+                consumer: self.consumer.clone(),
+                entry: ctx.entry.to_string(),
+                deployment: ctx.deployment.to_string(),
+            },
             pgid: None,
         };
         let run = LocalRun {
@@ -506,14 +505,7 @@ fn list_records(base: &Path) -> std::io::Result<Vec<Labelled>> {
             else {
                 continue;
             };
-            found.push(Labelled {
-                id: name,
-                job: r.job,
-                worker: r.worker,
-                consumer: r.consumer,
-                entry: r.entry,
-                deployment: r.deployment,
-            });
+            found.push(Labelled::of_run(name, r.owner));
         }
     }
     Ok(found)

@@ -29,7 +29,7 @@
 use super::files::read_outputs;
 use super::progress::FileReport;
 use super::runner::{Ended, JobExecutor};
-use super::sweep::Labelled;
+use super::sweep::{Labelled, RunOwner};
 use super::{ExecError, JobOutput, RunContext, RunOutcome, SshFailure};
 use crate::config::{Settings, SshHost};
 use crate::job::{Job, DOCKHAND_DIR};
@@ -62,11 +62,8 @@ pub struct SshExecutor {
 /// Who made a run, written beside its directory for the sweep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
-    job: String,
-    worker: String,
-    consumer: String,
-    entry: String,
-    deployment: String,
+    #[serde(flatten)]
+    owner: RunOwner,
     /// The run's directory (absolute on the host).
     dir: String,
 }
@@ -412,11 +409,13 @@ impl JobExecutor for SshExecutor {
         parents.sort();
         parents.dedup();
         let record = |dir: &str| Record {
-            job: job.id.clone(),
-            worker: self.worker_id.clone(),
-            consumer: self.consumer.clone(),
-            entry: ctx.entry.to_string(),
-            deployment: ctx.deployment.to_string(),
+            owner: RunOwner {
+                job: job.id.clone(),
+                worker: self.worker_id.clone(),
+                consumer: self.consumer.clone(),
+                entry: ctx.entry.to_string(),
+                deployment: ctx.deployment.to_string(),
+            },
             dir: dir.to_string(),
         };
         // The record holds the directory's absolute path, which only the host
@@ -731,14 +730,7 @@ impl JobExecutor for SshExecutor {
                 let Ok(r) = serde_json::from_str::<Record>(line) else {
                     continue;
                 };
-                found.push(Labelled {
-                    id: format!("{name}\n{}", r.dir),
-                    job: r.job,
-                    worker: r.worker,
-                    consumer: r.consumer,
-                    entry: r.entry,
-                    deployment: r.deployment,
-                });
+                found.push(Labelled::of_run(format!("{name}\n{}", r.dir), r.owner));
             }
         }
         Ok(found)

@@ -9,6 +9,17 @@ use super::{
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use std::collections::HashMap;
 
+/// Who made a run of a host executor (local, SSH): what a container carries as
+/// labels, written as JSON beside the run's directory for the sweep.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunOwner {
+    pub job: String,
+    pub worker: String,
+    pub consumer: String,
+    pub entry: String,
+    pub deployment: String,
+}
+
 /// A Dockhand container and who made it.
 #[derive(Debug, Clone)]
 pub struct Labelled {
@@ -22,6 +33,18 @@ pub struct Labelled {
 }
 
 impl Labelled {
+    /// A host executor's run `id`, made by `owner`.
+    pub fn of_run(id: String, owner: RunOwner) -> Labelled {
+        Labelled {
+            id,
+            job: owner.job,
+            worker: owner.worker,
+            consumer: owner.consumer,
+            entry: owner.entry,
+            deployment: owner.deployment,
+        }
+    }
+
     /// A container or network `id` and the Dockhand labels it carries (missing ones empty).
     fn new(id: String, labels: HashMap<String, String>) -> Labelled {
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
