@@ -405,8 +405,7 @@ pub async fn claim(
 /// have to be split, or the keys given one tag, before Redis Cluster.
 ///
 /// KEYS: 1 job hash, 2 events stream, 3 files, 4 log, 5 status index, 6 reason
-/// index, 7 dependents (declared, not read: the hash's flag says), 8 the job's
-/// own wait, 9 the entry's stream. ARGV: 1
+/// index, 7 the job's own wait, 8 the entry's stream. ARGV: 1
 /// entry, 2 consumer, 3 channel, 4 event ('' none), 5 expire seconds (0 = not
 /// terminal), 6 event type, 7 job id, 8 events stream cap, 9 flags (f: files
 /// may exist, l: the log may exist, w: the job has a wait, r: it has a reason,
@@ -435,15 +434,15 @@ static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
         -- Keys the caller knows to be absent are left alone: an EXPIRE each otherwise.
         if has('f') then redis.call('EXPIRE', KEYS[3], ttl) end
         if has('l') then redis.call('EXPIRE', KEYS[4], ttl) end
-        if has('w') then redis.call('EXPIRE', KEYS[8], ttl) end
+        if has('w') then redis.call('EXPIRE', KEYS[7], ttl) end
         redis.call('ZADD', KEYS[5], ARGV[10], ARGV[7])
         if has('r') then redis.call('ZADD', KEYS[6], ARGV[10], ARGV[7]) end
         -- Jobs waiting for this one (`deps` flags the hash when the first one
         -- registers): their release comes before the ack.
         if own[3] then return 5 end
         if has('a') then
-            redis.call('XACK', KEYS[9], ARGV[11], ARGV[12])
-            redis.call('XDEL', KEYS[9], ARGV[12])
+            redis.call('XACK', KEYS[8], ARGV[11], ARGV[12])
+            redis.call('XDEL', KEYS[8], ARGV[12])
             return 3
         end
         return 1
@@ -601,7 +600,6 @@ pub async fn write_prepared(
         .key(keys.log(&record.id))
         .key(status_index)
         .key(reason_index)
-        .key(keys.dependents(&record.id))
         .key(keys.wait(&record.id))
         .key(stream);
     inv.arg(owner.entry)

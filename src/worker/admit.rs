@@ -247,11 +247,17 @@ async fn with_profile(
 /// for no parent, counts against no limit, is not due later, and needs no image
 /// made from git (those write states of their own first).
 fn at_once(job: &Job) -> bool {
-    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(50);
     job.spec.after.is_empty()
         && job.spec.concurrency_key.is_none()
         && job.git.is_none()
-        && job.not_before.is_none_or(|at| at <= soon)
+        && due_later(job).is_none()
+}
+
+/// When the job is due, if that is later than now (50 ms of slack: a delay
+/// that has as good as passed runs now).
+fn due_later(job: &Job) -> Option<chrono::DateTime<chrono::Utc>> {
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(50);
+    job.not_before.filter(|at| *at > soon)
 }
 
 /// What ends a valid job's turn before it runs: a cancel asked for already, a
@@ -270,8 +276,7 @@ fn before_running(ctx: &Ctx, claimed: &Claimed, mut record: JobRecord, job: Job)
         return Admission::End(Ending::Finish(record, job));
     }
     if claimed.claim == Claim::New {
-        let soon = chrono::Utc::now() + chrono::Duration::milliseconds(50);
-        if let Some(at) = job.not_before.filter(|at| *at > soon) {
+        if let Some(at) = due_later(&job) {
             tracing::info!(run_at = %at, "job scheduled for later");
             let event = "job.queued";
             return Admission::End(Ending::Schedule { record, at, event });

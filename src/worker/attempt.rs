@@ -55,7 +55,7 @@ pub(super) async fn attempt(
     let ctx = turn.ctx;
     // `absent.log` here: the claim made the job's hash, so it has no log yet.
     let log = JobLog::start(ctx, &job, record.absent.log);
-    let (record, mut job) = if started {
+    let (mut record, mut job) = if started {
         (record, job)
     } else {
         let record = begun(ctx, record);
@@ -74,7 +74,6 @@ pub(super) async fn attempt(
         }
         (record, job)
     };
-    let mut record = record;
     tracing::info!(image = %job.image, attempt = record.attempt, "job started");
     // Result URLs, for a job that has a network to reach them on (a local job
     // reaches them on loopback).

@@ -206,7 +206,6 @@ pub async fn run_with(
         );
         crate::executor::ssh::SshExecutor::new(settings.clone(), &worker_id, &consumer)
     });
-    let block = Duration::from_millis(settings.worker.block_ms);
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
         settings,
@@ -345,8 +344,9 @@ async fn claim_loop(
     let mut paused = std::collections::BTreeSet::new();
     let mut paused_at = None;
     let mut claims: u64 = 0;
+    // Within one read's time: a pause takes effect, a new priority lane is seen.
+    let block = Duration::from_millis(ctx.settings.worker.block_ms);
     // What each queue's last claim saw of its priority lanes (see `lanes::claim`).
-    let fresh = Duration::from_millis(ctx.settings.worker.block_ms);
     let mut lanes_seen: std::collections::HashMap<String, queue::lanes::Seen> =
         std::collections::HashMap::new();
     while !token.is_cancelled() {
@@ -368,7 +368,6 @@ async fn claim_loop(
             // The paused set is read at most once per `block_ms` (the time within
             // which a pause takes effect), not on every claim: a busy worker
             // would otherwise ask it once per job.
-            let block = Duration::from_millis(ctx.settings.worker.block_ms);
             if paused_at.is_none_or(|at: std::time::Instant| at.elapsed() >= block) {
                 let now_paused = queue::paused(&mut conn, &ctx.keys, &served).await?;
                 report_paused(&paused, &now_paused);
@@ -382,7 +381,7 @@ async fn claim_loop(
                 .collect();
             if queues.is_empty() {
                 // Every queue is paused: look again after a read's time.
-                sleep_or_cancel(Duration::from_millis(ctx.settings.worker.block_ms), &token).await;
+                sleep_or_cancel(block, &token).await;
                 return Ok(Vec::new());
             }
             // First, without blocking: the queues in their order for this claim,
@@ -392,7 +391,7 @@ async fn claim_loop(
             for q in claim_order(&queues, &served, &ctx.settings.worker) {
                 let seen = lanes_seen
                     .entry(q.to_string())
-                    .or_insert_with(|| queue::lanes::Seen::new(fresh));
+                    .or_insert_with(|| queue::lanes::Seen::new(block));
                 if let Some(entry) =
                     queue::lanes::claim(&mut conn, &ctx.keys, q, &ctx.consumer, fair, seen).await?
                 {

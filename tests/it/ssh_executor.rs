@@ -406,6 +406,23 @@ fn sleeper(pids: &Path, done: &Path) -> String {
     )
 }
 
+/// Submits [`sleeper`] as job `id` and waits until it runs: returns the pids
+/// of the script and of its child.
+async fn start_sleeper(env: &Env, id: &str, pids: &Path, done: &Path) -> Vec<i32> {
+    env.xadd(
+        "default",
+        &ssh(
+            id,
+            serde_json::json!({"script": {"content": sleeper(pids, done), "interpreter": "python3"}}),
+        ),
+    )
+    .await;
+    env.wait_for_log_line(id, "stdout", "early").await;
+    let running = read_pids(pids);
+    assert_eq!(running.len(), 2, "the script and its child: {running:?}");
+    running
+}
+
 fn read_pids(path: &Path) -> Vec<i32> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -423,17 +440,7 @@ async fn a_cancel_kills_the_remote_process_group() {
     let scratch = tempfile::tempdir().unwrap();
     let (pids, done) = (scratch.path().join("pids"), scratch.path().join("done"));
     let id = format!("{}-cancel", env.prefix);
-    env.xadd(
-        "default",
-        &ssh(
-            &id,
-            serde_json::json!({"script": {"content": sleeper(&pids, &done), "interpreter": "python3"}}),
-        ),
-    )
-    .await;
-    env.wait_for_log_line(&id, "stdout", "early").await;
-    let running = read_pids(&pids);
-    assert_eq!(running.len(), 2, "the script and its child: {running:?}");
+    let running = start_sleeper(&env, &id, &pids, &done).await;
     assert!(running.iter().all(|p| alive(*p)));
     let out = crate::common::cli(&env, &["cancel", &id]).await;
     assert!(out.status.success(), "{out:?}");
@@ -462,17 +469,7 @@ async fn what_a_killed_worker_left_on_the_host_is_swept_by_the_next() {
     let scratch = tempfile::tempdir().unwrap();
     let (pids, done) = (scratch.path().join("pids"), scratch.path().join("done"));
     let id = format!("{}-orphan", env.prefix);
-    env.xadd(
-        "default",
-        &ssh(
-            &id,
-            serde_json::json!({"script": {"content": sleeper(&pids, &done), "interpreter": "python3"}}),
-        ),
-    )
-    .await;
-    env.wait_for_log_line(&id, "stdout", "early").await;
-    let orphaned = read_pids(&pids);
-    assert_eq!(orphaned.len(), 2, "{orphaned:?}");
+    let orphaned = start_sleeper(&env, &id, &pids, &done).await;
     let home = std::env::var("HOME").unwrap();
     let runs = Path::new(&home).join(".dockhand").join(&first_id);
     let run_dirs = || -> Vec<PathBuf> {
