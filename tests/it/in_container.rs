@@ -8,71 +8,10 @@
 //! container is on that network only, and everything the test made (containers,
 //! network, image) is removed when it ends, passed or failed.
 
+use crate::common::docker::{docker, Made};
 use crate::common::{image, wait_until, Env, RedisServer};
 use std::net::IpAddr;
 use std::process::Command;
-
-/// Runs `docker args...`; its trimmed stdout, or a panic with its stderr.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// What this test made in Docker; removed on drop, whatever happened.
-struct Made {
-    label: String,
-    network: Option<String>,
-    image: Option<String>,
-    worker: Option<String>,
-}
-
-impl Drop for Made {
-    fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            let _ = Command::new("docker").args(args).output();
-        };
-        if let Some(worker) = &self.worker {
-            if std::thread::panicking() {
-                // The worker's own account of what went wrong, for the failure report.
-                if let Ok(out) = Command::new("docker").args(["logs", worker]).output() {
-                    eprintln!(
-                        "the containerised worker's log:\n{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
-        }
-        // The worker, the doctor run, and any job container left by a failure.
-        for filter in [
-            format!("label={}", self.label),
-            format!("label=dockhand.worker={}", self.label),
-        ] {
-            let ids = Command::new("docker")
-                .args(["ps", "-aq", "--filter", &filter])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            for id in ids.lines() {
-                quiet(&["rm", "-f", id]);
-            }
-        }
-        if let Some(network) = &self.network {
-            quiet(&["network", "rm", network]);
-        }
-        if let Some(image) = &self.image {
-            quiet(&["rmi", "-f", image]);
-        }
-    }
-}
 
 /// The worker's settings, as `docker run -e` arguments.
 fn worker_env(env: &Env) -> Vec<String> {
@@ -96,12 +35,7 @@ async fn a_worker_in_a_container_serves_result_urls_on_the_results_network() {
         ulid::Ulid::new().to_string().to_ascii_lowercase()
     );
     let label = format!("dockhand.test={}", tag.replace(':', "-"));
-    let mut made = Made {
-        label: label.clone(),
-        network: None,
-        image: None,
-        worker: None,
-    };
+    let mut made = Made::new(&label);
     // The network Redis and the worker meet on; Redis listens on its gateway.
     let network = tag.replace(':', "-");
     docker(&["network", "create", "--label", &label, &network]);
@@ -116,6 +50,8 @@ async fn a_worker_in_a_container_serves_result_urls_on_the_results_network() {
     .parse()
     .expect("the test network has an IPv4 gateway");
     let env = Env::on(RedisServer::start_on(gateway));
+    // The worker runs as `--id <prefix>`: job containers it leaves go too.
+    made.worker_ids.push(env.prefix.clone());
     crate::common::build_dockhand_image(&tag);
     made.image = Some(tag.clone());
 
@@ -168,7 +104,7 @@ async fn a_worker_in_a_container_serves_result_urls_on_the_results_network() {
         &["worker", "--queue", "default", "--id", &env.prefix],
     );
     assert!(ok, "docker run of the worker failed: {out}");
-    made.worker = Some(worker.clone());
+    made.workers.push(worker.clone());
     env.wait_until_worker_ready(&env.prefix, None).await;
 
     // The worker's container is on dockhand-results now; its address there is

@@ -6,23 +6,10 @@
 //! takes its job over after the lease, and a survivor's sweep removes the dead
 //! worker's job container. Everything the test made is removed when it ends.
 
+use crate::common::docker::{docker, Made};
 use crate::common::{image, wait_until, Env, RedisServer};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::process::Command;
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Container ids that match a `docker ps` filter, running or not.
 fn containers(filter: &str) -> Vec<String> {
@@ -30,59 +17,6 @@ fn containers(filter: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-/// What this test made in Docker; removed on drop, passed or failed.
-struct Made {
-    label: String,
-    workers: Vec<String>,
-    network: Option<String>,
-    image: Option<String>,
-}
-
-impl Drop for Made {
-    fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            let _ = Command::new("docker").args(args).output();
-        };
-        if std::thread::panicking() {
-            for w in &self.workers {
-                if let Ok(out) = Command::new("docker")
-                    .args(["logs", "--tail", "40", w])
-                    .output()
-                {
-                    eprintln!(
-                        "log of {w}:\n{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
-        }
-        // The workers, then any job container a worker left.
-        let mut filters = vec![format!("label={}", self.label)];
-        filters.extend(
-            self.workers
-                .iter()
-                .map(|w| format!("label=dockhand.worker={w}")),
-        );
-        for filter in filters {
-            let ids = Command::new("docker")
-                .args(["ps", "-aq", "--filter", &filter])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            for id in ids.lines() {
-                quiet(&["rm", "-f", id]);
-            }
-        }
-        if let Some(network) = &self.network {
-            quiet(&["network", "rm", network]);
-        }
-        if let Some(image) = &self.image {
-            quiet(&["rmi", "-f", image]);
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,12 +27,7 @@ async fn three_worker_containers_share_one_redis_and_survive_one_killed_mid_job(
         ulid::Ulid::new().to_string().to_ascii_lowercase()
     );
     let label = format!("dockhand.test={name}");
-    let mut made = Made {
-        label: label.clone(),
-        workers: Vec::new(),
-        network: None,
-        image: None,
-    };
+    let mut made = Made::new(&label);
     docker(&["network", "create", "--label", &label, &name]);
     made.network = Some(name.clone());
     let gateway: IpAddr = docker(&[
@@ -120,7 +49,9 @@ async fn three_worker_containers_share_one_redis_and_survive_one_killed_mid_job(
     // Three workers, no worker.id (each is named after its container, as under
     // Compose), one job at a time each, a short lease and sweep.
     let workers: Vec<String> = (1..=3).map(|n| format!("{name}-worker-{n}")).collect();
+    // Named after their containers, the workers' ids are their names.
     made.workers = workers.clone();
+    made.worker_ids = workers.clone();
     for w in &workers {
         docker(&[
             "run",
