@@ -97,7 +97,7 @@ def main():
                 cv.wait(1)
         ev = dict(events[jid])
         if "job.completed" not in ev:
-            raise SystemExit(f"job {jid}: {r.hgetall(f'{prefix}:job:{jid}')}")
+            raise SystemExit(f"job {jid}: {r.hgetall(f'{prefix}:{{default}}:job:{jid}')}")
         return ev["job.started"] - t0, ev["job.completed"] - t0
 
     try:

@@ -54,12 +54,12 @@ while time.time() < deadline:
     if event["type"] in ("job.completed", "job.aborted"):
         break
 
-state = r.hgetall(f"{prefix}:job:{job_id}")
+state = r.hgetall(f"{prefix}:{{default}}:job:{job_id}")
 print(f"status={state.get('status')} reason={state.get('reason')} exit_code={state.get('exit_code')}")
-lines = r.xrange(f"{prefix}:job:{job_id}:log")
+lines = r.xrange(f"{prefix}:{{default}}:job:{job_id}:log")
 for _, fields in lines:
     print(f"  [{fields['stream']}] {fields['line']}")
 raw = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/"))  # files are bytes
-for name, content in raw.hgetall(f"{prefix}:job:{job_id}:files").items():
+for name, content in raw.hgetall(f"{prefix}:{{default}}:job:{job_id}:files").items():
     print(f"  file {name.decode()}: {content!r}")
 sys.exit(0 if state.get("status") == "completed" else 1)

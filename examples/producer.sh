@@ -19,11 +19,11 @@ echo "submitted $id"
 
 i=0
 while [ $i -lt 600 ]; do
-  status=$(redis-cli -u "$url" HGET "$prefix:job:$id" status)
+  status=$(redis-cli -u "$url" HGET "$prefix:{default}:job:$id" status)
   case "$status" in completed|aborted) break ;; esac
   sleep 0.2
   i=$((i + 1))
 done
 echo "status=$status"
-redis-cli -u "$url" XRANGE "$prefix:job:$id:log" - + | grep -A1 '^line$' | grep -v -e '^line$' -e '^--$' | sed 's/^/  /'
+redis-cli -u "$url" XRANGE "$prefix:{default}:job:$id:log" - + | grep -A1 '^line$' | grep -v -e '^line$' -e '^--$' | sed 's/^/  /'
 [ "$status" = completed ]

@@ -190,24 +190,50 @@ print(s.getsockname()[1])
 s.close()'
 }
 
+# Give the cluster-enabled server at host:port every slot, and wait (~10 s) for
+# it to say the cluster is ok.
+dh_cluster_of_one() {
+    local host=$1 port=$2 i
+    redis-cli -h "$host" -p "$port" CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null || return 1
+    for ((i = 0; i < 100; i++)); do
+        redis-cli -h "$host" -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # Start a throw-away redis-server for this run: loopback only, a free port, a
 # fresh directory, no persistence (tests must not see a previous run's keys).
 # Exports REDIS_URL; sets DH_REDIS_PID and DH_REDIS_DIR for dh_stop_redis.
+#
+# `dh_start_redis cluster` makes it a Redis Cluster of one node that serves
+# every slot. Clients use it as a plain Redis (no redirection ever happens),
+# but it refuses, with CROSSSLOT, a script, a transaction or a command whose
+# keys are in different slots: the suite runs on it so that any step that
+# would break on a real cluster fails a test.
 dh_start_redis() {
     local port attempt i
+    local -a cluster=()
     DH_REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/dockhand-redis.XXXXXX")"
+    if [[ "${1:-}" == cluster ]]; then
+        cluster=(--cluster-enabled yes --cluster-config-file "$DH_REDIS_DIR/nodes.conf")
+    fi
     for attempt in 1 2 3; do
         port="$(dh_free_port)"
         # --daemonize no + & keeps it our child, so we know its pid and can wait for it.
         redis-server --bind 127.0.0.1 --port "$port" --dir "$DH_REDIS_DIR" \
-            --save "" --appendonly no --daemonize no \
+            --save "" --appendonly no --daemonize no "${cluster[@]}" \
             >"$DH_REDIS_DIR/redis.log" 2>&1 &
         DH_REDIS_PID=$!
         # Bounded wait (~10 s) for it to answer.
         for ((i = 0; i < 100; i++)); do
             if [[ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" == PONG ]]; then
                 export REDIS_URL="redis://127.0.0.1:${port}/"
-                dh_step "redis-server (pid $DH_REDIS_PID) at $REDIS_URL"
+                if ((${#cluster[@]})); then
+                    dh_cluster_of_one 127.0.0.1 "$port" ||
+                        dh_die "redis-server at $REDIS_URL did not become a cluster of one"
+                fi
+                dh_step "redis-server (pid $DH_REDIS_PID) at $REDIS_URL${cluster:+ (a cluster of one node)}"
                 return 0
             fi
             # Died (most likely the port was taken in the meantime): try another port.

@@ -3,11 +3,14 @@
 //! ended.
 //!
 //! Keys (see `queue::Keys`):
-//! - `<prefix>:batch:<id>`: `id`, `created_at`, `size` (from a job's
+//! - `<prefix>:batch:{<id>}`: `id`, `created_at`, `size` (from a job's
 //!   `batch_size` or `dockhand batch open`), `ended`, `status:<s>`,
 //!   `reason:<r>` and `queue:<q>` counts, and once complete `completed_at` and
 //!   `event` (the `batch.completed` body).
-//! - `<prefix>:batch:<id>:ended`: the ids of the jobs counted.
+//! - `<prefix>:batch:{<id>}:ended`: the jobs counted (`<queue>/<id>`).
+//!
+//! Both carry the batch id as their hash tag: a batch's jobs may be in any
+//! queue, so no step touches a batch's keys and a job's together.
 //!
 //! Invariants:
 //! - A job is counted once, by the step after its terminal write (a set of the
@@ -16,7 +19,9 @@
 //!   worker died, finds its id counted and changes nothing.
 //! - `batch.completed` fires once: the step that finds the batch whole (ended ≥
 //!   size) stores its body and publishes it in that step; every later step sees
-//!   the stored body and publishes nothing.
+//!   the stored body and publishes nothing. Its copy in the events stream of each
+//!   of the batch's queues is added right after that step (in their own slots):
+//!   a worker dying in between leaves the copy out, never the webhooks.
 //! - The webhook deliveries of `batch.completed` are made after that step and
 //!   before the job's entry is acknowledged, idempotently, by every end step
 //!   that finds the batch complete: a worker dying in between leaves the entry
@@ -31,9 +36,9 @@ use std::sync::LazyLock;
 
 /// Counts one job's end (or only sets the size, for `batch open`), and
 /// completes the batch when it is whole.
-/// KEYS: 1 batch hash, 2 ended set, 3 events stream. ARGV: 1 job id ('' for none),
+/// KEYS: 1 batch hash, 2 ended set. ARGV: 1 job (`<queue>/<id>`, '' for none),
 /// 2 status, 3 reason, 4 size ('' for none), 5 queue, 6 events channel, 7
-/// events stream cap, 8 now, 9 retention, 10 batch id.
+/// (unused), 8 now, 9 retention, 10 batch id.
 static END: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -73,8 +78,6 @@ static END: LazyLock<redis::Script> = LazyLock::new(|| {
             created_at = redis.call('HGET', batch, 'created_at'), completed_at = ARGV[8]}})
         redis.call('HSET', batch, 'event', body, 'completed_at', ARGV[8])
         redis.call('PUBLISH', ARGV[6], body)
-        redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'batch.completed', 'job', '',
-            'batch', ARGV[10], 'event', body)
         redis.call('EXPIRE', batch, tonumber(ARGV[9]))
         redis.call('EXPIRE', ended, tonumber(ARGV[9]))
         return {'fired', body}
@@ -115,11 +118,15 @@ async fn step(
     end: &JobEnd<'_>,
     s: Settings,
 ) -> Result<Counted, StoreError> {
+    let job = if end.job.is_empty() {
+        String::new()
+    } else {
+        crate::job::JobRef::new(end.queue, end.job).to_string()
+    };
     let (kind, value): (String, String) = END
         .key(keys.batch(batch))
         .key(keys.batch_ended(batch))
-        .key(keys.events())
-        .arg(end.job)
+        .arg(job)
         .arg(end.status)
         .arg(end.reason)
         .arg(end.size.map(|n| n.to_string()).unwrap_or_default())
@@ -131,6 +138,25 @@ async fn step(
         .arg(batch)
         .invoke_async(conn)
         .await?;
+    if kind == "fired" {
+        // The stream copy, in each of the batch's queues (see the invariants).
+        let mut pipe = redis::pipe();
+        for queue in queues_of(&value) {
+            pipe.xadd_maxlen(
+                keys.events(&queue),
+                redis::streams::StreamMaxlen::Approx(s.events_max_len),
+                "*",
+                &[
+                    ("type", "batch.completed"),
+                    ("job", ""),
+                    ("batch", batch),
+                    ("event", value.as_str()),
+                ],
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
     Ok(match kind.as_str() {
         "fired" => Counted::Completed {
             body: value,
@@ -201,16 +227,21 @@ async fn deliver_if_complete(
     let Counted::Completed { body, .. } = counted else {
         return Ok(());
     };
-    let queues: Vec<String> = serde_json::from_str::<serde_json::Value>(body)
+    let queues = queues_of(body);
+    crate::webhook::outbox::enqueue_for_batch(conn, keys, batch, body, &queues, retention).await?;
+    Ok(())
+}
+
+/// The queues a `batch.completed` body counts jobs in.
+fn queues_of(body: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
             v["data"]["queues"]
                 .as_object()
                 .map(|q| q.keys().cloned().collect())
         })
-        .unwrap_or_default();
-    crate::webhook::outbox::enqueue_for_batch(conn, keys, batch, body, &queues, retention).await?;
-    Ok(())
+        .unwrap_or_default()
 }
 
 /// A batch as `dockhand batch status` shows it.

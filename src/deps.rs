@@ -1,20 +1,27 @@
 //! Dependencies between jobs: a job with `after` waits (status `waiting`) until
 //! its parents have ended, then runs, or is aborted `dependency_failed` when its
-//! `after_policy` can no longer be met.
+//! `after_policy` can no longer be met. A parent is named `<id>` (in the child's
+//! own queue) or `<queue>/<id>` ([`JobRef`]).
 //!
-//! Keys (see `queue::Keys`):
-//! - `<prefix>:job:<id>:after`, the child's wait: `state` (`waiting`, then
+//! Keys (see `queue::Keys`), each in its job's queue's slot:
+//! - `<prefix>:{<q>}:job:<id>:after`, the child's wait: `state` (`waiting`, then
 //!   `released`), `policy`, `queue`, `deadline` (ms), `remaining`, one field
-//!   `parent:<pid>` per parent (`waiting`, or how it ended: `completed`,
+//!   `parent:<pid>` per parent (`parent:<queue>/<pid>` for one in another
+//!   queue: [`JobRef::text_in`]), `waiting` or how it ended (`completed`,
 //!   `aborted (exit_code)`), and once released `outcome` (`ready` | `failed`)
 //!   with `failed_parent` and `why`. While waiting it also keeps the entry to
 //!   release (`spec`, `token`).
-//! - `<prefix>:job:<pid>:dependents`: the children waiting for `pid`; and in the
-//!   parent's hash, the field `dependents` = `1` from the first child on (the
-//!   parent's terminal write reads it instead of looking for the set). A child
-//!   that registers before any worker has seen its parent makes the parent's
-//!   hash with that one field; the parent's claim keeps it.
-//! - `<prefix>:after:deadlines`: waiting children by the end of their wait (ms).
+//! - `<prefix>:{<q>}:job:<pid>:dependents`: the children (`<queue>/<id>`)
+//!   waiting for `pid`; and in the parent's hash, the field `dependents` = `1`
+//!   from the first child on (the parent's terminal write reads it instead of
+//!   looking for the set). A child that registers before any worker has seen its
+//!   parent makes the parent's hash with that one field; the parent's claim
+//!   keeps it.
+//! - `<prefix>:{<q>}:after:deadlines`: the queue's waiting children by the end of
+//!   their wait (ms).
+//!
+//! No step touches two jobs' keys unless they are the same job: a parent and its
+//! child may be in different queues, so in different Redis Cluster slots.
 //!
 //! Invariants:
 //! - A parent's end is recorded in a child's wait by one Lua step per (parent,
@@ -34,7 +41,7 @@
 //!   the ordinary terminal write; that write ends the child as a parent in
 //!   turn, so its own dependents are aborted after it (transitively).
 
-use crate::job::{After, Status};
+use crate::job::{After, JobRef, Status};
 use crate::queue::Keys;
 use crate::store::{Conn, StoreError};
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -73,13 +80,79 @@ local function release(wait, stream, deadlines, child, outcome, now)
 end
 ";
 
-/// Registers (or looks again at) a child's wait, for the entry that owns it.
-/// KEYS: 1 job hash, 2 wait hash, 3 events stream, 4 deadlines, 4+i parent i's
-/// job hash, 4+n+i parent i's dependents set. ARGV: 1 entry, 2 consumer, 3
-/// events channel, 4 `job.waiting` event, 5 child id, 6 requeue token, 7 the
-/// entry's spec, 8 policy, 9 deadline (ms), 10 queue, 11 events stream cap, 12
-/// n, 13 now, 14.. parent ids.
-static WAIT: LazyLock<redis::Script> = LazyLock::new(|| {
+/// Opens (or looks again at) a child's wait, for the entry that owns it: the
+/// first step of [`wait`], in the child's slot.
+/// KEYS: 1 job hash, 2 wait hash. ARGV: 1 entry, 2 consumer, 3 policy, 4 queue,
+/// 5 deadline (ms), 6 now, 7.. parent references (`<queue>/<id>`).
+/// Returns `{'open', <parents still waited for>...}`, or what [`Waited`] says.
+static WAIT_OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local job, wait = KEYS[1], KEYS[2]
+        local own = redis.call('HMGET', job, 'entry', 'owner', 'status', 'requeue_token')
+        if own[1] ~= ARGV[1] or own[2] ~= ARGV[2] then return {'not_owned'} end
+        local state = redis.call('HGET', wait, 'state')
+        if state == 'released' then
+            -- Released, but its new entry has not claimed the job yet: this is the
+            -- entry that parked it, delivered again; the new one runs it.
+            if own[3] == 'waiting' and own[4] then return {'stale'} end
+            return {'released'}
+        end
+        if not state then
+            redis.call('HSET', wait, 'state', 'waiting', 'policy', ARGV[3], 'queue', ARGV[4],
+                'deadline', ARGV[5], 'remaining', #ARGV - 6, 'since', ARGV[6])
+            for i = 7, #ARGV do redis.call('HSET', wait, 'parent:' .. ARGV[i], 'waiting') end
+        end
+        local open = {'open'}
+        for i = 7, #ARGV do
+            if redis.call('HGET', wait, 'parent:' .. ARGV[i]) == 'waiting' then
+                table.insert(open, ARGV[i])
+            end
+        end
+        return open
+        ",
+    )
+});
+
+/// Looks at one parent for a waiting child, in the parent's slot: how it ended,
+/// or, while it has not, adds the child to its dependents so that the parent's
+/// end records itself in the child's wait ([`parent_ended`]).
+/// KEYS: 1 parent hash, 2 parent's dependents. ARGV: 1 child reference.
+/// Returns `{status, reason}` when the parent ended, `{}` otherwise.
+static WATCH_PARENT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local h = redis.call('HMGET', KEYS[1], 'status', 'reason')
+        if h[1] == 'completed' or h[1] == 'aborted' then return {h[1], h[2] or ''} end
+        redis.call('SADD', KEYS[2], ARGV[1])
+        -- The parent's terminal write reads this flag with the fields it reads
+        -- anyway, instead of looking for the set (see `state`).
+        redis.call('HSET', KEYS[1], 'dependents', '1')
+        return {}
+        ",
+    )
+});
+
+/// Records that a parent ended in a child's wait (no release: [`WAIT_PARK`]
+/// decides). KEYS: 1 wait hash. ARGV: parent reference, status, reason.
+static RECORD: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{COMMON}{}",
+        r"
+        if redis.call('HGET', KEYS[1], 'state') ~= 'waiting' then return 0 end
+        record(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+        return 1
+        "
+    ))
+});
+
+/// The last step of [`wait`], in the child's slot: lets the child through when
+/// its wait is decided (by now, or by a parent's end since it opened), or parks
+/// it: its entry kept in the wait, its deadline set, status `waiting`.
+/// KEYS: 1 job hash, 2 wait hash, 3 events stream, 4 deadlines. ARGV: 1 entry,
+/// 2 consumer, 3 events channel, 4 `job.waiting` event, 5 child id, 6 requeue
+/// token, 7 the entry's spec, 8 deadline (ms), 9 events stream cap, 10 now.
+static WAIT_PARK: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{COMMON}{}",
         r"
@@ -87,45 +160,26 @@ static WAIT: LazyLock<redis::Script> = LazyLock::new(|| {
         if redis.call('HGET', job, 'entry') ~= ARGV[1] or redis.call('HGET', job, 'owner') ~= ARGV[2] then
             return {'not_owned', '', ''}
         end
-        local state = redis.call('HGET', wait, 'state')
-        if state == 'released' then
-            -- Released, but its new entry has not claimed the job yet: this is the
-            -- entry that parked it, delivered again; the new one runs it.
-            if redis.call('HGET', job, 'status') == 'waiting' and redis.call('HEXISTS', job, 'requeue_token') == 1 then
-                return {'stale', '', ''}
-            end
-            return {redis.call('HGET', wait, 'outcome'), redis.call('HGET', wait, 'failed_parent') or '',
-                redis.call('HGET', wait, 'why') or ''}
-        end
-        local n = tonumber(ARGV[12])
-        if not state then
-            redis.call('HSET', wait, 'state', 'waiting', 'policy', ARGV[8], 'queue', ARGV[10],
-                'deadline', ARGV[9], 'remaining', n, 'since', ARGV[13])
-            for i = 1, n do redis.call('HSET', wait, 'parent:' .. ARGV[13 + i], 'waiting') end
-        end
-        for i = 1, n do
-            local pid = ARGV[13 + i]
-            local status = redis.call('HGET', KEYS[4 + i], 'status')
-            if status == 'completed' or status == 'aborted' then
-                record(wait, pid, status, redis.call('HGET', KEYS[4 + i], 'reason') or '')
-            elseif redis.call('HGET', wait, 'parent:' .. pid) == 'waiting' then
-                redis.call('SADD', KEYS[4 + n + i], ARGV[5])
-                -- The parent's terminal write reads this flag with the fields it
-                -- reads anyway, instead of looking for the set (see `state`).
-                redis.call('HSET', KEYS[4 + i], 'dependents', '1')
+        local outcome
+        if redis.call('HGET', wait, 'state') == 'released' then
+            -- A parent's end released it between the steps, with no entry to add
+            -- (the wait had none yet): this entry runs it.
+            outcome = redis.call('HGET', wait, 'outcome')
+        else
+            outcome = decided(wait)
+            if outcome then
+                redis.call('HSET', wait, 'state', 'released', 'outcome', outcome, 'released_at', ARGV[10])
+                redis.call('ZREM', KEYS[4], ARGV[5])
             end
         end
-        local outcome = decided(wait)
         if outcome then
-            redis.call('HSET', wait, 'state', 'released', 'outcome', outcome, 'released_at', ARGV[13])
-            redis.call('ZREM', KEYS[4], ARGV[5])
             return {outcome, redis.call('HGET', wait, 'failed_parent') or '', redis.call('HGET', wait, 'why') or ''}
         end
         redis.call('HSET', wait, 'spec', ARGV[7], 'token', ARGV[6])
-        redis.call('ZADD', KEYS[4], 'NX', ARGV[9], ARGV[5])
+        redis.call('ZADD', KEYS[4], 'NX', ARGV[8], ARGV[5])
         redis.call('HSET', job, 'status', 'waiting', 'requeue_token', ARGV[6])
         redis.call('PUBLISH', ARGV[3], ARGV[4])
-        redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*', 'type', 'job.waiting', 'job', ARGV[5], 'event', ARGV[4])
+        redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'type', 'job.waiting', 'job', ARGV[5], 'event', ARGV[4])
         return {'waiting', '', ''}
         "
     ))
@@ -133,8 +187,8 @@ static WAIT: LazyLock<redis::Script> = LazyLock::new(|| {
 
 /// Records that a parent ended in one child's wait, and releases the child when
 /// that was the last thing it waited for (or broke its policy).
-/// KEYS: 1 wait hash, 2 the child's queue stream, 3 deadlines. ARGV: parent id,
-/// status, reason, child id, now.
+/// KEYS: 1 wait hash, 2 the child's queue stream, 3 the child queue's deadlines.
+/// ARGV: parent reference, status, reason, child id, now.
 static PARENT_ENDED: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{COMMON}{}",
@@ -150,8 +204,9 @@ static PARENT_ENDED: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 /// Ends a wait that ran out, naming the first parent still waited for.
-/// KEYS: 1 wait hash, 2 the child's queue stream, 3 deadlines, 3+i parent i's
-/// job hash. ARGV: child id, now, the wait in seconds, then parent ids.
+/// KEYS: 1 wait hash, 2 the child's queue stream, 3 deadlines. ARGV: child id,
+/// now, the wait in seconds, then for each parent its reference and whether a
+/// worker has claimed it (`1` | `0`, read before this step, in its own slot).
 static RAN_OUT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{COMMON}{}",
@@ -161,13 +216,13 @@ static RAN_OUT: LazyLock<redis::Script> = LazyLock::new(|| {
             return 0
         end
         local who, why = '', 'its wait ran out (jobs.dependency_wait_seconds)'
-        for i = 4, #ARGV do
+        for i = 4, #ARGV, 2 do
             local pid = ARGV[i]
             if redis.call('HGET', KEYS[1], 'parent:' .. pid) == 'waiting' then
                 who = pid
                 -- Arrived: a worker claimed it (a hash with only the flag a
                 -- child left there, or a cancel request, is not an arrival).
-                if redis.call('HEXISTS', KEYS[i], 'entry') == 1 then
+                if ARGV[i + 1] == '1' then
                     why = 'parent ' .. pid .. ' had not ended after ' .. ARGV[3] .. ' s (jobs.dependency_wait_seconds)'
                 else
                     why = 'parent ' .. pid .. ' never arrived within ' .. ARGV[3] .. ' s (jobs.dependency_wait_seconds)'
@@ -214,44 +269,77 @@ pub struct WaitFor<'a> {
 }
 
 /// Registers the child's wait, counting parents that ended already, and parks
-/// it unless there is nothing to wait for.
+/// it unless there is nothing to wait for. Three kinds of step, each in one
+/// slot (a parent may be in another queue): open the wait (child), look at each
+/// parent still waited for (parent; a parent that ended already is recorded in
+/// the wait by the child), then decide or park (child). A parent that ends in
+/// between finds the child among its dependents and records itself: the record
+/// is idempotent, so whoever sees the end first records it. Every step may be
+/// taken again (a redelivery, a retry after a lost connection).
 pub async fn wait(
     conn: &mut Conn,
     keys: &Keys,
     w: &WaitFor<'_>,
     events_max_len: usize,
 ) -> Result<Waited, StoreError> {
-    let token = crate::queue::new_token();
-    let mut inv = WAIT.key(keys.job(w.id));
-    inv.key(keys.wait(w.id))
-        .key(keys.events())
-        .key(keys.wait_deadlines());
+    let now = crate::time::now();
+    let mut open = WAIT_OPEN.key(keys.job(w.queue, w.id));
+    open.key(keys.wait(w.queue, w.id))
+        .arg(w.entry)
+        .arg(w.consumer)
+        .arg(w.after.policy.as_str())
+        .arg(w.queue)
+        .arg(w.deadline_ms)
+        .arg(&now);
     for p in &w.after.parents {
-        inv.key(keys.job(p));
+        open.arg(p.text_in(w.queue));
     }
-    for p in &w.after.parents {
-        inv.key(keys.dependents(p));
+    let opened: Vec<String> = open.invoke_async(conn).await?;
+    match opened.first().map(String::as_str) {
+        Some("not_owned") => return Ok(Waited::NotOwned),
+        Some("stale") => return Ok(Waited::Stale),
+        _ => {}
     }
-    inv.arg(w.entry)
+    let child = JobRef::new(w.queue, w.id).to_string();
+    for text in opened.iter().skip(1) {
+        let Some(parent) = JobRef::parse(text, w.queue) else {
+            continue;
+        };
+        let ended: Vec<String> = WATCH_PARENT
+            .key(keys.job(&parent.queue, &parent.id))
+            .key(keys.dependents(&parent.queue, &parent.id))
+            .arg(&child)
+            .invoke_async(conn)
+            .await?;
+        if let [status, reason] = ended.as_slice() {
+            let _: i64 = RECORD
+                .key(keys.wait(w.queue, w.id))
+                .arg(text)
+                .arg(status)
+                .arg(reason)
+                .invoke_async(conn)
+                .await?;
+        }
+    }
+    let (kind, parent, why): (String, String, String) = WAIT_PARK
+        .key(keys.job(w.queue, w.id))
+        .key(keys.wait(w.queue, w.id))
+        .key(keys.events(w.queue))
+        .key(keys.wait_deadlines(w.queue))
+        .arg(w.entry)
         .arg(w.consumer)
         .arg(keys.events_channel())
         .arg(w.event)
         .arg(w.id)
-        .arg(&token)
+        .arg(crate::queue::new_token())
         .arg(w.spec)
-        .arg(w.after.policy.as_str())
         .arg(w.deadline_ms)
-        .arg(w.queue)
         .arg(events_max_len)
-        .arg(w.after.parents.len())
-        .arg(crate::time::now());
-    for p in &w.after.parents {
-        inv.arg(p);
-    }
-    let (kind, parent, why): (String, String, String) = inv.invoke_async(conn).await?;
+        .arg(&now)
+        .invoke_async(conn)
+        .await?;
     Ok(match kind.as_str() {
         "not_owned" => Waited::NotOwned,
-        "stale" => Waited::Stale,
         "waiting" => Waited::Waiting,
         "ready" => Waited::Ready,
         _ => Waited::Failed { parent, why },
@@ -260,38 +348,38 @@ pub async fn wait(
 
 /// Job `parent` ended (`status`, `reason`): records it in the wait of every job
 /// waiting for it, releasing those that wait for nothing more. Idempotent.
-/// Returns how many were released by this call.
+/// Returns how many were released by this call. One step per child, in the
+/// child's slot.
 pub async fn parent_ended(
     conn: &mut Conn,
     keys: &Keys,
-    parent: &str,
+    parent: &JobRef,
     status: Status,
     reason: &str,
     retention: u64,
 ) -> Result<usize, StoreError> {
-    let children: Vec<String> = conn.smembers(keys.dependents(parent)).await?;
+    let dependents = keys.dependents(&parent.queue, &parent.id);
+    let children: Vec<String> = conn.smembers(&dependents).await?;
     let mut released = 0;
-    for child in &children {
-        let (queue, spec): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
-            .arg(keys.wait(child))
-            .arg("queue")
-            .arg("spec")
-            .query_async(&mut **conn)
-            .await?;
-        let Some(queue) = queue else { continue };
+    for text in &children {
+        let Some(child) = JobRef::parse(text, &parent.queue) else {
+            continue;
+        };
+        let wait = keys.wait(&child.queue, &child.id);
+        let spec: Option<Vec<u8>> = conn.hget(&wait, "spec").await?;
         // Released into the lane of its priority, as any entry Dockhand adds.
         let lane = keys.lane(
-            &queue,
+            &child.queue,
             crate::job::requested_priority(&spec.unwrap_or_default()),
         );
         let n: i64 = PARENT_ENDED
-            .key(keys.wait(child))
+            .key(&wait)
             .key(lane)
-            .key(keys.wait_deadlines())
-            .arg(parent)
+            .key(keys.wait_deadlines(&child.queue))
+            .arg(parent.text_in(&child.queue))
             .arg(status.as_str())
             .arg(reason)
-            .arg(child)
+            .arg(&child.id)
             .arg(crate::time::now())
             .invoke_async(conn)
             .await?;
@@ -299,47 +387,54 @@ pub async fn parent_ended(
     }
     if !children.is_empty() {
         // Children arriving from now on see the parent's hash instead.
-        let _: bool = conn
-            .expire(keys.dependents(parent), retention as i64)
-            .await?;
+        let _: bool = conn.expire(&dependents, retention as i64).await?;
     }
     Ok(released)
 }
 
-/// Ends the waits that ran out by `now_ms` (at most `max`); returns how many.
+/// Ends the waits of `queue` that ran out by `now_ms` (at most `max`); returns
+/// how many.
 pub async fn expire_due(
     conn: &mut Conn,
     keys: &Keys,
+    queue: &str,
     now_ms: i64,
     wait_seconds: u64,
     max: usize,
 ) -> Result<usize, StoreError> {
+    let deadlines = keys.wait_deadlines(queue);
     let due: Vec<String> = conn
-        .zrangebyscore_limit(keys.wait_deadlines(), "-inf", now_ms, 0, max as isize)
+        .zrangebyscore_limit(&deadlines, "-inf", now_ms, 0, max as isize)
         .await?;
     let mut ended = 0;
     for child in &due {
-        let state: HashMap<String, String> = conn.hgetall(keys.wait(child)).await?;
-        let Some(queue) = state.get("queue") else {
-            let _: i64 = conn.zrem(keys.wait_deadlines(), child).await?;
+        let wait = keys.wait(queue, child);
+        let state: HashMap<String, String> = conn.hgetall(&wait).await?;
+        if state.is_empty() {
+            let _: i64 = conn.zrem(&deadlines, child).await?;
             continue;
-        };
+        }
         let waiting: Vec<&str> = parents_in(&state)
             .filter(|(_, how)| *how == "waiting")
             .map(|(p, _)| p)
             .collect();
-        let mut inv = RAN_OUT.key(keys.wait(child));
+        // Whether each parent arrived: read in its own slot, before the step.
+        let mut arrived = Vec::with_capacity(waiting.len());
+        for text in &waiting {
+            let claimed = match JobRef::parse(text, queue) {
+                Some(p) => conn.hexists(keys.job(&p.queue, &p.id), "entry").await?,
+                None => false,
+            };
+            arrived.push(claimed);
+        }
         let priority = crate::job::requested_priority(
             state.get("spec").map(String::as_bytes).unwrap_or_default(),
         );
-        inv.key(keys.lane(queue, priority))
-            .key(keys.wait_deadlines());
-        for p in &waiting {
-            inv.key(keys.job(p));
-        }
+        let mut inv = RAN_OUT.key(&wait);
+        inv.key(keys.lane(queue, priority)).key(&deadlines);
         inv.arg(child).arg(crate::time::now()).arg(wait_seconds);
-        for p in &waiting {
-            inv.arg(*p);
+        for (p, claimed) in waiting.iter().zip(&arrived) {
+            inv.arg(*p).arg(if *claimed { "1" } else { "0" });
         }
         let n: i64 = inv.invoke_async(conn).await?;
         ended += n as usize;
@@ -370,13 +465,13 @@ pub struct WaitState {
     pub why: Option<String>,
 }
 
-/// The wait of job `id`, if it has one.
+/// The wait of `job`, if it has one.
 pub async fn wait_state(
     conn: &mut Conn,
     keys: &Keys,
-    id: &str,
+    job: &JobRef,
 ) -> Result<Option<WaitState>, StoreError> {
-    let state: HashMap<String, String> = conn.hgetall(keys.wait(id)).await?;
+    let state: HashMap<String, String> = conn.hgetall(keys.wait(&job.queue, &job.id)).await?;
     if state.is_empty() {
         return Ok(None);
     }
@@ -397,30 +492,30 @@ pub async fn wait_state(
     }))
 }
 
-/// The files the parents returned (`<prefix>:job:<pid>:files`): parent, file
-/// name, content, in the order of `parents` and then by name.
+/// The files the parents returned (`<prefix>:{<q>}:job:<pid>:files`): parent
+/// id, file name, content, in the order of `parents` and then by name.
 pub async fn parent_files(
     conn: &mut Conn,
     keys: &Keys,
-    parents: &[String],
+    parents: &[JobRef],
 ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
     let mut out = Vec::new();
     for p in parents {
-        let mut files: Vec<(String, Vec<u8>)> = conn.hgetall(keys.files(p)).await?;
+        let mut files: Vec<(String, Vec<u8>)> = conn.hgetall(keys.files(&p.queue, &p.id)).await?;
         files.sort();
         out.extend(
             files
                 .into_iter()
-                .map(|(name, bytes)| (p.clone(), name, bytes)),
+                .map(|(name, bytes)| (p.id.clone(), name, bytes)),
         );
     }
     Ok(out)
 }
 
-/// After job `id` ended: its wait and its dependents set expire with it.
-pub fn expire_with_job(pipe: &mut redis::Pipeline, keys: &Keys, id: &str, retention: u64) {
-    pipe.expire(keys.wait(id), retention as i64)
+/// After `job` ended: its wait and its dependents set expire with it.
+pub fn expire_with_job(pipe: &mut redis::Pipeline, keys: &Keys, job: &JobRef, retention: u64) {
+    pipe.expire(keys.wait(&job.queue, &job.id), retention as i64)
         .ignore()
-        .expire(keys.dependents(id), retention as i64)
+        .expire(keys.dependents(&job.queue, &job.id), retention as i64)
         .ignore();
 }

@@ -1,13 +1,17 @@
 //! The indexes that list jobs, newest first, and the paged reads over them.
 //!
 //! A job hash has no order of its own and `SCAN` over 100,000 of them is slow, so
-//! each recorded job is also a member of a few sorted sets, scored by its creation
-//! time in milliseconds:
+//! each recorded job is also a member of a few sorted sets of its queue, scored
+//! by its creation time in milliseconds (the member is the job id):
 //!
-//! - `index:all` and `index:queue:<q>`: added once (`NX`) when a worker first
-//!   records the job (in the claim's own Lua step, `state::claim`);
-//! - `index:status:<completed|aborted>` and `index:reason:<r>`: added when it ends
-//!   (in the terminal write's own step, `state::write_with`).
+//! - `<prefix>:{<q>}:index:all`: added once (`NX`) when a worker first records
+//!   the job (in the claim's own Lua step, `state::claim`);
+//! - `<prefix>:{<q>}:index:status:<completed|aborted>` and
+//!   `<prefix>:{<q>}:index:reason:<r>`: added when it ends (in the terminal
+//!   write's own step, `state::write_with`).
+//!
+//! They carry the queue's hash tag, so those steps stay in one Redis Cluster
+//! slot; a listing over every queue merges the queues' indexes.
 //!
 //! Invariants:
 //! - An index may hold a stale member (the job expired, or was run again and is
@@ -15,9 +19,10 @@
 //!   and skips what does not match, so a listing is always correct.
 //! - Members whose hash has expired are removed from the oldest end by [`prune`]
 //!   (a worker's upkeep), so the indexes stay bounded by `jobs.retention_seconds`.
-//! - Rows are ordered by (score, id), both descending. A cursor `<score>:<id>`
-//!   names the last row a page showed; the next page starts strictly after it,
-//!   whatever was added since, so paging never repeats or skips a row.
+//! - Rows are ordered by (score, `<queue>/<id>`), both descending. A cursor
+//!   `<score>:<queue>/<id>` names the last row a page showed; the next page
+//!   starts strictly after it, whatever was added since, so paging never repeats
+//!   or skips a row.
 //! - One page reads a bounded number of candidates ([`SCAN_BUDGET`]): a filter that
 //!   matches little returns a short page with a cursor to go on, never a long wait.
 
@@ -66,19 +71,17 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The smallest index that holds every job the filter keeps.
-    fn index(&self, keys: &Keys) -> String {
+    /// The smallest index of `queue` that holds every job of it the filter keeps.
+    fn index(&self, keys: &Keys, queue: &str) -> String {
         if let Some(r) = self.reason {
-            keys.index("reason", r.as_str())
+            keys.index(queue, "reason", r.as_str())
         } else if let Some(s) = self
             .status
             .filter(|s| matches!(s, Status::Completed | Status::Aborted))
         {
-            keys.index("status", s.as_str())
-        } else if let Some(q) = &self.queue {
-            keys.index("queue", q)
+            keys.index(queue, "status", s.as_str())
         } else {
-            keys.index("all", "")
+            keys.index(queue, "all", "")
         }
     }
 
@@ -92,26 +95,39 @@ impl Filter {
     }
 }
 
-/// Where a page starts: just after the row with this score and id.
+/// Where a page starts: just after the row with this score and `<queue>/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub score: i64,
-    pub id: String,
+    pub member: String,
 }
 
 impl Cursor {
     pub fn parse(s: &str) -> Option<Cursor> {
-        let (score, id) = s.split_once(':')?;
+        let (score, member) = s.split_once(':')?;
         Some(Cursor {
             score: score.parse().ok()?,
-            id: id.to_string(),
+            member: member.to_string(),
         })
     }
 }
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.score, self.id)
+        write!(f, "{}:{}", self.score, self.member)
+    }
+}
+
+/// A candidate row: its queue, id and score.
+struct Candidate {
+    queue: String,
+    id: String,
+    score: i64,
+}
+
+impl Candidate {
+    fn member(&self) -> String {
+        format!("{}/{}", self.queue, self.id)
     }
 }
 
@@ -124,15 +140,20 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
-/// Up to `limit` jobs that `filter` keeps, newest first, after `after`.
+/// Up to `limit` jobs that `filter` keeps, newest first, after `after`: of
+/// the filter's queue, or else of every queue in `queues`.
 pub async fn page(
     conn: &mut Conn,
     keys: &Keys,
+    queues: &[String],
     filter: &Filter,
     after: Option<Cursor>,
     limit: usize,
 ) -> Result<Page, StoreError> {
-    let index = filter.index(keys);
+    let queues: Vec<&str> = match &filter.queue {
+        Some(q) => vec![q.as_str()],
+        None => queues.iter().map(String::as_str).collect(),
+    };
     let floor = filter
         .since_ms
         .map(|s| s.to_string())
@@ -140,28 +161,44 @@ pub async fn page(
     let mut at = after;
     let mut out = Page::default();
     let mut checked = 0;
-    let mut gone = Vec::new();
+    let mut gone: Vec<(String, String)> = Vec::new();
     while out.rows.len() < limit && checked < SCAN_BUDGET {
-        let batch = candidates(conn, &index, &floor, at.as_ref()).await?;
+        // Each queue's next members; the newest BATCH of them all come next
+        // (none of a queue's later members can come before its own first BATCH).
+        let mut batch = Vec::new();
+        for q in &queues {
+            let index = filter.index(keys, q);
+            batch.extend(candidates(conn, &index, q, &floor, at.as_ref()).await?);
+        }
+        batch.sort_by_key(|c| std::cmp::Reverse((c.score, c.member())));
+        batch.truncate(BATCH);
         let Some(last) = batch.last() else {
-            at = None; // the index is exhausted
+            at = None; // every index is exhausted
             break;
         };
         let last = Cursor {
-            score: last.1,
-            id: last.0.clone(),
+            score: last.score,
+            member: last.member(),
         };
         checked += batch.len();
-        let rows = rows(conn, keys, batch.iter().map(|(id, _)| id.as_str())).await?;
-        for ((id, score), row) in batch.into_iter().zip(rows) {
+        let rows = rows(
+            conn,
+            keys,
+            batch.iter().map(|c| (c.queue.as_str(), c.id.as_str())),
+        )
+        .await?;
+        for (c, row) in batch.into_iter().zip(rows) {
             let Some(row) = row else {
-                gone.push(id);
+                gone.push((filter.index(keys, &c.queue), c.id));
                 continue;
             };
             if filter.keeps(&row) {
                 out.rows.push(row);
                 if out.rows.len() == limit {
-                    at = Some(Cursor { score, id });
+                    at = Some(Cursor {
+                        score: c.score,
+                        member: c.member(),
+                    });
                     break;
                 }
             }
@@ -170,22 +207,29 @@ pub async fn page(
             at = Some(last);
         }
     }
-    if !gone.is_empty() {
-        let _: () = conn.zrem(&index, gone).await?;
+    for (index, id) in gone {
+        let _: () = conn.zrem(&index, id).await?;
     }
     out.next = at;
     Ok(out)
 }
 
-/// The next members below `after` (or the newest), down to `floor`, with scores.
-/// Members tied with `after`'s score come first: those whose id sorts below its id.
+/// The next members of `queue`'s `index` below `after` (or the newest), down
+/// to `floor`, with scores. Members tied with `after`'s score come first: those
+/// whose `<queue>/<id>` sorts below its own.
 async fn candidates(
     conn: &mut Conn,
     index: &str,
+    queue: &str,
     floor: &str,
     after: Option<&Cursor>,
-) -> Result<Vec<(String, i64)>, StoreError> {
+) -> Result<Vec<Candidate>, StoreError> {
     let mut out = Vec::new();
+    let candidate = |id: String, score: i64| Candidate {
+        queue: queue.to_string(),
+        id,
+        score,
+    };
     let top = match after {
         Some(c) => {
             let tied: Vec<String> = redis::cmd("ZRANGE")
@@ -198,9 +242,9 @@ async fn candidates(
                 .await?;
             out.extend(
                 tied.into_iter()
-                    .filter(|id| id.as_str() < c.id.as_str())
-                    .take(BATCH)
-                    .map(|id| (id, c.score)),
+                    .map(|id| candidate(id, c.score))
+                    .filter(|cand| cand.member() < c.member)
+                    .take(BATCH),
             );
             format!("({}", c.score)
         }
@@ -221,19 +265,19 @@ async fn candidates(
         .arg("WITHSCORES")
         .query_async(&mut **conn)
         .await?;
-    out.extend(more.into_iter().map(|(id, s)| (id, s as i64)));
+    out.extend(more.into_iter().map(|(id, s)| candidate(id, s as i64)));
     Ok(out)
 }
 
-/// The listing fields of each job; `None` for a job whose hash is gone.
+/// The listing fields of each job (queue, id); `None` for a job whose hash is gone.
 async fn rows<'a>(
     conn: &mut Conn,
     keys: &Keys,
-    ids: impl Iterator<Item = &'a str>,
+    jobs: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Result<Vec<Option<HashMap<String, String>>>, StoreError> {
     let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.cmd("HMGET").arg(keys.job(id)).arg(ROW_FIELDS);
+    for (queue, id) in jobs {
+        pipe.cmd("HMGET").arg(keys.job(queue, id)).arg(ROW_FIELDS);
     }
     let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut **conn).await?;
     Ok(replies
@@ -249,9 +293,9 @@ async fn rows<'a>(
         .collect())
 }
 
-/// Removes, from every index, members at the oldest end whose job hash has expired.
-/// Looks only at members created before `before_ms`, at most `budget` per index;
-/// returns how many it removed.
+/// Removes, from every index of `queues`, members at the oldest end whose job
+/// hash has expired. Looks only at members created before `before_ms`, at most
+/// `budget` per index; returns how many it removed.
 ///
 /// A worker passes now minus `jobs.retention_seconds`: a job expires that long
 /// after it ended, so one created since cannot have expired yet, and looking at
@@ -261,48 +305,61 @@ async fn rows<'a>(
 pub async fn prune(
     conn: &mut Conn,
     keys: &Keys,
+    queues: &[String],
     budget: usize,
     before_ms: i64,
 ) -> Result<usize, StoreError> {
-    let indexes: Vec<String> = {
-        let mut iter = conn.scan_match::<_, String>(keys.index_pattern()).await?;
-        let mut v = Vec::new();
-        while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-            v.push(k?);
-        }
-        v
-    };
     let mut removed = 0;
-    for index in indexes {
-        let oldest: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&index)
-            .arg("-inf")
-            .arg(format!("({before_ms}"))
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(budget)
-            .query_async(&mut **conn)
-            .await?;
-        if oldest.is_empty() {
-            continue;
+    for queue in queues {
+        let mut indexes = vec![keys.index(queue, "all", "")];
+        for status in [Status::Completed, Status::Aborted] {
+            indexes.push(keys.index(queue, "status", status.as_str()));
         }
-        let mut pipe = redis::pipe();
-        for id in &oldest {
-            pipe.exists(keys.job(id));
+        for reason in Reason::ALL {
+            indexes.push(keys.index(queue, "reason", reason.as_str()));
         }
-        let alive: Vec<bool> = pipe.query_async(&mut **conn).await?;
-        let gone: Vec<&String> = oldest
-            .iter()
-            .zip(alive)
-            .filter_map(|(id, alive)| (!alive).then_some(id))
-            .collect();
-        if !gone.is_empty() {
-            removed += gone.len();
-            let _: () = conn.zrem(&index, gone).await?;
+        for index in indexes {
+            removed += prune_one(conn, keys, queue, &index, budget, before_ms).await?;
         }
     }
     Ok(removed)
+}
+
+async fn prune_one(
+    conn: &mut Conn,
+    keys: &Keys,
+    queue: &str,
+    index: &str,
+    budget: usize,
+    before_ms: i64,
+) -> Result<usize, StoreError> {
+    let oldest: Vec<String> = redis::cmd("ZRANGE")
+        .arg(index)
+        .arg("-inf")
+        .arg(format!("({before_ms}"))
+        .arg("BYSCORE")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(budget)
+        .query_async(&mut **conn)
+        .await?;
+    if oldest.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for id in &oldest {
+        pipe.exists(keys.job(queue, id));
+    }
+    let alive: Vec<bool> = pipe.query_async(&mut **conn).await?;
+    let gone: Vec<&String> = oldest
+        .iter()
+        .zip(alive)
+        .filter_map(|(id, alive)| (!alive).then_some(id))
+        .collect();
+    if !gone.is_empty() {
+        let _: () = conn.zrem(index, &gone).await?;
+    }
+    Ok(gone.len())
 }
 
 #[cfg(test)]
@@ -313,7 +370,7 @@ mod tests {
     fn cursors_round_trip_and_refuse_garbage() {
         let c = Cursor {
             score: 1700000000123,
-            id: "job-1.a".into(),
+            member: "q/job-1.a".into(),
         };
         assert_eq!(Cursor::parse(&c.to_string()), Some(c));
         assert_eq!(Cursor::parse("abc"), None);
@@ -327,17 +384,17 @@ mod tests {
             queue: Some("q".into()),
             ..Default::default()
         };
-        assert_eq!(f.index(&keys), "t:index:queue:q");
+        assert_eq!(f.index(&keys, "q"), "t:{q}:index:all");
         f.status = Some(Status::Running);
         assert_eq!(
-            f.index(&keys),
-            "t:index:queue:q",
+            f.index(&keys, "q"),
+            "t:{q}:index:all",
             "running has no index of its own"
         );
         f.status = Some(Status::Aborted);
-        assert_eq!(f.index(&keys), "t:index:status:aborted");
+        assert_eq!(f.index(&keys, "q"), "t:{q}:index:status:aborted");
         f.reason = Some(Reason::Timeout);
-        assert_eq!(f.index(&keys), "t:index:reason:timeout");
+        assert_eq!(f.index(&keys, "q"), "t:{q}:index:reason:timeout");
         let row: HashMap<String, String> =
             [("queue", "q"), ("status", "aborted"), ("reason", "timeout")]
                 .into_iter()

@@ -246,7 +246,7 @@ struct Message<'a> {
 pub fn spawn_writer(
     store: Store,
     keys: Keys,
-    job_id: String,
+    job: crate::job::JobRef,
     cap_bytes: u64,
     tail_lines: usize,
     mask: Mask,
@@ -254,7 +254,7 @@ pub fn spawn_writer(
 ) -> (LogSender, JoinHandle<LogSummary>) {
     let (tx, rx) = mpsc::channel(CHANNEL_LINES);
     let handle = tokio::spawn(write_lines(
-        store, keys, job_id, cap_bytes, tail_lines, mask, fresh, rx,
+        store, keys, job, cap_bytes, tail_lines, mask, fresh, rx,
     ));
     (LogSender { tx }, handle)
 }
@@ -401,14 +401,15 @@ type InFlight = (
 async fn write_lines(
     store: Store,
     keys: Keys,
-    job_id: String,
+    job: crate::job::JobRef,
     cap_bytes: u64,
     tail_lines: usize,
     mask: Mask,
     fresh: bool,
     mut rx: mpsc::Receiver<LogLine>,
 ) -> LogSummary {
-    let stream_key = keys.log(&job_id);
+    let stream_key = keys.log(&job.queue, &job.id);
+    let job_id = job.id;
     // A job seen for the first time has no log yet: nothing to continue.
     let last_seq = if fresh {
         0

@@ -1,11 +1,11 @@
-//! The job hash `dockhand:job:<id>`, its transitions, and the events they publish.
+//! The job hash `dockhand:{<q>}:job:<id>`, its transitions, and the events they publish.
 //!
 //! Invariants:
 //! - A job hash belongs to the stream entry that created it (field `entry`). Every
 //!   write checks that field in the same Lua step, so a stale run of the job (say,
 //!   a redelivery) can never overwrite the state written for another entry, and a
 //!   second entry with the same `id` is recognised as a duplicate.
-//! - Each state change and its event on `dockhand:events` happen in one script:
+//! - Each state change and its event on the queue's events stream happen in one script:
 //!   there is no state without its event, and no event for a state not written.
 //! - A terminal write sets the retention expiry on the hash, and on the job's
 //!   files, log and wait when they may exist, in the same step; it adds the job
@@ -246,8 +246,9 @@ pub struct Claimed {
 }
 
 /// Creates or takes over the job hash for `entry`, and makes `consumer` its owner.
-/// KEYS[1] job hash, KEYS[2] events stream, KEYS[3] job log, KEYS[4] job files,
-/// KEYS[5] and KEYS[6] the listing indexes `all` and `queue:<q>`.
+/// KEYS[1] job hash, KEYS[2] the queue's events stream, KEYS[3] job log,
+/// KEYS[4] job files, KEYS[5] the queue's listing index `all`: all in the
+/// queue's slot.
 /// ARGV: entry, id, queue, created_at, spec, events channel, queued event,
 /// consumer, requeue token ('' when the entry has none), events stream cap, the
 /// spec's unique_for_seconds (0: none), now (ms), created_at in ms (the score),
@@ -310,10 +311,8 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
         deliveries = '1'
         redis.call('PUBLISH', ARGV[6], ARGV[7])
         redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'job.queued', 'job', ARGV[2], 'event', ARGV[7])
-        -- The listing indexes (see `listing`). Cluster: these and the events
-        -- stream are not in the job hash's slot (no key here has a hash tag).
+        -- The queue's listing index (see `listing`).
         redis.call('ZADD', KEYS[5], 'NX', ARGV[13], ARGV[2])
-        redis.call('ZADD', KEYS[6], 'NX', ARGV[13], ARGV[2])
         if start then
             redis.call('PUBLISH', ARGV[6], ARGV[14])
             redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'job.started', 'job', ARGV[2], 'event', ARGV[14])
@@ -343,12 +342,12 @@ pub async fn claim(
 ) -> Result<Claimed, StoreError> {
     type Reply = (String, String, String, String, String, String);
     let started_event = start.map(|r| r.event("job.started")).unwrap_or_default();
-    let mut inv = CLAIM.key(keys.job(&record.id));
-    inv.key(keys.events())
-        .key(keys.log(&record.id))
-        .key(keys.files(&record.id))
-        .key(keys.index("all", ""))
-        .key(keys.index("queue", &record.queue))
+    let q = &record.queue;
+    let mut inv = CLAIM.key(keys.job(q, &record.id));
+    inv.key(keys.events(q))
+        .key(keys.log(q, &record.id))
+        .key(keys.files(q, &record.id))
+        .key(keys.index(q, "all", ""))
         .arg(entry)
         .arg(&record.id)
         .arg(&record.queue)
@@ -400,11 +399,9 @@ pub async fn claim(
 /// `XAUTOCLAIM` and its claim of the hash, this owner may still finish the job;
 /// the other then finds it finished and only acknowledges.
 ///
-/// Cluster: the job's keys, the events stream and the indexes are in different
-/// slots (only the queue's stream carries the queue's hash tag); this step will
-/// have to be split, or the keys given one tag, before Redis Cluster.
+/// Every key is in the queue's slot (they carry its hash tag).
 ///
-/// KEYS: 1 job hash, 2 events stream, 3 files, 4 log, 5 status index, 6 reason
+/// KEYS: 1 job hash, 2 the queue's events stream, 3 files, 4 log, 5 status index, 6 reason
 /// index, 7 the job's own wait, 8 the entry's stream. ARGV: 1
 /// entry, 2 consumer, 3 channel, 4 event ('' none), 5 expire seconds (0 = not
 /// terminal), 6 event type, 7 job id, 8 events stream cap, 9 flags (f: files
@@ -573,9 +570,10 @@ pub async fn write_prepared(
     } else {
         0
     };
-    let status_index = keys.index("status", record.status.as_str());
+    let q = &record.queue;
+    let status_index = keys.index(q, "status", record.status.as_str());
     let reason_index = match record.reason {
-        Some(r) => keys.index("reason", r.as_str()),
+        Some(r) => keys.index(q, "reason", r.as_str()),
         None => status_index.clone(),
     };
     let (stream, entry_id) = terminal
@@ -594,13 +592,13 @@ pub async fn write_prepared(
             flags.push(f);
         }
     }
-    let mut inv = WRITE.key(keys.job(&record.id));
-    inv.key(keys.events())
-        .key(keys.files(&record.id))
-        .key(keys.log(&record.id))
+    let mut inv = WRITE.key(keys.job(q, &record.id));
+    inv.key(keys.events(q))
+        .key(keys.files(q, &record.id))
+        .key(keys.log(q, &record.id))
         .key(status_index)
         .key(reason_index)
-        .key(keys.wait(&record.id))
+        .key(keys.wait(q, &record.id))
         .key(stream);
     inv.arg(owner.entry)
         .arg(owner.consumer)
@@ -669,39 +667,43 @@ static REQUEST_CANCEL: LazyLock<redis::Script> = LazyLock::new(|| {
 pub async fn request_cancel(
     conn: &mut Conn,
     keys: &Keys,
+    queue: &str,
     id: &str,
     ttl: u64,
 ) -> Result<Option<String>, StoreError> {
     let status: String = REQUEST_CANCEL
-        .key(keys.job(id))
+        .key(keys.job(queue, id))
         .arg(ttl)
         .invoke_async(conn)
         .await?;
-    let _: i64 = conn.publish(keys.cancel_channel(), id).await?;
+    let job = crate::job::JobRef::new(queue, id).to_string();
+    let _: i64 = conn.publish(keys.cancel_channel(), job).await?;
     Ok((!status.is_empty()).then_some(status))
 }
 
-/// Which of these jobs have a cancel request.
+/// Which of these jobs (queue, id) have a cancel request.
 pub async fn cancel_requested(
     conn: &mut Conn,
     keys: &Keys,
-    ids: &[String],
+    jobs: &[(String, String)],
 ) -> Result<Vec<bool>, StoreError> {
-    if ids.is_empty() {
+    if jobs.is_empty() {
         return Ok(Vec::new());
     }
     let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.hexists(keys.job(id), "cancel_requested");
+    for (queue, id) in jobs {
+        pipe.hexists(keys.job(queue, id), "cancel_requested");
     }
     Ok(pipe.query_async(conn).await?)
 }
 
 /// Publishes an event that changes no state (`job.duplicate`), and keeps it in the
-/// events stream.
+/// queue's events stream.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish(
     conn: &mut Conn,
     keys: &Keys,
+    queue: &str,
     kind: &str,
     job: &str,
     body: &str,
@@ -712,7 +714,7 @@ pub async fn publish(
         .publish(keys.events_channel(), body)
         .ignore()
         .xadd_maxlen(
-            keys.events(),
+            keys.events(queue),
             redis::streams::StreamMaxlen::Approx(events_max_len),
             "*",
             &[("type", kind), ("job", job), ("event", body)],
@@ -723,17 +725,18 @@ pub async fn publish(
     Ok(())
 }
 
-/// Records a job's returned files (`dockhand:job:<id>:files`, name → bytes).
+/// Records a job's returned files (`<prefix>:{<q>}:job:<id>:files`, name → bytes).
 pub async fn store_files(
     conn: &mut Conn,
     keys: &Keys,
+    queue: &str,
     id: &str,
     files: &[(String, Vec<u8>)],
 ) -> Result<(), StoreError> {
     if files.is_empty() {
         return Ok(());
     }
-    let key = keys.files(id);
+    let key = keys.files(queue, id);
     let mut pipe = redis::pipe();
     pipe.atomic().del(&key).ignore();
     for (name, content) in files {

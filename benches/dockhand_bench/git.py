@@ -87,7 +87,7 @@ def run(bench):
             progress(a, f"e: cache {i + 1}/{a.git_jobs}")
         progress_done(a)
         # Logs of one cached job: did it say "is cached"?
-        logk = f"{bench.prefix}:job:bench-{bench.run_tag}-git-0:log"
+        logk = bench.job_key(f"bench-{bench.run_tag}-git-0") + ":log"
         lines = [f.get(b"line", b"").decode(errors="replace") for _, f in bench.r.xrange(logk, count=50)]
         res["cached_job_said_cached"] = any("is cached" in l for l in lines)
         res["cached_job_build_lines"] = sum(1 for _, f in bench.r.xrange(logk, count=500) if f.get(b"stream") == b"build")

@@ -297,6 +297,13 @@ def idle_rss(pid, seconds=1.0):
 # ---------------------------------------------------------------------------
 
 
+def queue_of_stream(stream):
+    """The queue in a stream key `<prefix>:{<q>}:jobs...`, or None."""
+    if not stream or "{" not in stream:
+        return None
+    return stream.split("{", 1)[1].split("}", 1)[0]
+
+
 class Bench:
     def __init__(self, args, redis_mod):
         self.args = args
@@ -311,8 +318,9 @@ class Bench:
 
     # -- keys, jobs ----------------------------------------------------------
 
-    def job_key(self, job_id):
-        return f"{self.prefix}:job:{job_id}"
+    def job_key(self, job_id, queue=None):
+        """The hash of job `job_id` of `queue` (default: the bench's queue)."""
+        return f"{self.prefix}:{{{queue or self.args.queue}}}:job:{job_id}"
 
     def stream_key(self, queue):
         """The jobs stream of `queue`."""
@@ -326,14 +334,14 @@ class Bench:
         """XADD of one job spec to `stream` (default: the queue of --queue)."""
         self.r.xadd(stream or self.jobs_key, {"job": json.dumps(spec)})
 
-    def poll_status(self, job_id, statuses, timeout, interval, check_worker=False):
-        """Polls the job hash until its status is one of `statuses`: (hash, True),
-        or (the last hash read, False) after `timeout` s. With check_worker, a
-        gone --worker-pid raises Fatal."""
+    def poll_status(self, job_id, statuses, timeout, interval, check_worker=False, queue=None):
+        """Polls the hash of job `job_id` of `queue` (default: --queue) until its
+        status is one of `statuses`: (hash, True), or (the last hash read, False)
+        after `timeout` s. With check_worker, a gone --worker-pid raises Fatal."""
         deadline = time.monotonic() + timeout
         h = {}
         while time.monotonic() < deadline:
-            h = self.r.hgetall(self.job_key(job_id))
+            h = self.r.hgetall(self.job_key(job_id, queue))
             if hget_str(h, "status") in statuses:
                 return h, True
             if check_worker:
@@ -393,7 +401,7 @@ class Bench:
                 t, kind = self.wait_events(pubsub, jid, TERMINAL_EVENTS, timeout)
         else:
             t, kind = self.wait_events(pubsub, jid, TERMINAL_EVENTS, timeout)
-        h = self.r.hgetall(self.job_key(jid))
+        h = self.r.hgetall(self.job_key(jid, queue_of_stream(stream)))
         return {"total_s": None if t is None else t - t0, "started_s": started_s, "kind": kind, "hash": h}
 
     # -- workers of our own, the dockhand CLI --------------------------------

@@ -62,7 +62,7 @@ def run(bench):
     pipe = bench.r.pipeline(transaction=False)
     ids = list(first)
     for jid in ids:
-        pipe.hget(bench.job_key(jid), "finished_at")
+        pipe.hget(bench.job_key(jid, d.queue), "finished_at")
     for jid, f in zip(ids, pipe.execute()):
         f = parse_ts(f)
         if f is not None:

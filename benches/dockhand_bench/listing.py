@@ -10,12 +10,11 @@ those templates (id, queue, times, entry and the id inside spec and event
 replaced), with exactly the keys a worker writes for a finished job
 (src/state.rs, src/listing.rs):
 
-  <prefix>:job:<id>                   the hash, EXPIRE the retention left
-  <prefix>:job:<id>:log               the template's log stream (RESTOREd), if it has one
-  <prefix>:index:all                  ZADD NX, score created_at in ms
-  <prefix>:index:queue:<q>            ZADD NX
-  <prefix>:index:status:<completed|aborted>
-  <prefix>:index:reason:<r>           for an aborted job
+  <prefix>:{<q>}:job:<id>               the hash, EXPIRE the retention left
+  <prefix>:{<q>}:job:<id>:log           the template's log stream (RESTOREd), if it has one
+  <prefix>:{<q>}:index:all              ZADD NX, score created_at in ms
+  <prefix>:{<q>}:index:status:<completed|aborted>
+  <prefix>:{<q>}:index:reason:<r>       for an aborted job
 
 One job in 10 is a timeout, one in 20 an exit_code, the rest completed; one in
 100 is in a second queue, bench-j-rare-<run>, whose listing filtered by status
@@ -27,7 +26,7 @@ Two `dockhand serve` (--bin) then run side by side, one on each database, and
 the same requests go to both, interleaved, --listing-reps times, each timed
 around one HTTP request on a kept-alive connection (body read): GET
 /jobs?limit=50, a page deep (the cursor of the job in the middle of
-index:all), /jobs?status=aborted&reason=timeout, the sparse filter, /queues,
+the main queue's index:all), /jobs?status=aborted&reason=timeout, the sparse filter, /queues,
 /workers and / (the dashboard's page; its overview then polls /queues and
 /workers every 2 s). Then each request again, alone, with INFO commandstats
 around it: Redis commands per request, by command. MEMORY USAGE (SAMPLES 0)
@@ -87,7 +86,7 @@ def templates(bench):
                 got = (hget_str(x["hash"], "status"), hget_str(x["hash"], "reason") or "")
                 if got != want:
                     raise Fatal(f"j: template job {kind} ended {got}, not {want}; worker log {log}")
-                logkey = bench.job_key(spec["id"]) + ":log"
+                logkey = bench.job_key(spec["id"], queue) + ":log"
                 dump = bench.r.dump(logkey) if bench.r.exists(logkey) else None
                 out[kind] = (h, dump)
         finally:
@@ -124,18 +123,17 @@ def fill(bench, r, n, tmpl, queue, rare, interval_ms, batch):
             for f in ("spec", "event"):
                 if f in t:
                     h[f] = t[f].decode().replace(old_id, jid).replace(t["queue"].decode(), q)
-            key = f"{pre}:job:{jid}"
+            key = f"{pre}:{{{q}}}:job:{jid}"
             pipe.hset(key, mapping=h)
             ttl = max(60, retention - (now_ms - created) // 1000)
             pipe.expire(key, ttl)
             if logdump is not None:
                 pipe.restore(f"{key}:log", ttl * 1000, logdump, replace=True)
-            pipe.zadd(f"{pre}:index:all", {jid: created}, nx=True)
-            pipe.zadd(f"{pre}:index:queue:{q}", {jid: created}, nx=True)
+            pipe.zadd(f"{pre}:{{{q}}}:index:all", {jid: created}, nx=True)
             status, reason = t["status"].decode(), t.get("reason", b"").decode()
-            pipe.zadd(f"{pre}:index:status:{status}", {jid: created})
+            pipe.zadd(f"{pre}:{{{q}}}:index:status:{status}", {jid: created})
             if reason:
-                pipe.zadd(f"{pre}:index:reason:{reason}", {jid: created})
+                pipe.zadd(f"{pre}:{{{q}}}:index:reason:{reason}", {jid: created})
         pipe.execute()
         progress(bench.args, f"j: {min(n, start + batch):,}/{n:,} jobs written")
     progress_done(bench.args)
@@ -150,7 +148,7 @@ def iso_shift(s, shift_ms):
 
 def index_memory(r, prefix):
     out = {}
-    for k in r.scan_iter(match=f"{prefix}:index:*", count=1000):
+    for k in r.scan_iter(match=f"{prefix}:{{*}}:index:*", count=1000):
         out[k.decode()] = {"bytes": r.memory_usage(k, samples=0), "members": r.zcard(k)}
     return out
 
@@ -229,11 +227,11 @@ def run(bench):
         res["setup_s"] = time.perf_counter() - step_t
         for name, db in zip(("large", "small"), dbs):
             servers[name] = Server(bench, db_url(a.redis_url, db), name)
-        # A page deep: the cursor of the job in the middle of index:all.
+        # A page deep: the cursor of the job in the middle of the main queue's index:all.
         deep = {}
         for name, r in clients.items():
-            mid = r.zrevrange(f"{bench.prefix}:index:all", sizes[name] // 2, sizes[name] // 2, withscores=True)
-            deep[name] = f"{int(mid[0][1])}:{mid[0][0].decode()}"
+            mid = r.zrevrange(f"{bench.prefix}:{{{queue}}}:index:all", sizes[name] // 2, sizes[name] // 2, withscores=True)
+            deep[name] = f"{int(mid[0][1])}:{queue}/{mid[0][0].decode()}"
         requests = [
             ("jobs_first", lambda s: "/jobs?limit=50"),
             ("jobs_deep", lambda s: f"/jobs?limit=50&cursor={deep[s]}"),

@@ -317,7 +317,7 @@ def rss_job(bench, n):
     """The worker's VmRSS over one job printing `seq 1 n`, every line kept."""
     a = bench.args
     jid = f"bench-{bench.run_tag}-rss-{n}"
-    log_key = f"{bench.prefix}:job:{jid}:log"
+    log_key = bench.job_key(jid) + ":log"
     res = {"rss_lines": n, "rss_job_id": jid}
     if not a.worker_pid:
         res["rss_skipped"] = "no --worker-pid"
@@ -372,7 +372,7 @@ def run_job(bench):
     n = a.lines
     jid = f"bench-{bench.run_tag}-seq-{n}"
     channel = f"{bench.prefix}:logs:{jid}"
-    log_key = f"{bench.prefix}:job:{jid}:log"
+    log_key = bench.job_key(jid) + ":log"
     res = {"lines_expected": n, "job_id": jid, "log_bytes": a.log_bytes}
 
     sub = LogSubscriber(a.redis_url, channel)

@@ -82,13 +82,13 @@ def run(bench):
         res["dead_xlen"] = bench.r.xlen(dead)
         sample = {}
         for eid in (first_id, last_id):
-            h = bench.r.hgetall(bench.job_key(eid.decode() if isinstance(eid, bytes) else eid))
+            h = bench.r.hgetall(bench.job_key(eid.decode() if isinstance(eid, bytes) else eid, queue))
             sample[eid.decode() if isinstance(eid, bytes) else eid] = {
                 "status": hget_str(h, "status"), "reason": hget_str(h, "reason"),
-                "ttl": bench.r.ttl(bench.job_key(eid.decode() if isinstance(eid, bytes) else eid)),
+                "ttl": bench.r.ttl(bench.job_key(eid.decode() if isinstance(eid, bytes) else eid, queue)),
                 "error": (hget_str(h, "error") or "")[:120]}
         res["sample_jobs"] = sample
-        res["memory_usage_one_hash"] = bench.r.memory_usage(bench.job_key(last_id.decode()), samples=0)
+        res["memory_usage_one_hash"] = bench.r.memory_usage(bench.job_key(last_id.decode(), queue), samples=0)
         # Wait out the retention, then touch every key so that expiry is not
         # left to Redis' sampling.
         wait = max(0.0, a.retention_seconds + 5 - (time.time() - t_done))

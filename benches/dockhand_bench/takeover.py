@@ -55,7 +55,7 @@ def run(bench):
             jid = f"bench-{bench.run_tag}-lease-{t}"
             bench.submit({"id": jid, "image": a.image, "command": ["sleep", "300"],
                           "limits": {"timeout_seconds": 600}}, stream)
-            h, _ = bench.poll_status(jid, ("running",), 60, 0.05)
+            h, _ = bench.poll_status(jid, ("running",), 60, 0.05, queue=queue)
             owner = hget_str(h, "worker") or ""
             victim = next((w for w in workers if w in owner), None)
             if hget_str(h, "status") != "running" or victim is None:
@@ -70,7 +70,7 @@ def run(bench):
             deadline = time.monotonic() + a.lease_timeout
             took = None
             while time.monotonic() < deadline:
-                h = bench.r.hgetall(bench.job_key(jid))
+                h = bench.r.hgetall(bench.job_key(jid, queue))
                 try:
                     att = int(hget_str(h, "attempt") or "0")
                 except ValueError:
@@ -97,7 +97,7 @@ def run(bench):
                                      f" (status {trial['status']}, attempt {trial['attempt']})")
             # End the job, then the orphaned container of the killed worker.
             bench.dockhand_cli("cancel", jid)
-            bench.poll_status(jid, TERMINAL_STATUSES, 60, 0.2)
+            bench.poll_status(jid, TERMINAL_STATUSES, 60, 0.2, queue=queue)
             trial["containers_removed"] = remove_job_containers(jid)
             if took is None:
                 break

@@ -194,8 +194,8 @@ pub async fn retry(conn: &mut Conn, keys: &Keys, dead: &Dead) -> Result<Retried,
     let entry: String = RETRY
         .key(keys.dead(&dead.queue))
         .key(keys.lane(&dead.queue, crate::job::requested_priority(raw.as_bytes())))
-        .key(keys.job(hash_id))
-        .key(keys.log(hash_id))
+        .key(keys.job(&dead.queue, hash_id))
+        .key(keys.log(&dead.queue, hash_id))
         .arg(&dead.id)
         .arg(&token)
         .invoke_async(&mut **conn)

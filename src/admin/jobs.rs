@@ -1,6 +1,9 @@
 //! One job: its state as typed JSON, cancelling it, running a finished one again,
 //! its files, and listings of many.
 //!
+//! A job is named `<queue>/<id>`, or by its bare id: then its queue is looked
+//! for ([`lookup::queue_holding`]), because its keys carry its queue's hash tag.
+//!
 //! Invariants:
 //! - A job no worker has read yet has no hash; it is looked for in the queues
 //!   ([`lookup::unclaimed`]) before it is called unknown.
@@ -92,29 +95,35 @@ impl Found {
     }
 }
 
-/// Job `id`, wherever it is.
+/// Job `text` (`<queue>/<id>` or `<id>`), wherever it is.
 pub async fn find(
     conn: &mut Conn,
     keys: &Keys,
     settings: &Settings,
-    id: &str,
+    text: &str,
 ) -> Result<Found, AdminError> {
-    super::job_id(id)?;
-    let hash: HashMap<String, String> = conn.hgetall(keys.job(id)).await?;
-    if hash.contains_key("status") {
-        return Ok(Found::Recorded(hash));
+    let (queue, id) = super::job_ref(text)?;
+    if let Some(q) = lookup::queue_holding(conn, keys, settings, queue, id, "status").await? {
+        let hash: HashMap<String, String> = conn.hgetall(keys.job(&q, id)).await?;
+        if hash.contains_key("status") {
+            return Ok(Found::Recorded(hash));
+        }
     }
-    // A hash without `status` is at most a cancel request waiting for the job.
-    if let Some(at) = lookup::unclaimed(conn, keys, settings, id).await? {
-        let cancel = hash.contains_key("cancel_requested");
+    if let Some(at) = lookup::unclaimed(conn, keys, settings, queue, id).await? {
+        // A hash without `status` is at most a cancel request waiting for the job.
+        let cancel: bool = conn
+            .hexists(keys.job(&at.queue, id), "cancel_requested")
+            .await?;
         return Ok(Found::Unclaimed { at, cancel });
     }
     // A worker may have claimed it (and even finished it) while we looked.
-    let hash: HashMap<String, String> = conn.hgetall(keys.job(id)).await?;
-    if hash.contains_key("status") {
-        return Ok(Found::Recorded(hash));
+    if let Some(q) = lookup::queue_holding(conn, keys, settings, queue, id, "status").await? {
+        let hash: HashMap<String, String> = conn.hgetall(keys.job(&q, id)).await?;
+        if hash.contains_key("status") {
+            return Ok(Found::Recorded(hash));
+        }
     }
-    Err(not_found(id))
+    Err(not_found(text))
 }
 
 fn not_found(id: &str) -> AdminError {
@@ -133,25 +142,30 @@ pub struct Cancelled {
     pub waiting_in: Option<String>,
 }
 
-/// Asks for job `id` to be cancelled.
+/// Asks for job `text` (`<queue>/<id>` or `<id>`) to be cancelled.
 pub async fn cancel(
     conn: &mut Conn,
     keys: &Keys,
     settings: &Settings,
-    id: &str,
+    text: &str,
 ) -> Result<Cancelled, AdminError> {
-    super::job_id(id)?;
+    let (queue, id) = super::job_ref(text)?;
     let mut waiting = None;
-    if !recorded(conn, keys, id).await? {
-        waiting = lookup::unclaimed(conn, keys, settings, id).await?;
-        if waiting.is_none() && !recorded(conn, keys, id).await? {
-            return Err(AdminError::NotFound(format!(
-                "no job {id}: no worker has recorded it and no queue holds it"
-            )));
-        }
+    let mut at = lookup::queue_holding(conn, keys, settings, queue, id, "status").await?;
+    if at.is_none() {
+        waiting = lookup::unclaimed(conn, keys, settings, queue, id).await?;
+        at = match &waiting {
+            Some(w) => Some(w.queue.clone()),
+            None => lookup::queue_holding(conn, keys, settings, queue, id, "status").await?,
+        };
     }
+    let Some(at) = at else {
+        return Err(AdminError::NotFound(format!(
+            "no job {text}: no worker has recorded it and no queue holds it"
+        )));
+    };
     let status =
-        crate::state::request_cancel(conn, keys, id, settings.jobs.retention_seconds).await?;
+        crate::state::request_cancel(conn, keys, &at, id, settings.jobs.retention_seconds).await?;
     if let Some(s @ ("completed" | "aborted")) = status.as_deref() {
         return Err(AdminError::Conflict(format!(
             "job {id} already ended {s}; nothing to cancel"
@@ -163,15 +177,9 @@ pub async fn cancel(
     })
 }
 
-/// Whether a worker has recorded job `id` (its hash has a `status`).
-async fn recorded(conn: &mut Conn, keys: &Keys, id: &str) -> Result<bool, AdminError> {
-    Ok(conn.hexists(keys.job(id), "status").await?)
-}
-
-/// KEYS: job hash, job log, job files. ARGV: requeue token, the jobs stream's
-/// key prefix (`<prefix>:{`), the spec to run (with its `id`), the lane's suffix
-/// (see [`lane_suffix`]). Returns the queue
-/// and the new entry id, or an error reply saying why not.
+/// KEYS: job hash, job log, job files, the stream of the lane of the spec's
+/// priority (all in the job's queue). ARGV: requeue token, the spec to run
+/// (with its `id`). Returns the new entry id, or an error reply saying why not.
 static RETRY: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -180,7 +188,6 @@ static RETRY: LazyLock<redis::Script> = LazyLock::new(|| {
         if status ~= 'completed' and status ~= 'aborted' then
             return redis.error_reply('BUSY ' .. status)
         end
-        local queue = redis.call('HGET', KEYS[1], 'queue')
         -- Nothing of the last run may read as the new one's (as when a worker hands a job back).
         redis.call('HDEL', KEYS[1], 'reason', 'error', 'exit_code', 'started_at', 'finished_at', 'worker',
             'result_text', 'result_data', 'files', 'files_dropped', 'cancel_requested')
@@ -188,8 +195,7 @@ static RETRY: LazyLock<redis::Script> = LazyLock::new(|| {
         redis.call('HSET', KEYS[1], 'requeue_token', ARGV[1], 'status', 'queued')
         redis.call('PERSIST', KEYS[1])
         redis.call('PERSIST', KEYS[2])
-        local entry = redis.call('XADD', ARGV[2] .. queue .. '}:jobs' .. ARGV[4], '*', 'job', ARGV[3], 'token', ARGV[1])
-        return {queue, entry}
+        return redis.call('XADD', KEYS[4], '*', 'job', ARGV[2], 'token', ARGV[1])
         ",
     )
 });
@@ -203,11 +209,20 @@ pub struct Retried {
     pub attempt: u32,
 }
 
-/// Runs finished job `id` again: same id, next attempt.
-pub async fn retry(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Retried, AdminError> {
-    super::job_id(id)?;
+/// Runs finished job `text` (`<queue>/<id>` or `<id>`) again: same id, next attempt.
+pub async fn retry(
+    conn: &mut Conn,
+    keys: &Keys,
+    settings: &Settings,
+    text: &str,
+) -> Result<Retried, AdminError> {
+    let (queue, id) = super::job_ref(text)?;
+    let Some(queue) = lookup::queue_holding(conn, keys, settings, queue, id, "status").await?
+    else {
+        return Err(not_found(text));
+    };
     let (spec, attempt): (Option<String>, Option<u32>) = redis::cmd("HMGET")
-        .arg(keys.job(id))
+        .arg(keys.job(&queue, id))
         .arg("spec")
         .arg("attempt")
         .query_async(&mut **conn)
@@ -231,18 +246,21 @@ pub async fn retry(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Retried, Ad
         obj.insert("id".into(), id.into());
     }
     let token = schedule::new_token();
-    let reply: Result<(String, String), redis::RedisError> = RETRY
-        .key(keys.job(id))
-        .key(keys.log(id))
-        .key(keys.files(id))
+    let lane = keys.lane(
+        &queue,
+        crate::job::requested_priority(spec.to_string().as_bytes()),
+    );
+    let reply: Result<String, redis::RedisError> = RETRY
+        .key(keys.job(&queue, id))
+        .key(keys.log(&queue, id))
+        .key(keys.files(&queue, id))
+        .key(lane)
         .arg(&token)
-        .arg(keys.jobs("").trim_end_matches("}:jobs"))
         .arg(spec.to_string())
-        .arg(lane_suffix(keys, &spec))
         .invoke_async(&mut **conn)
         .await;
     match reply {
-        Ok((queue, entry)) => Ok(Retried {
+        Ok(entry) => Ok(Retried {
             queue,
             entry,
             attempt: attempt.unwrap_or(0) + 1,
@@ -256,31 +274,29 @@ pub async fn retry(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Retried, Ad
     }
 }
 
-/// What follows `…:{<q>}:jobs` in the key of the lane of the spec's priority
-/// (`queue::lanes`): nothing for priority 0.
-fn lane_suffix(keys: &Keys, spec: &serde_json::Value) -> String {
-    let p = crate::job::requested_priority(spec.to_string().as_bytes());
-    keys.lane("q", p)
-        .trim_start_matches(&keys.jobs("q"))
-        .to_string()
-}
-
-/// One of the files job `id` returned.
+/// One of the files job `text` (`<queue>/<id>` or `<id>`) returned.
 pub async fn file(
     conn: &mut Conn,
     keys: &Keys,
-    id: &str,
+    settings: &Settings,
+    text: &str,
     name: &str,
 ) -> Result<Vec<u8>, AdminError> {
-    super::job_id(id)?;
-    let bytes: Option<Vec<u8>> = conn.hget(keys.files(id), name).await?;
-    bytes.ok_or_else(|| AdminError::NotFound(format!("job {id} has no file {name:?}")))
+    let (queue, id) = super::job_ref(text)?;
+    let bytes: Option<Vec<u8>> =
+        match lookup::queue_holding(conn, keys, settings, queue, id, "status").await? {
+            Some(q) => conn.hget(keys.files(&q, id), name).await?,
+            None => None,
+        };
+    bytes.ok_or_else(|| AdminError::NotFound(format!("job {text} has no file {name:?}")))
 }
 
-/// A page of jobs, newest first, as typed rows.
+/// A page of jobs, newest first, as typed rows: of the filter's queue, or of
+/// every queue.
 pub async fn list(
     conn: &mut Conn,
     keys: &Keys,
+    settings: &Settings,
     filter: &Filter,
     cursor: Option<&str>,
     limit: usize,
@@ -291,7 +307,15 @@ pub async fn list(
             AdminError::Invalid(format!("cursor {c:?} is not one a listing gave"))
         })?),
     };
-    let Page { rows, next } = listing::page(conn, keys, filter, after, limit.clamp(1, 500)).await?;
+    let queues: Vec<String> = match &filter.queue {
+        Some(_) => Vec::new(),
+        None => lookup::queues(conn, keys, settings)
+            .await?
+            .into_iter()
+            .collect(),
+    };
+    let page = listing::page(conn, keys, &queues, filter, after, limit.clamp(1, 500)).await?;
+    let Page { rows, next } = page;
     Ok((
         rows.into_iter().map(typed).collect(),
         next.map(|c| c.to_string()),

@@ -60,6 +60,7 @@ pub struct Follower {
     store: Store,
     keys: Keys,
     id: String,
+    queue: String,
     /// The last `seq` yielded (or to be skipped up to, when resuming).
     last_seq: u64,
     /// The stored stream's entry id after which nothing has been read yet.
@@ -79,12 +80,13 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Follows job `id` from the line after `after` (0: from the first line).
-    pub fn new(store: Store, keys: Keys, id: &str, after: u64) -> Follower {
+    /// Follows `job` from the line after `after` (0: from the first line).
+    pub fn new(store: Store, keys: Keys, job: &crate::job::JobRef, after: u64) -> Follower {
         Follower {
             store,
             keys,
-            id: id.to_string(),
+            id: job.id.clone(),
+            queue: job.queue.clone(),
             last_seq: after,
             last_entry: None,
             pending: VecDeque::new(),
@@ -167,11 +169,13 @@ impl Follower {
         pubsub.subscribe(self.keys.log_channel(&self.id)).await?;
         pubsub.subscribe(self.keys.events_channel()).await?;
         let mut conn = self.store.conn().await?;
-        let status: Option<String> = conn.hget(self.keys.job(&self.id), "status").await?;
+        let status: Option<String> = conn
+            .hget(self.keys.job(&self.queue, &self.id), "status")
+            .await?;
         if is_terminal(status.as_deref()) {
             self.ending = status.clone();
         }
-        let stored: usize = conn.xlen(self.keys.log(&self.id)).await?;
+        let stored: usize = conn.xlen(self.keys.log(&self.queue, &self.id)).await?;
         self.announce_waiting =
             !self.subscribed_once && status.is_none() && stored == 0 && self.last_seq == 0;
         self.subscribed_once = true;
@@ -189,7 +193,7 @@ impl Follower {
             Some(entry) => format!("({entry}"),
         };
         let page: redis::streams::StreamRangeReply = conn
-            .xrange_count(self.keys.log(&self.id), start, "+", PAGE)
+            .xrange_count(self.keys.log(&self.queue, &self.id), start, "+", PAGE)
             .await?;
         if page.ids.is_empty() {
             self.behind = false;
@@ -249,7 +253,10 @@ impl Follower {
             event["type"].as_str(),
             Some("job.completed" | "job.aborted")
         );
-        if ends && event["data"]["id"].as_str() == Some(self.id.as_str()) {
+        if ends
+            && event["data"]["id"].as_str() == Some(self.id.as_str())
+            && event["data"]["queue"].as_str() == Some(self.queue.as_str())
+        {
             let status = event["data"]["status"].as_str().unwrap_or_else(|| {
                 if event["type"] == "job.completed" {
                     "completed"

@@ -95,6 +95,55 @@ pub async fn unserved_hint(
     }))
 }
 
+/// The queue in which job `id`'s hash has `field` (`status`: a worker recorded
+/// it; `cancel_requested`: a cancel request waits for it): `queue` itself when
+/// given, else the first such queue of [`queues`], in name order (a job's keys
+/// carry its queue's hash tag, so its queue must be known to read them).
+pub async fn queue_holding(
+    conn: &mut Conn,
+    keys: &Keys,
+    settings: &Settings,
+    queue: Option<&str>,
+    id: &str,
+    field: &str,
+) -> Result<Option<String>, StoreError> {
+    let candidates: Vec<String> = match queue {
+        Some(q) => vec![q.to_string()],
+        None => queues(conn, keys, settings).await?.into_iter().collect(),
+    };
+    let mut pipe = redis::pipe();
+    for q in &candidates {
+        pipe.hexists(keys.job(q, id), field);
+    }
+    let found: Vec<bool> = pipe.query_async(&mut **conn).await?;
+    Ok(candidates
+        .into_iter()
+        .zip(found)
+        .find_map(|(q, has)| has.then_some(q)))
+}
+
+/// The job named by `queue` (when given) and `id`: `<queue>/<id>` as it is; a
+/// bare id in the queue that has recorded it, or else holds it unclaimed.
+/// `None` when no queue has it.
+pub async fn locate(
+    conn: &mut Conn,
+    keys: &Keys,
+    settings: &Settings,
+    queue: Option<&str>,
+    id: &str,
+) -> Result<Option<crate::job::JobRef>, StoreError> {
+    if let Some(q) = queue {
+        return Ok(Some(crate::job::JobRef::new(q, id)));
+    }
+    let found = match queue_holding(conn, keys, settings, None, id, "status").await? {
+        Some(q) => Some(q),
+        None => unclaimed(conn, keys, settings, None, id)
+            .await?
+            .map(|u| u.queue),
+    };
+    Ok(found.map(|q| crate::job::JobRef::new(&q, id)))
+}
+
 /// A job found in a queue before any worker claimed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unclaimed {
@@ -103,7 +152,7 @@ pub struct Unclaimed {
     pub entry: Option<String>,
 }
 
-/// The entry of job `id` in some queue's stream or inbox, if one is there. The id
+/// The entry of job `id` in `queue`'s (or else some queue's) stream or inbox, if one is there. The id
 /// of an entry is read as the worker reads it: the spec's `id` when valid, else the
 /// stream entry id. Reads every waiting entry, a page at a time: only for a job
 /// without a hash, which is rare.
@@ -111,9 +160,14 @@ pub async fn unclaimed(
     conn: &mut Conn,
     keys: &Keys,
     settings: &Settings,
+    queue: Option<&str>,
     id: &str,
 ) -> Result<Option<Unclaimed>, StoreError> {
-    for queue in queues(conn, keys, settings).await? {
+    let candidates: Vec<String> = match queue {
+        Some(q) => vec![q.to_string()],
+        None => queues(conn, keys, settings).await?.into_iter().collect(),
+    };
+    for queue in candidates {
         let lanes = crate::queue::lanes::present(conn, keys, &queue).await?;
         for stream in std::iter::once(keys.jobs(&queue)).chain(lanes.into_iter().map(|(_, k)| k)) {
             if let Some(entry) = in_stream(conn, &stream, id).await? {

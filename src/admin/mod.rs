@@ -59,6 +59,16 @@ pub fn job_id(id: &str) -> Result<&str, AdminError> {
     }
 }
 
+/// A job named from outside, checked: `<queue>/<id>`, or a bare `<id>` whose
+/// queue is to be looked for.
+pub fn job_ref(text: &str) -> Result<(Option<&str>, &str), AdminError> {
+    crate::job::JobRef::split(text).ok_or_else(|| {
+        AdminError::Invalid(format!(
+            "{text:?} is not a job id ([A-Za-z0-9_.-], 1 to 128 characters; no `:`), nor <queue>/<id>"
+        ))
+    })
+}
+
 /// A queue name from outside, checked.
 pub fn queue_name(q: &str) -> Result<&str, AdminError> {
     if crate::job::is_valid_queue_name(q) {

@@ -56,11 +56,12 @@ pub async fn submit(
     let warnings = check(raw.as_bytes(), queue, profile, settings).map_err(AdminError::Invalid)?;
     let own_id = spec.get("id").and_then(|v| v.as_str());
     if let Some(id) = own_id {
-        let recorded = recorded(conn, keys, id, spec).await?;
+        // Ids are unique within a queue: a job's keys are its queue's.
+        let recorded = recorded(conn, keys, queue, id, spec).await?;
         let waiting = if recorded {
             None
         } else {
-            lookup::unclaimed(conn, keys, settings, id).await?
+            lookup::unclaimed(conn, keys, settings, Some(queue), id).await?
         };
         if recorded || waiting.is_some() {
             return Err(AdminError::Conflict(format!(
@@ -86,11 +87,12 @@ pub async fn submit(
 async fn recorded(
     conn: &mut Conn,
     keys: &Keys,
+    queue: &str,
     id: &str,
     spec: &serde_json::Value,
 ) -> Result<bool, AdminError> {
     let (status, created_ms): (Option<String>, Option<i64>) = deadpool_redis::redis::cmd("HMGET")
-        .arg(keys.job(id))
+        .arg(keys.job(queue, id))
         .arg("status")
         .arg("created_ms")
         .query_async(&mut **conn)

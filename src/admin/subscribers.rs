@@ -100,7 +100,7 @@ pub async fn add(
     if !never.is_empty() {
         warnings.push(format!(
             "no webhook is ever delivered for {}; only for {}. Every event is published on {} \
-             (pub/sub, and kept in the stream of that name)",
+             (pub/sub, and kept in its queue's events stream)",
             never.join(", "),
             delivered_list(),
             keys.events_channel()

@@ -78,6 +78,7 @@ pub async fn list(
     let (jobs, next) = admin::jobs::list(
         &mut conn,
         &app.keys,
+        &app.settings,
         &filter,
         q.cursor.as_deref().filter(|s| !s.is_empty()),
         limit,
@@ -90,7 +91,7 @@ pub async fn list(
 pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let mut conn = app.conn().await?;
     let found = admin::jobs::find(&mut conn, &app.keys, &app.settings, &id).await?;
-    Ok(Json(found.to_json(&id)))
+    Ok(Json(found.to_json(admin::job_ref(&id)?.1)))
 }
 
 /// `DELETE /jobs/{id}`: cancel. 202: asked; 409: it has ended already.
@@ -104,7 +105,7 @@ pub async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
 /// `POST /jobs/{id}/retry`: a finished job runs again, same id, next attempt.
 pub async fn retry(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let mut conn = app.conn().await?;
-    let r = admin::jobs::retry(&mut conn, &app.keys, &id).await?;
+    let r = admin::jobs::retry(&mut conn, &app.keys, &app.settings, &id).await?;
     let body = json!({"id": id, "queue": r.queue, "entry": r.entry, "attempt": r.attempt});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
@@ -115,7 +116,7 @@ pub async fn file(
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let mut conn = app.conn().await?;
-    let bytes = admin::jobs::file(&mut conn, &app.keys, &id, &name).await?;
+    let bytes = admin::jobs::file(&mut conn, &app.keys, &app.settings, &id, &name).await?;
     // Served as opaque bytes, never rendered: a job's file must not run as a page
     // of this origin.
     let safe: String = name

@@ -30,7 +30,7 @@ pub async fn follow(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    crate::admin::job_id(&id)?;
+    let (queue, bare) = crate::admin::job_ref(&id)?;
     let after = match super::sse::resume_point(&headers, query.as_deref())? {
         None => 0,
         Some(s) => s.parse::<u64>().map_err(|_| {
@@ -42,12 +42,27 @@ pub async fn follow(
     // A job nobody knows (no line, no state, no entry waiting in a queue) is a 404
     // rather than a stream that waits forever.
     let mut conn = app.conn().await?;
-    let stored: usize = conn.xlen(app.keys.log(&id)).await?;
+    let job =
+        crate::admin::lookup::locate(&mut conn, &app.keys, &app.settings, queue, bare).await?;
+    let job = match job {
+        Some(job) => job,
+        None => {
+            // The 404 of `find`, with its words; or, if a worker recorded it
+            // in the meantime, where.
+            let found = crate::admin::jobs::find(&mut conn, &app.keys, &app.settings, &id).await?;
+            let queue = found.to_json(bare)["queue"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            crate::job::JobRef::new(&queue, bare)
+        }
+    };
+    let stored: usize = conn.xlen(app.keys.log(&job.queue, &job.id)).await?;
     if stored == 0 {
-        crate::admin::jobs::find(&mut conn, &app.keys, &app.settings, &id).await?;
+        crate::admin::jobs::find(&mut conn, &app.keys, &app.settings, &job.to_string()).await?;
     }
     drop(conn);
-    let follower = Follower::new(app.store.clone(), app.keys.clone(), &id, after);
+    let follower = Follower::new(app.store.clone(), app.keys.clone(), &job, after);
     let events = futures_util::stream::unfold(Some(follower), |state| async move {
         let mut follower = state?;
         let event = next_event(&mut follower).await?;

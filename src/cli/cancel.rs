@@ -7,7 +7,7 @@ use crate::config::Settings;
 use crate::queue::Keys;
 
 pub async fn run(settings: &Settings, id: &str) -> CliResult {
-    admin::job_id(id)?;
+    admin::job_ref(id)?;
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
     let c = admin::jobs::cancel(&mut conn, &keys, settings, id).await?;

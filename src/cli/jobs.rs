@@ -51,6 +51,7 @@ pub async fn run(settings: &Settings, args: Args) -> CliResult {
     let (rows, next) = admin::jobs::list(
         &mut conn,
         &keys,
+        settings,
         &filter,
         args.cursor.as_deref(),
         args.limit,
@@ -96,10 +97,10 @@ pub async fn run(settings: &Settings, args: Args) -> CliResult {
 
 /// `dockhand retry <id>`.
 pub async fn retry(settings: &Settings, id: &str) -> CliResult {
-    admin::job_id(id)?;
+    admin::job_ref(id)?;
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
-    let r = admin::jobs::retry(&mut conn, &keys, id).await?;
+    let r = admin::jobs::retry(&mut conn, &keys, settings, id).await?;
     outln!(
         "job {id} queued again on {} as attempt {} (entry {})",
         r.queue,

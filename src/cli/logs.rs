@@ -14,18 +14,35 @@ use crate::queue::Keys;
 use std::time::Duration;
 
 pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> CliResult {
-    if !crate::job::is_valid_job_id(id) {
-        return Err(Failure::usage(format!("{id:?} is not a job id")));
-    }
+    let Some((queue, bare)) = crate::job::JobRef::split(id) else {
+        return Err(Failure::usage(format!(
+            "{id:?} is not a job id (nor <queue>/<id>)"
+        )));
+    };
     let keys = Keys::new(&settings.redis.prefix);
     let (store, mut conn) = connect(settings).await?;
-    let mut follower = Follower::new(store, keys.clone(), id, 0);
+    let found = crate::admin::lookup::locate(&mut conn, &keys, settings, queue, bare).await?;
+    // A job no queue holds yet may be about to be submitted: with --follow, wait
+    // for it in the first queue this configuration serves (`default` unless
+    // set), as `<queue>/<id>` names another.
+    let first = settings.worker.queues.first().filter(|_| follow);
+    let Some(job) = found.or_else(|| first.map(|q| crate::job::JobRef::new(q, bare))) else {
+        return Err(Failure::failed(format!(
+            "job {id} not found: no worker has recorded it and no queue holds it (a finished \
+             job's log expires after jobs.retention_seconds)"
+        )));
+    };
+    let mut follower = Follower::new(store, keys.clone(), &job, 0);
 
     if !follow {
         while let Some(line) = follower.next_stored().await? {
             print(json, &line);
         }
-        if follower.last_seq() == 0 && job_hash(&mut conn, &keys.job(id)).await?.is_empty() {
+        if follower.last_seq() == 0
+            && job_hash(&mut conn, &keys.job(&job.queue, &job.id))
+                .await?
+                .is_empty()
+        {
             return Err(Failure::failed(format!(
                 "job {id} not found: no worker has recorded it (a finished job's log expires \
                  after jobs.retention_seconds); `dockhand status {id}` also finds one still waiting in its queue"
@@ -63,10 +80,13 @@ pub async fn run(settings: &Settings, id: &str, follow: bool, json: bool) -> Cli
 }
 
 /// The status a finished job ended with, read after following its log.
-pub async fn final_status(settings: &Settings, id: &str) -> Result<String, Failure> {
+pub async fn final_status(
+    settings: &Settings,
+    job: &crate::job::JobRef,
+) -> Result<String, Failure> {
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
-    Ok(job_hash(&mut conn, &keys.job(id))
+    Ok(job_hash(&mut conn, &keys.job(&job.queue, &job.id))
         .await?
         .remove("status")
         .unwrap_or_default())

@@ -33,14 +33,18 @@ const ORDER: &[&str] = &[
     "deliveries",
 ];
 
-pub async fn run(settings: &Settings, id: &str, json: bool) -> CliResult {
-    admin::job_id(id)?;
+pub async fn run(settings: &Settings, text: &str, json: bool) -> CliResult {
+    let (_, id) = admin::job_ref(text)?;
     let keys = Keys::new(&settings.redis.prefix);
     let (_store, mut conn) = connect(settings).await?;
-    let found = admin::jobs::find(&mut conn, &keys, settings, id).await?;
+    let found = admin::jobs::find(&mut conn, &keys, settings, text).await?;
     // What a job with `after` waits for (or waited for), from its wait hash.
     let wait = match &found {
-        Found::Recorded(_) => crate::deps::wait_state(&mut conn, &keys, id).await?,
+        Found::Recorded(hash) => {
+            let queue = hash.get("queue").map(String::as_str).unwrap_or_default();
+            let job = crate::job::JobRef::new(queue, id);
+            crate::deps::wait_state(&mut conn, &keys, &job).await?
+        }
         Found::Unclaimed { .. } => None,
     };
     if json {

@@ -58,9 +58,12 @@ pub async fn run(settings: &Settings, args: Args) -> CliResult {
         eprintln!("dockhand: {hint}");
     }
     if args.follow {
-        super::logs::run(settings, &id, true, false).await?;
-        let status = super::logs::final_status(settings, &id).await?;
-        super::status::run(settings, &id, false).await?;
+        // Named with its queue: no worker may have read it yet.
+        let job = crate::job::JobRef::new(&submitted.queue, &id);
+        let named = job.to_string();
+        super::logs::run(settings, &named, true, false).await?;
+        let status = super::logs::final_status(settings, &job).await?;
+        super::status::run(settings, &named, false).await?;
         if status != "completed" {
             return Err(Failure::failed(format!("job {id} ended {status}")));
         }

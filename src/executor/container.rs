@@ -16,6 +16,8 @@ pub const LABEL_WORKER: &str = "dockhand.worker";
 pub const LABEL_CONSUMER: &str = "dockhand.consumer";
 /// Label naming the stream entry a container runs.
 pub const LABEL_ENTRY: &str = "dockhand.entry";
+/// The job's queue: whoever judges a container reads its job's keys with it.
+pub const LABEL_QUEUE: &str = "dockhand.queue";
 /// Label naming the deployment (one Redis and prefix) a container belongs to.
 pub const LABEL_DEPLOYMENT: &str = "dockhand.deployment";
 /// Label naming the service (its alias) a sidecar container runs.
@@ -55,7 +57,7 @@ pub fn labels(job: &Job, attempt: u32, who: &Labels<'_>) -> HashMap<String, Stri
         (LABEL_ENTRY.to_string(), who.entry.to_string()),
         (LABEL_DEPLOYMENT.to_string(), who.deployment.to_string()),
         ("dockhand.attempt".to_string(), attempt.to_string()),
-        ("dockhand.queue".to_string(), job.queue.clone()),
+        (LABEL_QUEUE.to_string(), job.queue.clone()),
     ])
 }
 

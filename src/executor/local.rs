@@ -190,6 +190,7 @@ impl JobExecutor for LocalExecutor {
         let record = Record {
             owner: RunOwner {
                 job: job.id.clone(),
+                queue: job.queue.clone(),
                 worker: self.worker_id.clone(),
                 consumer: self.consumer.clone(),
                 entry: ctx.entry.to_string(),

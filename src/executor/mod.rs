@@ -36,7 +36,9 @@ pub mod ssh;
 pub mod sweep;
 mod transfers;
 
-pub use container::{LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER};
+pub use container::{
+    LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_QUEUE, LABEL_WORKER,
+};
 pub use error::{unreachable, ExecError, SshFailure};
 pub use files::{JobOutput, ResultFile};
 pub use runner::{Ended, JobExecutor};

@@ -411,6 +411,7 @@ impl JobExecutor for SshExecutor {
         let record = |dir: &str| Record {
             owner: RunOwner {
                 job: job.id.clone(),
+                queue: job.queue.clone(),
                 worker: self.worker_id.clone(),
                 consumer: self.consumer.clone(),
                 entry: ctx.entry.to_string(),

@@ -4,7 +4,8 @@
 //! the worker's decision (it knows its running jobs and can ask Redis about others).
 
 use super::{
-    ExecError, Executor, LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_WORKER,
+    ExecError, Executor, LABEL_CONSUMER, LABEL_DEPLOYMENT, LABEL_ENTRY, LABEL_JOB, LABEL_QUEUE,
+    LABEL_WORKER,
 };
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use std::collections::HashMap;
@@ -14,6 +15,10 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunOwner {
     pub job: String,
+    /// The job's queue (its keys carry the queue's tag). Empty in a record
+    /// written before it was kept.
+    #[serde(default)]
+    pub queue: String,
     pub worker: String,
     pub consumer: String,
     pub entry: String,
@@ -25,6 +30,8 @@ pub struct RunOwner {
 pub struct Labelled {
     pub id: String,
     pub job: String,
+    /// Empty for runs recorded before the queue was kept.
+    pub queue: String,
     pub worker: String,
     pub consumer: String,
     pub entry: String,
@@ -38,6 +45,7 @@ impl Labelled {
         Labelled {
             id,
             job: owner.job,
+            queue: owner.queue,
             worker: owner.worker,
             consumer: owner.consumer,
             entry: owner.entry,
@@ -50,6 +58,7 @@ impl Labelled {
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
         Labelled {
             job: get(LABEL_JOB),
+            queue: get(LABEL_QUEUE),
             worker: get(LABEL_WORKER),
             consumer: get(LABEL_CONSUMER),
             entry: get(LABEL_ENTRY),

@@ -4,10 +4,11 @@
 //! Invariants:
 //! - A job never names itself in `after` (a longer cycle is ended by the wait's
 //!   timeout, `jobs.dependency_wait_seconds`, since only Redis sees the graph).
-//! - Every parent id is a valid job id, named once; a batch id is a valid job id
-//!   too, so that it can sit in a key (`<prefix>:batch:<id>`) as it is.
+//! - Every parent is a valid job reference (`<id>` in the job's own queue, or
+//!   `<queue>/<id>`), named once; a batch id is a valid job id too, so that it
+//!   can sit in a key (`<prefix>:batch:{<id>}`) as it is.
 
-use super::{is_valid_job_id, JobSpec, Rejection};
+use super::{is_valid_job_id, JobRef, JobSpec, Rejection};
 
 /// The most parents one job may wait for: each is a key in the step that
 /// registers the wait.
@@ -34,19 +35,19 @@ impl AfterPolicy {
 /// A job's parents and the rule for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct After {
-    pub parents: Vec<String>,
+    pub parents: Vec<JobRef>,
     pub policy: AfterPolicy,
 }
 
 impl After {
     /// [`after`]: the spec's parents and policy, checked.
-    pub fn of(spec: &JobSpec, id: &str) -> Result<Option<After>, Rejection> {
-        after(spec, id)
+    pub fn of(spec: &JobSpec, job: &JobRef) -> Result<Option<After>, Rejection> {
+        after(spec, job)
     }
 }
 
 /// The job's `after` (`None` when it waits for nothing) with its policy.
-pub fn after(spec: &JobSpec, id: &str) -> Result<Option<After>, Rejection> {
+pub fn after(spec: &JobSpec, job: &JobRef) -> Result<Option<After>, Rejection> {
     let policy = match spec.after_policy.as_deref() {
         None | Some("all_completed") => AfterPolicy::AllCompleted,
         Some("all_finished") => AfterPolicy::AllFinished,
@@ -66,25 +67,29 @@ pub fn after(spec: &JobSpec, id: &str) -> Result<Option<After>, Rejection> {
             format!("names {} jobs; at most {MAX_PARENTS}", spec.after.len()),
         ));
     }
-    let mut parents: Vec<String> = Vec::with_capacity(spec.after.len());
-    for (i, parent) in spec.after.iter().enumerate() {
+    let mut parents: Vec<JobRef> = Vec::with_capacity(spec.after.len());
+    for (i, text) in spec.after.iter().enumerate() {
         let field = format!("after[{i}]");
-        if !is_valid_job_id(parent) {
+        let Some(parent) = JobRef::parse(text, &job.queue) else {
             return Err(Rejection::invalid(
                 &field,
-                format!("{parent:?} is not a job id ([A-Za-z0-9_.-], 1 to 128 characters; no `:`)"),
+                format!(
+                    "{text:?} is not a job id ([A-Za-z0-9_.-], 1 to 128 characters; no `:`), \
+                     nor <queue>/<id>"
+                ),
             ));
-        }
-        if parent == id {
+        };
+        let parent = &parent;
+        if parent == job {
             return Err(Rejection::invalid(
                 &field,
-                format!("{parent:?} is this job itself: it would wait for ever"),
+                format!("{text:?} is this job itself: it would wait for ever"),
             ));
         }
         if parents.contains(parent) {
             return Err(Rejection::invalid(
                 &field,
-                format!("{parent:?} is named twice"),
+                format!("{text:?} is named twice"),
             ));
         }
         parents.push(parent.clone());
@@ -113,21 +118,34 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    fn c() -> JobRef {
+        JobRef::new("q", "c")
+    }
+
     #[test]
     fn parents_are_ids_named_once_and_never_the_job_itself() {
-        let a = after(&spec(r#"{"after":["a","b"]}"#), "c")
+        let a = after(&spec(r#"{"after":["a","b"]}"#), &c())
             .unwrap()
             .unwrap();
-        assert_eq!(a.parents, ["a", "b"]);
+        assert_eq!(a.parents, [JobRef::new("q", "a"), JobRef::new("q", "b")]);
+        let other = after(&spec(r#"{"after":["a","p/a"]}"#), &c())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            other.parents,
+            [JobRef::new("q", "a"), JobRef::new("p", "a")]
+        );
+        let same = after(&spec(r#"{"after":["a","q/a"]}"#), &c()).unwrap_err();
+        assert!(same.message.contains("named twice"), "{}", same.message);
         assert_eq!(a.policy, AfterPolicy::AllCompleted);
-        assert_eq!(after(&spec("{}"), "c").unwrap(), None);
-        let own = after(&spec(r#"{"after":["c"]}"#), "c").unwrap_err();
+        assert_eq!(after(&spec("{}"), &c()).unwrap(), None);
+        let own = after(&spec(r#"{"after":["c"]}"#), &c()).unwrap_err();
         assert!(own.message.starts_with("`after[0]`"), "{}", own.message);
-        let twice = after(&spec(r#"{"after":["a","a"]}"#), "c").unwrap_err();
+        let twice = after(&spec(r#"{"after":["a","a"]}"#), &c()).unwrap_err();
         assert!(twice.message.starts_with("`after[1]`"), "{}", twice.message);
-        let bad = after(&spec(r#"{"after":["x:y"]}"#), "c").unwrap_err();
+        let bad = after(&spec(r#"{"after":["x:y"]}"#), &c()).unwrap_err();
         assert!(bad.message.contains("not a job id"), "{}", bad.message);
-        let policy = after(&spec(r#"{"after":["a"],"after_policy":"any"}"#), "c").unwrap_err();
+        let policy = after(&spec(r#"{"after":["a"],"after_policy":"any"}"#), &c()).unwrap_err();
         assert!(
             policy.message.starts_with("`after_policy`"),
             "{}",
@@ -135,7 +153,7 @@ mod tests {
         );
         let fin = after(
             &spec(r#"{"after":["a"],"after_policy":"all_finished"}"#),
-            "c",
+            &c(),
         );
         assert_eq!(fin.unwrap().unwrap().policy, AfterPolicy::AllFinished);
     }

@@ -11,6 +11,7 @@ mod after;
 mod attach;
 mod checks;
 mod executor;
+mod jobref;
 mod redact;
 mod retry;
 mod spec;
@@ -21,6 +22,7 @@ mod validate;
 pub use after::{After, AfterPolicy, MAX_PARENTS};
 pub use attach::{Mount, Publish, ServiceRun};
 pub use executor::ExecutorKind;
+pub use jobref::JobRef;
 pub use redact::{masked_fields, redact, MASK};
 pub use retry::{RetryOn, RetryPolicy};
 pub use spec::{

@@ -91,6 +91,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order of the contract.
+    pub const ALL: [Reason; 12] = [
+        Reason::ExitCode,
+        Reason::AbortedByJob,
+        Reason::Timeout,
+        Reason::Cancelled,
+        Reason::BuildError,
+        Reason::InvalidSpec,
+        Reason::WorkerLost,
+        Reason::PolicyDenied,
+        Reason::ImageNotFound,
+        Reason::DockerError,
+        Reason::DependencyFailed,
+        Reason::TransferError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::ExitCode => "exit_code",
@@ -109,22 +125,7 @@ impl Reason {
     }
 
     pub fn parse(s: &str) -> Option<Reason> {
-        [
-            Reason::ExitCode,
-            Reason::AbortedByJob,
-            Reason::Timeout,
-            Reason::Cancelled,
-            Reason::BuildError,
-            Reason::InvalidSpec,
-            Reason::WorkerLost,
-            Reason::PolicyDenied,
-            Reason::ImageNotFound,
-            Reason::DockerError,
-            Reason::DependencyFailed,
-            Reason::TransferError,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 

@@ -135,7 +135,7 @@ pub fn validate_at(
     concurrency_key(&spec)?;
     priority(&spec)?;
     unique(&spec)?;
-    super::after::after(&spec, &id)?;
+    super::after::after(&spec, &super::JobRef::new(queue, &id))?;
     super::after::batch(&spec)?;
     let (mut files, remote_inputs) = stage_inputs(&spec)?;
     let (collect_outputs, uploads) = super::transfer::outputs(&spec.outputs)?;

@@ -79,14 +79,8 @@ impl Keys {
         format!("{}:deployment", self.prefix)
     }
 
-    /// Every job event, as published on [`Keys::events_channel`], kept in a capped
-    /// stream (`jobs.events_max_len`) for whoever was not subscribed. A stream key
-    /// and a channel of the same name do not clash: Redis keeps them apart.
-    pub fn events(&self) -> String {
-        format!("{}:events", self.prefix)
-    }
-
-    /// The pub/sub channel that announces cancel requests (the request itself is in the job hash).
+    /// The pub/sub channel that announces cancel requests (`<queue>/<id>`; the
+    /// request itself is in the job hash).
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)
     }
@@ -103,44 +97,50 @@ impl Keys {
         format!("{}:subscribers", self.prefix)
     }
 
-    /// One webhook delivery: its target, body and state.
+    /// One webhook delivery: its target, body and state. Every key of the
+    /// outbox carries the tag `{outbox}`: one step makes a delivery, its due
+    /// entry and its job's list together, and one step moves it to the dead
+    /// set. (No queue key is ever named `<prefix>:webhooks:...`, so the tag
+    /// shares a slot with a queue called `outbox` and nothing else.)
     pub fn delivery(&self, id: &str) -> String {
-        format!("{}:webhook:{id}", self.prefix)
+        format!("{}:webhooks:{{outbox}}:{id}", self.prefix)
     }
 
     /// Every attempt of one delivery, oldest first (JSON per attempt).
     pub fn delivery_attempts(&self, id: &str) -> String {
-        format!("{}:webhook:{id}:attempts", self.prefix)
+        format!("{}:webhooks:{{outbox}}:{id}:attempts", self.prefix)
     }
 
     /// The deliveries made for one job.
     pub fn job_deliveries(&self, job: &str) -> String {
-        format!("{}:job:{job}:webhooks", self.prefix)
+        format!("{}:webhooks:{{outbox}}:job:{job}", self.prefix)
     }
 
     /// Deliveries waiting for their next attempt: a sorted set by due time (ms).
     pub fn deliveries_due(&self) -> String {
-        format!("{}:webhooks:due", self.prefix)
+        format!("{}:webhooks:{{outbox}}:due", self.prefix)
     }
 
     /// Deliveries that failed their last attempt.
     pub fn deliveries_dead(&self) -> String {
-        format!("{}:webhooks:dead", self.prefix)
+        format!("{}:webhooks:{{outbox}}:dead", self.prefix)
     }
 
-    /// The job hash.
-    pub fn job(&self, id: &str) -> String {
-        format!("{}:job:{id}", self.prefix)
+    /// The job hash. A job's own keys carry its queue's hash tag: its claim and
+    /// its terminal write touch them together with the queue's stream, events
+    /// and indexes in one step.
+    pub fn job(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:job:{id}", self.prefix)
     }
 
     /// Files the job returned: name → bytes.
-    pub fn files(&self, id: &str) -> String {
-        format!("{}:job:{id}:files", self.prefix)
+    pub fn files(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:job:{id}:files", self.prefix)
     }
 
     /// The replayable stream of the job's log lines.
-    pub fn log(&self, id: &str) -> String {
-        format!("{}:job:{id}:log", self.prefix)
+    pub fn log(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:job:{id}:log", self.prefix)
     }
 
     /// The pub/sub channel of the job's live log lines.
@@ -153,19 +153,22 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
-    /// A listing index of job ids scored by creation time (ms): `all`, or a
-    /// dimension and its value (`queue`, `status`, `reason`). See `listing`.
-    pub fn index(&self, dimension: &str, value: &str) -> String {
-        if dimension == "all" {
-            format!("{}:index:all", self.prefix)
-        } else {
-            format!("{}:index:{dimension}:{value}", self.prefix)
-        }
+    /// The replayable copy of a queue's events (what [`Keys::events_channel`]
+    /// carries for its jobs): a capped stream (`jobs.events_max_len`), one per
+    /// queue, so that a state change and its event are one step in the queue's
+    /// slot.
+    pub fn events(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:events", self.prefix)
     }
 
-    /// The pattern matching every listing index.
-    pub fn index_pattern(&self) -> String {
-        format!("{}:index:*", self.prefix)
+    /// A queue's listing index of job ids scored by creation time (ms): `all`,
+    /// or a dimension and its value (`status`, `reason`). See `listing`.
+    pub fn index(&self, queue: &str, dimension: &str, value: &str) -> String {
+        if dimension == "all" {
+            format!("{}:{{{queue}}}:index:all", self.prefix)
+        } else {
+            format!("{}:{{{queue}}}:index:{dimension}:{value}", self.prefix)
+        }
     }
 
     /// The queues that workers do not claim from now: a set of queue names.
@@ -215,33 +218,36 @@ impl Keys {
     /// What a job with `after` waits for (see `deps`): its state
     /// (`waiting` | `released`), policy, queue, deadline, `remaining`, and one
     /// field `parent:<id>` per parent (`waiting`, or how that parent ended).
-    pub fn wait(&self, id: &str) -> String {
-        format!("{}:job:{id}:after", self.prefix)
+    pub fn wait(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:job:{id}:after", self.prefix)
     }
 
-    /// The jobs waiting for job `id` to end: a set of job ids.
-    pub fn dependents(&self, id: &str) -> String {
-        format!("{}:job:{id}:dependents", self.prefix)
+    /// The jobs waiting for job `id` to end: a set of job references
+    /// (`<queue>/<id>`, see `job::JobRef`).
+    pub fn dependents(&self, queue: &str, id: &str) -> String {
+        format!("{}:{{{queue}}}:job:{id}:dependents", self.prefix)
     }
 
-    /// Waiting jobs by the time their wait runs out (ms): a sorted set of job ids.
-    pub fn wait_deadlines(&self) -> String {
-        format!("{}:after:deadlines", self.prefix)
+    /// A queue's waiting jobs by the time their wait runs out (ms): a sorted set
+    /// of job ids.
+    pub fn wait_deadlines(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:after:deadlines", self.prefix)
     }
 
     /// A batch: its size, and how many of its jobs ended, by status and reason.
+    /// Its keys carry the batch id as their tag: its jobs may be in any queue.
     pub fn batch(&self, id: &str) -> String {
-        format!("{}:batch:{id}", self.prefix)
+        format!("{}:batch:{{{id}}}", self.prefix)
     }
 
     /// The ids of a batch's jobs that ended, so each is counted once.
     pub fn batch_ended(&self, id: &str) -> String {
-        format!("{}:batch:{id}:ended", self.prefix)
+        format!("{}:batch:{{{id}}}:ended", self.prefix)
     }
 
-    /// The webhook deliveries made for a batch's `batch.completed`.
+    /// The webhook deliveries made for a batch's `batch.completed` (an outbox key).
     pub fn batch_deliveries(&self, id: &str) -> String {
-        format!("{}:batch:{id}:webhooks", self.prefix)
+        format!("{}:webhooks:{{outbox}}:batch:{id}", self.prefix)
     }
 
     /// The pattern matching every key that carries a queue's hash tag.
@@ -282,9 +288,11 @@ mod tests {
         assert_eq!(k.jobs("default"), "dockhand:{default}:jobs");
         assert_eq!(k.inbox("default"), "dockhand:{default}:inbox");
         assert_eq!(k.dead("q1"), "dockhand:{q1}:dead");
-        assert_eq!(k.job("abc"), "dockhand:job:abc");
-        assert_eq!(k.files("abc"), "dockhand:job:abc:files");
-        assert_eq!(k.log("abc"), "dockhand:job:abc:log");
+        assert_eq!(k.job("q1", "abc"), "dockhand:{q1}:job:abc");
+        assert_eq!(k.files("q1", "abc"), "dockhand:{q1}:job:abc:files");
+        assert_eq!(k.log("q1", "abc"), "dockhand:{q1}:job:abc:log");
+        assert_eq!(k.events("q1"), "dockhand:{q1}:events");
+        assert_eq!(k.deliveries_dead(), "dockhand:webhooks:{outbox}:dead");
         assert_eq!(k.log_channel("abc"), "dockhand:logs:abc");
         assert_eq!(k.events_channel(), "dockhand:events");
     }

@@ -80,11 +80,9 @@ pub struct NewDelivery {
 }
 
 /// The Lua function that makes one delivery unless it exists: the one layout of
-/// a delivery hash, shared by [`CREATE`] and the step that publishes a job's
-/// progress (`state::progress`), which makes its deliveries with its event.
-/// Arguments: delivery hash, due set, job's delivery set, id, job, event,
+/// a delivery hash. Arguments: delivery hash, due set, job's delivery set, id, job, event,
 /// subscriber, url, secret, body, now (ms), created_at, retention.
-pub const CREATE_FN: &str = r"
+const CREATE_FN: &str = r"
         local function create(dkey, due, jobset, id, job, event, sub, url, secret, body, now, created, retention)
             if redis.call('EXISTS', dkey) == 1 then return 0 end
             redis.call('HSET', dkey, 'id', id, 'job', job, 'event', event, 'subscriber', sub,
@@ -115,18 +113,17 @@ pub async fn enqueue_for_job(
     conn: &mut Conn,
     keys: &Keys,
     registry: &Registry,
+    queue: &str,
     job: &str,
     spec: &[u8],
     retention: u64,
 ) -> Result<usize, StoreError> {
-    let (body, queue, entry): (Option<String>, Option<String>, Option<String>) =
-        redis::cmd("HMGET")
-            .arg(keys.job(job))
-            .arg("event")
-            .arg("queue")
-            .arg("entry")
-            .query_async(conn)
-            .await?;
+    let (body, entry): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(keys.job(queue, job))
+        .arg("event")
+        .arg("entry")
+        .query_async(conn)
+        .await?;
     let Some(body) = body.filter(|b| !b.is_empty()) else {
         return Ok(0);
     };
@@ -134,9 +131,9 @@ pub async fn enqueue_for_job(
         .ok()
         .and_then(|v| v["type"].as_str().map(str::to_string))
         .unwrap_or_default();
-    let (queue, entry) = (queue.unwrap_or_default(), entry.unwrap_or_default());
+    let entry = entry.unwrap_or_default();
 
-    let targets = targets(conn, keys, registry, &event, &queue, spec).await?;
+    let targets = targets(conn, keys, registry, &event, queue, spec).await?;
     make(conn, keys, job, &entry, &event, &body, targets, retention).await
 }
 
@@ -154,30 +151,44 @@ pub async fn make(
     targets: Vec<NewDelivery>,
     retention: u64,
 ) -> Result<usize, StoreError> {
-    let (entry, event, body) = (entry.to_string(), event.to_string(), body.to_string());
-    let now = chrono::Utc::now();
     let mut made = 0;
     for t in targets {
-        let id = delivery_id(job, &entry, &event, &t.subscriber);
-        let created: i64 = CREATE
-            .key(keys.delivery(&id))
-            .key(keys.deliveries_due())
-            .key(keys.job_deliveries(job))
-            .arg(&id)
-            .arg(job)
-            .arg(&event)
-            .arg(&t.subscriber)
-            .arg(t.url.unwrap_or_default())
-            .arg(t.secret.unwrap_or_default())
-            .arg(&body)
-            .arg(now.timestamp_millis())
-            .arg(crate::time::now())
-            .arg(retention)
-            .invoke_async(conn)
-            .await?;
-        made += created as usize;
+        let id = delivery_id(job, entry, event, &t.subscriber);
+        made += create(conn, keys, &id, job, event, &t, body, retention).await? as usize;
     }
     Ok(made)
+}
+
+/// Makes delivery `id` of one job event to one target unless it exists (one
+/// step, in the outbox's slot). True when it was new.
+#[allow(clippy::too_many_arguments)]
+pub async fn create(
+    conn: &mut Conn,
+    keys: &Keys,
+    id: &str,
+    job: &str,
+    event: &str,
+    target: &NewDelivery,
+    body: &str,
+    retention: u64,
+) -> Result<bool, StoreError> {
+    let created: i64 = CREATE
+        .key(keys.delivery(id))
+        .key(keys.deliveries_due())
+        .key(keys.job_deliveries(job))
+        .arg(id)
+        .arg(job)
+        .arg(event)
+        .arg(&target.subscriber)
+        .arg(target.url.as_deref().unwrap_or_default())
+        .arg(target.secret.as_deref().unwrap_or_default())
+        .arg(body)
+        .arg(chrono::Utc::now().timestamp_millis())
+        .arg(crate::time::now())
+        .arg(retention)
+        .invoke_async(conn)
+        .await?;
+    Ok(created == 1)
 }
 
 /// The subscriber registry as a worker last read it, kept for a short time

@@ -38,7 +38,7 @@ pub(super) async fn admit(
 ) -> Result<Admission, StoreError> {
     let (id, parsed) = read(entry);
     tracing::Span::current().record("job_id", id.as_str());
-    registration.set_job(&id);
+    registration.set_job(&entry.queue, &id);
 
     let created = crate::time::from_stream_id(&entry.id).unwrap_or_else(crate::time::now);
     let mut record = JobRecord::new(&id, &entry.queue, created);

@@ -141,8 +141,8 @@ pub(super) async fn attempt(
     }
     ctx.store
         .persist(|mut conn| {
-            let (keys, files, id) = (&ctx.keys, &files, &record.id);
-            async move { state::store_files(&mut conn, keys, id, files).await }
+            let (keys, files, id, queue) = (&ctx.keys, &files, &record.id, &record.queue);
+            async move { state::store_files(&mut conn, keys, queue, id, files).await }
         })
         .await?;
     record.absent.files = files.is_empty() && record.attempt == 1;
@@ -271,7 +271,7 @@ impl JobLog {
         let (sender, writer) = logs::spawn_writer(
             ctx.store.clone(),
             ctx.keys.clone(),
-            job.id.clone(),
+            crate::job::JobRef::new(&job.queue, &job.id),
             job.limits.log_bytes,
             ctx.settings.webhooks.log_tail_lines,
             mask.clone(),

@@ -80,7 +80,8 @@ impl Turn<'_> {
                     .persist(|mut conn| {
                         let (id, event) = (&id, &event);
                         async move {
-                            state::publish(&mut conn, &ctx.keys, "job.duplicate", id, event, max)
+                            let q = &self.entry.queue;
+                            state::publish(&mut conn, &ctx.keys, q, "job.duplicate", id, event, max)
                                 .await
                         }
                     })
@@ -88,8 +89,9 @@ impl Turn<'_> {
                 ack(ctx, self.entry).await
             }
             Ending::AlreadyFinished { id } => {
-                super::release::ended_before(self.ctx, &id, self.raw).await?;
-                make_deliveries(self.ctx, &id, self.raw).await?;
+                let queue = &self.entry.queue;
+                super::release::ended_before(self.ctx, queue, &id, self.raw).await?;
+                make_deliveries(self.ctx, queue, &id, self.raw).await?;
                 ack(self.ctx, self.entry).await
             }
             Ending::NotOwned => Ok(()),
@@ -357,7 +359,7 @@ impl Turn<'_> {
         error: String,
     ) -> Result<(), StoreError> {
         let ctx = self.ctx;
-        let key = ctx.keys.job(&record.id);
+        let key = ctx.keys.job(&record.queue, &record.id);
         let before: Option<u32> = ctx
             .store
             .persist(|mut conn| {
@@ -468,7 +470,7 @@ impl Turn<'_> {
 
 /// Makes the webhook deliveries of a finished job (idempotent), before its entry is
 /// acknowledged: see `webhook::outbox` for why that order loses nothing.
-async fn make_deliveries(ctx: &Ctx, job: &str, spec: &[u8]) -> Result<(), StoreError> {
+async fn make_deliveries(ctx: &Ctx, queue: &str, job: &str, spec: &[u8]) -> Result<(), StoreError> {
     let retention = ctx.settings.jobs.retention_seconds;
     let made = ctx
         .store
@@ -477,6 +479,7 @@ async fn make_deliveries(ctx: &Ctx, job: &str, spec: &[u8]) -> Result<(), StoreE
                 &mut conn,
                 &ctx.keys,
                 &ctx.subscribers,
+                queue,
                 job,
                 spec,
                 retention,

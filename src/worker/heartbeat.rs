@@ -113,12 +113,12 @@ async fn beat(ctx: &Ctx, info: &str) -> Result<(), StoreError> {
     crate::limits::renew(&mut conn, &ctx.keys, &slots, super::limit::slot_lease(ctx)).await?;
     // Cancel requests are announced on pub/sub, but one sent while we were away is
     // only in the job hash: look there too.
-    let ids = ctx.running.job_ids();
-    for (id, asked) in ids
+    let jobs = ctx.running.jobs();
+    for ((queue, id), asked) in jobs
         .iter()
-        .zip(state::cancel_requested(&mut conn, &ctx.keys, &ids).await?)
+        .zip(state::cancel_requested(&mut conn, &ctx.keys, &jobs).await?)
     {
-        if asked && ctx.running.stop_job(id, StopCause::Cancelled) {
+        if asked && ctx.running.stop_job(Some(queue), id, StopCause::Cancelled) {
             tracing::info!(job_id = %id, "cancel requested");
         }
     }

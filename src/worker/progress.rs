@@ -277,7 +277,7 @@ impl Task {
                 let text = &text;
                 async move {
                     state::progress::report(
-                        &mut conn, &ctx.keys, owner, &a.job, text, event, retention, max,
+                        &mut conn, &ctx.keys, owner, &a.queue, &a.job, text, event, retention, max,
                     )
                     .await
                 }

@@ -36,16 +36,20 @@ pub(super) async fn ended(
     let released = if !dependents {
         0
     } else {
+        let job = crate::job::JobRef::new(end.queue, end.id);
         ctx.store
-            .persist(|mut conn| async move {
-                let n = crate::deps::parent_ended(
-                    &mut conn, &ctx.keys, end.id, end.status, reason, retention,
-                )
-                .await?;
-                let mut pipe = redis::pipe();
-                crate::deps::expire_with_job(&mut pipe, &ctx.keys, end.id, retention);
-                pipe.query_async::<()>(&mut conn).await?;
-                Ok(n)
+            .persist(|mut conn| {
+                let job = &job;
+                async move {
+                    let n = crate::deps::parent_ended(
+                        &mut conn, &ctx.keys, job, end.status, reason, retention,
+                    )
+                    .await?;
+                    let mut pipe = redis::pipe();
+                    crate::deps::expire_with_job(&mut pipe, &ctx.keys, job, retention);
+                    pipe.query_async::<()>(&mut conn).await?;
+                    Ok(n)
+                }
             })
             .await?
     };
@@ -79,11 +83,16 @@ pub(super) async fn ended(
     Ok(())
 }
 
-/// [`ended`] for a job whose terminal write was made before (its entry is
-/// delivered again): how it ended is read from its hash.
-pub(super) async fn ended_before(ctx: &Ctx, id: &str, raw: &[u8]) -> Result<(), StoreError> {
-    let key = ctx.keys.job(id);
-    let (status, reason, queue): (Option<String>, Option<String>, Option<String>) = ctx
+/// [`ended`] for a job of `queue` whose terminal write was made before (its
+/// entry is delivered again): how it ended is read from its hash.
+pub(super) async fn ended_before(
+    ctx: &Ctx,
+    queue: &str,
+    id: &str,
+    raw: &[u8],
+) -> Result<(), StoreError> {
+    let key = ctx.keys.job(queue, id);
+    let (status, reason): (Option<String>, Option<String>) = ctx
         .store
         .persist(|mut conn| {
             let key = &key;
@@ -92,7 +101,6 @@ pub(super) async fn ended_before(ctx: &Ctx, id: &str, raw: &[u8]) -> Result<(), 
                     .arg(key)
                     .arg("status")
                     .arg("reason")
-                    .arg("queue")
                     .query_async(&mut conn)
                     .await?)
             }
@@ -103,7 +111,7 @@ pub(super) async fn ended_before(ctx: &Ctx, id: &str, raw: &[u8]) -> Result<(), 
     };
     let end = Ended {
         id,
-        queue: queue.as_deref().unwrap_or_default(),
+        queue,
         status,
         reason: reason.as_deref().and_then(Reason::parse),
     };

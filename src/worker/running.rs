@@ -23,6 +23,7 @@ struct Job {
     /// The stream the entry is in (its queue's lane).
     stream: String,
     job_id: Option<String>,
+    queue: String,
     /// The limit key whose slot the job holds while it runs (see `crate::limits`).
     limit: Option<String>,
     stop: CancellationToken,
@@ -42,10 +43,11 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Records the job id once the entry has been parsed.
-    pub fn set_job(&self, id: &str) {
+    /// Records the job (its queue and id) once the entry has been parsed.
+    pub fn set_job(&self, queue: &str, id: &str) {
         if let Some(job) = self.running.lock().get_mut(&self.entry) {
             job.job_id = Some(id.to_string());
+            job.queue = queue.to_string();
         }
     }
 
@@ -82,6 +84,7 @@ impl Running {
             Job {
                 stream: stream.to_string(),
                 job_id: None,
+                queue: String::new(),
                 limit: None,
                 stop: stop.clone(),
                 cause: None,
@@ -128,6 +131,14 @@ impl Running {
             .collect()
     }
 
+    /// The jobs running now: `(queue, id)`.
+    pub fn jobs(&self) -> Vec<(String, String)> {
+        self.lock()
+            .values()
+            .filter_map(|j| Some((j.queue.clone(), j.job_id.clone()?)))
+            .collect()
+    }
+
     pub fn stop_entry(&self, entry: &str, cause: StopCause) {
         if let Some(job) = self.lock().get_mut(entry) {
             job.cause.get_or_insert(cause);
@@ -135,12 +146,13 @@ impl Running {
         }
     }
 
-    pub fn stop_job(&self, job_id: &str, cause: StopCause) -> bool {
+    /// Stops job `job_id` (of `queue`, when given: ids are unique per queue).
+    pub fn stop_job(&self, queue: Option<&str>, job_id: &str, cause: StopCause) -> bool {
         let mut found = false;
         for job in self
             .lock()
             .values_mut()
-            .filter(|j| j.job_id.as_deref() == Some(job_id))
+            .filter(|j| j.job_id.as_deref() == Some(job_id) && queue.is_none_or(|q| q == j.queue))
         {
             job.cause.get_or_insert(cause);
             job.stop.cancel();
@@ -165,14 +177,15 @@ mod tests {
     fn the_first_cause_wins_and_drop_deregisters() {
         let running = Running::default();
         let reg = running.register("q", "1-0");
-        reg.set_job("j1");
+        reg.set_job("q", "j1");
         assert_eq!(running.by_stream()["q"], vec!["1-0".to_string()]);
-        assert!(running.stop_job("j1", StopCause::Cancelled));
+        assert!(!running.stop_job(Some("other"), "j1", StopCause::Cancelled));
+        assert!(running.stop_job(Some("q"), "j1", StopCause::Cancelled));
         running.stop_all(StopCause::Drain);
         assert_eq!(reg.cause(), Some(StopCause::Cancelled));
         assert!(reg.stop.is_cancelled());
         drop(reg);
         assert!(running.is_empty());
-        assert!(!running.stop_job("j1", StopCause::Cancelled));
+        assert!(!running.stop_job(None, "j1", StopCause::Cancelled));
     }
 }

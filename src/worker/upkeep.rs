@@ -140,7 +140,12 @@ pub(super) async fn dependency_deadlines(ctx: Ctx, token: CancellationToken) {
             let mut conn = ctx.store.conn().await?;
             let wait = ctx.settings.jobs.dependency_wait_seconds;
             let now = chrono::Utc::now().timestamp_millis();
-            crate::deps::expire_due(&mut conn, &ctx.keys, now, wait, 100).await
+            let mut ended = 0;
+            for queue in &ctx.settings.worker.queues {
+                ended +=
+                    crate::deps::expire_due(&mut conn, &ctx.keys, queue, now, wait, 100).await?;
+            }
+            Ok::<_, StoreError>(ended)
         }
         .await;
         match ended {
@@ -163,7 +168,8 @@ pub(super) async fn prune_listings(ctx: Ctx, every: Duration, token: Cancellatio
             let before = chrono::Utc::now()
                 .timestamp_millis()
                 .saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
-            crate::listing::prune(&mut conn, &ctx.keys, 1000, before).await
+            let queues = &ctx.settings.worker.queues;
+            crate::listing::prune(&mut conn, &ctx.keys, queues, 1000, before).await
         }
         .await;
         match pruned {
@@ -197,8 +203,10 @@ pub(super) async fn cancel_listener(ctx: Ctx, token: CancellationToken) {
                             ctx.subscribers.forget();
                             continue;
                         }
-                        let id: String = msg.get_payload().unwrap_or_default();
-                        if ctx.running.stop_job(&id, StopCause::Cancelled) {
+                        // `<queue>/<id>` (a bare id from an older client: any queue).
+                        let text: String = msg.get_payload().unwrap_or_default();
+                        let Some((queue, id)) = crate::job::JobRef::split(&text) else { continue };
+                        if ctx.running.stop_job(queue, id, StopCause::Cancelled) {
                             tracing::info!(job_id = %id, "cancel requested; stopping the container");
                         }
                     }
@@ -329,7 +337,12 @@ async fn is_live(
     if !alive {
         return Ok(false);
     }
-    let status: Option<String> = conn.hget(ctx.keys.job(&c.job), "status").await?;
+    if c.queue.is_empty() {
+        // Made before runs kept their queue: its job's keys are out of reach,
+        // and its maker is alive, so it is not ours to judge.
+        return Ok(true);
+    }
+    let status: Option<String> = conn.hget(ctx.keys.job(&c.queue, &c.job), "status").await?;
     Ok(status
         .as_deref()
         .and_then(Status::parse)

@@ -37,7 +37,8 @@ pub(super) async fn gate(
     mut record: JobRecord,
     mut job: Box<Job>,
 ) -> Result<Wait, StoreError> {
-    let Ok(Some(after)) = job::After::of(&job.spec, &record.id) else {
+    let me = job::JobRef::new(&entry.queue, &record.id);
+    let Ok(Some(after)) = job::After::of(&job.spec, &me) else {
         return Ok(Wait::Run(record, job));
     };
     let wait_ms = ctx
@@ -91,7 +92,7 @@ pub(super) async fn gate(
 /// `/dockhand/input/<parent-id>/<name>`.
 async fn stage_parent_files(
     ctx: &Ctx,
-    parents: &[String],
+    parents: &[job::JobRef],
     job: &mut Job,
 ) -> Result<Result<(), job::Rejection>, StoreError> {
     let files = ctx

@@ -212,14 +212,14 @@ async fn listings_page_without_repeats_filter_and_forget_expired_jobs() {
     // of them, and pruning empties the indexes.
     let mut c = env.conn().await;
     for id in &ids {
-        let ttl: i64 = c.ttl(env.keys.job(id)).await.unwrap();
+        let ttl: i64 = c.ttl(env.job_key(id)).await.unwrap();
         assert!(ttl > 0, "a finished job expires");
-        let _: bool = c.pexpire(env.keys.job(id), 1).await.unwrap();
+        let _: bool = c.pexpire(env.job_key(id), 1).await.unwrap();
     }
     wait_until("the finished jobs expire", || async {
         let mut c = env.conn().await;
         let n: usize = c
-            .exists(ids.iter().map(|id| env.keys.job(id)).collect::<Vec<_>>())
+            .exists(ids.iter().map(|id| env.job_key(id)).collect::<Vec<_>>())
             .await
             .unwrap();
         (n == 0).then_some(())
@@ -235,14 +235,19 @@ async fn listings_page_without_repeats_filter_and_forget_expired_jobs() {
             .unwrap();
     // Every member, however new (a worker looks only at those older than the
     // retention: these were made to expire early).
-    dockhand::listing::prune(&mut conn, &env.keys, 1000, i64::MAX)
-        .await
-        .unwrap();
+    dockhand::listing::prune(
+        &mut conn,
+        &env.keys,
+        &["default".to_string()],
+        1000,
+        i64::MAX,
+    )
+    .await
+    .unwrap();
     let mut c = env.conn().await;
     for key in [
-        env.keys.index("all", ""),
-        env.keys.index("status", "completed"),
-        env.keys.index("queue", "default"),
+        env.keys.index("default", "all", ""),
+        env.keys.index("default", "status", "completed"),
     ] {
         let n: usize = c.zcard(&key).await.unwrap();
         assert_eq!(n, 0, "{key} still holds expired jobs");

@@ -145,7 +145,7 @@ async fn a_fast_log_streams_every_seq_once_in_order_and_resumes() {
     ));
     let worker = crate::common::Worker::start(settings.clone());
     wait_until("the job has printed some lines", || async {
-        let n: usize = env.conn().await.xlen(env.keys.log(&id)).await.unwrap();
+        let n: usize = env.conn().await.xlen(env.log_key(&id)).await.unwrap();
         (n >= 1000).then_some(())
     })
     .await;

@@ -129,7 +129,8 @@ async fn a_batch_of_50_fires_one_batch_completed_under_worker_kills() {
     for w in &mut workers {
         w.wait().unwrap();
     }
-    let stream: redis::streams::StreamRangeReply = c.xrange_all(env.keys.events()).await.unwrap();
+    let stream: redis::streams::StreamRangeReply =
+        c.xrange_all(env.keys.events("default")).await.unwrap();
     let fired = stream
         .ids
         .iter()

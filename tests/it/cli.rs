@@ -299,7 +299,7 @@ async fn dead_lists_retries_and_deletes_what_a_queue_could_not_run() {
     );
     assert_eq!(env.lines(&again, "stdout").await, vec!["ran again"]);
     let mut c = env.conn().await;
-    let ttl: i64 = deadpool_redis::redis::AsyncCommands::ttl(&mut c, env.keys.job(&again))
+    let ttl: i64 = deadpool_redis::redis::AsyncCommands::ttl(&mut c, env.job_key(&again))
         .await
         .unwrap();
     assert!(ttl > 0, "finished again, it expires again");

@@ -83,7 +83,7 @@ async fn a_diamond_submitted_in_reverse_runs_in_order_and_passes_files_along() {
 
     let mut conn = env.conn().await;
     let out: Vec<u8> =
-        deadpool_redis::redis::AsyncCommands::hget(&mut conn, env.keys.files(&d), "d.txt")
+        deadpool_redis::redis::AsyncCommands::hget(&mut conn, env.files_key(&d), "d.txt")
             .await
             .unwrap();
     assert_eq!(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 async fn files(env: &Env, id: &str) -> HashMap<String, Vec<u8>> {
     let mut c = env.conn().await;
-    c.hgetall(env.keys.files(id)).await.unwrap()
+    c.hgetall(env.files_key(id)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +43,7 @@ async fn output_files_and_result_json_come_back() {
         "492d5ea496056f1a6a6592241032fab764c321596317930b4fa0e1e8bc3b7470"
     ); // printf 'a,b\n1,2\n' | sha256sum
     let mut c = env.conn().await;
-    let ttl: i64 = c.ttl(env.keys.files(&id)).await.unwrap();
+    let ttl: i64 = c.ttl(env.files_key(&id)).await.unwrap();
     assert!(ttl > 0, "files expire with the job");
     worker.stop().await;
 }
@@ -226,7 +226,7 @@ async fn what_a_job_leaves_in_redis_stays_within_its_limits() {
     // Files hash, job hash (with its listing) and log: a small multiple of output_bytes.
     let used = usage(
         &env,
-        &[env.keys.files(&id), env.keys.job(&id), env.keys.log(&id)],
+        &[env.files_key(&id), env.job_key(&id), env.log_key(&id)],
     )
     .await;
     assert!(

@@ -158,7 +158,7 @@ async fn a_closed_stdout_ends_commands_quietly() {
     let mut c = env.conn().await;
     let _: () = c
         .hset_multiple(
-            env.keys.job("shown"),
+            env.job_key("shown"),
             &[
                 ("id", "shown"),
                 ("status", "completed"),
@@ -299,7 +299,7 @@ async fn cancel_and_status_of_an_unknown_id_fail_and_leave_no_trap() {
         text(&out.stderr)
     );
     let mut c = env.conn().await;
-    let exists: bool = c.exists(env.keys.job(&typo)).await.unwrap();
+    let exists: bool = c.exists(env.job_key(&typo)).await.unwrap();
     assert!(!exists, "nothing written");
     let out = dockhand(&env, &["status", &typo], None).await;
     assert_eq!(out.status.code(), Some(1));

@@ -483,7 +483,7 @@ async fn a_build_ends_with_a_cancel_or_the_jobs_time_limit() {
     .await;
     let mut c = env.conn().await;
     let _: i64 = deadpool_redis::redis::cmd("HSET")
-        .arg(env.keys.job(&id))
+        .arg(env.job_key(&id))
         .arg("cancel_requested")
         .arg("1")
         .query_async(&mut c)

@@ -281,10 +281,10 @@ async fn an_id_that_would_name_another_jobs_keys_is_refused() {
     assert_eq!(job["status"], "completed", "{job:?}");
     assert_eq!(env.lines(&v, "stdout").await, vec!["from v"]);
     let mut c = env.conn().await;
-    let files: HashMap<String, String> = c.hgetall(env.keys.files(&v)).await.unwrap();
+    let files: HashMap<String, String> = c.hgetall(env.files_key(&v)).await.unwrap();
     assert!(files.is_empty(), "nothing wrote into v's files: {files:?}");
     let kind: String = redis::cmd("TYPE")
-        .arg(env.keys.log(&v))
+        .arg(env.log_key(&v))
         .query_async(&mut c)
         .await
         .unwrap();
@@ -407,7 +407,7 @@ async fn an_entry_whose_redis_steps_keep_failing_ends_in_the_dead_stream() {
     let poisoned = format!("{}-poisoned", env.prefix);
     let mut c = env.conn().await;
     // The job hash's key holds a string: every step on it answers WRONGTYPE.
-    let _: () = c.set(env.keys.job(&poisoned), "not a hash").await.unwrap();
+    let _: () = c.set(env.job_key(&poisoned), "not a hash").await.unwrap();
     let worker = Worker::start(env.settings(
         &["default"],
         1,
@@ -477,7 +477,7 @@ async fn a_unique_window_refuses_the_id_inside_it_and_frees_it_after() {
     let mut c = env.conn().await;
     let long_ago = chrono::Utc::now().timestamp_millis() - 3_601_000;
     let _: () = c
-        .hset(env.keys.job(&id), "created_ms", long_ago)
+        .hset(env.job_key(&id), "created_ms", long_ago)
         .await
         .unwrap();
     let second_entry = env.xadd("default", &body).await;

@@ -75,7 +75,7 @@ async fn three_lines_complete_with_gap_free_seq_live_and_stored() {
     assert!(job["finished_at"] >= job["started_at"] && job["started_at"] >= job["created_at"]);
     let mut c = env.conn().await;
     let ttl: i64 = deadpool_redis::redis::cmd("TTL")
-        .arg(env.keys.job(&id))
+        .arg(env.job_key(&id))
         .query_async(&mut c)
         .await
         .unwrap();
@@ -385,7 +385,7 @@ async fn concurrency_one_runs_jobs_one_after_another() {
 async fn events_kept(env: &Env) -> Vec<(String, String, String)> {
     let mut c = env.conn().await;
     let reply: deadpool_redis::redis::streams::StreamRangeReply =
-        deadpool_redis::redis::AsyncCommands::xrange_all(&mut c, env.keys.events())
+        deadpool_redis::redis::AsyncCommands::xrange_all(&mut c, env.keys.events("default"))
             .await
             .unwrap();
     reply

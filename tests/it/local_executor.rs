@@ -159,7 +159,7 @@ async fn a_script_inputs_outputs_and_result_json() {
     assert_eq!(job["result_text"], "from a file");
     assert_eq!(job["result_data"], r#"{"n":2}"#);
     let mut c = env.conn().await;
-    let files: HashMap<String, Vec<u8>> = c.hgetall(env.keys.files(&id)).await.unwrap();
+    let files: HashMap<String, Vec<u8>> = c.hgetall(env.files_key(&id)).await.unwrap();
     assert_eq!(
         files.get("copy.txt").map(Vec::as_slice),
         Some(&b"input text"[..])

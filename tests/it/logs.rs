@@ -65,7 +65,7 @@ async fn long_lines_are_split_and_marked() {
     .await;
     assert_eq!(env.finished(&id).await["status"], "completed");
     let mut c = env.conn().await;
-    let reply: redis::streams::StreamRangeReply = c.xrange_all(env.keys.log(&id)).await.unwrap();
+    let reply: redis::streams::StreamRangeReply = c.xrange_all(env.log_key(&id)).await.unwrap();
     let parts: Vec<(usize, bool)> = reply
         .ids
         .iter()
@@ -123,15 +123,13 @@ async fn a_chatty_job_loses_no_line() {
     let job = env.finished_within(&id, Duration::from_secs(600)).await;
     assert_eq!(job["status"], "completed");
     let mut c = env.conn().await;
-    let len: u64 = c.xlen(env.keys.log(&id)).await.unwrap();
+    let len: u64 = c.xlen(env.log_key(&id)).await.unwrap();
     assert_eq!(len, n, "one stored line per printed line");
     // Spot-check the order and the ends without reading 600,000 entries.
-    let first: redis::streams::StreamRangeReply = c
-        .xrange_count(env.keys.log(&id), "-", "+", 1)
-        .await
-        .unwrap();
+    let first: redis::streams::StreamRangeReply =
+        c.xrange_count(env.log_key(&id), "-", "+", 1).await.unwrap();
     let last: redis::streams::StreamRangeReply = c
-        .xrevrange_count(env.keys.log(&id), "+", "-", 1)
+        .xrevrange_count(env.log_key(&id), "+", "-", 1)
         .await
         .unwrap();
     assert_eq!(first.ids[0].get::<String>("line").unwrap(), "1");
@@ -222,7 +220,7 @@ async fn a_stalled_writer_reads_on_from_the_log_losing_nothing() {
         ),
     )
     .await;
-    let (e, key) = (&env, env.keys.log(&id));
+    let (e, key) = (&env, env.log_key(&id));
     crate::common::wait_until("the first line stored", || {
         let key = key.clone();
         async move {

@@ -129,7 +129,7 @@ echo '{"result_text":"ro ok"}' > /dockhand/output/result.json
     );
     assert_eq!(job["result_text"], "ro ok");
     let mut c = env.conn().await;
-    let made: Vec<u8> = c.hget(env.keys.files(&id), "made.txt").await.unwrap();
+    let made: Vec<u8> = c.hget(env.files_key(&id), "made.txt").await.unwrap();
     assert_eq!(made, b"made\n");
     // The /dockhand volume went with its container (removed beside the
     // outcome's write, not before it: wait for it).

@@ -39,7 +39,7 @@ fn touch(id: &str, file: &str) {
 async fn events(env: &Env, id: &str) -> Vec<(String, serde_json::Value)> {
     let mut c = env.conn().await;
     let reply: deadpool_redis::redis::streams::StreamRangeReply =
-        c.xrange_all(env.keys.events()).await.unwrap();
+        c.xrange_all(env.keys.events("default")).await.unwrap();
     reply
         .ids
         .iter()

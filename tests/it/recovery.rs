@@ -435,7 +435,7 @@ async fn the_sweep_removes_this_deployments_leftovers_and_nothing_else() {
         .await
         .unwrap();
     let _: () = c
-        .hset(env.keys.job(&busy_job), "status", "running")
+        .hset(env.job_key(&busy_job), "status", "running")
         .await
         .unwrap();
     let busy = leftover(&[
@@ -487,7 +487,7 @@ async fn a_cancel_missed_on_pub_sub_is_found_in_the_job_hash() {
     // (never sent), as when the worker's subscription was down at that moment.
     let mut c = env.conn().await;
     let _: () = c
-        .hset(env.keys.job(&id), "cancel_requested", "1")
+        .hset(env.job_key(&id), "cancel_requested", "1")
         .await
         .unwrap();
     let job = env.finished(&id).await;

@@ -23,7 +23,7 @@ async fn a_multipart_post_to_response_url_completes_the_job_with_its_file() {
     assert_eq!(job["result_text"], "rendered");
     assert_eq!(job["result_data"], r#"{"pages":2}"#);
     let mut c = env.conn().await;
-    let files: HashMap<String, Vec<u8>> = c.hgetall(env.keys.files(&id)).await.unwrap();
+    let files: HashMap<String, Vec<u8>> = c.hgetall(env.files_key(&id)).await.unwrap();
     assert_eq!(files["report.txt"], b"hello report");
     assert!(env
         .lines(&id, "stdout")

@@ -71,12 +71,10 @@ async fn a_worker_in_sentinel_mode_runs_a_job_end_to_end() {
             if port == master {
                 continue;
             }
-            let status: Option<String> = query(
-                port,
-                redis::cmd("HGET").arg(env.keys.job(&id)).arg("status"),
-            )
-            .await
-            .ok()?;
+            let status: Option<String> =
+                query(port, redis::cmd("HGET").arg(env.job_key(&id)).arg("status"))
+                    .await
+                    .ok()?;
             if status.as_deref() == Some("completed") {
                 return Some(port);
             }

@@ -110,7 +110,7 @@ async fn jobs_survive_killed_workers_and_a_redis_restart() {
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
     for id in &jobs {
         let (status, attempt): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(env.keys.job(id))
+            .arg(env.job_key(id))
             .arg("status")
             .arg("attempt")
             .query_async(&mut c)
@@ -161,7 +161,7 @@ async fn count_finished(env: &Env, jobs: &[String]) -> usize {
     };
     let mut pipe = redis::pipe();
     for id in jobs {
-        pipe.hget(env.keys.job(id), "status");
+        pipe.hget(env.job_key(id), "status");
     }
     let statuses: Vec<Option<String>> = pipe.query_async(&mut c).await.unwrap_or_default();
     statuses

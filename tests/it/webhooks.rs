@@ -473,9 +473,9 @@ async fn no_credential_is_stored_in_clear_whatever_its_shape() {
     let mut c = env.conn().await;
     let mut stored = Vec::new();
     for id in &ids {
-        let hash: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(env.keys.job(id)).await.unwrap();
+        let hash: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(env.job_key(id)).await.unwrap();
         stored.extend(hash.into_iter().flat_map(|(k, v)| [k, v]));
-        stored.extend(stream_values(&mut c, &env.keys.log(id)).await);
+        stored.extend(stream_values(&mut c, &env.log_key(id)).await);
     }
     crate::common::dead_entries_become(&env, "default", 2).await;
     let dead = stream_values(&mut c, &env.keys.dead("default")).await;

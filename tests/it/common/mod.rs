@@ -179,6 +179,9 @@ pub struct Env {
     pub client: redis::Client,
     /// Held so that a per-test server lives as long as the test.
     pub server: Option<RedisServer>,
+    /// The queue of each job the test submitted through [`Env::xadd`] or
+    /// [`Env::lpush`]: a job's keys carry its queue's tag. Others are in `default`.
+    queues: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 impl Env {
@@ -222,6 +225,7 @@ impl Env {
             url,
             prefix: self.prefix.clone(),
             server: None,
+            queues: self.queues.clone(),
         }
     }
 
@@ -234,6 +238,7 @@ impl Env {
             prefix,
             client,
             server,
+            queues: Default::default(),
         }
     }
 
@@ -289,20 +294,63 @@ impl Env {
     /// `XADD dockhand:{q}:jobs * job <json>`, as any producer would; returns the entry id.
     pub async fn xadd(&self, queue: &str, job: &str) -> String {
         let mut c = self.conn().await;
-        c.xadd(self.keys.jobs(queue), "*", &[("job", job)])
+        let entry: String = c
+            .xadd(self.keys.jobs(queue), "*", &[("job", job)])
             .await
-            .unwrap()
+            .unwrap();
+        let id = dockhand::job::requested_id(job.as_bytes()).unwrap_or_else(|| entry.clone());
+        self.note_queue(&id, queue);
+        entry
     }
 
     /// `LPUSH dockhand:{q}:inbox <json>`.
     pub async fn lpush(&self, queue: &str, job: &str) {
         let mut c = self.conn().await;
         let _: i64 = c.lpush(self.keys.inbox(queue), job).await.unwrap();
+        if let Some(id) = dockhand::job::requested_id(job.as_bytes()) {
+            self.note_queue(&id, queue);
+        }
+    }
+
+    /// Remembers that job `id` is in `queue` (for a job submitted another way).
+    pub fn note_queue(&self, id: &str, queue: &str) {
+        self.queues
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), queue.to_string());
+    }
+
+    /// The queue of job `text` (`<queue>/<id>`, or an id this test submitted, or
+    /// else `default`) and its bare id.
+    pub fn locate(&self, text: &str) -> (String, String) {
+        if let Some((q, id)) = text.split_once('/') {
+            return (q.to_string(), id.to_string());
+        }
+        let queue = self.queues.lock().unwrap().get(text).cloned();
+        (queue.unwrap_or_else(|| "default".into()), text.to_string())
+    }
+
+    /// The key of job `text`'s hash (see [`Env::locate`]).
+    pub fn job_key(&self, text: &str) -> String {
+        let (q, id) = self.locate(text);
+        self.keys.job(&q, &id)
+    }
+
+    /// The key of job `text`'s log stream.
+    pub fn log_key(&self, text: &str) -> String {
+        let (q, id) = self.locate(text);
+        self.keys.log(&q, &id)
+    }
+
+    /// The key of job `text`'s files hash.
+    pub fn files_key(&self, text: &str) -> String {
+        let (q, id) = self.locate(text);
+        self.keys.files(&q, &id)
     }
 
     pub async fn job(&self, id: &str) -> HashMap<String, String> {
         let mut c = self.conn().await;
-        c.hgetall(self.keys.job(id)).await.unwrap()
+        c.hgetall(self.job_key(id)).await.unwrap()
     }
 
     /// Waits until the job is completed or aborted and returns its hash. The limit
@@ -337,7 +385,7 @@ impl Env {
         let mut from = "-".to_string();
         loop {
             let reply: redis::streams::StreamRangeReply = c
-                .xrange_count(self.keys.log(id), &from, "+", 10_000)
+                .xrange_count(self.log_key(id), &from, "+", 10_000)
                 .await
                 .unwrap();
             let Some(last) = reply.ids.last() else { break };
