@@ -57,9 +57,7 @@ impl Dead {
 pub async fn queues(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, AdminError> {
     let pattern = keys.dead("*");
     let mut found = BTreeSet::new();
-    let mut iter = conn.scan_match::<_, String>(&pattern).await?;
-    while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-        let k = k?;
+    for k in conn.scan_keys(&pattern, 1000).await? {
         if let Some(q) = keys.queue_of(&k) {
             found.insert(q.to_string());
         }

@@ -24,17 +24,9 @@ pub async fn queues(
     settings: &Settings,
 ) -> Result<BTreeSet<String>, StoreError> {
     let mut queues: BTreeSet<String> = settings.worker.queues.iter().cloned().collect();
-    let opts = redis::ScanOptions::default()
-        .with_pattern(keys.queue_keys_pattern())
-        .with_count(SCAN_COUNT);
-    let found: Vec<String> = {
-        let mut iter = conn.scan_options::<String>(opts).await?;
-        let mut v = Vec::new();
-        while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-            v.push(k?);
-        }
-        v
-    };
+    let found = conn
+        .scan_keys(&keys.queue_keys_pattern(), SCAN_COUNT)
+        .await?;
     for key in &found {
         let Some(q) = keys.queue_of(key) else {
             continue;

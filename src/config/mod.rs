@@ -218,8 +218,16 @@ pub struct RedisSettings {
     pub wait_timeout_ms: u64,
 }
 
-/// How Dockhand finds its Redis. `cluster` is a name users may try: it is
-/// recognised only to be refused with a sentence (not supported yet).
+/// A node's URL as it may be shown: without its password.
+fn shown_node(node: &str) -> String {
+    match node.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => node.to_string(),
+    }
+}
+
+/// How Dockhand finds its Redis: one server, the master that sentinels name,
+/// or a Redis Cluster through its seed nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RedisMode {
@@ -684,11 +692,22 @@ impl Settings {
         match r.mode {
             RedisMode::Standalone => {}
             RedisMode::Cluster => {
-                return bad(
-                    "`redis.mode` = \"cluster\": Redis Cluster is not supported yet; \
-                     set redis.mode to \"standalone\" (with redis.url) or \"sentinel\" \
-                     (with redis.nodes and redis.master_name)",
-                )
+                if r.nodes.is_empty() {
+                    return bad(
+                        "`redis.mode` = \"cluster\" needs seed nodes: set redis.nodes \
+                         (e.g. [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"], \
+                         or DOCKHAND__REDIS__NODES=redis://10.0.0.1:6379,redis://10.0.0.2:6379)",
+                    );
+                }
+                for node in &r.nodes {
+                    if redis::IntoConnectionInfo::into_connection_info(node.as_str()).is_err() {
+                        return bad(&format!(
+                            "`redis.nodes` has {:?}, which is not a cluster node's URL: \
+                             write each as redis://host:port",
+                            shown_node(node)
+                        ));
+                    }
+                }
             }
             RedisMode::Sentinel => {
                 if r.nodes.is_empty() {
@@ -705,13 +724,10 @@ impl Settings {
                 }
                 for node in &r.nodes {
                     if redis::IntoConnectionInfo::into_connection_info(node.as_str()).is_err() {
-                        let shown = match node.rsplit_once('@') {
-                            Some((_, host)) => format!("…@{host}"),
-                            None => node.clone(),
-                        };
                         return bad(&format!(
-                            "`redis.nodes` has {shown:?}, which is not a sentinel's URL: \
-                             write each as redis://host:port"
+                            "`redis.nodes` has {:?}, which is not a sentinel's URL: \
+                             write each as redis://host:port",
+                            shown_node(node)
                         ));
                     }
                 }
@@ -852,7 +868,7 @@ mod tests {
     }
 
     #[test]
-    fn sentinel_mode_without_what_it_needs_and_cluster_mode_are_refused_with_what_to_set() {
+    fn sentinel_and_cluster_modes_without_what_they_need_are_refused_with_what_to_set() {
         let refusal = |pairs: &[(&str, &str)]| {
             Settings::load_from(None, &env(pairs), &Overrides::default())
                 .unwrap_err()
@@ -875,7 +891,12 @@ mod tests {
         ]);
         assert!(err.contains("redis://host:port"), "{err}");
         let err = refusal(&[("DOCKHAND__REDIS__MODE", "cluster")]);
-        assert!(err.contains("Redis Cluster is not supported yet"), "{err}");
+        assert!(err.contains("needs seed nodes"), "{err}");
+        let err = refusal(&[
+            ("DOCKHAND__REDIS__MODE", "cluster"),
+            ("DOCKHAND__REDIS__NODES", "10.0.0.1:6379"),
+        ]);
+        assert!(err.contains("not a cluster node's URL"), "{err}");
         let err = refusal(&[("DOCKHAND__REDIS__MODE", "sharded")]);
         assert!(err.contains("cannot load the configuration"), "{err}");
     }

@@ -17,9 +17,18 @@
 //! become a replica, so the next connection must go to the new master.
 //!
 //! Sentinel mode (`redis.mode = "sentinel"`, [`sentinel`]): every new connection,
-//! pooled, dedicated or pub/sub, asks the sentinels for the master again and
-//! checks its `ROLE`, so a process follows a failover as soon as its old
-//! connections fail; nothing else changes for the callers.
+//! pooled or pub/sub, asks the sentinels for the master again and checks its
+//! `ROLE`, so a process follows a failover as soon as its old connections fail;
+//! nothing else changes for the callers.
+//!
+//! Cluster mode (`redis.mode = "cluster"`): a pooled connection is a cluster
+//! connection, which sends each command to the master of its key's slot and
+//! follows `MOVED` and `ASK`. Every atomic step keeps its keys in one slot (see
+//! `queue::Keys`); a pipeline that is not a transaction may span slots, so it is
+//! sent one command at a time (all at once, each to its own node) and its
+//! replies put back in order. Pub/sub uses a plain connection to one node:
+//! Redis Cluster forwards a `PUBLISH` to every node. `SCAN` goes to every
+//! master ([`Conn::scan_keys`]).
 
 pub mod sentinel;
 
@@ -29,6 +38,7 @@ use crate::telemetry::error_chain;
 use deadpool::managed::{self, Metrics, RecycleResult};
 use deadpool::Runtime;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use sentinel::Sentinels;
 use std::sync::Arc;
@@ -128,11 +138,123 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// Every key matching `pattern`, `count` at a time: one `SCAN` walk, or in
+    /// cluster mode one on each master (a `SCAN` sees one node's keys only).
+    pub async fn scan_keys(
+        &mut self,
+        pattern: &str,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let opts = || {
+            redis::ScanOptions::default()
+                .with_pattern(pattern)
+                .with_count(count)
+        };
+        let seeds = match &self.0.conn {
+            Inner::Single(_) => return scan_one(&mut **self, opts()).await,
+            Inner::Cluster { seeds, .. } => seeds.clone(),
+        };
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut **self)
+            .await?;
+        let mut keys = Vec::new();
+        for addr in masters(&nodes) {
+            let Some(seed) = seeds.first() else { break };
+            let (host, port) = addr;
+            let info =
+                redis::ConnectionInfo::clone(seed).set_addr(redis::ConnectionAddr::Tcp(host, port));
+            let mut c = redis::Client::open(info)?
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(StoreError::Connect)?;
+            keys.extend(scan_one(&mut c, opts()).await?);
+        }
+        Ok(keys)
+    }
+}
+
+async fn scan_one(
+    conn: &mut (impl redis::aio::ConnectionLike + Send + Sync),
+    opts: redis::ScanOptions,
+) -> Result<Vec<String>, StoreError> {
+    use redis::AsyncCommands;
+    let mut iter = conn.scan_options::<String>(opts).await?;
+    let mut keys = Vec::new();
+    while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+        keys.push(k?);
+    }
+    Ok(keys)
+}
+
+/// The addresses of the masters that serve slots, from `CLUSTER NODES`.
+fn masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = f.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") || f.len() < 9 {
+                return None;
+            }
+            // ip:port@cport[,hostname]
+            let addr = f.get(1)?.split('@').next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A multiplexed connection that remembers whether it failed in a way that
 /// leaves it unusable (the socket is gone, or a reply never came).
 pub struct Tracked {
-    conn: MultiplexedConnection,
+    conn: Inner,
     broken: bool,
+}
+
+/// One server's connection, or a Redis Cluster's.
+#[derive(Clone)]
+enum Inner {
+    Single(MultiplexedConnection),
+    Cluster {
+        conn: ClusterConnection,
+        /// The seed nodes, for the connections [`Conn::scan_keys`] makes.
+        seeds: Arc<Vec<redis::ConnectionInfo>>,
+    },
+}
+
+impl Inner {
+    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Inner::Single(c) => c.req_packed_command(cmd).await,
+            Inner::Cluster { conn, .. } => conn.req_packed_command(cmd).await,
+        }
+    }
+
+    async fn query_all(
+        &mut self,
+        pipe: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            Inner::Single(c) => c.req_packed_commands(pipe, offset, count).await,
+            Inner::Cluster { conn, .. } if pipe.is_transaction() => {
+                conn.req_packed_commands(pipe, offset, count).await
+            }
+            Inner::Cluster { conn, .. } => {
+                // Each command on its own, all at once: their keys may be in
+                // different slots, which a cluster pipeline refuses.
+                let replies = futures_util::future::join_all(pipe.cmd_iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { conn.req_packed_command(cmd).await }
+                }))
+                .await;
+                replies.into_iter().skip(offset).take(count).collect()
+            }
+        }
+    }
 }
 
 impl Tracked {
@@ -180,7 +302,7 @@ impl ConnectionLike for Tracked {
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
         Box::pin(async move {
-            let r = self.conn.req_packed_command(cmd).await;
+            let r = self.conn.query(cmd).await;
             self.note(&r);
             r
         })
@@ -193,14 +315,17 @@ impl ConnectionLike for Tracked {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
-            let r = self.conn.req_packed_commands(cmd, offset, count).await;
+            let r = self.conn.query_all(cmd, offset, count).await;
             self.note_all(&r);
             r
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.conn.get_db()
+        match &self.conn {
+            Inner::Single(c) => c.get_db(),
+            Inner::Cluster { .. } => 0,
+        }
     }
 }
 
@@ -209,13 +334,19 @@ impl ConnectionLike for Tracked {
 pub struct Manager {
     target: Target,
     config: AsyncConnectionConfig,
+    /// Connect and response timeouts, for a cluster connection.
+    timeouts: (Duration, Duration),
 }
 
-/// Where connections go: one server, or whichever master the sentinels name.
+/// Where connections go: one server, whichever master the sentinels name, or a
+/// Redis Cluster (its seed nodes).
 #[derive(Clone)]
 enum Target {
     Standalone(redis::Client),
     Sentinel(Arc<Sentinels>),
+    Cluster {
+        seeds: Arc<Vec<redis::ConnectionInfo>>,
+    },
 }
 
 impl Target {
@@ -224,30 +355,56 @@ impl Target {
             RedisMode::Sentinel => {
                 Target::Sentinel(Arc::new(Sentinels::new(r).map_err(StoreError::Url)?))
             }
-            // Cluster is refused when the settings load; a Store built from
-            // settings made by hand treats it as one server.
-            RedisMode::Standalone | RedisMode::Cluster => {
+            RedisMode::Cluster => {
+                let seeds = r
+                    .nodes
+                    .iter()
+                    .map(|n| redis::IntoConnectionInfo::into_connection_info(n.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StoreError::Url)?;
+                Target::Cluster {
+                    seeds: Arc::new(seeds),
+                }
+            }
+            RedisMode::Standalone => {
                 Target::Standalone(redis::Client::open(r.url.as_str()).map_err(StoreError::Url)?)
             }
         })
     }
 
-    /// A new connection (to the master as of now, in sentinel mode).
+    /// A new connection (to the master as of now, in sentinel mode; to the
+    /// cluster, routing by slot, in cluster mode).
     async fn connect(
         &self,
         config: &AsyncConnectionConfig,
-    ) -> Result<MultiplexedConnection, redis::RedisError> {
-        match self {
-            Target::Standalone(client) => {
+        timeouts: (Duration, Duration),
+    ) -> Result<Inner, redis::RedisError> {
+        Ok(match self {
+            Target::Standalone(client) => Inner::Single(
                 client
                     .get_multiplexed_async_connection_with_config(config)
-                    .await
+                    .await?,
+            ),
+            Target::Sentinel(s) => Inner::Single(s.connect(config).await?.0),
+            Target::Cluster { seeds } => {
+                let (connect, response) = timeouts;
+                let conn = redis::cluster::ClusterClient::builder(seeds.iter().cloned())
+                    .connection_timeout(connect)
+                    .response_timeout(response)
+                    .build()?
+                    .get_async_connection()
+                    .await?;
+                Inner::Cluster {
+                    conn,
+                    seeds: seeds.clone(),
+                }
             }
-            Target::Sentinel(s) => Ok(s.connect(config).await?.0),
-        }
+        })
     }
 
-    /// A client for the server as of now (for a pub/sub connection).
+    /// A client for the server as of now (for a pub/sub connection): in
+    /// cluster mode, the first seed node that answers (a `PUBLISH` reaches the
+    /// subscribers of every node).
     async fn client(
         &self,
         config: &AsyncConnectionConfig,
@@ -255,8 +412,37 @@ impl Target {
         match self {
             Target::Standalone(client) => Ok(client.clone()),
             Target::Sentinel(s) => Ok(s.connect(config).await?.1),
+            Target::Cluster { seeds } => first_answering(seeds, config).await,
         }
     }
+}
+
+/// A client for the first of `nodes` that answers a `PING`.
+async fn first_answering(
+    nodes: &[redis::ConnectionInfo],
+    config: &AsyncConnectionConfig,
+) -> Result<redis::Client, redis::RedisError> {
+    let mut last = None;
+    for node in nodes {
+        let client = redis::Client::open(node.clone())?;
+        let answered = async {
+            let mut c = client
+                .get_multiplexed_async_connection_with_config(config)
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut c).await
+        }
+        .await;
+        match answered {
+            Ok(()) => return Ok(client),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "no cluster node given",
+        ))
+    }))
 }
 
 impl managed::Manager for Manager {
@@ -264,7 +450,7 @@ impl managed::Manager for Manager {
     type Error = redis::RedisError;
 
     async fn create(&self) -> Result<Tracked, redis::RedisError> {
-        let conn = self.target.connect(&self.config).await?;
+        let conn = self.target.connect(&self.config, self.timeouts).await?;
         Ok(Tracked {
             conn,
             broken: false,
@@ -355,23 +541,6 @@ impl Store {
             .await
     }
 
-    /// A connection of its own, outside the pools, whose replies may take up to
-    /// `wait` longer than a command's: for a long-lived blocking reader (an
-    /// `/events` client's `XREAD BLOCK`), which would otherwise hold a pooled
-    /// connection for as long as the client stays.
-    pub async fn dedicated(
-        &self,
-        wait: Duration,
-    ) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(self.command_timeout + wait));
-        self.target
-            .connect(&config)
-            .await
-            .map_err(StoreError::Connect)
-    }
-
     /// A dedicated pub/sub connection.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
         let config = AsyncConnectionConfig::new()
@@ -389,7 +558,7 @@ impl Store {
     pub fn sentinels(&self) -> Option<&Sentinels> {
         match &self.target {
             Target::Sentinel(s) => Some(s),
-            Target::Standalone(_) => None,
+            Target::Standalone(_) | Target::Cluster { .. } => None,
         }
     }
 
@@ -443,12 +612,17 @@ fn build_pool(
         .set_response_timeout(Some(response))
         .set_connection_timeout(Some(connect));
     let target = target.clone();
-    Pool::builder(Manager { target, config })
-        .max_size(size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(connect))
-        .create_timeout(Some(connect))
-        .recycle_timeout(Some(connect))
-        .build()
-        .map_err(StoreError::from)
+    let timeouts = (connect, response);
+    Pool::builder(Manager {
+        target,
+        config,
+        timeouts,
+    })
+    .max_size(size)
+    .runtime(Runtime::Tokio1)
+    .wait_timeout(Some(connect))
+    .create_timeout(Some(connect))
+    .recycle_timeout(Some(connect))
+    .build()
+    .map_err(StoreError::from)
 }

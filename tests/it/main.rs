@@ -7,6 +7,7 @@ mod batches;
 mod bench_smoke;
 mod build;
 mod cli;
+mod cluster;
 mod common;
 mod dashboard;
 mod dependencies;

@@ -344,7 +344,7 @@ async fn sentinel_settings_that_cannot_work_get_a_clear_sentence() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("set redis.master_name"), "{err}");
-    // Cluster mode: refused, with what to use instead.
+    // Cluster mode without seed nodes: refused, with what to set.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dockhand"))
         .args(["worker"])
         .env_remove("REDIS_URL")
@@ -354,7 +354,7 @@ async fn sentinel_settings_that_cannot_work_get_a_clear_sentence() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("Redis Cluster is not supported yet"), "{err}");
+    assert!(err.contains("needs seed nodes"), "{err}");
     // Sentinels that do not answer: the command fails (exit 1) and names each
     // one it tried; nothing panics.
     let (a, b) = (free_port(), free_port());

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod docker;
 pub mod receiver;
 pub mod sentinel;

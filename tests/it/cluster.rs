@@ -1,0 +1,308 @@
+//! Dockhand in `redis.mode = "cluster"` on a Redis Cluster of three masters and
+//! three replicas (`common::cluster`), with its queues on different masters: a
+//! job's steps run where its queue's slot is, a dependency and a listing cross
+//! the masters, and a master killed mid-run loses no job.
+
+use crate::common::cluster::Cluster;
+use crate::common::receiver::Receiver;
+use crate::common::{image, wait_until, Env, Worker};
+use deadpool_redis::redis::{self, AsyncCommands};
+use dockhand::webhook::{verify, Secret};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// The dockhand binary with this test's prefix, in cluster mode.
+async fn dockhand(env: &Env, cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dockhand"));
+    cmd.args(args)
+        .env_remove("REDIS_URL")
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .stdin(Stdio::null());
+    for (k, v) in cluster.settings() {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("the dockhand binary runs")
+}
+
+/// One queue name for each master, so that the test's jobs cross them.
+async fn one_queue_per_master(cluster: &Cluster, env: &Env) -> Vec<String> {
+    let mut by_master: HashMap<u16, String> = HashMap::new();
+    for i in 0..64 {
+        let q = format!("q{i}");
+        let master = cluster.master_of(&env.keys.jobs(&q)).await;
+        by_master.entry(master).or_insert(q);
+        if by_master.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(by_master.len(), 3, "three masters serve the queues");
+    let mut queues: Vec<String> = by_master.into_values().collect();
+    queues.sort();
+    queues
+}
+
+async fn hash(
+    c: &mut redis::cluster_async::ClusterConnection,
+    key: &str,
+) -> HashMap<String, String> {
+    c.hgetall(key).await.unwrap_or_default()
+}
+
+/// Waits until the job's hash says it ended, and returns it.
+async fn finished(env: &Env, cluster: &Cluster, queue: &str, id: &str) -> HashMap<String, String> {
+    let key = env.keys.job(queue, id);
+    wait_until(&format!("job {queue}/{id} to end"), || {
+        let key = key.clone();
+        async move {
+            let mut c = cluster.conn().await;
+            let h = hash(&mut c, &key).await;
+            matches!(
+                h.get("status").map(String::as_str),
+                Some("completed" | "aborted")
+            )
+            .then_some(h)
+        }
+    })
+    .await
+}
+
+fn spec(id: &str, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({"id": id, "image": image()});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_cases_run_on_a_three_master_cluster() {
+    let cluster = Cluster::start().await;
+    let env = Env::at(format!("redis://127.0.0.1:{}/", cluster.ports()[0]));
+    let queues = one_queue_per_master(&cluster, &env).await;
+    let (qa, qb, qc) = (&queues[0], &queues[1], &queues[2]);
+    let extra: Vec<(String, String)> = cluster.settings();
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let worker = Worker::start(env.settings(
+        &queues.iter().map(String::as_str).collect::<Vec<_>>(),
+        3,
+        &extra,
+    ));
+    let receiver = Receiver::start(&[]).await;
+    let secret = Secret::generate().unwrap();
+    let mut c = cluster.conn().await;
+    let xadd = |queue: &str, job: String| {
+        let key = env.keys.jobs(queue);
+        let mut c = c.clone();
+        async move {
+            let _: String = c.xadd(key, "*", &[("job", job)]).await.unwrap();
+        }
+    };
+
+    // A parent in one queue, its child in another (another master), a job that
+    // fails in a third, and one to cancel there.
+    let p = format!("{}-parent", env.prefix);
+    let child = format!("{}-child", env.prefix);
+    let fails = format!("{}-fails", env.prefix);
+    let long = format!("{}-long", env.prefix);
+    xadd(
+        qb,
+        spec(
+            &child,
+            serde_json::json!({"after": [format!("{qa}/{p}")], "command": format!("cat /dockhand/input/{p}/made.txt")}),
+        ),
+    )
+    .await;
+    xadd(
+        qa,
+        spec(
+            &p,
+            serde_json::json!({
+                "command": "echo hello from the parent; echo made > /dockhand/output/made.txt",
+                "webhooks": [{"url": receiver.url(), "secret": secret.to_whsec()}]}),
+        ),
+    )
+    .await;
+    xadd(qc, spec(&fails, serde_json::json!({"command": "exit 3"}))).await;
+    xadd(qc, spec(&long, serde_json::json!({"command": "sleep 600"}))).await;
+
+    let parent = finished(&env, &cluster, qa, &p).await;
+    assert_eq!(parent["status"], "completed", "{parent:?}");
+    let kid = finished(&env, &cluster, qb, &child).await;
+    assert_eq!(kid["status"], "completed", "{kid:?}");
+    let log: Vec<(String, HashMap<String, String>)> =
+        c.xrange_all(env.keys.log(qb, &child)).await.unwrap();
+    assert!(
+        log.iter()
+            .any(|(_, f)| f.get("line").map(String::as_str) == Some("made")),
+        "the child read its parent's file from another master: {log:?}"
+    );
+    let failed = finished(&env, &cluster, qc, &fails).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["reason"].as_str()),
+        ("aborted", "exit_code")
+    );
+    let files: HashMap<String, String> = c.hgetall(env.keys.files(qa, &p)).await.unwrap();
+    assert_eq!(files.get("made.txt").map(String::as_str), Some("made\n"));
+
+    // The parent's webhook arrives signed (the outbox is its own slot).
+    let seen = receiver.wait_for(1).await;
+    verify(
+        &secret,
+        &seen[0].headers["webhook-id"],
+        &seen[0].headers["webhook-timestamp"],
+        &seen[0].headers["webhook-signature"],
+        seen[0].body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+        Duration::from_secs(300),
+    )
+    .expect("the signature verifies");
+    assert_eq!(seen[0].json()["data"]["id"], p.as_str());
+
+    // Each queue keeps its own events.
+    for (q, id) in [(qa, &p), (qb, &child), (qc, &fails)] {
+        let events: Vec<(String, HashMap<String, String>)> =
+            c.xrange_all(env.keys.events(q)).await.unwrap();
+        assert!(
+            events.iter().any(|(_, f)| f.get("job") == Some(id)),
+            "{q}'s events stream has {id}'s"
+        );
+    }
+
+    // The command line in cluster mode: a cancel by <queue>/<id> reaches the
+    // worker (pub/sub crosses the nodes), and a bare id is found on any master.
+    wait_until("the long job to run", || {
+        let key = env.keys.job(qc, &long);
+        let mut c = c.clone();
+        async move {
+            let s: Option<String> = c.hget(key, "status").await.ok()?;
+            (s.as_deref() == Some("running")).then_some(())
+        }
+    })
+    .await;
+    let out = dockhand(&env, &cluster, &["cancel", &format!("{qc}/{long}")]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cancelled = finished(&env, &cluster, qc, &long).await;
+    assert_eq!(cancelled["reason"], "cancelled", "{cancelled:?}");
+    let out = dockhand(&env, &cluster, &["status", &child, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(status["queue"], qb.as_str());
+    assert_eq!(status["status"], "completed");
+
+    // A listing of every queue merges the three masters' indexes.
+    let out = dockhand(&env, &cluster, &["jobs", "--json", "--limit", "50"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One JSON object per line.
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|j| {
+            format!(
+                "{}/{}",
+                j["queue"].as_str().unwrap(),
+                j["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    ids.sort();
+    let mut want = vec![
+        format!("{qa}/{p}"),
+        format!("{qb}/{child}"),
+        format!("{qc}/{fails}"),
+        format!("{qc}/{long}"),
+    ];
+    want.sort();
+    assert_eq!(ids, want);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_run_loses_no_job() {
+    let mut cluster = Cluster::start().await;
+    let env = Env::at(format!("redis://127.0.0.1:{}/", cluster.ports()[0]));
+    let queues = one_queue_per_master(&cluster, &env).await;
+    let mut extra: Vec<(String, String)> = cluster.settings();
+    // Each claim, terminal write and ack waits for a replica (docs/scaling.md):
+    // what a worker recorded survives the master.
+    extra.push(("DOCKHAND__REDIS__WAIT_REPLICAS".into(), "1".into()));
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let worker = Worker::start(env.settings(
+        &queues.iter().map(String::as_str).collect::<Vec<_>>(),
+        4,
+        &extra,
+    ));
+    let c = cluster.conn().await;
+    const PER_QUEUE: usize = 10;
+    let mut jobs = Vec::new();
+    for q in &queues {
+        for i in 0..PER_QUEUE {
+            let id = format!("{}-{q}-{i}", env.prefix);
+            let mut c = c.clone();
+            let _: String = c
+                .xadd(
+                    env.keys.jobs(q),
+                    "*",
+                    &[(
+                        "job",
+                        spec(&id, serde_json::json!({"command": "sleep 0.3"})),
+                    )],
+                )
+                .await
+                .unwrap();
+            jobs.push((q.clone(), id));
+        }
+    }
+    // Once a few have ended, the master of the first queue dies; a replica
+    // takes over its slots.
+    let first = &queues[0];
+    wait_until("a few jobs of the first queue to end", || {
+        let mut c = c.clone();
+        let keys: Vec<String> = jobs
+            .iter()
+            .filter(|(q, _)| q == first)
+            .map(|(q, id)| env.keys.job(q, id))
+            .collect();
+        async move {
+            let mut done = 0;
+            for k in keys {
+                let s: Option<String> = c.hget(k, "status").await.ok()?;
+                done += matches!(s.as_deref(), Some("completed")) as usize;
+            }
+            (done >= 2).then_some(())
+        }
+    })
+    .await;
+    let old = cluster.master_of(&env.keys.jobs(first)).await;
+    cluster.kill(old);
+    cluster
+        .wait_for_new_master(&env.keys.jobs(first), old)
+        .await;
+
+    // Every job ends: none is lost (replication is asynchronous, so a job may
+    // run again; see docs/scaling.md).
+    for (q, id) in &jobs {
+        let h = finished(&env, &cluster, q, id).await;
+        assert_eq!(h["status"], "completed", "{q}/{id}: {h:?}");
+    }
+    worker.stop().await;
+}
