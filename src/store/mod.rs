@@ -570,19 +570,30 @@ impl Store {
     /// and WAIT cannot undo it, and an error here must not make the caller run
     /// its step (a claim, say) a second time. A connection error still marks the
     /// connection, so the next step gets a new one.
-    pub async fn replicate(
-        &self,
-        conn: &mut impl ConnectionLike,
-        step: &'static str,
-    ) -> Option<u32> {
+    ///
+    /// `key` is a key the write touched: in cluster mode the `WAIT` goes to the
+    /// master of its slot, which took the write (elsewhere it would wait on a
+    /// master that has nothing to pass on, or lacks a replica of its own).
+    pub async fn replicate(&self, conn: &mut Conn, step: &'static str, key: &str) -> Option<u32> {
         if self.wait_replicas == 0 {
             return None;
         }
-        let waited: redis::RedisResult<u32> = redis::cmd("WAIT")
-            .arg(self.wait_replicas)
-            .arg(self.wait_timeout_ms)
-            .query_async(conn)
-            .await;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_replicas).arg(self.wait_timeout_ms);
+        let waited: redis::RedisResult<u32> = match &mut conn.0.conn {
+            Inner::Cluster { conn: cluster, .. } => {
+                use redis::cluster_routing::{
+                    Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
+                };
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                match cluster.route_command(wait, to).await {
+                    Ok(v) => redis::from_redis_value(v).map_err(redis::RedisError::from),
+                    Err(e) => Err(e),
+                }
+            }
+            Inner::Single(_) => wait.query_async(&mut **conn).await,
+        };
         match waited {
             Ok(acked) if acked < self.wait_replicas => {
                 tracing::warn!(

@@ -185,7 +185,8 @@ async fn claim(
             .await?;
             // Replication is one ordered stream: this also covers the
             // XREADGROUP that delivered the entry, made before on another connection.
-            ctx.store.replicate(&mut conn, "claim").await;
+            let stream = entry.stream(&ctx.keys);
+            ctx.store.replicate(&mut conn, "claim", &stream).await;
             Ok(claimed)
         })
         .await

@@ -118,7 +118,14 @@ pub(super) async fn attempt(
     if let Some(posted) = urls.and_then(|u| u.take()) {
         super::posted::apply(&mut record, &mut files, posted, &log.sender).await;
     }
-    let cause = if stopped { registration.cause() } else { None };
+    // A cancel counts only when it stopped the job (one that ended on its own
+    // first keeps its outcome). A lost lease or a drain counts whenever it came:
+    // the process may have died of the stop before the executor saw it stop it,
+    // and its exit (143, say) is then the stop's doing, not the job's.
+    let cause = match registration.cause() {
+        Some(StopCause::Cancelled) if !stopped => None,
+        cause => cause,
+    };
     if let Some(cause) = cause {
         log.sender.system(record::why_stopped(cause)).await;
     }

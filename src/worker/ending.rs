@@ -227,7 +227,8 @@ impl Turn<'_> {
                         terminal,
                     )
                     .await?;
-                    ctx.store.replicate(&mut conn, "terminal write").await;
+                    let job = ctx.keys.job(&record.queue, &record.id);
+                    ctx.store.replicate(&mut conn, "terminal write", &job).await;
                     Ok(written)
                 }
             })
@@ -499,7 +500,8 @@ async fn ack(ctx: &Ctx, entry: &Entry) -> Result<(), StoreError> {
         .store
         .persist(|mut conn| async move {
             let held = queue::ack(&mut conn, &ctx.keys, entry, &ctx.consumer).await?;
-            ctx.store.replicate(&mut conn, "ack").await;
+            let stream = entry.stream(&ctx.keys);
+            ctx.store.replicate(&mut conn, "ack", &stream).await;
             Ok(held)
         })
         .await?;

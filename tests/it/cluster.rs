@@ -1,7 +1,7 @@
 //! Dockhand in `redis.mode = "cluster"` on a Redis Cluster of three masters and
 //! three replicas (`common::cluster`), with its queues on different masters: a
 //! job's steps run where its queue's slot is, a dependency and a listing cross
-//! the masters, and a master killed mid-run loses no job.
+//! the masters, and a master or a worker killed mid-run loses no job.
 
 use crate::common::cluster::Cluster;
 use crate::common::receiver::Receiver;
@@ -127,6 +127,31 @@ async fn the_core_cases_run_on_a_three_master_cluster() {
     )
     .await;
     xadd(qc, spec(&fails, serde_json::json!({"command": "exit 3"}))).await;
+    // Through the inbox (the mover's step is the queue's slot), and a retry
+    // that succeeds on the second attempt.
+    let inboxed = format!("{}-inboxed", env.prefix);
+    let retried = format!("{}-retried", env.prefix);
+    let _: i64 = cluster
+        .conn()
+        .await
+        .lpush(
+            env.keys.inbox(qb),
+            spec(
+                &inboxed,
+                serde_json::json!({"command": "echo via the inbox"}),
+            ),
+        )
+        .await
+        .unwrap();
+    xadd(
+        qc,
+        spec(
+            &retried,
+            serde_json::json!({"command": "[ \"$DOCKHAND_ATTEMPT\" = 2 ] || exit 1",
+                "retry": {"max_attempts": 2, "backoff_seconds": 0}}),
+        ),
+    )
+    .await;
     xadd(qc, spec(&long, serde_json::json!({"command": "sleep 600"}))).await;
 
     let parent = finished(&env, &cluster, qa, &p).await;
@@ -144,6 +169,14 @@ async fn the_core_cases_run_on_a_three_master_cluster() {
     assert_eq!(
         (failed["status"].as_str(), failed["reason"].as_str()),
         ("aborted", "exit_code")
+    );
+    let via_inbox = finished(&env, &cluster, qb, &inboxed).await;
+    assert_eq!(via_inbox["status"], "completed", "{via_inbox:?}");
+    let again = finished(&env, &cluster, qc, &retried).await;
+    assert_eq!(
+        (again["status"].as_str(), again["attempt"].as_str()),
+        ("completed", "2"),
+        "{again:?}"
     );
     let files: HashMap<String, String> = c.hgetall(env.keys.files(qa, &p)).await.unwrap();
     assert_eq!(files.get("made.txt").map(String::as_str), Some("made\n"));
@@ -225,8 +258,10 @@ async fn the_core_cases_run_on_a_three_master_cluster() {
     let mut want = vec![
         format!("{qa}/{p}"),
         format!("{qb}/{child}"),
+        format!("{qb}/{inboxed}"),
         format!("{qc}/{fails}"),
         format!("{qc}/{long}"),
+        format!("{qc}/{retried}"),
     ];
     want.sort();
     assert_eq!(ids, want);
@@ -305,4 +340,121 @@ async fn a_master_killed_mid_run_loses_no_job() {
         assert_eq!(h["status"], "completed", "{q}/{id}: {h:?}");
     }
     worker.stop().await;
+}
+
+/// A worker process in cluster mode, serving `queues`, running local jobs.
+fn spawn_worker(env: &Env, cluster: &Cluster, id: &str, queues: &[String]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"));
+    cmd.arg("worker");
+    for q in queues {
+        cmd.args(["--queue", q]);
+    }
+    cmd.args(["--concurrency", "4", "--id", id])
+        .env_remove("REDIS_URL")
+        .env("DOCKHAND__REDIS__PREFIX", &env.prefix)
+        .env("DOCKHAND__REDIS__WAIT_REPLICAS", "1")
+        .env("DOCKHAND__WORKER__BLOCK_MS", "300")
+        .env("DOCKHAND__WORKER__LEASE_SECONDS", "2")
+        .env("DOCKHAND__WORKER__STOP_GRACE_SECONDS", "1")
+        .env("DOCKHAND__WORKER__RECONNECT_MAX_MS", "500")
+        .env("DOCKHAND__EXECUTORS__LOCAL__ENABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in cluster.settings() {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("the dockhand binary starts")
+}
+
+/// How many jobs the soak runs: `DOCKHAND_CLUSTER_SOAK_JOBS`, else 300 (the
+/// full-size figure, 1,000, is in docs/scaling.md).
+fn soak_jobs() -> usize {
+    std::env::var("DOCKHAND_CLUSTER_SOAK_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_loses_no_job_when_a_master_and_a_worker_are_killed() {
+    let mut cluster = Cluster::start().await;
+    let env = Env::at(format!("redis://127.0.0.1:{}/", cluster.ports()[0]));
+    let queues = one_queue_per_master(&cluster, &env).await;
+    let mut workers = vec![
+        spawn_worker(&env, &cluster, &format!("{}-w1", env.prefix), &queues),
+        spawn_worker(&env, &cluster, &format!("{}-w2", env.prefix), &queues),
+    ];
+    let n = soak_jobs();
+    let c = cluster.conn().await;
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        let q = &queues[i % queues.len()];
+        let id = format!("{}-soak-{i}", env.prefix);
+        let job = serde_json::json!({"id": id, "executor": "local", "command": ["sleep", "0.05"]});
+        let mut c = c.clone();
+        let _: String = c
+            .xadd(env.keys.jobs(q), "*", &[("job", job.to_string())])
+            .await
+            .unwrap();
+        jobs.push((q.clone(), id));
+    }
+    let ended = |c: &redis::cluster_async::ClusterConnection| {
+        let mut c = c.clone();
+        let keys: Vec<String> = jobs.iter().map(|(q, id)| env.keys.job(q, id)).collect();
+        async move {
+            let mut done = 0;
+            for k in keys {
+                let s: Option<String> = c.hget(k, "status").await.ok()?;
+                done += matches!(s.as_deref(), Some("completed" | "aborted")) as usize;
+            }
+            Some(done)
+        }
+    };
+    // A quarter in, a worker is SIGKILLed (its jobs are taken over after its
+    // lease) and the master of the first queue dies (a replica takes over).
+    wait_until("a quarter of the jobs to end", || async {
+        ended(&c).await.filter(|d| *d >= n / 4).map(|_| ())
+    })
+    .await;
+    let mut victim = workers.remove(0);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let old = cluster.master_of(&env.keys.jobs(&queues[0])).await;
+    cluster.kill(old);
+    cluster
+        .wait_for_new_master(&env.keys.jobs(&queues[0]), old)
+        .await;
+
+    let c = cluster.conn().await;
+    // Bounded only so that a broken run ends; it asserts nothing about speed.
+    let mut last = 0;
+    for _ in 0..1200 {
+        last = ended(&c).await.unwrap_or(last);
+        if last == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut c2 = c.clone();
+    if last < n {
+        let mut states: HashMap<String, usize> = HashMap::new();
+        for (q, id) in &jobs {
+            let h = hash(&mut c2, &env.keys.job(q, id)).await;
+            let s = format!(
+                "{q}:{}:{}",
+                h.get("status").cloned().unwrap_or_default(),
+                h.get("worker").cloned().unwrap_or_default()
+            );
+            *states.entry(s).or_default() += 1;
+        }
+        panic!("{last} of {n} jobs ended; by queue, status and worker: {states:?}");
+    }
+    for (q, id) in &jobs {
+        let h = hash(&mut c2, &env.keys.job(q, id)).await;
+        assert_eq!(h["status"], "completed", "{q}/{id}: {h:?}");
+    }
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
 }
