@@ -180,12 +180,30 @@ impl JobRecord {
     /// [`LEFT_OUT_FIRST`], and `data.left_out` names them (the job hash and the
     /// job's log still have them).
     pub fn event(&self, kind: &str) -> String {
+        /// The body in one pass over the record (no `Value` tree in between).
+        #[derive(Serialize)]
+        struct Body<'a, D> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            timestamp: &'a str,
+            data: &'a D,
+        }
+        fn render<D: Serialize>(kind: &str, timestamp: &str, data: &D) -> String {
+            serde_json::to_string(&Body {
+                kind,
+                timestamp,
+                data,
+            })
+            .unwrap_or_default()
+        }
         let now = crate::time::now();
-        let body = |data: &serde_json::Value| {
-            serde_json::json!({ "type": kind, "timestamp": now, "data": data }).to_string()
-        };
+        let body = |data: &serde_json::Value| render(kind, &now, data);
+        let mut text = render(kind, &now, self);
+        if text.len() <= MAX_EVENT_BYTES {
+            return text;
+        }
+        // Past the cap (rare): as a tree, to leave parts out one by one.
         let mut data = serde_json::to_value(self).unwrap_or_default();
-        let mut text = body(&data);
         let mut left_out = Vec::new();
         for field in LEFT_OUT_FIRST {
             if text.len() <= MAX_EVENT_BYTES {

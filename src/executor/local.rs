@@ -5,6 +5,9 @@
 //! `DOCKHAND_INPUT`, `DOCKHAND_WORK`, `DOCKHAND_OUTPUT`). It isolates nothing;
 //! see docs/executors.md.
 //!
+//! The process is started by [`spawn`] (no fork of the worker), which sets its
+//! process group, stdio, working directory and limits before the exec.
+//!
 //! Invariants:
 //! - The job's process leads a process group of its own, and every signal goes
 //!   to the whole group: a timeout or cancel sends SIGTERM, then SIGKILL after
@@ -19,6 +22,8 @@
 //!   stop and remove what a killed one left; the record and the directory are
 //!   removed after the run.
 
+mod spawn;
+
 use super::files::read_outputs;
 use super::progress::FileReport;
 use super::runner::{Ended, JobExecutor};
@@ -29,12 +34,13 @@ use crate::job::{Job, DOCKHAND_DIR};
 use crate::logs::{LineSplitter, LogSender, LogStream};
 use crate::result_server::PROGRESS_MAX_BYTES;
 use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::process::{ChildStderr, ChildStdout};
+use tokio::net::unix::pipe::Receiver;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -74,7 +80,7 @@ pub struct LocalRun {
     /// The process group (the leader's pid), once started.
     pgid: Mutex<Option<i32>>,
     /// The leader's output pipes, until the log streamer takes them.
-    pipes: Mutex<Option<(ChildStdout, ChildStderr)>>,
+    pipes: Mutex<Option<(Receiver, Receiver)>>,
     /// The leader's exit, once reaped.
     exit: watch::Sender<Option<ExitStatus>>,
 }
@@ -143,6 +149,18 @@ fn on_host(dir: &Path, path: &str) -> Option<PathBuf> {
 
 fn local(action: &'static str) -> impl FnOnce(std::io::Error) -> ExecError {
     move |source| ExecError::Local { action, source }
+}
+
+/// `env` with each name once, its last value kept (as `Command::env` does).
+fn dedup_env(env: Vec<(OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    let mut kept: Vec<(OsString, OsString)> = Vec::with_capacity(env.len());
+    for (name, value) in env {
+        match kept.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => kept.push((name, value)),
+        }
+    }
+    kept
 }
 
 /// Sends `signal` to the process group `pgid`; a group already gone is fine.
@@ -269,66 +287,58 @@ impl JobExecutor for LocalExecutor {
         for line in self.limit_lines(job) {
             ctx.logs.system(line).await;
         }
-        let folder = |f: &str| run.dir.join(f).to_string_lossy().into_owned();
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .current_dir(run.dir.join("work"))
-            .env_clear()
-            .env(
-                "PATH",
+        let folder = |f: &str| OsString::from(run.dir.join(f));
+        let work = folder("work");
+        // The job's environment, in the order a later value wins (the child
+        // gets every pair; a name given twice keeps its last value).
+        let mut env: Vec<(OsString, OsString)> = vec![
+            (
+                "PATH".into(),
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
-            .env("HOME", folder("work"))
-            .env("TMPDIR", folder("work"))
-            .envs(&job.env)
-            .envs(&job.secret_env)
-            .env("DOCKHAND_JOB_ID", &job.id)
-            .env("DOCKHAND_ATTEMPT", ctx.attempt.to_string())
-            .env("DOCKHAND_INPUT", folder("input"))
-            .env("DOCKHAND_WORK", folder("work"))
-            .env("DOCKHAND_OUTPUT", folder("output"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        let memory = job.limits.memory;
-        let pids = (self.uid != 0 && job.limits.pids > 0).then_some(job.limits.pids as u64);
-        // SAFETY: between fork and exec only setrlimit runs, a plain system call
-        // that neither allocates nor takes locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                if memory > 0 {
-                    rlimit::setrlimit(rlimit::Resource::AS, memory, memory)?;
-                }
-                if let Some(n) = pids {
-                    rlimit::setrlimit(rlimit::Resource::NPROC, n, n)?;
-                }
-                Ok(())
-            });
+            ),
+            ("HOME".into(), work.clone()),
+            ("TMPDIR".into(), work.clone()),
+        ];
+        env.extend(job.env.iter().map(|(k, v)| (k.into(), v.into())));
+        env.extend(job.secret_env.iter().map(|(k, v)| (k.into(), v.into())));
+        env.extend([
+            ("DOCKHAND_JOB_ID".into(), OsString::from(&job.id)),
+            ("DOCKHAND_ATTEMPT".into(), ctx.attempt.to_string().into()),
+            ("DOCKHAND_INPUT".into(), folder("input")),
+            ("DOCKHAND_WORK".into(), work),
+            ("DOCKHAND_OUTPUT".into(), folder("output")),
+        ]);
+        let mut limits = Vec::new();
+        if job.limits.memory > 0 {
+            limits.push((spawn::Resource::AddressSpace, job.limits.memory));
         }
-        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        if self.uid != 0 && job.limits.pids > 0 {
+            limits.push((spawn::Resource::Processes, job.limits.pids as u64));
+        }
+        let child = spawn::spawn(spawn::Spec {
+            program: program.as_ref(),
+            args,
+            env: dedup_env(env),
+            cwd: &run.dir.join("work"),
+            limits,
+        })
+        .map_err(|source| ExecError::Spawn {
             program: program.clone(),
             source,
         })?;
-        let pgid = child.id().map(|pid| pid as i32);
+        let spawn::Child {
+            exit: leader,
+            stdout,
+            stderr,
+        } = child;
+        let pgid = Some(leader.pid());
         *run.pgid.lock().unwrap_or_else(|e| e.into_inner()) = pgid;
-        let mut record = run.record.clone();
-        record.pgid = pgid;
-        let path = run.record_path.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || write_record(&path, &record))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r)
-        {
-            tracing::warn!(error = %e, "cannot record the job's process group for the sweep");
-        }
-        if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
-            *run.pipes.lock().unwrap_or_else(|e| e.into_inner()) = Some((out, err));
-        }
+        *run.pipes.lock().unwrap_or_else(|e| e.into_inner()) = Some((stdout, stderr));
         let exit = run.exit.clone();
+        // Reaped on a task of its own at once, so that no later step can leave
+        // it unreaped.
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = leader.wait().await;
             // The leader is gone: so is the rest of its group, as in a container.
             if let Some(pgid) = pgid {
                 signal_group(pgid, libc::SIGKILL);
@@ -339,6 +349,16 @@ impl JobExecutor for LocalExecutor {
             });
             exit.send_replace(Some(status));
         });
+        let mut record = run.record.clone();
+        record.pgid = pgid;
+        let path = run.record_path.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || write_record(&path, &record))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+        {
+            tracing::warn!(error = %e, "cannot record the job's process group for the sweep");
+        }
         Ok(())
     }
 
@@ -562,6 +582,11 @@ async fn collect_dir(output: PathBuf, job: &Job) -> Result<JobOutput, ExecError>
     let budget = job.limits.output_bytes;
     let keep_files = job.collect_outputs;
     tokio::task::spawn_blocking(move || -> std::io::Result<JobOutput> {
+        // Nothing written (most jobs): nothing to archive. (A folder that cannot
+        // be read is left to the archive's writer, whose error says why.)
+        if std::fs::read_dir(&output).is_ok_and(|mut d| d.next().is_none()) {
+            return Ok(JobOutput::default());
+        }
         let (reader, writer) = std::io::pipe()?;
         std::thread::scope(|s| {
             let writing = s.spawn(move || -> std::io::Result<()> {
@@ -588,7 +613,7 @@ async fn collect_dir(output: PathBuf, job: &Job) -> Result<JobOutput, ExecError>
 }
 
 /// Reads stdout and stderr as they come, into the job's log, line by line.
-async fn stream(mut out: ChildStdout, mut err: ChildStderr, logs: LogSender, max: usize) {
+async fn stream(mut out: Receiver, mut err: Receiver, logs: LogSender, max: usize) {
     let mut splitters = [
         LineSplitter::new(LogStream::Stdout, max),
         LineSplitter::new(LogStream::Stderr, max),

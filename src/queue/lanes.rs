@@ -150,8 +150,9 @@ impl Seen {
     }
 }
 
-/// Claims the next entry of `queue` by priority (see the module's rules), without
-/// blocking; `None` when every lane is empty.
+/// Claims the next entries of `queue` by priority (see the module's rules),
+/// without blocking: at most `count` from the main stream when it is the only
+/// lane, else one; none when every lane is empty.
 ///
 /// Usually no lane but the main stream exists: one `EXISTS` over the others
 /// says so, and the main stream is then read directly (two commands, where the
@@ -167,8 +168,9 @@ pub async fn claim(
     queue: &str,
     consumer: &str,
     fair: bool,
+    count: usize,
     seen: &mut Seen,
-) -> Result<Option<Entry>, StoreError> {
+) -> Result<Vec<Entry>, StoreError> {
     let lanes = all(keys, queue);
     if !fair {
         let mut only_main = seen.only_main();
@@ -188,7 +190,7 @@ pub async fn claim(
         if only_main {
             let opts = redis::streams::StreamReadOptions::default()
                 .group(GROUP, consumer)
-                .count(1);
+                .count(count.max(1));
             let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
                 redis::AsyncCommands::xread_options(
                     &mut **conn,
@@ -199,13 +201,17 @@ pub async fn claim(
                 .await;
             match read {
                 Ok(reply) => {
-                    let id = reply
+                    let ids = reply
                         .and_then(|r| r.keys.into_iter().next())
-                        .and_then(|k| k.ids.into_iter().next());
-                    if id.is_none() {
+                        .map(|k| k.ids)
+                        .unwrap_or_default();
+                    if ids.is_empty() {
                         seen.only_main_at = None;
                     }
-                    return Ok(id.map(|id| Entry::from_stream(queue, 0, id)));
+                    return Ok(ids
+                        .into_iter()
+                        .map(|id| Entry::from_stream(queue, 0, id))
+                        .collect());
                 }
                 Err(e) if e.code() == Some("NOGROUP") => seen.only_main_at = None,
                 Err(e) => return Err(e.into()),
@@ -220,7 +226,7 @@ pub async fn claim(
         .arg(consumer)
         .arg(if fair { "1" } else { "0" });
     let reply: Option<(usize, String, Vec<Vec<u8>>)> = inv.invoke_async(&mut **conn).await?;
-    Ok(reply.map(|(index, id, flat)| {
+    Ok(Vec::from_iter(reply.map(|(index, id, flat)| {
         let priority = lanes[index - 1].0;
         let map = flat
             .chunks(2)
@@ -241,7 +247,7 @@ pub async fn claim(
                 ..Default::default()
             },
         )
-    }))
+    })))
 }
 
 /// The lanes of `queue` other than the main stream that exist now.

@@ -3,8 +3,9 @@
 //! Invariants:
 //! - A job runs only while it holds a semaphore permit, so at most
 //!   `worker.concurrency` containers run at once; an entry is read (or taken over
-//!   from a dead worker) only when a permit is in hand, so a busy worker leaves work
-//!   for idle ones.
+//!   from a dead worker) only when a permit is in hand, and one read takes no more
+//!   entries than there are permits free, so a busy worker leaves work for idle
+//!   ones.
 //! - Reads block for at most `worker.block_ms`, so shutdown and reconnects are
 //!   noticed promptly. A read is never abandoned half-way (which could leave an
 //!   entry delivered but unseen); shutdown is checked between reads.
@@ -343,7 +344,8 @@ async fn claim_loop(
     let served = ctx.settings.worker.queues.clone();
     let mut paused = std::collections::BTreeSet::new();
     let mut paused_at = None;
-    let mut claims: u64 = 0;
+    // Claims since the last fair one (see `lanes::FAIR_EVERY`).
+    let mut since_fair: u64 = 0;
     // Within one read's time: a pause takes effect, a new priority lane is seen.
     let block = Duration::from_millis(ctx.settings.worker.block_ms);
     // What each queue's last claim saw of its priority lanes (see `lanes::claim`).
@@ -387,16 +389,25 @@ async fn claim_loop(
             // First, without blocking: the queues in their order for this claim,
             // each by priority. Only when all are empty, wait on their streams.
             // Every FAIR_EVERY-th claim takes the longest-waiting job of the queue.
-            let fair = (claims + 1).is_multiple_of(queue::lanes::FAIR_EVERY);
+            // With more permits free than the one in hand, one read takes as
+            // many entries as there are free permits (from a queue whose only
+            // lane is its main stream: see `lanes::claim`).
+            let fair = since_fair + 1 >= queue::lanes::FAIR_EVERY;
+            let count = 1 + permits.available_permits();
             for q in claim_order(&queues, &served, &ctx.settings.worker) {
                 let seen = lanes_seen
                     .entry(q.to_string())
                     .or_insert_with(|| queue::lanes::Seen::new(block));
-                if let Some(entry) =
-                    queue::lanes::claim(&mut conn, &ctx.keys, q, &ctx.consumer, fair, seen).await?
-                {
-                    claims += 1;
-                    return Ok(vec![entry]);
+                let entries =
+                    queue::lanes::claim(&mut conn, &ctx.keys, q, &ctx.consumer, fair, count, seen)
+                        .await?;
+                if !entries.is_empty() {
+                    since_fair = if fair {
+                        0
+                    } else {
+                        since_fair + entries.len() as u64
+                    };
+                    return Ok(entries);
                 }
             }
             queue::read(
@@ -419,7 +430,9 @@ async fn claim_loop(
                 for entry in entries {
                     // Registered before anything else, so the heartbeat renews it at once.
                     let registration = ctx.running.register(&entry.stream(&ctx.keys), &entry.id);
-                    // A multi-queue read can return one entry per queue; each waits for its own permit.
+                    // A batch, or a multi-queue read (one entry per queue): each
+                    // entry waits for a permit of its own (a batch asked only
+                    // for free ones, but the takeover may have taken some since).
                     let permit = match permit.take() {
                         Some(p) => p,
                         None => permits

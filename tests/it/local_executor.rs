@@ -257,6 +257,63 @@ async fn a_timeout_and_a_cancel_kill_the_whole_process_group() {
     worker.stop().await;
 }
 
+/// The limits hold in the job and its children, set before its program runs: a
+/// buffer past `limits.memory` cannot be had, `/proc` shows the job's limits,
+/// and the job's process leads a process group of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_hold_in_the_job_and_its_children() {
+    let env = Env::new();
+    let base = tempfile::tempdir().unwrap();
+    let worker = local_worker(&env, base.path());
+    let id = format!("{}-limited", env.prefix);
+    // `$$` is the job's own process (the shell that runs the command).
+    let command = "cat /proc/self/limits; \
+                   dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null && echo allocated; \
+                   dd if=/dev/zero of=/dev/null bs=1M count=1 2>/dev/null && echo small-ok; \
+                   test \"$(cut -d' ' -f5 /proc/$$/stat)\" = \"$$\" && echo leads-its-group";
+    env.xadd(
+        "default",
+        &local(
+            &id,
+            serde_json::json!({"command": command, "limits": {"memory": "64m", "pids": 77}}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    let stdout = env.lines(&id, "stdout").await;
+    let limit = |name: &str| -> Vec<String> {
+        let line = stdout
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {stdout:?}"));
+        line[name.len()..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        limit("Max address space")[..2],
+        ["67108864", "67108864"],
+        "limits.memory as RLIMIT_AS, soft and hard"
+    );
+    // Root is not bound by RLIMIT_NPROC: the worker does not set it then.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert_eq!(limit("Max processes")[..2], ["77", "77"], "limits.pids");
+    }
+    assert!(
+        !stdout.contains(&"allocated".to_string()),
+        "100 MiB past a 64 MiB limit: {stdout:?}"
+    );
+    assert!(stdout.contains(&"small-ok".to_string()), "{stdout:?}");
+    assert!(
+        stdout.contains(&"leads-its-group".to_string()),
+        "{stdout:?}"
+    );
+    worker.stop().await;
+}
+
 /// Whether process `pid` runs (a zombie waiting for its reaper does not).
 fn alive(pid: &str) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
