@@ -20,6 +20,10 @@ use tokio_util::task::TaskTracker;
 /// process makes do not wait for it (their maker wakes the loop, `made`), nor
 /// retries (the loop wakes when the earliest is due).
 const POLL: Duration = Duration::from_millis(200);
+/// Retries coming due one after another are taken together when due within
+/// this long of each other, not one look (three round trips) each: a retry is
+/// sent at most this late.
+const GATHER: Duration = Duration::from_millis(5);
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -76,6 +80,7 @@ pub async fn run(
         while let Ok(p) = permits.clone().try_acquire_owned() {
             held.push(p);
         }
+        let looked = tokio::time::Instant::now();
         let claimed = async {
             let mut conn = ctx.store.conn().await?;
             let now = chrono::Utc::now().timestamp_millis();
@@ -106,11 +111,13 @@ pub async fn run(
         }
         drop(held);
         if idle {
-            // Until the next delivery is due (a retry goes out on time), or the
-            // next look for those other processes make.
+            // Until the next delivery is due (a retry goes out on time), but not
+            // within GATHER of the last look; or the next look for those other
+            // processes make.
             let wait = next.map_or(POLL, |at| {
                 let ms = at - chrono::Utc::now().timestamp_millis();
-                POLL.min(Duration::from_millis(ms.max(0) as u64))
+                let due_in = Duration::from_millis(ms.max(0) as u64);
+                POLL.min(due_in.max(GATHER.saturating_sub(looked.elapsed())))
             });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
