@@ -46,7 +46,8 @@ allocator):
      RQ, `docker run` and the engine floor at concurrency 1, 2, 4, 8.
   l. Queue path (queuepath.py): local-executor jobs against Celery and RQ
      running a process; the worker's memory.
-  m. Webhooks under load (hookload.py): 10,000 local jobs, one subscriber.
+  m. Webhooks under load (hookload.py): 10,000 local jobs, one subscriber;
+     then 10,000 deliveries alone, replayed at once, drained by one delivery loop.
   n. Scaling (scaling.py): jobs/s against worker processes, Redis's CPU.
 
 The peers (Celery, RQ, docker-py) and matplotlib come from the virtualenv
@@ -97,7 +98,7 @@ SMOKE = {
     "git_jobs": 1, "git_builds": 1, "lease_trials": 1, "lease_seconds": 3, "retention_jobs": 20, "retention_seconds": 2,
     "ro_jobs": 2, "control_jobs": 4, "control_reps": 1, "control_idle": 0.5, "listing_jobs": 40,
     "listing_small": 10, "listing_reps": 1, "k_jobs": 4, "k_reps": 1, "k_concurrency": "1,2",
-    "l_jobs": 4, "l_concurrency": 2, "l_rq_workers": 2, "l_reps": 1, "m_jobs": 4, "m_concurrency": 2,
+    "l_jobs": 4, "l_concurrency": 2, "l_rq_workers": 2, "l_reps": 1, "m_jobs": 4, "m_deliveries": 20, "m_concurrency": 2,
     "n_workers": "1,2", "n_container_jobs": 4, "n_container_concurrency": 1, "n_local_jobs": 4,
     "n_local_concurrency": 2,
 }
@@ -288,6 +289,8 @@ def main():
     p.add_argument("--l-timeout", type=float, default=1800, help="l, n: longest wait for one drain")
     p.add_argument("--m-jobs", type=int, default=10_000, help="m: local jobs, one webhook each")
     p.add_argument("--m-concurrency", type=int, default=50, help="m: the worker's concurrency")
+    p.add_argument("--m-deliveries", type=int, default=10_000,
+                   help="m: deliveries made due at once for the delivery-only scenario (0: skip it)")
     p.add_argument("--n-workers", default="1,2,4,8", help="n: worker process counts, comma-separated")
     p.add_argument("--n-container-jobs", type=int, default=200, help="n: container jobs per point")
     p.add_argument("--n-container-concurrency", type=int, default=4, help="n: each worker's concurrency, containers")

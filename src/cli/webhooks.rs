@@ -52,13 +52,7 @@ pub async fn run(
             id: None,
             dead: true,
         } => {
-            let mut n = 0;
-            for (entry, id) in outbox::dead_letters(&mut conn, &keys).await? {
-                if outbox::replay(&mut conn, &keys, &id).await? {
-                    n += 1;
-                }
-                outbox::forget_dead_letter(&mut conn, &keys, &entry).await?;
-            }
+            let n = outbox::replay_dead(&mut conn, &keys).await?;
             outln!("{n} dead-lettered deliveries will be sent again");
             Ok(())
         }

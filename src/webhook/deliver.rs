@@ -2,8 +2,8 @@
 //! comes next (done, again later, dead letter, subscriber disabled). Runs inside
 //! `dockhand worker`, or alone as `dockhand webhooks deliver`.
 
-use super::outbox::{self, Delivery};
-use super::{attempt, Guard, Message, Outbound, Subscriber, Target, Verdict};
+use super::outbox::{self, Claimed, Delivery, Next};
+use super::{attempt_on, Connections, Guard, Message, Outbound, Subscriber, Target, Verdict};
 use crate::config::Settings;
 use crate::metrics::{Inc, WEBHOOK_ATTEMPTS, WEBHOOK_LATENCY};
 use crate::queue::Keys;
@@ -17,8 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How often the due set is looked at when nothing was due. Deliveries this
-/// process makes do not wait for it: their maker wakes the loop (`made`).
+/// process makes do not wait for it (their maker wakes the loop, `made`), nor
+/// retries (the loop wakes when the earliest is due).
 const POLL: Duration = Duration::from_millis(200);
+/// Retries coming due one after another are taken together when due within
+/// this long of each other, not one look (three round trips) each: a retry is
+/// sent at most this late.
+const GATHER: Duration = Duration::from_millis(5);
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -28,6 +33,8 @@ struct Ctx {
     store: Store,
     keys: Keys,
     outbound: Arc<Outbound>,
+    /// Open connections to receivers, kept between attempts.
+    connections: Arc<Connections>,
 }
 
 /// Sends deliveries until `token` is cancelled, then lets attempts in flight end.
@@ -49,6 +56,7 @@ pub async fn run(
     });
     let ctx = Ctx {
         keys: Keys::new(&settings.redis.prefix),
+        connections: Arc::new(Connections::new(settings.webhooks.concurrency)),
         settings,
         store,
         outbound,
@@ -58,49 +66,63 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let lease_ms = w.lease_seconds * 1000;
     while !token.is_cancelled() {
-        let free = permits.available_permits();
-        let taken = if free == 0 {
-            Ok(Vec::new())
-        } else {
-            async {
-                let mut conn = ctx.store.conn().await?;
-                outbox::take_due(
-                    &mut conn,
-                    &ctx.keys,
-                    chrono::Utc::now().timestamp_millis(),
-                    lease_ms,
-                    free,
-                )
-                .await
-            }
-            .await
+        // A free permit first (waiting for one, not polling: an attempt that ends
+        // lets the next due delivery go at once), then every other free one: as
+        // many deliveries are taken as can be sent now, in one claim.
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = token.cancelled() => break,
         };
-        let ids = match taken {
-            Ok(ids) => ids,
+        let mut held = vec![first];
+        while let Ok(p) = permits.clone().try_acquire_owned() {
+            held.push(p);
+        }
+        let looked = tokio::time::Instant::now();
+        let claimed = async {
+            let mut conn = ctx.store.conn().await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            outbox::claim(&mut conn, &ctx.keys, now, lease_ms, held.len()).await
+        }
+        .await;
+        let (claimed, next) = match claimed {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %error_chain(&e), "cannot read due webhook deliveries");
-                Vec::new()
+                (Vec::new(), None)
             }
         };
-        let idle = ids.is_empty();
-        for id in ids {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
+        let idle = claimed.is_empty();
+        for (c, permit) in claimed.into_iter().zip(held.drain(..)) {
             let ctx = ctx.clone();
             tracker.spawn(async move {
-                if let Err(e) = send(&ctx, &id).await {
+                let id = match &c {
+                    Claimed::Pending(d, _) => d.id.clone(),
+                    Claimed::Stale(id) => id.clone(),
+                };
+                if let Err(e) = send(&ctx, c).await {
                     // The delivery stays in the due set: it is tried again after the lease.
                     tracing::warn!(delivery = %id, error = %error_chain(&e), "could not record a webhook attempt");
                 }
                 drop(permit);
             });
         }
+        drop(held);
         if idle {
+            // Until the next delivery is due (a retry goes out on time), but not
+            // within GATHER of the last look; or the next look for those other
+            // processes make.
+            let wait = next.map_or(POLL, |at| {
+                let ms = at - chrono::Utc::now().timestamp_millis();
+                let due_in = Duration::from_millis(ms.max(0) as u64);
+                POLL.min(due_in.max(GATHER.saturating_sub(looked.elapsed())))
+            });
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = made.notified() => {}
-                _ = token.cancelled() => {}
+                _ = token.cancelled() => break,
             }
         }
     }
@@ -112,33 +134,42 @@ pub async fn run(
     .await;
 }
 
-async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
-    let mut conn = ctx.store.conn().await?;
+async fn send(ctx: &Ctx, claimed: Claimed) -> Result<(), StoreError> {
     let retention = ctx.settings.jobs.retention_seconds;
-    let Some(d) = outbox::load(&mut conn, &ctx.keys, id).await? else {
-        let _: i64 = conn.zrem(ctx.keys.deliveries_due(), id).await?;
-        return Ok(());
+    let (d, registered) = match claimed {
+        Claimed::Pending(d, registered) => (d, registered),
+        Claimed::Stale(id) => {
+            let mut conn = ctx.store.conn().await?;
+            let _: i64 = conn.zrem(ctx.keys.deliveries_due(), &id).await?;
+            return Ok(());
+        }
     };
-    if d.status != "pending" {
-        let _: i64 = conn.zrem(ctx.keys.deliveries_due(), id).await?;
-        return Ok(());
-    }
-    let target = match target(&mut conn, &ctx.keys, &d).await? {
+    let id = d.id.as_str();
+    let target = match target(&d, registered.as_deref()) {
         Ok(t) => t,
         Err(why) => {
             tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %why, "webhook dead-lettered; `dockhand webhooks replay --dead` sends it again");
+            let mut conn = ctx.store.conn().await?;
             return outbox::dead(&mut conn, &ctx.keys, &d, &why, retention).await;
         }
     };
     let message = match Message::with_id(id, d.body.clone()) {
         Ok(m) => m,
-        Err(e) => return outbox::dead(&mut conn, &ctx.keys, &d, &error_chain(&e), retention).await,
+        Err(e) => {
+            let mut conn = ctx.store.conn().await?;
+            return outbox::dead(&mut conn, &ctx.keys, &d, &error_chain(&e), retention).await;
+        }
     };
-    drop(conn); // not held across the HTTP attempt
     let timeout = Duration::from_secs(ctx.settings.webhooks.timeout_seconds);
-    let outcome = attempt(&target, &message, &ctx.outbound, timeout).await;
+    let outcome = attempt_on(
+        &target,
+        &message,
+        &ctx.outbound,
+        Some(&ctx.connections),
+        timeout,
+    )
+    .await;
 
-    let mut conn = ctx.store.conn().await?;
     let record = serde_json::json!({
         "n": d.attempts + 1,
         "at": crate::time::now(),
@@ -152,49 +183,51 @@ async fn send(ctx: &Ctx, id: &str) -> Result<(), StoreError> {
     let schedule = &ctx.settings.webhooks.retry_schedule_seconds;
     let last_round = schedule.get(d.round as usize).is_none();
     let metrics = attempt_metrics(&outcome.verdict, last_round, &d.created_at);
-    outbox::record_attempt(&mut conn, &ctx.keys, id, &record, &metrics).await?;
     let what = outcome.error.clone().unwrap_or_else(|| {
         format!(
             "HTTP {}",
             outcome.status.map(|s| s.to_string()).unwrap_or_default()
         )
     });
-    match outcome.verdict {
+    let why;
+    let next = match outcome.verdict {
         Verdict::Delivered => {
             tracing::info!(delivery = %id, job_id = %d.job, subscriber = %d.subscriber, status = ?outcome.status, "webhook delivered");
-            outbox::delivered(&mut conn, &ctx.keys, id, retention).await
+            Next::Delivered
         }
         Verdict::Gone => {
-            let why = format!(
+            why = format!(
                 "{what}: the receiver asked for no more deliveries; subscriber {} disabled",
                 d.subscriber
             );
             tracing::warn!(delivery = %id, subscriber = %d.subscriber, "webhook receiver answered 410 Gone; subscriber disabled (`dockhand subscriber add` it again to deliver to it)");
+            let mut conn = ctx.store.conn().await?;
             disable(&mut conn, &ctx.keys, &d.subscriber, &why).await?;
-            outbox::dead(&mut conn, &ctx.keys, &d, &why, retention).await
+            Next::Dead(&why)
         }
         Verdict::Refused | Verdict::Invalid => {
             tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %what, "webhook cannot be sent; dead-lettered (fix the URL or the allowances, then `dockhand webhooks replay --dead`)");
-            outbox::dead(&mut conn, &ctx.keys, &d, &what, retention).await
+            Next::Dead(&what)
         }
-        Verdict::Retry => {
-            let schedule = &ctx.settings.webhooks.retry_schedule_seconds;
-            let round = d.round as usize + 1;
-            let Some(base) = schedule.get(round - 1) else {
-                let why = format!("gave up after {round} attempts; last: {what}");
+        Verdict::Retry => match schedule.get(d.round as usize) {
+            None => {
+                why = format!("gave up after {} attempts; last: {what}", d.round + 1);
                 tracing::warn!(delivery = %id, subscriber = %d.subscriber, error = %why, "webhook dead-lettered; `dockhand webhooks replay --dead` sends it again");
-                return outbox::dead(&mut conn, &ctx.keys, &d, &why, retention).await;
-            };
-            let jitter = 0.8 + 0.4 * crate::backoff::random_fraction();
-            let mut wait = Duration::from_secs(*base).mul_f64(jitter);
-            if let Some(after) = outcome.retry_after {
-                wait = wait.max(after.min(MAX_RETRY_AFTER));
+                Next::Dead(&why)
             }
-            tracing::info!(delivery = %id, subscriber = %d.subscriber, error = %what, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed; will retry");
-            let at = chrono::Utc::now().timestamp_millis() + wait.as_millis() as i64;
-            outbox::retry_at(&mut conn, &ctx.keys, id, at).await
-        }
-    }
+            Some(base) => {
+                let jitter = 0.8 + 0.4 * crate::backoff::random_fraction();
+                let mut wait = Duration::from_secs(*base).mul_f64(jitter);
+                if let Some(after) = outcome.retry_after {
+                    wait = wait.max(after.min(MAX_RETRY_AFTER));
+                }
+                tracing::info!(delivery = %id, subscriber = %d.subscriber, error = %what, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed; will retry");
+                Next::RetryAt(chrono::Utc::now().timestamp_millis() + wait.as_millis() as i64)
+            }
+        },
+    };
+    let mut conn = ctx.store.conn().await?;
+    outbox::record_attempt(&mut conn, &ctx.keys, &d, &record, &metrics, next, retention).await
 }
 
 /// What one attempt adds to the fleet-wide metrics: its verdict as an operator
@@ -217,41 +250,27 @@ fn attempt_metrics(verdict: &Verdict, last_round: bool, created_at: &str) -> Vec
 }
 
 /// Where to send `d` now: the job's own target, or the subscriber as registered
-/// at this moment (so a rotation or a new URL applies to pending deliveries).
-async fn target(
-    conn: &mut crate::store::Conn,
-    keys: &Keys,
-    d: &Delivery,
-) -> Result<Result<Target, String>, StoreError> {
+/// at this moment (`registered`, its JSON, read when the delivery was taken), so
+/// that a rotation or a new URL applies to pending deliveries.
+fn target(d: &Delivery, registered: Option<&str>) -> Result<Target, String> {
     if let (Some(url), Some(secret)) = (&d.url, &d.secret) {
-        return Ok(secret
+        return secret
             .parse()
             .map(|s| Target {
                 url: url.clone(),
                 secrets: vec![s],
             })
-            .map_err(|e| format!("the job's webhook secret is unusable: {e}")));
+            .map_err(|e| format!("the job's webhook secret is unusable: {e}"));
     }
-    let raw: Option<String> = conn.hget(keys.subscribers(), &d.subscriber).await?;
-    let Some(raw) = raw else {
-        return Ok(Err(format!("subscriber {} was removed", d.subscriber)));
+    let Some(raw) = registered else {
+        return Err(format!("subscriber {} was removed", d.subscriber));
     };
-    let sub: Subscriber = match serde_json::from_str(&raw) {
-        Ok(s) => s,
-        Err(e) => {
-            return Ok(Err(format!(
-                "subscriber {} is unreadable: {e}",
-                d.subscriber
-            )))
-        }
-    };
+    let sub: Subscriber = serde_json::from_str(raw)
+        .map_err(|e| format!("subscriber {} is unreadable: {e}", d.subscriber))?;
     if let Some(why) = &sub.disabled {
-        return Ok(Err(format!(
-            "subscriber {} is disabled: {why}",
-            d.subscriber
-        )));
+        return Err(format!("subscriber {} is disabled: {why}", d.subscriber));
     }
-    Ok(sub.target(chrono::Utc::now().timestamp_millis()))
+    sub.target(chrono::Utc::now().timestamp_millis())
 }
 
 async fn disable(

@@ -363,7 +363,8 @@ fn job_targets(spec: &[u8], event: &str) -> Vec<NewDelivery> {
 }
 
 /// KEYS[1] due set. ARGV: now, lease (ms), max. Takes due deliveries by pushing them
-/// a lease into the future; returns their ids.
+/// a lease into the future; returns their ids and the earliest time left in the
+/// set (false when it is empty).
 static TAKE_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -371,25 +372,101 @@ static TAKE_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
         for _, id in ipairs(due) do
             redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
         end
-        return due
+        local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+        return {due, first[2] or false}
         ",
     )
 });
 
+/// Takes up to `max` due deliveries; returns their ids, and when the next one
+/// is due (ms since the epoch; `None` when none is pending).
 pub async fn take_due(
     conn: &mut Conn,
     keys: &Keys,
     now_ms: i64,
     lease_ms: u64,
     max: usize,
-) -> Result<Vec<String>, StoreError> {
-    Ok(TAKE_DUE
+) -> Result<(Vec<String>, Option<i64>), StoreError> {
+    let (ids, next): (Vec<String>, Option<f64>) = TAKE_DUE
         .key(keys.deliveries_due())
         .arg(now_ms)
         .arg(lease_ms)
         .arg(max)
         .invoke_async(conn)
-        .await?)
+        .await?;
+    Ok((ids, next.map(|t| t as i64)))
+}
+
+/// What [`claim`] found for one id it took.
+#[derive(Debug)]
+pub enum Claimed {
+    /// A pending delivery, and its registered subscriber's JSON as it is now
+    /// (`None` for a job's own target, or when the subscriber is not registered).
+    Pending(Box<Delivery>, Option<String>),
+    /// Gone (expired) or no longer pending: only to be taken out of the due set.
+    Stale(String),
+}
+
+/// Takes up to `max` due deliveries (see [`take_due`]) and reads them, with the
+/// registered subscribers they go to: three round trips for the whole batch.
+/// Also says when the next delivery is due (see [`take_due`]).
+pub async fn claim(
+    conn: &mut Conn,
+    keys: &Keys,
+    now_ms: i64,
+    lease_ms: u64,
+    max: usize,
+) -> Result<(Vec<Claimed>, Option<i64>), StoreError> {
+    let (ids, next) = take_due(conn, keys, now_ms, lease_ms, max).await?;
+    if ids.is_empty() {
+        return Ok((Vec::new(), next));
+    }
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.hgetall(keys.delivery(id));
+    }
+    let hashes: Vec<HashMap<String, String>> = pipe.query_async(conn).await?;
+    let deliveries: Vec<(String, Option<Delivery>)> = ids
+        .into_iter()
+        .zip(hashes)
+        .map(|(id, h)| {
+            let d = Delivery::from_hash(&id, h).filter(|d| d.status == "pending");
+            (id, d)
+        })
+        .collect();
+    let mut names: Vec<&str> = deliveries
+        .iter()
+        .filter_map(|(_, d)| d.as_ref())
+        .filter(|d| d.url.is_none() || d.secret.is_none())
+        .map(|d| d.subscriber.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let registered: HashMap<String, String> = if names.is_empty() {
+        HashMap::new()
+    } else {
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(keys.subscribers())
+            .arg(&names)
+            .query_async(conn)
+            .await?;
+        names
+            .iter()
+            .zip(values)
+            .filter_map(|(n, v)| v.map(|v| (n.to_string(), v)))
+            .collect()
+    };
+    let claimed = deliveries
+        .into_iter()
+        .map(|(id, d)| match d {
+            Some(d) => {
+                let sub = registered.get(&d.subscriber).cloned();
+                Claimed::Pending(Box::new(d), sub)
+            }
+            None => Claimed::Stale(id),
+        })
+        .collect();
+    Ok((claimed, next))
 }
 
 pub async fn load(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -397,15 +474,30 @@ pub async fn load(conn: &mut Conn, keys: &Keys, id: &str) -> Result<Option<Deliv
     Ok(Delivery::from_hash(id, h))
 }
 
+/// What becomes of a delivery after an attempt, written with the attempt's record.
+#[derive(Debug)]
+pub enum Next<'a> {
+    Delivered,
+    /// Due again at this time (ms since the epoch).
+    RetryAt(i64),
+    /// Dead-lettered, with this reason.
+    Dead(&'a str),
+}
+
 /// Appends one attempt's record and counts it, with the fleet-wide metrics it
-/// moves (`metrics`) in the same round trip.
+/// moves (`metrics`), and writes what comes next (`next`): one round trip. The
+/// record is in the pipeline before the outcome, so a delivery that is done
+/// always has its last attempt recorded.
 pub async fn record_attempt(
     conn: &mut Conn,
     keys: &Keys,
-    id: &str,
+    d: &Delivery,
     attempt: &serde_json::Value,
     metrics: &[crate::metrics::Inc],
+    next: Next<'_>,
+    retention: u64,
 ) -> Result<(), StoreError> {
+    let id = d.id.as_str();
     let mut pipe = redis::pipe();
     pipe.rpush(keys.delivery_attempts(id), attempt.to_string())
         .ignore()
@@ -414,60 +506,40 @@ pub async fn record_attempt(
         .hincr(keys.delivery(id), "round", 1)
         .ignore();
     crate::metrics::add_to(&mut pipe, keys, metrics);
+    match next {
+        Next::Delivered => delivered_to(&mut pipe, keys, id, retention),
+        Next::RetryAt(at_ms) => retry_at_to(&mut pipe, keys, id, at_ms),
+        Next::Dead(error) => dead_to(&mut pipe, keys, d, error, retention),
+    }
     pipe.query_async::<()>(conn).await?;
     Ok(())
 }
 
-pub async fn delivered(
-    conn: &mut Conn,
-    keys: &Keys,
-    id: &str,
-    retention: u64,
-) -> Result<(), StoreError> {
-    redis::pipe()
-        .hset_multiple(
-            keys.delivery(id),
-            &[
-                ("status", "delivered".to_string()),
-                ("delivered_at", crate::time::now()),
-            ],
-        )
-        .ignore()
-        .zrem(keys.deliveries_due(), id)
-        .ignore()
-        .expire(keys.delivery(id), retention as i64)
-        .ignore()
-        .expire(keys.delivery_attempts(id), retention as i64)
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
+fn delivered_to(pipe: &mut redis::Pipeline, keys: &Keys, id: &str, retention: u64) {
+    pipe.hset_multiple(
+        keys.delivery(id),
+        &[
+            ("status", "delivered".to_string()),
+            ("delivered_at", crate::time::now()),
+        ],
+    )
+    .ignore()
+    .zrem(keys.deliveries_due(), id)
+    .ignore()
+    .expire(keys.delivery(id), retention as i64)
+    .ignore()
+    .expire(keys.delivery_attempts(id), retention as i64)
+    .ignore();
 }
 
-pub async fn retry_at(
-    conn: &mut Conn,
-    keys: &Keys,
-    id: &str,
-    at_ms: i64,
-) -> Result<(), StoreError> {
-    redis::pipe()
-        .hset(keys.delivery(id), "next_at", at_ms)
+fn retry_at_to(pipe: &mut redis::Pipeline, keys: &Keys, id: &str, at_ms: i64) {
+    pipe.hset(keys.delivery(id), "next_at", at_ms)
         .ignore()
         .zadd(keys.deliveries_due(), id, at_ms)
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
+        .ignore();
 }
 
-/// Gives up on a delivery: `dockhand:webhooks:dead` gets a line naming it and why.
-pub async fn dead(
-    conn: &mut Conn,
-    keys: &Keys,
-    d: &Delivery,
-    error: &str,
-    retention: u64,
-) -> Result<(), StoreError> {
+fn dead_to(pipe: &mut redis::Pipeline, keys: &Keys, d: &Delivery, error: &str, retention: u64) {
     let fields = [
         ("id", d.id.as_str()),
         ("job", d.job.as_str()),
@@ -475,52 +547,98 @@ pub async fn dead(
         ("subscriber", d.subscriber.as_str()),
         ("error", error),
     ];
-    redis::pipe()
-        .hset_multiple(
-            keys.delivery(&d.id),
-            &[("status", "dead"), ("error", error)],
-        )
-        .ignore()
-        .zrem(keys.deliveries_due(), &d.id)
-        .ignore()
-        .xadd_maxlen(
-            keys.deliveries_dead(),
-            redis::streams::StreamMaxlen::Approx(10_000),
-            "*",
-            &fields,
-        )
-        .ignore()
-        .expire(keys.delivery(&d.id), retention as i64)
-        .ignore()
-        .expire(keys.delivery_attempts(&d.id), retention as i64)
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
+    pipe.hset_multiple(
+        keys.delivery(&d.id),
+        &[("status", "dead"), ("error", error)],
+    )
+    .ignore()
+    .zrem(keys.deliveries_due(), &d.id)
+    .ignore()
+    .xadd_maxlen(
+        keys.deliveries_dead(),
+        redis::streams::StreamMaxlen::Approx(10_000),
+        "*",
+        &fields,
+    )
+    .ignore()
+    .expire(keys.delivery(&d.id), retention as i64)
+    .ignore()
+    .expire(keys.delivery_attempts(&d.id), retention as i64)
+    .ignore();
+}
+
+/// Gives up on a delivery without an attempt (its target is unusable):
+/// `dockhand:webhooks:dead` gets a line naming it and why.
+pub async fn dead(
+    conn: &mut Conn,
+    keys: &Keys,
+    d: &Delivery,
+    error: &str,
+    retention: u64,
+) -> Result<(), StoreError> {
+    let mut pipe = redis::pipe();
+    dead_to(&mut pipe, keys, d, error, retention);
+    pipe.query_async::<()>(conn).await?;
     Ok(())
 }
 
 /// Sends a delivery again from the start of the schedule. False when unknown.
 pub async fn replay(conn: &mut Conn, keys: &Keys, id: &str) -> Result<bool, StoreError> {
-    let exists: bool = conn.exists(keys.delivery(id)).await?;
-    if !exists {
-        return Ok(false);
+    Ok(replay_many(conn, keys, &[id.to_string()]).await? == 1)
+}
+
+/// Sends deliveries again from the start of the schedule, due now (their
+/// `next_at`), in two round trips whatever their number; returns how many of
+/// `ids` exist (the others are unknown, or expired).
+pub async fn replay_many(
+    conn: &mut Conn,
+    keys: &Keys,
+    ids: &[String],
+) -> Result<usize, StoreError> {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.exists(keys.delivery(id));
     }
-    redis::pipe()
-        .hset_multiple(keys.delivery(id), &[("status", "pending"), ("round", "0")])
+    let exist: Vec<bool> = pipe.query_async(conn).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut pipe = redis::pipe();
+    let mut n = 0;
+    for (id, _) in ids.iter().zip(exist).filter(|(_, e)| *e) {
+        n += 1;
+        pipe.hset_multiple(
+            keys.delivery(id),
+            &[
+                ("status", "pending".to_string()),
+                ("round", "0".to_string()),
+                ("next_at", now.to_string()),
+            ],
+        )
         .ignore()
         .persist(keys.delivery(id))
         .ignore()
         .persist(keys.delivery_attempts(id))
         .ignore()
-        .zadd(
-            keys.deliveries_due(),
-            id,
-            chrono::Utc::now().timestamp_millis(),
-        )
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
-    Ok(true)
+        .zadd(keys.deliveries_due(), id, now)
+        .ignore();
+    }
+    if n > 0 {
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(n)
+}
+
+/// Sends every dead-lettered delivery again ([`replay_many`]) and takes it off
+/// the dead-letter stream, a thousand at a time; returns how many are sent again.
+pub async fn replay_dead(conn: &mut Conn, keys: &Keys) -> Result<usize, StoreError> {
+    let letters = dead_letters(conn, keys).await?;
+    let mut n = 0;
+    for chunk in letters.chunks(1000) {
+        let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
+        n += replay_many(conn, keys, &ids).await?;
+        let entries: Vec<&str> = chunk.iter().map(|(e, _)| e.as_str()).collect();
+        let _: i64 = conn.xdel(keys.deliveries_dead(), &entries).await?;
+    }
+    Ok(n)
 }
 
 /// The ids named in the dead-letter stream, with their stream entry ids.
@@ -534,15 +652,6 @@ pub async fn dead_letters(
         .into_iter()
         .map(|e| (e.id.clone(), e.get::<String>("id").unwrap_or_default()))
         .collect())
-}
-
-pub async fn forget_dead_letter(
-    conn: &mut Conn,
-    keys: &Keys,
-    entry: &str,
-) -> Result<(), StoreError> {
-    let _: i64 = conn.xdel(keys.deliveries_dead(), &[entry]).await?;
-    Ok(())
 }
 
 /// A job's deliveries with their attempts, for `dockhand webhooks attempts`.

@@ -8,8 +8,11 @@
 //!   all: a name that mixes public and internal addresses is an attack or a
 //!   mistake), and the connection goes to a checked address itself. Nothing
 //!   resolves the name again, so DNS rebinding cannot slip past the guard.
-//! - Each attempt has its own connection, closed afterwards: the next attempt
-//!   resolves and checks again.
+//! - A new connection resolves and checks again. The delivery loop keeps a
+//!   connection open for the next attempt to the same receiver
+//!   ([`attempt_on`], `pool`): it goes to the address checked when it was made,
+//!   for at most `pool::KEEP_IDLE` of idleness. [`attempt`] alone closes its
+//!   connection afterwards.
 //! - Redirects are never followed (a 3xx is a failure, as the Standard Webhooks
 //!   spec recommends); following one would also bypass the guard.
 //! - The whole attempt, from resolving to the first KiB of the response body, is
@@ -26,6 +29,8 @@ use crate::ssrf::{Guard, Refused};
 use crate::telemetry::error_chain;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT};
 use hyper::http::response::Parts;
 use hyper::{Method, Request, Uri};
@@ -227,11 +232,28 @@ pub struct Outbound {
 }
 
 /// Makes one attempt to deliver `msg` to `target`, connecting only as `outbound`
-/// allows, all within `timeout`. Never fails: every failure is in the outcome.
+/// allows, all within `timeout`, on a connection of its own, closed afterwards.
+/// Never fails: every failure is in the outcome.
 pub async fn attempt(
     target: &Target,
     msg: &Message,
     outbound: &Outbound,
+    timeout: Duration,
+) -> AttemptOutcome {
+    attempt_on(target, msg, outbound, None, timeout).await
+}
+
+/// [`attempt`], on an open connection of `connections` to the same receiver if
+/// one is kept there, and keeping its connection there afterwards if it can be
+/// used again. A kept connection the receiver has closed meanwhile is not a
+/// failed attempt: the request goes on a new one (a receiver that took the
+/// request and then closed without answering may get it twice, which
+/// at-least-once delivery allows: the `webhook-id` is the same).
+pub async fn attempt_on(
+    target: &Target,
+    msg: &Message,
+    outbound: &Outbound,
+    connections: Option<&Connections>,
     timeout: Duration,
 ) -> AttemptOutcome {
     let started = Instant::now();
@@ -246,7 +268,17 @@ pub async fn attempt(
         retry_after: None,
     };
     let deadline = started + timeout;
-    match deliver(target, msg, outbound, timestamp, deadline, timeout).await {
+    match deliver(
+        target,
+        msg,
+        outbound,
+        connections,
+        timestamp,
+        deadline,
+        timeout,
+    )
+    .await
+    {
         Ok((response, body)) => {
             let status = response.status;
             outcome.status = Some(status.as_u16());
@@ -328,12 +360,31 @@ async fn deliver(
     target: &Target,
     msg: &Message,
     outbound: &Outbound,
+    connections: Option<&Connections>,
     timestamp: i64,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(Parts, Vec<u8>), SendError> {
     let within = |phase| move |_| SendError::Timeout { timeout, phase };
     let endpoint = Endpoint::parse(&target.url)?;
+    let key = (endpoint.tls, endpoint.host.clone(), endpoint.port);
+    // A kept connection goes to an address the guard passed when it was made.
+    while let Some(open) = connections.and_then(|c| c.take(&key, |o| !o.sender.is_closed())) {
+        let request = build_request(&endpoint, target, msg, timestamp)?;
+        match exchange(open, request, deadline, timeout).await {
+            Ok((parts, body, open)) => {
+                if let (Some(c), Some(open)) = (connections, open) {
+                    c.put(key, open);
+                }
+                return Ok((parts, body));
+            }
+            // Closed by the receiver while it was idle: another one, or a new one.
+            Err(SendError::Http { source, .. })
+                if source.is_canceled() || source.is_closed() || source.is_incomplete_message() => {
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let addrs = timeout_at(deadline, resolve(&endpoint))
         .await
         .map_err(within("resolving the host"))??;
@@ -342,64 +393,94 @@ async fn deliver(
         .await
         .map_err(within("connecting"))??;
     let request = build_request(&endpoint, target, msg, timestamp)?;
-    if !endpoint.tls {
-        return exchange(stream, request, deadline, timeout).await;
-    }
-    // The name is checked against the certificate; the connection already goes
-    // to the address the guard passed, so TLS never resolves anything itself.
-    let bare = endpoint
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(bare)
-        .map_err(|_| SendError::TlsName(endpoint.host.clone()))?;
-    let addr = stream.peer_addr;
-    let connector = tokio_rustls::TlsConnector::from(outbound.tls.clone());
-    let tls = timeout_at(deadline, connector.connect(name, stream.io))
-        .await
-        .map_err(within("in the TLS handshake"))?
-        .map_err(|source| SendError::Tls { addr, source })?;
-    exchange(
-        Connected {
+    let open = if !endpoint.tls {
+        handshake(stream, deadline, timeout).await?
+    } else {
+        // The name is checked against the certificate; the connection already goes
+        // to the address the guard passed, so TLS never resolves anything itself.
+        let bare = endpoint
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(bare)
+            .map_err(|_| SendError::TlsName(endpoint.host.clone()))?;
+        let addr = stream.peer_addr;
+        let connector = tokio_rustls::TlsConnector::from(outbound.tls.clone());
+        let tls = timeout_at(deadline, connector.connect(name, stream.io))
+            .await
+            .map_err(within("in the TLS handshake"))?
+            .map_err(|source| SendError::Tls { addr, source })?;
+        let tls = Connected {
             io: tls,
             peer_addr: addr,
-        },
-        request,
-        deadline,
-        timeout,
-    )
-    .await
+        };
+        handshake(tls, deadline, timeout).await?
+    };
+    let (parts, body, open) = exchange(open, request, deadline, timeout).await?;
+    if let (Some(c), Some(open)) = (connections, open) {
+        c.put(key, open);
+    }
+    Ok((parts, body))
 }
 
-/// Sends `request` over an open stream and reads the response's status, headers
-/// and the first [`BODY_PREFIX_BYTES`] of its body. Generic over the stream: a
-/// plain TCP stream for http, a TLS stream over it for https.
-async fn exchange<S>(
+/// Idle HTTP connections kept between attempts, by receiver (see `pool`).
+pub type Connections = super::pool::Pool<Open>;
+
+/// An HTTP/1.1 connection after its handshake, driven by a task of its own that
+/// is aborted (closing the connection) when this is dropped: nothing outlives
+/// its attempt unless a [`Connections`] keeps it.
+pub struct Open {
+    sender: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    _driver: AbortOnDrop,
+}
+
+/// Starts HTTP/1.1 on a connected stream: a plain TCP stream for http, a TLS
+/// stream over it for https.
+async fn handshake<S>(
     stream: Connected<S>,
-    request: Request<Full<Bytes>>,
     deadline: Instant,
     timeout: Duration,
-) -> Result<(Parts, Vec<u8>), SendError>
+) -> Result<Open, SendError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let within = |phase| move |_| SendError::Timeout { timeout, phase };
     let addr = stream.peer_addr;
-    let http = |source| SendError::Http { addr, source };
-    let (mut sender, connection) = timeout_at(
+    let (sender, connection) = timeout_at(
         deadline,
         hyper::client::conn::http1::handshake(TokioIo::new(stream.io)),
     )
     .await
-    .map_err(within("starting HTTP"))?
-    .map_err(http)?;
-    // The connection is driven by its own task, aborted when this attempt ends
-    // (or is dropped), so nothing outlives the attempt.
-    let _driver = AbortOnDrop(tokio::spawn(async move {
+    .map_err(|_| SendError::Timeout {
+        timeout,
+        phase: "starting HTTP",
+    })?
+    .map_err(|source| SendError::Http { addr, source })?;
+    let driver = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
     }));
-    let response = timeout_at(deadline, sender.send_request(request))
+    Ok(Open {
+        sender,
+        addr,
+        _driver: driver,
+    })
+}
+
+/// Sends `request` on an open connection and reads the response's status,
+/// headers and the first [`BODY_PREFIX_BYTES`] of its body; gives the
+/// connection back when it can carry another request (the whole body was read
+/// and the receiver did not close it).
+async fn exchange(
+    mut open: Open,
+    request: Request<Full<Bytes>>,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Parts, Vec<u8>, Option<Open>), SendError> {
+    let within = |phase| move |_| SendError::Timeout { timeout, phase };
+    let addr = open.addr;
+    let http = |source| SendError::Http { addr, source };
+    let response = timeout_at(deadline, open.sender.send_request(request))
         .await
         .map_err(within("waiting for the response"))?
         .map_err(http)?;
@@ -407,6 +488,7 @@ where
     // Past this point the status is known: running out of time or a broken body
     // only shortens the kept prefix.
     let mut prefix = Vec::new();
+    let mut ended = false;
     while prefix.len() < BODY_PREFIX_BYTES {
         match timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => {
@@ -415,10 +497,20 @@ where
                     prefix.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
+            Ok(None) => {
+                ended = true;
+                break;
+            }
             _ => break,
         }
     }
-    Ok((parts, prefix))
+    ended = ended || body.is_end_stream();
+    let open = if ended && matches!(timeout_at(deadline, open.sender.ready()).await, Ok(Ok(()))) {
+        Some(open)
+    } else {
+        None
+    };
+    Ok((parts, prefix, open))
 }
 
 async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, SendError> {

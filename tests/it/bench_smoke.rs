@@ -87,6 +87,14 @@ async fn every_phase_of_the_benchmark_produces_its_figures() {
     assert_eq!(at(&v, "m/jobs_delivered"), at(&v, "m/jobs"), "{text}");
     positive(&v, "m/deliveries_per_s");
     assert!(at(&v, "m/latency_p99_s").is_number(), "{text}");
+    // m, delivery only: the burst and the wave, every delivery arrived and verified.
+    for pass in ["burst", "wave"] {
+        let fig = |f: &str| at(&v, &format!("m/delivery/{pass}/{f}"));
+        assert_eq!(fig("bad_signatures"), &Value::from(0), "{text}");
+        assert_eq!(fig("distinct"), at(&v, "m/delivery/deliveries"), "{text}");
+        assert!(fig("latency_p99_s").is_number(), "{text}");
+    }
+    positive(&v, "m/delivery/burst/deliveries_per_s");
     // n: both kinds at both worker counts, with Redis's figures.
     for kind in ["container", "process"] {
         for i in 0..2 {

@@ -6,7 +6,10 @@
 //! Docker are not needed.
 
 use bytes::Bytes;
-use dockhand::webhook::{attempt, tls, verify, Guard, Message, Outbound, Secret, Target, Verdict};
+use dockhand::webhook::{
+    attempt, attempt_on, tls, verify, Connections, Guard, Message, Outbound, Secret, Target,
+    Verdict,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderMap;
 use hyper::server::conn::http1;
@@ -573,5 +576,102 @@ async fn the_reference_verifier_accepts_a_real_delivery() {
     assert!(
         matches!(&rejected, Err(out) if out.contains("WebhookVerificationError")),
         "{rejected:?}"
+    );
+}
+
+/// A receiver that answers one request per connection (as if it kept it alive:
+/// no `connection: close`) and then closes it; counts the connections.
+async fn one_request_per_connection() -> (u16, Arc<std::sync::atomic::AtomicUsize>, JoinHandle<()>)
+{
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then as much body as it announces.
+            let complete = |buf: &[u8]| {
+                let text = String::from_utf8_lossy(buf);
+                let Some(end) = text.find("\r\n\r\n") else {
+                    return false;
+                };
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                buf.len() >= end + 4 + length
+            };
+            while !complete(&buf) {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(s);
+        }
+    });
+    (port, accepted, task)
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_receiver_closed_is_not_a_failed_attempt() {
+    let (port, accepted, task) = one_request_per_connection().await;
+    let connections = Connections::new(4);
+    let to = target(
+        format!("http://127.0.0.1:{port}/hook"),
+        &[Secret::generate().unwrap()],
+    );
+    for n in 1..=3 {
+        let outcome = attempt_on(
+            &to,
+            &Message::new(BODY),
+            &loopback_guard(),
+            Some(&connections),
+            TIMEOUT,
+        )
+        .await;
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Delivered,
+            "attempt {n}: {outcome:?}"
+        );
+        // The receiver closes the connection this attempt left in `connections`.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_kept_connection_carries_the_next_attempt() {
+    let receiver = Receiver::start(Reply::status(200)).await;
+    let connections = Connections::new(4);
+    let secret = Secret::generate().unwrap();
+    for _ in 0..3 {
+        let outcome = attempt_on(
+            &target(receiver.url("/hook"), std::slice::from_ref(&secret)),
+            &Message::new(BODY),
+            &loopback_guard(),
+            Some(&connections),
+            TIMEOUT,
+        )
+        .await;
+        assert_eq!(outcome.verdict, Verdict::Delivered, "{outcome:?}");
+    }
+    assert_eq!(receiver.seen().len(), 3);
+    assert_eq!(
+        connections.idle(),
+        1,
+        "one connection, kept after each attempt"
     );
 }

@@ -4,10 +4,13 @@
 use crate::common::receiver::{Receiver, Seen};
 use crate::common::{image, wait_until, Env};
 use deadpool_redis::redis::AsyncCommands;
-use dockhand::webhook::{verify, Secret};
+use dockhand::store::Store;
+use dockhand::webhook::outbox::{self, NewDelivery};
+use dockhand::webhook::{deliver, verify, Secret};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 async fn dockhand(env: &Env, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_dockhand"))
@@ -547,5 +550,109 @@ async fn adding_a_subscriber_the_guard_refuses_says_which_setting_allows_it() {
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("warning"),
         "{out:?}"
+    );
+}
+
+/// Many deliveries due at once: one delivery loop sends them concurrently
+/// (`webhooks.concurrency`), on connections it keeps open, each exactly once,
+/// signed, with its one attempt recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_due_deliveries_are_each_sent_once_signed_on_kept_connections() {
+    const N: usize = 300;
+    let env = Env::new();
+    let receiver = Receiver::start(&[]).await;
+    let secret = subscribe(&env, "many", &receiver.url(), &[]).await;
+    let settings = env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WEBHOOKS__CONCURRENCY", "16")],
+    );
+    let store = Store::new(&settings.redis, Duration::from_millis(300), 1).unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let job = format!("{}-{i}", env.prefix);
+        let body = serde_json::json!({"type": "job.completed", "data": {"id": job}}).to_string();
+        let target = NewDelivery {
+            subscriber: "many".into(),
+            url: None,
+            secret: None,
+        };
+        let made = outbox::make(
+            &mut conn,
+            &env.keys,
+            &job,
+            "1-0",
+            "job.completed",
+            &body,
+            vec![target],
+            3600,
+        )
+        .await
+        .unwrap();
+        assert_eq!(made, 1);
+        ids.push(outbox::delivery_id(&job, "1-0", "job.completed", "many"));
+    }
+
+    let token = CancellationToken::new();
+    let deliveries = tokio::spawn(deliver::run(
+        settings,
+        store,
+        Default::default(),
+        token.clone(),
+    ));
+    wait_until("every delivery to be recorded as delivered", || async {
+        let mut c = env.conn().await;
+        let mut pipe = deadpool_redis::redis::pipe();
+        for id in &ids {
+            pipe.hget(env.keys.delivery(id), "status");
+        }
+        let statuses: Vec<Option<String>> = pipe.query_async(&mut c).await.unwrap();
+        statuses
+            .iter()
+            .all(|s| s.as_deref() == Some("delivered"))
+            .then_some(())
+    })
+    .await;
+    token.cancel();
+    deliveries.await.unwrap();
+
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), N, "each delivery sent once");
+    let mut sent: Vec<&str> = seen
+        .iter()
+        .map(|s| s.headers["webhook-id"].as_str())
+        .collect();
+    sent.sort_unstable();
+    sent.dedup();
+    assert_eq!(sent.len(), N, "no delivery sent twice");
+    for s in &seen {
+        check_signature(s, &secret);
+        let id = s.headers["webhook-id"].as_str();
+        let job = &s.json()["data"]["id"];
+        let at = ids
+            .iter()
+            .position(|i| i == id)
+            .expect("a delivery made here");
+        assert_eq!(job.as_str(), Some(format!("{}-{at}", env.prefix).as_str()));
+    }
+    let mut c = env.conn().await;
+    for id in &ids {
+        let attempts: Vec<String> = c
+            .lrange(env.keys.delivery_attempts(id), 0, -1)
+            .await
+            .unwrap();
+        assert_eq!(attempts.len(), 1, "{id}: {attempts:?}");
+        assert!(
+            attempts[0].contains("\"verdict\":\"delivered\""),
+            "{attempts:?}"
+        );
+    }
+    let due: usize = c.zcard(env.keys.deliveries_due()).await.unwrap();
+    assert_eq!(due, 0, "nothing left due");
+    assert!(
+        receiver.connections() < N,
+        "connections are kept between attempts: {} for {N} deliveries",
+        receiver.connections()
     );
 }

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -31,6 +32,8 @@ impl Seen {
 pub struct Receiver {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections accepted (a client that keeps them open makes fewer than requests).
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -48,8 +51,11 @@ impl Receiver {
             script.iter().copied().collect::<VecDeque<u16>>(),
         ));
         let log = seen.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (log, script) = (log.clone(), script.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -84,11 +90,20 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, seen, task }
+        Receiver {
+            addr,
+            seen,
+            connections,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}/hooks", self.addr)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
