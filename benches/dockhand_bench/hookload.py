@@ -266,7 +266,7 @@ class _Scenario:
         self.refusing = env  # the SSRF guard refuses 127.0.0.1
         self.allowing = {**env, "DOCKHAND__WEBHOOKS__ALLOW_NETWORKS": "127.0.0.1/32"}
         self.procs = []
-        self.dead_key = f"{self.prefix}:webhooks:dead"
+        self.dead_key = f"{self.prefix}:webhooks:{{outbox}}:dead"
         self.made = 0
 
     def cli(self, *args, timeout=120):
@@ -357,7 +357,7 @@ class _Scenario:
     def hashes(self, ids, *fields):
         pipe = self.bench.r.pipeline(transaction=False)
         for wid in ids:
-            pipe.hmget(f"{self.prefix}:webhook:{wid}", *fields)
+            pipe.hmget(f"{self.prefix}:webhooks:{{outbox}}:{wid}", *fields)
         return dict(zip(ids, pipe.execute()))
 
     def cleanup(self):

@@ -342,8 +342,19 @@ async fn a_master_killed_mid_run_loses_no_job() {
     worker.stop().await;
 }
 
+/// A child process killed when the test ends, however it ends (a worker left
+/// running would go on trying a cluster that is gone).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A worker process in cluster mode, serving `queues`, running local jobs.
-fn spawn_worker(env: &Env, cluster: &Cluster, id: &str, queues: &[String]) -> std::process::Child {
+fn spawn_worker(env: &Env, cluster: &Cluster, id: &str, queues: &[String]) -> Killed {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dockhand"));
     cmd.arg("worker");
     for q in queues {
@@ -363,7 +374,7 @@ fn spawn_worker(env: &Env, cluster: &Cluster, id: &str, queues: &[String]) -> st
     for (k, v) in cluster.settings() {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("the dockhand binary starts")
+    Killed(cmd.spawn().expect("the dockhand binary starts"))
 }
 
 /// How many jobs the soak runs: `DOCKHAND_CLUSTER_SOAK_JOBS`, else 300 (the
@@ -417,8 +428,8 @@ async fn a_soak_loses_no_job_when_a_master_and_a_worker_are_killed() {
     })
     .await;
     let mut victim = workers.remove(0);
-    victim.kill().unwrap();
-    victim.wait().unwrap();
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
     let old = cluster.master_of(&env.keys.jobs(&queues[0])).await;
     cluster.kill(old);
     cluster
@@ -453,8 +464,5 @@ async fn a_soak_loses_no_job_when_a_master_and_a_worker_are_killed() {
         let h = hash(&mut c2, &env.keys.job(q, id)).await;
         assert_eq!(h["status"], "completed", "{q}/{id}: {h:?}");
     }
-    for mut w in workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    drop(workers);
 }
