@@ -31,7 +31,7 @@ pub struct FileInfo {
     pub name: String,
     pub size: u64,
     pub sha256: String,
-    /// Where the file went: `redis` (`dockhand:job:<id>:files`), or the upload
+    /// Where the file went: `redis` (`dockhand:{<q>}:job:<id>:files`), or the upload
     /// URL without its query (a presigned query is a credential: never stored).
     pub location: String,
 }
@@ -476,7 +476,7 @@ pub struct Owner<'a> {
 /// whether the same step may acknowledge the entry.
 #[derive(Debug, Clone)]
 pub struct Terminal {
-    /// The job's files (`dockhand:job:<id>:files`) may exist.
+    /// The job's files (`dockhand:{<q>}:job:<id>:files`) may exist.
     pub files: bool,
     /// Its log stream may exist.
     pub log: bool,

@@ -9,10 +9,10 @@
 //!   then. So no finished job is without its deliveries.
 //! - A delivery's id is derived from (job, entry, event, subscriber), so making it
 //!   twice makes it once; the id is also the `webhook-id`, the same on every attempt.
-//! - `dockhand:webhooks:due` holds each pending delivery with its next attempt time.
+//! - `dockhand:webhooks:{outbox}:due` holds each pending delivery with its next attempt time.
 //!   A worker takes due ones by pushing their time a lease ahead (one script), so a
 //!   worker that dies mid-attempt only delays the delivery by the lease.
-//! - Every attempt is appended to `dockhand:webhook:<id>:attempts`; finished
+//! - Every attempt is appended to `dockhand:webhooks:{outbox}:<id>:attempts`; finished
 //!   deliveries and their attempts expire with `jobs.retention_seconds`.
 
 use crate::queue::Keys;
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-/// What one delivery holds (the `dockhand:webhook:<id>` hash).
+/// What one delivery holds (the `dockhand:webhooks:{outbox}:<id>` hash).
 #[derive(Debug, Clone, Default)]
 pub struct Delivery {
     pub id: String,
@@ -568,7 +568,7 @@ fn dead_to(pipe: &mut redis::Pipeline, keys: &Keys, d: &Delivery, error: &str, r
 }
 
 /// Gives up on a delivery without an attempt (its target is unusable):
-/// `dockhand:webhooks:dead` gets a line naming it and why.
+/// `dockhand:webhooks:{outbox}:dead` gets a line naming it and why.
 pub async fn dead(
     conn: &mut Conn,
     keys: &Keys,
