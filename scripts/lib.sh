@@ -362,6 +362,19 @@ dh_check_test_image() {
 # dh_cargo_build [CARGO BUILD ARGS...]: dev-profile build in the repo root; by
 # default the binaries and every test target, so that the test runner afterwards
 # only links nothing new.  Exports DOCKHAND_BIN, the CLI the scripts drive.
+# `cargo build "$@" --message-format=json` in the project, printing "<name>
+# <executable>" for the bench targets engine_floor and attach_reader (their
+# executables have hashed names; cargo's JSON messages say which).
+dh_bench_bins() {
+    (cd "$DH_ROOT" && cargo build "$@" --message-format=json) |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    name = m.get("target", {}).get("name")
+    if m.get("reason") == "compiler-artifact" and name in ("engine_floor", "attach_reader") and m.get("executable"):
+        print(name, m["executable"])'
+}
+
 dh_cargo_build() {
     local -a what=("$@")
     ((${#what[@]} > 0)) || what=(--bins --tests)
