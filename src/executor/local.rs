@@ -206,14 +206,7 @@ impl JobExecutor for LocalExecutor {
         let dir = self.root.join(&name);
         let record_path = self.root.join(format!("{name}{RECORD}"));
         let record = Record {
-            owner: RunOwner {
-                job: job.id.clone(),
-                queue: job.queue.clone(),
-                worker: self.worker_id.clone(),
-                consumer: self.consumer.clone(),
-                entry: ctx.entry.to_string(),
-                deployment: ctx.deployment.to_string(),
-            },
+            owner: RunOwner::of(job, &self.worker_id, &self.consumer, ctx),
             pgid: None,
         };
         let run = LocalRun {

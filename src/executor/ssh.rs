@@ -409,14 +409,7 @@ impl JobExecutor for SshExecutor {
         parents.sort();
         parents.dedup();
         let record = |dir: &str| Record {
-            owner: RunOwner {
-                job: job.id.clone(),
-                queue: job.queue.clone(),
-                worker: self.worker_id.clone(),
-                consumer: self.consumer.clone(),
-                entry: ctx.entry.to_string(),
-                deployment: ctx.deployment.to_string(),
-            },
+            owner: RunOwner::of(job, &self.worker_id, &self.consumer, ctx),
             dir: dir.to_string(),
         };
         // The record holds the directory's absolute path, which only the host

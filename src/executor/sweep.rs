@@ -25,6 +25,25 @@ pub struct RunOwner {
     pub deployment: String,
 }
 
+impl RunOwner {
+    /// The owner of one attempt of `job`, run by this worker process.
+    pub fn of(
+        job: &crate::job::Job,
+        worker: &str,
+        consumer: &str,
+        ctx: &super::RunContext<'_>,
+    ) -> RunOwner {
+        RunOwner {
+            job: job.id.clone(),
+            queue: job.queue.clone(),
+            worker: worker.to_string(),
+            consumer: consumer.to_string(),
+            entry: ctx.entry.to_string(),
+            deployment: ctx.deployment.to_string(),
+        }
+    }
+}
+
 /// A Dockhand container and who made it.
 #[derive(Debug, Clone)]
 pub struct Labelled {

@@ -42,6 +42,24 @@ async fn one_queue_per_master(cluster: &Cluster, env: &Env) -> Vec<String> {
     queues
 }
 
+/// An in-process worker in cluster mode on `cluster`, serving `queues`.
+fn cluster_worker(
+    env: &Env,
+    cluster: &Cluster,
+    queues: &[String],
+    concurrency: usize,
+    more: &[(&str, &str)],
+) -> Worker {
+    let settings = cluster.settings();
+    let mut extra: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    extra.extend_from_slice(more);
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    Worker::start(env.settings(&queues, concurrency, &extra))
+}
+
 async fn hash(
     c: &mut redis::cluster_async::ClusterConnection,
     key: &str,
@@ -81,16 +99,7 @@ async fn the_core_cases_run_on_a_three_master_cluster() {
     let env = Env::at(format!("redis://127.0.0.1:{}/", cluster.ports()[0]));
     let queues = one_queue_per_master(&cluster, &env).await;
     let (qa, qb, qc) = (&queues[0], &queues[1], &queues[2]);
-    let extra: Vec<(String, String)> = cluster.settings();
-    let extra: Vec<(&str, &str)> = extra
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let worker = Worker::start(env.settings(
-        &queues.iter().map(String::as_str).collect::<Vec<_>>(),
-        3,
-        &extra,
-    ));
+    let worker = cluster_worker(&env, &cluster, &queues, 3, &[]);
     let receiver = Receiver::start(&[]).await;
     let secret = Secret::generate().unwrap();
     let mut c = cluster.conn().await;
@@ -273,19 +282,10 @@ async fn a_master_killed_mid_run_loses_no_job() {
     let mut cluster = Cluster::start().await;
     let env = Env::at(format!("redis://127.0.0.1:{}/", cluster.ports()[0]));
     let queues = one_queue_per_master(&cluster, &env).await;
-    let mut extra: Vec<(String, String)> = cluster.settings();
     // Each claim, terminal write and ack waits for a replica (docs/scaling.md):
     // what a worker recorded survives the master.
-    extra.push(("DOCKHAND__REDIS__WAIT_REPLICAS".into(), "1".into()));
-    let extra: Vec<(&str, &str)> = extra
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let worker = Worker::start(env.settings(
-        &queues.iter().map(String::as_str).collect::<Vec<_>>(),
-        4,
-        &extra,
-    ));
+    let wait = [("DOCKHAND__REDIS__WAIT_REPLICAS", "1")];
+    let worker = cluster_worker(&env, &cluster, &queues, 4, &wait);
     let c = cluster.conn().await;
     const PER_QUEUE: usize = 10;
     let mut jobs = Vec::new();

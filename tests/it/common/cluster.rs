@@ -8,7 +8,7 @@
 //! so a replica takes over a killed master within seconds; a test waits for it
 //! as an event, never for a time.
 
-use super::{free_port, wait_until};
+use super::{free_port, query_node as query, wait_for_ping, wait_until};
 use deadpool_redis::redis;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -222,32 +222,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// One command to the node on `port`.
-pub async fn query<T: redis::FromRedisValue>(
-    port: u16,
-    cmd: &mut redis::Cmd,
-) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    cmd.query_async(&mut conn).await
-}
-
-fn wait_for_ping(port: u16) {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    for _ in 0..200 {
-        if let Ok(mut c) = client.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server did not start on port {port}");
 }

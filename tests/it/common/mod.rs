@@ -741,3 +741,33 @@ pub async fn dead_entries_become(env: &Env, queue: &str, n: usize) {
     )
     .await;
 }
+
+/// One command on a fresh connection to the Redis on loopback `port`, bounded
+/// in time (a test's own server, sentinel or cluster node).
+pub async fn query_node<T: redis::FromRedisValue>(
+    port: u16,
+    cmd: &mut redis::Cmd,
+) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    cmd.query_async(&mut conn).await
+}
+
+/// Waits (bounded) until the Redis on loopback `port` answers `PING`.
+pub fn wait_for_ping(port: u16) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    for _ in 0..200 {
+        if let Ok(mut c) = client.get_connection() {
+            if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("redis-server did not start on port {port}");
+}

@@ -8,10 +8,10 @@
 //! take 3 s, so a test's failover is over in a few seconds; a test waits for
 //! it as an event ([`SentinelGroup::wait_for_new_master`]), never for a time.
 
-use super::{free_port, wait_until};
+pub use super::query_node as query;
+use super::{free_port, wait_for_ping, wait_until};
 use deadpool_redis::redis;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 /// The name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "dhmaster";
@@ -227,34 +227,6 @@ impl Drop for SentinelGroup {
             }
         }
     }
-}
-
-/// One command on a fresh connection to the server on `port`, bounded in time.
-pub async fn query<T: redis::FromRedisValue>(
-    port: u16,
-    cmd: &mut redis::Cmd,
-) -> redis::RedisResult<T> {
-    let client = redis::Client::open(SentinelGroup::url_of(port))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    cmd.query_async(&mut conn).await
-}
-
-fn wait_for_ping(port: u16) {
-    let client = redis::Client::open(SentinelGroup::url_of(port)).unwrap();
-    for _ in 0..200 {
-        if let Ok(mut c) = client.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server did not start on port {port}");
 }
 
 /// The process's log file in `dir` (kept with the group's directory while it lives).
