@@ -83,7 +83,8 @@ impl StoreError {
                     // Answers of a Redis that is starting up or failing over: wait and retry.
                     // NOREPLICAS: a master with `min-replicas-to-write` that has too few
                     // replicas now refuses writes (it may be cut off from the others).
-                    || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "NOREPLICAS"))
+                    // MOVED, ASK: the cluster's slots moved more times than its client follows.
+                    || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "NOREPLICAS" | "MOVED" | "ASK"))
             }
             _ => false,
         }
@@ -263,6 +264,7 @@ impl Tracked {
             Err(e) => {
                 if e.is_io_error()
                     || e.is_connection_dropped()
+                    || e.is_connection_refusal()
                     || e.is_timeout()
                     || e.code() == Some("READONLY")
                 {
@@ -391,6 +393,7 @@ impl Target {
                 let conn = redis::cluster::ClusterClient::builder(seeds.iter().cloned())
                     .connection_timeout(connect)
                     .response_timeout(response)
+                    .retries(CLUSTER_RETRIES)
                     .build()?
                     .get_async_connection()
                     .await?;
@@ -416,6 +419,14 @@ impl Target {
         }
     }
 }
+
+/// How often the cluster client retries a command itself before it hands the
+/// error to us. Its default, 16, is retried at once when every node refuses:
+/// each retry a reconnection to the seed nodes with a warning and an error in
+/// the log, about 700 lines a second from one worker while a cluster was down.
+/// Three still follow a redirect (`MOVED`, `ASK`) and a node's reconnection;
+/// what remains is ours to retry, with a back-off (see [`StoreError::is_connection`]).
+const CLUSTER_RETRIES: u32 = 3;
 
 /// A client for the first of `nodes` that answers a `PING`.
 async fn first_answering(
@@ -505,6 +516,12 @@ impl Store {
             wait_replicas: r.wait_replicas,
             wait_timeout_ms: r.wait_timeout_ms,
         })
+    }
+
+    /// Whether this is a Redis Cluster (a plain pipeline's commands then go each
+    /// on its own, to their slots' nodes, in no set order).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
     }
 
     /// A connection for ordinary commands.

@@ -4,6 +4,7 @@
 
 use super::outbox::{self, Claimed, Delivery, Next};
 use super::{attempt_on, Connections, Guard, Message, Outbound, Subscriber, Target, Verdict};
+use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::metrics::{Inc, WEBHOOK_ATTEMPTS, WEBHOOK_LATENCY};
 use crate::queue::Keys;
@@ -65,6 +66,12 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(w.concurrency));
     let tracker = TaskTracker::new();
     let lease_ms = w.lease_seconds * 1000;
+    // While Redis cannot be read, the looks back off from POLL (each failed one
+    // costs a cluster client several reconnections, each logged).
+    let mut unreachable = Backoff::new(
+        POLL,
+        Duration::from_millis(ctx.settings.worker.reconnect_max_ms).max(POLL),
+    );
     while !token.is_cancelled() {
         // A free permit first (waiting for one, not polling: an attempt that ends
         // lets the next due delivery go at once), then every other free one: as
@@ -88,10 +95,21 @@ pub async fn run(
         }
         .await;
         let (claimed, next) = match claimed {
-            Ok(c) => c,
+            Ok(c) => {
+                unreachable.reset();
+                c
+            }
             Err(e) => {
-                tracing::debug!(error = %error_chain(&e), "cannot read due webhook deliveries");
-                (Vec::new(), None)
+                let wait = unreachable.next_delay();
+                if unreachable.failures() == 1 {
+                    tracing::warn!(error = %error_chain(&e), "cannot read due webhook deliveries; retrying");
+                }
+                drop(held);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = token.cancelled() => break,
+                }
+                continue;
             }
         };
         let idle = claimed.is_empty();

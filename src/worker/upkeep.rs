@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// Moves scheduled jobs (delays, retries) of `queue` into its stream when due.
 pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken) {
     let every = Duration::from_millis(ctx.settings.worker.block_ms.min(500));
+    let mut backoff = super::context::reconnect_backoff(&ctx.settings);
     while !token.is_cancelled() {
         let moved: Result<usize, StoreError> = async {
             let mut conn = ctx.store.conn().await?;
@@ -32,13 +33,21 @@ pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken)
             .await
         }
         .await;
-        match moved {
-            Ok(n) if n > 0 => tracing::debug!(queue = %queue, moved = n, "scheduled jobs are due"),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %error_chain(&e), "moving due jobs failed"),
-        }
+        let delay = match moved {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(queue = %queue, moved = n, "scheduled jobs are due");
+                }
+                backoff.reset();
+                every
+            }
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "moving due jobs failed");
+                backoff.next_delay().max(every)
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = token.cancelled() => return,
         }
     }
@@ -135,6 +144,7 @@ fn report_ticks(
 /// the step that ends a wait checks it still waits, so two workers end it once.
 pub(super) async fn dependency_deadlines(ctx: Ctx, token: CancellationToken) {
     let every = Duration::from_secs(1);
+    let mut backoff = super::context::reconnect_backoff(&ctx.settings);
     while !token.is_cancelled() {
         let ended = async {
             let mut conn = ctx.store.conn().await?;
@@ -148,12 +158,20 @@ pub(super) async fn dependency_deadlines(ctx: Ctx, token: CancellationToken) {
             Ok::<_, StoreError>(ended)
         }
         .await;
-        match ended {
-            Ok(n) if n > 0 => tracing::info!(ended = n, "waits for parents ran out"),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %error_chain(&e), "ending waits that ran out failed"),
-        }
-        super::context::sleep_or_cancel(every, &token).await;
+        let delay = match ended {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(ended = n, "waits for parents ran out");
+                }
+                backoff.reset();
+                every
+            }
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "ending waits that ran out failed");
+                backoff.next_delay().max(every)
+            }
+        };
+        super::context::sleep_or_cancel(delay, &token).await;
     }
 }
 
