@@ -17,10 +17,14 @@
 //!   its own variables): the worker's variables hold its credentials.
 //! - Limits that cannot be applied on this host are said in the job's log, never
 //!   silently skipped.
-//! - Beside each working directory a record (`<name>.json`) names the job, the
-//!   worker process and its process group, so that the sweep of a later worker can
-//!   stop and remove what a killed one left; the record and the directory are
-//!   removed after the run.
+//! - Beside each working directory a record (`<name>.json`) names the job and the
+//!   worker process, so that the sweep of a later worker can stop and remove what
+//!   a killed one left. It is written once, before the directory is made: the
+//!   sweep finds the run's processes in `/proc` by their `DOCKHAND_WORK`, so the
+//!   record needs no process group written after the start.
+//! - The record and the directory are removed after the run: by the step that
+//!   reads the outputs once the leader is reaped (one blocking step for both),
+//!   else by the clean-up.
 
 mod spawn;
 
@@ -37,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -63,20 +68,21 @@ pub struct LocalExecutor {
     uid: u32,
 }
 
-/// Who made a run, written beside its directory for the sweep.
+/// Who made a run, written beside its directory for the sweep. (A record of an
+/// older worker also holds `pgid`, which is not read: the sweep finds the groups
+/// in `/proc`.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     #[serde(flatten)]
     owner: RunOwner,
-    /// The job's process group, once started.
-    pgid: Option<i32>,
 }
 
 /// One run: its directory and, once started, its process group.
 pub struct LocalRun {
     dir: PathBuf,
     record_path: PathBuf,
-    record: Record,
+    /// The directory and record are gone already (removed with the outputs' read).
+    removed: AtomicBool,
     /// The process group (the leader's pid), once started.
     pgid: Mutex<Option<i32>>,
     /// The leader's output pipes, until the log streamer takes them.
@@ -109,7 +115,7 @@ impl LocalExecutor {
         super::runner::drive(self, job, &ctx).await
     }
 
-    /// The system log lines saying which limits apply, and how.
+    /// What the job's system log says at the start: which limits apply, and how.
     fn limit_lines(&self, job: &Job) -> Vec<String> {
         let l = &job.limits;
         let mut lines = vec![format!(
@@ -207,12 +213,11 @@ impl JobExecutor for LocalExecutor {
         let record_path = self.root.join(format!("{name}{RECORD}"));
         let record = Record {
             owner: RunOwner::of(job, &self.worker_id, &self.consumer, ctx),
-            pgid: None,
         };
         let run = LocalRun {
             dir: dir.clone(),
             record_path: record_path.clone(),
-            record: record.clone(),
+            removed: AtomicBool::new(false),
             pgid: Mutex::new(None),
             pipes: Mutex::new(None),
             exit: watch::Sender::new(None),
@@ -277,9 +282,10 @@ impl JobExecutor for LocalExecutor {
                 "a local job needs a `command` or a `script`".into(),
             ));
         };
-        for line in self.limit_lines(job) {
-            ctx.logs.system(line).await;
-        }
+        // One system line, its parts joined: each line is a write to Redis of
+        // its own (an `XADD` and a `PUBLISH`, and a script call per batch), and
+        // three or four lines were most of a `true` job's log writes.
+        ctx.logs.system(self.limit_lines(job).join("; ")).await;
         let folder = |f: &str| OsString::from(run.dir.join(f));
         let work = folder("work");
         // The job's environment, in the order a later value wins (the child
@@ -342,16 +348,6 @@ impl JobExecutor for LocalExecutor {
             });
             exit.send_replace(Some(status));
         });
-        let mut record = run.record.clone();
-        record.pgid = pgid;
-        let path = run.record_path.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || write_record(&path, &record))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r)
-        {
-            tracing::warn!(error = %e, "cannot record the job's process group for the sweep");
-        }
         Ok(())
     }
 
@@ -413,7 +409,17 @@ impl JobExecutor for LocalExecutor {
                 .unwrap_or(-1),
             None => -1,
         };
-        let output = collect_dir(run.dir.join("output"), job).await?;
+        // A reaped leader's group was killed then: the run's directory and record
+        // can go in the same blocking step as the outputs' read (else clean_up
+        // removes them).
+        let remove = run
+            .exited()
+            .then(|| (run.dir.clone(), run.record_path.clone()));
+        let (output, removed) = collect_dir(run.dir.join("output"), job, remove).await;
+        if removed {
+            run.removed.store(true, Ordering::Relaxed);
+        }
+        let output = output?;
         Ok(RunOutcome {
             exit_code,
             oom_killed: false,
@@ -433,7 +439,9 @@ impl JobExecutor for LocalExecutor {
                 .await
                 .ok();
         }
-        remove_run(run.dir, run.record_path).await;
+        if !run.removed.load(Ordering::Relaxed) {
+            remove_run(run.dir, run.record_path).await;
+        }
     }
 
     async fn leftovers(&self) -> Result<Vec<Labelled>, ExecError> {
@@ -451,47 +459,45 @@ impl JobExecutor for LocalExecutor {
             return;
         };
         let work = dir.join("work");
-        let found = std::fs::read(&record_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
-        if let Some(pgid) = found.and_then(|r| r.pgid) {
-            // Only a group that is still this run's: its id may have been reused.
-            let group = tokio::task::spawn_blocking(move || group_is_run(pgid, &work))
-                .await
-                .unwrap_or(false);
-            if group {
-                signal_group(pgid, libc::SIGKILL);
-            }
+        let groups = tokio::task::spawn_blocking(move || run_groups(&work))
+            .await
+            .unwrap_or_default();
+        for pgid in groups {
+            signal_group(pgid, libc::SIGKILL);
         }
         remove_run(dir, record_path).await;
     }
 }
 
-/// Writes a run's record (whole, then renamed into place).
+/// Writes a run's record, in one `write`. Not through a temporary file and a
+/// rename: that cost each run a second entry change in the worker's folder,
+/// whose lock all its runs share, and it is written once, before the run's
+/// directory exists, so no reader depends on its replacement being atomic (one
+/// that finds it empty or torn skips it, as a record of no run).
 fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
     std::fs::write(
-        &tmp,
+        path,
         serde_json::to_vec(record).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&tmp, path)
+    )
 }
 
 /// Removes a run's directory and its record; failure is logged (the sweep retries).
 async fn remove_run(dir: PathBuf, record: PathBuf) {
-    let removed = tokio::task::spawn_blocking(move || {
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        match std::fs::remove_file(&record) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    })
-    .await;
+    let removed = tokio::task::spawn_blocking(move || remove_files(&dir, &record)).await;
     if let Ok(Err(e)) = removed {
         tracing::warn!(error = %e, "could not remove a local job's working directory");
+    }
+}
+
+/// Removes a run's directory, then its record (blocking); either gone already is fine.
+fn remove_files(dir: &Path, record: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match std::fs::remove_file(record) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -525,27 +531,44 @@ fn list_records(base: &Path) -> std::io::Result<Vec<Labelled>> {
     Ok(found)
 }
 
-/// Whether a process of group `pgid` still runs in the run whose work dir is
-/// `work` (its environment says so): a recorded group id may be another's now.
-fn group_is_run(pgid: i32, work: &Path) -> bool {
+/// The process groups of the processes that still run in the run whose work
+/// dir is `work` (their environment says so; a group id alone may be another
+/// run's by now, or anyone's), the worker's own group left out.
+fn run_groups(work: &Path) -> Vec<i32> {
     let needle = format!("DOCKHAND_WORK={}", work.to_string_lossy());
+    // SAFETY: getpgrp has no preconditions and cannot fail.
+    let own = unsafe { libc::getpgrp() };
+    let mut groups = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
+        return groups;
     };
-    procs.flatten().any(|p| {
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .as_encoded_bytes()
+            .iter()
+            .all(u8::is_ascii_digit)
+        {
+            continue; // not a process (self, sys, …)
+        }
         let path = p.path();
-        let in_group = std::fs::read_to_string(path.join("stat"))
+        let in_run = std::fs::read(path.join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()));
+        if !in_run {
+            continue;
+        }
+        let pgid = std::fs::read_to_string(path.join("stat"))
             .ok()
             .and_then(|stat| {
                 // pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
                 let rest = &stat[stat.rfind(')')? + 1..];
                 rest.split_whitespace().nth(2)?.parse::<i32>().ok()
-            })
-            == Some(pgid);
-        in_group
-            && std::fs::read(path.join("environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
-    })
+            });
+        if let Some(g) = pgid.filter(|g| *g > 1 && *g != own && !groups.contains(g)) {
+            groups.push(g);
+        }
+    }
+    groups
 }
 
 /// `progress.json` in the output folder, by the rules of the Docker copy: only a
@@ -571,38 +594,54 @@ fn read_progress_file(path: &Path) -> Option<FileReport> {
 /// The output folder by the same rules as a container's: it is written as a tar
 /// stream into a pipe and read by the reader of container archives, so that
 /// nothing more than `limits.output_bytes` is held, whatever the folder holds.
-async fn collect_dir(output: PathBuf, job: &Job) -> Result<JobOutput, ExecError> {
+/// Then, in the same blocking step, `remove` (the run's directory and record),
+/// if given: whether they are gone is the second value (on a failure the
+/// clean-up tries again, and says why).
+async fn collect_dir(
+    output: PathBuf,
+    job: &Job,
+    remove: Option<(PathBuf, PathBuf)>,
+) -> (Result<JobOutput, ExecError>, bool) {
     let budget = job.limits.output_bytes;
     let keep_files = job.collect_outputs;
-    tokio::task::spawn_blocking(move || -> std::io::Result<JobOutput> {
-        // Nothing written (most jobs): nothing to archive. (A folder that cannot
-        // be read is left to the archive's writer, whose error says why.)
-        if std::fs::read_dir(&output).is_ok_and(|mut d| d.next().is_none()) {
-            return Ok(JobOutput::default());
-        }
-        let (reader, writer) = std::io::pipe()?;
-        std::thread::scope(|s| {
-            let writing = s.spawn(move || -> std::io::Result<()> {
-                let mut tar = tar::Builder::new(writer);
-                tar.follow_symlinks(false);
-                tar.append_dir_all("output", &output)?;
-                tar.into_inner().map(drop)
-            });
-            let read = read_outputs(reader, budget, keep_files);
-            // A reader that stopped early makes the writer fail (a closed pipe):
-            // the reader's error is the one that says what happened.
-            let written = writing
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("the archive writer panicked")));
-            let out = read?;
-            written?;
-            Ok(out)
-        })
+    let done = tokio::task::spawn_blocking(move || {
+        let read = read_dir_outputs(output, budget, keep_files);
+        let removed = remove.is_some_and(|(dir, record)| remove_files(&dir, &record).is_ok());
+        (read, removed)
     })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))
-    .and_then(|r| r)
-    .map_err(local("read the job's output files"))
+    .await;
+    let (read, removed) = match done {
+        Ok(done) => done,
+        Err(e) => (Err(std::io::Error::other(e.to_string())), false),
+    };
+    (read.map_err(local("read the job's output files")), removed)
+}
+
+/// [`collect_dir`]'s read (blocking).
+fn read_dir_outputs(output: PathBuf, budget: u64, keep_files: bool) -> std::io::Result<JobOutput> {
+    // Nothing written (most jobs): nothing to archive. (A folder that cannot
+    // be read is left to the archive's writer, whose error says why.)
+    if std::fs::read_dir(&output).is_ok_and(|mut d| d.next().is_none()) {
+        return Ok(JobOutput::default());
+    }
+    let (reader, writer) = std::io::pipe()?;
+    std::thread::scope(|s| {
+        let writing = s.spawn(move || -> std::io::Result<()> {
+            let mut tar = tar::Builder::new(writer);
+            tar.follow_symlinks(false);
+            tar.append_dir_all("output", &output)?;
+            tar.into_inner().map(drop)
+        });
+        let read = read_outputs(reader, budget, keep_files);
+        // A reader that stopped early makes the writer fail (a closed pipe):
+        // the reader's error is the one that says what happened.
+        let written = writing
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the archive writer panicked")));
+        let out = read?;
+        written?;
+        Ok(out)
+    })
 }
 
 /// Reads stdout and stderr as they come, into the job's log, line by line.

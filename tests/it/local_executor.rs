@@ -381,25 +381,40 @@ async fn the_sweep_stops_and_removes_what_a_dead_worker_left() {
     // its record, and its process group still running.
     let dir = base.path().join("gone-worker").join("job-1");
     std::fs::create_dir_all(dir.join("work")).unwrap();
-    let mut orphan = std::process::Command::new("sleep")
-        .arg("1000")
-        .env("DOCKHAND_WORK", dir.join("work"))
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let sleeper = |work: &std::path::Path| {
+        std::process::Command::new("sleep")
+            .arg("1000")
+            .env("DOCKHAND_WORK", work)
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let mut orphan = sleeper(&dir.join("work"));
+    // One of the run's processes that left its group (as after `setsid`).
+    let mut escaped = sleeper(&dir.join("work"));
+    // Another run's process (a live worker's, say): not this run's to stop.
+    let mut bystander = sleeper(&base.path().join("other-worker/job-2/work"));
+    // As a worker writes it: no process group (the sweep finds the run's
+    // processes by their DOCKHAND_WORK).
     let record = serde_json::json!({
         "job": "job", "worker": "gone-worker", "consumer": "gone-worker:1:x",
-        "entry": "1-0", "deployment": deployment, "pgid": orphan.id(),
+        "entry": "1-0", "deployment": deployment,
     });
     let record_path = base.path().join("gone-worker").join("job-1.json");
     std::fs::write(&record_path, record.to_string()).unwrap();
 
     let worker = local_worker(&env, base.path());
     wait_until("the orphaned run stopped and removed", || {
-        let stopped = orphan.try_wait().unwrap().is_some();
+        let stopped = orphan.try_wait().unwrap().is_some() && escaped.try_wait().unwrap().is_some();
         let done = stopped && !dir.exists() && !record_path.exists();
         async move { done.then_some(()) }
     })
     .await;
     worker.stop().await;
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "a process of another run's directory runs on"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
 }
