@@ -5,7 +5,10 @@
 //!   the job, so `seq` has no gaps across the stored stream and the live channel, and
 //!   a reader joins the two on it.
 //! - Each batch is written by one Lua call ([`WRITE`]): its `XADD`s and `PUBLISH`es
-//!   land together, in order.
+//!   land together, in order. On a single Redis (not a cluster) the `PUBLISH`es
+//!   are left out when nobody is subscribed to the job's channel or to any
+//!   pattern then: the call is atomic, so a reader that subscribes and then reads
+//!   the stream (as one must, joining on `seq`) still gets every line.
 //!   One batch is in flight while the next fills (up to [`BATCH_LINES`]); a line
 //!   that comes while none is in flight goes out at once.
 //! - `limits.log_bytes` caps what is kept; reaching it is said in a `system` line, and
@@ -263,26 +266,59 @@ pub fn spawn_writer(
 /// one call: atomic like `MULTI`, with one reply where `MULTI` has two per line
 /// and their array (parsing those replies was a quarter of the worker's
 /// instructions on a chatty job).
-/// KEYS: 1 the log stream. ARGV: 1 the channel, 2 ts, then five per line: seq,
-/// stream, line, partial ('1' or ''), the published message.
+/// Two arguments a line, not five: each argument becomes a Lua string, and
+/// `seq`, the stream's name and the partial mark are cheaper made here.
+/// A `PUBLISH` to nobody still costs Redis a call; most jobs' logs have no live
+/// reader, so it is skipped then (`PUBSUB` answers for this node only: on a
+/// cluster the caller says to publish always).
+/// KEYS: 1 the log stream. ARGV: 1 the channel, 2 ts, 3 the first line's seq,
+/// 4 the lines' kinds (a letter a line, see [`kind`]), 5 '1' to publish
+/// whoever listens, then two per line: the line, its message.
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         local key, channel, ts = KEYS[1], ARGV[1], ARGV[2]
-        for i = 3, #ARGV, 5 do
-            if ARGV[i + 3] == '1' then
-                redis.call('XADD', key, '*', 'seq', ARGV[i], 'stream', ARGV[i + 1], 'ts', ts,
-                    'line', ARGV[i + 2], 'partial', '1')
+        local seq, kinds = tonumber(ARGV[3]), ARGV[4]
+        local live = ARGV[5] == '1'
+            or redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
+            or redis.call('PUBSUB', 'NUMPAT') > 0
+        local names = {o = 'stdout', e = 'stderr', b = 'build', s = 'system'}
+        local n = 0
+        for i = 6, #ARGV, 2 do
+            n = n + 1
+            local k = string.byte(kinds, n)
+            if k < 97 then
+                redis.call('XADD', key, '*', 'seq', seq, 'stream', names[string.char(k + 32)],
+                    'ts', ts, 'line', ARGV[i], 'partial', '1')
             else
-                redis.call('XADD', key, '*', 'seq', ARGV[i], 'stream', ARGV[i + 1], 'ts', ts,
-                    'line', ARGV[i + 2])
+                redis.call('XADD', key, '*', 'seq', seq, 'stream', names[string.char(k)],
+                    'ts', ts, 'line', ARGV[i])
             end
-            redis.call('PUBLISH', channel, ARGV[i + 4])
+            if live then
+                redis.call('PUBLISH', channel, ARGV[i + 1])
+            end
+            seq = seq + 1
         end
-        return (#ARGV - 2) / 5
+        return n
         ",
     )
 });
+
+/// A line's letter in [`WRITE`]'s kinds (the script's `names`), upper case for
+/// a piece of a longer line.
+fn kind(line: &LogLine) -> u8 {
+    let letter = match line.stream {
+        LogStream::Stdout => b'o',
+        LogStream::Stderr => b'e',
+        LogStream::Build => b'b',
+        LogStream::System => b's',
+    };
+    if line.partial {
+        letter.to_ascii_uppercase()
+    } else {
+        letter
+    }
+}
 
 /// What the writer keeps of a job's log between batches.
 struct Writer {
@@ -292,6 +328,9 @@ struct Writer {
     cap_bytes: u64,
     tail_lines: usize,
     mask: Mask,
+    /// Publish whether or not anyone listens (on a cluster, where `PUBSUB`
+    /// counts one node's subscribers only).
+    publish_always: bool,
     capped: bool,
     summary: LogSummary,
     /// One message's JSON, reused.
@@ -343,10 +382,11 @@ impl Writer {
             .arg(1)
             .arg(&self.stream_key)
             .arg(&self.channel)
-            .arg(&ts);
-        let mut seq = after;
-        for line in lines {
-            seq += 1;
+            .arg(&ts)
+            .arg(after + 1)
+            .arg(lines.iter().map(kind).collect::<Vec<u8>>())
+            .arg(if self.publish_always { "1" } else { "" });
+        for (seq, line) in (after + 1..).zip(lines) {
             let msg = Message {
                 job: &self.job_id,
                 seq,
@@ -357,11 +397,7 @@ impl Writer {
             };
             self.json.clear();
             serde_json::to_writer(&mut self.json, &msg).expect("a log message always serializes");
-            cmd.arg(seq)
-                .arg(line.stream.as_str())
-                .arg(&line.text)
-                .arg(if line.partial { "1" } else { "" })
-                .arg(&self.json[..]);
+            cmd.arg(&line.text).arg(&self.json[..]);
         }
         cmd
     }
@@ -417,6 +453,7 @@ async fn write_lines(
         last_stored_seq(&store, &stream_key).await
     };
     let mut w = Writer {
+        publish_always: store.is_cluster(),
         channel: keys.log_channel(&job_id),
         stream_key,
         job_id,
@@ -616,6 +653,23 @@ mod tests {
             "pw=*** and ***, ab"
         );
         assert!(Mask::new(&[]).is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_line_has_its_own_letter() {
+        let line = |stream, partial| LogLine {
+            stream,
+            text: String::new(),
+            partial,
+        };
+        // The script names the stream by the letter (lower case) and marks a
+        // partial line by upper case (below 97, 'a').
+        assert_eq!(kind(&line(LogStream::Stdout, false)), b'o');
+        assert_eq!(kind(&line(LogStream::Stderr, false)), b'e');
+        assert_eq!(kind(&line(LogStream::Build, false)), b'b');
+        assert_eq!(kind(&line(LogStream::System, false)), b's');
+        assert_eq!(kind(&line(LogStream::Stdout, true)), b'O');
+        assert_eq!(kind(&line(LogStream::Stderr, true)), b'E');
     }
 
     #[test]

@@ -262,3 +262,96 @@ async fn a_stalled_writer_reads_on_from_the_log_losing_nothing() {
     assert!(out.iter().copied().eq(1..=n), "every number once, in order");
     worker.stop().await;
 }
+
+/// Lines are published only while someone listens: a job nobody watches costs
+/// Redis no `PUBLISH` a line, and one watched gets every line live. Both keep
+/// every line in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_are_published_while_someone_listens() {
+    // A server of its own: `INFO commandstats` counts this worker's commands only.
+    let env = Env::own_server();
+    let worker = env.worker(&["default"], 1);
+    let lines = 300u64;
+    let command = format!("seq 1 {lines}");
+    let publishes = || async {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut env.conn().await)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+            .map_or(0, |rest| {
+                rest.split(',').next().unwrap().parse::<u64>().unwrap()
+            })
+    };
+
+    let unwatched = format!("{}-unwatched", env.prefix);
+    let before = publishes().await;
+    env.xadd(
+        "default",
+        &spec(&unwatched, serde_json::json!({"command": command})),
+    )
+    .await;
+    assert_eq!(env.finished(&unwatched).await["status"], "completed");
+    let unwatched_publishes = publishes().await - before;
+
+    let watched = format!("{}-watched", env.prefix);
+    let mut pubsub = env.client.get_async_pubsub().await.unwrap();
+    // Confirmed by the server when it returns: the first batch sees it.
+    pubsub
+        .subscribe(env.keys.log_channel(&watched))
+        .await
+        .unwrap();
+    let before = publishes().await;
+    env.xadd(
+        "default",
+        &spec(&watched, serde_json::json!({"command": command})),
+    )
+    .await;
+    let mut received = Vec::new();
+    {
+        let mut messages = pubsub.on_message();
+        while (received.len() as u64) < lines {
+            let msg = tokio::time::timeout(Duration::from_secs(120), messages.next())
+                .await
+                .expect("a live line within 2 minutes")
+                .expect("the subscription stays open");
+            let body: serde_json::Value =
+                serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+            if body["stream"] == "stdout" {
+                received.push((
+                    body["seq"].as_u64().unwrap(),
+                    body["line"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    assert_eq!(env.finished(&watched).await["status"], "completed");
+    let watched_publishes = publishes().await - before;
+
+    let expected: Vec<String> = (1..=lines).map(|n| n.to_string()).collect();
+    let live: Vec<String> = received.iter().map(|(_, l)| l.clone()).collect();
+    assert_eq!(live, expected, "every line live, in order");
+    for id in [&unwatched, &watched] {
+        let stored: Vec<String> = env
+            .log(id)
+            .await
+            .into_iter()
+            .filter(|(_, s, _)| s == "stdout")
+            .map(|(_, _, l)| l)
+            .collect();
+        assert_eq!(stored, expected, "{id}: every line stored");
+    }
+    // The job's events are published either way (a handful); the lines only
+    // when watched.
+    assert!(
+        unwatched_publishes < lines,
+        "no line published to nobody: {unwatched_publishes} PUBLISH calls"
+    );
+    assert!(
+        watched_publishes >= lines,
+        "every line published when watched: {watched_publishes} PUBLISH calls"
+    );
+    worker.stop().await;
+}
