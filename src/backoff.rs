@@ -61,6 +61,18 @@ impl Backoff {
         self.failures = 0;
     }
 
+    /// The wait of a loop that runs every `every`: `every` after a pass that
+    /// succeeded (the count starts again), else the next delay but never less
+    /// than `every`, so that a loop backs off while Redis cannot be reached.
+    pub fn pace(&mut self, succeeded: bool, every: Duration) -> Duration {
+        if succeeded {
+            self.reset();
+            every
+        } else {
+            self.next_delay().max(every)
+        }
+    }
+
     /// Runs `step` until it succeeds, fails with an error `retryable` refuses, or
     /// `give_up_after` has passed since the first try (then its last error is
     /// returned), sleeping this backoff's delays in between. `failed` hears of each
@@ -109,6 +121,21 @@ mod tests {
             max,
             "no overflow, fraction clamped"
         );
+    }
+
+    #[test]
+    fn a_paced_loop_keeps_its_period_and_backs_off_on_failures() {
+        let mut b = Backoff::new(100 * MS, 2000 * MS);
+        let every = 500 * MS;
+        assert_eq!(b.pace(true, every), every);
+        assert_eq!(b.pace(false, every), every, "never sooner than the period");
+        for _ in 0..10 {
+            b.pace(false, every);
+        }
+        assert!(b.pace(false, every) >= 1000 * MS, "the cap's half at least");
+        assert_eq!(b.failures(), 12);
+        assert_eq!(b.pace(true, every), every);
+        assert_eq!(b.failures(), 0, "a success starts the count again");
     }
 
     #[test]

@@ -33,19 +33,12 @@ pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken)
             .await
         }
         .await;
-        let delay = match moved {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::debug!(queue = %queue, moved = n, "scheduled jobs are due");
-                }
-                backoff.reset();
-                every
-            }
-            Err(e) => {
-                tracing::debug!(error = %error_chain(&e), "moving due jobs failed");
-                backoff.next_delay().max(every)
-            }
-        };
+        match &moved {
+            Ok(n) if *n > 0 => tracing::debug!(queue = %queue, moved = n, "scheduled jobs are due"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %error_chain(e), "moving due jobs failed"),
+        }
+        let delay = backoff.pace(moved.is_ok(), every);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = token.cancelled() => return,
@@ -70,20 +63,14 @@ pub(super) async fn periodic(ctx: Ctx, token: CancellationToken) {
             queue::cron::run_due(&mut conn, &ctx.keys, chrono::Utc::now(), late).await
         }
         .await;
-        let delay = match pass {
-            Ok(events) => {
-                backoff.reset();
-                report_ticks(events, &mut reported);
-                every
+        let delay = backoff.pace(pass.is_ok(), every);
+        match pass {
+            Ok(events) => report_ticks(events, &mut reported),
+            Err(e) if backoff.failures() == 1 => {
+                tracing::warn!(error = %error_chain(&e), "cannot read the periodic schedules; retrying")
             }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                if backoff.failures() == 1 {
-                    tracing::warn!(error = %error_chain(&e), "cannot read the periodic schedules; retrying");
-                }
-                delay.max(every)
-            }
-        };
+            Err(_) => {}
+        }
         super::context::sleep_or_cancel(delay, &token).await;
     }
 }
@@ -158,19 +145,12 @@ pub(super) async fn dependency_deadlines(ctx: Ctx, token: CancellationToken) {
             Ok::<_, StoreError>(ended)
         }
         .await;
-        let delay = match ended {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(ended = n, "waits for parents ran out");
-                }
-                backoff.reset();
-                every
-            }
-            Err(e) => {
-                tracing::debug!(error = %error_chain(&e), "ending waits that ran out failed");
-                backoff.next_delay().max(every)
-            }
-        };
+        match &ended {
+            Ok(n) if *n > 0 => tracing::info!(ended = n, "waits for parents ran out"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %error_chain(e), "ending waits that ran out failed"),
+        }
+        let delay = backoff.pace(ended.is_ok(), every);
         super::context::sleep_or_cancel(delay, &token).await;
     }
 }

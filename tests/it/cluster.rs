@@ -7,7 +7,7 @@ use crate::common::cluster::Cluster;
 use crate::common::receiver::Receiver;
 use crate::common::{image, wait_until, Env, Worker};
 use deadpool_redis::redis::{self, AsyncCommands};
-use dockhand::webhook::{verify, Secret};
+use dockhand::webhook::Secret;
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
@@ -192,16 +192,7 @@ async fn the_core_cases_run_on_a_three_master_cluster() {
 
     // The parent's webhook arrives signed (the outbox is its own slot).
     let seen = receiver.wait_for(1).await;
-    verify(
-        &secret,
-        &seen[0].headers["webhook-id"],
-        &seen[0].headers["webhook-timestamp"],
-        &seen[0].headers["webhook-signature"],
-        seen[0].body.as_bytes(),
-        chrono::Utc::now().timestamp(),
-        Duration::from_secs(300),
-    )
-    .expect("the signature verifies");
+    seen[0].assert_signed(&secret);
     assert_eq!(seen[0].json()["data"]["id"], p.as_str());
 
     // Each queue keeps its own events.

@@ -1,12 +1,12 @@
 //! Durable, signed webhook delivery end to end: a real worker, real jobs, a real
 //! HTTP receiver on loopback, the `dockhand` CLI.
 
-use crate::common::receiver::{Receiver, Seen};
+use crate::common::receiver::Receiver;
 use crate::common::{image, wait_until, Env};
 use deadpool_redis::redis::AsyncCommands;
 use dockhand::store::Store;
 use dockhand::webhook::outbox::{self, NewDelivery};
-use dockhand::webhook::{deliver, verify, Secret};
+use dockhand::webhook::{deliver, Secret};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::process::Command;
@@ -42,20 +42,6 @@ async fn subscribe(env: &Env, name: &str, url: &str, extra: &[&str]) -> Secret {
     secret.parse().unwrap()
 }
 
-fn check_signature(seen: &Seen, secret: &Secret) {
-    let now = chrono::Utc::now().timestamp();
-    verify(
-        secret,
-        &seen.headers["webhook-id"],
-        &seen.headers["webhook-timestamp"],
-        &seen.headers["webhook-signature"],
-        seen.body.as_bytes(),
-        now,
-        Duration::from_secs(300),
-    )
-    .expect("the signature verifies");
-}
-
 async fn run_job(env: &Env, id: &str, command: &str) {
     let spec = serde_json::json!({"id": id, "image": image(), "command": command, "metadata": {"order": 42}});
     env.xadd("default", &spec.to_string()).await;
@@ -72,7 +58,7 @@ async fn a_finished_job_is_delivered_signed_with_its_result_and_files() {
     run_job(&env, &id, r#"echo working; echo 7 > /dockhand/output/n.txt; echo '{"result_text":"done","result_data":{"n":7}}' > /dockhand/output/result.json"#).await;
     let seen = receiver.wait_for(1).await;
     assert_eq!(seen.len(), 1);
-    check_signature(&seen[0], &secret);
+    seen[0].assert_signed(&secret);
     assert!(seen[0].headers["webhook-id"].starts_with("msg_"));
     let body = seen[0].json();
     assert_eq!(body["type"], "job.completed");
@@ -114,7 +100,7 @@ async fn failures_are_retried_with_the_same_webhook_id_and_every_attempt_recorde
         "one delivery, one id: {ids:?}"
     );
     for s in &seen {
-        check_signature(s, &secret);
+        s.assert_signed(&secret);
         assert_eq!(s.json()["type"], "job.aborted");
     }
     // The 200 is recorded: the delivery is done and no longer due, so no attempt
@@ -283,8 +269,8 @@ async fn after_a_rotation_both_secrets_sign() {
     run_job(&env, &format!("{}-rot", env.prefix), "true").await;
     let seen = receiver.wait_for(1).await;
     assert_eq!(seen[0].headers["webhook-signature"].split(' ').count(), 2);
-    check_signature(&seen[0], &old);
-    check_signature(&seen[0], &new);
+    seen[0].assert_signed(&old);
+    seen[0].assert_signed(&new);
     worker.stop().await;
 }
 
@@ -299,7 +285,7 @@ async fn a_jobs_own_webhook_gets_its_events() {
         "webhooks": [{"url": receiver.url(), "secret": secret.to_whsec()}]});
     env.xadd("default", &spec.to_string()).await;
     let seen = receiver.wait_for(1).await;
-    check_signature(&seen[0], &secret);
+    seen[0].assert_signed(&secret);
     assert_eq!(seen[0].json()["data"]["exit_code"], 5);
     // A bad target is refused up front, naming it.
     let bad = format!("{}-badhook", env.prefix);
@@ -342,7 +328,7 @@ async fn a_delivery_survives_every_worker_being_killed() {
     let second = env.worker(&["default"], 1);
     let seen = receiver.wait_for(2).await;
     assert_eq!(seen[0].headers["webhook-id"], seen[1].headers["webhook-id"]);
-    check_signature(&seen[1], &secret);
+    seen[1].assert_signed(&secret);
     assert_eq!(seen[1].json()["data"]["id"], id.as_str());
     second.stop().await;
 }
@@ -470,7 +456,7 @@ async fn no_credential_is_stored_in_clear_whatever_its_shape() {
         env.finished(id).await;
     }
     let seen = receiver.wait_for(1).await;
-    check_signature(&seen[0], &secret);
+    seen[0].assert_signed(&secret);
     assert_eq!(env.lines(&hooked, "stdout").await, vec!["***"]);
 
     let mut c = env.conn().await;
@@ -627,7 +613,7 @@ async fn many_due_deliveries_are_each_sent_once_signed_on_kept_connections() {
     sent.dedup();
     assert_eq!(sent.len(), N, "no delivery sent twice");
     for s in &seen {
-        check_signature(s, &secret);
+        s.assert_signed(&secret);
         let id = s.headers["webhook-id"].as_str();
         let job = &s.json()["data"]["id"];
         let at = ids

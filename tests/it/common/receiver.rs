@@ -27,6 +27,21 @@ impl Seen {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).expect("a webhook body is JSON")
     }
+
+    /// Panics unless the delivery's signature verifies with `secret` now, as
+    /// a Standard Webhooks receiver checks it.
+    pub fn assert_signed(&self, secret: &dockhand::webhook::Secret) {
+        dockhand::webhook::verify(
+            secret,
+            &self.headers["webhook-id"],
+            &self.headers["webhook-timestamp"],
+            &self.headers["webhook-signature"],
+            self.body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            Duration::from_secs(300),
+        )
+        .expect("the signature verifies");
+    }
 }
 
 pub struct Receiver {
