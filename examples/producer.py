@@ -58,7 +58,10 @@ state = r.hgetall(f"{prefix}:{{default}}:job:{job_id}")
 print(f"status={state.get('status')} reason={state.get('reason')} exit_code={state.get('exit_code')}")
 lines = r.xrange(f"{prefix}:{{default}}:job:{job_id}:log")
 for _, fields in lines:
-    print(f"  [{fields['stream']}] {fields['line']}")
+    # An entry holds `count` lines (joined by a newline) when it has that field.
+    texts = fields["line"].split("\n") if "count" in fields else [fields["line"]]
+    for text in texts:
+        print(f"  [{fields['stream']}] {text}")
 raw = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/"))  # files are bytes
 for name, content in raw.hgetall(f"{prefix}:{{default}}:job:{job_id}:files").items():
     print(f"  file {name.decode()}: {content!r}")

@@ -5,7 +5,14 @@
 //!   the job, so `seq` has no gaps across the stored stream and the live channel, and
 //!   a reader joins the two on it.
 //! - Each batch is written by one Lua call ([`WRITE`]): its `XADD`s and `PUBLISH`es
-//!   land together, in order. On a single Redis (not a cluster) a batch of more
+//!   land together, in order. Within a batch, consecutive whole lines of one
+//!   stream (not `system`) share one stream entry and one message, up to
+//!   `jobs.log_entry_bytes` of text ([`entries`]): its `line` is their texts
+//!   joined by `\n`, its `seq` the first one's, its `count` how many (absent for
+//!   one). A line holds no `\n` (the splitter cut there), so the join can be
+//!   undone; a `system` line may, so it is always alone. A batch holds what
+//!   came while the one before was written, so slow output still gets one
+//!   entry and one message a line. On a single Redis (not a cluster) a batch of more
 //!   than one line leaves its `PUBLISH`es out when nobody is subscribed to the
 //!   job's channel or to any pattern then: the call is atomic, so a reader that
 //!   subscribes and then reads the stream (as one must, joining on `seq`) still
@@ -234,6 +241,8 @@ impl LogSender {
 struct Message<'a> {
     job: &'a str,
     seq: u64,
+    #[serde(skip_serializing_if = "is_one")]
+    count: usize,
     stream: &'a str,
     ts: &'a str,
     line: &'a str,
@@ -241,25 +250,36 @@ struct Message<'a> {
     partial: bool,
 }
 
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// How the writer stores a job's log.
+#[derive(Debug, Clone, Default)]
+pub struct WriterSettings {
+    /// `limits.log_bytes`: text kept, at most.
+    pub cap_bytes: u64,
+    /// The last lines the summary remembers (for the job's webhook).
+    pub tail_lines: usize,
+    /// `jobs.log_entry_bytes`: text of one stream entry and message, at most
+    /// (0: a line each).
+    pub entry_bytes: usize,
+    /// The job was first recorded by this run, so no log of it exists yet (its
+    /// last `seq` is 0 without asking Redis).
+    pub fresh: bool,
+}
+
 /// Starts the writer task for one job. Drop every [`LogSender`] clone, then await the
 /// handle to be sure every line is stored and published.
-/// The summary remembers the last `tail_lines` lines kept (for the job's webhook).
-/// `fresh`: the job was first recorded by this run, so no log of it exists yet
-/// (its last `seq` is 0 without asking Redis).
-#[allow(clippy::too_many_arguments)]
 pub fn spawn_writer(
     store: Store,
     keys: Keys,
     job: crate::job::JobRef,
-    cap_bytes: u64,
-    tail_lines: usize,
+    settings: WriterSettings,
     mask: Mask,
-    fresh: bool,
 ) -> (LogSender, JoinHandle<LogSummary>) {
     let (tx, rx) = mpsc::channel(CHANNEL_LINES);
-    let handle = tokio::spawn(write_lines(
-        store, keys, job, cap_bytes, tail_lines, mask, fresh, rx,
-    ));
+    let handle = tokio::spawn(write_lines(store, keys, job, settings, mask, rx));
     (LogSender { tx }, handle)
 }
 
@@ -274,8 +294,9 @@ pub fn spawn_writer(
 /// cluster the caller says to publish always; for a batch of one line too,
 /// where asking costs more than publishing).
 /// KEYS: 1 the log stream. ARGV: 1 the channel, 2 ts, 3 the first line's seq,
-/// 4 the lines' kinds (a letter a line, see [`kind`]), 5 '1' to publish
-/// whoever listens, then two per line: the line, its message.
+/// 4 the entries' kinds (a letter an entry, see [`kind`]), 5 '1' to publish
+/// whoever listens, then three per entry: its text, its count of lines ('' for
+/// one), its message.
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -286,25 +307,56 @@ static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
             or redis.call('PUBSUB', 'NUMPAT') > 0
         local names = {o = 'stdout', e = 'stderr', b = 'build', s = 'system'}
         local n = 0
-        for i = 6, #ARGV, 2 do
+        for i = 6, #ARGV, 3 do
             n = n + 1
-            local k = string.byte(kinds, n)
+            local k, count = string.byte(kinds, n), ARGV[i + 1]
             if k < 97 then
                 redis.call('XADD', key, '*', 'seq', seq, 'stream', names[string.char(k + 32)],
                     'ts', ts, 'line', ARGV[i], 'partial', '1')
+            elseif count ~= '' then
+                redis.call('XADD', key, '*', 'seq', seq, 'stream', names[string.char(k)],
+                    'ts', ts, 'line', ARGV[i], 'count', count)
             else
                 redis.call('XADD', key, '*', 'seq', seq, 'stream', names[string.char(k)],
                     'ts', ts, 'line', ARGV[i])
             end
             if live then
-                redis.call('PUBLISH', channel, ARGV[i + 1])
+                redis.call('PUBLISH', channel, ARGV[i + 2])
             end
-            seq = seq + 1
+            seq = seq + (tonumber(count) or 1)
         end
         return n
         ",
     )
 });
+
+/// `lines` cut into entries, in order: consecutive whole lines of one stream,
+/// other than `system`, whose texts joined by `\n` take at most `max_bytes`
+/// (a single line may take more); a piece of a longer line, a `system` line,
+/// and any line when `max_bytes` is 0, are entries on their own.
+fn entries(lines: &[LogLine], max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let alone = |line: &LogLine| line.partial || line.stream == LogStream::System;
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(last) = out.last_mut() {
+            let prev = &lines[i - 1];
+            if max_bytes > 0
+                && !alone(line)
+                && !alone(prev)
+                && line.stream == prev.stream
+                && bytes + 1 + line.text.len() <= max_bytes
+            {
+                last.end = i + 1;
+                bytes += 1 + line.text.len();
+                continue;
+            }
+        }
+        out.push(i..i + 1);
+        bytes = line.text.len();
+    }
+    out
+}
 
 /// A line's letter in [`WRITE`]'s kinds (the script's `names`), upper case for
 /// a piece of a longer line.
@@ -329,6 +381,7 @@ struct Writer {
     channel: String,
     cap_bytes: u64,
     tail_lines: usize,
+    entry_bytes: usize,
     mask: Mask,
     /// Publish whether or not anyone listens (on a cluster, where `PUBSUB`
     /// counts one node's subscribers only).
@@ -375,36 +428,65 @@ impl Writer {
         to_write
     }
 
-    /// One call of [`WRITE`]: for each line, the next `seq` after `after`, its
-    /// stream entry and its message.
+    /// One call of [`WRITE`]: the lines numbered from the next `seq` after
+    /// `after`, and for each of their [`entries`], its stream entry and its message.
     fn commands(&mut self, lines: &[LogLine], after: u64) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         let ts = crate::time::now();
+        let entries = entries(lines, self.entry_bytes);
         cmd.arg(WRITE.get_hash())
             .arg(1)
             .arg(&self.stream_key)
             .arg(&self.channel)
             .arg(&ts)
             .arg(after + 1)
-            .arg(lines.iter().map(kind).collect::<Vec<u8>>())
-            // One line: its `PUBLISH` costs Redis less than the two `PUBSUB`s.
-            .arg(if self.publish_always || lines.len() == 1 {
+            .arg(
+                entries
+                    .iter()
+                    .map(|e| kind(&lines[e.start]))
+                    .collect::<Vec<u8>>(),
+            )
+            // One entry: its `PUBLISH` costs Redis less than the two `PUBSUB`s.
+            .arg(if self.publish_always || entries.len() == 1 {
                 "1"
             } else {
                 ""
             });
-        for (seq, line) in (after + 1..).zip(lines) {
+        let mut joined = String::new();
+        for entry in entries {
+            let seq = after + 1 + entry.start as u64;
+            let count = entry.len();
+            let first = &lines[entry.start];
+            let text = if count == 1 {
+                first.text.as_str()
+            } else {
+                joined.clear();
+                for (i, line) in lines[entry].iter().enumerate() {
+                    if i > 0 {
+                        joined.push('\n');
+                    }
+                    joined.push_str(&line.text);
+                }
+                joined.as_str()
+            };
             let msg = Message {
                 job: &self.job_id,
                 seq,
-                stream: line.stream.as_str(),
+                count,
+                stream: first.stream.as_str(),
                 ts: &ts,
-                line: &line.text,
-                partial: line.partial,
+                line: text,
+                partial: first.partial,
             };
             self.json.clear();
             serde_json::to_writer(&mut self.json, &msg).expect("a log message always serializes");
-            cmd.arg(&line.text).arg(&self.json[..]);
+            cmd.arg(text);
+            if count == 1 {
+                cmd.arg("");
+            } else {
+                cmd.arg(count);
+            }
+            cmd.arg(&self.json[..]);
         }
         cmd
     }
@@ -440,21 +522,18 @@ type InFlight = (
 /// written wait for it, up to [`BATCH_LINES`]. A full next batch has its
 /// commands made while the one before is written, numbered after it; should
 /// that one be lost, they are made again, so `seq` has no gap.
-#[allow(clippy::too_many_arguments)]
 async fn write_lines(
     store: Store,
     keys: Keys,
     job: crate::job::JobRef,
-    cap_bytes: u64,
-    tail_lines: usize,
+    settings: WriterSettings,
     mask: Mask,
-    fresh: bool,
     mut rx: mpsc::Receiver<LogLine>,
 ) -> LogSummary {
     let stream_key = keys.log(&job.queue, &job.id);
     let job_id = job.id;
     // A job seen for the first time has no log yet: nothing to continue.
-    let last_seq = if fresh {
+    let last_seq = if settings.fresh {
         0
     } else {
         last_stored_seq(&store, &stream_key).await
@@ -464,8 +543,9 @@ async fn write_lines(
         channel: keys.log_channel(&job_id),
         stream_key,
         job_id,
-        cap_bytes,
-        tail_lines,
+        cap_bytes: settings.cap_bytes,
+        tail_lines: settings.tail_lines,
+        entry_bytes: settings.entry_bytes,
         mask,
         capped: false,
         summary: LogSummary {
@@ -584,11 +664,18 @@ async fn last_stored_seq(store: &Store, stream_key: &str) -> u64 {
     };
     let last: redis::RedisResult<redis::streams::StreamRangeReply> =
         conn.xrevrange_count(stream_key, "+", "-", 1).await;
-    last.ok()
-        .and_then(|r| r.ids.into_iter().next())
-        .and_then(|id| id.get::<String>("seq"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    let Some(entry) = last.ok().and_then(|r| r.ids.into_iter().next()) else {
+        return 0;
+    };
+    let number = |name: &str| {
+        entry
+            .get::<String>(name)
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    match number("seq") {
+        Some(seq) => seq + number("count").unwrap_or(1).max(1) - 1,
+        None => 0,
+    }
 }
 
 #[cfg(test)]
@@ -677,6 +764,44 @@ mod tests {
         assert_eq!(kind(&line(LogStream::System, false)), b's');
         assert_eq!(kind(&line(LogStream::Stdout, true)), b'O');
         assert_eq!(kind(&line(LogStream::Stderr, true)), b'E');
+    }
+
+    #[test]
+    fn runs_of_whole_lines_of_one_stream_share_an_entry() {
+        let line = |stream, text: &str, partial| LogLine {
+            stream,
+            text: text.to_string(),
+            partial,
+        };
+        use LogStream::*;
+        let lines = [
+            line(Stdout, "a", false),
+            line(Stdout, "", false),
+            line(Stdout, "bb", false),
+            line(Stderr, "e", false),
+            line(Stderr, "long", true),
+            line(Stderr, "end", false),
+            line(Stderr, "f", false),
+            line(System, "s1", false),
+            line(System, "s2", false),
+            line(Stdout, "cccc", false),
+            line(Stdout, "dddd", false),
+            line(Stdout, "ee", false),
+        ];
+        // "a\n\nbb" is 5 bytes; "cccc\ndddd" 9, and "\nee" would make 12.
+        assert_eq!(
+            entries(&lines, 10),
+            vec![0..3, 3..4, 4..5, 5..7, 7..8, 8..9, 9..11, 11..12]
+        );
+        // 0: every line alone, as one line a message.
+        assert_eq!(entries(&lines, 0).len(), lines.len());
+        assert!(entries(&[], 10).is_empty());
+        // A line longer than the limit is an entry of its own, not lost.
+        let big = [
+            line(Stdout, "x", false),
+            line(Stdout, "yyyyyyyyyyyy", false),
+        ];
+        assert_eq!(entries(&big, 10), vec![0..1, 1..2]);
     }
 
     #[test]

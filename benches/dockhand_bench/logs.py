@@ -1,11 +1,13 @@
 """Phase b. Log throughput.
 
 One job running `seq 1 N` (--lines). A subscriber on dockhand:logs:<id>,
-subscribed before the submit, counts the messages (LogSubscriber below, a raw
-RESP reader fast enough not to be the bottleneck); afterwards the stored stream
+subscribed before the submit, counts the lines of the messages (LogSubscriber
+below, a raw RESP reader fast enough not to be the bottleneck; a message holds
+`count` lines from `seq`, 1 when it has no `count`); afterwards the stored stream
 dockhand:job:<id>:log is read back in pages of 10000 and checked: count, seq
-1..XLEN without gaps, and that the stored stdout lines are exactly seq's output
-1..N (numbers skipped or repeated). Live lines/s are from the first to the last
+1..N without gaps (an entry, like a message, holds `count` lines joined by a
+newline), and that the stored stdout lines are exactly seq's output 1..N
+(numbers skipped or repeated). Live lines/s are from the first to the last
 message the subscriber got; stored lines/s from the ms timestamps of the first
 and last stream entry ids. Also the CPU of the worker and redis-server from
 submit to terminal, and the time from the job's XADD to its terminal state
@@ -191,17 +193,34 @@ class LogSubscriber(threading.Thread):
             k += 1
         return int(buf[j:k]) if k > j else None
 
+    @staticmethod
+    def _count_at(buf, start, end):
+        """The number of lines of the message starting at `start` and ending
+        before `end`: its envelope's `"count":` (which comes before its
+        `"stream":`, and unescaped only there), else 1."""
+        i = buf.find(b'"count":', start, end)
+        j = buf.find(b'"stream":"', start, end)
+        if i < 0 or (0 <= j < i):
+            return 1
+        k = i + 8
+        while k < end and 48 <= buf[k] <= 57:
+            k += 1
+        return int(buf[i + 8 : k]) if k > i + 8 else 1
+
     def _consume(self, buf, t):
         """Handles the complete replies at the start of buf; returns the bytes
         used (0 when it needs more). One call handles a whole run of messages of
         ours at C speed: counts of the header and of each `"stream":"<name>"`,
         and the seq of the first and last message; only when those do not add
-        up is the run gone through message by message."""
+        up, or the run has messages of several lines (which are few), is it
+        gone through message by message."""
         end = self._complete_end(buf)
         if end is None:
             return self._consume_one(buf, t)
         if end == 0:
             return 0
+        if buf.find(b'"count":', 0, end) >= 0:
+            return self._consume_each(buf, end, t)
         n = buf.count(self.hdr, 0, end)
         counted = 0
         for name in (b"stdout", b"stderr", b"system", b"build"):
@@ -231,6 +250,28 @@ class LogSubscriber(threading.Thread):
                 if q is not None:
                     self.last_seq = q
         self._seen(n, t)
+        return end
+
+    def _consume_each(self, buf, end, t):
+        """The run of messages of ours in buf[:end], one by one."""
+        starts = []
+        p = 0
+        while 0 <= p < end:
+            starts.append(p)
+            p = buf.find(self.hdr, p + 1, end)
+        lines = 0
+        for a, b in zip(starts, starts[1:] + [end]):
+            q = self._seq_at(buf, a, b)
+            c = self._count_at(buf, a, b)
+            i = buf.find(b'"stream":"', a, b)
+            name = bytes(buf[i + 10 : buf.find(b'"', i + 10, b)]).decode() if i >= 0 else "other"
+            self.by_stream[name] = self.by_stream.get(name, 0) + c
+            if q != self.last_seq + 1:
+                self.seq_gaps += 1
+            if q is not None:
+                self.last_seq = q + c - 1
+            lines += c
+        self._seen(lines, t)
         return end
 
     def _consume_one(self, buf, t):
@@ -341,6 +382,7 @@ def rss_job(bench, n):
     f = parse_ts(hget_str(h, "finished_at"))
     res["rss_xadd_to_terminal_s"] = (f - t0) if f is not None else None
     res["rss_stored_xlen"] = bench.r.xlen(log_key)
+    res["rss_stored_lines"] = _last_seq_guess(bench, log_key)
     samples = sampler.samples
     res["rss_samples"] = len(samples)
     res["rss_peak_kib"] = max(samples) if samples else None
@@ -351,8 +393,8 @@ def rss_job(bench, n):
     res["rss_second_half_median_kib"] = int(statistics.median(samples[half:])) if half else None
     if res["rss_status"] != "completed":
         bench.failures.append(f"b: the {n:,}-line memory job ended {res['rss_status']}")
-    elif res["rss_stored_xlen"] != n:
-        bench.failures.append(f"b: the {n:,}-line memory job stored {res['rss_stored_xlen']:,} lines")
+    elif res["rss_stored_lines"] != n:
+        bench.failures.append(f"b: the {n:,}-line memory job stored {res['rss_stored_lines']:,} lines")
     if not a.keep_log:
         bench.r.delete(log_key)
     return res
@@ -450,16 +492,16 @@ def run_job(bench):
     if res["lines_lost"] != 0:
         bench.failures.append(f"b: {res['lines_lost']} stdout line(s) missing from the stored stream")
     if not res["stored_seq_gap_free"]:
-        bench.failures.append(f"b: seq in the stored stream is not 1..{res['stored_xlen']} without gaps")
+        bench.failures.append(f"b: seq in the stored stream is not 1..{res['stored_lines']} without gaps")
     if res["stored_content_mismatches"]:
         bench.failures.append(f"b: {res['stored_content_mismatches']} stored stdout line(s) differ from seq's output")
     if sub.disconnected or sub.error:
         bench.failures.append(f"b: the live subscriber was cut off ({sub.error or 'Redis closed the connection'})")
     if sub.seq_gaps:
         bench.failures.append(f"b: live seq was not previous + 1 {sub.seq_gaps} time(s)")
-    if res["live_received"] != res["stored_xlen"]:
+    if res["live_received"] != res["stored_lines"]:
         bench.failures.append(
-            f"b: the live subscriber got {res['live_received']} message(s), the stream holds {res['stored_xlen']}"
+            f"b: the live subscriber got {res['live_received']} line(s), the stream holds {res['stored_lines']}"
         )
     if not a.keep_log:
         bench.r.delete(log_key)  # ~1M entries; free the memory before the next phase
@@ -471,7 +513,8 @@ def _last_seq_guess(bench, log_key):
     if not last:
         return 0
     try:
-        return int(last[0][1].get(b"seq", b"0"))
+        fields = last[0][1]
+        return int(fields.get(b"seq", b"0")) + int(fields.get(b"count", b"1")) - 1
     except ValueError:
         return 0
 
@@ -479,6 +522,7 @@ def _last_seq_guess(bench, log_key):
 def check_stored(bench, log_key, n):
     """Reads the stored stream in pages of PAGE and checks it."""
     xlen = bench.r.xlen(log_key)
+    entries_lines = 0  # lines of the entries read (an entry holds `count`)
     expect_seq = 1
     gap_free = True
     first_gap = None
@@ -513,40 +557,46 @@ def check_stored(bench, log_key, n):
                 if gap_free:
                     first_gap = {"expected": expect_seq, "got": seq, "entry": eid.decode()}
                 gap_free = False
-            expect_seq = seq + 1 if seq >= 0 else expect_seq + 1
+            try:
+                count = max(int(fields.get(b"count", b"1")), 1)
+            except ValueError:
+                count = 1
+            entries_lines += count
+            expect_seq = seq + count if seq >= 0 else expect_seq + count
             stream = fields.get(b"stream", b"?").decode(errors="replace")
-            line = fields.get(b"line", b"")
-            if stream == "stdout":
-                stdout += 1
-                if line != str(stdout).encode():
-                    mismatches += 1
-                    if first_mismatch is None:
-                        first_mismatch = {"n": stdout, "line": line[:80].decode(errors="replace")}
-                # seq prints 1..N: where the stored numbers skip, lines went missing.
-                try:
-                    val = int(line)
-                except ValueError:
-                    val = None
-                if val is not None:
-                    if 1 <= val <= n:
-                        if seen[val]:
-                            repeated += 1
+            text = fields.get(b"line", b"")
+            for line in text.split(b"\n") if count > 1 else (text,):
+                if stream == "stdout":
+                    stdout += 1
+                    if line != str(stdout).encode():
+                        mismatches += 1
+                        if first_mismatch is None:
+                            first_mismatch = {"n": stdout, "line": line[:80].decode(errors="replace")}
+                    # seq prints 1..N: where the stored numbers skip, lines went missing.
+                    try:
+                        val = int(line)
+                    except ValueError:
+                        val = None
+                    if val is not None:
+                        if 1 <= val <= n:
+                            if seen[val]:
+                                repeated += 1
+                            else:
+                                seen[val] = 1
+                                distinct += 1
                         else:
-                            seen[val] = 1
-                            distinct += 1
-                    else:
-                        out_of_range += 1
-                    if first_val is None:
-                        first_val = val
-                    elif prev_val is not None and val != prev_val + 1:
-                        jumps += 1
-                        if len(jump_list) < 20:
-                            jump_list.append({"after": prev_val, "next": val, "missing": val - prev_val - 1})
-                    prev_val = val
-            else:
-                other[stream] = other.get(stream, 0) + 1
-                if len(system_lines) < 10:
-                    system_lines.append(line.decode(errors="replace"))
+                            out_of_range += 1
+                        if first_val is None:
+                            first_val = val
+                        elif prev_val is not None and val != prev_val + 1:
+                            jumps += 1
+                            if len(jump_list) < 20:
+                                jump_list.append({"after": prev_val, "next": val, "missing": val - prev_val - 1})
+                        prev_val = val
+                else:
+                    other[stream] = other.get(stream, 0) + 1
+                    if len(system_lines) < 10:
+                        system_lines.append(line.decode(errors="replace"))
         if len(page) < PAGE:
             break
         # Next page: just after the last id of this one (exclusive range).
@@ -561,10 +611,11 @@ def check_stored(bench, log_key, n):
     write_span = (id_ms(last_id) - id_ms(first_id)) if first_id and last_id else None
     return {
         "stored_xlen": xlen,
+        "stored_lines": entries_lines,
         "stored_stdout": stdout,
         "stored_other_streams": other,
         "stored_non_stdout_lines": system_lines,
-        "stored_seq_gap_free": gap_free and expect_seq - 1 == xlen,
+        "stored_seq_gap_free": gap_free and expect_seq - 1 == entries_lines,
         "stored_last_seq": expect_seq - 1,
         "stored_first_gap": first_gap,
         "stored_content_mismatches": mismatches,
@@ -582,7 +633,7 @@ def check_stored(bench, log_key, n):
         # From the ms timestamps of the first and last stream entry ids: how
         # fast the worker wrote, independent of the subscriber.
         "stored_first_to_last_entry_s": write_span,
-        "stored_lines_per_s": (xlen / write_span) if write_span else None,
+        "stored_lines_per_s": (entries_lines / write_span) if write_span else None,
     }
 
 
@@ -612,11 +663,11 @@ def summary(out):
              + (f", seq not previous+1 {b['live_seq_gaps']} time(s)" if b["live_seq_gaps"] else ""))
     if b["live_subscriber_disconnected"] or b["live_subscriber_error"]:
         L.append(f"  live subscriber cut off: {b['live_subscriber_error'] or 'Redis closed the connection'}")
-    L.append(f"  lines stored (XLEN)                  {b['stored_xlen']:,}  (stdout {b['stored_stdout']:,}"
+    L.append(f"  lines stored                         {b['stored_lines']:,} in {b['stored_xlen']:,} entries  (stdout {b['stored_stdout']:,}"
              + (f", other {b['stored_other_streams']}" if b["stored_other_streams"] else "") + ")")
     L.append(f"  lines lost in the stored stream      {b['lines_lost']:,}  (expected - stored stdout)")
     L.append(
-        f"  seq gap-free 1..XLEN in stored stream {'yes' if b['stored_seq_gap_free'] else 'NO'}"
+        f"  seq gap-free in the stored stream    {'yes' if b['stored_seq_gap_free'] else 'NO'}"
         + ("" if b["stored_seq_gap_free"] else f"  first gap {b['stored_first_gap']}, last seq {b['stored_last_seq']}")
     )
     if b["stored_content_mismatches"]:
@@ -650,7 +701,7 @@ def summary(out):
         L.append(
             f"  worker VmRSS over `seq 1 {b['rss_lines']:,}`   idle {fmt_mib(b['rss_idle_kib'])}, peak {fmt_mib(b['rss_peak_kib'])}"
             f"; median 1st half {fmt_mib(b['rss_first_half_median_kib'])}, 2nd half {fmt_mib(b['rss_second_half_median_kib'])}"
-            f" ({b['rss_samples']} samples; {b['rss_stored_xlen']:,} lines stored"
+            f" ({b['rss_samples']} samples; {b['rss_stored_lines']:,} lines stored"
             + ("" if x2t is None else f", XADD to terminal {x2t:.1f} s") + ")"
         )
     elif b.get("rss_skipped"):

@@ -3,6 +3,9 @@
 //! sends it as Server-Sent Events.
 //!
 //! Invariants:
+//! - A stored entry or a published message may hold several lines (`count`,
+//!   their texts joined by `\n`); they are yielded one by one, each with its
+//!   own `seq`, as if each had been its own entry.
 //! - Every `seq` is yielded once, in increasing order, with no gap: the writer
 //!   numbers a job's lines without gaps and stores each line (`XADD`) just before
 //!   it publishes it, in the same Lua call (atomic), so whatever is published is
@@ -40,6 +43,40 @@ pub struct LogMessage {
     pub line: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial: bool,
+}
+
+/// A stored entry or a published message as written: `count` lines from
+/// `seq` (absent: one), their texts joined by `\n`.
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    first: LogMessage,
+    #[serde(default)]
+    count: Option<u64>,
+}
+
+impl Entry {
+    /// Its lines, one message each. A line holds no `\n` when the entry has
+    /// more than one (the writer keeps any other line alone).
+    fn lines(self) -> Vec<LogMessage> {
+        let Entry { first, count } = self;
+        if count.unwrap_or(1) <= 1 {
+            return vec![first];
+        }
+        first
+            .line
+            .split('\n')
+            .zip(first.seq..)
+            .map(|(text, seq)| LogMessage {
+                job: first.job.clone(),
+                seq,
+                stream: first.stream.clone(),
+                ts: first.ts.clone(),
+                line: text.to_string(),
+                partial: false,
+            })
+            .collect()
+    }
 }
 
 /// What following yields.
@@ -202,19 +239,25 @@ impl Follower {
         for entry in &page.ids {
             self.last_entry = Some(entry.id.clone());
             let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-            let seq: u64 = field("seq").parse().unwrap_or(0);
-            if seq <= self.last_seq {
-                continue;
+            let stored = Entry {
+                first: LogMessage {
+                    job: self.id.clone(),
+                    seq: field("seq").parse().unwrap_or(0),
+                    stream: field("stream"),
+                    ts: field("ts"),
+                    line: field("line"),
+                    partial: entry.get::<String>("partial").is_some(),
+                },
+                count: field("count").parse().ok(),
+            };
+            // The stored stream is the record: what it has past `last_seq` is
+            // taken, even past a gap.
+            for line in stored.lines() {
+                if line.seq > self.last_seq {
+                    self.last_seq = line.seq;
+                    self.pending.push_back(line);
+                }
             }
-            self.last_seq = seq;
-            self.pending.push_back(LogMessage {
-                job: self.id.clone(),
-                seq,
-                stream: field("stream"),
-                ts: field("ts"),
-                line: field("line"),
-                partial: entry.get::<String>("partial").is_some(),
-            });
         }
         Ok(())
     }
@@ -234,15 +277,18 @@ impl Follower {
         };
         let payload: String = msg.get_payload().unwrap_or_default();
         if msg.get_channel_name() == log_channel {
-            let Ok(line) = serde_json::from_str::<LogMessage>(&payload) else {
+            let Ok(published) = serde_json::from_str::<Entry>(&payload) else {
                 return Ok(());
             };
-            if line.seq == self.last_seq + 1 {
-                self.last_seq = line.seq;
-                self.pending.push_back(line);
-            } else if line.seq > self.last_seq {
-                // Lines between are stored already (stored before published).
-                self.behind = true;
+            for line in published.lines() {
+                if line.seq == self.last_seq + 1 {
+                    self.last_seq = line.seq;
+                    self.pending.push_back(line);
+                } else if line.seq > self.last_seq {
+                    // Lines between are stored already (stored before published).
+                    self.behind = true;
+                    break;
+                }
             }
             return Ok(());
         }
@@ -275,4 +321,28 @@ impl Follower {
 /// Whether a job status is final (`completed` or `aborted`).
 pub fn is_terminal(status: Option<&str>) -> bool {
     matches!(status, Some("completed" | "aborted"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_of_several_lines_is_yielded_line_by_line() {
+        let published =
+            r#"{"job":"j","seq":7,"count":3,"stream":"stdout","ts":"t","line":"a\n\nc"}"#;
+        let lines = serde_json::from_str::<Entry>(published).unwrap().lines();
+        let got: Vec<(u64, &str)> = lines.iter().map(|l| (l.seq, l.line.as_str())).collect();
+        assert_eq!(got, vec![(7, "a"), (8, ""), (9, "c")]);
+        assert!(lines
+            .iter()
+            .all(|l| l.job == "j" && l.stream == "stdout" && !l.partial));
+        // One line (no count): as it is, a `\n` in it included (a `system` line).
+        let one = r#"{"job":"j","seq":2,"stream":"system","ts":"t","line":"x\ny"}"#;
+        let lines = serde_json::from_str::<Entry>(one).unwrap().lines();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].line, "x\ny");
+        let partial = r#"{"job":"j","seq":3,"stream":"stdout","ts":"t","line":"p","partial":true}"#;
+        assert!(serde_json::from_str::<Entry>(partial).unwrap().lines()[0].partial);
+    }
 }

@@ -323,6 +323,9 @@ pub enum PullPolicy {
 pub struct JobSettings {
     pub retention_seconds: u64,
     pub max_line_bytes: usize,
+    /// Text of one stored log entry and one live message, at most: lines that
+    /// reach the worker together share one (0: a line each).
+    pub log_entry_bytes: usize,
     pub dead_max_len: usize,
     pub events_max_len: usize,
     /// At most one `job.progress` event (and webhook) per job this often; the
@@ -623,6 +626,11 @@ impl Settings {
         self.validate_redis_mode()?;
         if self.jobs.max_line_bytes < 64 {
             return bad("jobs.max_line_bytes", "must be at least 64");
+        }
+        if self.jobs.log_entry_bytes > 1 << 20 {
+            // One message a subscriber's buffer takes whole (Redis cuts a
+            // pub/sub client off past 8 MiB held for a minute).
+            return bad("jobs.log_entry_bytes", "must be at most 1048576 (1 MiB)");
         }
         let l = &self.jobs.limits;
         if l.memory > l.max_memory

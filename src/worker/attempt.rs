@@ -279,10 +279,13 @@ impl JobLog {
             ctx.store.clone(),
             ctx.keys.clone(),
             crate::job::JobRef::new(&job.queue, &job.id),
-            job.limits.log_bytes,
-            ctx.settings.webhooks.log_tail_lines,
+            logs::WriterSettings {
+                cap_bytes: job.limits.log_bytes,
+                tail_lines: ctx.settings.webhooks.log_tail_lines,
+                entry_bytes: ctx.settings.jobs.log_entry_bytes,
+                fresh,
+            },
             mask.clone(),
-            fresh,
         );
         JobLog {
             sender,

@@ -6,7 +6,6 @@
 use crate::common::{free_port, image, wait_until, Env, GUARD};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use deadpool_redis::redis::AsyncCommands;
 use dockhand::api::{router, AppState};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -145,8 +144,7 @@ async fn a_fast_log_streams_every_seq_once_in_order_and_resumes() {
     ));
     let worker = crate::common::Worker::start(settings.clone());
     wait_until("the job has printed some lines", || async {
-        let n: usize = env.conn().await.xlen(env.log_key(&id)).await.unwrap();
-        (n >= 1000).then_some(())
+        (env.log(&id).await.len() >= 1000).then_some(())
     })
     .await;
     let late = read_log(open(&app, &format!("/jobs/{id}/logs"), None).await).await;

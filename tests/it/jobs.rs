@@ -40,11 +40,7 @@ async fn three_lines_complete_with_gap_free_seq_live_and_stored() {
         } else {
             assert_eq!(v["job"], id.as_str());
             assert!(v["ts"].as_str().unwrap().ends_with('Z'));
-            live.push((
-                v["seq"].as_u64().unwrap(),
-                v["stream"].as_str().unwrap().to_string(),
-                v["line"].as_str().unwrap().to_string(),
-            ));
+            live.extend(crate::common::published_lines(&v));
         }
     }
     let expected: Vec<(u64, String, String)> = vec![

@@ -66,14 +66,18 @@ async fn long_lines_are_split_and_marked() {
     assert_eq!(env.finished(&id).await["status"], "completed");
     let mut c = env.conn().await;
     let reply: redis::streams::StreamRangeReply = c.xrange_all(env.log_key(&id)).await.unwrap();
+    // A piece marked partial is an entry of its own; the last piece may share
+    // one with the lines after it (joined by "\n").
     let parts: Vec<(usize, bool)> = reply
         .ids
         .iter()
-        .map(|e| {
-            (
-                e.get::<String>("line").unwrap().len(),
-                e.get::<String>("partial").is_some(),
-            )
+        .flat_map(|e| {
+            let line = e.get::<String>("line").unwrap();
+            if e.get::<String>("partial").is_some() {
+                vec![(line.len(), true)]
+            } else {
+                line.split('\n').map(|l| (l.len(), false)).collect()
+            }
         })
         .collect();
     assert_eq!(
@@ -122,19 +126,25 @@ async fn a_chatty_job_loses_no_line() {
     // A long job by design: a generous guard against a hang, not a speed limit.
     let job = env.finished_within(&id, Duration::from_secs(600)).await;
     assert_eq!(job["status"], "completed");
-    let mut c = env.conn().await;
-    let len: u64 = c.xlen(env.log_key(&id)).await.unwrap();
-    assert_eq!(len, n, "one stored line per printed line");
-    // Spot-check the order and the ends without reading 600,000 entries.
-    let first: redis::streams::StreamRangeReply =
-        c.xrange_count(env.log_key(&id), "-", "+", 1).await.unwrap();
-    let last: redis::streams::StreamRangeReply = c
-        .xrevrange_count(env.log_key(&id), "+", "-", 1)
-        .await
-        .unwrap();
-    assert_eq!(first.ids[0].get::<String>("line").unwrap(), "1");
-    assert_eq!(last.ids[0].get::<String>("line").unwrap(), n.to_string());
-    assert_eq!(last.ids[0].get::<String>("seq").unwrap(), n.to_string());
+    let log = env.log(&id).await;
+    let expected: Vec<(u64, String, String)> = (1..=n)
+        .map(|i| (i, "stdout".to_string(), i.to_string()))
+        .collect();
+    assert!(
+        log == expected,
+        "one stored line per printed line, in order"
+    );
+    // `seq` writes blocks of hundreds of lines: those that reach the worker
+    // together share an entry, so Redis stores far fewer entries than lines.
+    let entries = env.log_entries(&id).await;
+    assert!(
+        (entries.len() as u64) * 2 < n,
+        "{} entries for {n} lines",
+        entries.len()
+    );
+    assert!(entries.iter().all(|(_, count, _, text)| {
+        *count as usize == text.split('\n').count() && text.len() <= 65536
+    }));
     worker.stop().await;
 }
 
@@ -169,11 +179,7 @@ async fn a_chatty_job_reaches_a_subscriber_whole_and_as_stored() {
             .unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
-        live.push((
-            v["seq"].as_u64().unwrap(),
-            v["stream"].as_str().unwrap().to_string(),
-            v["line"].as_str().unwrap().to_string(),
-        ));
+        live.extend(crate::common::published_lines(&v));
     }
     assert_eq!(live, stored, "live and stored are the same lines");
     let seqs: Vec<u64> = stored.iter().map(|(s, _, _)| *s).collect();
@@ -270,7 +276,9 @@ async fn a_stalled_writer_reads_on_from_the_log_losing_nothing() {
 async fn lines_are_published_while_someone_listens() {
     // A server of its own: `INFO commandstats` counts this worker's commands only.
     let env = Env::own_server();
-    let worker = env.worker(&["default"], 1);
+    // A line a message, so that each line is a `PUBLISH` or none.
+    let settings = env.settings(&["default"], 1, &[("DOCKHAND__JOBS__LOG_ENTRY_BYTES", "0")]);
+    let worker = crate::common::Worker::start(settings);
     let lines = 300u64;
     let command = format!("seq 1 {lines}");
     let publishes = || async {
@@ -352,6 +360,53 @@ async fn lines_are_published_while_someone_listens() {
     assert!(
         watched_publishes >= lines,
         "every line published when watched: {watched_publishes} PUBLISH calls"
+    );
+    worker.stop().await;
+}
+
+/// A job's next attempt numbers its lines on from the last one stored, also
+/// when that one ended an entry of several lines: `seq` stays gap-free across
+/// attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_numbers_on_after_an_entry_of_several_lines() {
+    let env = Env::new();
+    let id = format!("{}-again", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    env.xadd(
+        "default",
+        &spec(
+            &id,
+            serde_json::json!({"command": "seq 1 3000; [ $DOCKHAND_ATTEMPT -ge 2 ]",
+                "retry": {"max_attempts": 2, "backoff_seconds": 0}}),
+        ),
+    )
+    .await;
+    let job = env.finished(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_str()),
+        ("completed", "2")
+    );
+    let log = env.log(&id).await;
+    let seqs: Vec<u64> = log.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>(), "{log:?}");
+    let once: Vec<String> = (1..=3000).map(|i| i.to_string()).collect();
+    assert_eq!(
+        env.lines(&id, "stdout").await,
+        [once.clone(), once].concat()
+    );
+    // What the first attempt stored last, before the second one's first line.
+    let entries = env.log_entries(&id).await;
+    let second = entries
+        .iter()
+        .position(|(seq, ..)| log[*seq as usize - 1].2 == "1" && *seq > 1)
+        .expect("the second attempt's first line");
+    // `seq` writes its last block (2561..3000 here) at once: those lines reach
+    // the worker together, so the first attempt's log ends with an entry of many.
+    let (_, count, stream, _) = &entries[second - 1];
+    assert!(
+        *count > 1 && stream == "stdout",
+        "{:?}",
+        entries[second - 1]
     );
     worker.stop().await;
 }

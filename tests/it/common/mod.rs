@@ -391,15 +391,44 @@ impl Env {
                 .unwrap();
             let Some(last) = reply.ids.last() else { break };
             from = format!("({}", last.id);
-            lines.extend(reply.ids.iter().map(|e| {
+            for e in &reply.ids {
+                let seq: u64 = e.get::<String>("seq").unwrap().parse().unwrap();
+                let stream = e.get::<String>("stream").unwrap();
+                let text = e.get::<String>("line").unwrap();
+                // An entry of several lines: `count` of them, joined by "\n".
+                match e.get::<String>("count") {
+                    None => lines.push((seq, stream, text)),
+                    Some(count) => {
+                        let parts: Vec<&str> = text.split('\n').collect();
+                        assert_eq!(parts.len().to_string(), count, "entry {} of {id}", e.id);
+                        lines.extend(
+                            (seq..)
+                                .zip(parts)
+                                .map(|(seq, line)| (seq, stream.clone(), line.to_string())),
+                        );
+                    }
+                }
+            }
+        }
+        lines
+    }
+
+    /// The stored log's entries as they are: (seq, count, stream, text).
+    pub async fn log_entries(&self, id: &str) -> Vec<(u64, u64, String, String)> {
+        let mut c = self.conn().await;
+        let reply: redis::streams::StreamRangeReply = c.xrange_all(self.log_key(id)).await.unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|e| {
                 (
                     e.get::<String>("seq").unwrap().parse().unwrap(),
+                    e.get::<String>("count").map_or(1, |n| n.parse().unwrap()),
                     e.get::<String>("stream").unwrap(),
                     e.get::<String>("line").unwrap(),
                 )
-            }));
-        }
-        lines
+            })
+            .collect()
     }
 
     /// Lines of one stream (stdout, stderr, system), in order.
@@ -635,6 +664,25 @@ impl Worker {
 }
 
 /// A job spec for the test image with this `id`, plus the fields of `extra`.
+/// The lines of a message published on a job's log channel: (seq, stream,
+/// line). A message of several lines has `count` of them from `seq`, joined by "\n".
+pub fn published_lines(message: &serde_json::Value) -> Vec<(u64, String, String)> {
+    let seq = message["seq"].as_u64().expect("a message has a seq");
+    let stream = message["stream"].as_str().expect("a message has a stream");
+    let text = message["line"].as_str().expect("a message has a line");
+    match message["count"].as_u64() {
+        None => vec![(seq, stream.to_string(), text.to_string())],
+        Some(count) => {
+            let parts: Vec<&str> = text.split('\n').collect();
+            assert_eq!(parts.len() as u64, count, "{message}");
+            (seq..)
+                .zip(parts)
+                .map(|(seq, line)| (seq, stream.to_string(), line.to_string()))
+                .collect()
+        }
+    }
+}
+
 pub fn spec(id: &str, extra: serde_json::Value) -> String {
     let mut v = serde_json::json!({ "id": id, "image": image() });
     v.as_object_mut()
