@@ -967,6 +967,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("policy.networks"), "{err}");
+        let err = Settings::load_from(
+            None,
+            &env(&[("DOCKHAND__JOBS__LOG_ENTRY_BYTES", "2000000")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("jobs.log_entry_bytes"), "{err}");
     }
 
     #[test]
