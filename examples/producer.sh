@@ -25,5 +25,16 @@ while [ $i -lt 600 ]; do
   i=$((i + 1))
 done
 echo "status=$status"
-redis-cli -u "$url" XRANGE "$prefix:{default}:job:$id:log" - + | grep -A1 '^line$' | grep -v -e '^line$' -e '^--$' | sed 's/^/  /'
+# The stored log, entry by entry. An entry's `line` is one line, or `count` lines
+# joined by newlines (lines that came together), so printing each entry's `line`
+# prints the log line by line. A short script picks that field out, since a
+# multi-line value would confuse a grep of XRANGE's output.
+redis-cli -u "$url" EVAL "local out = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'line' then out[#out + 1] = fields[i + 1] end
+  end
+end
+return out" 1 "$prefix:{default}:job:$id:log" | sed 's/^/  /'
 [ "$status" = completed ]

@@ -51,7 +51,9 @@ async fn the_shell_producer_submits_through_the_inbox() {
     let (ok, out) = run_example(&env, "sh", "producer.sh", &id).await;
     assert!(ok, "{out}");
     assert!(
-        out.contains("status=completed") && out.contains("hello from sh"),
+        out.contains("status=completed")
+            && out.contains("  hello from sh\n")
+            && out.contains("  Linux\n"),
         "{out}"
     );
     worker.stop().await;
