@@ -27,6 +27,9 @@
 //!   removed with the record when it cannot be: by the step that reads the
 //!   outputs once the leader is reaped (one blocking step for both), else by the
 //!   clean-up. A spare is checked to be as a fresh directory before it is used.
+//! - Only a spare's take and return that remove nothing (the run stages no file;
+//!   it left its folders empty) run on the runtime's threads; every removal and
+//!   anything that reads or writes a job's files is a blocking step.
 
 mod spares;
 mod spawn;
@@ -247,6 +250,18 @@ impl JobExecutor for LocalExecutor {
             pipes: Mutex::new(None),
             exit: watch::Sender::new(None),
         };
+        let record = match serde_json::to_vec(&record) {
+            Ok(r) => r,
+            Err(e) => return Err(local("write the run's record")(std::io::Error::other(e))),
+        };
+        // Nothing to stage, no directory a killed attempt left, a spare fit to
+        // take: no blocking step (and its two thread hops).
+        if job.files.is_empty()
+            && !std::fs::exists(&dir).unwrap_or(true)
+            && self.spares.take_quick(&dir, &record_path, &record)
+        {
+            return Ok(run);
+        }
         let files = job.files.clone();
         let spares = self.spares.clone();
         let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -255,7 +270,6 @@ impl JobExecutor for LocalExecutor {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
-            let record = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
             if !spares.take(&dir, &record_path, &record)? {
                 write_record(&record_path, &record)?;
                 std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
@@ -444,6 +458,19 @@ impl JobExecutor for LocalExecutor {
         let remove = run
             .exited()
             .then(|| (run.dir.clone(), run.record_path.clone()));
+        // A run that left its directory as it got it (no outputs, nothing in
+        // its folders): back to the pool without a blocking step.
+        if remove.is_some() && self.spares.put_quick(&run.dir, &run.record_path) {
+            run.removed.store(true, Ordering::Relaxed);
+            return Ok(RunOutcome {
+                exit_code,
+                oom_killed: false,
+                timed_out: ended.timed_out,
+                stopped: ended.stopped,
+                image_id: None,
+                output: JobOutput::default(),
+            });
+        }
         let spares = self.spares.clone();
         let (output, removed) = collect_dir(run.dir.join("output"), job, remove, spares).await;
         if removed {

@@ -62,6 +62,9 @@ struct State {
     free: Vec<u32>,
     /// Names not in use (their spare was taken or removed).
     vacant: Vec<u32>,
+    /// Names of spares found unfit by [`Spares::take_quick`], for
+    /// [`Spares::take`] to remove.
+    unfit: Vec<u32>,
     /// The next new name.
     next: u32,
     /// The pool is removed: nothing goes back.
@@ -118,10 +121,89 @@ impl Spares {
         )
     }
 
+    /// As [`Spares::take`], but it removes nothing (a spare found unfit is left
+    /// for [`Spares::take`]): a few metadata calls on cached entries, a write of
+    /// the record over its kept inode and two renames, which the runtime's own
+    /// threads can make without a hop to a blocking thread and back. False when
+    /// nothing was taken: the caller takes the blocking way.
+    pub(super) fn take_quick(&self, dir: &Path, record_path: &Path, record: &[u8]) -> bool {
+        let Some(n) = self.state().free.pop() else {
+            return false;
+        };
+        let (spare, spare_record) = self.spare(n);
+        let taken = self.is_clean(&spare)
+            && write_in_place(&spare_record, record).is_ok()
+            && fs::rename(&spare_record, record_path).is_ok()
+            && fs::rename(&spare, dir).is_ok();
+        let mut s = self.state();
+        match taken {
+            true => s.vacant.push(n),
+            false => s.unfit.push(n),
+        }
+        taken
+    }
+
+    /// As [`Spares::put`] for a run that left its directory as it got it (every
+    /// folder empty, no mode changed, nothing added): two renames, no
+    /// removal, so the runtime's own threads can make them. False when
+    /// nothing was done: the caller takes the blocking way ([`Spares::put`]).
+    pub(super) fn put_quick(&self, dir: &Path, record_path: &Path) -> bool {
+        let Some(n) = self.reserve() else {
+            return false;
+        };
+        let (spare, spare_record) = self.spare(n);
+        if !self.is_clean(dir) || fs::rename(dir, &spare).is_err() {
+            self.state().vacant.push(n);
+            return false;
+        }
+        self.keep(n, record_path, &spare, &spare_record);
+        true
+    }
+
+    /// A name for a spare going back, unless the pool is closed or full.
+    fn reserve(&self) -> Option<u32> {
+        let mut s = self.state();
+        if s.closed || s.free.len() >= self.cap {
+            return None;
+        }
+        Some(s.vacant.pop().unwrap_or_else(|| {
+            s.next += 1;
+            s.next - 1
+        }))
+    }
+
+    /// The spare `n` is in the pool (renamed there): its record goes beside it,
+    /// and it is free to take; unless the pool was closed meanwhile.
+    fn keep(&self, n: u32, record_path: &Path, spare: &Path, spare_record: &Path) {
+        // Its inode is written over by the next record; a failure here only
+        // costs the next run a new file.
+        if fs::rename(record_path, spare_record).is_err() {
+            if let Err(e) = remove_file(record_path) {
+                tracing::warn!(record = %record_path.display(), error = %e, "could not remove a local run's record");
+            }
+        }
+        let mut s = self.state();
+        if s.closed {
+            drop(s);
+            let _ = fs::remove_dir_all(spare);
+            let _ = fs::remove_file(spare_record);
+        } else {
+            s.free.push(n);
+        }
+    }
+
     /// Puts a spare in place as the run's directory `dir`, its record file
     /// first, as `record_path` holding `record` (blocking). False when there is
     /// no spare fit to take: the caller makes both afresh.
     pub(super) fn take(&self, dir: &Path, record_path: &Path, record: &[u8]) -> io::Result<bool> {
+        // What the quick way found unfit goes first.
+        let unfit = std::mem::take(&mut self.state().unfit);
+        for n in unfit {
+            let (spare, spare_record) = self.spare(n);
+            let _ = fs::remove_dir_all(&spare);
+            let _ = fs::remove_file(&spare_record);
+            self.state().vacant.push(n);
+        }
         let Some(n) = self.state().free.pop() else {
             return Ok(false);
         };
@@ -149,18 +231,7 @@ impl Spares {
     /// file, in the pool; removes both when that cannot be done (blocking).
     /// Either gone already is fine.
     pub(super) fn put(&self, dir: &Path, record_path: &Path) -> io::Result<()> {
-        let n = {
-            let mut s = self.state();
-            if s.closed || s.free.len() >= self.cap {
-                None
-            } else {
-                Some(s.vacant.pop().unwrap_or_else(|| {
-                    s.next += 1;
-                    s.next - 1
-                }))
-            }
-        };
-        let Some(n) = n else {
+        let Some(n) = self.reserve() else {
             return remove_run(dir, record_path);
         };
         let (spare, spare_record) = self.spare(n);
@@ -176,19 +247,7 @@ impl Spares {
             self.state().vacant.push(n);
             return remove_run(dir, record_path);
         }
-        // Its inode is written over by the next record; a failure here only
-        // costs the next run a new file.
-        if fs::rename(record_path, &spare_record).is_err() {
-            remove_file(record_path)?;
-        }
-        let mut s = self.state();
-        if s.closed {
-            drop(s);
-            let _ = fs::remove_dir_all(&spare);
-            let _ = fs::remove_file(&spare_record);
-        } else {
-            s.free.push(n);
-        }
+        self.keep(n, record_path, &spare, &spare_record);
         Ok(())
     }
 
