@@ -22,10 +22,16 @@
 //!   a killed one left. It is written once, before the directory is made: the
 //!   sweep finds the run's processes in `/proc` by their `DOCKHAND_WORK`, so the
 //!   record needs no process group written after the start.
-//! - The record and the directory are removed after the run: by the step that
-//!   reads the outputs once the leader is reaped (one blocking step for both),
-//!   else by the clean-up.
+//! - After the run the directory is emptied and kept, with its record file, as a
+//!   spare for this process's next run ([`spares`]: renamed, not made anew), or
+//!   removed with the record when it cannot be: by the step that reads the
+//!   outputs once the leader is reaped (one blocking step for both), else by the
+//!   clean-up. A spare is checked to be as a fresh directory before it is used.
+//! - Only a spare's take and return that remove nothing (the run stages no file;
+//!   it left its folders empty) run on the runtime's threads; every removal and
+//!   anything that reads or writes a job's files is a blocking step.
 
+mod spares;
 mod spawn;
 
 use super::files::read_outputs;
@@ -49,8 +55,8 @@ use tokio::net::unix::pipe::Receiver;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The folders of a run, as inside a container.
-const FOLDERS: [&str; 3] = ["input", "work", "output"];
+use spares::{remove_run as remove_files, Spares, FOLDERS};
+
 /// What a run's record file ends with.
 const RECORD: &str = ".json";
 
@@ -66,6 +72,8 @@ pub struct LocalExecutor {
     consumer: String,
     /// The worker's effective uid: root is not bound by RLIMIT_NPROC.
     uid: u32,
+    /// Emptied run directories for the next runs of this process.
+    spares: Arc<Spares>,
 }
 
 /// Who made a run, written beside its directory for the sweep. (A record of an
@@ -92,7 +100,8 @@ pub struct LocalRun {
 }
 
 impl LocalExecutor {
-    /// Makes this worker's folder under `executors.local.base_dir`.
+    /// Makes this worker's folder under `executors.local.base_dir`, and this
+    /// process's pool of spare run directories in it.
     pub fn new(settings: Arc<Settings>, consumer: &str) -> std::io::Result<LocalExecutor> {
         let base = PathBuf::from(&settings.executors.local.base_dir);
         let worker_id = settings.worker_id();
@@ -100,7 +109,10 @@ impl LocalExecutor {
         std::fs::create_dir_all(&root)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
+        let cap = settings.worker.concurrency.max(1);
+        let spares = Arc::new(Spares::open(&root, consumer, uid, cap)?);
         Ok(LocalExecutor {
+            spares,
             settings,
             base,
             root,
@@ -108,6 +120,22 @@ impl LocalExecutor {
             consumer: consumer.to_string(),
             uid,
         })
+    }
+
+    /// Removes the spare run directories of worker processes that are gone
+    /// (any worker's under `base_dir`; see [`spares`]); returns how many pools.
+    pub async fn remove_dead_spares(&self) -> usize {
+        let base = self.base.clone();
+        tokio::task::spawn_blocking(move || spares::remove_dead_pools(&base))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Removes this process's spare run directories, once no job runs: a
+    /// stopped worker leaves nothing behind.
+    pub async fn close(&self) {
+        let spares = self.spares.clone();
+        let _ = tokio::task::spawn_blocking(move || spares.close()).await;
     }
 
     /// Runs the job from prepare to clean up (see [`super::runner::drive`]).
@@ -222,17 +250,32 @@ impl JobExecutor for LocalExecutor {
             pipes: Mutex::new(None),
             exit: watch::Sender::new(None),
         };
+        let record = match serde_json::to_vec(&record) {
+            Ok(r) => r,
+            Err(e) => return Err(local("write the run's record")(std::io::Error::other(e))),
+        };
+        // Nothing to stage, no directory a killed attempt left, a spare fit to
+        // take: no blocking step (and its two thread hops).
+        if job.files.is_empty()
+            && !std::fs::exists(&dir).unwrap_or(true)
+            && self.spares.take_quick(&dir, &record_path, &record)
+        {
+            return Ok(run);
+        }
         let files = job.files.clone();
+        let spares = self.spares.clone();
         let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
             // A directory of the same name is what a killed attempt left: start afresh.
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
-            write_record(&record_path, &record)?;
-            std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-            for folder in FOLDERS {
-                std::fs::create_dir(dir.join(folder))?;
+            if !spares.take(&dir, &record_path, &record)? {
+                write_record(&record_path, &record)?;
+                std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+                for folder in FOLDERS {
+                    std::fs::create_dir(dir.join(folder))?;
+                }
             }
             for f in &files {
                 let path = on_host(&dir, &f.path).ok_or_else(|| {
@@ -415,7 +458,21 @@ impl JobExecutor for LocalExecutor {
         let remove = run
             .exited()
             .then(|| (run.dir.clone(), run.record_path.clone()));
-        let (output, removed) = collect_dir(run.dir.join("output"), job, remove).await;
+        // A run that left its directory as it got it (no outputs, nothing in
+        // its folders): back to the pool without a blocking step.
+        if remove.is_some() && self.spares.put_quick(&run.dir, &run.record_path) {
+            run.removed.store(true, Ordering::Relaxed);
+            return Ok(RunOutcome {
+                exit_code,
+                oom_killed: false,
+                timed_out: ended.timed_out,
+                stopped: ended.stopped,
+                image_id: None,
+                output: JobOutput::default(),
+            });
+        }
+        let spares = self.spares.clone();
+        let (output, removed) = collect_dir(run.dir.join("output"), job, remove, spares).await;
         if removed {
             run.removed.store(true, Ordering::Relaxed);
         }
@@ -440,7 +497,20 @@ impl JobExecutor for LocalExecutor {
                 .ok();
         }
         if !run.removed.load(Ordering::Relaxed) {
-            remove_run(run.dir, run.record_path).await;
+            let spares = self.spares.clone();
+            let (dir, record) = (run.dir, run.record_path);
+            // A leader never started, or reaped (its group killed then), leaves
+            // a directory fit to keep; else it is removed.
+            let keep =
+                run.exit.borrow().is_some() || run.pgid.into_inner().ok().flatten().is_none();
+            let removed = tokio::task::spawn_blocking(move || match keep {
+                true => spares.put(&dir, &record),
+                false => remove_files(&dir, &record),
+            })
+            .await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!(error = %e, "could not remove a local job's working directory");
+            }
         }
     }
 
@@ -474,11 +544,8 @@ impl JobExecutor for LocalExecutor {
 /// whose lock all its runs share, and it is written once, before the run's
 /// directory exists, so no reader depends on its replacement being atomic (one
 /// that finds it empty or torn skips it, as a record of no run).
-fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
-    std::fs::write(
-        path,
-        serde_json::to_vec(record).map_err(std::io::Error::other)?,
-    )
+fn write_record(path: &Path, record: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, record)
 }
 
 /// Removes a run's directory and its record; failure is logged (the sweep retries).
@@ -486,18 +553,6 @@ async fn remove_run(dir: PathBuf, record: PathBuf) {
     let removed = tokio::task::spawn_blocking(move || remove_files(&dir, &record)).await;
     if let Ok(Err(e)) = removed {
         tracing::warn!(error = %e, "could not remove a local job's working directory");
-    }
-}
-
-/// Removes a run's directory, then its record (blocking); either gone already is fine.
-fn remove_files(dir: &Path, record: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    match std::fs::remove_file(record) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 
@@ -595,18 +650,19 @@ fn read_progress_file(path: &Path) -> Option<FileReport> {
 /// stream into a pipe and read by the reader of container archives, so that
 /// nothing more than `limits.output_bytes` is held, whatever the folder holds.
 /// Then, in the same blocking step, `remove` (the run's directory and record),
-/// if given: whether they are gone is the second value (on a failure the
-/// clean-up tries again, and says why).
+/// if given, goes back to `spares` or is removed: whether they are gone is the
+/// second value (on a failure the clean-up tries again, and says why).
 async fn collect_dir(
     output: PathBuf,
     job: &Job,
     remove: Option<(PathBuf, PathBuf)>,
+    spares: Arc<Spares>,
 ) -> (Result<JobOutput, ExecError>, bool) {
     let budget = job.limits.output_bytes;
     let keep_files = job.collect_outputs;
     let done = tokio::task::spawn_blocking(move || {
         let read = read_dir_outputs(output, budget, keep_files);
-        let removed = remove.is_some_and(|(dir, record)| remove_files(&dir, &record).is_ok());
+        let removed = remove.is_some_and(|(dir, record)| spares.put(&dir, &record).is_ok());
         (read, removed)
     })
     .await;

@@ -319,6 +319,10 @@ pub async fn run_with(
             );
         }
     }
+    // A run still going after this removes its directory instead of keeping it.
+    if let Some(local) = &ctx.local {
+        local.close().await;
+    }
     beating.cancel();
     let _ = heartbeat.await;
     let _ = counting.await;

@@ -273,6 +273,8 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<usize, String> {
             local.remove_leftover(&run).await;
             removed += 1;
         }
+        // The spare run directories of worker processes that are gone.
+        removed += local.remove_dead_spares().await;
     }
     // Runs on SSH hosts, judged alike (a host that is away is skipped this pass).
     if let Some(ssh) = &ctx.ssh {

@@ -30,8 +30,17 @@ fn local_worker(env: &Env, base: &Path) -> Worker {
     ))
 }
 
-/// Every file left under `base` (the worker's own folder aside).
+/// Every file left under `base` (the worker's own folder aside), but the
+/// worker processes' pools of spare run directories (`.spares-*`).
 fn left_under(base: &Path) -> Vec<String> {
+    entries_under(base)
+        .into_iter()
+        .filter(|p| !is_pool(p))
+        .collect()
+}
+
+/// Every entry in the worker folders under `base`.
+fn entries_under(base: &Path) -> Vec<String> {
     let mut left = Vec::new();
     for worker in std::fs::read_dir(base).unwrap().flatten() {
         for run in std::fs::read_dir(worker.path()).unwrap().flatten() {
@@ -39,6 +48,12 @@ fn left_under(base: &Path) -> Vec<String> {
         }
     }
     left
+}
+
+fn is_pool(path: &str) -> bool {
+    Path::new(path)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(".spares-"))
 }
 
 async fn cancel(env: &Env, id: &str) -> std::process::Output {
@@ -394,6 +409,18 @@ async fn the_sweep_stops_and_removes_what_a_dead_worker_left() {
     let mut escaped = sleeper(&dir.join("work"));
     // Another run's process (a live worker's, say): not this run's to stop.
     let mut bystander = sleeper(&base.path().join("other-worker/job-2/work"));
+    // The spare run directories of a worker process that is gone (nobody holds
+    // the pool's lock), and of one that lives (this test holds it).
+    let dead_pool = base.path().join("gone-worker/.spares-gone-worker:1:x");
+    let live_pool = base.path().join("other-worker/.spares-other-worker:2:y");
+    for pool in [&dead_pool, &live_pool] {
+        for folder in ["input", "work", "output"] {
+            std::fs::create_dir_all(pool.join("0").join(folder)).unwrap();
+        }
+        std::fs::write(pool.join("0.json"), "{}").unwrap();
+    }
+    let live_lock = std::fs::File::open(&live_pool).unwrap();
+    live_lock.try_lock().unwrap();
     // As a worker writes it: no process group (the sweep finds the run's
     // processes by their DOCKHAND_WORK).
     let record = serde_json::json!({
@@ -406,7 +433,7 @@ async fn the_sweep_stops_and_removes_what_a_dead_worker_left() {
     let worker = local_worker(&env, base.path());
     wait_until("the orphaned run stopped and removed", || {
         let stopped = orphan.try_wait().unwrap().is_some() && escaped.try_wait().unwrap().is_some();
-        let done = stopped && !dir.exists() && !record_path.exists();
+        let done = stopped && !dir.exists() && !record_path.exists() && !dead_pool.exists();
         async move { done.then_some(()) }
     })
     .await;
@@ -417,4 +444,147 @@ async fn the_sweep_stops_and_removes_what_a_dead_worker_left() {
     );
     bystander.kill().unwrap();
     bystander.wait().unwrap();
+    assert!(
+        live_pool.join("0/work").is_dir(),
+        "the pool of a worker process that lives is kept"
+    );
+    drop(live_lock);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_working_directory_is_as_a_fresh_one() {
+    let env = Env::new();
+    let base = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("keep"), "not the job's").unwrap();
+    let worker = local_worker(&env, base.path());
+    // What a job sees of its directory: each folder's inode and mode, the
+    // directory's mode and entries, and whatever is in the folders.
+    let look = r#"cd "$DOCKHAND_WORK/.." && stat -c '%n %a' . && ls -A . | tr '\n' ' ' && echo &&
+        for f in input work output; do test -d "$f" && ! test -L "$f" && stat -c '%n %a %i' "$f"; done &&
+        find input work output -mindepth 1 | sort | sed 's/^/found /'"#;
+    let mut n = 0;
+    let mut run = |script: String| {
+        n += 1;
+        let id = format!("{}-{n}", env.prefix);
+        let env = &env;
+        async move {
+            env.xadd(
+                "default",
+                &local(&id, serde_json::json!({"command": ["sh", "-c", script]})),
+            )
+            .await;
+            let job = env.finished(&id).await;
+            assert_eq!(job["status"], "completed", "{job:?}");
+            env.lines(&id, "stdout").await
+        }
+    };
+    let inode = |seen: &[String], folder: &str| {
+        seen.iter()
+            .find_map(|l| l.strip_prefix(&format!("{folder} ")))
+            .map(|rest| rest.split(' ').nth(1).unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {folder}/ in {seen:?}"))
+    };
+
+    // The first run's directory is a fresh one: what the others must look like.
+    let fresh = run(look.to_string()).await;
+    let strip_inodes = |seen: &[String]| -> Vec<String> {
+        seen.iter()
+            .map(|l| match l.rsplit_once(' ') {
+                Some((head, _))
+                    if ["input ", "work ", "output "]
+                        .iter()
+                        .any(|f| l.starts_with(f)) =>
+                {
+                    head.to_string()
+                }
+                _ => l.clone(),
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip_inodes(&fresh),
+        vec![
+            ". 700".to_string(),
+            "input output work".into(),
+            format!("input {}", fresh[2].split(' ').nth(1).unwrap()),
+            format!("work {}", fresh[2].split(' ').nth(1).unwrap()),
+            format!("output {}", fresh[2].split(' ').nth(1).unwrap()),
+        ],
+        "a fresh directory: three empty folders of one mode"
+    );
+
+    // A spare changed while it waits in the pool (by a process that outlived
+    // its job, say): a stray file in one folder, another folder now a symlink.
+    let pool = entries_under(base.path())
+        .into_iter()
+        .find(|p| is_pool(p))
+        .expect("the first run's directory is kept as a spare");
+    let spares: Vec<_> = std::fs::read_dir(&pool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    std::fs::write(spares[0].join("work/stray"), "left").unwrap();
+    std::fs::remove_dir(spares[0].join("input")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), spares[0].join("input")).unwrap();
+    let after = run(look.to_string()).await;
+    assert_eq!(strip_inodes(&after), strip_inodes(&fresh), "{after:?}");
+    assert!(
+        !spares[0].join("work/stray").exists()
+            && !std::fs::symlink_metadata(spares[0].join("input")).is_ok_and(|m| m.is_symlink()),
+        "the changed spare is gone (its name may hold a clean one again)"
+    );
+    assert!(
+        elsewhere.path().join("keep").exists(),
+        "what the symlink named is untouched"
+    );
+
+    // Files, folders and a symlink left in every folder, and every mode changed.
+    let messy = r#"echo i > "$DOCKHAND_INPUT/i" && mkdir -p sub/deeper && echo w > sub/deeper/f &&
+        ln -s /etc/passwd link && echo o > "$DOCKHAND_OUTPUT/o.txt" &&
+        chmod 777 "$DOCKHAND_WORK" && chmod 750 "$DOCKHAND_OUTPUT/.." && chmod 1700 "$DOCKHAND_INPUT" &&
+        stat -c '%i' "$DOCKHAND_WORK""#;
+    let left = run(messy.to_string()).await;
+    let after = run(look.to_string()).await;
+    assert_eq!(
+        strip_inodes(&after),
+        strip_inodes(&fresh),
+        "emptied and its modes reset"
+    );
+    assert_eq!(
+        inode(&after, "work"),
+        left[0],
+        "the directory the messy job left was used again: {after:?}"
+    );
+
+    // A folder replaced by a symlink, one by a file, an entry beside them:
+    // the directory is not used again, and nothing the symlink names is touched.
+    let target = elsewhere.path().to_string_lossy().into_owned();
+    let odd = format!(
+        r#"rm -rf "$DOCKHAND_INPUT" && ln -s '{target}' "$DOCKHAND_INPUT" &&
+        touch "$DOCKHAND_WORK/../extra" && cd / && rmdir "$DOCKHAND_WORK" && echo x > "$DOCKHAND_WORK""#
+    );
+    run(odd).await;
+    let after = run(look.to_string()).await;
+    assert_eq!(strip_inodes(&after), strip_inodes(&fresh), "{after:?}");
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.path().join("keep")).unwrap(),
+        "not the job's",
+        "what the symlink named is untouched"
+    );
+
+    assert!(
+        left_under(base.path()).is_empty(),
+        "only spares left: {:?}",
+        entries_under(base.path())
+    );
+    worker.stop().await;
+    assert!(
+        entries_under(base.path()).is_empty(),
+        "a stopped worker leaves no spares: {:?}",
+        entries_under(base.path())
+    );
 }
