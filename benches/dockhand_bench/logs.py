@@ -222,6 +222,12 @@ class LogSubscriber(threading.Thread):
         if buf.find(b'"count":', 0, end) >= 0:
             return self._consume_each(buf, end, t)
         n = buf.count(self.hdr, 0, end)
+        first = self._seq_at(buf, 0, end)
+        last = self._seq_at(buf, buf.rfind(self.hdr, 0, end), end)
+        if first != self.last_seq + 1 or last is None or last - first + 1 != n:
+            # Something is off in this run: find out message by message.
+            self.slow_runs += 1
+            return self._consume_each(buf, end, t)
         counted = 0
         for name in (b"stdout", b"stderr", b"system", b"build"):
             k = buf.count(b'"stream":"' + name + b'"', 0, end)
@@ -231,24 +237,7 @@ class LogSubscriber(threading.Thread):
                 counted += k
         if counted != n:
             self.by_stream["other"] = self.by_stream.get("other", 0) + (n - counted)
-        first = self._seq_at(buf, 0, end)
-        last = self._seq_at(buf, buf.rfind(self.hdr, 0, end), end)
-        if first == self.last_seq + 1 and last is not None and last - first + 1 == n:
-            self.last_seq = last
-        else:
-            # Something is off in this run: find out message by message.
-            self.slow_runs += 1
-            starts = []
-            p = 0
-            while p >= 0 and p < end:
-                starts.append(p)
-                p = buf.find(self.hdr, p + 1, end)
-            for a in starts:
-                q = self._seq_at(buf, a, end)
-                if q != self.last_seq + 1:
-                    self.seq_gaps += 1
-                if q is not None:
-                    self.last_seq = q
+        self.last_seq = last
         self._seen(n, t)
         return end
 

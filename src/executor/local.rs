@@ -55,7 +55,7 @@ use tokio::net::unix::pipe::Receiver;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use spares::{remove_run as remove_files, Spares, FOLDERS};
+use spares::{remove_files, Spares, FOLDERS};
 
 /// What a run's record file ends with.
 const RECORD: &str = ".json";
@@ -460,23 +460,17 @@ impl JobExecutor for LocalExecutor {
             .then(|| (run.dir.clone(), run.record_path.clone()));
         // A run that left its directory as it got it (no outputs, nothing in
         // its folders): back to the pool without a blocking step.
-        if remove.is_some() && self.spares.put_quick(&run.dir, &run.record_path) {
+        let output = if remove.is_some() && self.spares.put_quick(&run.dir, &run.record_path) {
             run.removed.store(true, Ordering::Relaxed);
-            return Ok(RunOutcome {
-                exit_code,
-                oom_killed: false,
-                timed_out: ended.timed_out,
-                stopped: ended.stopped,
-                image_id: None,
-                output: JobOutput::default(),
-            });
-        }
-        let spares = self.spares.clone();
-        let (output, removed) = collect_dir(run.dir.join("output"), job, remove, spares).await;
-        if removed {
-            run.removed.store(true, Ordering::Relaxed);
-        }
-        let output = output?;
+            JobOutput::default()
+        } else {
+            let spares = self.spares.clone();
+            let (output, removed) = collect_dir(run.dir.join("output"), job, remove, spares).await;
+            if removed {
+                run.removed.store(true, Ordering::Relaxed);
+            }
+            output?
+        };
         Ok(RunOutcome {
             exit_code,
             oom_killed: false,
@@ -497,20 +491,12 @@ impl JobExecutor for LocalExecutor {
                 .ok();
         }
         if !run.removed.load(Ordering::Relaxed) {
-            let spares = self.spares.clone();
-            let (dir, record) = (run.dir, run.record_path);
             // A leader never started, or reaped (its group killed then), leaves
             // a directory fit to keep; else it is removed.
             let keep =
                 run.exit.borrow().is_some() || run.pgid.into_inner().ok().flatten().is_none();
-            let removed = tokio::task::spawn_blocking(move || match keep {
-                true => spares.put(&dir, &record),
-                false => remove_files(&dir, &record),
-            })
-            .await;
-            if let Ok(Err(e)) = removed {
-                tracing::warn!(error = %e, "could not remove a local job's working directory");
-            }
+            let spares = keep.then(|| self.spares.clone());
+            remove_run(run.dir, run.record_path, spares).await;
         }
     }
 
@@ -535,7 +521,7 @@ impl JobExecutor for LocalExecutor {
         for pgid in groups {
             signal_group(pgid, libc::SIGKILL);
         }
-        remove_run(dir, record_path).await;
+        remove_run(dir, record_path, None).await;
     }
 }
 
@@ -548,9 +534,14 @@ fn write_record(path: &Path, record: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, record)
 }
 
-/// Removes a run's directory and its record; failure is logged (the sweep retries).
-async fn remove_run(dir: PathBuf, record: PathBuf) {
-    let removed = tokio::task::spawn_blocking(move || remove_files(&dir, &record)).await;
+/// Removes a run's directory and its record, or gives them back to `spares`
+/// (which removes what it cannot keep); failure is logged (the sweep retries).
+async fn remove_run(dir: PathBuf, record: PathBuf, spares: Option<Arc<Spares>>) {
+    let removed = tokio::task::spawn_blocking(move || match spares {
+        Some(spares) => spares.put(&dir, &record),
+        None => remove_files(&dir, &record),
+    })
+    .await;
     if let Ok(Err(e)) = removed {
         tracing::warn!(error = %e, "could not remove a local job's working directory");
     }

@@ -39,10 +39,7 @@ pub(super) async fn scheduler(ctx: Ctx, queue: String, token: CancellationToken)
             Err(e) => tracing::debug!(error = %error_chain(e), "moving due jobs failed"),
         }
         let delay = backoff.pace(moved.is_ok(), every);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = token.cancelled() => return,
-        }
+        super::context::sleep_or_cancel(delay, &token).await;
     }
 }
 

@@ -151,12 +151,11 @@ impl Spares {
         let Some(n) = self.reserve() else {
             return false;
         };
-        let (spare, spare_record) = self.spare(n);
-        if !self.is_clean(dir) || fs::rename(dir, &spare).is_err() {
+        if !self.is_clean(dir) || fs::rename(dir, self.spare(n).0).is_err() {
             self.state().vacant.push(n);
             return false;
         }
-        self.keep(n, record_path, &spare, &spare_record);
+        self.keep(n, record_path);
         true
     }
 
@@ -174,7 +173,8 @@ impl Spares {
 
     /// The spare `n` is in the pool (renamed there): its record goes beside it,
     /// and it is free to take; unless the pool was closed meanwhile.
-    fn keep(&self, n: u32, record_path: &Path, spare: &Path, spare_record: &Path) {
+    fn keep(&self, n: u32, record_path: &Path) {
+        let spare_record = self.spare(n).1;
         // Its inode is written over by the next record; a failure here only
         // costs the next run a new file.
         if fs::rename(record_path, spare_record).is_err() {
@@ -185,11 +185,19 @@ impl Spares {
         let mut s = self.state();
         if s.closed {
             drop(s);
-            let _ = fs::remove_dir_all(spare);
-            let _ = fs::remove_file(spare_record);
+            self.discard(n);
         } else {
             s.free.push(n);
         }
+    }
+
+    /// Removes the spare `n`, its directory and its record (either gone already
+    /// is fine); its name is free again.
+    fn discard(&self, n: u32) {
+        let (spare, spare_record) = self.spare(n);
+        let _ = fs::remove_dir_all(&spare);
+        let _ = fs::remove_file(&spare_record);
+        self.state().vacant.push(n);
     }
 
     /// Puts a spare in place as the run's directory `dir`, its record file
@@ -199,10 +207,7 @@ impl Spares {
         // What the quick way found unfit goes first.
         let unfit = std::mem::take(&mut self.state().unfit);
         for n in unfit {
-            let (spare, spare_record) = self.spare(n);
-            let _ = fs::remove_dir_all(&spare);
-            let _ = fs::remove_file(&spare_record);
-            self.state().vacant.push(n);
+            self.discard(n);
         }
         let Some(n) = self.state().free.pop() else {
             return Ok(false);
@@ -217,9 +222,7 @@ impl Spares {
         };
         if let Err(e) = taken {
             tracing::debug!(spare = %spare.display(), error = %e, "a spare run directory is not used: removed");
-            let _ = fs::remove_dir_all(&spare);
-            let _ = fs::remove_file(&spare_record);
-            self.state().vacant.push(n);
+            self.discard(n);
             // The record may be in place already: write it whole, as for a fresh run.
             return Ok(false);
         }
@@ -232,12 +235,11 @@ impl Spares {
     /// Either gone already is fine.
     pub(super) fn put(&self, dir: &Path, record_path: &Path) -> io::Result<()> {
         let Some(n) = self.reserve() else {
-            return remove_run(dir, record_path);
+            return remove_files(dir, record_path);
         };
-        let (spare, spare_record) = self.spare(n);
         let kept = self
             .empty(dir)
-            .and_then(|()| fs::rename(dir, &spare))
+            .and_then(|()| fs::rename(dir, self.spare(n).0))
             .inspect_err(|e| {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::debug!(dir = %dir.display(), error = %e, "a run directory is not kept as a spare: removed");
@@ -245,9 +247,9 @@ impl Spares {
             });
         if kept.is_err() {
             self.state().vacant.push(n);
-            return remove_run(dir, record_path);
+            return remove_files(dir, record_path);
         }
-        self.keep(n, record_path, &spare, &spare_record);
+        self.keep(n, record_path);
         Ok(())
     }
 
@@ -335,7 +337,7 @@ fn write_in_place(path: &Path, content: &[u8]) -> io::Result<()> {
 }
 
 /// Removes a run's directory, then its record (blocking); either gone already is fine.
-pub(super) fn remove_run(dir: &Path, record: &Path) -> io::Result<()> {
+pub(super) fn remove_files(dir: &Path, record: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
