@@ -65,6 +65,7 @@ printed and written), 2 for bad usage or when the set-up is not usable.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -224,6 +225,21 @@ def summary(out):
     return "\n".join(L)
 
 
+def unwind_on_sigterm():
+    """scripts/bench ends us with SIGTERM (on Ctrl-C, or when it is itself
+    stopped). Python's default would end the process at once, and the workers
+    a phase started would be left running: the peers' run in sessions of their
+    own (see peers.py), which no signal to ours reaches. Raised as SystemExit
+    instead, it unwinds through each phase's `finally`, which stops them."""
+
+    def handler(signum, _frame):
+        # Once: a second SIGTERM must not cut that clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main():
     p = argparse.ArgumentParser(
         description="Dockhand benchmark: cost per container job, log throughput, worker memory.",
@@ -325,6 +341,7 @@ def main():
         print("bench.py: needs redis-py (Debian: apt-get install python3-redis)", file=sys.stderr)
         return 2
 
+    unwind_on_sigterm()
     try:
         out = run(Bench(args, redis))
     except (Fatal, redis.RedisError, OSError) as e:

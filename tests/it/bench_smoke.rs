@@ -5,6 +5,8 @@
 
 use crate::common::Env;
 use serde_json::Value;
+use std::process::Stdio;
+use std::time::Duration;
 use tokio::process::Command;
 
 /// The figure at `path` (keys separated by `/`; a number indexes an array).
@@ -103,4 +105,100 @@ async fn every_phase_of_the_benchmark_produces_its_figures() {
             assert!(at(&v, &format!("n/{kind}/{i}/redis_cpu_share")).is_number());
         }
     }
+}
+
+/// The command lines of the live processes that belong to a benchmark run on
+/// the Redis at `url`: every process scripts/bench starts inherits `REDIS_URL`,
+/// and the workers name it on their command line too.
+fn bench_processes(url: &str) -> Vec<String> {
+    let env_entry = format!("REDIS_URL={url}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process gone meanwhile, or a zombie (empty files), is not running.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ours = cmdline.contains(url)
+            || environ
+                .split(|b| *b == 0)
+                .any(|var| var == env_entry.as_bytes());
+        if ours {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// A benchmark stopped half-way, as Ctrl-C or a SIGTERM to scripts/bench stops
+/// it, leaves nothing running: not its own workers, nor the peers', which run in
+/// sessions of their own (no signal to the benchmark's group reaches them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_benchmark_leaves_no_worker_running() {
+    let env = Env::own_server();
+    let root = env!("CARGO_MANIFEST_DIR");
+    // Phase l with a backlog far too large to finish: it is surely running when
+    // the signal comes. It starts Dockhand's, Celery's and RQ's workers before
+    // its first drain, RQ's last.
+    let mut bench = Command::new(format!("{root}/scripts/bench"))
+        .args([
+            "--smoke",
+            "--no-progress",
+            "--phases",
+            "l",
+            "--l-jobs",
+            "1000000",
+        ])
+        .env("REDIS_URL", &env.url)
+        .env("DOCKHAND_BIN", env!("CARGO_BIN_EXE_dockhand"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("scripts/bench starts");
+    // Bounded generously: on a fresh machine this may first make the bench's
+    // virtualenv (or wait for the other test making it).
+    let mut peers_up = false;
+    for _ in 0..6000 {
+        let running = bench_processes(&env.url);
+        if running.iter().any(|c| c.contains("rq.cli"))
+            && running.iter().any(|c| c.contains("celery"))
+        {
+            peers_up = true;
+            break;
+        }
+        if let Some(status) = bench.try_wait().unwrap() {
+            panic!("scripts/bench ended ({status}) before phase l's workers were up");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(peers_up, "phase l's workers never came up");
+
+    let pid = bench.id().expect("still running") as libc::pid_t;
+    // SAFETY: kill sends a signal to a process of ours; nothing else is touched.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(300), bench.wait())
+        .await
+        .expect("scripts/bench ends after SIGTERM")
+        .unwrap();
+    assert!(!status.success(), "a stopped benchmark does not exit 0");
+    let left = bench_processes(&env.url);
+    // Not left for the rest of the suite, whatever the verdict.
+    for line in &left {
+        if let Some(pid) = line.split(':').next().and_then(|p| p.parse().ok()) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "left running after the benchmark ended: {left:#?}"
+    );
 }
