@@ -159,7 +159,7 @@ def run(bench):
         for ph, title, module in (
             ("k", f"k. containers: {a.k_jobs} x `true` at concurrency {a.k_concurrency}, {a.k_reps} reps;"
                   " Dockhand, Celery, RQ, docker run, engine floor", containers),
-            ("l", f"l. queue path: {a.l_jobs:,} local jobs at concurrency {a.l_concurrency}; Dockhand, Celery, RQ", queuepath),
+            ("l", f"l. queue path: {a.l_jobs:,} local jobs at concurrency {a.l_concurrency}; Dockhand against {a.l_peers}", queuepath),
             ("m", f"m. webhooks under load: {a.m_jobs:,} local jobs, one subscriber", hookload),
             ("n", f"n. scaling: worker processes {a.n_workers}", scaling),
         ):
@@ -302,6 +302,8 @@ def main():
     p.add_argument("--l-concurrency", type=int, default=50, help="l: Dockhand's and Celery's concurrency")
     p.add_argument("--l-rq-workers", type=int, default=8, help="l: RQ worker processes")
     p.add_argument("--l-reps", type=int, default=1, help="l: repetitions (interleaved)")
+    p.add_argument("--l-peers", default="celery,rq",
+                   help="l: the peers Dockhand is measured against, comma-separated (celery, rq); RQ takes ~15 min a repetition")
     p.add_argument("--l-timeout", type=float, default=1800, help="l, n: longest wait for one drain")
     p.add_argument("--m-jobs", type=int, default=10_000, help="m: local jobs, one webhook each")
     p.add_argument("--m-concurrency", type=int, default=50, help="m: the worker's concurrency")

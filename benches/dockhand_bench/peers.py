@@ -11,7 +11,8 @@ worker's start-up nor the client's enqueue speed (Celery's `send_task` manages a
 few thousand a second) is in the figure; only how fast the workers empty a
 backlog.
 
-- Dockhand: `dockhand worker --queue Q --concurrency C` (--bin), jobs XADDed in
+- Dockhand: `dockhand worker --queue Q --concurrency C` (--bin), with
+  `RUST_LOG=warn` (the peers below log warnings only too), jobs XADDed in
   pipelines; finished = jobs - XLEN of the stream (a worker deletes an entry
   once its job is terminal), so no extra command per job.
 - Celery (`celery -A bench_tasks worker`, broker = the same Redis, no result
@@ -151,7 +152,11 @@ class Dockhand(Runner):
         b = self.bench
         self.queue = f"bench-{self.kind}-{self.tag}"
         self.stream = b.stream_key(self.queue)
-        env = {"DOCKHAND__EXECUTORS__LOCAL__ENABLED": "true"} if self.kind == "process" else {}
+        # Warnings and errors only, as the peers run (Celery --loglevel WARNING,
+        # RQ --quiet): at its default level (info) a worker writes two lines a job.
+        env = {"RUST_LOG": "warn"}
+        if self.kind == "process":
+            env["DOCKHAND__EXECUTORS__LOCAL__ENABLED"] = "true"
         for i in range(workers):
             self._spawn([b.args.bin, "--redis-url", b.args.redis_url, "worker", "--queue", self.queue,
                          "--id", f"bench-{self.kind}-{self.tag}-{i}", "--concurrency", str(concurrency)], env)

@@ -43,7 +43,7 @@ def plots(out, folder):
     lp = out.get("l")
     if lp:
         fig, ax = plt.subplots(figsize=(6, 4))
-        names = list(queuepath.SYSTEMS)
+        names = list(lp.get("systems", queuepath.SYSTEMS))
         v = [[x["jobs_per_s"] for x in lp["samples"][s]] for s in names]
         med = [lp["median_jobs_per_s"][s] for s in names]
         ax.bar(names, med, yerr=[[m - min(x) for m, x in zip(med, v)], [max(x) - m for m, x in zip(med, v)]], capsize=4)
