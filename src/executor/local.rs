@@ -97,6 +97,9 @@ pub struct LocalRun {
     pipes: Mutex<Option<(Receiver, Receiver)>>,
     /// The leader's exit, once reaped.
     exit: watch::Sender<Option<ExitStatus>>,
+    /// The stamps of a spare's folders when the run took it, if they could
+    /// vouch for them: the folders the run left as they were are not read again.
+    stamps: Option<spares::Stamps>,
 }
 
 impl LocalExecutor {
@@ -242,13 +245,14 @@ impl JobExecutor for LocalExecutor {
         let record = Record {
             owner: RunOwner::of(job, &self.worker_id, &self.consumer, ctx),
         };
-        let run = LocalRun {
+        let mut run = LocalRun {
             dir: dir.clone(),
             record_path: record_path.clone(),
             removed: AtomicBool::new(false),
             pgid: Mutex::new(None),
             pipes: Mutex::new(None),
             exit: watch::Sender::new(None),
+            stamps: None,
         };
         let record = match serde_json::to_vec(&record) {
             Ok(r) => r,
@@ -256,11 +260,11 @@ impl JobExecutor for LocalExecutor {
         };
         // Nothing to stage, no directory a killed attempt left, a spare fit to
         // take: no blocking step (and its two thread hops).
-        if job.files.is_empty()
-            && !std::fs::exists(&dir).unwrap_or(true)
-            && self.spares.take_quick(&dir, &record_path, &record)
-        {
-            return Ok(run);
+        if job.files.is_empty() && !std::fs::exists(&dir).unwrap_or(true) {
+            if let Some(stamps) = self.spares.take_quick(&dir, &record_path, &record) {
+                run.stamps = stamps;
+                return Ok(run);
+            }
         }
         let files = job.files.clone();
         let spares = self.spares.clone();
@@ -460,7 +464,11 @@ impl JobExecutor for LocalExecutor {
             .then(|| (run.dir.clone(), run.record_path.clone()));
         // A run that left its directory as it got it (no outputs, nothing in
         // its folders): back to the pool without a blocking step.
-        let output = if remove.is_some() && self.spares.put_quick(&run.dir, &run.record_path) {
+        let output = if remove.is_some()
+            && self
+                .spares
+                .put_quick(&run.dir, &run.record_path, run.stamps.as_ref())
+        {
             run.removed.store(true, Ordering::Relaxed);
             JobOutput::default()
         } else {

@@ -16,6 +16,13 @@
 //!   worker's user, of the mode a fresh folder gets (0777 less the umask), and
 //!   empty. Anything else is removed (`remove_dir_all`, which follows no
 //!   symlink) and the run gets a fresh directory.
+//! - A folder is not read again for that check when its [`Stamp`] (inode, mode,
+//!   owner, link count, ctime) is what it was when the spare went back, found
+//!   empty: adding or removing an entry, or a change of mode or owner, sets the
+//!   ctime to the current time, which no process can set otherwise. A stamp is
+//!   kept only when the folder's ctime was at least [`STAMP_AGE`] older than
+//!   the clock before it was read, so that a later change gets a later ctime
+//!   even on a filesystem whose timestamps are whole seconds.
 //! - A run's directory goes back only when all of it is as expected but the
 //!   folders' contents (removed then) and modes (reset); anything unexpected
 //!   (another entry, a folder that is a symlink or a file or someone else's) and
@@ -33,6 +40,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// The folders of a run, as inside a container.
 pub(super) const FOLDERS: [&str; 3] = ["input", "work", "output"];
@@ -40,6 +48,52 @@ pub(super) const FOLDERS: [&str; 3] = ["input", "work", "output"];
 const POOL_PREFIX: &str = ".spares-";
 /// A run's directory's mode.
 const DIR_MODE: u32 = 0o700;
+/// How much older than the clock a folder's ctime must be for its [`Stamp`] to
+/// vouch for it later: more than a timestamp's coarsest step (a second).
+const STAMP_AGE: Duration = Duration::from_secs(2);
+
+/// What a folder of a spare was when it was found empty (see the invariants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Stamp {
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    nlink: u64,
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            ino: meta.ino(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            nlink: meta.nlink(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The stamps of a spare's folders, in [`FOLDERS`]' order.
+pub(super) type Stamps = [Stamp; 3];
+
+/// The time file timestamps are taken from (the coarse real-time clock), less
+/// `age`: a ctime at or before it may go in a [`Stamp`].
+fn stamp_horizon(age: Duration) -> (i64, i64) {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the given timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) } != 0 {
+        return (i64::MIN, 0); // no clock: no stamp vouches
+    }
+    let (secs, nanos) = (age.as_secs() as i64, i64::from(age.subsec_nanos()));
+    match now.tv_nsec - nanos {
+        n if n < 0 => (now.tv_sec - secs - 1, n + 1_000_000_000),
+        n => (now.tv_sec - secs, n),
+    }
+}
 
 /// One worker process's spare run directories.
 pub(super) struct Spares {
@@ -53,13 +107,16 @@ pub(super) struct Spares {
     folder_mode: u32,
     /// At most this many spares are kept.
     cap: usize,
+    /// [`STAMP_AGE`], but in the unit tests.
+    stamp_age: Duration,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    /// Names of the spares in the pool, ready to take.
-    free: Vec<u32>,
+    /// Names of the spares in the pool, ready to take, with their folders'
+    /// stamps when they can vouch for them.
+    free: Vec<(u32, Option<Stamps>)>,
     /// Names not in use (their spare was taken or removed).
     vacant: Vec<u32>,
     /// Names of spares found unfit by [`Spares::take_quick`], for
@@ -106,6 +163,7 @@ impl Spares {
             uid,
             folder_mode,
             cap,
+            stamp_age: STAMP_AGE,
             state: Mutex::new(State::default()),
         })
     }
@@ -124,14 +182,19 @@ impl Spares {
     /// As [`Spares::take`], but it removes nothing (a spare found unfit is left
     /// for [`Spares::take`]): a few metadata calls on cached entries, a write of
     /// the record over its kept inode and two renames, which the runtime's own
-    /// threads can make without a hop to a blocking thread and back. False when
-    /// nothing was taken: the caller takes the blocking way.
-    pub(super) fn take_quick(&self, dir: &Path, record_path: &Path, record: &[u8]) -> bool {
-        let Some(n) = self.state().free.pop() else {
-            return false;
-        };
+    /// threads can make without a hop to a blocking thread and back. `None`
+    /// when nothing was taken: the caller takes the blocking way. Else the
+    /// folders' stamps, when they can vouch for them when the run ends.
+    pub(super) fn take_quick(
+        &self,
+        dir: &Path,
+        record_path: &Path,
+        record: &[u8],
+    ) -> Option<Option<Stamps>> {
+        let (n, stamps) = self.state().free.pop()?;
         let (spare, spare_record) = self.spare(n);
-        let taken = self.is_clean(&spare)
+        let checked = self.is_clean(&spare, stamps.as_ref());
+        let taken = checked.is_some()
             && write_in_place(&spare_record, record).is_ok()
             && fs::rename(&spare_record, record_path).is_ok()
             && fs::rename(&spare, dir).is_ok();
@@ -140,22 +203,28 @@ impl Spares {
             true => s.vacant.push(n),
             false => s.unfit.push(n),
         }
-        taken
+        taken.then(|| checked.flatten())
     }
 
     /// As [`Spares::put`] for a run that left its directory as it got it (every
     /// folder empty, no mode changed, nothing added): two renames, no
     /// removal, so the runtime's own threads can make them. False when
     /// nothing was done: the caller takes the blocking way ([`Spares::put`]).
-    pub(super) fn put_quick(&self, dir: &Path, record_path: &Path) -> bool {
+    /// `known`: the folders' stamps from when the run took the directory; a
+    /// folder the run left as it was is not read again.
+    pub(super) fn put_quick(&self, dir: &Path, record_path: &Path, known: Option<&Stamps>) -> bool {
         let Some(n) = self.reserve() else {
             return false;
         };
-        if !self.is_clean(dir) || fs::rename(dir, self.spare(n).0).is_err() {
+        let Some(stamps) = self.is_clean(dir, known) else {
+            self.state().vacant.push(n);
+            return false;
+        };
+        if fs::rename(dir, self.spare(n).0).is_err() {
             self.state().vacant.push(n);
             return false;
         }
-        self.keep(n, record_path);
+        self.keep(n, record_path, stamps);
         true
     }
 
@@ -172,8 +241,9 @@ impl Spares {
     }
 
     /// The spare `n` is in the pool (renamed there): its record goes beside it,
-    /// and it is free to take; unless the pool was closed meanwhile.
-    fn keep(&self, n: u32, record_path: &Path) {
+    /// and it is free to take, with its folders' `stamps`; unless the pool was
+    /// closed meanwhile.
+    fn keep(&self, n: u32, record_path: &Path, stamps: Option<Stamps>) {
         let spare_record = self.spare(n).1;
         // Its inode is written over by the next record; a failure here only
         // costs the next run a new file.
@@ -187,7 +257,7 @@ impl Spares {
             drop(s);
             self.discard(n);
         } else {
-            s.free.push(n);
+            s.free.push((n, stamps));
         }
     }
 
@@ -209,11 +279,11 @@ impl Spares {
         for n in unfit {
             self.discard(n);
         }
-        let Some(n) = self.state().free.pop() else {
+        let Some((n, stamps)) = self.state().free.pop() else {
             return Ok(false);
         };
         let (spare, spare_record) = self.spare(n);
-        let taken = if self.is_clean(&spare) {
+        let taken = if self.is_clean(&spare, stamps.as_ref()).is_some() {
             write_in_place(&spare_record, record)
                 .and_then(|()| fs::rename(&spare_record, record_path))
                 .and_then(|()| fs::rename(&spare, dir))
@@ -249,7 +319,8 @@ impl Spares {
             self.state().vacant.push(n);
             return remove_files(dir, record_path);
         }
-        self.keep(n, record_path);
+        // Emptied just now: its folders' ctimes are too recent to vouch.
+        self.keep(n, record_path, None);
         Ok(())
     }
 
@@ -261,20 +332,34 @@ impl Spares {
         }
     }
 
-    /// Whether `spare` is as a fresh run directory is (see the invariants).
-    fn is_clean(&self, spare: &Path) -> bool {
+    /// Whether `spare` is as a fresh run directory is (see the invariants):
+    /// `None` when it is not; else the stamps of its folders, when they can
+    /// vouch for them next time. A folder whose stamp in `known` still holds
+    /// is not read.
+    fn is_clean(&self, spare: &Path, known: Option<&Stamps>) -> Option<Option<Stamps>> {
+        let horizon = stamp_horizon(self.stamp_age);
         let ours = |path: &Path, mode: u32| {
-            fs::symlink_metadata(path).is_ok_and(|m| {
+            fs::symlink_metadata(path).ok().filter(|m| {
                 m.file_type().is_dir() && m.uid() == self.uid && m.mode() & 0o7777 == mode
             })
         };
         let entries = |path: &Path| fs::read_dir(path).map(|d| d.count()).ok();
-        ours(spare, DIR_MODE)
-            && entries(spare) == Some(FOLDERS.len())
-            && FOLDERS.iter().all(|f| {
-                let folder = spare.join(f);
-                ours(&folder, self.folder_mode) && entries(&folder) == Some(0)
-            })
+        ours(spare, DIR_MODE)?;
+        if entries(spare) != Some(FOLDERS.len()) {
+            return None;
+        }
+        let mut stamps = Stamps::default();
+        let mut vouch = true;
+        for (i, f) in FOLDERS.iter().enumerate() {
+            let folder = spare.join(f);
+            let stamp = Stamp::of(&ours(&folder, self.folder_mode)?);
+            if known.is_none_or(|k| k[i] != stamp) && entries(&folder) != Some(0) {
+                return None;
+            }
+            vouch &= stamp.ctime <= horizon;
+            stamps[i] = stamp;
+        }
+        Some(vouch.then_some(stamps))
     }
 
     /// Empties an ended run's folders and resets their modes; an error for
@@ -391,4 +476,100 @@ pub(super) fn remove_dead_pools(base: &Path) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare_dir(root: &Path) -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = root.join("run");
+        fs::DirBuilder::new().mode(DIR_MODE).create(&dir).unwrap();
+        for f in FOLDERS {
+            fs::create_dir(dir.join(f)).unwrap();
+        }
+        dir
+    }
+
+    fn pool(root: &Path) -> Spares {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        Spares::open(root, "test", uid, 4).unwrap()
+    }
+
+    /// Waits until the clock is past every folder's ctime: the event a stamp
+    /// waits for (`stamp_age` is 0 here, so a coarse tick or two).
+    fn wait_until_older_than_the_clock(dir: &Path, age: Duration) {
+        for _ in 0..5000 {
+            let newest = FOLDERS
+                .iter()
+                .map(|f| Stamp::of(&fs::symlink_metadata(dir.join(f)).unwrap()).ctime)
+                .max()
+                .unwrap();
+            if newest <= stamp_horizon(age) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("the clock never passed the folders' ctimes");
+    }
+
+    #[test]
+    fn a_folder_just_changed_gets_no_stamp() {
+        let root = tempfile::tempdir().unwrap();
+        let spares = pool(root.path());
+        let dir = spare_dir(root.path());
+        // Made now: with the default age (2 s) no stamp can vouch for it yet.
+        assert_eq!(spares.is_clean(&dir, None), Some(None));
+    }
+
+    #[test]
+    fn a_stamp_vouches_until_the_folder_changes() {
+        let root = tempfile::tempdir().unwrap();
+        let mut spares = pool(root.path());
+        spares.stamp_age = Duration::ZERO;
+        let dir = spare_dir(root.path());
+        wait_until_older_than_the_clock(&dir, spares.stamp_age);
+        let stamps = spares
+            .is_clean(&dir, None)
+            .unwrap()
+            .expect("old enough to vouch");
+        assert_eq!(spares.is_clean(&dir, Some(&stamps)), Some(Some(stamps)));
+
+        // A file in a folder changes its ctime: the folder is read again, and
+        // the spare is not clean.
+        let before = fs::symlink_metadata(dir.join("work"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        fs::write(dir.join("work/left"), b"x").unwrap();
+        assert_eq!(spares.is_clean(&dir, Some(&stamps)), None);
+        // Even with its mtime put back: the ctime cannot be.
+        let work = fs::File::open(dir.join("work")).unwrap();
+        work.set_modified(before).unwrap();
+        assert_eq!(spares.is_clean(&dir, Some(&stamps)), None);
+
+        // Emptied again, it is clean, read through, and too fresh to vouch.
+        fs::remove_file(dir.join("work/left")).unwrap();
+        assert_eq!(spares.is_clean(&dir, Some(&stamps)), Some(None));
+    }
+
+    #[test]
+    fn a_stamp_does_not_vouch_for_a_swapped_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let mut spares = pool(root.path());
+        spares.stamp_age = Duration::ZERO;
+        let dir = spare_dir(root.path());
+        wait_until_older_than_the_clock(&dir, spares.stamp_age);
+        let stamps = spares
+            .is_clean(&dir, None)
+            .unwrap()
+            .expect("old enough to vouch");
+        // Another folder in its place, with a file: another inode.
+        fs::rename(dir.join("input"), root.path().join("input-away")).unwrap();
+        fs::create_dir(dir.join("input")).unwrap();
+        fs::write(dir.join("input/planted"), b"x").unwrap();
+        assert_eq!(spares.is_clean(&dir, Some(&stamps)), None);
+    }
 }
