@@ -806,10 +806,13 @@ pub async fn query_node<T: redis::FromRedisValue>(
     cmd.query_async(&mut conn).await
 }
 
-/// Waits (bounded) until the Redis on loopback `port` answers `PING`.
+/// Waits (bounded by [`GUARD`]) until the Redis on loopback `port` answers
+/// `PING`. A cluster node writes and syncs its nodes.conf as it starts, which
+/// took over 5 s (the bound before) while the suite's Docker jobs loaded the disk.
 pub fn wait_for_ping(port: u16) {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + GUARD;
+    while std::time::Instant::now() < deadline {
         if let Ok(mut c) = client.get_connection() {
             if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                 return;
