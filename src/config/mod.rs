@@ -953,27 +953,19 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_by_name() {
-        let err = Settings::load_from(
-            None,
-            &env(&[("DOCKHAND__WORKER__CONCURRENCY", "0")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("worker.concurrency"), "{err}");
-        let err = Settings::load_from(
-            None,
-            &env(&[("DOCKHAND__POLICY__NETWORKS", "none,host")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("policy.networks"), "{err}");
-        let err = Settings::load_from(
-            None,
-            &env(&[("DOCKHAND__JOBS__LOG_ENTRY_BYTES", "2000000")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("jobs.log_entry_bytes"), "{err}");
+        for (var, value, name) in [
+            ("DOCKHAND__WORKER__CONCURRENCY", "0", "worker.concurrency"),
+            ("DOCKHAND__POLICY__NETWORKS", "none,host", "policy.networks"),
+            (
+                "DOCKHAND__JOBS__LOG_ENTRY_BYTES",
+                "2000000",
+                "jobs.log_entry_bytes",
+            ),
+        ] {
+            let err = Settings::load_from(None, &env(&[(var, value)]), &Overrides::default())
+                .unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -25,19 +25,25 @@ fn positive(v: &Value, path: &str) {
     );
 }
 
+/// `scripts/bench` in its smoke mode, on `env`'s Redis, with the suite's binary.
+fn bench_command(env: &Env) -> Command {
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench"));
+    cmd.arg("--smoke")
+        .env("REDIS_URL", &env.url)
+        .env("DOCKHAND_BIN", env!("CARGO_BIN_EXE_dockhand"));
+    cmd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_phase_of_the_benchmark_produces_its_figures() {
     // A standalone Redis of its own: phase j fills databases 1 and 2, which the
     // suite's Redis (a one-node cluster, see scripts/test) does not have.
     let env = Env::own_server();
-    let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let out = Command::new(format!("{root}/scripts/bench"))
-        .args(["--smoke", "--no-progress", "--json"])
+    let out = bench_command(&env)
+        .args(["--no-progress", "--json"])
         .arg(&json)
-        .env("REDIS_URL", &env.url)
-        .env("DOCKHAND_BIN", env!("CARGO_BIN_EXE_dockhand"))
         .output()
         .await
         .expect("scripts/bench runs");
@@ -142,21 +148,11 @@ fn bench_processes(url: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_benchmark_leaves_no_worker_running() {
     let env = Env::own_server();
-    let root = env!("CARGO_MANIFEST_DIR");
     // Phase l with a backlog far too large to finish: it is surely running when
     // the signal comes. It starts Dockhand's, Celery's and RQ's workers before
     // its first drain, RQ's last.
-    let mut bench = Command::new(format!("{root}/scripts/bench"))
-        .args([
-            "--smoke",
-            "--no-progress",
-            "--phases",
-            "l",
-            "--l-jobs",
-            "1000000",
-        ])
-        .env("REDIS_URL", &env.url)
-        .env("DOCKHAND_BIN", env!("CARGO_BIN_EXE_dockhand"))
+    let mut bench = bench_command(&env)
+        .args(["--no-progress", "--phases", "l", "--l-jobs", "1000000"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -216,14 +216,13 @@ impl Spares {
         let Some(n) = self.reserve() else {
             return false;
         };
-        let Some(stamps) = self.is_clean(dir, known) else {
-            self.state().vacant.push(n);
-            return false;
+        let stamps = match self.is_clean(dir, known) {
+            Some(stamps) if fs::rename(dir, self.spare(n).0).is_ok() => stamps,
+            _ => {
+                self.state().vacant.push(n);
+                return false;
+            }
         };
-        if fs::rename(dir, self.spare(n).0).is_err() {
-            self.state().vacant.push(n);
-            return false;
-        }
         self.keep(n, record_path, stamps);
         true
     }
