@@ -91,8 +91,11 @@ pub struct LocalRun {
     record_path: PathBuf,
     /// The directory and record are gone already (removed with the outputs' read).
     removed: AtomicBool,
-    /// The process group (the leader's pid), once started.
-    pgid: Mutex<Option<i32>>,
+    /// The process group (the leader's pid), from the start until the leader
+    /// is reaped; signals go to it only through [`LocalRun::signal`].
+    pgid: Arc<spawn::Group>,
+    /// The leader was started (its group may be gone since).
+    started: AtomicBool,
     /// The leader's output pipes, until the log streamer takes them.
     pipes: Mutex<Option<(Receiver, Receiver)>>,
     /// The leader's exit, once reaped.
@@ -216,8 +219,15 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
 }
 
 impl LocalRun {
-    fn pgid(&self) -> Option<i32> {
-        *self.pgid.lock().unwrap_or_else(|e| e.into_inner())
+    /// Sends `signal` to the job's process group, unless its leader is not
+    /// started or reaped already (then false). Under the group's lock, so the
+    /// leader cannot be reaped meanwhile and its group's id cannot be reused.
+    fn signal(&self, signal: libc::c_int) -> bool {
+        let group = self.pgid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pgid) = *group {
+            signal_group(pgid, signal);
+        }
+        group.is_some()
     }
 
     fn exited(&self) -> bool {
@@ -249,7 +259,8 @@ impl JobExecutor for LocalExecutor {
             dir: dir.clone(),
             record_path: record_path.clone(),
             removed: AtomicBool::new(false),
-            pgid: Mutex::new(None),
+            pgid: Arc::default(),
+            started: AtomicBool::new(false),
             pipes: Mutex::new(None),
             exit: watch::Sender::new(None),
             stamps: None,
@@ -377,18 +388,16 @@ impl JobExecutor for LocalExecutor {
             stdout,
             stderr,
         } = child;
-        let pgid = Some(leader.pid());
-        *run.pgid.lock().unwrap_or_else(|e| e.into_inner()) = pgid;
+        *run.pgid.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader.pid());
+        run.started.store(true, Ordering::Relaxed);
         *run.pipes.lock().unwrap_or_else(|e| e.into_inner()) = Some((stdout, stderr));
         let exit = run.exit.clone();
+        let group = run.pgid.clone();
         // Reaped on a task of its own at once, so that no later step can leave
-        // it unreaped.
+        // it unreaped. The leader gone, so is the rest of its group, as in a
+        // container: the wait kills it.
         tokio::spawn(async move {
-            let status = leader.wait().await;
-            // The leader is gone: so is the rest of its group, as in a container.
-            if let Some(pgid) = pgid {
-                signal_group(pgid, libc::SIGKILL);
-            }
+            let status = leader.wait(&group).await;
             let status = status.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot wait for the job's process");
                 std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
@@ -414,16 +423,12 @@ impl JobExecutor for LocalExecutor {
     }
 
     async fn cancel(&self, run: &LocalRun) -> Result<(), ExecError> {
-        let Some(pgid) = run.pgid() else {
-            return Ok(());
-        };
-        if run.exited() {
-            return Ok(());
+        if !run.signal(libc::SIGTERM) {
+            return Ok(()); // not started, or reaped already
         }
-        signal_group(pgid, libc::SIGTERM);
         let grace = Duration::from_secs(self.settings.worker.stop_grace_seconds);
         if tokio::time::timeout(grace, run.wait_exit()).await.is_err() {
-            signal_group(pgid, libc::SIGKILL);
+            run.signal(libc::SIGKILL);
             tokio::time::timeout(Duration::from_secs(30), run.wait_exit())
                 .await
                 .ok();
@@ -490,10 +495,9 @@ impl JobExecutor for LocalExecutor {
     }
 
     async fn clean_up(&self, run: LocalRun) {
-        // A leader never reaped (a start that failed half-way) may still lead its
-        // group; once reaped, its group was killed then, and the id may be reused.
-        if let (Some(pgid), false) = (run.pgid(), run.exited()) {
-            signal_group(pgid, libc::SIGKILL);
+        // A leader not reaped yet (a run that failed half-way) still leads its
+        // group; once reaped, its group was killed then.
+        if run.signal(libc::SIGKILL) {
             tokio::time::timeout(Duration::from_secs(30), run.wait_exit())
                 .await
                 .ok();
@@ -501,8 +505,7 @@ impl JobExecutor for LocalExecutor {
         if !run.removed.load(Ordering::Relaxed) {
             // A leader never started, or reaped (its group killed then), leaves
             // a directory fit to keep; else it is removed.
-            let keep =
-                run.exit.borrow().is_some() || run.pgid.into_inner().ok().flatten().is_none();
+            let keep = run.exit.borrow().is_some() || !run.started.load(Ordering::Relaxed);
             let spares = keep.then(|| self.spares.clone());
             remove_run(run.dir, run.record_path, spares).await;
         }

@@ -22,9 +22,11 @@
 //!   all of them just before the exec, as `std::process::Command` does.
 //! - Every descriptor made here is close-on-exec in the worker; the child's
 //!   stdio are copies (`dup2`), which are not.
-//! - The child is reaped only by [`Child::wait`] (a pidfd, or a blocking
-//!   `waitpid` on kernels without one): until then its pid, and so its process
-//!   group's id, cannot be reused.
+//! - The child is reaped only by [`Exit::wait`], and only while it holds the
+//!   caller's [`Group`] lock, in the same step as the group's SIGKILL and the
+//!   group id's removal. Until then its pid, and so the group's id, cannot be
+//!   reused: a signal sent under that lock to the id it holds reaches this
+//!   job's group and no other, however late it comes.
 
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void, CString, OsStr, OsString};
@@ -85,6 +87,11 @@ pub struct Exit {
     pid: libc::pid_t,
 }
 
+/// The id of a child's process group while it may be signalled: `None`
+/// before the start and once the leader is reaped. Signals to the group are
+/// sent holding the lock (see the module's invariants).
+pub type Group = std::sync::Mutex<Option<libc::pid_t>>;
+
 /// The child's stdin, opened once (close-on-exec, by std).
 static DEV_NULL: std::sync::LazyLock<Option<std::fs::File>> =
     std::sync::LazyLock::new(|| std::fs::File::open("/dev/null").ok());
@@ -118,8 +125,10 @@ impl Exit {
         self.pid
     }
 
-    /// Waits for the child to exit, and reaps it.
-    pub async fn wait(self) -> io::Result<ExitStatus> {
+    /// Waits for the child to exit; then, holding `group`'s lock, SIGKILLs
+    /// what is left of its group (as a container's processes end with it),
+    /// reaps it and sets `group` to `None`.
+    pub async fn wait(self, group: &Group) -> io::Result<ExitStatus> {
         let pid = self.pid;
         // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -134,19 +143,67 @@ impl Exit {
             .map_err(io::Error::from)?;
             loop {
                 let mut ready = fd.readable().await?;
-                if let Some(status) = reap(pid, libc::WNOHANG)? {
+                if let Some(status) = end_group(pid, group, libc::WNOHANG)? {
                     return Ok(status);
                 }
                 ready.clear_ready();
             }
         }
-        // A kernel without pidfds (before 5.3): a blocking wait on its own thread.
-        tokio::task::spawn_blocking(move || {
-            reap(pid, 0)?.ok_or_else(|| io::Error::other("waitpid returned no status"))
-        })
-        .await
-        .map_err(io::Error::other)?
+        // A kernel without pidfds (before 5.3): a blocking wait on its own thread
+        // that leaves the child a zombie (WNOWAIT), so that the group is still
+        // its own when it is killed.
+        let exited = tokio::task::spawn_blocking(move || {
+            // SAFETY: waitid writes the given siginfo.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            loop {
+                // SAFETY: as above.
+                let r = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if r == 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        });
+        exited.await.map_err(io::Error::other)??;
+        end_group(pid, group, 0)?.ok_or_else(|| io::Error::other("waitpid returned no status"))
     }
+}
+
+/// Holding `group`'s lock: kills the group, and reaps its leader `pid`
+/// (`options` as for waitpid); once reaped, the group is `None`. `None` when
+/// the leader has not exited yet (`WNOHANG`): nothing is signalled then.
+fn end_group(pid: libc::pid_t, group: &Group, options: c_int) -> io::Result<Option<ExitStatus>> {
+    let mut group = group.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: waitid writes the given siginfo; WNOWAIT leaves the child as it is.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT | options;
+    // SAFETY: as above.
+    while unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // SAFETY: si_pid is set by waitid (0 when no child has changed state).
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(None);
+    }
+    // The leader is a zombie: its pid is still the group's, and no other.
+    // SAFETY: killpg only sends a signal; a group already empty is ESRCH.
+    unsafe { libc::killpg(pid, libc::SIGKILL) };
+    let status = reap(pid, 0)?;
+    *group = None;
+    Ok(status)
 }
 
 /// `waitpid(pid, options)`; `None` when it has not exited yet (`WNOHANG`).
@@ -411,5 +468,90 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             *libc::__errno_location() = first_denied;
         }
         fail(5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The state letter of `/proc/<pid>/stat` (`None` once the pid is free).
+    fn state(pid: libc::pid_t) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    }
+
+    /// Polls `check` (bounded). Blocking: the test's own thread is no
+    /// runtime worker, and no timer of the runtime is needed meanwhile.
+    fn until(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..6000 {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("never happened: {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_leader_is_reaped_only_under_the_group_lock_and_its_group_dies_with_it() {
+        let args = ["-c".to_string(), "sleep 60 & echo $!; exit 3".to_string()];
+        let mut child = spawn(Spec {
+            program: OsStr::new("/bin/sh"),
+            args: &args,
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: Path::new("/"),
+            limits: Vec::new(),
+        })
+        .expect("sh starts");
+        let leader = child.exit.pid();
+        let group: Arc<Group> = Arc::new(std::sync::Mutex::new(Some(leader)));
+        let mut line = String::new();
+        {
+            use tokio::io::AsyncBufReadExt;
+            tokio::io::BufReader::new(&mut child.stdout)
+                .read_line(&mut line)
+                .await
+                .unwrap();
+        }
+        let sleeper: libc::pid_t = line.trim().parse().expect("the background pid");
+
+        // A signaller holds the lock: the leader exits, and stays a zombie
+        // whose pid (the group's id) nobody else can be given.
+        let held = group.lock().unwrap();
+        let waiting = tokio::spawn({
+            let group = group.clone();
+            async move { child.exit.wait(&group).await }
+        });
+        until("the leader to exit", || {
+            !matches!(state(leader), Some('R' | 'S' | 'D'))
+        });
+        // Room for a wrong order to show: a reap here would free the pid. (The
+        // reaper blocks a runtime worker on the lock: only std waits here.)
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            state(leader),
+            Some('Z'),
+            "reaped while the group was locked"
+        );
+        assert!(
+            state(sleeper).is_some_and(|s| s != 'Z'),
+            "the group was killed early"
+        );
+        drop(held);
+
+        let status = waiting.await.unwrap().unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(
+            *group.lock().unwrap(),
+            None,
+            "a reaped group is not signalled"
+        );
+        // The rest of the group was killed (then reaped by whoever adopted it).
+        until("the group's other process to die", || {
+            matches!(state(sleeper), None | Some('Z'))
+        });
     }
 }
