@@ -143,48 +143,26 @@ impl Exit {
             .map_err(io::Error::from)?;
             loop {
                 let mut ready = fd.readable().await?;
-                if let Some(status) = end_group(pid, group, libc::WNOHANG)? {
+                if let Some(status) = end_group(pid, group)? {
                     return Ok(status);
                 }
                 ready.clear_ready();
             }
         }
         // A kernel without pidfds (before 5.3): a blocking wait on its own thread
-        // that leaves the child a zombie (WNOWAIT), so that the group is still
-        // its own when it is killed.
-        let exited = tokio::task::spawn_blocking(move || {
-            // SAFETY: waitid writes the given siginfo.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            loop {
-                // SAFETY: as above.
-                let r = unsafe {
-                    libc::waitid(
-                        libc::P_PID,
-                        pid as libc::id_t,
-                        &mut info,
-                        libc::WEXITED | libc::WNOWAIT,
-                    )
-                };
-                if r == 0 {
-                    return Ok(());
-                }
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        });
-        exited.await.map_err(io::Error::other)??;
-        end_group(pid, group, 0)?.ok_or_else(|| io::Error::other("waitpid returned no status"))
+        // that leaves the child a zombie, so that the group is still its own
+        // when it is killed.
+        tokio::task::spawn_blocking(move || exited(pid, 0))
+            .await
+            .map_err(io::Error::other)??;
+        end_group(pid, group)?.ok_or_else(|| io::Error::other("waitpid returned no status"))
     }
 }
 
-/// Holding `group`'s lock: kills the group, and reaps its leader `pid`
-/// (`options` as for waitpid); once reaped, the group is `None`. `None` when
-/// the leader has not exited yet (`WNOHANG`): nothing is signalled then.
-fn end_group(pid: libc::pid_t, group: &Group, options: c_int) -> io::Result<Option<ExitStatus>> {
-    let mut group = group.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: waitid writes the given siginfo; WNOWAIT leaves the child as it is.
+/// Whether the child `pid` has exited (`options` as for waitid: `WNOHANG`, or
+/// 0 to wait for it), leaving it unreaped (`WNOWAIT`).
+fn exited(pid: libc::pid_t, options: c_int) -> io::Result<bool> {
+    // SAFETY: waitid writes the given siginfo.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let flags = libc::WEXITED | libc::WNOWAIT | options;
     // SAFETY: as above.
@@ -195,7 +173,15 @@ fn end_group(pid: libc::pid_t, group: &Group, options: c_int) -> io::Result<Opti
         }
     }
     // SAFETY: si_pid is set by waitid (0 when no child has changed state).
-    if unsafe { info.si_pid() } == 0 {
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Holding `group`'s lock: kills the group, and reaps its leader `pid`; once
+/// reaped, the group is `None`. `None` when the leader has not exited yet:
+/// nothing is signalled then.
+fn end_group(pid: libc::pid_t, group: &Group) -> io::Result<Option<ExitStatus>> {
+    let mut group = group.lock().unwrap_or_else(|e| e.into_inner());
+    if !exited(pid, libc::WNOHANG)? {
         return Ok(None);
     }
     // The leader is a zombie: its pid is still the group's, and no other.
