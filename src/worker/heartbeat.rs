@@ -2,9 +2,15 @@
 //! with the leases of the entries it runs, and cancel requests missed on pub/sub
 //! are looked up.
 //!
-//! Invariant: a worker that cannot renew for longer than a whole lease stops
-//! every running job (fencing): another worker may own them by now. The Redis
-//! side of leases is `queue::lease`.
+//! Invariants:
+//! - A worker that cannot renew for longer than a whole lease stops every
+//!   running job (fencing): another worker may own them by now. The Redis side
+//!   of leases is `queue::lease`.
+//! - A worker claims and takes over nothing before its first beat went through
+//!   ([`until_alive`]): until its liveness key is in Redis, any other worker's
+//!   sweep would take its containers for a dead worker's and remove them (a
+//!   worker that starts while Redis is down would otherwise claim as soon as
+//!   Redis is back, before its beat retried).
 
 use super::context::Ctx;
 use super::running::StopCause;
@@ -13,6 +19,7 @@ use crate::state;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +28,13 @@ use tokio_util::sync::CancellationToken;
 /// `info` describes the process; each beat adds how it is now (`docker`: `ok` or
 /// `unreachable`, `running`: its jobs, `beat_at`), so `dockhand workers` tells a
 /// worker that is alive but cannot run anything.
-pub(super) async fn run(ctx: Ctx, info: serde_json::Value, done: CancellationToken) {
+/// `alive` is set once the first beat has gone through.
+pub(super) async fn run(
+    ctx: Ctx,
+    info: serde_json::Value,
+    alive: watch::Sender<bool>,
+    done: CancellationToken,
+) {
     let lease = ctx.lease();
     let every = (lease / 3).max(Duration::from_millis(100));
     let mut renewal = Renewal::new(lease);
@@ -37,6 +50,7 @@ pub(super) async fn run(ctx: Ctx, info: serde_json::Value, done: CancellationTok
         now["beat_at"] = crate::time::now().into();
         match beat(&ctx, &now.to_string()).await {
             Ok(()) => {
+                alive.send_if_modified(|a| !std::mem::replace(a, true));
                 if renewal.renewed() {
                     tracing::info!("lease renewed again");
                 }
@@ -56,6 +70,18 @@ pub(super) async fn run(ctx: Ctx, info: serde_json::Value, done: CancellationTok
             _ = tokio::time::sleep(every) => {}
             _ = done.cancelled() => return,
         }
+    }
+}
+
+/// Returns true once the worker's first beat has gone through (see the module's
+/// invariants), false when `token` fires first or the heartbeat is gone.
+pub(super) async fn until_alive(
+    alive: &mut watch::Receiver<bool>,
+    token: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        seen = alive.wait_for(|a| *a) => seen.is_ok(),
+        _ = token.cancelled() => false,
     }
 }
 

@@ -14,6 +14,8 @@
 //!   (`NOGROUP`, e.g. after a Redis restart without persistence) is re-created.
 //! - While the Docker engine does not answer (a run found it unreachable), the
 //!   worker claims and takes over nothing; it resumes when the engine answers.
+//! - It claims and takes over nothing before its first heartbeat went through
+//!   (see `heartbeat`): other workers' sweeps judge its containers by it.
 //! - While it runs a job, the worker renews the job's lease (see `queue::lease`); a
 //!   worker that cannot renew for a whole lease stops its containers.
 //! - Shutdown is passed in. On it the worker stops claiming, lets running jobs
@@ -238,7 +240,8 @@ pub async fn run_with(
     // Before the first heartbeat: a worker seen alive already reads the broadcasts.
     let broadcast_ready = broadcast::setup(&ctx, &profiles).await;
     let beating = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat::run(ctx.clone(), info, beating.clone()));
+    let (alive, alive_seen) = tokio::sync::watch::channel(false);
+    let heartbeat = tokio::spawn(heartbeat::run(ctx.clone(), info, alive, beating.clone()));
     // Like the heartbeat, it outlives the drain: jobs that end there are counted.
     let counting = tokio::spawn(upkeep::metrics_flush(ctx.clone(), beating.clone()));
     let permits = Arc::new(Semaphore::new(w.concurrency));
@@ -286,12 +289,14 @@ pub async fn run_with(
         ctx.clone(),
         permits.clone(),
         tracker.clone(),
+        alive_seen.clone(),
         token.clone(),
     ));
     let claiming = tokio::spawn(claim_loop(
         ctx.clone(),
         permits,
         tracker.clone(),
+        alive_seen,
         token.clone(),
     ));
 
@@ -341,8 +346,12 @@ async fn claim_loop(
     ctx: Ctx,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
+    mut alive: tokio::sync::watch::Receiver<bool>,
     token: CancellationToken,
 ) {
+    if !heartbeat::until_alive(&mut alive, &token).await {
+        return;
+    }
     let mut backoff = reconnect_backoff(&ctx.settings);
     let mut groups_ready = false;
     let served = ctx.settings.worker.queues.clone();

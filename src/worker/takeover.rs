@@ -20,8 +20,12 @@ pub(super) async fn run(
     ctx: Ctx,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
+    mut alive: tokio::sync::watch::Receiver<bool>,
     token: CancellationToken,
 ) {
+    if !super::heartbeat::until_alive(&mut alive, &token).await {
+        return;
+    }
     let lease_ms = ctx.lease().as_millis() as u64;
     let every = (ctx.lease() / 2).max(Duration::from_millis(200));
     let mut fenced = std::collections::HashSet::new();
