@@ -270,6 +270,9 @@ pub struct WorkerSettings {
     pub pull: PullPolicy,
     pub docker_host: String,
     pub cache_dir: std::path::PathBuf,
+    /// How a container's `/dockhand` folders reach the worker: bound from
+    /// `cache_dir` when the engine sees it, or copied through the API.
+    pub job_folders: JobFolders,
     pub profiles_dir: std::path::PathBuf,
     pub git_timeout_seconds: u64,
     pub build_context_bytes: ByteSize,
@@ -309,6 +312,17 @@ impl std::fmt::Debug for GitTokens {
             .field("hosts", &self.0.keys().collect::<Vec<_>>())
             .finish()
     }
+}
+
+/// `worker.job_folders`: how `/dockhand/{input,work,output}` are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobFolders {
+    /// Bound from `<cache_dir>/<worker id>/runs/` when the worker runs as root
+    /// and the engine sees that folder at the same path (checked once); else copied.
+    Auto,
+    /// Always copied in and out through the Docker API (tar archives).
+    Copy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -14,6 +14,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 /// The file a job writes to hand back its result without network.
@@ -202,12 +203,75 @@ pub async fn collect(
         action: "read the job's output files",
         source: std::io::Error::other(e.to_string()),
     })?;
-    read.map_err(|e| match e {
-        Failed::Read(source) => ExecError::Local {
-            action: "read the job's output files",
-            source,
-        },
-        Failed::Upload(e) => ExecError::Transfer(e),
+    read.map_err(Failed::into_exec)
+}
+
+/// A folder of outputs on this host, by the same rules as a container's archive:
+/// it is written as a tar stream into a pipe (links archived as links, never
+/// followed; no special file opened) and read by the archive's reader, so that
+/// nothing more than `limits.output_bytes` is held, whatever the folder holds.
+/// With no upload rules (the local executor's; blocking).
+pub(super) fn read_dir_outputs(
+    output: &Path,
+    budget: u64,
+    keep_files: bool,
+) -> std::io::Result<JobOutput> {
+    read_dir_to(output, budget, keep_files, None).map_err(Failed::into_io)
+}
+
+/// [`read_dir_outputs`] of a container's bound output folder, with the job's
+/// upload rules, once the container has exited.
+pub(super) async fn collect_dir(
+    output: PathBuf,
+    job: &Job,
+    uploader: Uploader,
+) -> Result<JobOutput, ExecError> {
+    let budget = job.limits.output_bytes;
+    let keep_files = job.collect_outputs;
+    let rt = tokio::runtime::Handle::current();
+    let read = tokio::task::spawn_blocking(move || {
+        let sink = Sink {
+            uploader: &uploader,
+            rt: &rt,
+        };
+        read_dir_to(&output, budget, keep_files, Some(sink))
+    })
+    .await
+    .map_err(|e| ExecError::Local {
+        action: "read the job's output files",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    read.map_err(Failed::into_exec)
+}
+
+fn read_dir_to(
+    output: &Path,
+    budget: u64,
+    keep_files: bool,
+    sink: Option<Sink<'_>>,
+) -> Result<JobOutput, Failed> {
+    // Nothing written (most jobs): nothing to archive. (A folder that cannot
+    // be read is left to the archive's writer, whose error says why.)
+    if std::fs::read_dir(output).is_ok_and(|mut d| d.next().is_none()) {
+        return Ok(JobOutput::default());
+    }
+    let (reader, writer) = std::io::pipe()?;
+    std::thread::scope(|s| {
+        let writing = s.spawn(move || -> std::io::Result<()> {
+            let mut tar = tar::Builder::new(writer);
+            tar.follow_symlinks(false);
+            tar.append_dir_all("output", output)?;
+            tar.into_inner().map(drop)
+        });
+        let read = read_outputs_to(reader, budget, keep_files, sink);
+        // A reader that stopped early makes the writer fail (a closed pipe):
+        // the reader's error is the one that says what happened.
+        let written = writing
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the archive writer panicked")));
+        let out = read?;
+        written?;
+        Ok(out)
     })
 }
 
@@ -217,10 +281,7 @@ pub(super) fn read_outputs(
     budget: u64,
     keep_files: bool,
 ) -> std::io::Result<JobOutput> {
-    read_outputs_to(reader, budget, keep_files, None).map_err(|e| match e {
-        Failed::Read(e) => e,
-        Failed::Upload(e) => std::io::Error::other(crate::telemetry::error_chain(&e)),
-    })
+    read_outputs_to(reader, budget, keep_files, None).map_err(Failed::into_io)
 }
 
 /// Where files with an upload rule go (`crate::transfer`), on the runtime `rt`.
@@ -234,6 +295,25 @@ struct Sink<'a> {
 enum Failed {
     Read(std::io::Error),
     Upload(crate::transfer::TransferError),
+}
+
+impl Failed {
+    fn into_io(self) -> std::io::Error {
+        match self {
+            Failed::Read(e) => e,
+            Failed::Upload(e) => std::io::Error::other(crate::telemetry::error_chain(&e)),
+        }
+    }
+
+    fn into_exec(self) -> ExecError {
+        match self {
+            Failed::Read(source) => ExecError::Local {
+                action: "read the job's output files",
+                source,
+            },
+            Failed::Upload(e) => ExecError::Transfer(e),
+        }
+    }
 }
 
 impl From<std::io::Error> for Failed {

@@ -34,7 +34,6 @@
 mod spares;
 mod spawn;
 
-use super::files::read_outputs;
 use super::progress::FileReport;
 use super::runner::{Ended, JobExecutor};
 use super::sweep::{Labelled, RunOwner};
@@ -42,7 +41,6 @@ use super::{ExecError, JobOutput, RunContext, RunOutcome};
 use crate::config::Settings;
 use crate::job::{Job, DOCKHAND_DIR};
 use crate::logs::{LineSplitter, LogSender, LogStream};
-use crate::result_server::PROGRESS_MAX_BYTES;
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -438,7 +436,7 @@ impl JobExecutor for LocalExecutor {
 
     async fn read_progress(&self, run: &LocalRun) -> Option<FileReport> {
         let path = run.dir.join("output").join(super::progress::PROGRESS_FILE);
-        tokio::task::spawn_blocking(move || read_progress_file(&path))
+        tokio::task::spawn_blocking(move || super::progress::read_in_place(&path))
             .await
             .ok()
             .flatten()
@@ -628,26 +626,6 @@ fn run_groups(work: &Path) -> Vec<i32> {
     groups
 }
 
-/// `progress.json` in the output folder, by the rules of the Docker copy: only a
-/// regular file within [`PROGRESS_MAX_BYTES`] is content.
-fn read_progress_file(path: &Path) -> Option<FileReport> {
-    use std::io::Read;
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    let kind = meta.file_type();
-    if let Some(odd) =
-        super::progress::odd_file(kind.is_file(), kind.is_symlink(), kind.is_dir(), meta.len())
-    {
-        return Some(odd);
-    }
-    let mut content = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(PROGRESS_MAX_BYTES)
-        .read_to_end(&mut content)
-        .ok()?;
-    Some(FileReport::Content(content))
-}
-
 /// The output folder by the same rules as a container's: it is written as a tar
 /// stream into a pipe and read by the reader of container archives, so that
 /// nothing more than `limits.output_bytes` is held, whatever the folder holds.
@@ -663,7 +641,7 @@ async fn collect_dir(
     let budget = job.limits.output_bytes;
     let keep_files = job.collect_outputs;
     let done = tokio::task::spawn_blocking(move || {
-        let read = read_dir_outputs(output, budget, keep_files);
+        let read = super::files::read_dir_outputs(&output, budget, keep_files);
         let removed = remove.is_some_and(|(dir, record)| spares.put(&dir, &record).is_ok());
         (read, removed)
     })
@@ -673,33 +651,6 @@ async fn collect_dir(
         Err(e) => (Err(std::io::Error::other(e.to_string())), false),
     };
     (read.map_err(local("read the job's output files")), removed)
-}
-
-/// [`collect_dir`]'s read (blocking).
-fn read_dir_outputs(output: PathBuf, budget: u64, keep_files: bool) -> std::io::Result<JobOutput> {
-    // Nothing written (most jobs): nothing to archive. (A folder that cannot
-    // be read is left to the archive's writer, whose error says why.)
-    if std::fs::read_dir(&output).is_ok_and(|mut d| d.next().is_none()) {
-        return Ok(JobOutput::default());
-    }
-    let (reader, writer) = std::io::pipe()?;
-    std::thread::scope(|s| {
-        let writing = s.spawn(move || -> std::io::Result<()> {
-            let mut tar = tar::Builder::new(writer);
-            tar.follow_symlinks(false);
-            tar.append_dir_all("output", &output)?;
-            tar.into_inner().map(drop)
-        });
-        let read = read_outputs(reader, budget, keep_files);
-        // A reader that stopped early makes the writer fail (a closed pipe):
-        // the reader's error is the one that says what happened.
-        let written = writing
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the archive writer panicked")));
-        let out = read?;
-        written?;
-        Ok(out)
-    })
 }
 
 /// Reads stdout and stderr as they come, into the job's log, line by line.
@@ -761,16 +712,16 @@ mod tests {
     fn progress_file_rules_match_the_container_copy() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("progress.json");
-        assert_eq!(read_progress_file(&p), None);
+        assert_eq!(super::super::progress::read_in_place(&p), None);
         std::fs::write(&p, b"{\"progress\":0.5}").unwrap();
         assert_eq!(
-            read_progress_file(&p),
+            super::super::progress::read_in_place(&p),
             Some(FileReport::Content(b"{\"progress\":0.5}".to_vec()))
         );
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
         assert_eq!(
-            read_progress_file(&p),
+            super::super::progress::read_in_place(&p),
             Some(FileReport::Odd("a symlink".into()))
         );
     }

@@ -23,6 +23,7 @@ pub mod build;
 mod container;
 mod error;
 mod files;
+pub mod folders;
 mod follow;
 mod health;
 pub mod local;
@@ -135,6 +136,9 @@ pub struct Executor {
     /// This worker process's consumer name, a label on its containers.
     consumer: String,
     settings: std::sync::Arc<Settings>,
+    /// Where the runs' bound folders go (`folders`), once decided for this
+    /// process: `None` when they are copied through the API.
+    bind_root: std::sync::Arc<tokio::sync::OnceCell<Option<std::path::PathBuf>>>,
 }
 
 impl Executor {
@@ -178,6 +182,7 @@ impl Executor {
             worker_id: settings.worker_id(),
             consumer: consumer.to_string(),
             settings,
+            bind_root: Default::default(),
         })
     }
 

@@ -63,6 +63,50 @@ pub(super) fn odd_file(
     (len > PROGRESS_MAX_BYTES).then(|| FileReport::Odd(format!("over {PROGRESS_MAX_BYTES} bytes")))
 }
 
+/// `progress.json` at `path` on this host (a local run's folder, or a
+/// container's bound one while the job runs and may change it): only a regular
+/// file within [`PROGRESS_MAX_BYTES`] is content. It is looked at without
+/// following a link, then opened without following one and without blocking
+/// (a FIFO put in its place in between), and the open file is checked again:
+/// what is read is what was checked. Blocking.
+pub(super) fn read_in_place(path: &std::path::Path) -> Option<FileReport> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if let Some(odd) = odd_in_place(&meta) {
+        return Some(odd);
+    }
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Some(FileReport::Odd("a symlink".into()))
+        }
+        Err(_) => return None,
+    };
+    let meta = file.metadata().ok()?;
+    if let Some(odd) = odd_in_place(&meta) {
+        return Some(odd);
+    }
+    let mut content = Vec::new();
+    file.take(PROGRESS_MAX_BYTES)
+        .read_to_end(&mut content)
+        .ok()?;
+    Some(FileReport::Content(content))
+}
+
+/// [`odd_file`] of a file on this host, naming a FIFO as the copy's reader does.
+fn odd_in_place(meta: &std::fs::Metadata) -> Option<FileReport> {
+    use std::os::unix::fs::FileTypeExt;
+    if meta.file_type().is_fifo() {
+        return Some(FileReport::Odd("a FIFO".into()));
+    }
+    let kind = meta.file_type();
+    odd_file(kind.is_file(), kind.is_symlink(), kind.is_dir(), meta.len())
+}
+
 /// The file as it is now; `None` when absent or unreadable.
 pub(super) async fn read(docker: &Docker, container: &str) -> Option<FileReport> {
     let opts = DownloadFromContainerOptionsBuilder::default()

@@ -15,7 +15,8 @@ use super::progress::FileReport;
 use super::runner::{self, Ended, JobExecutor};
 use super::sweep::Labelled;
 use super::{
-    attach, container, files, progress, services, ExecError, Executor, RunContext, RunOutcome,
+    attach, container, files, folders, progress, services, ExecError, Executor, RunContext,
+    RunOutcome,
 };
 use crate::job::Job;
 use bollard::query_parameters::StopContainerOptionsBuilder;
@@ -28,6 +29,8 @@ use tokio::time::timeout;
 pub struct DockerRun {
     id: String,
     sidecars: services::Sidecars,
+    /// Its `/dockhand` folders, when they are bound (`folders`).
+    folders: Option<folders::RunFolders>,
     /// Its inputs and uploads by URL (`crate::transfer`); their pipes' folder goes
     /// when this is dropped. Behind a lock: the wait watches a streamed input's
     /// failure while the other steps share the run.
@@ -52,13 +55,15 @@ impl Executor {
         result
     }
 
-    /// The image, the services, the container: what [`JobExecutor::prepare`]
-    /// makes before staging. The sidecars made are in `sidecars` also on failure.
+    /// The image, the services, the folders, the container: what
+    /// [`JobExecutor::prepare`] makes before staging. The sidecars and folders
+    /// made are in `sidecars` and `folders` also on failure.
     async fn make(
         &self,
         job: &Job,
         ctx: &RunContext<'_>,
         sidecars: &mut services::Sidecars,
+        folders: &mut Option<folders::RunFolders>,
         transfers: &crate::transfer::Transfers,
     ) -> Result<String, ExecError> {
         self.ensure_image(&job.image, job.limits.timeout).await?;
@@ -75,8 +80,53 @@ impl Executor {
         };
         let mut body = container::body(job, ctx.attempt, &labels, &self.settings.policy, network);
         super::transfers::add_mounts(&mut body, transfers);
+        if let Some(root) = self.bind_root(job, ctx.attempt, &labels, &name).await {
+            let made = folders::RunFolders::make(&root, &name, &job.files).await?;
+            let host = body.host_config.get_or_insert_with(Default::default);
+            host.mounts
+                .get_or_insert_with(Vec::new)
+                .extend(made.mounts());
+            *folders = Some(made);
+        }
         self.create(&name, body, &job.image, "create the container")
             .await
+    }
+
+    /// Where this process binds the runs' folders from, or `None` (copied):
+    /// decided with the first job that lets a probe conclude (`folders::decide`).
+    async fn bind_root(
+        &self,
+        job: &Job,
+        attempt: u32,
+        who: &container::Labels<'_>,
+        name: &str,
+    ) -> Option<std::path::PathBuf> {
+        let decided = self
+            .bind_root
+            .get_or_try_init(|| async {
+                let labels = container::labels(job, attempt, who);
+                let decision =
+                    folders::decide(&self.docker, &self.settings, &job.image, labels, name).await;
+                match decision {
+                    folders::Decision::Bind(root) => {
+                        tracing::info!(root = %root.display(), "job folders: bound from this worker's cache (the engine sees it)");
+                        Ok(Some(root))
+                    }
+                    folders::Decision::Copy(why) => {
+                        tracing::info!(why = %why, "job folders: copied through the Docker API");
+                        Ok(None)
+                    }
+                    folders::Decision::Undecided(why) => Err(why),
+                }
+            })
+            .await;
+        match decided {
+            Ok(root) => root.clone(),
+            Err(why) => {
+                tracing::debug!(why = %why, "job folders: undecided; this job's are copied");
+                None
+            }
+        }
     }
 }
 
@@ -93,16 +143,25 @@ impl JobExecutor for Executor {
             crate::transfer::Transfers::prepare(job, ctx.attempt, &self.settings).await?;
         // Removed here on a failure half-way; after it, by `clean_up`.
         let mut sidecars = services::Sidecars::default();
-        let id = match self.make(job, ctx, &mut sidecars, &transfers).await {
+        let mut folders = None;
+        let id = match self
+            .make(job, ctx, &mut sidecars, &mut folders, &transfers)
+            .await
+        {
             Ok(id) => id,
             Err(e) => {
+                if let Some(folders) = folders {
+                    folders.remove().await;
+                }
                 self.remove_sidecars(sidecars).await;
                 return Err(e);
             }
         };
+        let staged = folders.as_ref().is_some_and(|f| f.staged);
         let run = DockerRun {
             id,
             sidecars,
+            folders,
             transfers: tokio::sync::Mutex::new(transfers),
             attached: std::sync::Mutex::new(None),
         };
@@ -111,9 +170,11 @@ impl JobExecutor for Executor {
         } else {
             files::StageInto::Root
         };
-        if let Err(e) = files::stage(&self.docker, &run.id, &job.files, into).await {
-            self.clean_up(run).await;
-            return Err(e);
+        if !staged {
+            if let Err(e) = files::stage(&self.docker, &run.id, &job.files, into).await {
+                self.clean_up(run).await;
+                return Err(e);
+            }
         }
         // Downloads into the created container; streamed inputs start feeding.
         let deadline = tokio::time::Instant::now() + job.limits.timeout;
@@ -179,7 +240,10 @@ impl JobExecutor for Executor {
     }
 
     async fn read_progress(&self, run: &DockerRun) -> Option<FileReport> {
-        progress::read(&self.docker, &run.id).await
+        match &run.folders {
+            Some(folders) => folders.read_progress().await,
+            None => progress::read(&self.docker, &run.id).await,
+        }
     }
 
     async fn collect(
@@ -205,7 +269,13 @@ impl JobExecutor for Executor {
         }
         let mut transfers = run.transfers.lock().await;
         let piped = transfers.after_exit().await?;
-        let mut output = files::collect(&self.docker, id, job, transfers.uploader()).await?;
+        let mut output = match &run.folders {
+            Some(folders) => {
+                let running = state.running.unwrap_or(false);
+                folders.collect(running, job, transfers.uploader()).await?
+            }
+            None => files::collect(&self.docker, id, job, transfers.uploader()).await?,
+        };
         output.uploaded.extend(piped);
         Ok(RunOutcome {
             exit_code,
@@ -232,6 +302,9 @@ impl JobExecutor for Executor {
 
     async fn clean_up(&self, run: DockerRun) {
         self.remove(&run.id).await;
+        if let Some(folders) = run.folders {
+            folders.remove().await;
+        }
         self.remove_sidecars(run.sidecars).await;
     }
 

@@ -189,6 +189,7 @@ pub async fn run_with(
     };
     let images = images::Images::open(&settings, &worker_id, executor.docker().clone())?;
     crate::transfer::clear_leftovers(&settings);
+    crate::executor::folders::clear_leftovers(&settings);
     let profiles = crate::profile::load_dir(&settings.worker.profiles_dir)?;
     let results = posted::start(&settings, &executor).await.map(Arc::new);
     let (local, local_results) = if settings.executors.local.enabled {

@@ -1,8 +1,20 @@
 //! Files into and out of jobs: inputs, outputs within their limit, result.json.
 
-use crate::common::{spec, Env};
+use crate::common::{spec, wait_until, Env, Worker};
 use deadpool_redis::redis::AsyncCommands;
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A worker that copies the job's folders through the Docker API
+/// (`worker.job_folders = "copy"`) instead of binding them.
+fn copying_worker(env: &Env) -> Worker {
+    Worker::start(env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WORKER__JOB_FOLDERS", "copy")],
+    ))
+}
 
 async fn files(env: &Env, id: &str) -> HashMap<String, Vec<u8>> {
     let mut c = env.conn().await;
@@ -12,8 +24,21 @@ async fn files(env: &Env, id: &str) -> HashMap<String, Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_files_and_result_json_come_back() {
     let env = Env::new();
-    let id = format!("{}-out", env.prefix);
     let worker = env.worker(&["default"], 1);
+    outputs_come_back(&env).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_files_and_result_json_come_back_when_copied() {
+    let env = Env::new();
+    let worker = copying_worker(&env);
+    outputs_come_back(&env).await;
+    worker.stop().await;
+}
+
+async fn outputs_come_back(env: &Env) {
+    let id = format!("{}-out", env.prefix);
     let command = r#"mkdir -p /dockhand/output/sub && printf 'a,b\n1,2\n' > /dockhand/output/table.csv && echo deep > /dockhand/output/sub/x.txt && echo '{"result_text":"2 rows","result_data":{"rows":2,"ok":true}}' > /dockhand/output/result.json"#;
     env.xadd(
         "default",
@@ -26,7 +51,7 @@ async fn output_files_and_result_json_come_back() {
     let data: serde_json::Value = serde_json::from_str(&job["result_data"]).unwrap();
     assert_eq!(data, serde_json::json!({"rows": 2, "ok": true}));
 
-    let stored = files(&env, &id).await;
+    let stored = files(env, &id).await;
     assert_eq!(
         stored.len(),
         2,
@@ -45,14 +70,26 @@ async fn output_files_and_result_json_come_back() {
     let mut c = env.conn().await;
     let ttl: i64 = c.ttl(env.files_key(&id)).await.unwrap();
     assert!(ttl > 0, "files expire with the job");
-    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_are_staged_before_start() {
     let env = Env::new();
-    let id = format!("{}-in", env.prefix);
     let worker = env.worker(&["default"], 1);
+    inputs_are_staged(&env).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_staged_before_start_when_copied() {
+    let env = Env::new();
+    let worker = copying_worker(&env);
+    inputs_are_staged(&env).await;
+    worker.stop().await;
+}
+
+async fn inputs_are_staged(env: &Env) {
+    let id = format!("{}-in", env.prefix);
     env.xadd(
         "default",
         &spec(
@@ -73,6 +110,75 @@ async fn inputs_are_staged_before_start() {
         env.lines(&id, "stdout").await,
         vec!["text input", "hello base64", "input", "output", "work"]
     );
+}
+
+/// The folder of the worker's runs (`<cache_dir>/<worker id>/runs`; the
+/// suite's workers are named after the test's prefix).
+fn runs_root(env: &Env) -> PathBuf {
+    Path::new("/var/tmp/dockhand")
+        .join(&env.prefix)
+        .join("runs")
+}
+
+/// The one run folder under `root` holding `work/<file>`, if any.
+fn run_with(root: &Path, file: &str) -> Option<PathBuf> {
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|run| run.join("work").join(file).exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_folders_are_the_workers_own_follow_no_link_and_go_with_the_container() {
+    let env = Env::new();
+    let id = format!("{}-bound", env.prefix);
+    let worker = env.worker(&["default"], 1);
+    // The job goes on once `go` appears in its work folder: the test puts it
+    // there from the host, so the folder it sees is the worker's.
+    let command = "echo up > /dockhand/work/ready; \
+        until [ -e /dockhand/work/go ]; do sleep 0.05; done; \
+        echo real > /dockhand/output/real.txt; \
+        ln -s /etc/hostname /dockhand/output/leak; ln -s /etc /dockhand/output/etc; \
+        mkfifo /dockhand/output/pipe";
+    env.xadd(
+        "default",
+        &spec(&id, serde_json::json!({"command": command})),
+    )
+    .await;
+    let root = runs_root(&env);
+    let run = wait_until(
+        "the job's ready file in a run folder of the worker's",
+        || async { run_with(&root, "ready") },
+    )
+    .await;
+    let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "runs/ is root's alone");
+    std::fs::write(run.join("work").join("go"), b"").unwrap();
+
+    let job = env.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job:?}");
+    let stored = files(&env, &id).await;
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        vec!["real.txt"],
+        "links and the FIFO are not files: {job:?}"
+    );
+    assert_eq!(stored["real.txt"], b"real\n");
+    let dropped: Vec<String> = serde_json::from_str(&job["files_dropped"]).unwrap();
+    for name in ["leak", "etc", "pipe"] {
+        assert!(
+            dropped
+                .iter()
+                .any(|d| d.starts_with(&format!("{name} (not a regular file"))),
+            "{name}: {dropped:?}"
+        );
+    }
+    // Removed with the container, after the outcome is written.
+    wait_until("the run's folder removed", || async {
+        (!run.exists()).then_some(())
+    })
+    .await;
     worker.stop().await;
 }
 

@@ -164,6 +164,24 @@ post '{{"progress":1,"message":"last"}}'"#
 async fn a_job_without_network_reports_progress_in_progress_json() {
     let env = Env::new();
     let worker = env.worker(&["default"], 1);
+    progress_json_is_read(&env).await;
+    worker.stop().await;
+}
+
+/// The same, with the output folder copied out through the Docker API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_network_reports_progress_in_progress_json_when_copied() {
+    let env = Env::new();
+    let worker = crate::common::Worker::start(env.settings(
+        &["default"],
+        1,
+        &[("DOCKHAND__WORKER__JOB_FOLDERS", "copy")],
+    ));
+    progress_json_is_read(&env).await;
+    worker.stop().await;
+}
+
+async fn progress_json_is_read(env: &Env) {
     let id = format!("{}-file", env.prefix);
     let wait_for = POST.lines().nth(1).unwrap();
     let command = format!(
@@ -179,7 +197,7 @@ rm progress.json; echo '{{"progress":1,"message":"whole"}}' > progress.json"#
         serde_json::json!({"id": id, "image": image(), "network": "none", "command": command});
     env.xadd("default", &spec.to_string()).await;
     // Read while the container runs: it waits until the hash has it.
-    assert_eq!(hash_shows(&env, &id, 0.5).await["message"], "half");
+    assert_eq!(hash_shows(env, &id, 0.5).await["message"], "half");
     touch(&id, "/tmp/go1");
     // A FIFO is no report, said once in the job's log.
     env.wait_for_log_line(&id, "system", "progress.json ignored: it is a FIFO")
@@ -190,14 +208,13 @@ rm progress.json; echo '{{"progress":1,"message":"whole"}}' > progress.json"#
     // Written just before the exit: read once more after it.
     let last: serde_json::Value = serde_json::from_str(&job["progress"]).unwrap();
     assert_eq!(last["message"], "whole");
-    let values = progress_values(&events(&env, &id).await);
+    let values = progress_values(&events(env, &id).await);
     assert_eq!(values.first(), Some(&0.5), "{values:?}");
     assert_eq!(values.last(), Some(&1.0), "{values:?}");
     assert!(
         !job["files"].contains("progress.json"),
         "not a result file: {job:?}"
     );
-    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
