@@ -12,7 +12,9 @@
 //!   those counts ([`super::follow`]), and a `system` line says why.
 //! - The end of the attach stream is the end of the output only once the
 //!   container is no longer running: Docker closes the stream after it has
-//!   copied the container's last bytes into it.
+//!   copied the container's last bytes into it. The run's wait says so (the
+//!   `exited` signal, which follows the stream's end within milliseconds);
+//!   when it has not within [`EXIT_AFTER_CLOSE`], the engine is asked.
 //! - The container is slowed (Docker's attach buffer fills) while the writer is
 //!   behind, for at most [`STALL`]: then the stream is let go, so the engine
 //!   writes on into its log at its own pace. A reader that stayed stuck would
@@ -36,6 +38,10 @@ use std::time::Duration;
 /// How long the reader waits for the log writer before it lets the attach
 /// stream go and reads on from Docker's log (under Docker's 2 s at exit).
 const STALL: Duration = Duration::from_secs(1);
+
+/// How long the reader waits, once the attach stream has closed, for the run's
+/// wait to see the exit, before it asks the engine whether the container runs.
+const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(2);
 
 /// The multiplexed stdout/stderr frames of an attached container.
 pub(super) type Attached =
@@ -62,10 +68,12 @@ enum End {
 /// Streams the container's output into `logs` until it ends: from `attached`
 /// (or from Docker's log when attaching failed, with the error), then the last
 /// line without a newline.
+/// `exited` turns true once the run's wait saw the container end.
 pub(super) async fn read_output(
     docker: Docker,
     id: String,
     attached: Result<Attached, String>,
+    mut exited: tokio::sync::watch::Receiver<bool>,
     logs: LogSender,
     max_line: usize,
 ) {
@@ -73,7 +81,7 @@ pub(super) async fn read_output(
     let why = match attached {
         Err(e) => format!("attaching to the container's output failed ({e})"),
         Ok(stream) => match from_attach(&mut output, stream, &logs).await {
-            End::Closed if !still_running(&docker, &id).await => {
+            End::Closed if ended(&mut exited, &docker, &id).await => {
                 return output.finish(&logs).await;
             }
             End::Closed => "the attach stream closed while the container runs".to_string(),
@@ -108,6 +116,15 @@ async fn from_attach(output: &mut Output, mut stream: Attached, logs: &LogSender
         }
     }
     End::Closed
+}
+
+/// Whether the container has ended, once its attach stream closed: the run's
+/// wait says so soon after, or else the engine is asked.
+async fn ended(exited: &mut tokio::sync::watch::Receiver<bool>, docker: &Docker, id: &str) -> bool {
+    let said = tokio::time::timeout(EXIT_AFTER_CLOSE, exited.wait_for(|e| *e))
+        .await
+        .is_ok_and(|seen| seen.is_ok());
+    said || !still_running(docker, id).await
 }
 
 /// Whether Docker says the container runs. When it cannot say, no: the attach

@@ -38,6 +38,10 @@ pub struct DockerRun {
     /// The container's output, attached by `start` before it starts and taken by
     /// `stream_logs` (or why attaching failed). A std Mutex: never held across an await.
     attached: std::sync::Mutex<Option<Result<attach::Attached, String>>>,
+    /// Set once the engine said the container no longer runs: the output's
+    /// reader then takes the attach stream's end for the output's, without
+    /// asking the engine again.
+    exited: tokio::sync::watch::Sender<bool>,
 }
 
 impl Executor {
@@ -164,6 +168,7 @@ impl JobExecutor for Executor {
             folders,
             transfers: tokio::sync::Mutex::new(transfers),
             attached: std::sync::Mutex::new(None),
+            exited: tokio::sync::watch::Sender::new(false),
         };
         let into = if self.settings.policy.read_only_rootfs {
             files::StageInto::DockhandVolume
@@ -222,17 +227,22 @@ impl JobExecutor for Executor {
             self.docker.clone(),
             run.id.clone(),
             attached,
+            run.exited.subscribe(),
             ctx.logs.clone(),
             self.settings.jobs.max_line_bytes,
         ))
     }
 
     async fn wait(&self, run: &DockerRun) {
-        self.wait_container(&run.id).await
+        self.wait_container(&run.id).await;
+        run.exited.send_replace(true);
     }
 
     async fn cancel(&self, run: &DockerRun) -> Result<(), ExecError> {
-        self.stop(&run.id).await
+        if self.stop(&run.id).await? {
+            run.exited.send_replace(true);
+        }
+        Ok(())
     }
 
     async fn failed(&self, run: &DockerRun) -> ExecError {
@@ -353,8 +363,9 @@ impl Executor {
         }
     }
 
-    /// SIGTERM, `worker.stop_grace_seconds`, then SIGKILL (Docker's stop does all three).
-    async fn stop(&self, id: &str) -> Result<(), ExecError> {
+    /// SIGTERM, `worker.stop_grace_seconds`, then SIGKILL (Docker's stop does all
+    /// three); true once the engine says the container no longer runs.
+    async fn stop(&self, id: &str) -> Result<bool, ExecError> {
         let grace = self.settings.worker.stop_grace_seconds;
         let opts = StopContainerOptionsBuilder::default()
             .t(grace as i32)
@@ -371,9 +382,7 @@ impl Executor {
                 })
             }
         }
-        timeout(Duration::from_secs(grace + 30), self.wait_container(id))
-            .await
-            .ok();
-        Ok(())
+        let waited = timeout(Duration::from_secs(grace + 30), self.wait_container(id)).await;
+        Ok(waited.is_ok())
     }
 }
