@@ -15,7 +15,11 @@
 //!
 //! Each of `--concurrency` tasks takes the next job number from a shared counter
 //! and does create, start, wait, remove, the calls a worker makes per container.
-//! The containers get `--network none`, as a Dockhand job's does by default.
+//! The containers get no network, as a Dockhand job's does by default: network
+//! mode `none` and `NetworkDisabled`, with which the engine skips the network
+//! hook it otherwise runs (a process of its own) at every start.
+//! `--network-hook` leaves `NetworkDisabled` out (network mode `none` only, as
+//! `docker run --network none` makes them), to show what that hook costs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,6 +36,7 @@ struct Args {
     jobs: usize,
     concurrency: usize,
     image: String,
+    network_hook: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         jobs: 200,
         concurrency: 1,
         image: "dockhand-busybox:latest".to_string(),
+        network_hook: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -55,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--concurrency: {e}"))?
             }
             "--image" => args.image = value("--image")?,
+            "--network-hook" => args.network_hook = true,
             _ => {}
         }
     }
@@ -66,10 +73,11 @@ fn parse_args() -> Result<Args, String> {
 
 /// One container: create, start, wait for its exit, remove. The removal runs
 /// whatever happened before it, so that a failure leaves nothing behind.
-async fn one(docker: &Docker, image: &str) -> Result<(), String> {
+async fn one(docker: &Docker, image: &str, network_hook: bool) -> Result<(), String> {
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["true".to_string()]),
+        network_disabled: Some(!network_hook),
         host_config: Some(HostConfig {
             network_mode: Some("none".to_string()),
             ..Default::default()
@@ -126,10 +134,10 @@ async fn main() {
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let (docker, next, failed) = (docker.clone(), next.clone(), failed.clone());
-        let (image, jobs) = (args.image.clone(), args.jobs);
+        let (image, jobs, hook) = (args.image.clone(), args.jobs, args.network_hook);
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                if let Err(e) = one(&docker, &image).await {
+                if let Err(e) = one(&docker, &image, hook).await {
                     eprintln!("engine_floor: {e}");
                     failed.fetch_add(1, Ordering::Relaxed);
                 }

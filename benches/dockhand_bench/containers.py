@@ -10,6 +10,11 @@
 - floor: the engine floor, benches/engine_floor.rs (--floor-bin), a bare bollard
   create/start/wait/remove loop with C tasks.
 
+Every container has no network. Dockhand's, the floor's and the peers' also
+have `NetworkDisabled`, with which the engine skips the network hook it runs
+(a process of its own) at each start; `docker run` has no flag for it, so the
+docker loop pays that hook.
+
 Dockhand, Celery and RQ are timed by peers.drain (workers up, warmed with C jobs,
 paused, the 200 enqueued, resumed; until the last finishes); docker and the floor
 around their process. Within a repetition the systems run one after the other,
