@@ -1,8 +1,9 @@
 //! One run of a job's container, as the steps of [`JobExecutor`]: its services
-//! first, the container created and the files staged (prepare), start (attached
-//! to its output just before), the output's reader, the wait, the stop, the
-//! outcome read from the engine and the output files (collect), and the
-//! container and services removed (clean up).
+//! first, its `/dockhand` folders (bound or, after create, copied in) and the
+//! container (prepare), start (attached to its output just before), the
+//! output's reader, the wait, the stop, the outcome read from the engine and the
+//! output files (collect), and the container, its folders and its services
+//! removed (clean up).
 //!
 //! Invariant: whatever happens (exit, timeout, stop, a Docker error half-way),
 //! the container and the job's services are removed before [`Executor::run`]
