@@ -188,6 +188,18 @@ pub async fn collect(
     let reader = SyncIoBridge::new(StreamReader::new(
         rest.map(|r| r.map_err(std::io::Error::other)),
     ));
+    read_blocking(job, uploader, move |budget, keep_files, sink| {
+        read_outputs_to(reader, budget, keep_files, Some(sink))
+    })
+    .await
+}
+
+/// Runs `read` on a blocking thread with the job's output budget and upload rules.
+async fn read_blocking(
+    job: &Job,
+    uploader: Uploader,
+    read: impl for<'a> FnOnce(u64, bool, Sink<'a>) -> Result<JobOutput, Failed> + Send + 'static,
+) -> Result<JobOutput, ExecError> {
     let budget = job.limits.output_bytes;
     let keep_files = job.collect_outputs;
     let rt = tokio::runtime::Handle::current();
@@ -196,7 +208,7 @@ pub async fn collect(
             uploader: &uploader,
             rt: &rt,
         };
-        read_outputs_to(reader, budget, keep_files, Some(sink))
+        read(budget, keep_files, sink)
     })
     .await
     .map_err(|e| ExecError::Local {
@@ -226,22 +238,10 @@ pub(super) async fn collect_dir(
     job: &Job,
     uploader: Uploader,
 ) -> Result<JobOutput, ExecError> {
-    let budget = job.limits.output_bytes;
-    let keep_files = job.collect_outputs;
-    let rt = tokio::runtime::Handle::current();
-    let read = tokio::task::spawn_blocking(move || {
-        let sink = Sink {
-            uploader: &uploader,
-            rt: &rt,
-        };
+    read_blocking(job, uploader, move |budget, keep_files, sink| {
         read_dir_to(&output, budget, keep_files, Some(sink))
     })
     .await
-    .map_err(|e| ExecError::Local {
-        action: "read the job's output files",
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    read.map_err(Failed::into_exec)
 }
 
 fn read_dir_to(
