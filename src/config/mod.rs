@@ -767,6 +767,13 @@ impl Settings {
         Ok(())
     }
 
+    /// `<worker.cache_dir>/<worker id>/<name>`: a folder of this worker's own
+    /// (the id made safe as one path component).
+    pub fn worker_folder(&self, name: &str) -> std::path::PathBuf {
+        let id = path_component(&self.worker_id());
+        self.worker.cache_dir.join(id).join(name)
+    }
+
     /// The worker's identity: `worker.id`, or the host name when that is empty.
     pub fn worker_id(&self) -> String {
         if !self.worker.id.is_empty() {

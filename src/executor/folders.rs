@@ -28,16 +28,12 @@
 
 use super::files;
 use super::progress::FileReport;
-use super::ExecError;
+use super::{ExecError, Executor};
 use crate::config::{JobFolders, Settings};
 use crate::job::{Job, StagedFile, DOCKHAND_DIR};
 use crate::transfer::Uploader;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    RemoveContainerOptionsBuilder,
-};
-use bollard::Docker;
+use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::io::Read;
@@ -49,11 +45,9 @@ use std::path::{Path, PathBuf};
 /// like /tmp), as the copied folders are made.
 const FOLDERS: [(&str, u32); 3] = [("input", 0o755), ("work", 0o1777), ("output", 0o1777)];
 
-/// `<worker.cache_dir>/<worker id>/runs`: the runs' folders (the worker id made
-/// safe as a folder name, as the git cache and the pipes' folders make it).
+/// `<worker.cache_dir>/<worker id>/runs`: the runs' folders.
 pub fn runs_root(settings: &Settings) -> PathBuf {
-    let id = crate::config::path_component(&settings.worker_id());
-    settings.worker.cache_dir.join(id).join("runs")
+    settings.worker_folder("runs")
 }
 
 /// Removes the runs' folders that an earlier process of this worker, killed
@@ -84,13 +78,12 @@ pub(super) enum Decision {
 /// so that the sweep judges a probe left by a killed worker like the job's own
 /// container), `name` its name.
 pub(super) async fn decide(
-    docker: &Docker,
-    settings: &Settings,
+    exec: &Executor,
     image: &str,
     labels: HashMap<String, String>,
     name: &str,
 ) -> Decision {
-    if settings.worker.job_folders == JobFolders::Copy {
+    if exec.settings.worker.job_folders == JobFolders::Copy {
         return Decision::Copy("worker.job_folders is \"copy\"".to_string());
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -100,7 +93,7 @@ pub(super) async fn decide(
                 .to_string(),
         );
     }
-    let root = runs_root(settings);
+    let root = runs_root(&exec.settings);
     let token = ulid::Ulid::new().to_string();
     let dir = root.join(format!("probe-{}", token.to_ascii_lowercase()));
     let made = {
@@ -119,38 +112,29 @@ pub(super) async fn decide(
         }
         Err(e) => return Decision::Undecided(e.to_string()),
     }
-    let found = probe(docker, &dir, image, labels, name).await;
+    let read = probe(exec, &dir, image, labels, name).await;
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-    match found {
-        Probe::Read(read) if read == token.as_bytes() => Decision::Bind(root),
-        Probe::Read(_) => Decision::Copy(format!(
+    match read {
+        Ok(read) if read == token.as_bytes() => Decision::Bind(root),
+        Ok(_) => Decision::Copy(format!(
             "the engine sees another folder at {}",
             root.display()
         )),
-        Probe::Unseen(why) => Decision::Copy(why),
-        Probe::Failed(why) => Decision::Undecided(why),
+        Err(decision) => decision,
     }
 }
 
-/// What the probe container showed.
-enum Probe {
-    /// The token file's bytes as the engine read them.
-    Read(Vec<u8>),
-    /// The engine does not see the folder (why).
-    Unseen(String),
-    /// No answer (why).
-    Failed(String),
-}
-
 /// Creates (never starts) a container from `image` with `dir` bound, reads the
-/// token through the API, and removes the container.
+/// token through the API, and removes the container: the token's bytes as the
+/// engine read them, or why there are none (`Copy` when the engine does not see
+/// the folder, `Undecided` when it did not answer).
 async fn probe(
-    docker: &Docker,
+    exec: &Executor,
     dir: &Path,
     image: &str,
     labels: HashMap<String, String>,
     name: &str,
-) -> Probe {
+) -> Result<Vec<u8>, Decision> {
     const AT: &str = "/dockhand-probe";
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
@@ -165,22 +149,31 @@ async fn probe(
         }),
         ..Default::default()
     };
-    let opts = CreateContainerOptionsBuilder::default()
-        .name(&format!("{name}-probe"))
-        .build();
-    let id = match docker.create_container(Some(opts), body).await {
-        Ok(created) => created.id,
+    let name = format!("{name}-probe");
+    let id = match exec
+        .create(&name, body, image, "create the probe container")
+        .await
+    {
+        Ok(id) => id,
         // A bind source the engine cannot find is refused as invalid (400).
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 400,
-            message,
-        }) => return Probe::Unseen(format!("the engine refused the bind mount: {message}")),
-        Err(e) => return Probe::Failed(format!("creating the probe container failed: {e}")),
+        Err(ExecError::Docker {
+            source:
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 400,
+                    message,
+                },
+            ..
+        }) => {
+            return Err(Decision::Copy(format!(
+                "the engine refused the bind mount: {message}"
+            )))
+        }
+        Err(e) => return Err(Decision::Undecided(e.to_string())),
     };
     let opts = DownloadFromContainerOptionsBuilder::default()
         .path(&format!("{AT}/token"))
         .build();
-    let mut stream = docker.download_from_container(&id, Some(opts));
+    let mut stream = exec.docker.download_from_container(&id, Some(opts));
     let mut archive = Vec::new();
     let mut failed = None;
     while let Some(chunk) = stream.next().await {
@@ -194,22 +187,18 @@ async fn probe(
         }
     }
     drop(stream);
-    let opts = RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .v(true)
-        .build();
-    if let Err(e) = docker.remove_container(&id, Some(opts)).await {
-        tracing::warn!(container = %id, error = %e, "removing the probe container failed; the sweep will");
-    }
+    exec.remove(&id).await;
     match failed {
         Some(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) => Probe::Unseen("the engine's view of the folder has no token".to_string()),
-        Some(e) => Probe::Failed(format!("reading the probe's token failed: {e}")),
-        None => match first_file(&archive) {
-            Some(content) => Probe::Read(content),
-            None => Probe::Unseen("the engine's copy of the token is empty".to_string()),
-        },
+        }) => Err(Decision::Copy(
+            "the engine's view of the folder has no token".to_string(),
+        )),
+        Some(e) => Err(Decision::Undecided(format!(
+            "reading the probe's token failed: {e}"
+        ))),
+        None => first_file(&archive)
+            .ok_or_else(|| Decision::Copy("the engine's copy of the token is empty".to_string())),
     }
 }
 
@@ -257,8 +246,14 @@ impl RunFolders {
         let made = {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-                make_private(&root)?;
-                std::fs::create_dir(&dir)?;
+                // runs/ was made private when binding was decided; again only if gone.
+                match std::fs::create_dir(&dir) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        make_private(&root)?;
+                        std::fs::create_dir(&dir)?;
+                    }
+                    made => made?,
+                }
                 for (folder, mode) in FOLDERS {
                     let path = dir.join(folder);
                     std::fs::create_dir(&path)?;
@@ -319,11 +314,7 @@ impl RunFolders {
 
     /// `progress.json` as it is now.
     pub async fn read_progress(&self) -> Option<FileReport> {
-        let path = self.dir.join("output").join(super::progress::PROGRESS_FILE);
-        tokio::task::spawn_blocking(move || super::progress::read_in_place(&path))
-            .await
-            .ok()
-            .flatten()
+        super::progress::read_local(self.dir.join("output")).await
     }
 
     /// Removes the run's folder, with whatever the job left in it (links are

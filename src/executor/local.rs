@@ -435,11 +435,7 @@ impl JobExecutor for LocalExecutor {
     }
 
     async fn read_progress(&self, run: &LocalRun) -> Option<FileReport> {
-        let path = run.dir.join("output").join(super::progress::PROGRESS_FILE);
-        tokio::task::spawn_blocking(move || super::progress::read_in_place(&path))
-            .await
-            .ok()
-            .flatten()
+        super::progress::read_local(run.dir.join("output")).await
     }
 
     async fn collect(
@@ -696,6 +692,7 @@ async fn stream(mut out: Receiver, mut err: Receiver, logs: LogSender, max: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::progress::read_in_place;
 
     #[test]
     fn container_paths_map_into_the_run_directory() {
@@ -712,17 +709,14 @@ mod tests {
     fn progress_file_rules_match_the_container_copy() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("progress.json");
-        assert_eq!(super::super::progress::read_in_place(&p), None);
+        assert_eq!(read_in_place(&p), None);
         std::fs::write(&p, b"{\"progress\":0.5}").unwrap();
         assert_eq!(
-            super::super::progress::read_in_place(&p),
+            read_in_place(&p),
             Some(FileReport::Content(b"{\"progress\":0.5}".to_vec()))
         );
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
-        assert_eq!(
-            super::super::progress::read_in_place(&p),
-            Some(FileReport::Odd("a symlink".into()))
-        );
+        assert_eq!(read_in_place(&p), Some(FileReport::Odd("a symlink".into())));
     }
 }

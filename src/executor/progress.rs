@@ -97,6 +97,15 @@ pub(super) fn read_in_place(path: &std::path::Path) -> Option<FileReport> {
     Some(FileReport::Content(content))
 }
 
+/// [`read_in_place`] of `progress.json` in the output folder `output`, on a
+/// blocking thread.
+pub(super) async fn read_local(output: std::path::PathBuf) -> Option<FileReport> {
+    tokio::task::spawn_blocking(move || read_in_place(&output.join(PROGRESS_FILE)))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// [`odd_file`] of a file on this host, naming a FIFO as the copy's reader does.
 fn odd_in_place(meta: &std::fs::Metadata) -> Option<FileReport> {
     use std::os::unix::fs::FileTypeExt;

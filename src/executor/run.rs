@@ -111,7 +111,7 @@ impl Executor {
             .get_or_try_init(|| async {
                 let labels = container::labels(job, attempt, who);
                 let decision =
-                    folders::decide(&self.docker, &self.settings, &job.image, labels, name).await;
+                    folders::decide(self, &job.image, labels, name).await;
                 match decision {
                     folders::Decision::Bind(root) => {
                         tracing::info!(root = %root.display(), "job folders: bound from this worker's cache (the engine sees it)");

@@ -32,11 +32,9 @@ use crate::config::Settings;
 use crate::job::Job;
 use std::path::PathBuf;
 
-/// `<worker.cache_dir>/<worker id>/streams`: the runs' folders of named pipes
-/// (the worker id made safe as a folder name, as the git cache makes it).
+/// `<worker.cache_dir>/<worker id>/streams`: the runs' folders of named pipes.
 pub fn streams_root(settings: &Settings) -> PathBuf {
-    let id = crate::config::path_component(&settings.worker_id());
-    settings.worker.cache_dir.join(id).join("streams")
+    settings.worker_folder("streams")
 }
 
 /// Removes the folders of pipes that an earlier run of this worker, killed
